@@ -1,0 +1,78 @@
+//! `client-console`: request an analysis and print its events as they arrive.
+
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::Parser;
+use client_console::{AnalysisInput, ConsoleConfig, EventKind, Step};
+
+/// Requests an analysis through the GraphQL API and prints AnalysisStarted and
+/// AnalysisCompleted as they arrive. Exits 0 once the analysis has completed.
+#[derive(Debug, Parser)]
+#[command(version)]
+struct Args {
+    /// GraphQL endpoint (the edge, or the gateway directly).
+    #[arg(long, env = "WARREN_URL", default_value = "http://127.0.0.1:8080/graphql")]
+    url: String,
+    /// The asset (machine) to analyse.
+    #[arg(long, default_value = "press-17")]
+    asset: String,
+    /// What to compute.
+    #[arg(long = "type", default_value = "utilization")]
+    analysis_type: String,
+    /// Parameters as JSON, e.g. '{"window":"7d"}'.
+    #[arg(long)]
+    parameters: Option<String>,
+    /// Caller identity (sent as X-Forwarded-User).
+    #[arg(long, env = "WARREN_USER")]
+    user: Option<String>,
+    /// Seconds to wait for completion.
+    #[arg(long, default_value_t = 60)]
+    timeout_secs: u64,
+}
+
+#[tokio::main(flavor = "current_thread")]
+async fn main() -> ExitCode {
+    let args = Args::parse();
+    match run(args).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(args: Args) -> Result<(), client_console::ConsoleError> {
+    let mut config = ConsoleConfig::from_url(&args.url)?;
+    config.user = args.user;
+    config.timeout = Duration::from_secs(args.timeout_secs);
+    let parameters = args
+        .parameters
+        .map(|p| serde_json::from_str(&p))
+        .transpose()
+        .map_err(|e| client_console::ConsoleError::Usage(format!("--parameters is not JSON: {e}")))?;
+    let input = AnalysisInput { asset_id: args.asset, analysis_type: args.analysis_type, parameters };
+    client_console::run(&ports::TokioNet, &config, &input, print_step).await?;
+    Ok(())
+}
+
+/// Prints one line per step; the console's whole user interface.
+pub fn print_step(step: &Step<'_>) {
+    match step {
+        Step::Requested(r) => println!("requested          analysisId={} requestedAt={}", r.analysis_id, r.requested_at),
+        Step::Event(e) => {
+            let field = |name: &str| e.data.get(name).map(|v| v.as_str().map_or_else(|| v.to_string(), str::to_owned)).unwrap_or_default();
+            match e.kind {
+                EventKind::Started => println!(
+                    "AnalysisStarted    analysisId={} assetId={} analysisType={} startedAt={}",
+                    e.analysis_id, field("assetId"), field("analysisType"), field("startedAt")
+                ),
+                EventKind::Completed => println!(
+                    "AnalysisCompleted  analysisId={} status={} result={} error={} completedAt={}",
+                    e.analysis_id, field("status"), field("result"), field("error"), field("completedAt")
+                ),
+            }
+        }
+    }
+}

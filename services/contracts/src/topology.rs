@@ -1,0 +1,169 @@
+//! The diagram's exchanges, queues and bindings. Every service declares what it uses at start;
+//! declaring is idempotent, so declaring the whole topology from every service is safe.
+
+/// Direct exchange for commands.
+pub const EXCHANGE_COMMANDS: &str = "analysis.commands";
+/// Fanout exchange for `AnalysisStarted`.
+pub const EXCHANGE_STARTED: &str = "analysis.started";
+/// Fanout exchange for `AnalysisCompleted`.
+pub const EXCHANGE_COMPLETED: &str = "analysis.completed";
+/// The orchestrators' command queue.
+pub const QUEUE_COMMANDS: &str = "orchestrator.analysis.commands";
+/// The gateway's queue of `AnalysisStarted` events.
+pub const QUEUE_SUBS_STARTED: &str = "graph.subs.started";
+/// The gateway's queue of `AnalysisCompleted` events.
+pub const QUEUE_SUBS_COMPLETED: &str = "graph.subs.completed";
+/// Routing key of `RequestAnalysis` on `analysis.commands`.
+pub const ROUTING_KEY_REQUEST: &str = "request.analysis";
+
+/// AMQP exchange types warren uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum ExchangeKind {
+    /// Routes on an exact routing key.
+    Direct,
+    /// Routes to every bound queue.
+    Fanout,
+}
+
+impl ExchangeKind {
+    /// The AMQP name of the type (`direct`, `fanout`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ExchangeKind::Direct => "direct",
+            ExchangeKind::Fanout => "fanout",
+        }
+    }
+}
+
+/// One exchange to declare.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct ExchangeDecl {
+    /// Exchange name.
+    pub name: String,
+    /// Exchange type.
+    pub kind: ExchangeKind,
+    /// Survives a broker restart.
+    pub durable: bool,
+}
+
+/// One queue to declare.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct QueueDecl {
+    /// Queue name.
+    pub name: String,
+    /// Survives a broker restart.
+    pub durable: bool,
+}
+
+/// A queue bound to an exchange with a routing key (empty for fanout).
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Binding {
+    /// Source exchange.
+    pub exchange: String,
+    /// Destination queue.
+    pub queue: String,
+    /// Binding key.
+    pub routing_key: String,
+}
+
+/// A set of exchanges, queues and bindings, declared in that order.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Topology {
+    /// Exchanges, declared first.
+    pub exchanges: Vec<ExchangeDecl>,
+    /// Queues, declared second.
+    pub queues: Vec<QueueDecl>,
+    /// Bindings, declared last.
+    pub bindings: Vec<Binding>,
+}
+
+impl Topology {
+    /// The topology of `contract/messages.md`, all durable.
+    pub fn contract() -> Topology {
+        let exchange = |name: &str, kind| ExchangeDecl { name: name.into(), kind, durable: true };
+        let queue = |name: &str| QueueDecl { name: name.into(), durable: true };
+        let binding = |exchange: &str, queue: &str, routing_key: &str| Binding {
+            exchange: exchange.into(),
+            queue: queue.into(),
+            routing_key: routing_key.into(),
+        };
+        Topology {
+            exchanges: vec![
+                exchange(EXCHANGE_COMMANDS, ExchangeKind::Direct),
+                exchange(EXCHANGE_STARTED, ExchangeKind::Fanout),
+                exchange(EXCHANGE_COMPLETED, ExchangeKind::Fanout),
+            ],
+            queues: vec![
+                queue(QUEUE_COMMANDS),
+                queue(QUEUE_SUBS_STARTED),
+                queue(QUEUE_SUBS_COMPLETED),
+            ],
+            bindings: vec![
+                binding(EXCHANGE_COMMANDS, QUEUE_COMMANDS, ROUTING_KEY_REQUEST),
+                binding(EXCHANGE_STARTED, QUEUE_SUBS_STARTED, ""),
+                binding(EXCHANGE_COMPLETED, QUEUE_SUBS_COMPLETED, ""),
+            ],
+        }
+    }
+
+    /// Only what the orchestrator uses: the command queue and both event exchanges.
+    pub fn orchestrator() -> Topology {
+        Topology::contract().restricted_to(&[QUEUE_COMMANDS])
+    }
+
+    /// Only what the gateway uses: the commands exchange and both subscription queues.
+    pub fn gateway() -> Topology {
+        Topology::contract().restricted_to(&[QUEUE_SUBS_STARTED, QUEUE_SUBS_COMPLETED])
+    }
+
+    /// Every exchange, plus only the named queues and their bindings.
+    fn restricted_to(mut self, queues: &[&str]) -> Topology {
+        self.queues.retain(|q| queues.contains(&q.name.as_str()));
+        self.bindings.retain(|b| queues.contains(&b.queue.as_str()));
+        self
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn contract_topology_matches_messages_md() {
+        let t = Topology::contract();
+        let names: Vec<_> = t.exchanges.iter().map(|e| (e.name.as_str(), e.kind.as_str())).collect();
+        assert_eq!(
+            names,
+            [
+                ("analysis.commands", "direct"),
+                ("analysis.started", "fanout"),
+                ("analysis.completed", "fanout")
+            ]
+        );
+        assert!(t.exchanges.iter().all(|e| e.durable) && t.queues.iter().all(|q| q.durable));
+        let bindings: Vec<_> = t
+            .bindings
+            .iter()
+            .map(|b| (b.exchange.as_str(), b.queue.as_str(), b.routing_key.as_str()))
+            .collect();
+        assert_eq!(
+            bindings,
+            [
+                ("analysis.commands", "orchestrator.analysis.commands", "request.analysis"),
+                ("analysis.started", "graph.subs.started", ""),
+                ("analysis.completed", "graph.subs.completed", "")
+            ]
+        );
+    }
+
+    #[test]
+    fn each_service_declares_only_its_own_queues() {
+        let o = Topology::orchestrator();
+        assert_eq!(o.queues.len(), 1);
+        assert_eq!(o.bindings.len(), 1);
+        assert_eq!(o.exchanges.len(), 3);
+        let g = Topology::gateway();
+        assert_eq!(g.queues.len(), 2);
+        assert!(g.bindings.iter().all(|b| b.queue.starts_with("graph.subs.")));
+    }
+}
