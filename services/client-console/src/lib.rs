@@ -170,6 +170,31 @@ pub enum Step<'a> {
     Event(&'a ReceivedEvent),
 }
 
+/// One line describing a step: what the console prints.
+pub fn format_step(step: &Step<'_>) -> String {
+    let text = |v: &Value, name: &str| {
+        v.get(name).map(|x| x.as_str().map_or_else(|| x.to_string(), str::to_owned)).unwrap_or_default()
+    };
+    match step {
+        Step::Requested(r) => format!("requested          analysisId={} requestedAt={}", r.analysis_id, r.requested_at),
+        Step::Event(e) if e.kind == EventKind::Started => format!(
+            "AnalysisStarted    analysisId={} assetId={} analysisType={} startedAt={}",
+            e.analysis_id,
+            text(&e.data, "assetId"),
+            text(&e.data, "analysisType"),
+            text(&e.data, "startedAt")
+        ),
+        Step::Event(e) => format!(
+            "AnalysisCompleted  analysisId={} status={} result={} error={} completedAt={}",
+            e.analysis_id,
+            text(&e.data, "status"),
+            text(&e.data, "result"),
+            text(&e.data, "error"),
+            text(&e.data, "completedAt")
+        ),
+    }
+}
+
 /// The first GraphQL error of a response, if any.
 fn graphql_error(response: &Value) -> Option<ConsoleError> {
     let error = response.get("errors")?.as_array()?.first()?;

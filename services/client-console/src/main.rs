@@ -4,7 +4,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::Parser;
-use client_console::{AnalysisInput, ConsoleConfig, EventKind, Step};
+use client_console::{AnalysisInput, ConsoleConfig};
 
 /// Requests an analysis through the GraphQL API and prints AnalysisStarted and
 /// AnalysisCompleted as they arrive. Exits 0 once the analysis has completed.
@@ -53,26 +53,6 @@ async fn run(args: Args) -> Result<(), client_console::ConsoleError> {
         .transpose()
         .map_err(|e| client_console::ConsoleError::Usage(format!("--parameters is not JSON: {e}")))?;
     let input = AnalysisInput { asset_id: args.asset, analysis_type: args.analysis_type, parameters };
-    client_console::run(&ports::TokioNet, &config, &input, print_step).await?;
+    client_console::run(&ports::TokioNet, &config, &input, |step| println!("{}", client_console::format_step(step))).await?;
     Ok(())
-}
-
-/// Prints one line per step; the console's whole user interface.
-pub fn print_step(step: &Step<'_>) {
-    match step {
-        Step::Requested(r) => println!("requested          analysisId={} requestedAt={}", r.analysis_id, r.requested_at),
-        Step::Event(e) => {
-            let field = |name: &str| e.data.get(name).map(|v| v.as_str().map_or_else(|| v.to_string(), str::to_owned)).unwrap_or_default();
-            match e.kind {
-                EventKind::Started => println!(
-                    "AnalysisStarted    analysisId={} assetId={} analysisType={} startedAt={}",
-                    e.analysis_id, field("assetId"), field("analysisType"), field("startedAt")
-                ),
-                EventKind::Completed => println!(
-                    "AnalysisCompleted  analysisId={} status={} result={} error={} completedAt={}",
-                    e.analysis_id, field("status"), field("result"), field("error"), field("completedAt")
-                ),
-            }
-        }
-    }
 }

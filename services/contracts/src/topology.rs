@@ -111,9 +111,11 @@ impl Topology {
         Topology::contract().restricted_to(&[QUEUE_COMMANDS])
     }
 
-    /// Only what the gateway uses: the commands exchange and both subscription queues.
+    /// What the gateway declares: the whole contract. It includes the command queue so that a
+    /// command published before any orchestrator has started waits in its queue instead of
+    /// being dropped as unroutable.
     pub fn gateway() -> Topology {
-        Topology::contract().restricted_to(&[QUEUE_SUBS_STARTED, QUEUE_SUBS_COMPLETED])
+        Topology::contract()
     }
 
     /// Every exchange, plus only the named queues and their bindings.
@@ -157,13 +159,11 @@ mod tests {
     }
 
     #[test]
-    fn each_service_declares_only_its_own_queues() {
+    fn orchestrator_declares_only_its_queue_and_gateway_declares_all() {
         let o = Topology::orchestrator();
         assert_eq!(o.queues.len(), 1);
         assert_eq!(o.bindings.len(), 1);
         assert_eq!(o.exchanges.len(), 3);
-        let g = Topology::gateway();
-        assert_eq!(g.queues.len(), 2);
-        assert!(g.bindings.iter().all(|b| b.queue.starts_with("graph.subs.")));
+        assert_eq!(Topology::gateway(), Topology::contract());
     }
 }

@@ -20,6 +20,8 @@ pub mod memory;
 pub mod net;
 #[cfg(feature = "rabbitmq")]
 pub mod rabbitmq;
+#[cfg(feature = "testing")]
+pub mod testing;
 
 use std::sync::Arc;
 

@@ -1,0 +1,135 @@
+#!/usr/bin/env bash
+# Runs every warren test, the RabbitMQ ones included: makes sure a RabbitMQ broker with its
+# management API answers (starting, or installing and starting, a local one when needed), then
+# runs `cargo test --workspace` with WARREN_REQUIRE_RABBITMQ=1, so a test that cannot reach the
+# broker fails instead of skipping. Extra arguments go to `cargo test`.
+#
+# Environment:
+#   AMQP_URL                  broker URL (default amqp://guest:guest@127.0.0.1:5672/%2f); its host
+#                             and port are the ones waited for
+#   RABBITMQ_MANAGEMENT_URL   management API (default http://<AMQP host>:15672)
+#   RABBITMQ_WAIT_SECONDS     how long to wait for the broker to answer (default 90)
+set -euo pipefail
+
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+AMQP_URL_DEFAULT='amqp://guest:guest@127.0.0.1:5672/%2f'
+WAIT_SECONDS="${RABBITMQ_WAIT_SECONDS:-90}"
+# One TCP probe may take this long (a firewalled host never answers).
+PROBE_SECONDS=2
+
+log() { printf '==> %s\n' "$*"; }
+fail() {
+    printf 'ci/test.sh: %s\n' "$*" >&2
+    exit 1
+}
+
+# host and port of an URL: scheme://[user[:password]@]host[:port][/...]
+url_host() {
+    local rest="${1#*://}"
+    rest="${rest%%/*}"
+    rest="${rest##*@}"
+    if [[ "$rest" == \[* ]]; then
+        printf '%s\n' "${rest%%]*}]"
+    else
+        printf '%s\n' "${rest%%:*}"
+    fi
+}
+url_port() {
+    local rest="${1#*://}" default="$2"
+    rest="${rest%%/*}"
+    rest="${rest##*@}"
+    rest="${rest##*]}"
+    if [[ "$rest" == *:* ]]; then printf '%s\n' "${rest##*:}"; else printf '%s\n' "$default"; fi
+}
+
+AMQP_HOST="$(url_host "${AMQP_URL:-$AMQP_URL_DEFAULT}")"
+AMQP_PORT="$(url_port "${AMQP_URL:-$AMQP_URL_DEFAULT}" 5672)"
+MANAGEMENT_URL="${RABBITMQ_MANAGEMENT_URL:-http://$AMQP_HOST:15672}"
+MANAGEMENT_HOST="$(url_host "$MANAGEMENT_URL")"
+MANAGEMENT_PORT="$(url_port "$MANAGEMENT_URL" 80)"
+
+# Whether something accepts TCP connections on host $1, port $2 (bash's /dev/tcp, no tools needed).
+answers() {
+    local host="${1#[}"
+    host="${host%]}"
+    timeout "$PROBE_SECONDS" bash -c 'exec 3<>"/dev/tcp/$0/$1"' "$host" "$2" 2>/dev/null
+}
+
+is_local() {
+    case "$1" in
+        127.* | localhost | '[::1]') return 0 ;;
+        *) return 1 ;;
+    esac
+}
+
+# Runs a command as root: directly when we are root, through sudo otherwise.
+as_root() {
+    if [[ "$(id -u)" == 0 ]]; then
+        "$@"
+    elif command -v sudo >/dev/null; then
+        sudo "$@"
+    else
+        fail "need root (or sudo) to run: $*"
+    fi
+}
+
+install_rabbitmq() {
+    command -v apt-get >/dev/null || fail "rabbitmq-server is not installed and apt-get is not available; install RabbitMQ or set AMQP_URL"
+    log "installing rabbitmq-server with apt-get"
+    as_root apt-get update
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y rabbitmq-server
+}
+
+start_rabbitmq() {
+    command -v rabbitmq-server >/dev/null || install_rabbitmq
+    # The Debian package may have started a node already (systemd); give it a moment.
+    if answers "$AMQP_HOST" "$AMQP_PORT"; then
+        return
+    fi
+    log "enabling the management plugin (offline, before start)"
+    as_root rabbitmq-plugins enable --offline rabbitmq_management >/dev/null
+    log "starting rabbitmq-server -detached"
+    # Fails when a node is already booting (e.g. started by the package's service); the wait
+    # below is what decides.
+    as_root rabbitmq-server -detached || log "rabbitmq-server -detached failed; waiting for a node anyway"
+}
+
+# Waits until host $1 port $2 answers, or the shared deadline passes. $3 names the service.
+wait_for() {
+    log "waiting for $3 at $1:$2"
+    until answers "$1" "$2"; do
+        if ((SECONDS >= deadline)); then
+            fail "$3 at $1:$2 did not answer within ${WAIT_SECONDS}s (a local node logs to /var/log/rabbitmq/; set RABBITMQ_WAIT_SECONDS to wait longer)"
+        fi
+        sleep 1
+    done
+    log "$3 answers at $1:$2 (after ${SECONDS}s)"
+}
+
+if answers "$AMQP_HOST" "$AMQP_PORT"; then
+    log "RabbitMQ already answers at $AMQP_HOST:$AMQP_PORT"
+elif is_local "$AMQP_HOST"; then
+    log "nothing answers at $AMQP_HOST:$AMQP_PORT; starting a local RabbitMQ"
+    start_rabbitmq
+else
+    log "RabbitMQ at $AMQP_HOST:$AMQP_PORT is remote; waiting for it, not starting one"
+fi
+# The deadline covers both waits, not an installation before them.
+SECONDS=0
+deadline="$WAIT_SECONDS"
+wait_for "$AMQP_HOST" "$AMQP_PORT" "RabbitMQ (AMQP)"
+
+if ! answers "$MANAGEMENT_HOST" "$MANAGEMENT_PORT"; then
+    if command -v rabbitmq-plugins >/dev/null && is_local "$AMQP_HOST"; then
+        # Idempotent, and works on a running node.
+        log "enabling the management plugin"
+        as_root rabbitmq-plugins enable rabbitmq_management >/dev/null
+    fi
+fi
+wait_for "$MANAGEMENT_HOST" "$MANAGEMENT_PORT" "RabbitMQ management API"
+
+export WARREN_REQUIRE_RABBITMQ=1
+log "running cargo test --workspace $* (WARREN_REQUIRE_RABBITMQ=1: RabbitMQ tests must not skip)"
+cargo test --workspace "$@"
+log "all tests passed"

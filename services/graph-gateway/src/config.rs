@@ -1,0 +1,99 @@
+//! Every limit the gateway enforces, as a named constant, and the few that a deployment (or a
+//! simulation scenario) may change, gathered in [`GatewayConfig`].
+
+use std::time::Duration;
+
+use crate::error::GatewayError;
+
+/// Analyses the registry remembers by default (see [`GatewayConfig::registry_capacity`]).
+pub const REGISTRY_CAPACITY_DEFAULT: usize = 10_000;
+/// Unacknowledged deliveries per bridge consumer by default.
+pub const BRIDGE_PREFETCH_DEFAULT: u16 = 32;
+/// First pause before re-consuming an event queue; doubles up to `reconnect_backoff_max`.
+pub const RECONNECT_BACKOFF_MIN: Duration = Duration::from_millis(100);
+/// Longest pause between attempts to re-consume an event queue, by default.
+pub const RECONNECT_BACKOFF_MAX_DEFAULT: Duration = Duration::from_secs(10);
+/// How long `analysisEvents` / `analysisStarted` wait for a missing `AnalysisStarted` once
+/// `AnalysisCompleted` is known, by default. The orchestrator always publishes Started first,
+/// but the two events travel on separate queues and a Started can be dead-lettered as poison;
+/// without this bound such a subscription would hang forever.
+pub const STARTED_WAIT_MAX_DEFAULT: Duration = Duration::from_secs(60);
+/// Age after which an analysis that never completed may be evicted to make room, by default.
+/// Its command may have been dead-lettered; without this its slot would leak forever.
+pub const INCOMPLETE_TTL_DEFAULT: Duration = Duration::from_secs(60 * 60);
+/// How long a graceful shutdown waits for open WebSockets to close, by default.
+pub const SHUTDOWN_GRACE_DEFAULT: Duration = Duration::from_secs(5);
+
+/// Largest HTTP request body; larger bodies get 413.
+pub const HTTP_BODY_BYTES_MAX: usize = 64 * 1024;
+/// Largest WebSocket message (and frame) a client may send.
+pub const WS_MESSAGE_BYTES_MAX: usize = 64 * 1024;
+/// Active subscriptions on one WebSocket; async-graphql itself has no cap.
+pub const WS_SUBSCRIPTIONS_MAX: usize = 16;
+/// Deepest query selection.
+pub const QUERY_DEPTH_MAX: usize = 8;
+/// Most complex query (one point per field by default).
+pub const QUERY_COMPLEXITY_MAX: usize = 256;
+/// Most directives on one field.
+pub const QUERY_DIRECTIVES_MAX: usize = 8;
+/// Events buffered for the subscriptions without an `analysisId`; a subscriber that falls this
+/// far behind skips to the oldest retained event (and the gap is logged).
+pub const LIVE_EVENTS_CAPACITY: usize = 1024;
+/// Longest caller identity (`X-Forwarded-User`) accepted.
+pub const CALLER_BYTES_MAX: usize = 256;
+
+/// What a deployment may tune. `Default` is production.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GatewayConfig {
+    /// Most analyses remembered; when full, the oldest completed ones are evicted first, then
+    /// incomplete ones older than `incomplete_ttl`; otherwise `requestAnalysis` answers
+    /// `OVERLOADED`. At least 1.
+    pub registry_capacity: usize,
+    /// Unacknowledged deliveries per event-queue consumer (`basic.qos`). At least 1.
+    pub bridge_prefetch: u16,
+    /// Longest pause between attempts to re-consume an event queue.
+    pub reconnect_backoff_max: Duration,
+    /// How long an ordered subscription waits for a missing `AnalysisStarted` once
+    /// `AnalysisCompleted` is known; then it delivers `AnalysisCompleted` alone.
+    pub started_wait_max: Duration,
+    /// Age after which an analysis that never completed may be evicted to make room.
+    pub incomplete_ttl: Duration,
+    /// Active subscriptions per WebSocket; one more closes the socket with 4400.
+    pub ws_subscriptions_max: usize,
+    /// How long a graceful shutdown waits for open WebSockets to close.
+    pub shutdown_grace: Duration,
+}
+
+impl Default for GatewayConfig {
+    fn default() -> Self {
+        GatewayConfig {
+            registry_capacity: REGISTRY_CAPACITY_DEFAULT,
+            bridge_prefetch: BRIDGE_PREFETCH_DEFAULT,
+            reconnect_backoff_max: RECONNECT_BACKOFF_MAX_DEFAULT,
+            started_wait_max: STARTED_WAIT_MAX_DEFAULT,
+            incomplete_ttl: INCOMPLETE_TTL_DEFAULT,
+            ws_subscriptions_max: WS_SUBSCRIPTIONS_MAX,
+            shutdown_grace: SHUTDOWN_GRACE_DEFAULT,
+        }
+    }
+}
+
+impl GatewayConfig {
+    /// Refuses settings that would break a limit rule (an unbounded or empty buffer).
+    pub fn validate(&self) -> Result<(), GatewayError> {
+        let refuse = |why: &str| Err(GatewayError::Config(why.into()));
+        if self.registry_capacity == 0 {
+            return refuse("registry_capacity must be at least 1");
+        }
+        if self.bridge_prefetch == 0 {
+            return refuse("bridge_prefetch must be at least 1 (0 means unbounded in AMQP)");
+        }
+        if self.reconnect_backoff_max < RECONNECT_BACKOFF_MIN {
+            return refuse("reconnect_backoff_max must be at least 100 ms");
+        }
+        if self.ws_subscriptions_max == 0 {
+            return refuse("ws_subscriptions_max must be at least 1");
+        }
+        Ok(())
+    }
+}

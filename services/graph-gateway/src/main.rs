@@ -1,0 +1,72 @@
+//! `graph-gateway`: the GraphGateway against a real RabbitMQ.
+//!
+//! ```text
+//! graph-gateway --listen 0.0.0.0:8080 --amqp-url amqp://guest:guest@127.0.0.1:5672/%2f
+//! ```
+//! Ctrl-C shuts it down gracefully.
+
+use std::sync::Arc;
+
+use anyhow::Context;
+use clap::Parser;
+use graph_gateway::GatewayConfig;
+use ports::Net;
+
+/// The GraphGateway: GraphQL over HTTP and WebSocket, fed by RabbitMQ.
+#[derive(Debug, Parser)]
+#[command(version, about)]
+struct Args {
+    /// Address to serve HTTP and WebSocket on.
+    #[arg(long, env = "WARREN_LISTEN", default_value = "0.0.0.0:8080")]
+    listen: String,
+    /// The RabbitMQ to publish commands to and consume events from.
+    #[arg(
+        long,
+        env = "AMQP_URL",
+        default_value = "amqp://guest:guest@127.0.0.1:5672/%2f"
+    )]
+    amqp_url: String,
+    /// Most analyses remembered at once.
+    #[arg(long, default_value_t = graph_gateway::REGISTRY_CAPACITY_DEFAULT)]
+    registry_capacity: usize,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .init();
+    let args = Args::parse();
+    let bus = ports::rabbitmq::RabbitBus::connect(&args.amqp_url)
+        .await
+        .with_context(|| format!("connecting to RabbitMQ at {}", redact(&args.amqp_url)))?;
+    let listener = ports::TokioNet
+        .bind(&args.listen)
+        .await
+        .with_context(|| format!("binding {}", args.listen))?;
+    let config = GatewayConfig {
+        registry_capacity: args.registry_capacity,
+        ..GatewayConfig::default()
+    };
+    let ctrl_c = async {
+        if let Err(e) = tokio::signal::ctrl_c().await {
+            tracing::error!(error = %e, "cannot listen for Ctrl-C; stop the process another way");
+            std::future::pending::<()>().await;
+        }
+    };
+    graph_gateway::run(ports::Ports::real(Arc::new(bus)), listener, config, ctrl_c).await?;
+    Ok(())
+}
+
+/// The URL without its password, for messages.
+fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            format!("{}://***@{}", &url[..scheme], &url[at + 1..])
+        }
+        _ => url.to_owned(),
+    }
+}

@@ -1,0 +1,402 @@
+//! The registry: every analysis the gateway knows, who owns it, and the events recorded for it.
+//!
+//! Why it exists: a GraphQL subscription is registered lazily (when the client's `subscribe`
+//! is first polled), so an `AnalysisStarted` can easily arrive before anybody listens. Recording
+//! events here and keeping the accumulated state in a `watch` channel per analysis means a
+//! subscriber reads "everything so far" and then follows changes, atomically: nothing is lost
+//! however late it subscribes (research §2.3, §2.4).
+//!
+//! Recording is idempotent per (analysis, event type), the same key the contract's uuid v5
+//! message ids encode, so a redelivered or republished event changes nothing and is never
+//! announced twice. The registry is bounded: when full it evicts the oldest completed analyses
+//! first, then incomplete ones older than a time-to-live, and otherwise refuses.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use contracts::{AnalysisCompleted, AnalysisStarted, Event};
+use tokio::sync::{broadcast, watch};
+use uuid::Uuid;
+
+use crate::config::LIVE_EVENTS_CAPACITY;
+
+/// Who requested an analysis: the caller identity, `None` for anonymous callers.
+pub(crate) type Owner = Option<String>;
+
+/// One recorded event, shared cheaply between subscribers.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) enum Recorded {
+    Started(Arc<AnalysisStarted>),
+    Completed(Arc<AnalysisCompleted>),
+}
+
+/// What is known about one analysis so far. Only ever grows: `started` and `completed` are set
+/// once each and never replaced.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub(crate) struct Snapshot {
+    pub(crate) started: Option<Arc<AnalysisStarted>>,
+    pub(crate) completed: Option<Arc<AnalysisCompleted>>,
+}
+
+/// An event as announced to the subscriptions that follow all of a caller's analyses.
+#[derive(Debug, Clone)]
+pub(crate) struct LiveEvent {
+    pub(crate) owner: Owner,
+    pub(crate) event: Recorded,
+}
+
+/// The outcome of recording an event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Recording {
+    /// First time: recorded and announced.
+    New,
+    /// Already recorded (same analysis, same type): nothing changed.
+    Repeat,
+    /// Unknown analysis and no room to remember it: dropped (and logged).
+    NoRoom,
+}
+
+/// The registry is full of analyses that may not be evicted yet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct RegistryFull;
+
+/// Where an entry sits in the eviction order: by creation while incomplete, by completion after.
+#[derive(Debug, Clone, Copy)]
+enum Slot {
+    Incomplete(u64),
+    Completed(u64),
+}
+
+struct Entry {
+    owner: Owner,
+    created_unix_ms: i64,
+    slot: Slot,
+    /// The accumulated state; subscribers hold receivers. Dropping the entry closes them.
+    state: watch::Sender<Snapshot>,
+}
+
+#[derive(Default)]
+struct Inner {
+    entries: BTreeMap<Uuid, Entry>,
+    /// Incomplete analyses, oldest first.
+    incomplete: BTreeMap<u64, Uuid>,
+    /// Completed analyses, earliest completion first: the first to evict.
+    completed: BTreeMap<u64, Uuid>,
+    next_seq: u64,
+}
+
+/// Analyses by id (a `BTreeMap`, so nothing depends on hash order), bounded by `capacity`.
+pub(crate) struct Registry {
+    inner: Mutex<Inner>,
+    live: broadcast::Sender<LiveEvent>,
+    capacity: usize,
+    incomplete_ttl_ms: i64,
+}
+
+impl Registry {
+    pub(crate) fn new(capacity: usize, incomplete_ttl: Duration) -> Registry {
+        assert!(capacity > 0, "a registry must hold at least one analysis");
+        Registry {
+            inner: Mutex::new(Inner::default()),
+            live: broadcast::channel(LIVE_EVENTS_CAPACITY).0,
+            capacity,
+            incomplete_ttl_ms: i64::try_from(incomplete_ttl.as_millis()).unwrap_or(i64::MAX),
+        }
+    }
+
+    /// Remembers a new analysis in state REQUESTED. Called before its command is published, so
+    /// its events always find it.
+    pub(crate) fn register(
+        &self,
+        id: Uuid,
+        owner: Owner,
+        now_unix_ms: i64,
+    ) -> Result<(), RegistryFull> {
+        let mut inner = self.lock();
+        if inner.entries.contains_key(&id) {
+            // Ids are fresh, so only an event that raced ahead of a restarted gateway's
+            // registration can get here; its recorded state is the truth, keep it.
+            tracing::warn!(analysis_id = %id, "analysis registered twice; keeping the first");
+            return Ok(());
+        }
+        if !inner.make_room(self.capacity, self.incomplete_ttl_ms, now_unix_ms) {
+            return Err(RegistryFull);
+        }
+        inner.insert(id, owner, now_unix_ms);
+        Ok(())
+    }
+
+    /// Forgets an analysis whose command was never published. Its subscribers' streams end.
+    pub(crate) fn forget(&self, id: Uuid) {
+        let mut inner = self.lock();
+        if let Some(entry) = inner.entries.remove(&id) {
+            inner.unslot(entry.slot);
+        }
+    }
+
+    /// Records an event and announces it if it is new. An event for an unknown analysis (one
+    /// requested before a gateway restart, say) is recorded with owner = its `requestedBy`.
+    pub(crate) fn record(&self, event: Event, now_unix_ms: i64) -> Recording {
+        let id = event.analysis_id();
+        let mut inner = self.lock();
+        if !inner.entries.contains_key(&id) {
+            if !inner.make_room(self.capacity, self.incomplete_ttl_ms, now_unix_ms) {
+                tracing::warn!(analysis_id = %id, kind = event.kind().as_str(),
+                    "registry full of running analyses; event for an unknown analysis dropped");
+                return Recording::NoRoom;
+            }
+            inner.insert(id, event.requested_by().map(str::to_owned), now_unix_ms);
+        }
+        let Inner {
+            entries,
+            incomplete,
+            completed,
+            next_seq,
+        } = &mut *inner;
+        let entry = entries
+            .get_mut(&id)
+            .expect("entry exists: found or inserted above");
+        if entry.owner.as_deref() != event.requested_by() {
+            tracing::warn!(analysis_id = %id, "event's requestedBy differs from the registered owner; keeping the owner");
+        }
+        let recorded = match event {
+            Event::Started(started) => {
+                if entry.state.borrow().started.is_some() {
+                    return Recording::Repeat;
+                }
+                let started = Arc::new(started);
+                entry
+                    .state
+                    .send_modify(|s| s.started = Some(started.clone()));
+                Recorded::Started(started)
+            }
+            Event::Completed(done) => {
+                if entry.state.borrow().completed.is_some() {
+                    return Recording::Repeat;
+                }
+                let done = Arc::new(done);
+                entry
+                    .state
+                    .send_modify(|s| s.completed = Some(done.clone()));
+                if let Slot::Incomplete(seq) = entry.slot {
+                    incomplete.remove(&seq);
+                    entry.slot = Slot::Completed(*next_seq);
+                    completed.insert(*next_seq, id);
+                    *next_seq += 1;
+                }
+                Recorded::Completed(done)
+            }
+        };
+        // Announced under the lock, so the live order is the recording order. No receivers is
+        // not an error: nobody follows all analyses right now.
+        let _ = self.live.send(LiveEvent {
+            owner: entry.owner.clone(),
+            event: recorded,
+        });
+        Recording::New
+    }
+
+    /// What is known about the caller's analysis; `None` if unknown or someone else's.
+    pub(crate) fn snapshot(&self, id: Uuid, caller: &Owner) -> Option<Snapshot> {
+        let inner = self.lock();
+        let entry = inner.entries.get(&id).filter(|e| &e.owner == caller)?;
+        let snapshot = entry.state.borrow().clone();
+        Some(snapshot)
+    }
+
+    /// Follows the caller's analysis: the receiver holds everything recorded so far and sees
+    /// every later change; it closes when the entry is evicted or forgotten. `None` if unknown
+    /// or someone else's.
+    pub(crate) fn watch(&self, id: Uuid, caller: &Owner) -> Option<watch::Receiver<Snapshot>> {
+        let inner = self.lock();
+        let entry = inner.entries.get(&id).filter(|e| &e.owner == caller)?;
+        Some(entry.state.subscribe())
+    }
+
+    /// Every newly recorded event from now on, of every owner.
+    pub(crate) fn live(&self) -> broadcast::Receiver<LiveEvent> {
+        self.live.subscribe()
+    }
+
+    /// Analyses remembered.
+    #[cfg(test)]
+    pub(crate) fn len(&self) -> usize {
+        self.lock().entries.len()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        // Never held across an await and no code under it panics, so poisoning is a bug.
+        self.inner.lock().expect("registry lock poisoned")
+    }
+}
+
+impl Inner {
+    fn insert(&mut self, id: Uuid, owner: Owner, now_unix_ms: i64) {
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        let state = watch::Sender::new(Snapshot::default());
+        let entry = Entry {
+            owner,
+            created_unix_ms: now_unix_ms,
+            slot: Slot::Incomplete(seq),
+            state,
+        };
+        self.incomplete.insert(seq, id);
+        let previous = self.entries.insert(id, entry);
+        debug_assert!(previous.is_none(), "insert is only called for unknown ids");
+    }
+
+    fn unslot(&mut self, slot: Slot) {
+        match slot {
+            Slot::Incomplete(seq) => self.incomplete.remove(&seq),
+            Slot::Completed(seq) => self.completed.remove(&seq),
+        };
+    }
+
+    /// Makes room for one more entry; false if every entry must be kept.
+    fn make_room(&mut self, capacity: usize, incomplete_ttl_ms: i64, now_unix_ms: i64) -> bool {
+        if self.entries.len() < capacity {
+            return true;
+        }
+        debug_assert_eq!(
+            self.entries.len(),
+            capacity,
+            "the registry never exceeds its capacity"
+        );
+        if let Some((_, id)) = self.completed.pop_first() {
+            self.entries.remove(&id);
+            tracing::debug!(analysis_id = %id, "evicted the oldest completed analysis");
+            return true;
+        }
+        let oldest = self
+            .incomplete
+            .first_key_value()
+            .map(|(&seq, &id)| (seq, id));
+        if let Some((seq, id)) = oldest {
+            let created = self.entries[&id].created_unix_ms;
+            if now_unix_ms.saturating_sub(created) >= incomplete_ttl_ms {
+                self.incomplete.remove(&seq);
+                self.entries.remove(&id);
+                tracing::warn!(analysis_id = %id, "evicted an analysis that never completed");
+                return true;
+            }
+        }
+        false
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use contracts::AnalysisStatus;
+
+    fn started(id: u128, by: &str) -> Event {
+        Event::Started(AnalysisStarted {
+            analysis_id: Uuid::from_u128(id),
+            asset_id: "press-1".into(),
+            analysis_type: "utilization".into(),
+            requested_by: Some(by.into()),
+            started_at: "2026-01-01T00:00:00.000Z".into(),
+        })
+    }
+
+    fn completed(id: u128, by: &str) -> Event {
+        Event::Completed(AnalysisCompleted {
+            analysis_id: Uuid::from_u128(id),
+            asset_id: "press-1".into(),
+            analysis_type: "utilization".into(),
+            requested_by: Some(by.into()),
+            status: AnalysisStatus::Succeeded,
+            result: None,
+            error: None,
+            completed_at: "2026-01-01T00:00:01.000Z".into(),
+        })
+    }
+
+    fn alice() -> Owner {
+        Some("alice".into())
+    }
+
+    #[test]
+    fn repeated_event_changes_nothing_and_is_announced_once() {
+        let registry = Registry::new(4, Duration::from_secs(60));
+        let mut live = registry.live();
+        registry.register(Uuid::from_u128(1), alice(), 0).unwrap();
+        assert_eq!(registry.record(started(1, "alice"), 0), Recording::New);
+        assert_eq!(registry.record(started(1, "alice"), 0), Recording::Repeat);
+        assert!(live.try_recv().is_ok());
+        assert!(live.try_recv().is_err(), "a repeat is never announced");
+    }
+
+    #[test]
+    fn unknown_analysis_is_recorded_with_its_requester_as_owner() {
+        let registry = Registry::new(4, Duration::from_secs(60));
+        assert_eq!(registry.record(completed(9, "bob"), 0), Recording::New);
+        assert!(registry.snapshot(Uuid::from_u128(9), &alice()).is_none());
+        let snap = registry
+            .snapshot(Uuid::from_u128(9), &Some("bob".into()))
+            .unwrap();
+        assert!(snap.completed.is_some() && snap.started.is_none());
+    }
+
+    #[test]
+    fn full_registry_evicts_oldest_completed_first_then_refuses() {
+        let registry = Registry::new(2, Duration::from_secs(60));
+        registry.register(Uuid::from_u128(1), alice(), 0).unwrap();
+        registry.register(Uuid::from_u128(2), alice(), 0).unwrap();
+        registry.record(completed(2, "alice"), 0);
+        registry.record(completed(1, "alice"), 0);
+        // 2 completed first, so 2 goes first.
+        registry.register(Uuid::from_u128(3), alice(), 0).unwrap();
+        assert!(registry.snapshot(Uuid::from_u128(2), &alice()).is_none());
+        assert!(registry.snapshot(Uuid::from_u128(1), &alice()).is_some());
+        registry.register(Uuid::from_u128(4), alice(), 0).unwrap();
+        assert!(registry.snapshot(Uuid::from_u128(1), &alice()).is_none());
+        // 3 and 4 are running and young: no room.
+        assert_eq!(
+            registry.register(Uuid::from_u128(5), alice(), 1_000),
+            Err(RegistryFull)
+        );
+        assert_eq!(
+            registry.record(started(6, "alice"), 1_000),
+            Recording::NoRoom
+        );
+        assert_eq!(registry.len(), 2);
+    }
+
+    #[test]
+    fn incomplete_analysis_past_its_ttl_may_be_evicted() {
+        let registry = Registry::new(1, Duration::from_secs(60));
+        registry.register(Uuid::from_u128(1), alice(), 0).unwrap();
+        assert_eq!(
+            registry.register(Uuid::from_u128(2), alice(), 59_999),
+            Err(RegistryFull)
+        );
+        registry
+            .register(Uuid::from_u128(2), alice(), 60_000)
+            .unwrap();
+        assert!(registry.snapshot(Uuid::from_u128(1), &alice()).is_none());
+    }
+
+    #[test]
+    fn watcher_sees_everything_recorded_before_it_subscribed() {
+        let registry = Registry::new(4, Duration::from_secs(60));
+        registry.register(Uuid::from_u128(1), alice(), 0).unwrap();
+        registry.record(started(1, "alice"), 0);
+        registry.record(completed(1, "alice"), 0);
+        let rx = registry.watch(Uuid::from_u128(1), &alice()).unwrap();
+        let snap = rx.borrow();
+        assert!(snap.started.is_some() && snap.completed.is_some());
+    }
+
+    #[test]
+    fn forgetting_closes_the_watchers() {
+        let registry = Registry::new(4, Duration::from_secs(60));
+        registry.register(Uuid::from_u128(1), alice(), 0).unwrap();
+        let rx = registry.watch(Uuid::from_u128(1), &alice()).unwrap();
+        registry.forget(Uuid::from_u128(1));
+        assert!(rx.has_changed().is_err());
+        assert_eq!(registry.len(), 0);
+    }
+}
