@@ -36,16 +36,30 @@ pub async fn request_analysis<N: ports::Net>(
             .pointer(&format!("/data/requestAnalysis/{name}"))
             .and_then(Value::as_str)
             .map(str::to_owned)
-            .ok_or_else(|| ConsoleError::Http(format!("response has no requestAnalysis.{name}: {response}")))
+            .ok_or_else(|| {
+                ConsoleError::Http(format!(
+                    "response has no requestAnalysis.{name}: {response}"
+                ))
+            })
     };
-    Ok(Requested { analysis_id: field("analysisId")?, requested_at: field("requestedAt")? })
+    Ok(Requested {
+        analysis_id: field("analysisId")?,
+        requested_at: field("requestedAt")?,
+    })
 }
 
-async fn post_json<N: ports::Net>(net: &N, config: &ConsoleConfig, body: &Value) -> Result<Value, ConsoleError> {
+async fn post_json<N: ports::Net>(
+    net: &N,
+    config: &ConsoleConfig,
+    body: &Value,
+) -> Result<Value, ConsoleError> {
     let stream = net
         .connect(&config.authority)
         .await
-        .map_err(|source| ConsoleError::Connect { addr: config.authority.clone(), source })?;
+        .map_err(|source| ConsoleError::Connect {
+            addr: config.authority.clone(),
+            source,
+        })?;
     let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
         .await
         .map_err(|e| ConsoleError::Http(e.to_string()))?;
@@ -65,7 +79,10 @@ async fn post_json<N: ports::Net>(net: &N, config: &ConsoleConfig, body: &Value)
     let request = request
         .body(Full::new(Bytes::from(body.to_string())))
         .map_err(|e| ConsoleError::Http(e.to_string()))?;
-    let response = sender.send_request(request).await.map_err(|e| ConsoleError::Http(e.to_string()))?;
+    let response = sender
+        .send_request(request)
+        .await
+        .map_err(|e| ConsoleError::Http(e.to_string()))?;
     let status = response.status();
     let bytes = Limited::new(response.into_body(), RESPONSE_BYTES_MAX)
         .collect()
@@ -79,6 +96,9 @@ async fn post_json<N: ports::Net>(net: &N, config: &ConsoleConfig, body: &Value)
         Ok(value) if value.get("data").is_some() || value.get("errors").is_some() => Ok(value),
         _ if !status.is_success() => Err(ConsoleError::Http(format!("{status}: {}", text.trim()))),
         Ok(value) => Ok(value),
-        Err(e) => Err(ConsoleError::Http(format!("response is not JSON ({e}): {}", text.trim()))),
+        Err(e) => Err(ConsoleError::Http(format!(
+            "response is not JSON ({e}): {}",
+            text.trim()
+        ))),
     }
 }

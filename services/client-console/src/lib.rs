@@ -37,9 +37,13 @@ pub struct ConsoleConfig {
 impl ConsoleConfig {
     /// Parses `http://host:port/path`.
     pub fn from_url(url: &str) -> Result<ConsoleConfig, ConsoleError> {
-        let uri: http::Uri = url.parse().map_err(|e| ConsoleError::Usage(format!("bad URL {url:?}: {e}")))?;
+        let uri: http::Uri = url
+            .parse()
+            .map_err(|e| ConsoleError::Usage(format!("bad URL {url:?}: {e}")))?;
         if !matches!(uri.scheme_str(), Some("http") | None) {
-            return Err(ConsoleError::Usage(format!("only http:// URLs are supported, got {url:?}")));
+            return Err(ConsoleError::Usage(format!(
+                "only http:// URLs are supported, got {url:?}"
+            )));
         }
         let authority = uri
             .authority()
@@ -151,7 +155,9 @@ pub async fn run<N: ports::Net>(
         let requested = request_analysis(net, config, input).await?;
         on_event(&Step::Requested(&requested));
         let events = subscriber
-            .follow(&requested.analysis_id, |event| on_event(&Step::Event(event)))
+            .follow(&requested.analysis_id, |event| {
+                on_event(&Step::Event(event))
+            })
             .await?;
         subscriber.close().await;
         Ok(Outcome { requested, events })
@@ -173,10 +179,15 @@ pub enum Step<'a> {
 /// One line describing a step: what the console prints.
 pub fn format_step(step: &Step<'_>) -> String {
     let text = |v: &Value, name: &str| {
-        v.get(name).map(|x| x.as_str().map_or_else(|| x.to_string(), str::to_owned)).unwrap_or_default()
+        v.get(name)
+            .map(|x| x.as_str().map_or_else(|| x.to_string(), str::to_owned))
+            .unwrap_or_default()
     };
     match step {
-        Step::Requested(r) => format!("requested          analysisId={} requestedAt={}", r.analysis_id, r.requested_at),
+        Step::Requested(r) => format!(
+            "requested          analysisId={} requestedAt={}",
+            r.analysis_id, r.requested_at
+        ),
         Step::Event(e) if e.kind == EventKind::Started => format!(
             "AnalysisStarted    analysisId={} assetId={} analysisType={} startedAt={}",
             e.analysis_id,
@@ -204,7 +215,11 @@ fn graphql_error(response: &Value) -> Option<ConsoleError> {
             .and_then(Value::as_str)
             .unwrap_or("UNKNOWN")
             .to_owned(),
-        message: error.get("message").and_then(Value::as_str).unwrap_or("").to_owned(),
+        message: error
+            .get("message")
+            .and_then(Value::as_str)
+            .unwrap_or("")
+            .to_owned(),
     })
 }
 
@@ -215,8 +230,16 @@ mod tests {
     #[test]
     fn url_gives_authority_and_path() {
         let c = ConsoleConfig::from_url("http://127.0.0.1:8000/graphql").unwrap();
-        assert_eq!((c.authority.as_str(), c.path.as_str()), ("127.0.0.1:8000", "/graphql"));
-        assert_eq!(ConsoleConfig::from_url("http://gateway/graphql").unwrap().authority, "gateway:80");
+        assert_eq!(
+            (c.authority.as_str(), c.path.as_str()),
+            ("127.0.0.1:8000", "/graphql")
+        );
+        assert_eq!(
+            ConsoleConfig::from_url("http://gateway/graphql")
+                .unwrap()
+                .authority,
+            "gateway:80"
+        );
         assert!(ConsoleConfig::from_url("https://x/graphql").is_err());
     }
 
@@ -224,7 +247,9 @@ mod tests {
     fn graphql_error_carries_code() {
         let v = serde_json::json!({"data": null, "errors": [{"message": "bad", "extensions": {"code": "BAD_USER_INPUT"}}]});
         match graphql_error(&v) {
-            Some(ConsoleError::GraphQl { code, message }) => assert_eq!((code.as_str(), message.as_str()), ("BAD_USER_INPUT", "bad")),
+            Some(ConsoleError::GraphQl { code, message }) => {
+                assert_eq!((code.as_str(), message.as_str()), ("BAD_USER_INPUT", "bad"))
+            }
             other => panic!("{other:?}"),
         }
     }

@@ -12,7 +12,11 @@ use client_console::{AnalysisInput, ConsoleConfig};
 #[command(version)]
 struct Args {
     /// GraphQL endpoint (the edge, or the gateway directly).
-    #[arg(long, env = "WARREN_URL", default_value = "http://127.0.0.1:8080/graphql")]
+    #[arg(
+        long,
+        env = "WARREN_URL",
+        default_value = "http://127.0.0.1:8080/graphql"
+    )]
     url: String,
     /// The asset (machine) to analyse.
     #[arg(long, default_value = "press-17")]
@@ -51,8 +55,17 @@ async fn run(args: Args) -> Result<(), client_console::ConsoleError> {
         .parameters
         .map(|p| serde_json::from_str(&p))
         .transpose()
-        .map_err(|e| client_console::ConsoleError::Usage(format!("--parameters is not JSON: {e}")))?;
-    let input = AnalysisInput { asset_id: args.asset, analysis_type: args.analysis_type, parameters };
-    client_console::run(&ports::TokioNet, &config, &input, |step| println!("{}", client_console::format_step(step))).await?;
+        .map_err(|e| {
+            client_console::ConsoleError::Usage(format!("--parameters is not JSON: {e}"))
+        })?;
+    let input = AnalysisInput {
+        asset_id: args.asset,
+        analysis_type: args.analysis_type,
+        parameters,
+    };
+    client_console::run(&ports::TokioNet, &config, &input, |step| {
+        println!("{}", client_console::format_step(step))
+    })
+    .await?;
     Ok(())
 }

@@ -31,33 +31,53 @@ where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
 {
     /// Opens the WebSocket and completes `connection_init` / `connection_ack`.
-    pub async fn connect<N: ports::Net<Stream = S>>(net: &N, config: &ConsoleConfig) -> Result<Self, ConsoleError> {
-        let stream = net
-            .connect(&config.authority)
-            .await
-            .map_err(|source| ConsoleError::Connect { addr: config.authority.clone(), source })?;
+    pub async fn connect<N: ports::Net<Stream = S>>(
+        net: &N,
+        config: &ConsoleConfig,
+    ) -> Result<Self, ConsoleError> {
+        let stream =
+            net.connect(&config.authority)
+                .await
+                .map_err(|source| ConsoleError::Connect {
+                    addr: config.authority.clone(),
+                    source,
+                })?;
         let url = format!("ws://{}{}", config.authority, config.path);
-        let mut request = url.as_str().into_client_request().map_err(|e| ConsoleError::WebSocket(e.to_string()))?;
+        let mut request = url
+            .as_str()
+            .into_client_request()
+            .map_err(|e| ConsoleError::WebSocket(e.to_string()))?;
         let headers = request.headers_mut();
-        headers.insert("sec-websocket-protocol", http::HeaderValue::from_static(SUBPROTOCOL));
+        headers.insert(
+            "sec-websocket-protocol",
+            http::HeaderValue::from_static(SUBPROTOCOL),
+        );
         if let Some(user) = &config.user {
-            let value = http::HeaderValue::from_str(user).map_err(|e| ConsoleError::Usage(format!("user: {e}")))?;
+            let value = http::HeaderValue::from_str(user)
+                .map_err(|e| ConsoleError::Usage(format!("user: {e}")))?;
             headers.insert("x-forwarded-user", value);
         }
         let ws_config = WebSocketConfig::default()
             .max_message_size(Some(MESSAGE_BYTES_MAX))
             .max_frame_size(Some(MESSAGE_BYTES_MAX));
-        let (socket, _response) = tokio_tungstenite::client_async_with_config(request, stream, Some(ws_config))
-            .await
-            .map_err(|e| ConsoleError::WebSocket(format!("upgrade to {url}: {e}")))?;
+        let (socket, _response) =
+            tokio_tungstenite::client_async_with_config(request, stream, Some(ws_config))
+                .await
+                .map_err(|e| ConsoleError::WebSocket(format!("upgrade to {url}: {e}")))?;
         let mut subscriber = Subscriber { socket, next_id: 1 };
-        subscriber.send(json!({"type": "connection_init", "payload": {}})).await?;
+        subscriber
+            .send(json!({"type": "connection_init", "payload": {}}))
+            .await?;
         loop {
             let message = subscriber.receive().await?;
             match message.get("type").and_then(Value::as_str) {
                 Some("connection_ack") => return Ok(subscriber),
                 Some("ping") => subscriber.send(json!({"type": "pong"})).await?,
-                _ => return Err(ConsoleError::WebSocket(format!("expected connection_ack, got {message}"))),
+                _ => {
+                    return Err(ConsoleError::WebSocket(format!(
+                        "expected connection_ack, got {message}"
+                    )));
+                }
             }
         }
     }
@@ -93,15 +113,20 @@ where
                 }
                 Some("error") if for_us => {
                     let payload = message.get("payload").cloned().unwrap_or(Value::Null);
-                    return Err(graphql_error(&json!({"errors": payload}))
-                        .unwrap_or_else(|| ConsoleError::WebSocket(format!("subscription error: {message}"))));
+                    return Err(
+                        graphql_error(&json!({"errors": payload})).unwrap_or_else(|| {
+                            ConsoleError::WebSocket(format!("subscription error: {message}"))
+                        }),
+                    );
                 }
                 Some("complete") if for_us => break,
                 _ => {}
             }
         }
         if !events.iter().any(|e| e.kind == EventKind::Completed) {
-            return Err(ConsoleError::WebSocket("subscription completed without AnalysisCompleted".into()));
+            return Err(ConsoleError::WebSocket(
+                "subscription completed without AnalysisCompleted".into(),
+            ));
         }
         Ok(events)
     }
@@ -128,11 +153,14 @@ where
                 .map_err(|e| ConsoleError::WebSocket(e.to_string()))?;
             match message {
                 Message::Text(text) => {
-                    return serde_json::from_str(text.as_str())
-                        .map_err(|e| ConsoleError::WebSocket(format!("bad message {text:?}: {e}")));
+                    return serde_json::from_str(text.as_str()).map_err(|e| {
+                        ConsoleError::WebSocket(format!("bad message {text:?}: {e}"))
+                    });
                 }
                 Message::Close(frame) => {
-                    return Err(ConsoleError::WebSocket(format!("closed by the gateway: {frame:?}")));
+                    return Err(ConsoleError::WebSocket(format!(
+                        "closed by the gateway: {frame:?}"
+                    )));
                 }
                 // Pings are answered by tungstenite; binary frames are not part of the protocol.
                 _ => continue,
@@ -149,8 +177,20 @@ fn parse_event(payload: &Value) -> Result<ReceivedEvent, ConsoleError> {
     let kind = match data.get("__typename").and_then(Value::as_str) {
         Some("AnalysisStarted") => EventKind::Started,
         Some("AnalysisCompleted") => EventKind::Completed,
-        other => return Err(ConsoleError::WebSocket(format!("unknown event type {other:?}"))),
+        other => {
+            return Err(ConsoleError::WebSocket(format!(
+                "unknown event type {other:?}"
+            )));
+        }
     };
-    let analysis_id = data.get("analysisId").and_then(Value::as_str).unwrap_or_default().to_owned();
-    Ok(ReceivedEvent { kind, analysis_id, data })
+    let analysis_id = data
+        .get("analysisId")
+        .and_then(Value::as_str)
+        .unwrap_or_default()
+        .to_owned();
+    Ok(ReceivedEvent {
+        kind,
+        analysis_id,
+        data,
+    })
 }

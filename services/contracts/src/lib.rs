@@ -14,16 +14,16 @@ mod properties;
 mod topology;
 
 pub use messages::{
-    AnalysisCompleted, AnalysisStarted, AnalysisStatus, DecodeError, Event, MessageKind,
-    RequestAnalysis, decode_event, decode_request, format_timestamp, validate_input,
-    ANALYSIS_TYPE_CHARS_MAX, ASSET_ID_CHARS_MAX, PARAMETERS_BYTES_MAX,
+    ANALYSIS_TYPE_CHARS_MAX, ASSET_ID_CHARS_MAX, AnalysisCompleted, AnalysisStarted,
+    AnalysisStatus, DecodeError, Event, MessageKind, PARAMETERS_BYTES_MAX, RequestAnalysis,
+    decode_event, decode_request, format_timestamp, validate_input,
 };
 pub use properties::{
-    APP_ID_GATEWAY, APP_ID_ORCHESTRATOR, BODY_BYTES_MAX, CONTENT_TYPE_JSON, DELIVERY_MODE_PERSISTENT,
-    EncodeError, Properties, Publication, message_id,
+    APP_ID_GATEWAY, APP_ID_ORCHESTRATOR, BODY_BYTES_MAX, CONTENT_TYPE_JSON,
+    DELIVERY_MODE_PERSISTENT, EncodeError, Properties, Publication, message_id,
 };
 pub use topology::{
-    Binding, ExchangeDecl, ExchangeKind, QueueDecl, Topology, EXCHANGE_COMMANDS,
-    EXCHANGE_COMPLETED, EXCHANGE_STARTED, QUEUE_COMMANDS, QUEUE_SUBS_COMPLETED, QUEUE_SUBS_STARTED,
-    ROUTING_KEY_REQUEST,
+    Binding, EXCHANGE_COMMANDS, EXCHANGE_COMPLETED, EXCHANGE_STARTED, ExchangeDecl, ExchangeKind,
+    QUEUE_COMMANDS, QUEUE_SUBS_COMPLETED, QUEUE_SUBS_STARTED, QueueDecl, ROUTING_KEY_REQUEST,
+    Topology,
 };

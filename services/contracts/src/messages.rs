@@ -11,7 +11,9 @@ use crate::properties::{
     BODY_BYTES_MAX, CONTENT_TYPE_JSON, DELIVERY_MODE_PERSISTENT, EncodeError, Properties,
     Publication, message_id,
 };
-use crate::topology::{EXCHANGE_COMMANDS, EXCHANGE_COMPLETED, EXCHANGE_STARTED, ROUTING_KEY_REQUEST};
+use crate::topology::{
+    EXCHANGE_COMMANDS, EXCHANGE_COMPLETED, EXCHANGE_STARTED, ROUTING_KEY_REQUEST,
+};
 
 /// `assetId`: 1 to 128 characters.
 pub const ASSET_ID_CHARS_MAX: usize = 128;
@@ -198,7 +200,10 @@ trait Message: Serialize {
     fn publication(&self, app_id: &str, now_unix_ms: i64) -> Result<Publication, EncodeError> {
         let body = serde_json::to_vec(self).expect("contract messages always serialize");
         if body.len() > BODY_BYTES_MAX {
-            return Err(EncodeError::TooLarge { kind: Self::KIND.as_str(), bytes: body.len() });
+            return Err(EncodeError::TooLarge {
+                kind: Self::KIND.as_str(),
+                bytes: body.len(),
+            });
         }
         let (exchange, routing_key) = Self::KIND.route();
         Ok(Publication {
@@ -245,7 +250,11 @@ message!(AnalysisCompleted, MessageKind::Completed);
 impl RequestAnalysis {
     /// Checks the field rules of the schema; the gateway refuses, the orchestrator dead-letters.
     pub fn validate(&self) -> Result<(), String> {
-        validate_input(&self.asset_id, &self.analysis_type, self.parameters.as_ref())
+        validate_input(
+            &self.asset_id,
+            &self.analysis_type,
+            self.parameters.as_ref(),
+        )
     }
 }
 
@@ -258,7 +267,9 @@ pub fn validate_input(
 ) -> Result<(), String> {
     let asset_chars = asset_id.chars().count();
     if asset_chars == 0 || asset_chars > ASSET_ID_CHARS_MAX {
-        return Err(format!("assetId must be 1 to {ASSET_ID_CHARS_MAX} characters"));
+        return Err(format!(
+            "assetId must be 1 to {ASSET_ID_CHARS_MAX} characters"
+        ));
     }
     let type_ok = (1..=ANALYSIS_TYPE_CHARS_MAX).contains(&analysis_type.len())
         && analysis_type
@@ -270,7 +281,9 @@ pub fn validate_input(
         ));
     }
     if let Some(parameters) = parameters {
-        let bytes = serde_json::to_vec(parameters).map(|v| v.len()).unwrap_or(usize::MAX);
+        let bytes = serde_json::to_vec(parameters)
+            .map(|v| v.len())
+            .unwrap_or(usize::MAX);
         if bytes > PARAMETERS_BYTES_MAX {
             return Err(format!(
                 "parameters are {bytes} bytes serialized; the limit is {PARAMETERS_BYTES_MAX}"
@@ -284,8 +297,10 @@ fn decode_body<T: DeserializeOwned>(kind: MessageKind, body: &[u8]) -> Result<T,
     if body.len() > BODY_BYTES_MAX {
         return Err(DecodeError::TooLarge(body.len()));
     }
-    serde_json::from_slice(body)
-        .map_err(|e| DecodeError::Invalid { kind: kind.as_str(), reason: e.to_string() })
+    serde_json::from_slice(body).map_err(|e| DecodeError::Invalid {
+        kind: kind.as_str(),
+        reason: e.to_string(),
+    })
 }
 
 fn kind_of(type_property: Option<&str>) -> Result<MessageKind, DecodeError> {
@@ -301,9 +316,10 @@ pub fn decode_request(
     match kind_of(type_property)? {
         MessageKind::Request => {
             let request: RequestAnalysis = decode_body(MessageKind::Request, body)?;
-            request
-                .validate()
-                .map_err(|reason| DecodeError::Invalid { kind: "RequestAnalysis", reason })?;
+            request.validate().map_err(|reason| DecodeError::Invalid {
+                kind: "RequestAnalysis",
+                reason,
+            })?;
             Ok(request)
         }
         other => Err(DecodeError::UnexpectedType(other.as_str().into())),
@@ -338,8 +354,13 @@ mod tests {
 
     #[test]
     fn request_carries_every_contract_property() {
-        let p = request().publication(crate::APP_ID_GATEWAY, 1_700_000_000_999).unwrap();
-        assert_eq!((p.exchange.as_str(), p.routing_key.as_str()), ("analysis.commands", "request.analysis"));
+        let p = request()
+            .publication(crate::APP_ID_GATEWAY, 1_700_000_000_999)
+            .unwrap();
+        assert_eq!(
+            (p.exchange.as_str(), p.routing_key.as_str()),
+            ("analysis.commands", "request.analysis")
+        );
         let props = &p.properties;
         assert_eq!(props.content_type.as_deref(), Some("application/json"));
         assert_eq!(props.delivery_mode, Some(2));
@@ -381,21 +402,36 @@ mod tests {
             decode_request(Some("Bogus"), b"{}"),
             Err(DecodeError::UnexpectedType("Bogus".into()))
         );
-        assert!(matches!(decode_request(Some("RequestAnalysis"), b"not json"), Err(DecodeError::Invalid { .. })));
-        assert!(matches!(decode_event(Some("RequestAnalysis"), b"{}"), Err(DecodeError::UnexpectedType(_))));
+        assert!(matches!(
+            decode_request(Some("RequestAnalysis"), b"not json"),
+            Err(DecodeError::Invalid { .. })
+        ));
+        assert!(matches!(
+            decode_event(Some("RequestAnalysis"), b"{}"),
+            Err(DecodeError::UnexpectedType(_))
+        ));
         let big = vec![b' '; BODY_BYTES_MAX + 1];
-        assert_eq!(decode_request(Some("RequestAnalysis"), &big), Err(DecodeError::TooLarge(BODY_BYTES_MAX + 1)));
+        assert_eq!(
+            decode_request(Some("RequestAnalysis"), &big),
+            Err(DecodeError::TooLarge(BODY_BYTES_MAX + 1))
+        );
         let mut bad = request();
         bad.analysis_type = "Not Valid".into();
         let body = serde_json::to_vec(&bad).unwrap();
-        assert!(matches!(decode_request(Some("RequestAnalysis"), &body), Err(DecodeError::Invalid { .. })));
+        assert!(matches!(
+            decode_request(Some("RequestAnalysis"), &body),
+            Err(DecodeError::Invalid { .. })
+        ));
     }
 
     #[test]
     fn oversized_body_is_refused_at_encode() {
         let mut r = request();
         r.parameters = Some(Value::String("x".repeat(BODY_BYTES_MAX)));
-        assert!(matches!(r.publication("x", 0), Err(EncodeError::TooLarge { .. })));
+        assert!(matches!(
+            r.publication("x", 0),
+            Err(EncodeError::TooLarge { .. })
+        ));
     }
 
     #[test]
@@ -406,7 +442,14 @@ mod tests {
         assert!(validate_input(&"a".repeat(129), "t", None).is_err());
         assert!(validate_input("a", &"a".repeat(65), None).is_err());
         assert!(validate_input("a", "UPPER", None).is_err());
-        assert!(validate_input("a", "x", Some(&Value::String("p".repeat(PARAMETERS_BYTES_MAX)))).is_err());
+        assert!(
+            validate_input(
+                "a",
+                "x",
+                Some(&Value::String("p".repeat(PARAMETERS_BYTES_MAX)))
+            )
+            .is_err()
+        );
     }
 
     proptest! {

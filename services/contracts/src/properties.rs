@@ -69,7 +69,10 @@ const MESSAGE_ID_NAMESPACE: Uuid = Uuid::from_u128(0x6f1c_2a9e_4b4d_5d0e_9c3a_1f
 /// The stable id of a logical message: the same analysisId and type give the same id anywhere,
 /// so any consumer can recognise a repeat.
 pub fn message_id(analysis_id: Uuid, kind: MessageKind) -> Uuid {
-    Uuid::new_v5(&MESSAGE_ID_NAMESPACE, format!("{analysis_id}/{}", kind.as_str()).as_bytes())
+    Uuid::new_v5(
+        &MESSAGE_ID_NAMESPACE,
+        format!("{analysis_id}/{}", kind.as_str()).as_bytes(),
+    )
 }
 
 #[cfg(test)]
@@ -80,9 +83,18 @@ mod tests {
     fn message_id_depends_only_on_analysis_and_type() {
         let a = Uuid::from_u128(1);
         let b = Uuid::from_u128(2);
-        assert_eq!(message_id(a, MessageKind::Started), message_id(a, MessageKind::Started));
-        assert_ne!(message_id(a, MessageKind::Started), message_id(a, MessageKind::Completed));
-        assert_ne!(message_id(a, MessageKind::Started), message_id(b, MessageKind::Started));
+        assert_eq!(
+            message_id(a, MessageKind::Started),
+            message_id(a, MessageKind::Started)
+        );
+        assert_ne!(
+            message_id(a, MessageKind::Started),
+            message_id(a, MessageKind::Completed)
+        );
+        assert_ne!(
+            message_id(a, MessageKind::Started),
+            message_id(b, MessageKind::Started)
+        );
         assert_eq!(message_id(a, MessageKind::Started).get_version_num(), 5);
     }
 }

@@ -80,8 +80,15 @@ pub struct Topology {
 impl Topology {
     /// The topology of `contract/messages.md`, all durable.
     pub fn contract() -> Topology {
-        let exchange = |name: &str, kind| ExchangeDecl { name: name.into(), kind, durable: true };
-        let queue = |name: &str| QueueDecl { name: name.into(), durable: true };
+        let exchange = |name: &str, kind| ExchangeDecl {
+            name: name.into(),
+            kind,
+            durable: true,
+        };
+        let queue = |name: &str| QueueDecl {
+            name: name.into(),
+            durable: true,
+        };
         let binding = |exchange: &str, queue: &str, routing_key: &str| Binding {
             exchange: exchange.into(),
             queue: queue.into(),
@@ -133,7 +140,11 @@ mod tests {
     #[test]
     fn contract_topology_matches_messages_md() {
         let t = Topology::contract();
-        let names: Vec<_> = t.exchanges.iter().map(|e| (e.name.as_str(), e.kind.as_str())).collect();
+        let names: Vec<_> = t
+            .exchanges
+            .iter()
+            .map(|e| (e.name.as_str(), e.kind.as_str()))
+            .collect();
         assert_eq!(
             names,
             [
@@ -146,12 +157,22 @@ mod tests {
         let bindings: Vec<_> = t
             .bindings
             .iter()
-            .map(|b| (b.exchange.as_str(), b.queue.as_str(), b.routing_key.as_str()))
+            .map(|b| {
+                (
+                    b.exchange.as_str(),
+                    b.queue.as_str(),
+                    b.routing_key.as_str(),
+                )
+            })
             .collect();
         assert_eq!(
             bindings,
             [
-                ("analysis.commands", "orchestrator.analysis.commands", "request.analysis"),
+                (
+                    "analysis.commands",
+                    "orchestrator.analysis.commands",
+                    "request.analysis"
+                ),
                 ("analysis.started", "graph.subs.started", ""),
                 ("analysis.completed", "graph.subs.completed", "")
             ]

@@ -28,18 +28,24 @@ impl Analyzer for BuiltinAnalyzer {
     async fn analyze(&self, request: &RequestAnalysis) -> Result<Value, String> {
         tokio::time::sleep(self.duration).await;
         if let Some(reason) = request.parameters.as_ref().and_then(|p| p.get("fail")) {
-            return Err(reason.as_str().map_or_else(|| reason.to_string(), str::to_owned));
+            return Err(reason
+                .as_str()
+                .map_or_else(|| reason.to_string(), str::to_owned));
         }
         // FNV-1a: a stable hash (std's hasher may change between releases).
         let input = format!(
             "{}\u{0}{}\u{0}{}",
             request.asset_id,
             request.analysis_type,
-            request.parameters.as_ref().map(Value::to_string).unwrap_or_default()
+            request
+                .parameters
+                .as_ref()
+                .map(Value::to_string)
+                .unwrap_or_default()
         );
-        let hash = input
-            .bytes()
-            .fold(0xcbf2_9ce4_8422_2325_u64, |h, b| (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3));
+        let hash = input.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+            (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+        });
         Ok(json!({
             "assetId": request.asset_id,
             "analysisType": request.analysis_type,
@@ -67,15 +73,26 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn builtin_result_depends_only_on_input() {
-        let a = BuiltinAnalyzer { duration: Duration::from_secs(3) };
+        let a = BuiltinAnalyzer {
+            duration: Duration::from_secs(3),
+        };
         let first = a.analyze(&request(None)).await.unwrap();
         assert_eq!(first, a.analyze(&request(None)).await.unwrap());
-        assert_ne!(first, a.analyze(&request(Some(json!({"window": 7})))).await.unwrap());
+        assert_ne!(
+            first,
+            a.analyze(&request(Some(json!({"window": 7}))))
+                .await
+                .unwrap()
+        );
     }
 
     #[tokio::test(start_paused = true)]
     async fn fail_parameter_fails_with_its_reason() {
         let a = BuiltinAnalyzer::default();
-        assert_eq!(a.analyze(&request(Some(json!({"fail": "sensor offline"})))).await, Err("sensor offline".into()));
+        assert_eq!(
+            a.analyze(&request(Some(json!({"fail": "sensor offline"}))))
+                .await,
+            Err("sensor offline".into())
+        );
     }
 }

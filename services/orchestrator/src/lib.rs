@@ -72,7 +72,11 @@ pub async fn run(
         return Err(OrchestratorError::Config("concurrency must be at least 1"));
     }
     let shutdown = shutdown.boxed().shared();
-    let processor = Arc::new(Processor::new(ports.clone(), analyzer, config.finished_memory_count_max));
+    let processor = Arc::new(Processor::new(
+        ports.clone(),
+        analyzer,
+        config.finished_memory_count_max,
+    ));
     let mut backoff = config.reconnect_backoff_min;
     let mut declared = false;
     loop {
@@ -80,7 +84,11 @@ pub async fn run(
             return Ok(());
         }
         if !declared {
-            match ports.bus.declare(&contracts::Topology::orchestrator()).await {
+            match ports
+                .bus
+                .declare(&contracts::Topology::orchestrator())
+                .await
+            {
                 Ok(()) => declared = true,
                 // A refusal (e.g. 406 inequivalent arguments) will not heal by retrying.
                 Err(e @ BusError::Refused { .. }) => return Err(OrchestratorError::Declare(e)),
@@ -88,13 +96,18 @@ pub async fn run(
             }
         }
         if declared {
-            let options = ConsumeOptions { prefetch: config.concurrency };
+            let options = ConsumeOptions {
+                prefetch: config.concurrency,
+            };
             match ports.bus.consume(contracts::QUEUE_COMMANDS, options).await {
-                Ok(deliveries) => {
+                Ok(mut deliveries) => {
                     tracing::info!(queue = contracts::QUEUE_COMMANDS, "consuming");
                     backoff = config.reconnect_backoff_min;
                     let concurrency = usize::from(config.concurrency);
+                    // `by_ref`: the consumer (and its channel) must outlive the in-flight
+                    // analyses so their acks land; dropping it early would requeue them.
                     deliveries
+                        .by_ref()
                         .take_until(shutdown.clone())
                         .for_each_concurrent(concurrency, |delivery| {
                             let processor = processor.clone();

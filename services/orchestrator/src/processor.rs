@@ -38,12 +38,24 @@ enum Claim {
 }
 
 impl Processor {
-    pub(crate) fn new(ports: Ports, analyzer: Arc<dyn Analyzer>, finished_count_max: usize) -> Self {
-        Processor { ports, analyzer, memory: Mutex::new(Memory::default()), finished_count_max }
+    pub(crate) fn new(
+        ports: Ports,
+        analyzer: Arc<dyn Analyzer>,
+        finished_count_max: usize,
+    ) -> Self {
+        Processor {
+            ports,
+            analyzer,
+            memory: Mutex::new(Memory::default()),
+            finished_count_max,
+        }
     }
 
     pub(crate) async fn process(&self, delivery: Delivery) {
-        let request = match contracts::decode_request(delivery.properties.kind.as_deref(), &delivery.body) {
+        let request = match contracts::decode_request(
+            delivery.properties.kind.as_deref(),
+            &delivery.body,
+        ) {
             Ok(request) => request,
             Err(e) => {
                 // Poison: requeueing would loop forever; reject so a DLX (if any) keeps it.
@@ -79,7 +91,11 @@ impl Processor {
         }
     }
 
-    async fn run_analysis(&self, request: &RequestAnalysis, redelivered: bool) -> Result<(), BusError> {
+    async fn run_analysis(
+        &self,
+        request: &RequestAnalysis,
+        redelivered: bool,
+    ) -> Result<(), BusError> {
         let id = request.analysis_id;
         tracing::info!(analysis_id = %id, redelivered, "analysis starting");
         let started = AnalysisStarted {
@@ -89,7 +105,8 @@ impl Processor {
             requested_by: request.requested_by.clone(),
             started_at: format_timestamp(self.ports.clock.now_unix_ms()),
         };
-        self.publish(started.publication(APP_ID_ORCHESTRATOR, self.ports.clock.now_unix_ms())).await?;
+        self.publish(started.publication(APP_ID_ORCHESTRATOR, self.ports.clock.now_unix_ms()))
+            .await?;
         let (status, result, error) = match self.analyzer.analyze(request).await {
             Ok(result) => (AnalysisStatus::Succeeded, Some(result), None),
             Err(reason) => (AnalysisStatus::Failed, None, Some(reason)),
@@ -122,7 +139,10 @@ impl Processor {
         Ok(())
     }
 
-    async fn publish(&self, publication: Result<Publication, contracts::EncodeError>) -> Result<(), BusError> {
+    async fn publish(
+        &self,
+        publication: Result<Publication, contracts::EncodeError>,
+    ) -> Result<(), BusError> {
         let publication = publication.map_err(|e| BusError::Invalid(e.to_string()))?;
         self.ports.bus.publish(publication).await
     }

@@ -110,7 +110,14 @@ impl Delivery {
         routing_key: String,
         acker: Box<dyn Acker>,
     ) -> Delivery {
-        Delivery { properties, body, redelivered, exchange, routing_key, acker }
+        Delivery {
+            properties,
+            body,
+            redelivered,
+            exchange,
+            routing_key,
+            acker,
+        }
     }
 
     /// Acknowledges: the broker forgets the message.

@@ -32,7 +32,9 @@ pub struct SeededIds {
 impl SeededIds {
     /// A generator whose sequence is decided by `seed`.
     pub fn new(seed: u64) -> SeededIds {
-        SeededIds { state: Mutex::new(seed) }
+        SeededIds {
+            state: Mutex::new(seed),
+        }
     }
 
     fn next_u64(&self) -> u64 {
@@ -58,14 +60,18 @@ mod tests {
 
     #[test]
     fn same_seed_gives_same_ids_and_other_seeds_differ() {
-        let a: Vec<_> = (0..5).map({
-            let g = SeededIds::new(42);
-            move |_| g.analysis_id()
-        }).collect();
-        let b: Vec<_> = (0..5).map({
-            let g = SeededIds::new(42);
-            move |_| g.analysis_id()
-        }).collect();
+        let a: Vec<_> = (0..5)
+            .map({
+                let g = SeededIds::new(42);
+                move |_| g.analysis_id()
+            })
+            .collect();
+        let b: Vec<_> = (0..5)
+            .map({
+                let g = SeededIds::new(42);
+                move |_| g.analysis_id()
+            })
+            .collect();
         let c = SeededIds::new(43).analysis_id();
         assert_eq!(a, b);
         assert_ne!(a[0], c);

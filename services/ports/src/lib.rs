@@ -44,7 +44,11 @@ pub struct Ports {
 impl Ports {
     /// Real-mode clock and ids around the given bus.
     pub fn real(bus: Arc<dyn Bus>) -> Ports {
-        Ports { bus, clock: Arc::new(SystemClock), ids: Arc::new(UuidV7Ids) }
+        Ports {
+            bus,
+            clock: Arc::new(SystemClock),
+            ids: Arc::new(UuidV7Ids),
+        }
     }
 }
 

@@ -79,7 +79,9 @@ mod sim {
         type Stream = turmoil::net::TcpStream;
 
         async fn bind(&self, addr: &str) -> io::Result<Self::Listener> {
-            turmoil::net::TcpListener::bind(addr).await.map(TurmoilListener)
+            turmoil::net::TcpListener::bind(addr)
+                .await
+                .map(TurmoilListener)
         }
 
         async fn connect(&self, addr: &str) -> io::Result<Self::Stream> {

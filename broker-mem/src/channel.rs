@@ -1,0 +1,62 @@
+//! Channels: the lane of a connection on which a client declares, publishes, consumes and
+//! settles. Delivery tags and the unacked map are per channel, as in AMQP; closing a channel
+//! (by the client or by an error) requeues every unacked delivery and cancels its consumers.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use crate::connection::ConnectionId;
+use crate::consumer::ConsumerState;
+use crate::delivery::Unacked;
+use crate::error::AmqpError;
+
+/// Identifies a channel for the broker's lifetime; never reused, so a stale handle can never
+/// act on a newer channel that got the same AMQP channel number.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct ChannelId {
+    pub(crate) connection: ConnectionId,
+    pub(crate) serial: u64,
+}
+
+impl ChannelId {
+    /// The connection the channel belongs to.
+    pub fn connection(self) -> ConnectionId {
+        self.connection
+    }
+}
+
+impl fmt::Display for ChannelId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "channel {} of {}", self.serial, self.connection)
+    }
+}
+
+#[derive(Debug)]
+pub(crate) struct ChannelState {
+    /// AMQP channel number, 1..=channel_max, unique among the connection's channels.
+    pub number: u16,
+    /// Set when an error closed the channel; the record (and its number) is kept until the
+    /// client releases the channel, so later calls can say why.
+    pub closed: Option<AmqpError>,
+    /// `basic.qos` prefetch for consumers started from now on; 0 = unlimited.
+    pub prefetch: u16,
+    /// The last delivery tag handed out; tags start at 1.
+    pub last_delivery_tag: u64,
+    /// Deliveries not yet settled, by tag (ascending, which `multiple` relies on).
+    pub unacked: BTreeMap<u64, Unacked>,
+    /// Consumers by tag.
+    pub consumers: BTreeMap<String, ConsumerState>,
+}
+
+impl ChannelState {
+    pub(crate) fn new(number: u16) -> ChannelState {
+        ChannelState {
+            number,
+            closed: None,
+            prefetch: 0,
+            last_delivery_tag: 0,
+            unacked: BTreeMap::new(),
+            consumers: BTreeMap::new(),
+        }
+    }
+}

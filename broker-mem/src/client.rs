@@ -1,0 +1,479 @@
+//! The in-process client: a [`Broker`] handle, [`Connection`]s, [`Channel`]s and
+//! [`Consumer`]s, shaped like an AMQP client library but calling the engine directly.
+//!
+//! The engine sits behind a std `Mutex` held only for the duration of one synchronous call,
+//! never across an await. After every call the client forwards the engine's events: deliveries
+//! go into the consumer's flume channel, whose capacity is the consumer's prefetch, so a
+//! consumer's buffer can never hold more than its prefetch allows; a consumer's end closes its
+//! flume channel. Dropping a `Channel` or `Connection` closes it, which requeues everything it
+//! had not acked.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+
+use bytes::Bytes;
+use thiserror::Error;
+
+use crate::binding::BindingInfo;
+use crate::channel::ChannelId;
+use crate::connection::{ConnectionId, DEFAULT_USER};
+use crate::consumer::ConsumeOptions;
+use crate::delivery::Delivery;
+use crate::engine::{ConsumerEnd, Engine, Event, Usage};
+use crate::error::Error;
+use crate::exchange::{ExchangeInfo, ExchangeKind, ExchangeOptions};
+use crate::limits::Limits;
+use crate::message::{Confirm, Properties};
+use crate::queue::{QueueDeclareOk, QueueInfo, QueueOptions};
+
+/// A handle on one in-memory broker; clones share it. Cheap to clone, `Send + Sync`.
+#[derive(Clone)]
+pub struct Broker {
+    shared: Arc<Mutex<Shared>>,
+}
+
+impl fmt::Debug for Broker {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Broker").finish_non_exhaustive()
+    }
+}
+
+impl Default for Broker {
+    fn default() -> Self {
+        Broker::new()
+    }
+}
+
+/// Where a consumer's deliveries go.
+struct Outlet {
+    sender: flume::Sender<Delivery>,
+    /// A second end of the same flume channel, to take back deliveries whose channel closed:
+    /// they have been requeued, and offering them to the consumer too would duplicate them.
+    receiver: flume::Receiver<Delivery>,
+    /// Tells this consumer from a later one that reused its tag.
+    consumer_id: u64,
+    no_ack: bool,
+}
+
+struct Shared {
+    engine: Engine,
+    outlets: BTreeMap<(ChannelId, String), Outlet>,
+    last_consumer_id: u64,
+}
+
+impl Shared {
+    /// Forwards the engine's events to the consumers' flume channels.
+    fn flush(&mut self) {
+        for event in self.engine.take_events() {
+            match event {
+                Event::Deliver { channel, delivery } => {
+                    let key = (channel, delivery.consumer_tag.clone());
+                    let Some(outlet) = self.outlets.get(&key) else {
+                        tracing::error!(%channel, consumer = %key.1, "delivery to an unknown consumer");
+                        debug_assert!(false, "delivery to an unknown consumer");
+                        continue;
+                    };
+                    // Cannot be full: the engine delivers only within the consumer's window,
+                    // which is the flume channel's capacity.
+                    let sent = outlet.sender.try_send(*delivery);
+                    debug_assert!(sent.is_ok(), "consumer buffer overflow: {sent:?}");
+                }
+                Event::ConsumerEnded {
+                    channel,
+                    consumer_tag,
+                    reason,
+                } => {
+                    let Some(outlet) = self.outlets.remove(&(channel, consumer_tag)) else {
+                        continue;
+                    };
+                    if reason == ConsumerEnd::ChannelClosed && !outlet.no_ack {
+                        let requeued = outlet.receiver.drain().count();
+                        tracing::trace!(%channel, requeued, "dropped buffered deliveries of a closed channel");
+                    }
+                }
+            }
+        }
+    }
+}
+
+impl Broker {
+    /// An empty broker with the default [`Limits`].
+    pub fn new() -> Broker {
+        Broker::with_limits(Limits::default())
+    }
+
+    /// An empty broker with the given limits.
+    pub fn with_limits(limits: Limits) -> Broker {
+        let shared = Shared {
+            engine: Engine::new(limits),
+            outlets: BTreeMap::new(),
+            last_consumer_id: 0,
+        };
+        Broker {
+            shared: Arc::new(Mutex::new(shared)),
+        }
+    }
+
+    /// Opens a connection as RabbitMQ's default user `guest`.
+    pub fn connect(&self) -> Connection {
+        self.connect_as(DEFAULT_USER)
+    }
+
+    /// Opens a connection as `user` (which only matters for the `user_id` property check).
+    pub fn connect_as(&self, user: &str) -> Connection {
+        let id = self.call(|engine| engine.open_connection(user));
+        Connection {
+            broker: self.clone(),
+            id,
+        }
+    }
+
+    /// Ready messages in a queue; None if there is no such queue.
+    pub fn queue_depth(&self, queue: &str) -> Option<usize> {
+        self.call(|engine| engine.queue_depth(queue))
+    }
+
+    /// Delivered, unsettled messages of a queue; None if there is no such queue.
+    pub fn unacked_count(&self, queue: &str) -> Option<usize> {
+        self.call(|engine| engine.unacked_count(queue))
+    }
+
+    /// Consumers of a queue; None if there is no such queue.
+    pub fn consumer_count(&self, queue: &str) -> Option<usize> {
+        self.call(|engine| engine.consumer_count(queue))
+    }
+
+    /// Every exchange, sorted by name.
+    pub fn exchanges(&self) -> Vec<ExchangeInfo> {
+        self.call(|engine| engine.exchanges())
+    }
+
+    /// Every queue, sorted by name.
+    pub fn queues(&self) -> Vec<QueueInfo> {
+        self.call(|engine| engine.queues())
+    }
+
+    /// Every explicit binding, sorted.
+    pub fn bindings(&self) -> Vec<BindingInfo> {
+        self.call(|engine| engine.bindings())
+    }
+
+    /// What the broker holds, against its ceilings.
+    pub fn usage(&self) -> Usage {
+        self.call(|engine| engine.usage())
+    }
+
+    /// The engine's self-check (see [`Engine::check_invariants`]).
+    pub fn check_invariants(&self) -> Result<(), String> {
+        self.call(|engine| engine.check_invariants())
+    }
+
+    /// A poisoned lock means a call panicked half-way; the engine validates before it mutates,
+    /// so carrying on is no worse than the panic itself, and a `Drop` must not panic again.
+    fn lock(&self) -> MutexGuard<'_, Shared> {
+        self.shared.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// One engine call, then its events forwarded.
+    fn call<T>(&self, f: impl FnOnce(&mut Engine) -> T) -> T {
+        let mut shared = self.lock();
+        let value = f(&mut shared.engine);
+        shared.flush();
+        value
+    }
+}
+
+/// A connection to the broker. Dropping it closes it: every channel on it closes (requeueing
+/// unacked deliveries) and its exclusive queues are deleted.
+#[derive(Debug)]
+pub struct Connection {
+    broker: Broker,
+    id: ConnectionId,
+}
+
+impl Connection {
+    /// This connection's id.
+    pub fn id(&self) -> ConnectionId {
+        self.id
+    }
+
+    /// The broker it is connected to.
+    pub fn broker(&self) -> &Broker {
+        &self.broker
+    }
+
+    /// Opens a channel (at most [`crate::CHANNELS_PER_CONNECTION_MAX`] at once). Channels are
+    /// always in confirm mode.
+    pub fn open_channel(&self) -> Result<Channel, Error> {
+        let id = self.broker.call(|engine| engine.open_channel(self.id))?;
+        Ok(Channel {
+            broker: self.broker.clone(),
+            id,
+        })
+    }
+
+    /// Closes the connection and everything on it. Idempotent.
+    pub fn close(&self) {
+        self.broker.call(|engine| engine.close_connection(self.id));
+    }
+}
+
+impl Drop for Connection {
+    fn drop(&mut self) {
+        self.close();
+    }
+}
+
+/// An AMQP channel in confirm mode. `Send + Sync`: share it behind an `Arc`. Every method is
+/// synchronous and has dispatched whatever it made deliverable by the time it returns. Any
+/// channel error closes the channel; later calls return [`Error::ChannelClosed`] with the
+/// original reply. Dropping it closes it.
+#[derive(Debug)]
+pub struct Channel {
+    broker: Broker,
+    id: ChannelId,
+}
+
+impl Channel {
+    /// This channel's id.
+    pub fn id(&self) -> ChannelId {
+        self.id
+    }
+
+    /// Ok while the channel is open; otherwise why it closed.
+    pub fn status(&self) -> Result<(), Error> {
+        self.broker.call(|engine| engine.channel_status(self.id))
+    }
+
+    /// Whether the channel is open.
+    pub fn is_open(&self) -> bool {
+        self.status().is_ok()
+    }
+
+    /// `exchange.declare`.
+    pub fn exchange_declare(
+        &self,
+        name: &str,
+        kind: ExchangeKind,
+        options: ExchangeOptions,
+    ) -> Result<(), Error> {
+        self.broker
+            .call(|engine| engine.exchange_declare(self.id, name, kind, options))
+    }
+
+    /// `queue.declare`; an empty name gets a server-generated `amq.gen-<n>`.
+    pub fn queue_declare(
+        &self,
+        name: &str,
+        options: QueueOptions,
+    ) -> Result<QueueDeclareOk, Error> {
+        self.broker
+            .call(|engine| engine.queue_declare(self.id, name, options))
+    }
+
+    /// `queue.bind`.
+    pub fn queue_bind(&self, queue: &str, exchange: &str, routing_key: &str) -> Result<(), Error> {
+        self.broker
+            .call(|engine| engine.queue_bind(self.id, queue, exchange, routing_key))
+    }
+
+    /// `basic.qos`: the prefetch of consumers started on this channel from now on (per
+    /// consumer, as RabbitMQ does); 0 = unlimited.
+    pub fn basic_qos(&self, prefetch_count: u16) -> Result<(), Error> {
+        self.broker
+            .call(|engine| engine.basic_qos(self.id, prefetch_count))
+    }
+
+    /// `basic.publish`, answered by the publisher confirm.
+    pub fn basic_publish(
+        &self,
+        exchange: &str,
+        routing_key: &str,
+        properties: Properties,
+        body: Bytes,
+    ) -> Result<Confirm, Error> {
+        self.broker
+            .call(|engine| engine.basic_publish(self.id, exchange, routing_key, properties, body))
+    }
+
+    /// `basic.consume`. The consumer's buffer already holds whatever was ready (up to its
+    /// prefetch) when this returns.
+    pub fn basic_consume(&self, queue: &str, options: ConsumeOptions) -> Result<Consumer, Error> {
+        let no_ack = options.no_ack;
+        let mut shared = self.broker.lock();
+        let consumer = shared
+            .engine
+            .basic_consume(self.id, queue, options)
+            .map(|tag| {
+                let (sender, receiver) = match shared.engine.consumer_window(self.id, &tag) {
+                    Some(window) => flume::bounded(window),
+                    None => flume::unbounded(),
+                };
+                shared.last_consumer_id += 1;
+                let consumer_id = shared.last_consumer_id;
+                let outlet = Outlet {
+                    sender,
+                    receiver: receiver.clone(),
+                    consumer_id,
+                    no_ack,
+                };
+                shared.outlets.insert((self.id, tag.clone()), outlet);
+                Consumer {
+                    broker: self.broker.clone(),
+                    channel: self.id,
+                    tag,
+                    consumer_id,
+                    no_ack,
+                    receiver,
+                }
+            });
+        // Only now that the outlet exists: the consume may have dispatched at once.
+        shared.flush();
+        consumer
+    }
+
+    /// `basic.ack`; with `multiple`, every delivery up to the tag (all when it is 0).
+    pub fn basic_ack(&self, delivery_tag: u64, multiple: bool) -> Result<(), Error> {
+        self.broker
+            .call(|engine| engine.basic_ack(self.id, delivery_tag, multiple))
+    }
+
+    /// `basic.nack`.
+    pub fn basic_nack(
+        &self,
+        delivery_tag: u64,
+        multiple: bool,
+        requeue: bool,
+    ) -> Result<(), Error> {
+        self.broker
+            .call(|engine| engine.basic_nack(self.id, delivery_tag, multiple, requeue))
+    }
+
+    /// `basic.reject`.
+    pub fn basic_reject(&self, delivery_tag: u64, requeue: bool) -> Result<(), Error> {
+        self.broker
+            .call(|engine| engine.basic_reject(self.id, delivery_tag, requeue))
+    }
+
+    /// `basic.cancel`: the consumer receives what is already in its buffer, then ends. Its
+    /// unacked deliveries stay unacked on this channel.
+    pub fn basic_cancel(&self, consumer_tag: &str) -> Result<(), Error> {
+        self.broker
+            .call(|engine| engine.basic_cancel(self.id, consumer_tag))
+    }
+
+    /// Closes the channel: its consumers end and its unacked deliveries are requeued. Closing
+    /// twice is Ok; closing a channel that an error closed returns that error.
+    pub fn close(&self) -> Result<(), Error> {
+        self.broker.call(|engine| engine.close_channel(self.id))
+    }
+}
+
+impl Drop for Channel {
+    fn drop(&mut self) {
+        // The cause of an earlier error close was already reported to the call that made it.
+        let _ = self.close();
+    }
+}
+
+/// Why [`Consumer::try_recv`] returned nothing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Error)]
+pub enum TryRecvError {
+    /// Nothing buffered right now.
+    #[error("no delivery buffered")]
+    Empty,
+    /// The consumer was cancelled or its channel closed, and its buffer is empty.
+    #[error("the consumer has ended")]
+    Ended,
+}
+
+/// One consumer's deliveries. Dropping it cancels the consumer (`basic.cancel`: its unacked
+/// deliveries stay on the channel until acked or the channel closes).
+pub struct Consumer {
+    broker: Broker,
+    channel: ChannelId,
+    tag: String,
+    consumer_id: u64,
+    no_ack: bool,
+    receiver: flume::Receiver<Delivery>,
+}
+
+impl fmt::Debug for Consumer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Consumer")
+            .field("channel", &self.channel)
+            .field("tag", &self.tag)
+            .field("buffered", &self.receiver.len())
+            .finish()
+    }
+}
+
+impl Consumer {
+    /// The consumer tag.
+    pub fn tag(&self) -> &str {
+        &self.tag
+    }
+
+    /// The channel it consumes on.
+    pub fn channel(&self) -> ChannelId {
+        self.channel
+    }
+
+    /// Deliveries waiting in the buffer.
+    pub fn buffered(&self) -> usize {
+        self.receiver.len()
+    }
+
+    /// The next delivery; None once the consumer has ended (cancelled, channel or connection
+    /// closed, queue deleted) and its buffer is empty.
+    pub async fn recv(&self) -> Option<Delivery> {
+        let delivery = self.receiver.recv_async().await.ok()?;
+        self.taken();
+        Some(delivery)
+    }
+
+    /// The next delivery if one is buffered.
+    pub fn try_recv(&self) -> Result<Delivery, TryRecvError> {
+        match self.receiver.try_recv() {
+            Ok(delivery) => {
+                self.taken();
+                Ok(delivery)
+            }
+            Err(flume::TryRecvError::Empty) => Err(TryRecvError::Empty),
+            Err(flume::TryRecvError::Disconnected) => Err(TryRecvError::Ended),
+        }
+    }
+
+    /// Whether the outlet in the broker is still this consumer's.
+    fn is_current(&self, shared: &Shared) -> bool {
+        let key = (self.channel, self.tag.clone());
+        shared
+            .outlets
+            .get(&key)
+            .is_some_and(|outlet| outlet.consumer_id == self.consumer_id)
+    }
+
+    /// An auto-ack delivery left the buffer: room for one more.
+    fn taken(&self) {
+        if !self.no_ack {
+            return;
+        }
+        let mut shared = self.broker.lock();
+        if self.is_current(&shared) {
+            shared.engine.deliveries_taken(self.channel, &self.tag, 1);
+            shared.flush();
+        }
+    }
+}
+
+impl Drop for Consumer {
+    fn drop(&mut self) {
+        let mut shared = self.broker.lock();
+        if self.is_current(&shared) {
+            // Fails only if the channel already closed, which ended this consumer anyway.
+            let _ = shared.engine.basic_cancel(self.channel, &self.tag);
+            shared.flush();
+        }
+    }
+}

@@ -1,0 +1,64 @@
+//! A message on its way to a consumer, and the record a channel keeps of it until it is
+//! settled.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+
+use crate::message::{Message, Properties};
+use crate::queue::Queued;
+
+/// One message handed to a consumer (AMQP `basic.deliver`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Delivery {
+    /// Identifies this delivery on its channel for ack / nack / reject. Starts at 1 on each
+    /// channel and increases by one per delivery.
+    pub delivery_tag: u64,
+    /// True when the message was delivered before and requeued (explicitly or by a channel
+    /// close). False guarantees no consumer has seen it.
+    pub redelivered: bool,
+    /// The exchange it was published to (`""` for the default exchange).
+    pub exchange: String,
+    /// The routing key it was published with.
+    pub routing_key: String,
+    /// Basic properties exactly as published.
+    pub properties: Properties,
+    /// The body exactly as published.
+    pub body: Bytes,
+    /// The consumer it was delivered to.
+    pub consumer_tag: String,
+}
+
+impl Delivery {
+    pub(crate) fn new(
+        delivery_tag: u64,
+        consumer_tag: &str,
+        message: &Arc<Message>,
+        redelivered: bool,
+    ) -> Delivery {
+        Delivery {
+            delivery_tag,
+            redelivered,
+            exchange: message.exchange.clone(),
+            routing_key: message.routing_key.clone(),
+            properties: message.properties.clone(),
+            body: message.body.clone(),
+            consumer_tag: consumer_tag.to_owned(),
+        }
+    }
+}
+
+/// A delivery the consumer has not settled yet, kept by its channel under the delivery tag.
+#[derive(Debug)]
+pub(crate) struct Unacked {
+    /// The queue it came from, and that queue's incarnation: a queue deleted and declared again
+    /// under the same name is a different queue, and a requeue must not land in it.
+    pub queue: String,
+    pub queue_id: u64,
+    /// The consumer it went to, whose prefetch credit it uses; the serial tells that consumer
+    /// from a later one that reused its tag after a cancel.
+    pub consumer_tag: String,
+    pub consumer_serial: u64,
+    /// The message, with its original enqueue position.
+    pub entry: Queued,
+}

@@ -1,0 +1,179 @@
+//! AMQP reply codes and the errors a client sees.
+//!
+//! A broken rule closes the channel (or, for a few rules, the connection) exactly as RabbitMQ
+//! does; the call that broke it gets [`Error::Channel`], later calls on that channel get
+//! [`Error::ChannelClosed`] with the same code and text, so the cause is never lost.
+
+use std::fmt;
+
+use thiserror::Error;
+
+/// The AMQP 0-9-1 reply codes broker-mem uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum ReplyCode {
+    /// 200: normal close.
+    ReplySuccess,
+    /// 403: the operation is not permitted (reserved names, the default exchange, internal
+    /// exchanges, exclusive consumers).
+    AccessRefused,
+    /// 404: no such exchange or queue.
+    NotFound,
+    /// 405: an exclusive queue belongs to another connection.
+    ResourceLocked,
+    /// 406: the request contradicts the broker's state (unknown delivery tag, inequivalent
+    /// redeclare, oversized message, a limit reached).
+    PreconditionFailed,
+    /// 530: a connection error, such as reusing a consumer tag on a channel.
+    NotAllowed,
+}
+
+impl ReplyCode {
+    /// The numeric code.
+    pub fn code(self) -> u16 {
+        match self {
+            ReplyCode::ReplySuccess => 200,
+            ReplyCode::AccessRefused => 403,
+            ReplyCode::NotFound => 404,
+            ReplyCode::ResourceLocked => 405,
+            ReplyCode::PreconditionFailed => 406,
+            ReplyCode::NotAllowed => 530,
+        }
+    }
+
+    /// The AMQP name, as RabbitMQ prefixes it to reply texts (`NOT_FOUND`).
+    pub fn name(self) -> &'static str {
+        match self {
+            ReplyCode::ReplySuccess => "REPLY_SUCCESS",
+            ReplyCode::AccessRefused => "ACCESS_REFUSED",
+            ReplyCode::NotFound => "NOT_FOUND",
+            ReplyCode::ResourceLocked => "RESOURCE_LOCKED",
+            ReplyCode::PreconditionFailed => "PRECONDITION_FAILED",
+            ReplyCode::NotAllowed => "NOT_ALLOWED",
+        }
+    }
+}
+
+impl fmt::Display for ReplyCode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} {}", self.code(), self.name())
+    }
+}
+
+/// A channel or connection close sent by the broker: a reply code and RabbitMQ's text.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AmqpError {
+    /// The reply code.
+    pub code: ReplyCode,
+    /// RabbitMQ's explanation without the code-name prefix, e.g. `no exchange 'x' in vhost '/'`.
+    pub text: String,
+}
+
+impl AmqpError {
+    /// An error with the given code and text.
+    pub fn new(code: ReplyCode, text: impl Into<String>) -> AmqpError {
+        AmqpError {
+            code,
+            text: text.into(),
+        }
+    }
+
+    /// The reply text exactly as RabbitMQ sends it on the wire: `NOT_FOUND - no exchange ...`.
+    pub fn reply_text(&self) -> String {
+        format!("{} - {}", self.code.name(), self.text)
+    }
+}
+
+impl fmt::Display for AmqpError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} {}", self.code.code(), self.reply_text())
+    }
+}
+
+/// What a client call can fail with.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum Error {
+    /// This call broke a rule: the broker closed the channel with this reply. Its unacked
+    /// messages were requeued and its consumers cancelled.
+    #[error("channel error: {0}")]
+    Channel(AmqpError),
+    /// This call broke a connection-level rule: the broker closed the whole connection.
+    #[error("connection error: {0}")]
+    Connection(AmqpError),
+    /// An earlier call closed this channel with this reply; nothing was done.
+    #[error("channel was closed by an earlier error: {0}")]
+    ChannelClosed(AmqpError),
+    /// An earlier call closed this channel's connection with this reply; nothing was done.
+    #[error("connection was closed by an earlier error: {0}")]
+    ConnectionClosed(AmqpError),
+    /// The channel or its connection was closed by the client; nothing was done.
+    #[error("the channel or connection is closed")]
+    Closed,
+    /// Refused on the client side before reaching the broker, like an AMQP client library
+    /// would (a name longer than a short string, `channel_max` reached); nothing was done and
+    /// the channel stays open.
+    #[error("invalid request: {0}")]
+    Invalid(String),
+}
+
+impl Error {
+    /// The broker's reply, when the broker (not the client) refused.
+    pub fn reply(&self) -> Option<&AmqpError> {
+        match self {
+            Error::Channel(e)
+            | Error::Connection(e)
+            | Error::ChannelClosed(e)
+            | Error::ConnectionClosed(e) => Some(e),
+            Error::Closed | Error::Invalid(_) => None,
+        }
+    }
+}
+
+/// Why an engine operation failed, before the engine has applied the consequences.
+#[derive(Debug)]
+pub(crate) enum Fault {
+    /// Close the channel with this reply.
+    Channel(AmqpError),
+    /// Close the connection with this reply.
+    Connection(AmqpError),
+    /// A client-side refusal; nothing changes.
+    Invalid(String),
+}
+
+impl Fault {
+    pub(crate) fn channel(code: ReplyCode, text: impl Into<String>) -> Fault {
+        Fault::Channel(AmqpError::new(code, text))
+    }
+
+    pub(crate) fn not_found_exchange(name: &str) -> Fault {
+        Fault::channel(
+            ReplyCode::NotFound,
+            format!("no exchange '{name}' in vhost '{}'", crate::VHOST),
+        )
+    }
+
+    pub(crate) fn not_found_queue(name: &str) -> Fault {
+        Fault::channel(
+            ReplyCode::NotFound,
+            format!("no queue '{name}' in vhost '{}'", crate::VHOST),
+        )
+    }
+
+    pub(crate) fn locked_queue(name: &str) -> Fault {
+        Fault::channel(
+            ReplyCode::ResourceLocked,
+            format!(
+                "cannot obtain exclusive access to locked queue '{name}' in vhost '{}'. It could \
+                 be originally declared on another connection or the exclusive property value \
+                 does not match that of the original declaration.",
+                crate::VHOST
+            ),
+        )
+    }
+
+    pub(crate) fn default_exchange() -> Fault {
+        Fault::channel(
+            ReplyCode::AccessRefused,
+            "operation not permitted on the default exchange",
+        )
+    }
+}

@@ -1,0 +1,885 @@
+//! RabbitMQ semantics broker-mem pins, one behaviour per test, through the in-process client.
+
+use broker_mem::{
+    AmqpError, Broker, Bytes, Channel, Confirm, ConsumeOptions, Consumer, Delivery, Error,
+    ExchangeKind, ExchangeOptions, FieldTable, FieldValue, Limits, Properties, QueueOptions,
+    ReplyCode, TryRecvError,
+};
+
+fn body(text: &str) -> Bytes {
+    Bytes::copy_from_slice(text.as_bytes())
+}
+
+fn publish(channel: &Channel, exchange: &str, routing_key: &str, text: &str) {
+    let confirm = channel.basic_publish(exchange, routing_key, Properties::default(), body(text));
+    assert_eq!(confirm, Ok(Confirm::Ack));
+}
+
+fn declare_queue(channel: &Channel, name: &str) {
+    channel
+        .queue_declare(name, QueueOptions::default())
+        .unwrap();
+}
+
+fn consume(channel: &Channel, queue: &str) -> Consumer {
+    channel
+        .basic_consume(queue, ConsumeOptions::default())
+        .unwrap()
+}
+
+/// Everything buffered for the consumer now.
+fn drain(consumer: &Consumer) -> Vec<Delivery> {
+    std::iter::from_fn(|| consumer.try_recv().ok()).collect()
+}
+
+fn texts(deliveries: &[Delivery]) -> Vec<String> {
+    deliveries
+        .iter()
+        .map(|d| String::from_utf8(d.body.to_vec()).unwrap())
+        .collect()
+}
+
+fn code(error: &Error) -> Option<u16> {
+    error.reply().map(|reply| reply.code.code())
+}
+
+fn setup() -> (Broker, broker_mem::Connection, Channel) {
+    let broker = Broker::new();
+    let connection = broker.connect();
+    let channel = connection.open_channel().unwrap();
+    (broker, connection, channel)
+}
+
+// ------------------------------------------------------------------------------ routing
+
+#[test]
+fn default_exchange_routes_by_queue_name() {
+    let (broker, _connection, channel) = setup();
+    declare_queue(&channel, "a");
+    declare_queue(&channel, "b");
+    publish(&channel, "", "a", "one");
+    assert_eq!(broker.queue_depth("a"), Some(1));
+    assert_eq!(broker.queue_depth("b"), Some(0));
+}
+
+#[test]
+fn direct_exchange_routes_on_the_exact_key_to_every_matching_queue() {
+    let (broker, _connection, channel) = setup();
+    channel
+        .exchange_declare("cmd", ExchangeKind::Direct, ExchangeOptions::default())
+        .unwrap();
+    for queue in ["a", "b", "c"] {
+        declare_queue(&channel, queue);
+    }
+    channel.queue_bind("a", "cmd", "go").unwrap();
+    channel.queue_bind("b", "cmd", "go").unwrap();
+    channel.queue_bind("c", "cmd", "go.on").unwrap();
+    publish(&channel, "cmd", "go", "x");
+    let depths: Vec<_> = ["a", "b", "c"]
+        .iter()
+        .map(|q| broker.queue_depth(q))
+        .collect();
+    assert_eq!(depths, [Some(1), Some(1), Some(0)]);
+}
+
+#[test]
+fn fanout_exchange_reaches_each_bound_queue_once_whatever_the_key() {
+    let (broker, _connection, channel) = setup();
+    channel
+        .exchange_declare("ev", ExchangeKind::Fanout, ExchangeOptions::default())
+        .unwrap();
+    declare_queue(&channel, "a");
+    declare_queue(&channel, "b");
+    channel.queue_bind("a", "ev", "").unwrap();
+    channel.queue_bind("a", "ev", "other").unwrap();
+    channel.queue_bind("b", "ev", "").unwrap();
+    publish(&channel, "ev", "anything", "x");
+    assert_eq!(broker.queue_depth("a"), Some(1));
+    assert_eq!(broker.queue_depth("b"), Some(1));
+}
+
+#[test]
+fn unroutable_message_is_acked_and_dropped() {
+    let (broker, _connection, channel) = setup();
+    channel
+        .exchange_declare("cmd", ExchangeKind::Direct, ExchangeOptions::default())
+        .unwrap();
+    publish(&channel, "cmd", "nobody", "x");
+    publish(&channel, "", "no-such-queue", "x");
+    assert_eq!(broker.usage().messages, 0);
+    assert!(channel.is_open());
+}
+
+#[test]
+fn topology_is_listed_sorted() {
+    let (broker, _connection, channel) = setup();
+    channel
+        .exchange_declare("z", ExchangeKind::Fanout, ExchangeOptions::default())
+        .unwrap();
+    channel
+        .exchange_declare("m", ExchangeKind::Direct, ExchangeOptions::default())
+        .unwrap();
+    declare_queue(&channel, "q2");
+    declare_queue(&channel, "q1");
+    channel.queue_bind("q2", "m", "k").unwrap();
+    channel.queue_bind("q1", "m", "k").unwrap();
+    channel.queue_bind("q1", "m", "k").unwrap(); // idempotent
+    let exchanges: Vec<_> = broker.exchanges().into_iter().map(|e| e.name).collect();
+    assert_eq!(exchanges, ["", "amq.direct", "amq.fanout", "m", "z"]);
+    let queues: Vec<_> = broker.queues().into_iter().map(|q| q.name).collect();
+    assert_eq!(queues, ["q1", "q2"]);
+    let bindings: Vec<_> = broker
+        .bindings()
+        .into_iter()
+        .map(|b| (b.exchange, b.queue))
+        .collect();
+    assert_eq!(
+        bindings,
+        [("m".into(), "q1".into()), ("m".into(), "q2".into())]
+    );
+}
+
+#[test]
+fn properties_and_body_arrive_intact() {
+    let (_broker, _connection, channel) = setup();
+    declare_queue(&channel, "q");
+    let mut nested = FieldTable::new();
+    nested.insert("depth".into(), FieldValue::I64(2));
+    let mut headers = FieldTable::new();
+    headers.insert("s".into(), FieldValue::String("text".into()));
+    headers.insert("i".into(), FieldValue::I64(-7));
+    headers.insert("b".into(), FieldValue::Bool(true));
+    headers.insert("f".into(), FieldValue::F64(1.5));
+    headers.insert("x".into(), FieldValue::Bytes(Bytes::from_static(&[0, 255])));
+    headers.insert("t".into(), FieldValue::Timestamp(1_700_000_000));
+    headers.insert(
+        "a".into(),
+        FieldValue::Array(vec![FieldValue::Void, FieldValue::I64(1)]),
+    );
+    headers.insert("n".into(), FieldValue::Table(nested));
+    let properties = Properties {
+        content_type: Some("application/json".into()),
+        content_encoding: Some("identity".into()),
+        headers: Some(headers),
+        delivery_mode: Some(2),
+        priority: Some(5),
+        correlation_id: Some("corr".into()),
+        reply_to: Some("replies".into()),
+        expiration: Some("60000".into()),
+        message_id: Some("m-1".into()),
+        timestamp: Some(1_700_000_001),
+        kind: Some("RequestAnalysis".into()),
+        user_id: Some("guest".into()),
+        app_id: Some("tests".into()),
+    };
+    let payload = Bytes::from_static(b"{\"analysisId\":1}");
+    channel
+        .basic_publish("", "q", properties.clone(), payload.clone())
+        .unwrap();
+    let consumer = consume(&channel, "q");
+    let delivery = consumer.try_recv().unwrap();
+    assert_eq!(delivery.properties, properties);
+    assert_eq!(delivery.body, payload);
+    assert_eq!(
+        (delivery.exchange.as_str(), delivery.routing_key.as_str()),
+        ("", "q")
+    );
+    assert!(!delivery.redelivered);
+    assert_eq!(delivery.consumer_tag, consumer.tag());
+}
+
+// ------------------------------------------------------------------------------ dispatch
+
+#[test]
+fn competing_consumers_get_messages_round_robin() {
+    let (_broker, _connection, channel) = setup();
+    declare_queue(&channel, "q");
+    let first = consume(&channel, "q");
+    let second = consume(&channel, "q");
+    let third = consume(&channel, "q");
+    for n in 0..6 {
+        publish(&channel, "", "q", &n.to_string());
+    }
+    assert_eq!(texts(&drain(&first)), ["0", "3"]);
+    assert_eq!(texts(&drain(&second)), ["1", "4"]);
+    assert_eq!(texts(&drain(&third)), ["2", "5"]);
+}
+
+#[test]
+fn prefetch_blocks_the_next_delivery_until_an_ack() {
+    let (broker, _connection, channel) = setup();
+    declare_queue(&channel, "q");
+    for n in 0..3 {
+        publish(&channel, "", "q", &n.to_string());
+    }
+    channel.basic_qos(2).unwrap();
+    let consumer = consume(&channel, "q");
+    let first = drain(&consumer);
+    assert_eq!(texts(&first), ["0", "1"]);
+    assert_eq!(consumer.try_recv(), Err(TryRecvError::Empty));
+    assert_eq!(
+        (broker.queue_depth("q"), broker.unacked_count("q")),
+        (Some(1), Some(2))
+    );
+
+    channel.basic_ack(first[0].delivery_tag, false).unwrap();
+    assert_eq!(texts(&drain(&consumer)), ["2"]);
+    assert_eq!(
+        (broker.queue_depth("q"), broker.unacked_count("q")),
+        (Some(0), Some(2))
+    );
+}
+
+#[test]
+fn a_blocked_consumer_is_skipped_for_one_with_credit() {
+    let (_broker, _connection, channel) = setup();
+    declare_queue(&channel, "q");
+    channel.basic_qos(1).unwrap();
+    let slow = consume(&channel, "q");
+    channel.basic_qos(0).unwrap();
+    let fast = consume(&channel, "q");
+    for n in 0..4 {
+        publish(&channel, "", "q", &n.to_string());
+    }
+    assert_eq!(texts(&drain(&slow)), ["0"]);
+    assert_eq!(texts(&drain(&fast)), ["1", "2", "3"]);
+}
+
+#[test]
+fn delivery_tags_start_at_one_and_increase_per_channel() {
+    let (_broker, connection, channel) = setup();
+    let other = connection.open_channel().unwrap();
+    declare_queue(&channel, "a");
+    declare_queue(&channel, "b");
+    for n in 0..2 {
+        publish(&channel, "", "a", &n.to_string());
+        publish(&channel, "", "b", &n.to_string());
+    }
+    let on_channel = consume(&channel, "a");
+    let on_other = consume(&other, "b");
+    let tags = |c: &Consumer| drain(c).iter().map(|d| d.delivery_tag).collect::<Vec<_>>();
+    assert_eq!(tags(&on_channel), [1, 2]);
+    assert_eq!(tags(&on_other), [1, 2]);
+}
+
+// ------------------------------------------------------------------------------ settling
+
+#[test]
+fn ack_multiple_settles_every_tag_up_to_it() {
+    let (broker, _connection, channel) = setup();
+    declare_queue(&channel, "q");
+    for n in 0..4 {
+        publish(&channel, "", "q", &n.to_string());
+    }
+    let consumer = consume(&channel, "q");
+    let deliveries = drain(&consumer);
+    channel.basic_ack(deliveries[2].delivery_tag, true).unwrap();
+    assert_eq!(broker.unacked_count("q"), Some(1));
+    channel.basic_ack(0, true).unwrap(); // 0 with multiple: everything outstanding
+    assert_eq!(broker.unacked_count("q"), Some(0));
+    assert_eq!(broker.usage().messages, 0);
+}
+
+#[test]
+fn requeued_message_keeps_its_position() {
+    let (broker, _connection, channel) = setup();
+    declare_queue(&channel, "q");
+    for n in 0..4 {
+        publish(&channel, "", "q", &n.to_string());
+    }
+    channel.basic_qos(2).unwrap();
+    let consumer = consume(&channel, "q");
+    let taken = drain(&consumer);
+    assert_eq!(texts(&taken), ["0", "1"]);
+    drop(consumer); // cancel: nothing more is delivered, the two stay unacked
+
+    channel
+        .basic_nack(taken[1].delivery_tag, false, true)
+        .unwrap();
+    channel
+        .basic_nack(taken[0].delivery_tag, false, true)
+        .unwrap();
+    assert_eq!(broker.queue_depth("q"), Some(4));
+
+    let again = consume(&channel, "q");
+    let redelivered = drain(&again);
+    assert_eq!(texts(&redelivered), ["0", "1"]);
+    assert!(redelivered.iter().all(|d| d.redelivered));
+    channel.basic_ack(0, true).unwrap();
+    let rest = drain(&again);
+    assert_eq!(texts(&rest), ["2", "3"]);
+    assert!(rest.iter().all(|d| !d.redelivered));
+}
+
+#[test]
+fn nack_multiple_with_requeue_returns_them_in_order() {
+    let (broker, _connection, channel) = setup();
+    declare_queue(&channel, "q");
+    for n in 0..3 {
+        publish(&channel, "", "q", &n.to_string());
+    }
+    let consumer = consume(&channel, "q");
+    let taken = drain(&consumer);
+    drop(consumer);
+    channel
+        .basic_nack(taken[2].delivery_tag, true, true)
+        .unwrap();
+    assert_eq!(
+        (broker.queue_depth("q"), broker.unacked_count("q")),
+        (Some(3), Some(0))
+    );
+    let again = consume(&channel, "q");
+    assert_eq!(texts(&drain(&again)), ["0", "1", "2"]);
+}
+
+#[test]
+fn reject_without_requeue_drops_the_message() {
+    let (broker, _connection, channel) = setup();
+    declare_queue(&channel, "q");
+    publish(&channel, "", "q", "poison");
+    let consumer = consume(&channel, "q");
+    let delivery = consumer.try_recv().unwrap();
+    channel.basic_reject(delivery.delivery_tag, false).unwrap();
+    assert_eq!(
+        (broker.queue_depth("q"), broker.unacked_count("q")),
+        (Some(0), Some(0))
+    );
+    assert_eq!(broker.usage().messages, 0);
+    assert_eq!(consumer.try_recv(), Err(TryRecvError::Empty));
+}
+
+#[test]
+fn double_ack_is_406_and_closes_the_channel_without_losing_messages() {
+    let (broker, connection, channel) = setup();
+    declare_queue(&channel, "q");
+    publish(&channel, "", "q", "a");
+    publish(&channel, "", "q", "b");
+    let consumer = consume(&channel, "q");
+    let deliveries = drain(&consumer);
+    channel
+        .basic_ack(deliveries[0].delivery_tag, false)
+        .unwrap();
+
+    let error = channel
+        .basic_ack(deliveries[0].delivery_tag, false)
+        .unwrap_err();
+    let reply = AmqpError::new(ReplyCode::PreconditionFailed, "unknown delivery tag 1");
+    assert_eq!(error, Error::Channel(reply.clone()));
+    assert_eq!(
+        reply.reply_text(),
+        "PRECONDITION_FAILED - unknown delivery tag 1"
+    );
+    // Later calls say why the channel is closed; the unacked "b" went back to the queue.
+    assert_eq!(channel.basic_qos(1), Err(Error::ChannelClosed(reply)));
+    assert_eq!(consumer.try_recv(), Err(TryRecvError::Ended));
+    assert_eq!(
+        (broker.queue_depth("q"), broker.unacked_count("q")),
+        (Some(1), Some(0))
+    );
+    // Other channels are unaffected.
+    let other = connection.open_channel().unwrap();
+    let again = consume(&other, "q");
+    let redelivered = drain(&again);
+    assert_eq!(texts(&redelivered), ["b"]);
+    assert!(redelivered[0].redelivered);
+    broker.check_invariants().unwrap();
+}
+
+#[test]
+fn unknown_delivery_tag_with_multiple_is_406() {
+    let (_broker, _connection, channel) = setup();
+    let error = channel.basic_nack(7, true, true).unwrap_err();
+    assert_eq!(code(&error), Some(406));
+    assert!(!channel.is_open());
+}
+
+#[test]
+fn closing_a_channel_requeues_its_unacked_messages() {
+    let (broker, connection, channel) = setup();
+    declare_queue(&channel, "q");
+    publish(&channel, "", "q", "a");
+    let consumer = consume(&channel, "q");
+    assert!(consumer.try_recv().is_ok());
+    assert_eq!(broker.unacked_count("q"), Some(1));
+    channel.close().unwrap();
+    assert_eq!(consumer.try_recv(), Err(TryRecvError::Ended));
+    assert_eq!(
+        (broker.queue_depth("q"), broker.unacked_count("q")),
+        (Some(1), Some(0))
+    );
+    assert_eq!(broker.consumer_count("q"), Some(0));
+    assert_eq!(channel.basic_qos(1), Err(Error::Closed));
+
+    let other = connection.open_channel().unwrap();
+    let again = consume(&other, "q");
+    assert!(again.try_recv().unwrap().redelivered);
+}
+
+#[test]
+fn dropping_a_connection_requeues_and_deletes_its_exclusive_queues() {
+    let broker = Broker::new();
+    let connection = broker.connect();
+    let channel = connection.open_channel().unwrap();
+    declare_queue(&channel, "shared");
+    let exclusive = QueueOptions {
+        exclusive: true,
+        ..QueueOptions::default()
+    };
+    channel.queue_declare("mine", exclusive).unwrap();
+    publish(&channel, "", "shared", "a");
+    let consumer = consume(&channel, "shared");
+    assert!(consumer.try_recv().is_ok());
+    drop(connection);
+    assert_eq!(channel.basic_qos(1), Err(Error::Closed));
+    assert_eq!(broker.queue_depth("shared"), Some(1));
+    assert_eq!(broker.queue_depth("mine"), None);
+    broker.check_invariants().unwrap();
+}
+
+#[test]
+fn cancel_does_not_requeue_unacked_messages() {
+    let (broker, _connection, channel) = setup();
+    declare_queue(&channel, "q");
+    publish(&channel, "", "q", "a");
+    publish(&channel, "", "q", "b");
+    channel.basic_qos(1).unwrap();
+    let consumer = consume(&channel, "q");
+    let delivery = consumer.try_recv().unwrap();
+    channel.basic_cancel(consumer.tag()).unwrap();
+    assert_eq!(consumer.try_recv(), Err(TryRecvError::Ended));
+    assert_eq!(
+        (broker.queue_depth("q"), broker.unacked_count("q")),
+        (Some(1), Some(1))
+    );
+    assert_eq!(broker.consumer_count("q"), Some(0));
+    // Still ackable after the cancel.
+    channel.basic_ack(delivery.delivery_tag, false).unwrap();
+    assert_eq!(broker.unacked_count("q"), Some(0));
+    assert_eq!(broker.queue_depth("q"), Some(1));
+}
+
+#[tokio::test]
+async fn recv_ends_after_the_buffer_once_the_consumer_is_cancelled() {
+    let (_broker, _connection, channel) = setup();
+    declare_queue(&channel, "q");
+    let consumer = consume(&channel, "q");
+    publish(&channel, "", "q", "a");
+    channel.basic_cancel(consumer.tag()).unwrap();
+    assert_eq!(consumer.recv().await.map(|d| d.body), Some(body("a")));
+    assert_eq!(consumer.recv().await, None);
+}
+
+#[tokio::test]
+async fn recv_waits_for_a_publish_from_another_task() {
+    let broker = Broker::new();
+    let connection = broker.connect();
+    let channel = std::sync::Arc::new(connection.open_channel().unwrap());
+    declare_queue(&channel, "q");
+    let consumer = consume(&channel, "q");
+    let publisher = std::sync::Arc::clone(&channel);
+    let task = tokio::spawn(async move { publish(&publisher, "", "q", "late") });
+    let delivery = consumer.recv().await.unwrap();
+    assert_eq!(delivery.body, body("late"));
+    task.await.unwrap();
+}
+
+#[test]
+fn no_ack_consumers_take_messages_off_the_books_at_delivery() {
+    let (broker, _connection, channel) = setup();
+    declare_queue(&channel, "q");
+    for n in 0..(broker_mem::NO_ACK_BUFFER_MAX + 1) {
+        publish(&channel, "", "q", &n.to_string());
+    }
+    let options = ConsumeOptions {
+        no_ack: true,
+        ..ConsumeOptions::default()
+    };
+    let consumer = channel.basic_consume("q", options).unwrap();
+    // The buffer window holds back the last one until the consumer reads.
+    assert_eq!(consumer.buffered(), broker_mem::NO_ACK_BUFFER_MAX);
+    assert_eq!(
+        (broker.queue_depth("q"), broker.unacked_count("q")),
+        (Some(1), Some(0))
+    );
+    assert!(consumer.try_recv().is_ok());
+    assert_eq!(broker.queue_depth("q"), Some(0));
+    assert_eq!(broker.usage().messages, 0);
+}
+
+// ------------------------------------------------------------------------------ errors
+
+#[test]
+fn publishing_to_a_missing_exchange_is_404_and_closes_the_channel() {
+    let (broker, connection, channel) = setup();
+    let error = channel
+        .basic_publish("nope", "", Properties::default(), body("x"))
+        .unwrap_err();
+    let reply = AmqpError::new(ReplyCode::NotFound, "no exchange 'nope' in vhost '/'");
+    assert_eq!(error, Error::Channel(reply.clone()));
+    assert_eq!(
+        channel.basic_publish("", "", Properties::default(), body("x")),
+        Err(Error::ChannelClosed(reply.clone()))
+    );
+    // Closing it reports the cause once, then the number is free again.
+    assert_eq!(channel.close(), Err(Error::ChannelClosed(reply)));
+    assert!(connection.open_channel().is_ok());
+    broker.check_invariants().unwrap();
+}
+
+#[test]
+fn missing_queues_and_exchanges_are_404() {
+    let (_broker, connection, channel) = setup();
+    channel
+        .exchange_declare("ex", ExchangeKind::Direct, ExchangeOptions::default())
+        .unwrap();
+    declare_queue(&channel, "q");
+    type Attempt = fn(&Channel) -> Result<(), Error>;
+    let attempts: [(Attempt, &str); 6] = [
+        (
+            |c| c.queue_bind("missing", "ex", "k"),
+            "no queue 'missing' in vhost '/'",
+        ),
+        (
+            |c| c.queue_bind("q", "missing", "k"),
+            "no exchange 'missing' in vhost '/'",
+        ),
+        (
+            |c| {
+                c.queue_declare(
+                    "missing",
+                    QueueOptions {
+                        passive: true,
+                        ..Default::default()
+                    },
+                )
+                .map(drop)
+            },
+            "no queue 'missing' in vhost '/'",
+        ),
+        (
+            |c| {
+                let passive = ExchangeOptions {
+                    passive: true,
+                    ..Default::default()
+                };
+                c.exchange_declare("missing", ExchangeKind::Direct, passive)
+            },
+            "no exchange 'missing' in vhost '/'",
+        ),
+        (
+            |c| {
+                c.basic_consume("missing", ConsumeOptions::default())
+                    .map(drop)
+            },
+            "no queue 'missing' in vhost '/'",
+        ),
+        (
+            |c| {
+                c.basic_publish("missing", "", Properties::default(), Bytes::new())
+                    .map(drop)
+            },
+            "no exchange 'missing' in vhost '/'",
+        ),
+    ];
+    for (attempt, text) in attempts {
+        let channel = connection.open_channel().unwrap();
+        let error = attempt(&channel).unwrap_err();
+        assert_eq!(
+            error,
+            Error::Channel(AmqpError::new(ReplyCode::NotFound, text))
+        );
+        assert!(!channel.is_open());
+    }
+    // Passive declares of what exists succeed and change nothing.
+    let passive = QueueOptions {
+        passive: true,
+        ..QueueOptions::default()
+    };
+    assert_eq!(
+        channel.queue_declare("q", passive).unwrap().message_count,
+        0
+    );
+}
+
+#[test]
+fn redeclaring_with_different_arguments_is_406() {
+    let (_broker, connection, channel) = setup();
+    let durable = ExchangeOptions {
+        durable: true,
+        ..ExchangeOptions::default()
+    };
+    channel
+        .exchange_declare("ex", ExchangeKind::Direct, durable)
+        .unwrap();
+    channel
+        .exchange_declare("ex", ExchangeKind::Direct, durable)
+        .unwrap(); // idempotent
+    let error = channel
+        .exchange_declare("ex", ExchangeKind::Fanout, durable)
+        .unwrap_err();
+    let text = "inequivalent arg 'type' for exchange 'ex' in vhost '/': received 'fanout' but current is 'direct'";
+    assert_eq!(
+        error,
+        Error::Channel(AmqpError::new(ReplyCode::PreconditionFailed, text))
+    );
+
+    let channel = connection.open_channel().unwrap();
+    let error = channel.exchange_declare("ex", ExchangeKind::Direct, ExchangeOptions::default());
+    let text = "inequivalent arg 'durable' for exchange 'ex' in vhost '/': received 'false' but current is 'true'";
+    assert_eq!(
+        error,
+        Err(Error::Channel(AmqpError::new(
+            ReplyCode::PreconditionFailed,
+            text
+        )))
+    );
+
+    let channel = connection.open_channel().unwrap();
+    channel
+        .queue_declare(
+            "q",
+            QueueOptions {
+                durable: true,
+                ..QueueOptions::default()
+            },
+        )
+        .unwrap();
+    let error = channel
+        .queue_declare("q", QueueOptions::default())
+        .unwrap_err();
+    let text = "inequivalent arg 'durable' for queue 'q' in vhost '/': received 'false' but current is 'true'";
+    assert_eq!(
+        error,
+        Error::Channel(AmqpError::new(ReplyCode::PreconditionFailed, text))
+    );
+}
+
+#[test]
+fn reserved_names_and_the_default_exchange_are_403() {
+    let (_broker, connection, channel) = setup();
+    let error =
+        channel.exchange_declare("amq.mine", ExchangeKind::Direct, ExchangeOptions::default());
+    assert_eq!(error.map_err(|e| code(&e)), Err(Some(403)));
+    let channel = connection.open_channel().unwrap();
+    let error = channel.queue_declare("amq.mine", QueueOptions::default());
+    assert_eq!(error.map_err(|e| code(&e)), Err(Some(403)));
+    let channel = connection.open_channel().unwrap();
+    let error = channel.exchange_declare("", ExchangeKind::Direct, ExchangeOptions::default());
+    assert_eq!(error.map_err(|e| code(&e)), Err(Some(403)));
+    let channel = connection.open_channel().unwrap();
+    declare_queue(&channel, "q");
+    assert_eq!(
+        channel.queue_bind("q", "", "q").map_err(|e| code(&e)),
+        Err(Some(403))
+    );
+}
+
+#[test]
+fn exclusive_queues_are_locked_to_their_connection() {
+    let broker = Broker::new();
+    let owner = broker.connect();
+    let owner_channel = owner.open_channel().unwrap();
+    let exclusive = QueueOptions {
+        exclusive: true,
+        ..QueueOptions::default()
+    };
+    owner_channel.queue_declare("mine", exclusive).unwrap();
+    let stranger_connection = broker.connect();
+    let stranger = stranger_connection.open_channel().unwrap();
+    let error = stranger
+        .basic_consume("mine", ConsumeOptions::default())
+        .unwrap_err();
+    assert_eq!(code(&error), Some(405));
+    // Anyone may still publish to it.
+    let publisher = broker.connect();
+    publish(&publisher.open_channel().unwrap(), "", "mine", "x");
+    assert_eq!(broker.queue_depth("mine"), Some(1));
+}
+
+#[test]
+fn server_names_queues_and_consumer_tags_when_asked() {
+    let (broker, _connection, channel) = setup();
+    let first = channel.queue_declare("", QueueOptions::default()).unwrap();
+    let second = channel.queue_declare("", QueueOptions::default()).unwrap();
+    assert_eq!(
+        (first.name.as_str(), second.name.as_str()),
+        ("amq.gen-1", "amq.gen-2")
+    );
+    let consumer = consume(&channel, &first.name);
+    assert_eq!(consumer.tag(), "amq.ctag-1");
+    assert_eq!(broker.consumer_count("amq.gen-1"), Some(1));
+}
+
+#[test]
+fn reusing_a_consumer_tag_on_a_channel_is_a_530_connection_error() {
+    let (broker, connection, channel) = setup();
+    declare_queue(&channel, "q");
+    publish(&channel, "", "q", "a");
+    let options = ConsumeOptions {
+        consumer_tag: "me".into(),
+        ..ConsumeOptions::default()
+    };
+    let first = channel.basic_consume("q", options.clone()).unwrap();
+    assert!(first.try_recv().is_ok());
+    let error = channel.basic_consume("q", options).unwrap_err();
+    assert!(matches!(&error, Error::Connection(reply) if reply.code == ReplyCode::NotAllowed));
+    assert!(matches!(
+        connection.open_channel(),
+        Err(Error::ConnectionClosed(_))
+    ));
+    assert_eq!(
+        (broker.queue_depth("q"), broker.unacked_count("q")),
+        (Some(1), Some(0))
+    );
+    broker.check_invariants().unwrap();
+}
+
+#[test]
+fn an_exclusive_consumer_keeps_others_out() {
+    let (_broker, connection, channel) = setup();
+    declare_queue(&channel, "q");
+    let options = ConsumeOptions {
+        exclusive: true,
+        ..ConsumeOptions::default()
+    };
+    let _only = channel.basic_consume("q", options).unwrap();
+    let other = connection.open_channel().unwrap();
+    let error = other
+        .basic_consume("q", ConsumeOptions::default())
+        .unwrap_err();
+    assert_eq!(code(&error), Some(403));
+}
+
+#[test]
+fn auto_delete_queue_goes_with_its_last_consumer() {
+    let (broker, _connection, channel) = setup();
+    channel
+        .exchange_declare("ev", ExchangeKind::Fanout, ExchangeOptions::default())
+        .unwrap();
+    channel
+        .queue_declare(
+            "temp",
+            QueueOptions {
+                auto_delete: true,
+                ..QueueOptions::default()
+            },
+        )
+        .unwrap();
+    channel.queue_bind("temp", "ev", "").unwrap();
+    publish(&channel, "ev", "", "a");
+    let consumer = consume(&channel, "temp");
+    let delivery = consumer.try_recv().unwrap();
+    drop(consumer);
+    assert_eq!(broker.queue_depth("temp"), None);
+    assert!(broker.bindings().is_empty());
+    // Its unacked delivery can still be settled; the message is simply gone.
+    channel
+        .basic_nack(delivery.delivery_tag, false, true)
+        .unwrap();
+    assert_eq!(broker.usage().messages, 0);
+    broker.check_invariants().unwrap();
+}
+
+#[test]
+fn an_oversized_body_is_406() {
+    let limits = Limits {
+        body_bytes_max: 4,
+        ..Limits::default()
+    };
+    let broker = Broker::with_limits(limits);
+    let connection = broker.connect();
+    let channel = connection.open_channel().unwrap();
+    declare_queue(&channel, "q");
+    publish(&channel, "", "q", "four");
+    let error = channel
+        .basic_publish("", "q", Properties::default(), body("fives"))
+        .unwrap_err();
+    let text = "message size 5 is larger than configured max size 4";
+    assert_eq!(
+        error,
+        Error::Channel(AmqpError::new(ReplyCode::PreconditionFailed, text))
+    );
+    assert_eq!(broker.queue_depth("q"), Some(1));
+}
+
+#[test]
+fn a_publish_past_the_held_ceiling_is_nacked_and_enqueued_nowhere() {
+    let limits = Limits {
+        held_messages_max: 3,
+        ..Limits::default()
+    };
+    let broker = Broker::with_limits(limits);
+    let connection = broker.connect();
+    let channel = connection.open_channel().unwrap();
+    channel
+        .exchange_declare("ev", ExchangeKind::Fanout, ExchangeOptions::default())
+        .unwrap();
+    for queue in ["a", "b"] {
+        declare_queue(&channel, queue);
+        channel.queue_bind(queue, "ev", "").unwrap();
+    }
+    publish(&channel, "ev", "", "first"); // 2 held
+    let confirm = channel
+        .basic_publish("ev", "", Properties::default(), body("second"))
+        .unwrap();
+    assert!(matches!(confirm, Confirm::Nack { .. }));
+    assert_eq!(
+        (broker.queue_depth("a"), broker.queue_depth("b")),
+        (Some(1), Some(1))
+    );
+    assert!(channel.is_open());
+    publish(&channel, "", "a", "third"); // one copy still fits
+}
+
+#[test]
+fn a_user_id_that_is_not_the_connections_user_is_406() {
+    let (_broker, _connection, channel) = setup();
+    declare_queue(&channel, "q");
+    let properties = Properties {
+        user_id: Some("mallory".into()),
+        ..Properties::default()
+    };
+    let error = channel
+        .basic_publish("", "q", properties, body("x"))
+        .unwrap_err();
+    let text = "user_id property set to 'mallory' but authenticated user was 'guest'";
+    assert_eq!(
+        error,
+        Error::Channel(AmqpError::new(ReplyCode::PreconditionFailed, text))
+    );
+}
+
+#[test]
+fn channel_numbers_are_limited_and_reused() {
+    let limits = Limits {
+        channels_per_connection_max: 2,
+        ..Limits::default()
+    };
+    let broker = Broker::with_limits(limits);
+    let connection = broker.connect();
+    let first = connection.open_channel().unwrap();
+    let _second = connection.open_channel().unwrap();
+    assert!(matches!(connection.open_channel(), Err(Error::Invalid(_))));
+    drop(first);
+    assert!(connection.open_channel().is_ok());
+}
+
+#[test]
+fn a_name_longer_than_a_short_string_is_refused_before_the_broker() {
+    let (_broker, _connection, channel) = setup();
+    let long = "q".repeat(256);
+    assert!(matches!(
+        channel.queue_declare(&long, QueueOptions::default()),
+        Err(Error::Invalid(_))
+    ));
+    assert!(channel.is_open());
+}
+
+#[test]
+fn handles_can_be_shared_between_tasks() {
+    fn send_sync<T: Send + Sync>() {}
+    send_sync::<Broker>();
+    send_sync::<broker_mem::Connection>();
+    send_sync::<Channel>();
+    send_sync::<Consumer>();
+}
