@@ -8,9 +8,15 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod checker;
 pub mod embedded;
+pub mod faults;
+pub mod hosts;
+pub mod regressions;
+pub mod render;
 pub mod scenario;
 pub mod simulation;
+pub mod swarm;
 pub mod trace;
 
 pub use embedded::{BrokerChoice, RunningSystem, SystemConfig};

@@ -6,7 +6,11 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use client_console::{AnalysisInput, ConsoleConfig, EventKind};
-use warren_sim::{BrokerChoice, RunningSystem, SimConfig, SystemConfig};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use warren_sim::scenario::Scenario;
+use warren_sim::{BrokerChoice, RunningSystem, SimReport, SystemConfig};
 
 /// warren: the analysis system (gateway, orchestrator, broker) and the kit to test it.
 #[derive(Debug, Parser)]
@@ -37,23 +41,65 @@ enum Command {
         #[arg(long = "type", default_value = "utilization")]
         analysis_type: String,
     },
-    /// Simulate the whole flow in turmoil from a seed, check it, and check it is deterministic.
+    /// Simulate the whole flow in turmoil: run scenarios, explore seeds, render traces.
     Sim {
-        /// The seed that decides the run.
-        #[arg(long, default_value_t = 1)]
-        seed: u64,
-        /// Console clients (hosts).
+        #[command(subcommand)]
+        command: SimCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum SimCommand {
+    /// Run a scenario file (or the default workload) under one seed, check it, check it is
+    /// deterministic, and print the queue report.
+    Run {
+        /// A scenarios/*.toml file; without it, the default workload shaped by the flags below.
+        file: Option<PathBuf>,
+        /// The seed (default: the scenario's first seed, or 1).
+        #[arg(long)]
+        seed: Option<u64>,
+        /// Console clients (without FILE).
         #[arg(long, default_value_t = 3)]
         clients: usize,
-        /// Analyses per client.
+        /// Analyses per client (without FILE).
         #[arg(long, default_value_t = 4)]
         analyses: usize,
-        /// Simulated duration of each analysis, in milliseconds.
+        /// Simulated duration of each analysis, ms (without FILE).
         #[arg(long, default_value_t = 250)]
         analysis_ms: u64,
         /// Write the trace (JSON lines) to this file.
         #[arg(long)]
-        trace: Option<std::path::PathBuf>,
+        trace: Option<PathBuf>,
+    },
+    /// Run many seeds; summarise outcomes, faults and states reached; exit non-zero on any
+    /// violation (and record the failing seeds in scenarios/regressions.txt).
+    Explore {
+        /// A scenario file whose workload and faults every seed runs (ignored with --swarm).
+        file: Option<PathBuf>,
+        /// How many seeds.
+        #[arg(long, default_value_t = 100)]
+        seeds: u64,
+        /// First seed.
+        #[arg(long, default_value_t = 0)]
+        start: u64,
+        /// Each seed draws its own workload and fault schedule (swarm testing).
+        #[arg(long)]
+        swarm: bool,
+        /// Do not append failing seeds to the regressions file.
+        #[arg(long)]
+        no_record: bool,
+    },
+    /// Render a trace: a Mermaid sequence diagram and a text timeline. FILE is a trace (.jsonl)
+    /// or a scenario (.toml, run under --seed).
+    Trace {
+        /// Trace or scenario file.
+        file: PathBuf,
+        /// Seed, for a scenario file.
+        #[arg(long)]
+        seed: Option<u64>,
+        /// Write the Mermaid diagram here instead of printing it.
+        #[arg(long)]
+        mermaid: Option<PathBuf>,
     },
 }
 
@@ -84,22 +130,7 @@ impl SystemArgs {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Sim {
-            seed,
-            clients,
-            analyses,
-            analysis_ms,
-            trace,
-        } => simulate(
-            SimConfig {
-                seed,
-                clients,
-                analyses_per_client: analyses,
-                analysis_duration: Duration::from_millis(analysis_ms),
-                ..SimConfig::default()
-            },
-            trace,
-        ),
+        Command::Sim { command } => simulate(command),
         command => tokio::runtime::Runtime::new()
             .map_err(Into::into)
             .and_then(|rt| rt.block_on(serve(command))),
@@ -172,32 +203,252 @@ async fn serve(command: Command) -> anyhow::Result<()> {
     }
 }
 
-fn simulate(config: SimConfig, trace_file: Option<std::path::PathBuf>) -> anyhow::Result<()> {
-    let report = warren_sim::simulation::check_determinism(&config).map_err(anyhow::Error::msg)?;
-    if let Some(path) = trace_file {
-        std::fs::write(&path, report.trace.to_jsonl())
-            .with_context(|| format!("writing {}", path.display()))?;
+fn simulate(command: SimCommand) -> anyhow::Result<()> {
+    match command {
+        SimCommand::Run {
+            file,
+            seed,
+            clients,
+            analyses,
+            analysis_ms,
+            trace,
+        } => {
+            let (scenario, label) = match &file {
+                Some(path) => (
+                    Scenario::load(path).map_err(anyhow::Error::msg)?,
+                    path.display().to_string(),
+                ),
+                None => (
+                    default_scenario(clients, analyses, analysis_ms),
+                    "(default workload)".into(),
+                ),
+            };
+            let seed = seed.unwrap_or(scenario.seeds[0]);
+            let config = scenario.config(seed);
+            let report =
+                warren_sim::simulation::check_determinism(&config).map_err(anyhow::Error::msg)?;
+            if let Some(path) = trace {
+                std::fs::write(&path, report.trace.to_jsonl())
+                    .with_context(|| format!("writing {}", path.display()))?;
+            }
+            print_report(&label, &report);
+            let replay = match &file {
+                Some(path) => format!("cargo run -- sim run {} --seed {seed}", path.display()),
+                None => format!(
+                    "cargo run -- sim run --seed {seed} --clients {clients} --analyses {analyses} --analysis-ms {analysis_ms}"
+                ),
+            };
+            match scenario.judge(&report) {
+                Ok(()) => {
+                    println!(
+                        "as expected ({}); same trace on rerun",
+                        expectation(&scenario)
+                    );
+                    Ok(())
+                }
+                Err(e) => {
+                    anyhow::bail!("{e}\nscenario: {label}\noptions: {config:?}\nreplay: {replay}")
+                }
+            }
+        }
+        SimCommand::Explore {
+            file,
+            seeds,
+            start,
+            swarm,
+            no_record,
+        } => {
+            let base = match (&file, swarm) {
+                (Some(path), false) => Some(Scenario::load(path).map_err(anyhow::Error::msg)?),
+                (None, false) => anyhow::bail!("give a scenario FILE, or --swarm"),
+                (_, true) => None,
+            };
+            explore(base, file.as_deref(), start, seeds, !no_record)
+        }
+        SimCommand::Trace {
+            file,
+            seed,
+            mermaid,
+        } => {
+            let trace = if file.extension().is_some_and(|e| e == "toml") {
+                let scenario = Scenario::load(&file).map_err(anyhow::Error::msg)?;
+                warren_sim::simulation::run(&scenario.config(seed.unwrap_or(scenario.seeds[0])))
+                    .trace
+            } else {
+                let text = std::fs::read_to_string(&file)
+                    .with_context(|| format!("reading {}", file.display()))?;
+                warren_sim::render::parse_jsonl(&text).map_err(anyhow::Error::msg)?
+            };
+            let diagram = warren_sim::render::mermaid(&trace);
+            match mermaid {
+                Some(path) => std::fs::write(&path, diagram)
+                    .with_context(|| format!("writing {}", path.display()))?,
+                None => println!("```mermaid\n{diagram}```\n"),
+            }
+            print!("{}", warren_sim::render::timeline(&trace));
+            Ok(())
+        }
     }
-    let analyses: usize = report.outcomes.values().map(Vec::len).sum();
-    println!(
-        "seed {}: {} clients, {analyses} analyses, {} trace events, hash {:016x}, {:.3} s simulated; same trace on rerun",
-        config.seed,
-        config.clients,
-        report.trace.lines.len(),
-        report.trace_hash,
-        report.simulated.as_secs_f64()
+}
+
+fn default_scenario(clients: usize, analyses: usize, analysis_ms: u64) -> Scenario {
+    let text = format!(
+        "name = 'default workload'\nseeds = [1]\n[workload]\nclients = {clients}\nanalyses_per_client = {analyses}\nanalysis_ms = {analysis_ms}\n"
     );
-    if report.violations.is_empty() {
-        println!("all checks passed");
+    Scenario::parse(&text).expect("the default scenario is valid")
+}
+
+fn expectation(scenario: &Scenario) -> String {
+    if scenario.expect_failing.is_empty() {
+        "every checker passed".into()
+    } else {
+        format!(
+            "checkers {:?} failed, as the scenario expects",
+            scenario.expect_failing
+        )
+    }
+}
+
+fn print_report(label: &str, report: &SimReport) {
+    let q = &report.findings.queue;
+    println!(
+        "{label} seed {}: {:.3} s simulated, {} trace events, hash {:016x}",
+        report.config.seed,
+        report.simulated.as_secs_f64(),
+        report.trace.lines.len(),
+        report.trace_hash
+    );
+    println!(
+        "  accepted {} completed {} lost {} duplicated {} unexpected {} recovered {} repeated-effects {}",
+        q.accepted,
+        q.completed,
+        q.lost,
+        q.duplicated,
+        q.unexpected,
+        q.recovered,
+        q.repeated_effects
+    );
+    if !report.faults_applied.is_empty() {
+        println!("  faults applied: {:?}", report.faults_applied);
+    }
+    for finding in report.findings.wrong() {
+        println!("  WRONG {finding}");
+    }
+    for finding in report.findings.stuck() {
+        println!("  STUCK {finding}");
+    }
+}
+
+fn explore(
+    base: Option<Scenario>,
+    file: Option<&Path>,
+    start: u64,
+    seeds: u64,
+    record: bool,
+) -> anyhow::Result<()> {
+    let progress = indicatif::ProgressBar::new(seeds);
+    progress.set_style(
+        indicatif::ProgressStyle::with_template(
+            "{bar:40} {pos}/{len} seeds  {elapsed_precise}  {msg}",
+        )
+        .expect("valid template"),
+    );
+    let mut outcomes: BTreeMap<&'static str, u64> = BTreeMap::new();
+    let mut failing_checkers: BTreeMap<String, u64> = BTreeMap::new();
+    let mut faults: BTreeMap<String, u64> = BTreeMap::new();
+    let mut states: BTreeMap<&'static str, u64> = BTreeMap::new();
+    let mut failures = Vec::new();
+    for seed in start..start + seeds {
+        let scenario = base
+            .clone()
+            .unwrap_or_else(|| warren_sim::swarm::scenario_for_seed(seed));
+        let report = warren_sim::simulation::run(&scenario.config(seed));
+        let verdict = scenario.judge(&report);
+        let outcome = match (
+            &verdict,
+            report.findings.wrong().is_empty(),
+            report.findings.stuck().is_empty(),
+        ) {
+            (Ok(()), ..) => "as expected",
+            (Err(_), false, _) => "wrong",
+            (Err(_), true, false) => "stuck",
+            (Err(_), true, true) => "unexpected pass",
+        };
+        *outcomes.entry(outcome).or_default() += 1;
+        for c in report.findings.failing() {
+            *failing_checkers.entry(c.to_owned()).or_default() += 1;
+        }
+        for (kind, n) in &report.faults_applied {
+            *faults.entry(kind.clone()).or_default() += *n as u64;
+        }
+        let q = &report.findings.queue;
+        for (state, reached) in [
+            ("analysis recovered after a retry", q.recovered > 0),
+            ("event seen twice by a client", q.duplicated > 0),
+            (
+                "analysis run twice by orchestrators",
+                q.repeated_effects > 0,
+            ),
+            ("convergence deadline hit", report.deadline_passed),
+        ] {
+            if reached {
+                *states.entry(state).or_default() += 1;
+            }
+        }
+        if let Err(e) = verdict {
+            let replay = match file {
+                Some(path) if base.is_some() => {
+                    format!("cargo run -- sim run {} --seed {seed}", path.display())
+                }
+                _ => format!("cargo run -- sim explore --swarm --start {seed} --seeds 1"),
+            };
+            failures.push(format!(
+                "seed {seed}: {e}\n  replay: {replay}\n  scenario:\n{}",
+                scenario.to_toml()
+            ));
+            if record && let Some(path) = file.filter(|_| base.is_some()) {
+                let regressions = path
+                    .parent()
+                    .unwrap_or(Path::new("."))
+                    .join("regressions.txt");
+                let name = path
+                    .file_name()
+                    .map(|n| n.to_string_lossy().into_owned())
+                    .unwrap_or_default();
+                warren_sim::regressions::record(&regressions, &name, seed)
+                    .map_err(anyhow::Error::msg)?;
+            }
+        }
+        progress.set_message(format!("{} failing", failures.len()));
+        progress.inc(1);
+    }
+    progress.finish();
+    println!("\noutcome            seeds");
+    for (outcome, n) in &outcomes {
+        println!("{outcome:<18} {n}");
+    }
+    println!("\nfailing checker    seeds");
+    for (checker, n) in &failing_checkers {
+        println!("{checker:<18} {n}");
+    }
+    println!("\nfault applied      times");
+    for (kind, n) in &faults {
+        println!("{kind:<18} {n}");
+    }
+    println!("\nstate reached                          seeds");
+    for (state, n) in &states {
+        println!("{state:<38} {n}");
+    }
+    if failures.is_empty() {
+        println!("\n{seeds} seeds, no violations");
         Ok(())
     } else {
-        for v in &report.violations {
-            println!("VIOLATION: {v}");
+        for failure in &failures {
+            println!("\n{failure}");
         }
         anyhow::bail!(
-            "{} violations; replay with: {}",
-            report.violations.len(),
-            report.replay_command()
+            "{} of {seeds} seeds did not behave as expected",
+            failures.len()
         )
     }
 }

@@ -1,71 +1,233 @@
-//! Declarative scenarios: `scenarios/*.toml` files that `cargo test` runs, each a workload and the
-//! seeds to run it under.
+//! Declarative scenarios: `scenarios/*.toml`, each a system shape, a workload, a fault schedule,
+//! the seeds to run it under, and the expected outcome (every checker passes, or the named
+//! checkers must fail). `cargo test` runs every file (`sim/tests/scenarios.rs`).
 
+use std::collections::BTreeSet;
 use std::path::Path;
 use std::time::Duration;
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
-use crate::simulation::SimConfig;
+use crate::checker::CHECKERS;
+use crate::faults::ScheduledFault;
+use crate::simulation::{SimConfig, SimReport};
 
 /// Most seeds one scenario file may list (keeps `cargo test` bounded).
 pub const SEEDS_MAX: usize = 64;
+/// Most faults one scenario may schedule.
+pub const FAULTS_MAX: usize = 256;
 
 /// One scenario file.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Scenario {
     /// What the scenario shows.
     pub name: String,
     /// Seeds to run it under.
     pub seeds: Vec<u64>,
-    /// Console clients.
+    /// Checkers that must fail (every other must pass); empty: all must pass.
+    #[serde(default)]
+    pub expect_failing: Vec<String>,
+    /// The system's shape.
+    #[serde(default)]
+    pub services: Services,
+    /// What the clients do.
+    pub workload: Workload,
+    /// The network.
+    #[serde(default)]
+    pub network: Network,
+    /// Faults at simulated times.
+    #[serde(default)]
+    pub faults: Vec<ScheduledFault>,
+    /// The heal phase.
+    #[serde(default)]
+    pub heal: Heal,
+}
+
+/// Replicas of each service.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Services {
+    /// Orchestrators (competing consumers).
+    pub orchestrators: usize,
+    /// Gateways.
+    pub gateways: usize,
+    /// Orchestrator concurrency (prefetch).
+    pub orchestrator_concurrency: u16,
+}
+
+impl Default for Services {
+    fn default() -> Self {
+        Services {
+            orchestrators: 1,
+            gateways: 1,
+            orchestrator_concurrency: 4,
+        }
+    }
+}
+
+/// The clients' workload.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Workload {
+    /// Console clients (one user each).
     pub clients: usize,
-    /// Analyses each client requests.
+    /// Analyses per client.
     pub analyses_per_client: usize,
+    /// Each client's analyses start evenly over this window, ms (0: all at once).
+    #[serde(default)]
+    pub arrival_spread_ms: u64,
     /// Simulated duration of each analysis, ms.
     #[serde(default = "default_analysis_ms")]
     pub analysis_ms: u64,
-    /// Longest simulated link latency, ms.
-    #[serde(default = "default_latency_ms")]
+    /// Every n-th analysis fails on purpose (0: none).
+    #[serde(default)]
+    pub failing_every: usize,
+}
+
+/// Link behaviour.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Network {
+    /// Longest message latency, ms.
     pub max_latency_ms: u64,
-    /// Orchestrator concurrency.
-    #[serde(default = "default_concurrency")]
-    pub orchestrator_concurrency: u16,
+}
+
+impl Default for Network {
+    fn default() -> Self {
+        Network { max_latency_ms: 20 }
+    }
+}
+
+/// When healing starts and how long convergence may take.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Heal {
+    /// Start of the heal phase, ms; default just after the last fault.
+    pub at_ms: Option<u64>,
+    /// All accepted work must finish within this long after healing, ms.
+    pub converge_within_ms: u64,
+}
+
+impl Default for Heal {
+    fn default() -> Self {
+        Heal {
+            at_ms: None,
+            converge_within_ms: 120_000,
+        }
+    }
 }
 
 fn default_analysis_ms() -> u64 {
     250
-}
-fn default_latency_ms() -> u64 {
-    20
-}
-fn default_concurrency() -> u16 {
-    4
 }
 
 impl Scenario {
     /// Reads and validates a scenario file.
     pub fn load(path: &Path) -> Result<Scenario, String> {
         let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
-        let scenario: Scenario =
-            toml::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))?;
-        if scenario.seeds.is_empty() || scenario.seeds.len() > SEEDS_MAX {
-            return Err(format!("{}: list 1 to {SEEDS_MAX} seeds", path.display()));
-        }
+        Scenario::parse(&text).map_err(|e| format!("{}: {e}", path.display()))
+    }
+
+    /// Parses and validates scenario TOML.
+    pub fn parse(text: &str) -> Result<Scenario, String> {
+        let scenario: Scenario = toml::from_str(text).map_err(|e| e.to_string())?;
+        scenario.validate()?;
         Ok(scenario)
     }
 
-    /// The simulation configuration for one of its seeds.
+    /// The scenario as TOML, ready to paste into `scenarios/`.
+    pub fn to_toml(&self) -> String {
+        toml::to_string(self).expect("scenarios serialize")
+    }
+
+    fn validate(&self) -> Result<(), String> {
+        if self.seeds.is_empty() || self.seeds.len() > SEEDS_MAX {
+            return Err(format!("list 1 to {SEEDS_MAX} seeds"));
+        }
+        if self.faults.len() > FAULTS_MAX {
+            return Err(format!("at most {FAULTS_MAX} faults"));
+        }
+        if self.services.orchestrators == 0
+            || self.services.gateways == 0
+            || self.workload.clients == 0
+        {
+            return Err("orchestrators, gateways and clients must each be at least 1".into());
+        }
+        if let Some(unknown) = self
+            .expect_failing
+            .iter()
+            .find(|c| !CHECKERS.contains(&c.as_str()))
+        {
+            return Err(format!(
+                "unknown checker {unknown:?}; checkers are {CHECKERS:?}"
+            ));
+        }
+        let hosts = self.config(0).hosts();
+        for fault in &self.faults {
+            if let Some(host) = fault
+                .fault
+                .hosts()
+                .into_iter()
+                .find(|h| !hosts.iter().any(|x| x == h))
+            {
+                return Err(format!(
+                    "fault at {} ms names unknown host {host:?}; hosts are {hosts:?}",
+                    fault.at_ms
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// The simulation configuration for one seed.
     pub fn config(&self, seed: u64) -> SimConfig {
         SimConfig {
             seed,
-            clients: self.clients,
-            analyses_per_client: self.analyses_per_client,
-            analysis_duration: Duration::from_millis(self.analysis_ms),
-            max_message_latency: Duration::from_millis(self.max_latency_ms),
-            orchestrator_concurrency: self.orchestrator_concurrency,
-            ..SimConfig::default()
+            clients: self.workload.clients,
+            analyses_per_client: self.workload.analyses_per_client,
+            arrival_spread: Duration::from_millis(self.workload.arrival_spread_ms),
+            failing_every: self.workload.failing_every,
+            analysis_duration: Duration::from_millis(self.workload.analysis_ms),
+            orchestrators: self.services.orchestrators,
+            gateways: self.services.gateways,
+            orchestrator_concurrency: self.services.orchestrator_concurrency,
+            max_message_latency: Duration::from_millis(self.network.max_latency_ms),
+            faults: self.faults.clone(),
+            heal_at: self.heal.at_ms.map(Duration::from_millis),
+            converge_within: Duration::from_millis(self.heal.converge_within_ms),
         }
+    }
+
+    /// Whether a run came out as the scenario expects; `Err` says how it did not.
+    pub fn judge(&self, report: &SimReport) -> Result<(), String> {
+        if let Some(e) = &report.run_error {
+            return Err(format!("the simulation itself failed: {e}"));
+        }
+        let failing = report.findings.failing();
+        let expected: BTreeSet<&str> = self.expect_failing.iter().map(String::as_str).collect();
+        if failing == expected {
+            return Ok(());
+        }
+        let unexpected: Vec<_> = report
+            .violations
+            .iter()
+            .filter(|v| !expected.iter().any(|c| v.starts_with(&format!("[{c}]"))))
+            .cloned()
+            .collect();
+        let missing: Vec<_> = expected.difference(&failing).collect();
+        Err(format!(
+            "expected failing checkers {expected:?}, got {failing:?}{}{}",
+            if missing.is_empty() {
+                String::new()
+            } else {
+                format!("; expected to fail but passed: {missing:?}")
+            },
+            if unexpected.is_empty() {
+                String::new()
+            } else {
+                format!("\n{}", unexpected.join("\n"))
+            }
+        ))
     }
 }

@@ -1,27 +1,30 @@
 //! The whole diagram inside a turmoil simulation, decided by one seed.
 //!
-//! Hosts: `orchestrator`, `gateway` and `client-N` (console clients), talking HTTP and WebSocket
-//! over turmoil TCP. The broker is one broker-mem instance shared in process through the memory
-//! adapter; every host runs on the simulation's single thread, so that sharing is deterministic.
-//! (AMQP links over simulated TCP to a `broker` host come with the wire protocol.)
+//! Hosts: `orchestrator-N`, `gateway-N` and `client-N` (console clients), talking HTTP and
+//! WebSocket over turmoil TCP. The broker is one broker-mem instance shared in process through
+//! the memory adapter; every host runs on the simulation's single thread, so that sharing is
+//! deterministic, and a crashed host's broker connection closes as a dead process's would.
+//!
+//! A run has a fault phase (the scheduled faults), then a heal phase (every fault undone) with a
+//! convergence deadline; then the checkers judge it.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, UNIX_EPOCH};
 
-use client_console::{AnalysisInput, ConsoleConfig, EventKind, Outcome, Step};
 use orchestrator::{BuiltinAnalyzer, OrchestratorConfig};
 use ports::memory::MemoryBus;
 use ports::{Clock, Ids, Ports, SeededIds, SimClock, TurmoilNet};
 use tracing_subscriber::layer::SubscriberExt as _;
 
+use crate::checker::{self, Evidence, Findings};
+use crate::faults::{self, Damage, Fault, ScheduledFault};
+use crate::hosts::{self, ClientPlan, CountingAnalyzer, Effects, GATEWAY_PORT, Observations};
 use crate::trace::{Recorder, Trace};
 
-/// Port the gateway listens on inside the simulation.
-const GATEWAY_PORT: u16 = 8080;
 /// Wall time at simulated time zero: 2026-01-01T00:00:00Z.
 const EPOCH_UNIX_MS: i64 = 1_767_225_600_000;
-/// Connection attempts a client makes while the gateway is still starting.
+/// Connection attempts a client makes while its gateway is still starting.
 const CONNECT_ATTEMPTS_MAX: u32 = 50;
 
 /// What to simulate.
@@ -31,16 +34,28 @@ pub struct SimConfig {
     pub seed: u64,
     /// Console clients, each its own host and user.
     pub clients: usize,
-    /// Analyses each client requests (concurrently).
+    /// Analyses each client requests.
     pub analyses_per_client: usize,
+    /// Each client's analyses start evenly spread over this window (zero: all at once).
+    pub arrival_spread: Duration,
+    /// Every n-th analysis of a client fails on purpose (0: none).
+    pub failing_every: usize,
     /// How long each analysis takes, simulated.
     pub analysis_duration: Duration,
+    /// Orchestrator replicas (competing consumers on the command queue).
+    pub orchestrators: usize,
+    /// Gateway replicas; client `c` talks to gateway `c % gateways`.
+    pub gateways: usize,
     /// Orchestrator concurrency (prefetch).
     pub orchestrator_concurrency: u16,
-    /// Longest simulated message latency on any link.
+    /// Longest simulated message latency on any link (outside latency faults).
     pub max_message_latency: Duration,
-    /// The run fails if clients are not done by then (simulated time).
-    pub time_limit: Duration,
+    /// Faults, at simulated times.
+    pub faults: Vec<ScheduledFault>,
+    /// When the heal phase starts; by default just after the last fault.
+    pub heal_at: Option<Duration>,
+    /// After healing, the system must finish all accepted work within this much simulated time.
+    pub converge_within: Duration,
 }
 
 impl Default for SimConfig {
@@ -49,11 +64,40 @@ impl Default for SimConfig {
             seed: 1,
             clients: 3,
             analyses_per_client: 4,
+            arrival_spread: Duration::ZERO,
+            failing_every: 0,
             analysis_duration: Duration::from_millis(250),
+            orchestrators: 1,
+            gateways: 1,
             orchestrator_concurrency: 4,
             max_message_latency: Duration::from_millis(20),
-            time_limit: Duration::from_secs(120),
+            faults: Vec::new(),
+            heal_at: None,
+            converge_within: Duration::from_secs(120),
         }
+    }
+}
+
+impl SimConfig {
+    /// Host names of this configuration, for fault schedules.
+    pub fn hosts(&self) -> Vec<String> {
+        let mut hosts: Vec<String> = (0..self.orchestrators)
+            .map(|i| format!("orchestrator-{i}"))
+            .collect();
+        hosts.extend((0..self.gateways).map(|i| format!("gateway-{i}")));
+        hosts.extend(self.client_hosts());
+        hosts
+    }
+
+    fn client_hosts(&self) -> Vec<String> {
+        (0..self.clients).map(|c| format!("client-{c}")).collect()
+    }
+
+    /// When the heal phase starts.
+    pub fn heal_time(&self) -> Duration {
+        self.heal_at.unwrap_or_else(|| {
+            Duration::from_millis(self.faults.iter().map(|f| f.at_ms + 1).max().unwrap_or(0))
+        })
     }
 }
 
@@ -66,27 +110,35 @@ pub struct SimReport {
     pub trace: Trace,
     /// `trace.hash()`.
     pub trace_hash: u64,
-    /// Each client's analyses: the outcome, or why it failed.
-    pub outcomes: BTreeMap<String, Vec<Result<Outcome, String>>>,
-    /// The turmoil run's own error (a host failed or the time limit passed).
-    pub run_error: Option<String>,
-    /// Checker findings; empty means the run was correct.
+    /// What each client saw.
+    pub clients: BTreeMap<String, hosts::ClientRecord>,
+    /// The checkers' verdicts and the queue report.
+    pub findings: Findings,
+    /// Every finding, safety then liveness, plus a failed run's own error; empty means correct.
     pub violations: Vec<String>,
+    /// The turmoil run's own error (a host failed).
+    pub run_error: Option<String>,
+    /// The run hit its convergence deadline with work unfinished.
+    pub deadline_passed: bool,
+    /// Fault kinds applied, with counts.
+    pub faults_applied: BTreeMap<String, usize>,
     /// Simulated time the run took.
     pub simulated: Duration,
 }
 
 impl SimReport {
-    /// The command that replays this run.
-    pub fn replay_command(&self) -> String {
-        let c = &self.config;
-        format!(
-            "cargo run -- sim --seed {} --clients {} --analyses {} --analysis-ms {}",
-            c.seed,
-            c.clients,
-            c.analyses_per_client,
-            c.analysis_duration.as_millis()
-        )
+    /// The command that replays this run's seed with the same scenario file.
+    pub fn replay_command(&self, scenario_file: Option<&str>) -> String {
+        match scenario_file {
+            Some(file) => format!("cargo run -- sim run {file} --seed {}", self.config.seed),
+            None => format!(
+                "cargo run -- sim run --seed {} --clients {} --analyses {} --analysis-ms {}",
+                self.config.seed,
+                self.config.clients,
+                self.config.analyses_per_client,
+                self.config.analysis_duration.as_millis()
+            ),
+        }
     }
 }
 
@@ -94,18 +146,24 @@ impl SimReport {
 pub fn run(config: &SimConfig) -> SimReport {
     let recorder = Recorder::default();
     let subscriber = tracing_subscriber::registry().with(recorder.clone());
-    let (outcomes, run_error, simulated) =
-        tracing::subscriber::with_default(subscriber, || simulate(config));
+    let outcome = tracing::subscriber::with_default(subscriber, || simulate(config, &recorder));
     let trace = recorder.take();
-    let violations = check(config, &outcomes, run_error.as_deref());
+    let mut violations = outcome.findings.wrong();
+    violations.extend(outcome.findings.stuck());
+    if let Some(e) = &outcome.run_error {
+        violations.insert(0, format!("simulation failed: {e}"));
+    }
     SimReport {
         config: config.clone(),
         trace_hash: trace.hash(),
         trace,
-        outcomes,
-        run_error,
+        clients: outcome.clients,
+        findings: outcome.findings,
         violations,
-        simulated,
+        run_error: outcome.run_error,
+        deadline_passed: outcome.deadline_passed,
+        faults_applied: outcome.faults_applied,
+        simulated: outcome.simulated,
     }
 }
 
@@ -122,111 +180,189 @@ pub fn check_determinism(config: &SimConfig) -> Result<SimReport, String> {
     }
 }
 
-type Outcomes = BTreeMap<String, Vec<Result<Outcome, String>>>;
+struct Outcome {
+    clients: BTreeMap<String, hosts::ClientRecord>,
+    findings: Findings,
+    run_error: Option<String>,
+    deadline_passed: bool,
+    faults_applied: BTreeMap<String, usize>,
+    simulated: Duration,
+}
 
-fn simulate(config: &SimConfig) -> (Outcomes, Option<String>, Duration) {
+fn simulate(config: &SimConfig, recorder: &Recorder) -> Outcome {
+    let heal_at = config.heal_time();
+    let deadline = heal_at + config.converge_within;
     let mut sim = turmoil::Builder::new()
         .rng_seed(config.seed)
         .epoch(UNIX_EPOCH + Duration::from_millis(EPOCH_UNIX_MS as u64))
-        .simulation_duration(config.time_limit)
+        // The driver below enforces the convergence deadline; this is only a backstop.
+        .simulation_duration(deadline + Duration::from_secs(1))
         .max_message_latency(config.max_message_latency)
         .enable_random_order()
         .build();
     let broker = broker_mem::Broker::new();
+    let effects: Effects = Arc::default();
+    let observations: Observations = Arc::default();
+    add_services(&mut sim, config, &broker, &effects);
+    add_clients(&mut sim, config, &observations);
+
+    let mut schedule = config.faults.clone();
+    schedule.sort_by_key(|f| f.at_ms);
+    let mut schedule = schedule.into_iter().peekable();
+    let mut damage = Damage::default();
+    let mut faults_applied: BTreeMap<String, usize> = BTreeMap::new();
+    let mut healed = config.faults.is_empty();
+    let mut run_error = None;
+    let mut deadline_passed = false;
+    loop {
+        let now = sim.elapsed();
+        recorder.set_driver_time(now);
+        while let Some(fault) = schedule.next_if(|f| Duration::from_millis(f.at_ms) <= now) {
+            faults::apply(&mut sim, &fault.fault, &mut damage);
+            *faults_applied
+                .entry(fault.fault.kind().to_owned())
+                .or_default() += 1;
+        }
+        if !healed && now >= heal_at {
+            faults::heal(&mut sim, &mut damage, config.max_message_latency);
+            healed = true;
+        }
+        if now > deadline {
+            deadline_passed = true;
+            break;
+        }
+        match sim.step() {
+            Ok(true) => break,
+            Ok(false) => {}
+            Err(e) => {
+                run_error = Some(e.to_string());
+                break;
+            }
+        }
+    }
+    let simulated = sim.elapsed();
+    // Let the services settle their last acks before judging what the broker still holds.
+    let clients = std::mem::take(&mut *observations.lock().expect("observations poisoned"));
+    let pending = broker.queue_depth(contracts::QUEUE_COMMANDS).unwrap_or(0)
+        + broker.unacked_count(contracts::QUEUE_COMMANDS).unwrap_or(0);
+    let crash_happened = config
+        .faults
+        .iter()
+        .any(|f| matches!(f.fault, Fault::Crash { .. } | Fault::Restart { .. }));
+    let failing_every = config.failing_every;
+    let failing = move |_: &str, index: usize| {
+        failing_every > 0 && index % failing_every == failing_every - 1
+    };
+    let expected_clients = config.client_hosts();
+    let findings = checker::check(&Evidence {
+        clients: &clients,
+        expected_clients: &expected_clients,
+        effects: &effects,
+        failing: &failing,
+        repeats_explained: crash_happened,
+        pending_commands: Some(pending),
+        pending_reason: deadline_passed.then(|| "the run hit its convergence deadline".to_owned()),
+    });
+    drop(sim);
+    Outcome {
+        clients,
+        findings,
+        run_error,
+        deadline_passed,
+        faults_applied,
+        simulated,
+    }
+}
+
+fn add_services(
+    sim: &mut turmoil::Sim<'_>,
+    config: &SimConfig,
+    broker: &broker_mem::Broker,
+    effects: &Effects,
+) {
     let clock: Arc<dyn Clock> = Arc::new(SimClock {
         epoch_unix_ms: EPOCH_UNIX_MS,
     });
-    // Ids come from the seed too, from a stream apart from the network's.
-    let ids: Arc<dyn Ids> = Arc::new(SeededIds::new(config.seed ^ 0x05ee_d1d5));
-    // Each (re)start of a host opens its own broker connection, as a restarted process would;
-    // a crash drops it, which requeues that host's unacked messages.
-    let ports_for = move |broker: &broker_mem::Broker| Ports {
-        bus: Arc::new(MemoryBus::new(broker.clone())),
-        clock: clock.clone(),
-        ids: ids.clone(),
-    };
-
-    let orchestrator_broker = broker.clone();
-    let orchestrator_ports = ports_for.clone();
-    let orchestrator_config = OrchestratorConfig {
-        concurrency: config.orchestrator_concurrency,
-        ..OrchestratorConfig::default()
-    };
-    let analyzer = Arc::new(BuiltinAnalyzer {
-        duration: config.analysis_duration,
-    });
-    sim.host("orchestrator", move || {
-        let ports = orchestrator_ports(&orchestrator_broker);
-        let config = orchestrator_config.clone();
-        let analyzer = analyzer.clone();
-        async move {
-            orchestrator::run(ports, analyzer, config, std::future::pending()).await?;
-            Ok(())
+    // Ids come from the seed too, from a stream apart from the network's; each gateway its own.
+    let ports_for = {
+        let broker = broker.clone();
+        move |id_stream: u64| Ports {
+            // Each (re)start of a host opens its own broker connection, as a restarted process
+            // would; a crash drops it, which requeues that host's unacked messages.
+            bus: Arc::new(MemoryBus::new(broker.clone())),
+            clock: clock.clone(),
+            ids: Arc::new(SeededIds::new(id_stream)) as Arc<dyn Ids>,
         }
-    });
+    };
+    for o in 0..config.orchestrators {
+        let ports_for = ports_for.clone();
+        let orchestrator_config = OrchestratorConfig {
+            concurrency: config.orchestrator_concurrency,
+            ..OrchestratorConfig::default()
+        };
+        let analyzer = Arc::new(CountingAnalyzer {
+            inner: BuiltinAnalyzer {
+                duration: config.analysis_duration,
+            },
+            effects: effects.clone(),
+        });
+        let seed = config.seed;
+        sim.host(format!("orchestrator-{o}"), move || {
+            let ports = ports_for(seed);
+            let config = orchestrator_config.clone();
+            let analyzer = analyzer.clone();
+            async move {
+                orchestrator::run(ports, analyzer, config, std::future::pending()).await?;
+                Ok(())
+            }
+        });
+    }
+    for g in 0..config.gateways {
+        let ports_for = ports_for.clone();
+        // A restarted gateway must not hand out ids its previous life already gave: each life
+        // draws from a stream of its own (derived from the seed, the replica and the restart).
+        let lives = Arc::new(Mutex::new(0_u64));
+        let seed = config.seed;
+        sim.host(format!("gateway-{g}"), move || {
+            let life = {
+                let mut lives = lives.lock().expect("lives poisoned");
+                *lives += 1;
+                *lives
+            };
+            let ports = ports_for(seed ^ 0x05ee_d1d5 ^ ((g as u64) << 32) ^ (life << 48));
+            async move {
+                let listener =
+                    ports::Net::bind(&TurmoilNet, &format!("0.0.0.0:{GATEWAY_PORT}")).await?;
+                graph_gateway::run(
+                    ports,
+                    listener,
+                    graph_gateway::GatewayConfig::default(),
+                    std::future::pending(),
+                )
+                .await?;
+                Ok(())
+            }
+        });
+    }
+}
 
-    sim.host("gateway", move || {
-        let ports = ports_for(&broker);
-        async move {
-            let listener =
-                ports::Net::bind(&TurmoilNet, &format!("0.0.0.0:{GATEWAY_PORT}")).await?;
-            graph_gateway::run(
-                ports,
-                listener,
-                graph_gateway::GatewayConfig::default(),
-                std::future::pending(),
-            )
-            .await?;
-            Ok(())
-        }
-    });
-
-    let outcomes: Arc<Mutex<Outcomes>> = Arc::default();
-    for c in 0..config.clients {
-        let name = format!("client-{c}");
-        let outcomes = outcomes.clone();
-        let analyses = config.analyses_per_client;
-        let host = name.clone();
-        sim.client(name, async move {
-            let results = run_client(&host, c, analyses).await;
-            outcomes
-                .lock()
-                .expect("outcomes poisoned")
-                .insert(host, results);
+fn add_clients(sim: &mut turmoil::Sim<'_>, config: &SimConfig, observations: &Observations) {
+    for (c, host) in config.client_hosts().into_iter().enumerate() {
+        let plan = ClientPlan {
+            host: host.clone(),
+            user: format!("user-{c}"),
+            gateway: format!("gateway-{}", c % config.gateways.max(1)),
+            analyses: config.analyses_per_client,
+            arrival_spread: config.arrival_spread,
+            failing_every: config.failing_every,
+        };
+        let observations = observations.clone();
+        sim.client(host, async move {
+            wait_for_gateway(&format!("{}:{GATEWAY_PORT}", plan.gateway)).await;
+            hosts::run_client(plan, observations).await;
             Ok(())
         });
     }
-    let run_error = sim.run().err().map(|e| e.to_string());
-    let simulated = sim.elapsed();
-    let outcomes = std::mem::take(&mut *outcomes.lock().expect("outcomes poisoned"));
-    (outcomes, run_error, simulated)
-}
-
-async fn run_client(host: &str, client: usize, analyses: usize) -> Vec<Result<Outcome, String>> {
-    let config = ConsoleConfig {
-        authority: format!("gateway:{GATEWAY_PORT}"),
-        path: "/graphql".into(),
-        user: Some(format!("user-{client}")),
-        timeout: Duration::from_secs(60),
-    };
-    wait_for_gateway(&config.authority).await;
-    let runs = (0..analyses).map(|a| {
-        let config = config.clone();
-        let input = AnalysisInput {
-            asset_id: format!("asset-{client}-{a}"),
-            analysis_type: "utilization".into(),
-            parameters: None,
-        };
-        async move {
-            client_console::run(&TurmoilNet, &config, &input, |step| match step {
-                Step::Requested(r) => tracing::info!(host, analysis_id = %r.analysis_id, "client requested"),
-                Step::Event(e) => tracing::info!(host, analysis_id = %e.analysis_id, kind = ?e.kind, "client received"),
-            })
-            .await
-            .map_err(|e| e.to_string())
-        }
-    });
-    futures::future::join_all(runs).await
 }
 
 /// Waits until the gateway accepts connections (it binds once its topology is declared).
@@ -237,57 +373,4 @@ async fn wait_for_gateway(authority: &str) {
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-}
-
-/// The skeleton's checker: every client saw exactly one Started then one Completed for each of
-/// its analyses, with the right analysisId and status SUCCEEDED, and no analysis id twice.
-fn check(config: &SimConfig, outcomes: &Outcomes, run_error: Option<&str>) -> Vec<String> {
-    let mut violations = Vec::new();
-    if let Some(e) = run_error {
-        violations.push(format!("simulation failed: {e}"));
-    }
-    let mut ids = BTreeMap::new();
-    for c in 0..config.clients {
-        let host = format!("client-{c}");
-        let Some(results) = outcomes.get(&host) else {
-            violations.push(format!("{host}: did not finish"));
-            continue;
-        };
-        for (a, result) in results.iter().enumerate() {
-            let outcome = match result {
-                Ok(outcome) => outcome,
-                Err(e) => {
-                    violations.push(format!("{host} analysis {a}: {e}"));
-                    continue;
-                }
-            };
-            let id = &outcome.requested.analysis_id;
-            if let Some(other) = ids.insert(id.clone(), format!("{host}/{a}")) {
-                violations.push(format!(
-                    "analysis id {id} given to both {other} and {host}/{a}"
-                ));
-            }
-            let kinds: Vec<_> = outcome.events.iter().map(|e| e.kind).collect();
-            if kinds != [EventKind::Started, EventKind::Completed] {
-                violations.push(format!(
-                    "{host} analysis {id}: saw {kinds:?}, expected [Started, Completed]"
-                ));
-            }
-            if let Some(e) = outcome.events.iter().find(|e| &e.analysis_id != id) {
-                violations.push(format!(
-                    "{host} analysis {id}: received an event of {}",
-                    e.analysis_id
-                ));
-            }
-            let status = outcome
-                .events
-                .last()
-                .and_then(|e| e.data.get("status"))
-                .and_then(|s| s.as_str());
-            if status != Some("SUCCEEDED") {
-                violations.push(format!("{host} analysis {id}: status {status:?}"));
-            }
-        }
-    }
-    violations
 }

@@ -6,9 +6,10 @@
 //! runs a host, which gives each event its host.
 
 use std::fmt::Write as _;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use tracing::field::{Field, Visit};
 use tracing::span::{Attributes, Id};
 use tracing::{Event, Level, Subscriber};
@@ -32,7 +33,7 @@ const TRACED_TARGET_PREFIXES: &[&str] = &[
 pub const TRACE_LINES_MAX: usize = 1_000_000;
 
 /// One trace event.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TraceLine {
     /// Simulated milliseconds since the start.
     pub t_ms: u128,
@@ -100,9 +101,19 @@ impl Trace {
 #[derive(Clone, Default)]
 pub struct Recorder {
     lines: Arc<Mutex<Vec<TraceLine>>>,
+    /// Simulated time of the driver, for events logged outside any host (faults, heal).
+    driver_ms: Arc<AtomicU64>,
 }
 
 impl Recorder {
+    /// Tells the recorder the simulation's time, for events logged between host steps.
+    pub fn set_driver_time(&self, elapsed: std::time::Duration) {
+        self.driver_ms.store(
+            u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX),
+            Ordering::Relaxed,
+        );
+    }
+
     /// Takes the recorded trace.
     pub fn take(&self) -> Trace {
         Trace {
@@ -148,7 +159,10 @@ where
         let mut fields = FieldText::default();
         event.record(&mut fields);
         let line = TraceLine {
-            t_ms: turmoil::sim_elapsed().unwrap_or_default().as_millis(),
+            t_ms: turmoil::sim_elapsed().map_or_else(
+                || u128::from(self.driver_ms.load(Ordering::Relaxed)),
+                |t| t.as_millis(),
+            ),
             host,
             target: meta.target().to_owned(),
             level: meta.level().to_string(),

@@ -11,7 +11,7 @@ fn assert_clean(report: &warren_sim::SimReport) {
         report.violations.is_empty(),
         "violations:\n{}\nreplay: {}",
         report.violations.join("\n"),
-        report.replay_command()
+        report.replay_command(None)
     );
 }
 
@@ -25,10 +25,14 @@ fn every_client_sees_started_then_completed_for_each_of_its_analyses() {
     };
     let report = check_determinism(&config).unwrap_or_else(|e| panic!("{e}"));
     assert_clean(&report);
-    let analyses: usize = report.outcomes.values().map(Vec::len).sum();
-    assert_eq!(analyses, 20);
+    assert_eq!(report.findings.queue.accepted, 20);
+    assert_eq!(report.findings.queue.completed, 20);
     assert!(
-        report.trace.lines.iter().any(|l| l.host == "orchestrator"),
+        report
+            .trace
+            .lines
+            .iter()
+            .any(|l| l.host == "orchestrator-0"),
         "orchestrator events are traced"
     );
     assert!(

@@ -1,0 +1,224 @@
+//! Checkers: what must hold for every accepted `requestAnalysis`, judged from what the clients
+//! saw, what the orchestrator did and what the broker still holds.
+//!
+//! Safety ("wrong") and liveness ("stuck") are reported apart, and the message flow is summed up
+//! as a queue workload in Jepsen's terms: lost, duplicated, unexpected and recovered.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use client_console::EventKind;
+use serde::Serialize;
+
+use crate::hosts::{ClientRecord, Effects};
+
+/// Names of the checkers, as scenarios refer to them in `expect_failing`.
+pub const CHECKERS: &[&str] = &[
+    "order",
+    "isolation",
+    "unique-ids",
+    "status",
+    "effect-once",
+    "lost",
+    "pending-commands",
+];
+
+/// Checkers that judge liveness (the rest judge safety).
+const LIVENESS: &[&str] = &["lost", "pending-commands"];
+
+/// The message flow as a queue workload, in Jepsen's terms.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct QueueReport {
+    /// Mutations the gateway accepted (the client got an analysisId).
+    pub accepted: usize,
+    /// Accepted analyses whose owner saw AnalysisCompleted.
+    pub completed: usize,
+    /// Accepted analyses whose owner never saw AnalysisCompleted.
+    pub lost: usize,
+    /// Events a client received more than once (across re-subscriptions); harmless repeats.
+    pub duplicated: usize,
+    /// Events a client received for an analysis that was not its own.
+    pub unexpected: usize,
+    /// Completed analyses that needed a retry on the way (re-subscription or re-request).
+    pub recovered: usize,
+    /// Analyses the orchestrator ran to completion more than once.
+    pub repeated_effects: usize,
+}
+
+/// The verdict of every checker.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct Findings {
+    /// Checker name → what it found (empty: it passed).
+    pub by_checker: BTreeMap<String, Vec<String>>,
+    /// The workload summary.
+    pub queue: QueueReport,
+}
+
+impl Findings {
+    /// Checkers that found something.
+    pub fn failing(&self) -> BTreeSet<&str> {
+        self.by_checker
+            .iter()
+            .filter(|(_, f)| !f.is_empty())
+            .map(|(c, _)| c.as_str())
+            .collect()
+    }
+
+    /// Safety findings: the system did something wrong.
+    pub fn wrong(&self) -> Vec<String> {
+        self.collect(|c| !LIVENESS.contains(&c))
+    }
+
+    /// Liveness findings: the system did not finish its work by the deadline.
+    pub fn stuck(&self) -> Vec<String> {
+        self.collect(|c| LIVENESS.contains(&c))
+    }
+
+    fn collect(&self, keep: impl Fn(&str) -> bool) -> Vec<String> {
+        self.by_checker
+            .iter()
+            .filter(|(c, _)| keep(c))
+            .flat_map(|(c, f)| f.iter().map(move |x| format!("[{c}] {x}")))
+            .collect()
+    }
+}
+
+/// What the checkers look at.
+pub(crate) struct Evidence<'a> {
+    pub(crate) clients: &'a BTreeMap<String, ClientRecord>,
+    pub(crate) expected_clients: &'a [String],
+    pub(crate) effects: &'a Effects,
+    /// Analyses expected to fail on purpose (by client host and index).
+    pub(crate) failing: &'a dyn Fn(&str, usize) -> bool,
+    /// A fault could explain a repeated effect (a crash or a broker fault happened).
+    pub(crate) repeats_explained: bool,
+    /// Messages still in the command queue (ready + unacked), if the broker can be inspected.
+    pub(crate) pending_commands: Option<usize>,
+    /// Why commands could be pending (e.g. every orchestrator crashed).
+    pub(crate) pending_reason: Option<String>,
+}
+
+/// Runs every checker.
+pub(crate) fn check(evidence: &Evidence<'_>) -> Findings {
+    let mut found: BTreeMap<String, Vec<String>> = CHECKERS
+        .iter()
+        .map(|c| (c.to_string(), Vec::new()))
+        .collect();
+    let mut push = |checker: &str, finding: String| {
+        found.get_mut(checker).expect("known checker").push(finding)
+    };
+    let mut queue = QueueReport::default();
+    let mut owner_of: BTreeMap<&str, &str> = BTreeMap::new();
+
+    for host in evidence.expected_clients {
+        let Some(record) = evidence.clients.get(host) else {
+            push("lost", format!("{host}: never started"));
+            continue;
+        };
+        if !record.finished {
+            push("lost", format!("{host}: workload unfinished"));
+        }
+        for analysis in &record.analyses {
+            let Some(id) = analysis.analysis_id.as_deref() else {
+                // Never accepted: not a promise the system made, so not lost.
+                continue;
+            };
+            queue.accepted += 1;
+            if let Some(other) = owner_of.insert(id, host) {
+                push(
+                    "unique-ids",
+                    format!("analysis id {id} returned to both {other} and {host}"),
+                );
+            }
+            let mut seen = BTreeSet::new();
+            let mut first_order = Vec::new();
+            for event in &analysis.events {
+                if event.analysis_id != id {
+                    queue.unexpected += 1;
+                    push(
+                        "isolation",
+                        format!(
+                            "{host} following {id} received an event of {}",
+                            event.analysis_id
+                        ),
+                    );
+                    continue;
+                }
+                if seen.insert(event.kind) {
+                    first_order.push(event.kind);
+                } else {
+                    queue.duplicated += 1;
+                }
+            }
+            match first_order.as_slice() {
+                [EventKind::Started, EventKind::Completed] => {
+                    queue.completed += 1;
+                    if analysis.follow_attempts > 1 || analysis.request_attempts > 1 {
+                        queue.recovered += 1;
+                    }
+                    let status = analysis
+                        .events
+                        .iter()
+                        .find(|e| e.kind == EventKind::Completed)
+                        .and_then(|e| e.data.get("status"))
+                        .and_then(|s| s.as_str());
+                    let expected = if (evidence.failing)(host, analysis.index) {
+                        "FAILED"
+                    } else {
+                        "SUCCEEDED"
+                    };
+                    if status != Some(expected) {
+                        push(
+                            "status",
+                            format!("{host} analysis {id}: status {status:?}, expected {expected}"),
+                        );
+                    }
+                }
+                [EventKind::Started] | [] => {
+                    queue.lost += 1;
+                    push(
+                        "lost",
+                        format!(
+                            "{host} analysis {id}: saw {first_order:?} only (errors: {:?})",
+                            analysis.errors
+                        ),
+                    );
+                }
+                other => push(
+                    "order",
+                    format!(
+                        "{host} analysis {id}: first saw {other:?}, expected Started then Completed"
+                    ),
+                ),
+            }
+        }
+    }
+
+    for (id, runs) in evidence.effects.lock().expect("effects poisoned").iter() {
+        if *runs > 1 {
+            queue.repeated_effects += 1;
+            if !evidence.repeats_explained {
+                push(
+                    "effect-once",
+                    format!(
+                        "analysis {id} ran {runs} times with no crash or broker fault to explain it"
+                    ),
+                );
+            }
+        }
+    }
+
+    if let Some(pending) = evidence.pending_commands.filter(|p| *p > 0) {
+        let reason = evidence
+            .pending_reason
+            .clone()
+            .unwrap_or_else(|| "no reason known".into());
+        push(
+            "pending-commands",
+            format!("{pending} commands neither acked nor dead-lettered: {reason}"),
+        );
+    }
+    Findings {
+        by_checker: found,
+        queue,
+    }
+}

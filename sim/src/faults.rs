@@ -1,0 +1,196 @@
+//! The fault catalog: what can go wrong, when, and how a run heals afterwards.
+//!
+//! Faults are scheduled at simulated times. After the last one comes the heal phase: every
+//! partition is repaired, every held link released, every crashed host restarted and latency
+//! set back to normal; then the system has a convergence deadline to finish all accepted work.
+//! Missing that deadline is "stuck" (liveness), reported apart from "wrong" (safety).
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+/// One fault.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "kebab-case", deny_unknown_fields)]
+pub enum Fault {
+    /// The host's process dies; its connections drop (the broker requeues its unacked messages).
+    Crash {
+        /// Host name, e.g. `orchestrator-0`.
+        host: String,
+    },
+    /// The host's process starts again (after a crash), or is restarted at once.
+    Restart {
+        /// Host name.
+        host: String,
+    },
+    /// Messages between `a` and `b` are dropped both ways (turmoil never retransmits: open
+    /// connections hang until a heartbeat or timeout notices).
+    Partition {
+        /// One side.
+        a: String,
+        /// The other side.
+        b: String,
+    },
+    /// Ends a partition.
+    Repair {
+        /// One side.
+        a: String,
+        /// The other side.
+        b: String,
+    },
+    /// Messages from `from` to `to` are dropped; the other way still works.
+    PartitionOneway {
+        /// Sender side.
+        from: String,
+        /// Receiver side.
+        to: String,
+    },
+    /// Ends a one-way partition.
+    RepairOneway {
+        /// Sender side.
+        from: String,
+        /// Receiver side.
+        to: String,
+    },
+    /// Messages between `a` and `b` are queued, not lost: a very slow link.
+    Hold {
+        /// One side.
+        a: String,
+        /// The other side.
+        b: String,
+    },
+    /// Delivers everything held between `a` and `b`.
+    Release {
+        /// One side.
+        a: String,
+        /// The other side.
+        b: String,
+    },
+    /// Sets the longest message latency on every link.
+    Latency {
+        /// Milliseconds.
+        max_ms: u64,
+    },
+}
+
+impl Fault {
+    /// A short name for counters ("which faults were reached").
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Fault::Crash { .. } => "crash",
+            Fault::Restart { .. } => "restart",
+            Fault::Partition { .. } => "partition",
+            Fault::Repair { .. } => "repair",
+            Fault::PartitionOneway { .. } => "partition-oneway",
+            Fault::RepairOneway { .. } => "repair-oneway",
+            Fault::Hold { .. } => "hold",
+            Fault::Release { .. } => "release",
+            Fault::Latency { .. } => "latency",
+        }
+    }
+
+    /// Hosts the fault names.
+    pub fn hosts(&self) -> Vec<&str> {
+        match self {
+            Fault::Crash { host } | Fault::Restart { host } => vec![host],
+            Fault::Partition { a, b }
+            | Fault::Repair { a, b }
+            | Fault::Hold { a, b }
+            | Fault::Release { a, b } => {
+                vec![a, b]
+            }
+            Fault::PartitionOneway { from, to } | Fault::RepairOneway { from, to } => {
+                vec![from, to]
+            }
+            Fault::Latency { .. } => vec![],
+        }
+    }
+}
+
+/// A fault at a simulated time.
+// No `deny_unknown_fields` here: serde does not support it beside `flatten`; the flattened
+// `Fault` still refuses fields its kind does not have.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct ScheduledFault {
+    /// Simulated milliseconds since the start.
+    pub at_ms: u64,
+    /// What happens.
+    #[serde(flatten)]
+    pub fault: Fault,
+}
+
+/// What the heal phase must undo, tracked while faults are applied.
+#[derive(Debug, Default)]
+pub(crate) struct Damage {
+    pub(crate) crashed: BTreeSet<String>,
+    pub(crate) partitions: BTreeSet<(String, String)>,
+    pub(crate) oneway: BTreeSet<(String, String)>,
+    pub(crate) held: BTreeSet<(String, String)>,
+    pub(crate) latency_changed: bool,
+}
+
+/// Applies one fault to the simulation and records what it broke.
+pub(crate) fn apply(sim: &mut turmoil::Sim<'_>, fault: &Fault, damage: &mut Damage) {
+    tracing::info!(target: "warren_sim::fault", fault = ?fault, "fault");
+    match fault {
+        Fault::Crash { host } => {
+            sim.crash(host.as_str());
+            damage.crashed.insert(host.clone());
+        }
+        Fault::Restart { host } => {
+            sim.bounce(host.as_str());
+            damage.crashed.remove(host);
+        }
+        Fault::Partition { a, b } => {
+            sim.partition(a.as_str(), b.as_str());
+            damage.partitions.insert((a.clone(), b.clone()));
+        }
+        Fault::Repair { a, b } => {
+            sim.repair(a.as_str(), b.as_str());
+            damage.partitions.remove(&(a.clone(), b.clone()));
+            damage.partitions.remove(&(b.clone(), a.clone()));
+        }
+        Fault::PartitionOneway { from, to } => {
+            sim.partition_oneway(from.as_str(), to.as_str());
+            damage.oneway.insert((from.clone(), to.clone()));
+        }
+        Fault::RepairOneway { from, to } => {
+            sim.repair_oneway(from.as_str(), to.as_str());
+            damage.oneway.remove(&(from.clone(), to.clone()));
+        }
+        Fault::Hold { a, b } => {
+            sim.hold(a.as_str(), b.as_str());
+            damage.held.insert((a.clone(), b.clone()));
+        }
+        Fault::Release { a, b } => {
+            sim.release(a.as_str(), b.as_str());
+            damage.held.remove(&(a.clone(), b.clone()));
+            damage.held.remove(&(b.clone(), a.clone()));
+        }
+        Fault::Latency { max_ms } => {
+            sim.set_max_message_latency(Duration::from_millis(*max_ms));
+            damage.latency_changed = true;
+        }
+    }
+}
+
+/// Undoes every fault still in effect: the start of the heal phase.
+pub(crate) fn heal(sim: &mut turmoil::Sim<'_>, damage: &mut Damage, normal_latency: Duration) {
+    tracing::info!(target: "warren_sim::fault", "heal");
+    for (a, b) in std::mem::take(&mut damage.partitions) {
+        sim.repair(a.as_str(), b.as_str());
+    }
+    for (from, to) in std::mem::take(&mut damage.oneway) {
+        sim.repair_oneway(from.as_str(), to.as_str());
+    }
+    for (a, b) in std::mem::take(&mut damage.held) {
+        sim.release(a.as_str(), b.as_str());
+    }
+    for host in std::mem::take(&mut damage.crashed) {
+        sim.bounce(host.as_str());
+    }
+    if std::mem::take(&mut damage.latency_changed) {
+        sim.set_max_message_latency(normal_latency);
+    }
+}
