@@ -12,6 +12,8 @@ pub mod checker;
 pub mod embedded;
 pub mod faults;
 pub mod hosts;
+pub mod journal;
+pub mod kit;
 pub mod regressions;
 pub mod render;
 pub mod scenario;
@@ -20,4 +22,5 @@ pub mod swarm;
 pub mod trace;
 
 pub use embedded::{BrokerChoice, RunningSystem, SystemConfig};
+pub use kit::Harness;
 pub use simulation::{SimConfig, SimReport};

@@ -20,6 +20,8 @@ use tracing_subscriber::layer::SubscriberExt as _;
 use crate::checker::{self, Evidence, Findings};
 use crate::faults::{self, Damage, Fault, ScheduledFault};
 use crate::hosts::{self, ClientPlan, CountingAnalyzer, Effects, GATEWAY_PORT, Observations};
+use crate::journal::{Entry, Journal};
+use crate::kit::{SubscriberContext, SubscriberLog, SubscriberSpec};
 use crate::trace::{Recorder, Trace};
 
 /// Wall time at simulated time zero: 2026-01-01T00:00:00Z.
@@ -124,6 +126,10 @@ pub struct SimReport {
     pub faults_applied: BTreeMap<String, usize>,
     /// Simulated time the run took.
     pub simulated: Duration,
+    /// Every publish, delivery and settlement, per host, in order.
+    pub journal: Vec<Entry>,
+    /// What each custom subscriber host recorded (see [`crate::kit`]).
+    pub subscriber_logs: BTreeMap<String, Vec<String>>,
 }
 
 impl SimReport {
@@ -144,9 +150,15 @@ impl SimReport {
 
 /// Runs one simulation and checks it.
 pub fn run(config: &SimConfig) -> SimReport {
+    run_with(config, &[])
+}
+
+/// Runs one simulation with extra subscriber hosts (see [`crate::kit::Harness`]) and checks it.
+pub fn run_with(config: &SimConfig, subscribers: &[SubscriberSpec]) -> SimReport {
     let recorder = Recorder::default();
     let subscriber = tracing_subscriber::registry().with(recorder.clone());
-    let outcome = tracing::subscriber::with_default(subscriber, || simulate(config, &recorder));
+    let outcome =
+        tracing::subscriber::with_default(subscriber, || simulate(config, subscribers, &recorder));
     let trace = recorder.take();
     let mut violations = outcome.findings.wrong();
     violations.extend(outcome.findings.stuck());
@@ -164,6 +176,8 @@ pub fn run(config: &SimConfig) -> SimReport {
         deadline_passed: outcome.deadline_passed,
         faults_applied: outcome.faults_applied,
         simulated: outcome.simulated,
+        journal: outcome.journal,
+        subscriber_logs: outcome.subscriber_logs,
     }
 }
 
@@ -187,9 +201,15 @@ struct Outcome {
     deadline_passed: bool,
     faults_applied: BTreeMap<String, usize>,
     simulated: Duration,
+    journal: Vec<Entry>,
+    subscriber_logs: BTreeMap<String, Vec<String>>,
 }
 
-fn simulate(config: &SimConfig, recorder: &Recorder) -> Outcome {
+/// After the clients finish, the run goes on until the broker has held no ready or unacked
+/// message for this many consecutive steps (ms), so subscribers finish too: "run until idle".
+const IDLE_STEPS: u32 = 200;
+
+fn simulate(config: &SimConfig, subscribers: &[SubscriberSpec], recorder: &Recorder) -> Outcome {
     let heal_at = config.heal_time();
     let deadline = heal_at + config.converge_within;
     let mut sim = turmoil::Builder::new()
@@ -203,7 +223,10 @@ fn simulate(config: &SimConfig, recorder: &Recorder) -> Outcome {
     let broker = broker_mem::Broker::new();
     let effects: Effects = Arc::default();
     let observations: Observations = Arc::default();
-    add_services(&mut sim, config, &broker, &effects);
+    let journal = Journal::default();
+    let logs = SubscriberLog::default();
+    add_services(&mut sim, config, &broker, &effects, &journal);
+    add_subscribers(&mut sim, config, subscribers, &broker, &journal, &logs);
     add_clients(&mut sim, config, &observations);
 
     let mut schedule = config.faults.clone();
@@ -214,6 +237,8 @@ fn simulate(config: &SimConfig, recorder: &Recorder) -> Outcome {
     let mut healed = config.faults.is_empty();
     let mut run_error = None;
     let mut deadline_passed = false;
+    let mut clients_done = false;
+    let mut idle_steps = 0;
     loop {
         let now = sim.elapsed();
         recorder.set_driver_time(now);
@@ -231,8 +256,18 @@ fn simulate(config: &SimConfig, recorder: &Recorder) -> Outcome {
             deadline_passed = true;
             break;
         }
+        if clients_done {
+            idle_steps = if broker_idle(&broker) {
+                idle_steps + 1
+            } else {
+                0
+            };
+            if idle_steps >= IDLE_STEPS {
+                break;
+            }
+        }
         match sim.step() {
-            Ok(true) => break,
+            Ok(true) => clients_done = true,
             Ok(false) => {}
             Err(e) => {
                 run_error = Some(e.to_string());
@@ -264,6 +299,8 @@ fn simulate(config: &SimConfig, recorder: &Recorder) -> Outcome {
         pending_reason: deadline_passed.then(|| "the run hit its convergence deadline".to_owned()),
     });
     drop(sim);
+    let journal = journal.entries();
+    let subscriber_logs = logs.take();
     Outcome {
         clients,
         findings,
@@ -271,6 +308,49 @@ fn simulate(config: &SimConfig, recorder: &Recorder) -> Outcome {
         deadline_passed,
         faults_applied,
         simulated,
+        journal,
+        subscriber_logs,
+    }
+}
+
+/// No queue holds a ready or unacked message.
+fn broker_idle(broker: &broker_mem::Broker) -> bool {
+    broker.queues().iter().all(|q| {
+        broker.queue_depth(&q.name).unwrap_or(0) == 0
+            && broker.unacked_count(&q.name).unwrap_or(0) == 0
+    })
+}
+
+fn add_subscribers(
+    sim: &mut turmoil::Sim<'_>,
+    config: &SimConfig,
+    subscribers: &[SubscriberSpec],
+    broker: &broker_mem::Broker,
+    journal: &Journal,
+    logs: &SubscriberLog,
+) {
+    for spec in subscribers {
+        let (spec, broker, journal) = (spec.clone(), broker.clone(), journal.clone());
+        let log = logs.for_host(&spec.host);
+        let clock: Arc<dyn Clock> = Arc::new(SimClock {
+            epoch_unix_ms: EPOCH_UNIX_MS,
+        });
+        let seed = config.seed;
+        sim.host(spec.host.clone(), move || {
+            let bus = journal.wrap(&spec.host, Arc::new(MemoryBus::new(broker.clone())));
+            let ports = Ports {
+                bus,
+                clock: clock.clone(),
+                ids: Arc::new(SeededIds::new(seed ^ 0x0005_ab5c)),
+            };
+            let context = SubscriberContext {
+                ports,
+                host: spec.host.clone(),
+                log: log.clone(),
+            };
+            let body = (spec.body)(context);
+            async move { body.await.map_err(Into::into) }
+        });
     }
 }
 
@@ -279,17 +359,18 @@ fn add_services(
     config: &SimConfig,
     broker: &broker_mem::Broker,
     effects: &Effects,
+    journal: &Journal,
 ) {
     let clock: Arc<dyn Clock> = Arc::new(SimClock {
         epoch_unix_ms: EPOCH_UNIX_MS,
     });
     // Ids come from the seed too, from a stream apart from the network's; each gateway its own.
     let ports_for = {
-        let broker = broker.clone();
-        move |id_stream: u64| Ports {
+        let (broker, journal) = (broker.clone(), journal.clone());
+        move |host: &str, id_stream: u64| Ports {
             // Each (re)start of a host opens its own broker connection, as a restarted process
             // would; a crash drops it, which requeues that host's unacked messages.
-            bus: Arc::new(MemoryBus::new(broker.clone())),
+            bus: journal.wrap(host, Arc::new(MemoryBus::new(broker.clone()))),
             clock: clock.clone(),
             ids: Arc::new(SeededIds::new(id_stream)) as Arc<dyn Ids>,
         }
@@ -307,8 +388,9 @@ fn add_services(
             effects: effects.clone(),
         });
         let seed = config.seed;
-        sim.host(format!("orchestrator-{o}"), move || {
-            let ports = ports_for(seed);
+        let host = format!("orchestrator-{o}");
+        sim.host(host.clone(), move || {
+            let ports = ports_for(&host, seed);
             let config = orchestrator_config.clone();
             let analyzer = analyzer.clone();
             async move {
@@ -323,13 +405,17 @@ fn add_services(
         // draws from a stream of its own (derived from the seed, the replica and the restart).
         let lives = Arc::new(Mutex::new(0_u64));
         let seed = config.seed;
-        sim.host(format!("gateway-{g}"), move || {
+        let host = format!("gateway-{g}");
+        sim.host(host.clone(), move || {
             let life = {
                 let mut lives = lives.lock().expect("lives poisoned");
                 *lives += 1;
                 *lives
             };
-            let ports = ports_for(seed ^ 0x05ee_d1d5 ^ ((g as u64) << 32) ^ (life << 48));
+            let ports = ports_for(
+                &host,
+                seed ^ 0x05ee_d1d5 ^ ((g as u64) << 32) ^ (life << 48),
+            );
             async move {
                 let listener =
                     ports::Net::bind(&TurmoilNet, &format!("0.0.0.0:{GATEWAY_PORT}")).await?;
