@@ -129,7 +129,16 @@ if ! answers "$MANAGEMENT_HOST" "$MANAGEMENT_PORT"; then
 fi
 wait_for "$MANAGEMENT_HOST" "$MANAGEMENT_PORT" "RabbitMQ management API"
 
+# pika (Python's AMQP client) for the wire server's cross-language test (broker-mem/tests/wire_pika.rs).
+if ! python3 -c 'import pika' 2>/dev/null; then
+    log "installing pika from PyPI"
+    python3 -m pip install --quiet pika \
+        || python3 -m pip install --quiet --break-system-packages pika \
+        || fail "cannot install pika (python3 -m pip install pika)"
+fi
+export WARREN_REQUIRE_PIKA=1
+
 export WARREN_REQUIRE_RABBITMQ=1
-log "running cargo test --workspace $* (WARREN_REQUIRE_RABBITMQ=1: RabbitMQ tests must not skip)"
+log "running cargo test --workspace $* (WARREN_REQUIRE_RABBITMQ=1, WARREN_REQUIRE_PIKA=1: nothing may skip)"
 cargo test --workspace "$@"
 log "all tests passed"

@@ -18,6 +18,7 @@ fn system_config(broker: BrokerChoice) -> SystemConfig {
         broker,
         analysis_duration: Duration::ZERO,
         orchestrator_concurrency: 32,
+        edge: None,
     }
 }
 

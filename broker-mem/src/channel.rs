@@ -40,6 +40,13 @@ pub(crate) struct ChannelState {
     pub closed: Option<AmqpError>,
     /// `basic.qos` prefetch for consumers started from now on; 0 = unlimited.
     pub prefetch: u16,
+    /// `basic.qos` with `global = true`: most unacked consumer deliveries on the whole channel
+    /// (RabbitMQ's meaning of `global`); 0 = unlimited.
+    pub global_prefetch: u16,
+    /// Unacked deliveries that came through consumers (not `basic.get`), for `global_prefetch`.
+    pub consumer_unacked: usize,
+    /// Fault hook: the next publish on this channel is nacked; true = enqueued all the same.
+    pub nack_next_publish: Option<bool>,
     /// The last delivery tag handed out; tags start at 1.
     pub last_delivery_tag: u64,
     /// Deliveries not yet settled, by tag (ascending, which `multiple` relies on).
@@ -49,11 +56,21 @@ pub(crate) struct ChannelState {
 }
 
 impl ChannelState {
+    /// Whether the channel-wide (`global`) prefetch lets one more consumer delivery through.
+    pub(crate) fn has_global_credit(&self) -> bool {
+        self.global_prefetch == 0 || self.consumer_unacked < usize::from(self.global_prefetch)
+    }
+}
+
+impl ChannelState {
     pub(crate) fn new(number: u16) -> ChannelState {
         ChannelState {
             number,
             closed: None,
             prefetch: 0,
+            global_prefetch: 0,
+            consumer_unacked: 0,
+            nack_next_publish: None,
             last_delivery_tag: 0,
             unacked: BTreeMap::new(),
             consumers: BTreeMap::new(),

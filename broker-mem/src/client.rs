@@ -15,22 +15,41 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use bytes::Bytes;
 use thiserror::Error;
 
-use crate::binding::BindingInfo;
+use crate::binding::{BindingInfo, ExchangeBindingInfo};
 use crate::channel::ChannelId;
 use crate::connection::{ConnectionId, DEFAULT_USER};
 use crate::consumer::ConsumeOptions;
-use crate::delivery::Delivery;
+use crate::delivery::{Delivery, GetOk};
 use crate::engine::{ConsumerEnd, Engine, Event, Usage};
-use crate::error::Error;
+use crate::error::{Error, ReplyCode};
 use crate::exchange::{ExchangeInfo, ExchangeKind, ExchangeOptions};
 use crate::limits::Limits;
-use crate::message::{Confirm, Properties};
-use crate::queue::{QueueDeclareOk, QueueInfo, QueueOptions};
+use crate::message::{
+    Confirm, DeadLettered, FieldTable, Properties, PublishOptions, Published, Returned,
+};
+use crate::queue::{QueueArguments, QueueDeclareOk, QueueInfo, QueueOptions};
+
+/// Where a [`Broker`] gets the time, in milliseconds: simulated time under a simulator, the
+/// system clock in real mode ([`real_clock_ms`]).
+pub type ClockFn = Arc<dyn Fn() -> u64 + Send + Sync>;
+
+/// Milliseconds since the Unix epoch from the system clock: the default clock of
+/// [`Broker::new`], for real mode only (a simulation passes its own to [`Broker::with_clock`]).
+pub fn real_clock_ms() -> u64 {
+    // real-mode: the one place broker-mem reads the OS clock; simulations inject theirs.
+    #[allow(clippy::disallowed_methods)]
+    let now = std::time::SystemTime::now();
+    now.duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |elapsed| {
+            u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX)
+        })
+}
 
 /// A handle on one in-memory broker; clones share it. Cheap to clone, `Send + Sync`.
 #[derive(Clone)]
 pub struct Broker {
     shared: Arc<Mutex<Shared>>,
+    clock: ClockFn,
 }
 
 impl fmt::Debug for Broker {
@@ -60,12 +79,26 @@ struct Shared {
     engine: Engine,
     outlets: BTreeMap<(ChannelId, String), Outlet>,
     last_consumer_id: u64,
+    /// Connections served by someone else (the wire server): every event of their channels goes
+    /// to their tap instead of an outlet.
+    taps: BTreeMap<ConnectionId, flume::Sender<Event>>,
 }
 
 impl Shared {
     /// Forwards the engine's events to the consumers' flume channels.
     fn flush(&mut self) {
         for event in self.engine.take_events() {
+            let connection = match &event {
+                Event::Deliver { channel, .. } | Event::ConsumerEnded { channel, .. } => {
+                    channel.connection()
+                }
+            };
+            if let Some(tap) = self.taps.get(&connection) {
+                // Unbounded: deliveries are bounded by prefetch credit (and the held ceilings),
+                // and a tap whose reader is gone just drops them (its connection is closing).
+                let _ = tap.send(event);
+                continue;
+            }
             match event {
                 Event::Deliver { channel, delivery } => {
                     let key = (channel, delivery.consumer_tag.clone());
@@ -98,21 +131,103 @@ impl Shared {
 }
 
 impl Broker {
-    /// An empty broker with the default [`Limits`].
+    /// An empty broker with the default [`Limits`] on the system clock (real mode; see
+    /// [`Broker::with_clock`] for simulations).
     pub fn new() -> Broker {
         Broker::with_limits(Limits::default())
     }
 
-    /// An empty broker with the given limits.
+    /// An empty broker with the given limits, on the system clock.
     pub fn with_limits(limits: Limits) -> Broker {
+        Broker::with_clock(limits, Arc::new(real_clock_ms))
+    }
+
+    /// An empty broker whose time comes from `clock` (milliseconds; an earlier reading than
+    /// the last is ignored). Every call first moves the engine to the clock's time, so TTLs
+    /// expire and delayed deliveries arrive in the clock's time; [`Broker::tick`] does that
+    /// without another call.
+    pub fn with_clock(limits: Limits, clock: ClockFn) -> Broker {
         let shared = Shared {
             engine: Engine::new(limits),
             outlets: BTreeMap::new(),
             last_consumer_id: 0,
+            taps: BTreeMap::new(),
         };
         Broker {
             shared: Arc::new(Mutex::new(shared)),
+            clock,
         }
+    }
+
+    /// Catches up with the clock: expires messages, hands over delayed deliveries.
+    pub fn tick(&self) {
+        self.call(|_| ());
+    }
+
+    /// The engine's time, in milliseconds.
+    pub fn now_ms(&self) -> u64 {
+        self.call(|engine| engine.now_ms())
+    }
+
+    /// Restarts the broker (see [`Engine::restart`]): every connection is closed with 320,
+    /// transient queues, exchanges and messages are lost, durable queues keep persistent
+    /// messages.
+    pub fn restart(&self) {
+        self.call(Engine::restart);
+    }
+
+    /// Fault hook: the next delivery from `queue` is lost in transit
+    /// ([`Engine::drop_next_delivery`]).
+    pub fn drop_next_delivery(&self, queue: &str) {
+        self.call(|engine| engine.drop_next_delivery(queue));
+    }
+
+    /// Fault hook: the next delivery from `queue` arrives twice
+    /// ([`Engine::duplicate_next_delivery`]).
+    pub fn duplicate_next_delivery(&self, queue: &str) {
+        self.call(|engine| engine.duplicate_next_delivery(queue));
+    }
+
+    /// Fault hook: the next delivery from `queue` arrives `delay_ms` later on the clock
+    /// ([`Engine::delay_next_delivery`]).
+    pub fn delay_next_delivery(&self, queue: &str, delay_ms: u64) {
+        self.call(|engine| engine.delay_next_delivery(queue, delay_ms));
+    }
+
+    /// Fault hook: the next publish on `channel` is nacked ([`Engine::nack_next_publish`]).
+    pub fn nack_next_publish(&self, channel: ChannelId, enqueue: bool) {
+        self.call(|engine| engine.nack_next_publish(channel, enqueue));
+    }
+
+    /// Fault hook: the broker closes `channel` with this reply.
+    pub fn force_close_channel(&self, channel: ChannelId, code: ReplyCode, text: &str) {
+        self.call(|engine| engine.force_close_channel(channel, code, text));
+    }
+
+    /// Fault hook: the broker closes `connection` with this reply.
+    pub fn force_close_connection(&self, connection: ConnectionId, code: ReplyCode, text: &str) {
+        self.call(|engine| engine.force_close_connection(connection, code, text));
+    }
+
+    /// Messages that left a queue unconsumed (rejected, expired, overflowed, past the delivery
+    /// limit), oldest first.
+    pub fn dead_lettered(&self) -> Vec<DeadLettered> {
+        self.call(|engine| engine.dead_lettered())
+    }
+
+    /// Mandatory messages returned to their publishers, oldest first.
+    pub fn returned(&self) -> Vec<Returned> {
+        self.call(|engine| engine.returned())
+    }
+
+    /// Every exchange-to-exchange binding, sorted.
+    pub fn exchange_bindings(&self) -> Vec<ExchangeBindingInfo> {
+        self.call(|engine| engine.exchange_bindings())
+    }
+
+    /// A queue's arguments as the broker understood them; None if there is no such queue.
+    pub fn queue_arguments(&self, queue: &str) -> Option<QueueArguments> {
+        self.call(|engine| engine.queue_arguments(queue))
     }
 
     /// Opens a connection as RabbitMQ's default user `guest`.
@@ -169,15 +284,44 @@ impl Broker {
         self.call(|engine| engine.check_invariants())
     }
 
+    /// Opens a connection as `user` whose events (deliveries, consumer ends) go to the returned
+    /// [`Tap`] instead of in-process consumers: for a server that speaks to its client some other
+    /// way (broker-mem's wire server). Drive it with [`Broker::with_engine`]; close it with
+    /// [`Broker::close_tapped`].
+    pub fn connect_tapped(&self, user: &str) -> (ConnectionId, Tap) {
+        let (sender, receiver) = flume::unbounded();
+        let mut shared = self.lock();
+        let id = shared.engine.open_connection(user);
+        shared.taps.insert(id, sender);
+        (id, Tap { receiver })
+    }
+
+    /// Closes a connection opened with [`Broker::connect_tapped`] (requeueing what its channels
+    /// had not acked) and forgets its tap. Idempotent.
+    pub fn close_tapped(&self, connection: ConnectionId) {
+        let mut shared = self.lock();
+        shared.engine.close_connection(connection);
+        shared.flush();
+        shared.taps.remove(&connection);
+    }
+
+    /// One call on the engine itself, under the broker's lock (never held across an await), then
+    /// its events forwarded to consumers and taps.
+    pub fn with_engine<T>(&self, f: impl FnOnce(&mut Engine) -> T) -> T {
+        self.call(f)
+    }
+
     /// A poisoned lock means a call panicked half-way; the engine validates before it mutates,
     /// so carrying on is no worse than the panic itself, and a `Drop` must not panic again.
     fn lock(&self) -> MutexGuard<'_, Shared> {
         self.shared.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// One engine call, then its events forwarded.
+    /// One engine call at the clock's time, then its events forwarded.
     fn call<T>(&self, f: impl FnOnce(&mut Engine) -> T) -> T {
+        let now_ms = (self.clock)();
         let mut shared = self.lock();
+        shared.engine.advance_to(now_ms);
         let value = f(&mut shared.engine);
         shared.flush();
         value
@@ -278,6 +422,123 @@ impl Channel {
             .call(|engine| engine.queue_bind(self.id, queue, exchange, routing_key))
     }
 
+    /// `exchange.declare` with arguments (`alternate-exchange`).
+    pub fn exchange_declare_with(
+        &self,
+        name: &str,
+        kind: ExchangeKind,
+        options: ExchangeOptions,
+        arguments: &FieldTable,
+    ) -> Result<(), Error> {
+        self.broker
+            .call(|engine| engine.exchange_declare_with(self.id, name, kind, options, arguments))
+    }
+
+    /// `exchange.delete`.
+    pub fn exchange_delete(&self, name: &str, if_unused: bool) -> Result<(), Error> {
+        self.broker
+            .call(|engine| engine.exchange_delete(self.id, name, if_unused))
+    }
+
+    /// `queue.declare` with arguments (see [`Engine::queue_declare_with`]).
+    pub fn queue_declare_with(
+        &self,
+        name: &str,
+        options: QueueOptions,
+        arguments: &FieldTable,
+    ) -> Result<QueueDeclareOk, Error> {
+        self.broker
+            .call(|engine| engine.queue_declare_with(self.id, name, options, arguments))
+    }
+
+    /// `queue.bind` with arguments (for a headers exchange).
+    pub fn queue_bind_with(
+        &self,
+        queue: &str,
+        exchange: &str,
+        routing_key: &str,
+        arguments: &FieldTable,
+    ) -> Result<(), Error> {
+        self.broker
+            .call(|engine| engine.queue_bind_with(self.id, queue, exchange, routing_key, arguments))
+    }
+
+    /// `queue.unbind`.
+    pub fn queue_unbind(
+        &self,
+        queue: &str,
+        exchange: &str,
+        routing_key: &str,
+        arguments: &FieldTable,
+    ) -> Result<(), Error> {
+        self.broker
+            .call(|engine| engine.queue_unbind(self.id, queue, exchange, routing_key, arguments))
+    }
+
+    /// `exchange.bind`: `source` routes on to `destination`.
+    pub fn exchange_bind(
+        &self,
+        destination: &str,
+        source: &str,
+        routing_key: &str,
+        arguments: &FieldTable,
+    ) -> Result<(), Error> {
+        self.broker.call(|engine| {
+            engine.exchange_bind(self.id, destination, source, routing_key, arguments)
+        })
+    }
+
+    /// `exchange.unbind`.
+    pub fn exchange_unbind(
+        &self,
+        destination: &str,
+        source: &str,
+        routing_key: &str,
+        arguments: &FieldTable,
+    ) -> Result<(), Error> {
+        self.broker.call(|engine| {
+            engine.exchange_unbind(self.id, destination, source, routing_key, arguments)
+        })
+    }
+
+    /// `queue.purge`: returns how many ready messages were dropped.
+    pub fn queue_purge(&self, queue: &str) -> Result<u32, Error> {
+        self.broker
+            .call(|engine| engine.queue_purge(self.id, queue))
+    }
+
+    /// `queue.delete`: returns how many ready messages went with it.
+    pub fn queue_delete(&self, queue: &str, if_unused: bool, if_empty: bool) -> Result<u32, Error> {
+        self.broker
+            .call(|engine| engine.queue_delete(self.id, queue, if_unused, if_empty))
+    }
+
+    /// `basic.qos` with RabbitMQ's `global` flag: true limits the whole channel at once.
+    pub fn basic_qos_with(&self, prefetch_count: u16, global: bool) -> Result<(), Error> {
+        self.broker
+            .call(|engine| engine.basic_qos_with(self.id, prefetch_count, global))
+    }
+
+    /// `basic.publish` with flags (mandatory): the return, if any, and the confirm.
+    pub fn basic_publish_with(
+        &self,
+        exchange: &str,
+        routing_key: &str,
+        options: PublishOptions,
+        properties: Properties,
+        body: Bytes,
+    ) -> Result<Published, Error> {
+        self.broker.call(|engine| {
+            engine.basic_publish_with(self.id, exchange, routing_key, options, properties, body)
+        })
+    }
+
+    /// `basic.get`.
+    pub fn basic_get(&self, queue: &str, no_ack: bool) -> Result<Option<GetOk>, Error> {
+        self.broker
+            .call(|engine| engine.basic_get(self.id, queue, no_ack))
+    }
+
     /// `basic.qos`: the prefetch of consumers started on this channel from now on (per
     /// consumer, as RabbitMQ does); 0 = unlimited.
     pub fn basic_qos(&self, prefetch_count: u16) -> Result<(), Error> {
@@ -374,6 +635,25 @@ impl Drop for Channel {
     fn drop(&mut self) {
         // The cause of an earlier error close was already reported to the call that made it.
         let _ = self.close();
+    }
+}
+
+/// The events of a connection opened with [`Broker::connect_tapped`], in the order the engine
+/// produced them.
+#[derive(Debug)]
+pub struct Tap {
+    receiver: flume::Receiver<Event>,
+}
+
+impl Tap {
+    /// The next event; None once the connection's tap is removed.
+    pub async fn recv(&self) -> Option<Event> {
+        self.receiver.recv_async().await.ok()
+    }
+
+    /// The next event if one is waiting.
+    pub fn try_recv(&self) -> Option<Event> {
+        self.receiver.try_recv().ok()
     }
 }
 

@@ -48,6 +48,15 @@ impl Delivery {
     }
 }
 
+/// The answer to a `basic.get` that found a message (`basic.get-ok`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct GetOk {
+    /// The message; its `consumer_tag` is empty.
+    pub delivery: Delivery,
+    /// Ready messages left in the queue.
+    pub message_count: u32,
+}
+
 /// A delivery the consumer has not settled yet, kept by its channel under the delivery tag.
 #[derive(Debug)]
 pub(crate) struct Unacked {
@@ -56,7 +65,8 @@ pub(crate) struct Unacked {
     pub queue: String,
     pub queue_id: u64,
     /// The consumer it went to, whose prefetch credit it uses; the serial tells that consumer
-    /// from a later one that reused its tag after a cancel.
+    /// from a later one that reused its tag after a cancel. Serial 0 and an empty tag: it came
+    /// from `basic.get`.
     pub consumer_tag: String,
     pub consumer_serial: u64,
     /// The message, with its original enqueue position.

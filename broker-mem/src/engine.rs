@@ -1,32 +1,45 @@
 //! The broker as a pure state machine: AMQP methods in, deliveries and consumer ends out.
 //!
-//! Every method runs to completion. A call that makes messages deliverable (publish, consume,
-//! ack, nack, reject, a channel or connection close) dispatches them before it returns and
-//! leaves the deliveries in an outbox ([`Engine::take_events`]); there are no timers and no
-//! background work, so the same calls always produce the same events.
+//! Every method runs to completion. A call that changes what can be delivered (publish,
+//! consume, ack, nack, reject, a close, a clock advance) marks the queues it touched and, before
+//! it returns, runs them until idle: expired heads are dropped or dead-lettered, ready messages
+//! are dispatched to consumers with credit. Deliveries are left in an outbox
+//! ([`Engine::take_events`]). There are no timers and no background work: time is an input
+//! ([`Engine::advance_to`]), so the same calls always produce the same events.
 //!
 //! Each fallible method first checks the channel is open, then validates everything before it
 //! changes anything: a refused call changes nothing except closing its channel (or connection),
 //! which requeues what that channel had in flight. So a channel error never loses or duplicates
 //! a message.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::Arc;
 
 use bytes::Bytes;
 
-use crate::binding::BindingInfo;
+use crate::binding::{BindingInfo, Destination, ExchangeBindingInfo};
 use crate::channel::{ChannelId, ChannelState};
 use crate::connection::{ConnectionId, ConnectionState};
 use crate::consumer::{ConsumeOptions, ConsumerState};
-use crate::delivery::{Delivery, Unacked};
+use crate::delivery::{Delivery, GetOk, Unacked};
 use crate::error::{AmqpError, Error, Fault, ReplyCode};
 use crate::exchange::{
     DEFAULT_EXCHANGE, Exchange, ExchangeInfo, ExchangeKind, ExchangeOptions, PREDECLARED,
 };
-use crate::limits::{Limits, NAME_BYTES_MAX};
-use crate::message::{Confirm, Message, Properties};
-use crate::queue::{Queue, QueueDeclareOk, QueueInfo, QueueOptions, Queued};
+use crate::limits::{
+    FAULTS_ARMED_MAX, IDLE_ROUNDS_MAX, INTROSPECTION_LOG_MAX, Limits, NAME_BYTES_MAX,
+};
+use crate::message::{
+    Confirm, DeadLettered, DeathReason, FieldTable, FieldValue, Message, Properties,
+    PublishOptions, Published, REPLY_NO_ROUTE, Returned, add_death, is_cycle,
+};
+use crate::queue::{
+    Overflow, Queue, QueueArguments, QueueDeclareOk, QueueInfo, QueueOptions, QueueType, Queued,
+};
+
+mod fault;
+
+use fault::{Delayed, DeliveryFault};
 
 /// Why a consumer stopped receiving.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -87,8 +100,11 @@ impl Usage {
 /// What happens to a delivery when it is settled.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Outcome {
-    /// Acked, or nacked / rejected without requeue (dead-lettering is not implemented: dropped).
-    Forget,
+    /// Acked: forgotten.
+    Ack,
+    /// Nacked or rejected without requeue: dead-lettered if the queue has a dead-letter
+    /// exchange, else dropped.
+    Reject,
     /// Nacked or rejected with requeue, or in flight when its channel closed.
     Requeue,
 }
@@ -122,9 +138,19 @@ pub struct Engine {
     counters: Counters,
     held: Usage,
     bindings_total: usize,
+    /// The engine's clock, in milliseconds; only [`Engine::advance_to`] moves it.
+    now_ms: u64,
+    /// Queues that may have something to expire or deliver; drained before every call returns.
+    dirty: BTreeSet<String>,
     /// Outbox; bounded by what one call can make deliverable (prefetch credit and queue
     /// lengths), and emptied by the client after every call.
     events: Vec<Event>,
+    /// Introspection logs, each at most [`INTROSPECTION_LOG_MAX`] long.
+    dead_lettered: VecDeque<DeadLettered>,
+    returned: VecDeque<Returned>,
+    /// Fault hooks against queues' next deliveries, in arming order.
+    delivery_faults: Vec<(String, DeliveryFault)>,
+    delayed: Vec<Delayed>,
 }
 
 impl Default for Engine {
@@ -135,7 +161,7 @@ impl Default for Engine {
 
 impl Engine {
     /// An empty broker with RabbitMQ's pre-declared exchanges (`""`, `amq.direct`,
-    /// `amq.fanout`).
+    /// `amq.fanout`, `amq.topic`, `amq.headers`, `amq.match`), its clock at 0.
     pub fn new(limits: Limits) -> Engine {
         let durable = ExchangeOptions {
             durable: true,
@@ -154,7 +180,13 @@ impl Engine {
             counters: Counters::default(),
             held: Usage::default(),
             bindings_total: 0,
+            now_ms: 0,
+            dirty: BTreeSet::new(),
             events: Vec::new(),
+            dead_lettered: VecDeque::new(),
+            returned: VecDeque::new(),
+            delivery_faults: Vec::new(),
+            delayed: Vec::new(),
         }
     }
 
@@ -166,6 +198,48 @@ impl Engine {
     /// Takes the events produced since the last call, oldest first.
     pub fn take_events(&mut self) -> Vec<Event> {
         std::mem::take(&mut self.events)
+    }
+
+    // ---------------------------------------------------------------- time
+
+    /// The engine's clock, in milliseconds.
+    pub fn now_ms(&self) -> u64 {
+        self.now_ms
+    }
+
+    /// Moves the clock to `now_ms` (never backwards: an earlier time is ignored), then expires
+    /// what has expired (dead-lettering it where configured), hands over delayed deliveries
+    /// that are due, and dispatches. Under simulation the caller passes simulated time, so
+    /// TTLs run on it.
+    pub fn advance_to(&mut self, now_ms: u64) {
+        if now_ms <= self.now_ms {
+            return;
+        }
+        self.now_ms = now_ms;
+        let due: Vec<Delayed>;
+        (due, self.delayed) = std::mem::take(&mut self.delayed)
+            .into_iter()
+            .partition(|d| d.due_ms <= now_ms);
+        for delayed in due {
+            // Only if still in flight: a channel close requeued it in the meantime.
+            let live = self.channels.get(&delayed.channel).is_some_and(|c| {
+                c.closed.is_none() && c.unacked.contains_key(&delayed.delivery.delivery_tag)
+            });
+            if live {
+                self.events.push(Event::Deliver {
+                    channel: delayed.channel,
+                    delivery: delayed.delivery,
+                });
+            }
+        }
+        let with_messages: Vec<String> = self
+            .queues
+            .iter()
+            .filter(|(_, q)| q.ready_len() > 0)
+            .map(|(name, _)| name.clone())
+            .collect();
+        self.dirty.extend(with_messages);
+        self.run_until_idle();
     }
 
     // ---------------------------------------------------------------- connections and channels
@@ -187,6 +261,7 @@ impl Engine {
     pub fn close_connection(&mut self, connection: ConnectionId) {
         self.shut_connection(connection);
         self.connections.remove(&connection);
+        self.run_until_idle();
     }
 
     /// Opens a channel on the lowest free channel number.
@@ -247,6 +322,7 @@ impl Engine {
         let status = self.channel_status(channel);
         self.shut_channel(channel);
         self.release_channel(channel);
+        self.run_until_idle();
         match status {
             Err(Error::Closed) => Ok(()),
             other => other,
@@ -255,7 +331,7 @@ impl Engine {
 
     // ---------------------------------------------------------------- AMQP methods
 
-    /// `exchange.declare`.
+    /// `exchange.declare` without arguments.
     pub fn exchange_declare(
         &mut self,
         channel: ChannelId,
@@ -263,24 +339,60 @@ impl Engine {
         kind: ExchangeKind,
         options: ExchangeOptions,
     ) -> Result<(), Error> {
+        self.exchange_declare_with(channel, name, kind, options, &FieldTable::new())
+    }
+
+    /// `exchange.declare` with arguments (`alternate-exchange` is the one broker-mem acts on).
+    pub fn exchange_declare_with(
+        &mut self,
+        channel: ChannelId,
+        name: &str,
+        kind: ExchangeKind,
+        options: ExchangeOptions,
+        arguments: &FieldTable,
+    ) -> Result<(), Error> {
         self.run(channel, |engine| {
-            engine.declare_exchange(name, kind, options)
+            engine.declare_exchange(name, kind, options, arguments)
         })
     }
 
-    /// `queue.declare`; an empty name gets a server-generated `amq.gen-<n>`.
+    /// `exchange.delete`. Deleting a missing exchange is Ok (RabbitMQ); with `if_unused`, an
+    /// exchange that is the source of bindings is 406.
+    pub fn exchange_delete(
+        &mut self,
+        channel: ChannelId,
+        name: &str,
+        if_unused: bool,
+    ) -> Result<(), Error> {
+        self.run(channel, |engine| engine.delete_exchange(name, if_unused))
+    }
+
+    /// `queue.declare` without arguments; an empty name gets a server-generated `amq.gen-<n>`.
     pub fn queue_declare(
         &mut self,
         channel: ChannelId,
         name: &str,
         options: QueueOptions,
     ) -> Result<QueueDeclareOk, Error> {
+        self.queue_declare_with(channel, name, options, &FieldTable::new())
+    }
+
+    /// `queue.declare` with arguments (`x-message-ttl`, `x-max-length`, `x-max-length-bytes`,
+    /// `x-overflow`, `x-dead-letter-exchange`, `x-dead-letter-routing-key`, `x-queue-type`,
+    /// `x-delivery-limit`).
+    pub fn queue_declare_with(
+        &mut self,
+        channel: ChannelId,
+        name: &str,
+        options: QueueOptions,
+        arguments: &FieldTable,
+    ) -> Result<QueueDeclareOk, Error> {
         self.run(channel, |engine| {
-            engine.declare_queue(channel.connection, name, options)
+            engine.declare_queue(channel.connection, name, options, arguments)
         })
     }
 
-    /// `queue.bind`.
+    /// `queue.bind` without arguments.
     pub fn queue_bind(
         &mut self,
         channel: ChannelId,
@@ -288,8 +400,119 @@ impl Engine {
         exchange: &str,
         routing_key: &str,
     ) -> Result<(), Error> {
+        self.queue_bind_with(channel, queue, exchange, routing_key, &FieldTable::new())
+    }
+
+    /// `queue.bind` with arguments (a headers exchange matches on them).
+    pub fn queue_bind_with(
+        &mut self,
+        channel: ChannelId,
+        queue: &str,
+        exchange: &str,
+        routing_key: &str,
+        arguments: &FieldTable,
+    ) -> Result<(), Error> {
         self.run(channel, |engine| {
-            engine.bind(channel.connection, queue, exchange, routing_key)
+            let to = Destination::Queue(queue.to_owned());
+            engine.bind(channel.connection, exchange, to, routing_key, arguments)
+        })
+    }
+
+    /// `queue.unbind`. Unbinding what is not bound is Ok; a missing queue or exchange is 404.
+    pub fn queue_unbind(
+        &mut self,
+        channel: ChannelId,
+        queue: &str,
+        exchange: &str,
+        routing_key: &str,
+        arguments: &FieldTable,
+    ) -> Result<(), Error> {
+        self.run(channel, |engine| {
+            let to = Destination::Queue(queue.to_owned());
+            engine.unbind(channel.connection, exchange, to, routing_key, arguments)
+        })
+    }
+
+    /// `exchange.bind`: messages `source` routes with a matching key go on to `destination`.
+    pub fn exchange_bind(
+        &mut self,
+        channel: ChannelId,
+        destination: &str,
+        source: &str,
+        routing_key: &str,
+        arguments: &FieldTable,
+    ) -> Result<(), Error> {
+        self.run(channel, |engine| {
+            let to = Destination::Exchange(destination.to_owned());
+            engine.bind(channel.connection, source, to, routing_key, arguments)
+        })
+    }
+
+    /// `exchange.unbind`.
+    pub fn exchange_unbind(
+        &mut self,
+        channel: ChannelId,
+        destination: &str,
+        source: &str,
+        routing_key: &str,
+        arguments: &FieldTable,
+    ) -> Result<(), Error> {
+        self.run(channel, |engine| {
+            let to = Destination::Exchange(destination.to_owned());
+            engine.unbind(channel.connection, source, to, routing_key, arguments)
+        })
+    }
+
+    /// `queue.purge`: drops the ready messages (not the unacked ones, and without
+    /// dead-lettering); returns how many.
+    pub fn queue_purge(&mut self, channel: ChannelId, queue: &str) -> Result<u32, Error> {
+        self.run(channel, |engine| {
+            check_name("queue name", queue)?;
+            let target = engine
+                .queues
+                .get_mut(queue)
+                .ok_or_else(|| Fault::not_found_queue(queue))?;
+            target.check_access(queue, channel.connection)?;
+            let purged: Vec<Queued> = target.drain_ready().collect();
+            for entry in &purged {
+                engine.held.release(&entry.message);
+            }
+            Ok(u32::try_from(purged.len()).unwrap_or(u32::MAX))
+        })
+    }
+
+    /// `queue.delete`: returns the ready messages it held. Its consumers are told (a
+    /// `basic.cancel` from the broker); its unacked deliveries stay with their channels.
+    /// Deleting a missing queue is Ok with 0 (RabbitMQ); `if_unused` refuses a queue with
+    /// consumers and `if_empty` one with ready messages (406).
+    pub fn queue_delete(
+        &mut self,
+        channel: ChannelId,
+        queue: &str,
+        if_unused: bool,
+        if_empty: bool,
+    ) -> Result<u32, Error> {
+        self.run(channel, |engine| {
+            check_name("queue name", queue)?;
+            let Some(target) = engine.queues.get(queue) else {
+                return Ok(0);
+            };
+            target.check_access(queue, channel.connection)?;
+            if if_unused && target.consumer_count() > 0 {
+                return Err(Fault::channel(
+                    ReplyCode::PreconditionFailed,
+                    format!("queue '{queue}' in vhost '{}' in use", crate::VHOST),
+                ));
+            }
+            if if_empty && target.ready_len() > 0 {
+                return Err(Fault::channel(
+                    ReplyCode::PreconditionFailed,
+                    format!("queue '{queue}' in vhost '{}' not empty", crate::VHOST),
+                ));
+            }
+            let count = u32::try_from(target.ready_len()).unwrap_or(u32::MAX);
+            engine.delete_queue(queue);
+            Ok(count)
         })
     }
 
@@ -297,16 +520,35 @@ impl Engine {
     /// now on (RabbitMQ's per-consumer semantics; existing consumers keep theirs). 0 means
     /// unlimited.
     pub fn basic_qos(&mut self, channel: ChannelId, prefetch_count: u16) -> Result<(), Error> {
+        self.basic_qos_with(channel, prefetch_count, false)
+    }
+
+    /// `basic.qos`. With `global = true`, RabbitMQ's channel-wide limit: at most
+    /// `prefetch_count` unacked consumer deliveries on the channel, shared by all its consumers,
+    /// applied at once. Both limits can hold together.
+    pub fn basic_qos_with(
+        &mut self,
+        channel: ChannelId,
+        prefetch_count: u16,
+        global: bool,
+    ) -> Result<(), Error> {
         self.run(channel, |engine| {
             if let Some(state) = engine.channels.get_mut(&channel) {
-                state.prefetch = prefetch_count;
+                if global {
+                    state.global_prefetch = prefetch_count;
+                    let queues: Vec<String> =
+                        state.consumers.values().map(|c| c.queue.clone()).collect();
+                    engine.dirty.extend(queues);
+                } else {
+                    state.prefetch = prefetch_count;
+                }
             }
             Ok(())
         })
     }
 
-    /// `basic.publish` on a channel in confirm mode: routes and enqueues synchronously, then
-    /// answers the confirm. Unroutable messages are dropped and acked (not mandatory).
+    /// `basic.publish` on a channel in confirm mode, not mandatory: routes and enqueues
+    /// synchronously, then answers the confirm. Unroutable messages are dropped and acked.
     pub fn basic_publish(
         &mut self,
         channel: ChannelId,
@@ -315,8 +557,24 @@ impl Engine {
         properties: Properties,
         body: Bytes,
     ) -> Result<Confirm, Error> {
+        let options = PublishOptions::default();
+        self.basic_publish_with(channel, exchange, routing_key, options, properties, body)
+            .map(|published| published.confirm)
+    }
+
+    /// `basic.publish` with its flags: a mandatory message that no queue takes comes back as
+    /// [`Published::returned`] (before the confirm, as in RabbitMQ).
+    pub fn basic_publish_with(
+        &mut self,
+        channel: ChannelId,
+        exchange: &str,
+        routing_key: &str,
+        options: PublishOptions,
+        properties: Properties,
+        body: Bytes,
+    ) -> Result<Published, Error> {
         self.run(channel, |engine| {
-            engine.publish(channel.connection, exchange, routing_key, properties, body)
+            engine.publish(channel, exchange, routing_key, options, properties, body)
         })
     }
 
@@ -329,6 +587,17 @@ impl Engine {
         options: ConsumeOptions,
     ) -> Result<String, Error> {
         self.run(channel, |engine| engine.consume(channel, queue, options))
+    }
+
+    /// `basic.get`: the queue's next ready message, or None (`basic.get-empty`). Prefetch does
+    /// not apply. With `no_ack` the message is settled at once.
+    pub fn basic_get(
+        &mut self,
+        channel: ChannelId,
+        queue: &str,
+        no_ack: bool,
+    ) -> Result<Option<GetOk>, Error> {
+        self.run(channel, |engine| engine.get(channel, queue, no_ack))
     }
 
     /// `basic.cancel`. Unacked deliveries of the consumer stay unacked on the channel (they are
@@ -349,12 +618,13 @@ impl Engine {
         multiple: bool,
     ) -> Result<(), Error> {
         self.run(channel, |engine| {
-            engine.settle(channel, delivery_tag, multiple, Outcome::Forget)
+            engine.settle(channel, delivery_tag, multiple, Outcome::Ack)
         })
     }
 
     /// `basic.nack`. Requeued messages go back to their original position with `redelivered`;
-    /// the others are dropped (no dead-lettering yet).
+    /// the others are dead-lettered (reason `rejected`) if their queue has a dead-letter
+    /// exchange, else dropped.
     pub fn basic_nack(
         &mut self,
         channel: ChannelId,
@@ -365,7 +635,7 @@ impl Engine {
         let outcome = if requeue {
             Outcome::Requeue
         } else {
-            Outcome::Forget
+            Outcome::Reject
         };
         self.run(channel, |engine| {
             engine.settle(channel, delivery_tag, multiple, outcome)
@@ -397,7 +667,8 @@ impl Engine {
         }
         consumer.buffered = consumer.buffered.saturating_sub(count);
         let queue = consumer.queue.clone();
-        self.dispatch(&queue);
+        self.dirty.insert(queue);
+        self.run_until_idle();
     }
 
     // ---------------------------------------------------------------- introspection
@@ -417,6 +688,11 @@ impl Engine {
         self.queues.get(queue).map(Queue::consumer_count)
     }
 
+    /// A queue's arguments as broker-mem understood them.
+    pub fn queue_arguments(&self, queue: &str) -> Option<QueueArguments> {
+        self.queues.get(queue).map(|q| q.args.clone())
+    }
+
     /// Every exchange, sorted by name.
     pub fn exchanges(&self) -> Vec<ExchangeInfo> {
         self.exchanges
@@ -433,13 +709,33 @@ impl Engine {
             .collect()
     }
 
-    /// Every explicit binding, sorted by exchange, then binding key, then queue. The default
-    /// exchange's implicit bindings are not listed.
+    /// Every explicit binding to a queue, sorted by exchange, then binding key, then queue.
+    /// The default exchange's implicit bindings are not listed.
     pub fn bindings(&self) -> Vec<BindingInfo> {
         self.exchanges
             .iter()
             .flat_map(|(name, exchange)| exchange.bindings.infos(name))
             .collect()
+    }
+
+    /// Every exchange-to-exchange binding, sorted by source, then key, then destination.
+    pub fn exchange_bindings(&self) -> Vec<ExchangeBindingInfo> {
+        self.exchanges
+            .iter()
+            .flat_map(|(name, exchange)| exchange.bindings.exchange_infos(name))
+            .collect()
+    }
+
+    /// Messages that left a queue by rejection, expiry, overflow or the delivery limit, oldest
+    /// first (the last [`INTROSPECTION_LOG_MAX`]).
+    pub fn dead_lettered(&self) -> Vec<DeadLettered> {
+        self.dead_lettered.iter().cloned().collect()
+    }
+
+    /// Mandatory messages returned to their publishers, oldest first (the last
+    /// [`INTROSPECTION_LOG_MAX`]).
+    pub fn returned(&self) -> Vec<Returned> {
+        self.returned.iter().cloned().collect()
     }
 
     /// What the broker holds now.
@@ -495,6 +791,17 @@ impl Engine {
             if !registered {
                 return Err(format!("{id} is not registered with its connection"));
             }
+            let through_consumers = channel
+                .unacked
+                .values()
+                .filter(|u| u.consumer_serial != 0)
+                .count();
+            if through_consumers != channel.consumer_unacked {
+                return Err(format!(
+                    "{id} counts {} unacked consumer deliveries, holds {through_consumers}",
+                    channel.consumer_unacked
+                ));
+            }
             if channel.closed.is_some()
                 && !(channel.consumers.is_empty() && channel.unacked.is_empty())
             {
@@ -548,14 +855,15 @@ impl Engine {
 
     // ---------------------------------------------------------------- validation and effects
 
-    /// Runs one AMQP method on an open channel and applies the consequences of a refusal.
+    /// Runs one AMQP method on an open channel, applies the consequences of a refusal, and
+    /// runs the touched queues until idle.
     fn run<T>(
         &mut self,
         channel: ChannelId,
         method: impl FnOnce(&mut Engine) -> Result<T, Fault>,
     ) -> Result<T, Error> {
         self.channel_status(channel)?;
-        match method(self) {
+        let result = match method(self) {
             Ok(value) => Ok(value),
             Err(Fault::Channel(reason)) => {
                 tracing::debug!(%channel, error = %reason, "channel error");
@@ -574,7 +882,9 @@ impl Engine {
                 Err(Error::Connection(reason))
             }
             Err(Fault::Invalid(text)) => Err(Error::Invalid(text)),
-        }
+        };
+        self.run_until_idle();
+        result
     }
 
     fn declare_exchange(
@@ -582,6 +892,7 @@ impl Engine {
         name: &str,
         kind: ExchangeKind,
         options: ExchangeOptions,
+        arguments: &FieldTable,
     ) -> Result<(), Fault> {
         check_name("exchange name", name)?;
         if options.passive {
@@ -593,10 +904,11 @@ impl Engine {
         if name == DEFAULT_EXCHANGE {
             return Err(Fault::default_exchange());
         }
-        check_not_reserved("exchange", name)?;
         if let Some(existing) = self.exchanges.get(name) {
-            return existing.check_equivalent(name, kind, options);
+            existing.check_equivalent(name, kind, options)?;
+            return existing.check_equivalent_arguments(name, arguments);
         }
+        check_not_reserved("exchange", name)?;
         if self.exchanges.len() >= self.limits.exchanges_max {
             return Err(Fault::channel(
                 ReplyCode::PreconditionFailed,
@@ -607,9 +919,53 @@ impl Engine {
                 ),
             ));
         }
-        self.exchanges
-            .insert(name.to_owned(), Exchange::new(kind, options));
+        let mut exchange = Exchange::new(kind, options);
+        exchange.alternate = Exchange::alternate_from(arguments);
+        self.exchanges.insert(name.to_owned(), exchange);
         Ok(())
+    }
+
+    fn delete_exchange(&mut self, name: &str, if_unused: bool) -> Result<(), Fault> {
+        check_name("exchange name", name)?;
+        if name == DEFAULT_EXCHANGE {
+            return Err(Fault::default_exchange());
+        }
+        check_not_reserved("exchange", name)?;
+        let Some(exchange) = self.exchanges.get(name) else {
+            return Ok(());
+        };
+        if if_unused && !exchange.bindings.is_empty() {
+            return Err(Fault::channel(
+                ReplyCode::PreconditionFailed,
+                format!("exchange '{name}' in vhost '{}' in use", crate::VHOST),
+            ));
+        }
+        self.remove_exchange(name);
+        Ok(())
+    }
+
+    /// Removes an exchange with its bindings, in both directions.
+    fn remove_exchange(&mut self, name: &str) {
+        let Some(exchange) = self.exchanges.remove(name) else {
+            return;
+        };
+        self.bindings_total -= exchange.bindings.len();
+        self.remove_bindings_to(&Destination::Exchange(name.to_owned()));
+    }
+
+    /// Removes every binding to `to`, then auto-delete exchanges left without bindings.
+    fn remove_bindings_to(&mut self, to: &Destination) {
+        let mut emptied = Vec::new();
+        for (exchange_name, exchange) in &mut self.exchanges {
+            let removed = exchange.bindings.remove_destination(to);
+            self.bindings_total -= removed;
+            if removed > 0 && exchange.auto_delete && exchange.bindings.is_empty() {
+                emptied.push(exchange_name.clone());
+            }
+        }
+        for exchange in &emptied {
+            self.remove_exchange(exchange);
+        }
     }
 
     fn declare_queue(
@@ -617,6 +973,7 @@ impl Engine {
         connection: ConnectionId,
         name: &str,
         options: QueueOptions,
+        arguments: &FieldTable,
     ) -> Result<QueueDeclareOk, Fault> {
         check_name("queue name", name)?;
         if options.passive {
@@ -636,8 +993,10 @@ impl Engine {
         if let Some(existing) = self.queues.get(&name) {
             existing.check_access(&name, connection)?;
             existing.check_equivalent(&name, options)?;
+            existing.check_equivalent_arguments(&name, arguments)?;
             return Ok(declare_ok(&name, existing));
         }
+        let args = QueueArguments::parse(&name, options, arguments)?;
         if self.queues.len() >= self.limits.queues_max {
             return Err(Fault::channel(
                 ReplyCode::PreconditionFailed,
@@ -649,58 +1008,117 @@ impl Engine {
             ));
         }
         let owner = options.exclusive.then_some(connection);
-        let queue = Queue::new(next(&mut self.counters.queue_id), options, owner);
+        let id = next(&mut self.counters.queue_id);
+        let queue = Queue::new(id, options, owner, arguments.clone(), args);
         let ok = declare_ok(&name, &queue);
         self.queues.insert(name, queue);
         Ok(ok)
     }
 
+    /// Checks that both ends of a binding exist and may be used by this connection.
+    fn check_binding_ends(
+        &self,
+        connection: ConnectionId,
+        source: &str,
+        to: &Destination,
+        routing_key: &str,
+    ) -> Result<(), Fault> {
+        check_name("exchange name", source)?;
+        check_name("routing key", routing_key)?;
+        if source == DEFAULT_EXCHANGE {
+            return Err(Fault::default_exchange());
+        }
+        match to {
+            Destination::Queue(queue) => {
+                check_name("queue name", queue)?;
+                let target = self
+                    .queues
+                    .get(queue)
+                    .ok_or_else(|| Fault::not_found_queue(queue))?;
+                target.check_access(queue, connection)?;
+            }
+            Destination::Exchange(exchange) => {
+                check_name("exchange name", exchange)?;
+                if exchange == DEFAULT_EXCHANGE {
+                    return Err(Fault::default_exchange());
+                }
+                if !self.exchanges.contains_key(exchange) {
+                    return Err(Fault::not_found_exchange(exchange));
+                }
+            }
+        }
+        if !self.exchanges.contains_key(source) {
+            return Err(Fault::not_found_exchange(source));
+        }
+        Ok(())
+    }
+
     fn bind(
         &mut self,
         connection: ConnectionId,
-        queue: &str,
-        exchange: &str,
+        source: &str,
+        to: Destination,
         routing_key: &str,
+        arguments: &FieldTable,
     ) -> Result<(), Fault> {
-        check_name("queue name", queue)?;
-        check_name("exchange name", exchange)?;
-        check_name("routing key", routing_key)?;
-        if exchange == DEFAULT_EXCHANGE {
-            return Err(Fault::default_exchange());
-        }
-        if !self.exchanges.contains_key(exchange) {
-            return Err(Fault::not_found_exchange(exchange));
-        }
-        let target = self
-            .queues
-            .get(queue)
-            .ok_or_else(|| Fault::not_found_queue(queue))?;
-        target.check_access(queue, connection)?;
+        self.check_binding_ends(connection, source, &to, routing_key)?;
         if self.bindings_total >= self.limits.bindings_max {
             return Err(Fault::channel(
                 ReplyCode::PreconditionFailed,
                 format!(
-                    "cannot bind queue '{queue}' to exchange '{exchange}': binding limit ({}) is reached",
+                    "cannot bind to exchange '{source}': binding limit ({}) is reached",
                     self.limits.bindings_max
                 ),
             ));
         }
-        if let Some(source) = self.exchanges.get_mut(exchange)
-            && source.bindings.insert(routing_key, queue)
+        if let Some(exchange) = self.exchanges.get_mut(source)
+            && exchange.bindings.insert(routing_key, to, arguments.clone())
         {
             self.bindings_total += 1;
         }
         Ok(())
     }
 
-    fn publish(
+    /// Unbinding is idempotent in RabbitMQ 3.10: a missing binding, exchange or queue is Ok.
+    fn unbind(
         &mut self,
         connection: ConnectionId,
+        source: &str,
+        to: Destination,
+        routing_key: &str,
+        arguments: &FieldTable,
+    ) -> Result<(), Fault> {
+        check_name("exchange name", source)?;
+        check_name("routing key", routing_key)?;
+        if source == DEFAULT_EXCHANGE {
+            return Err(Fault::default_exchange());
+        }
+        if let Destination::Queue(queue) = &to
+            && let Some(target) = self.queues.get(queue)
+        {
+            target.check_access(queue, connection)?;
+        }
+        let Some(exchange) = self.exchanges.get_mut(source) else {
+            return Ok(());
+        };
+        if exchange.bindings.remove(routing_key, &to, arguments) {
+            self.bindings_total -= 1;
+            if exchange.auto_delete && exchange.bindings.is_empty() {
+                self.remove_exchange(source);
+            }
+        }
+        Ok(())
+    }
+
+    fn publish(
+        &mut self,
+        channel: ChannelId,
         exchange_name: &str,
         routing_key: &str,
+        options: PublishOptions,
         properties: Properties,
         body: Bytes,
-    ) -> Result<Confirm, Fault> {
+    ) -> Result<Published, Fault> {
         check_name("exchange name", exchange_name)?;
         check_name("routing key", routing_key)?;
         if body.len() > self.limits.body_bytes_max {
@@ -728,7 +1146,7 @@ impl Engine {
         }
         let user = self
             .connections
-            .get(&connection)
+            .get(&channel.connection)
             .map_or("", |c| c.user.as_str());
         if let Some(claimed) = properties.user_id.as_deref()
             && claimed != user
@@ -739,48 +1157,239 @@ impl Engine {
             ));
         }
 
-        let mut targets = BTreeSet::new();
-        if exchange_name == DEFAULT_EXCHANGE {
-            if self.queues.contains_key(routing_key) {
-                targets.insert(routing_key.to_owned());
-            }
-        } else {
-            exchange.route(routing_key, &mut targets);
+        if let Some(expiration) = properties.expiration.as_deref()
+            && expiration.parse::<u64>().is_err()
+        {
+            return Err(Fault::channel(
+                ReplyCode::PreconditionFailed,
+                format!("invalid expiration '{expiration}': {{error,no_integer}}"),
+            ));
         }
-        if targets.is_empty() {
-            tracing::trace!(
-                exchange = exchange_name,
-                routing_key,
-                "unroutable message dropped"
-            );
-            return Ok(Confirm::Ack);
-        }
-        if let Some(reason) = self.over_ceiling(targets.len(), body.len()) {
-            tracing::warn!(exchange = exchange_name, routing_key, %reason, "publish nacked");
-            return Ok(Confirm::Nack { reason });
-        }
-
+        let fault = self
+            .channels
+            .get_mut(&channel)
+            .and_then(|state| state.nack_next_publish.take());
+        let targets = self.route(exchange_name, routing_key, properties.headers.as_ref());
         let message = Arc::new(Message {
             exchange: exchange_name.to_owned(),
             routing_key: routing_key.to_owned(),
             properties,
             body,
         });
+        let mut returned = None;
+        if targets.is_empty() && options.mandatory {
+            let back = Returned {
+                reply_code: REPLY_NO_ROUTE,
+                reply_text: "NO_ROUTE".to_owned(),
+                exchange: message.exchange.clone(),
+                routing_key: message.routing_key.clone(),
+                properties: message.properties.clone(),
+                body: message.body.clone(),
+            };
+            push_bounded(&mut self.returned, back.clone());
+            returned = Some(back);
+        }
+        let nack = |reason: String| Confirm::Nack { reason };
+        if fault == Some(false) {
+            let confirm = nack("fault hook: nack_next_publish".to_owned());
+            return Ok(Published { returned, confirm });
+        }
+        if let Some(reason) = self.over_ceiling(targets.len(), message.body.len()) {
+            tracing::warn!(exchange = exchange_name, routing_key, %reason, "publish nacked");
+            return Ok(Published {
+                returned,
+                confirm: nack(reason),
+            });
+        }
+        let mut refused = Vec::new();
         for name in &targets {
-            if let Some(queue) = self.queues.get_mut(name) {
-                let seq = next(&mut self.counters.message_seq);
-                queue.enqueue(Queued {
-                    seq,
-                    message: Arc::clone(&message),
-                    redelivered: false,
-                });
-                self.held.add(&message);
+            if !self.enqueue(name, &message) {
+                refused.push(name.clone());
             }
         }
-        for name in &targets {
-            self.dispatch(name);
+        let confirm = if !refused.is_empty() {
+            nack(format!(
+                "queue '{}' is full (x-overflow)",
+                refused.join("', '")
+            ))
+        } else if fault == Some(true) {
+            nack("fault hook: nack_next_publish (message enqueued)".to_owned())
+        } else {
+            Confirm::Ack
+        };
+        Ok(Published { returned, confirm })
+    }
+
+    /// The queues a message published to `exchange_name` reaches: RabbitMQ's walk over
+    /// exchange-to-exchange bindings (each exchange visited once, the routing key unchanged),
+    /// with an exchange's alternate exchange taking over when the exchange itself routes to
+    /// nothing. Each queue appears once however many paths lead to it.
+    fn route(
+        &self,
+        exchange_name: &str,
+        routing_key: &str,
+        headers: Option<&FieldTable>,
+    ) -> BTreeSet<String> {
+        let mut queues: Vec<&str> = Vec::new();
+        // Exchanges visited and to visit, borrowed: a publish allocates only the result.
+        let mut seen: Vec<&str> = Vec::new();
+        let mut work: Vec<&str> = vec![exchange_name];
+        // Bounded: each exchange is visited at most once.
+        while let Some(name) = work.pop() {
+            if seen.contains(&name) {
+                continue;
+            }
+            seen.push(name);
+            let Some(exchange) = self.exchanges.get(name) else {
+                continue;
+            };
+            let mut routed = false;
+            if name == DEFAULT_EXCHANGE {
+                if let Some((queue, _)) = self.queues.get_key_value(routing_key) {
+                    queues.push(queue);
+                    routed = true;
+                }
+            } else {
+                exchange.route(routing_key, headers, |destination| {
+                    routed = true;
+                    match destination {
+                        Destination::Queue(queue) => queues.push(queue),
+                        Destination::Exchange(next) => work.push(next),
+                    }
+                });
+            }
+            if !routed && let Some(alternate) = &exchange.alternate {
+                work.push(alternate);
+            }
         }
-        Ok(Confirm::Ack)
+        queues.into_iter().map(str::to_owned).collect()
+    }
+
+    /// Marks a queue for the run-until-idle loop (allocating its name only when new).
+    fn mark(&mut self, queue_name: &str) {
+        if !self.dirty.contains(queue_name) {
+            self.dirty.insert(queue_name.to_owned());
+        }
+    }
+
+    /// Puts a copy of `message` in a queue, applying its TTL and length limit. False when the
+    /// queue refused it (`reject-publish`).
+    fn enqueue(&mut self, queue_name: &str, message: &Arc<Message>) -> bool {
+        let now_ms = self.now_ms;
+        let Some(queue) = self.queues.get_mut(queue_name) else {
+            return true;
+        };
+        if queue.would_overflow(message.body.len()) {
+            match queue.args.overflow {
+                Overflow::DropHead => {}
+                Overflow::RejectPublish => return false,
+                Overflow::RejectPublishDlx => {
+                    let entry = Queued {
+                        seq: 0,
+                        message: Arc::clone(message),
+                        redelivered: false,
+                        expires_at_ms: None,
+                        delivery_count: 0,
+                    };
+                    self.held.add(message);
+                    self.dead_letter(queue_name, entry, DeathReason::Maxlen);
+                    return false;
+                }
+            }
+        }
+        let ttl_ms = match (queue.args.message_ttl_ms, message.expiration_ms()) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        queue.enqueue(Queued {
+            seq: next(&mut self.counters.message_seq),
+            message: Arc::clone(message),
+            redelivered: false,
+            expires_at_ms: ttl_ms.map(|ttl| now_ms.saturating_add(ttl)),
+            delivery_count: 0,
+        });
+        self.held.add(message);
+        let mut dropped = Vec::new();
+        // Bounded by the queue's length.
+        while queue.over_limit() {
+            match queue.pop_ready() {
+                Some(head) => dropped.push(head),
+                None => break,
+            }
+        }
+        for head in dropped {
+            self.dead_letter(queue_name, head, DeathReason::Maxlen);
+        }
+        self.mark(queue_name);
+        true
+    }
+
+    /// A message leaves `queue_name` without being consumed: logged, then republished to the
+    /// queue's dead-letter exchange with an `x-death` entry (at most once, without confirms,
+    /// as RabbitMQ's classic dead-lettering), or dropped if there is none.
+    fn dead_letter(&mut self, queue_name: &str, entry: Queued, reason: DeathReason) {
+        self.held.release(&entry.message);
+        let (dlx, dlrk) = match self.queues.get(queue_name) {
+            Some(queue) => (
+                queue.args.dead_letter_exchange.clone(),
+                queue.args.dead_letter_routing_key.clone(),
+            ),
+            None => (None, None),
+        };
+        let message = &entry.message;
+        push_bounded(
+            &mut self.dead_lettered,
+            DeadLettered {
+                queue: queue_name.to_owned(),
+                reason,
+                dead_letter_exchange: dlx.clone(),
+                exchange: message.exchange.clone(),
+                routing_key: message.routing_key.clone(),
+                body: message.body.clone(),
+                at_ms: self.now_ms,
+            },
+        );
+        let Some(dlx) = dlx else {
+            return;
+        };
+        let mut properties = message.properties.clone();
+        add_death(
+            &mut properties,
+            queue_name,
+            reason,
+            &message.exchange,
+            &message.routing_key,
+            self.now_ms / 1000,
+        );
+        let routing_key = dlrk.unwrap_or_else(|| message.routing_key.clone());
+        let targets: Vec<String> = self
+            .route(&dlx, &routing_key, properties.headers.as_ref())
+            .into_iter()
+            .filter(|queue| reason == DeathReason::Rejected || !is_cycle(&properties, queue))
+            .collect();
+        if targets.is_empty() {
+            return;
+        }
+        if self
+            .over_ceiling(targets.len(), message.body.len())
+            .is_some()
+        {
+            tracing::warn!(
+                queue = queue_name,
+                "dead-lettered message dropped: broker full"
+            );
+            return;
+        }
+        let republished = Arc::new(Message {
+            exchange: dlx,
+            routing_key,
+            properties,
+            body: message.body.clone(),
+        });
+        for target in &targets {
+            // A full reject-publish queue drops it: dead-lettering has no publisher to nack.
+            self.enqueue(target, &republished);
+        }
     }
 
     /// Why `copies` more copies of a `body_bytes` body would break the held ceilings, if they
@@ -870,8 +1479,57 @@ impl Engine {
         if let Some(queue) = self.queues.get_mut(queue_name) {
             queue.add_consumer((channel, tag.clone()), options.exclusive);
         }
-        self.dispatch(queue_name);
+        self.mark(queue_name);
         Ok(tag)
+    }
+
+    fn get(
+        &mut self,
+        channel: ChannelId,
+        queue_name: &str,
+        no_ack: bool,
+    ) -> Result<Option<GetOk>, Fault> {
+        check_name("queue name", queue_name)?;
+        let queue = self
+            .queues
+            .get(queue_name)
+            .ok_or_else(|| Fault::not_found_queue(queue_name))?;
+        queue.check_access(queue_name, channel.connection)?;
+        self.expire(queue_name, false);
+        let Some(queue) = self.queues.get_mut(queue_name) else {
+            return Ok(None);
+        };
+        let Some(entry) = queue.pop_ready() else {
+            return Ok(None);
+        };
+        let message_count = u32::try_from(queue.ready_len()).unwrap_or(u32::MAX);
+        let queue_id = queue.id;
+        let quorum = queue.args.queue_type == QueueType::Quorum;
+        let Some(state) = self.channels.get_mut(&channel) else {
+            return Err(Fault::Invalid(format!("{channel} is not open")));
+        };
+        state.last_delivery_tag += 1;
+        let delivery_tag = state.last_delivery_tag;
+        let delivery = make_delivery(delivery_tag, "", &entry, quorum);
+        if no_ack {
+            self.held.release(&entry.message);
+        } else {
+            if let Some(queue) = self.queues.get_mut(queue_name) {
+                queue.unacked += 1;
+            }
+            let unacked = Unacked {
+                queue: queue_name.to_owned(),
+                queue_id,
+                consumer_tag: String::new(),
+                consumer_serial: 0,
+                entry,
+            };
+            state.unacked.insert(delivery_tag, unacked);
+        }
+        Ok(Some(GetOk {
+            delivery,
+            message_count,
+        }))
     }
 
     /// Removes a consumer from its channel and queue; deletes an auto-delete queue that lost
@@ -918,14 +1576,24 @@ impl Engine {
         let Some(state) = self.channels.get_mut(&channel) else {
             return Err(Fault::Invalid(format!("{channel} is not open")));
         };
-        let settled: Vec<Unacked> = if multiple && delivery_tag == 0 {
+        if !multiple {
+            let Some(unacked) = state.unacked.remove(&delivery_tag) else {
+                return Err(Fault::channel(
+                    ReplyCode::PreconditionFailed,
+                    format!("unknown delivery tag {delivery_tag}"),
+                ));
+            };
+            self.finish(channel, unacked, outcome);
+            return Ok(());
+        }
+        let settled: Vec<Unacked> = if delivery_tag == 0 {
             std::mem::take(&mut state.unacked).into_values().collect()
         } else if !state.unacked.contains_key(&delivery_tag) {
             return Err(Fault::channel(
                 ReplyCode::PreconditionFailed,
                 format!("unknown delivery tag {delivery_tag}"),
             ));
-        } else if multiple {
+        } else {
             let rest = match delivery_tag.checked_add(1) {
                 Some(after) => state.unacked.split_off(&after),
                 None => BTreeMap::new(),
@@ -933,33 +1601,34 @@ impl Engine {
             std::mem::replace(&mut state.unacked, rest)
                 .into_values()
                 .collect()
-        } else {
-            state.unacked.remove(&delivery_tag).into_iter().collect()
         };
-        let mut to_dispatch = BTreeSet::new();
         for unacked in settled {
-            if let Some(queue) = self.finish(channel, unacked, outcome) {
-                to_dispatch.insert(queue);
-            }
-        }
-        for queue in &to_dispatch {
-            self.dispatch(queue);
+            self.finish(channel, unacked, outcome);
         }
         Ok(())
     }
 
     /// Takes a delivery (already removed from its channel's unacked map) off the books: its
-    /// consumer gets the credit back, its queue counts one unacked less, and the message is
-    /// requeued to its original position or forgotten. Returns the queue to dispatch, if it
-    /// still exists.
-    fn finish(&mut self, channel: ChannelId, unacked: Unacked, outcome: Outcome) -> Option<String> {
-        let consumer = self
-            .channels
-            .get_mut(&channel)
-            .and_then(|state| state.consumers.get_mut(&unacked.consumer_tag))
-            .filter(|consumer| consumer.serial == unacked.consumer_serial);
-        if let Some(consumer) = consumer {
-            consumer.unacked -= 1;
+    /// consumer and channel get the credit back, its queue counts one unacked less, and the
+    /// message is forgotten, dead-lettered or requeued to its original position. Marks the
+    /// queues that may now deliver.
+    fn finish(&mut self, channel: ChannelId, unacked: Unacked, outcome: Outcome) {
+        if let Some(state) = self.channels.get_mut(&channel) {
+            if unacked.consumer_serial != 0 {
+                state.consumer_unacked -= 1;
+                if state.global_prefetch > 0 {
+                    let queues: Vec<String> =
+                        state.consumers.values().map(|c| c.queue.clone()).collect();
+                    self.dirty.extend(queues);
+                }
+            }
+            let consumer = state
+                .consumers
+                .get_mut(&unacked.consumer_tag)
+                .filter(|consumer| consumer.serial == unacked.consumer_serial);
+            if let Some(consumer) = consumer {
+                consumer.unacked -= 1;
+            }
         }
         let Unacked {
             queue: name,
@@ -970,39 +1639,104 @@ impl Engine {
         let Some(queue) = self.queues.get_mut(&name).filter(|q| q.id == queue_id) else {
             // Its queue was deleted while the message was out: nothing to return it to.
             self.held.release(&entry.message);
-            return None;
+            return;
         };
         queue.unacked -= 1;
-        match outcome {
-            Outcome::Requeue => queue.requeue(Queued {
-                redelivered: true,
-                ..entry
-            }),
-            Outcome::Forget => self.held.release(&entry.message),
+        // The consumer's credit came back: dispatch, if there is something to dispatch.
+        if (queue.ready_len() > 0 || outcome == Outcome::Requeue) && !self.dirty.contains(&name) {
+            self.dirty.insert(name.clone());
         }
-        Some(name)
+        match outcome {
+            Outcome::Ack => self.held.release(&entry.message),
+            Outcome::Reject => self.dead_letter(&name, entry, DeathReason::Rejected),
+            Outcome::Requeue => {
+                let delivery_count = entry.delivery_count + 1;
+                let over_limit = queue.args.queue_type == QueueType::Quorum
+                    && queue
+                        .args
+                        .delivery_limit
+                        .is_some_and(|limit| delivery_count > limit);
+                let entry = Queued {
+                    redelivered: true,
+                    delivery_count,
+                    ..entry
+                };
+                if over_limit {
+                    self.dead_letter(&name, entry, DeathReason::DeliveryLimit);
+                } else {
+                    queue.requeue(entry);
+                }
+            }
+        }
+    }
+
+    /// Runs the marked queues until nothing more can happen: expire heads, dispatch. A
+    /// queue's work can mark others (dead-lettering), so this loops until none is marked.
+    fn run_until_idle(&mut self) {
+        for _ in 0..IDLE_ROUNDS_MAX {
+            let Some(queue) = self.dirty.pop_first() else {
+                return;
+            };
+            self.expire(&queue, true);
+            self.dispatch(&queue);
+            self.expire(&queue, false);
+        }
+        tracing::error!("run_until_idle did not reach idle; this is a bug");
+        debug_assert!(false, "run_until_idle did not reach idle");
+    }
+
+    /// Drops (or dead-letters) expired messages at the head of a queue, as RabbitMQ does: only
+    /// the head is checked, so an expired message behind a live one waits. With `strictly`,
+    /// a message expiring at this very millisecond is kept, so a TTL of 0 still reaches a
+    /// consumer that can take it at once.
+    fn expire(&mut self, queue_name: &str, strictly: bool) {
+        let now_ms = self.now_ms;
+        let cutoff = if strictly {
+            now_ms.saturating_sub(1)
+        } else {
+            now_ms
+        };
+        if strictly && now_ms == 0 {
+            return;
+        }
+        // Bounded by the queue's length.
+        loop {
+            let Some(queue) = self.queues.get_mut(queue_name) else {
+                return;
+            };
+            let Some(head) = queue.pop_expired(cutoff) else {
+                return;
+            };
+            self.dead_letter(queue_name, head, DeathReason::Expired);
+        }
     }
 
     /// Hands ready messages of a queue to its consumers, round-robin among those with prefetch
-    /// credit, until the queue is empty or every consumer is blocked. Each turn delivers one
-    /// message, so the loop is bounded by the queue's length.
+    /// credit (per consumer and per channel), until the queue is empty or every consumer is
+    /// blocked. Each turn delivers one message, so the loop is bounded by the queue's length.
     fn dispatch(&mut self, queue_name: &str) {
         let Engine {
             queues,
             channels,
             events,
             held,
+            delivery_faults,
+            delayed,
+            counters,
+            now_ms,
             ..
         } = self;
         let Some(queue) = queues.get_mut(queue_name) else {
             return;
         };
+        let quorum = queue.args.queue_type == QueueType::Quorum;
         while queue.ready_len() > 0 {
             let has_credit = |(channel, tag): &(ChannelId, String)| {
-                let consumer = channels
-                    .get(channel)
-                    .and_then(|state| state.consumers.get(tag));
-                consumer.is_some_and(ConsumerState::has_credit)
+                channels.get(channel).is_some_and(|state| {
+                    state.consumers.get(tag).is_some_and(|consumer| {
+                        consumer.has_credit() && (consumer.no_ack || state.has_global_credit())
+                    })
+                })
             };
             let Some((channel_id, tag)) = queue.next_consumer(has_credit) else {
                 break;
@@ -1016,14 +1750,28 @@ impl Engine {
             let Some(entry) = queue.pop_ready() else {
                 break;
             };
+            let fault = delivery_faults
+                .iter()
+                .position(|(q, _)| q == queue_name)
+                .map(|position| delivery_faults.remove(position).1);
             channel.last_delivery_tag += 1;
             let delivery_tag = channel.last_delivery_tag;
-            let delivery = Delivery::new(delivery_tag, &tag, &entry.message, entry.redelivered);
+            let delivery = make_delivery(delivery_tag, &tag, &entry, quorum);
+            if fault == Some(DeliveryFault::Duplicate) {
+                let copy = Queued {
+                    seq: next(&mut counters.message_seq),
+                    redelivered: true,
+                    ..entry.clone()
+                };
+                held.add(&copy.message);
+                queue.enqueue(copy);
+            }
             if consumer.no_ack {
                 consumer.buffered += 1;
                 held.release(&entry.message);
             } else {
                 consumer.unacked += 1;
+                channel.consumer_unacked += 1;
                 queue.unacked += 1;
                 let unacked = Unacked {
                     queue: queue_name.to_owned(),
@@ -1035,16 +1783,32 @@ impl Engine {
                 channel.unacked.insert(delivery_tag, unacked);
             }
             let delivery = Box::new(delivery);
-            events.push(Event::Deliver {
-                channel: channel_id,
-                delivery,
-            });
+            match fault {
+                Some(DeliveryFault::Drop) => {
+                    tracing::debug!(
+                        queue = queue_name,
+                        delivery_tag,
+                        "fault hook: delivery dropped"
+                    );
+                }
+                Some(DeliveryFault::Delay(delay_ms)) if delayed.len() < FAULTS_ARMED_MAX => {
+                    delayed.push(Delayed {
+                        due_ms: now_ms.saturating_add(delay_ms),
+                        channel: channel_id,
+                        delivery,
+                    });
+                }
+                _ => events.push(Event::Deliver {
+                    channel: channel_id,
+                    delivery,
+                }),
+            }
         }
     }
 
     /// The consequences of closing a channel, keeping its record (an error close keeps it until
-    /// the client releases it): consumers cancelled, unacked deliveries requeued and
-    /// dispatched to whoever else consumes, auto-delete queues that lost their last consumer
+    /// the client releases it): consumers cancelled, unacked deliveries requeued (and marked
+    /// for dispatch to whoever else consumes), auto-delete queues that lost their last consumer
     /// deleted.
     fn shut_channel(&mut self, channel: ChannelId) {
         let Some(state) = self.channels.get_mut(&channel) else {
@@ -1061,15 +1825,11 @@ impl Engine {
                 ConsumerEnd::ChannelClosed,
             ));
         }
-        let mut to_dispatch = BTreeSet::new();
         for (_, delivery) in unacked {
-            to_dispatch.extend(self.finish(channel, delivery, Outcome::Requeue));
+            self.finish(channel, delivery, Outcome::Requeue);
         }
         for queue in &orphaned {
             self.delete_queue(queue);
-        }
-        for queue in &to_dispatch {
-            self.dispatch(queue);
         }
     }
 
@@ -1124,17 +1884,8 @@ impl Engine {
                 reason: ConsumerEnd::QueueDeleted,
             });
         }
-        let mut emptied = Vec::new();
-        for (exchange_name, exchange) in &mut self.exchanges {
-            let removed = exchange.bindings.remove_queue(name);
-            self.bindings_total -= removed;
-            if removed > 0 && exchange.auto_delete && exchange.bindings.is_empty() {
-                emptied.push(exchange_name.clone());
-            }
-        }
-        for exchange in &emptied {
-            self.exchanges.remove(exchange);
-        }
+        self.remove_bindings_to(&Destination::Queue(name.to_owned()));
+        self.dirty.remove(name);
         tracing::debug!(queue = name, "queue deleted");
     }
 
@@ -1143,6 +1894,33 @@ impl Engine {
             .values()
             .flat_map(|channel| channel.unacked.iter())
     }
+}
+
+/// A delivery of a queued message; quorum queues add `x-delivery-count` once it has come back.
+fn make_delivery(delivery_tag: u64, consumer_tag: &str, entry: &Queued, quorum: bool) -> Delivery {
+    let mut delivery = Delivery::new(
+        delivery_tag,
+        consumer_tag,
+        &entry.message,
+        entry.redelivered,
+    );
+    if quorum && entry.delivery_count > 0 {
+        let count = i64::try_from(entry.delivery_count).unwrap_or(i64::MAX);
+        delivery
+            .properties
+            .headers
+            .get_or_insert_with(FieldTable::new)
+            .insert("x-delivery-count".into(), FieldValue::I64(count));
+    }
+    delivery
+}
+
+/// Appends to an introspection log, dropping the oldest entry past [`INTROSPECTION_LOG_MAX`].
+fn push_bounded<T>(log: &mut VecDeque<T>, item: T) {
+    if log.len() >= INTROSPECTION_LOG_MAX {
+        log.pop_front();
+    }
+    log.push_back(item);
 }
 
 fn declare_ok(name: &str, queue: &Queue) -> QueueDeclareOk {

@@ -25,6 +25,8 @@ pub enum ReplyCode {
     PreconditionFailed,
     /// 530: a connection error, such as reusing a consumer tag on a channel.
     NotAllowed,
+    /// 320: the broker closed the connection (shutdown, restart, an operator).
+    ConnectionForced,
 }
 
 impl ReplyCode {
@@ -37,6 +39,7 @@ impl ReplyCode {
             ReplyCode::ResourceLocked => 405,
             ReplyCode::PreconditionFailed => 406,
             ReplyCode::NotAllowed => 530,
+            ReplyCode::ConnectionForced => 320,
         }
     }
 
@@ -49,6 +52,7 @@ impl ReplyCode {
             ReplyCode::ResourceLocked => "RESOURCE_LOCKED",
             ReplyCode::PreconditionFailed => "PRECONDITION_FAILED",
             ReplyCode::NotAllowed => "NOT_ALLOWED",
+            ReplyCode::ConnectionForced => "CONNECTION_FORCED",
         }
     }
 }

@@ -1,10 +1,9 @@
 //! Exchanges: where publishers send messages. An exchange owns its bindings and decides, from a
-//! routing key, which queues a message reaches.
+//! routing key and headers, which queues and exchanges a message goes on to.
 
-use std::collections::BTreeSet;
-
-use crate::binding::Bindings;
+use crate::binding::{Bindings, Destination};
 use crate::error::{Fault, ReplyCode};
+use crate::message::{FieldTable, FieldValue};
 
 /// The exchange types broker-mem implements.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -13,6 +12,11 @@ pub enum ExchangeKind {
     Direct,
     /// Routes to every bound queue; the routing key is ignored.
     Fanout,
+    /// Routes by pattern: binding keys are dot-separated words where `*` matches exactly one
+    /// word and `#` zero or more.
+    Topic,
+    /// Routes on message headers against the binding's arguments (`x-match` = `all` or `any`).
+    Headers,
 }
 
 impl ExchangeKind {
@@ -21,6 +25,19 @@ impl ExchangeKind {
         match self {
             ExchangeKind::Direct => "direct",
             ExchangeKind::Fanout => "fanout",
+            ExchangeKind::Topic => "topic",
+            ExchangeKind::Headers => "headers",
+        }
+    }
+
+    /// The kind named by an AMQP type name; None for types broker-mem does not have.
+    pub fn from_name(name: &str) -> Option<ExchangeKind> {
+        match name {
+            "direct" => Some(ExchangeKind::Direct),
+            "fanout" => Some(ExchangeKind::Fanout),
+            "topic" => Some(ExchangeKind::Topic),
+            "headers" => Some(ExchangeKind::Headers),
+            _ => None,
         }
     }
 }
@@ -57,12 +74,18 @@ pub struct ExchangeInfo {
 /// The name of the default exchange, which routes to the queue named by the routing key.
 pub(crate) const DEFAULT_EXCHANGE: &str = "";
 
-/// The exchanges every RabbitMQ vhost starts with, restricted to the types broker-mem has.
-pub(crate) const PREDECLARED: [(&str, ExchangeKind); 3] = [
+/// The exchanges every RabbitMQ vhost starts with (`amq.rabbitmq.trace` aside).
+pub(crate) const PREDECLARED: [(&str, ExchangeKind); 6] = [
     (DEFAULT_EXCHANGE, ExchangeKind::Direct),
     ("amq.direct", ExchangeKind::Direct),
     ("amq.fanout", ExchangeKind::Fanout),
+    ("amq.topic", ExchangeKind::Topic),
+    ("amq.headers", ExchangeKind::Headers),
+    ("amq.match", ExchangeKind::Headers),
 ];
+
+/// The declare argument naming the exchange that takes what this one cannot route.
+pub(crate) const ARG_ALTERNATE_EXCHANGE: &str = "alternate-exchange";
 
 #[derive(Debug)]
 pub(crate) struct Exchange {
@@ -70,6 +93,8 @@ pub(crate) struct Exchange {
     pub durable: bool,
     pub auto_delete: bool,
     pub internal: bool,
+    /// `alternate-exchange`: where messages this exchange routes nowhere go instead.
+    pub alternate: Option<String>,
     pub bindings: Bindings,
 }
 
@@ -80,7 +105,17 @@ impl Exchange {
             durable: options.durable,
             auto_delete: options.auto_delete,
             internal: options.internal,
+            alternate: None,
             bindings: Bindings::default(),
+        }
+    }
+
+    /// The `alternate-exchange` named by declare arguments (a string; other types are ignored,
+    /// as RabbitMQ does).
+    pub(crate) fn alternate_from(arguments: &FieldTable) -> Option<String> {
+        match arguments.get(ARG_ALTERNATE_EXCHANGE) {
+            Some(FieldValue::String(name)) => Some(name.clone()),
+            _ => None,
         }
     }
 
@@ -117,11 +152,62 @@ impl Exchange {
         Ok(())
     }
 
-    /// Adds to `targets` the queues this exchange routes `routing_key` to.
-    pub(crate) fn route(&self, routing_key: &str, targets: &mut BTreeSet<String>) {
+    /// RabbitMQ checks `alternate-exchange` on a redeclare (the only exchange argument it
+    /// compares).
+    pub(crate) fn check_equivalent_arguments(
+        &self,
+        name: &str,
+        arguments: &FieldTable,
+    ) -> Result<(), Fault> {
+        let received = Exchange::alternate_from(arguments);
+        if received == self.alternate {
+            return Ok(());
+        }
+        // RabbitMQ 3.10: bare values when both are set, typed when one is missing.
+        let describe = |value: &Option<String>, other: &Option<String>| match (value, other) {
+            (Some(v), Some(_)) => format!("'{v}'"),
+            (Some(v), None) => format!("the value '{v}' of type 'longstr'"),
+            (None, _) => "none".to_owned(),
+        };
+        Err(Fault::channel(
+            ReplyCode::PreconditionFailed,
+            format!(
+                "inequivalent arg '{ARG_ALTERNATE_EXCHANGE}' for exchange '{name}' in vhost '{}': \
+                 received {} but current is {}",
+                crate::VHOST,
+                describe(&received, &self.alternate),
+                describe(&self.alternate, &received)
+            ),
+        ))
+    }
+
+    /// Calls `found` with every destination this exchange routes the message to (possibly
+    /// the same one twice; the caller keeps a set).
+    pub(crate) fn route<'a>(
+        &'a self,
+        routing_key: &'a str,
+        headers: Option<&FieldTable>,
+        mut found: impl FnMut(&'a Destination),
+    ) {
         match self.kind {
-            ExchangeKind::Direct => self.bindings.queues_with_key(routing_key, targets),
-            ExchangeKind::Fanout => self.bindings.all_queues(targets),
+            ExchangeKind::Direct => self.bindings.with_key(routing_key).for_each(found),
+            ExchangeKind::Fanout => self.bindings.all().for_each(|(_, d, _)| found(d)),
+            ExchangeKind::Topic => {
+                for (key, destination, _) in self.bindings.all() {
+                    if topic_matches(key, routing_key) {
+                        found(destination);
+                    }
+                }
+            }
+            ExchangeKind::Headers => {
+                let empty = FieldTable::new();
+                let headers = headers.unwrap_or(&empty);
+                for (_, destination, arguments) in self.bindings.all() {
+                    if headers_match(arguments, headers) {
+                        found(destination);
+                    }
+                }
+            }
         }
     }
 
@@ -138,4 +224,69 @@ impl Exchange {
 
 pub(crate) fn bool_str(value: bool) -> &'static str {
     if value { "true" } else { "false" }
+}
+
+/// Whether a topic binding key matches a routing key: words are separated by `.`, `*` matches
+/// exactly one word, `#` zero or more. The empty key has no words, as in RabbitMQ.
+pub(crate) fn topic_matches(pattern: &str, routing_key: &str) -> bool {
+    let pattern = split_words(pattern);
+    let words = split_words(routing_key);
+    // matches[i][j]: pattern[i..] matches words[j..]. Bounded by the 255-byte names.
+    let mut matches = vec![vec![false; words.len() + 1]; pattern.len() + 1];
+    matches[pattern.len()][words.len()] = true;
+    for i in (0..pattern.len()).rev() {
+        for j in (0..=words.len()).rev() {
+            matches[i][j] = match pattern[i] {
+                "#" => matches[i + 1][j] || (j < words.len() && matches[i][j + 1]),
+                "*" => j < words.len() && matches[i + 1][j + 1],
+                word => j < words.len() && words[j] == word && matches[i + 1][j + 1],
+            };
+        }
+    }
+    matches[0][0]
+}
+
+fn split_words(key: &str) -> Vec<&str> {
+    if key.is_empty() {
+        Vec::new()
+    } else {
+        key.split('.').collect()
+    }
+}
+
+/// RabbitMQ's headers exchange: the binding's arguments, except those starting with `x-`, are
+/// compared with the message headers; a `Void` argument only asks for the header's presence.
+/// `x-match = all` (the default) needs every one to match, `any` at least one.
+pub(crate) fn headers_match(arguments: &FieldTable, headers: &FieldTable) -> bool {
+    let any = matches!(arguments.get("x-match"), Some(FieldValue::String(m)) if m == "any");
+    let mut relevant = arguments.iter().filter(|(key, _)| !key.starts_with("x-"));
+    let matched = |(key, wanted): (&String, &FieldValue)| match headers.get(key) {
+        None => false,
+        Some(_) if *wanted == FieldValue::Void => true,
+        Some(value) => value == wanted,
+    };
+    if any {
+        relevant.any(matched)
+    } else {
+        relevant.all(matched)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn topic_wildcards_follow_rabbitmq() {
+        assert!(topic_matches("a.*.c", "a.b.c"));
+        assert!(!topic_matches("a.*.c", "a.c"));
+        assert!(topic_matches("a.#", "a"));
+        assert!(topic_matches("a.#", "a.b.c"));
+        assert!(topic_matches("#", ""));
+        assert!(topic_matches("#.c", "c"));
+        assert!(topic_matches("a.#.c", "a.c"));
+        assert!(!topic_matches("a.b", "axb"));
+        assert!(!topic_matches("*", ""));
+        assert!(topic_matches("*", "a") && !topic_matches("*", "a.b"));
+    }
 }

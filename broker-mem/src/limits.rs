@@ -75,3 +75,16 @@ impl Default for Limits {
         }
     }
 }
+
+/// Entries kept by each introspection log (dead-lettered and returned messages); the oldest go
+/// first. Tests read them; a long simulation must not grow them without bound.
+pub const INTROSPECTION_LOG_MAX: usize = 10_000;
+
+/// Fault hooks armed and not yet fired (drop, duplicate or delay a delivery), and delayed
+/// deliveries waiting for their time.
+pub const FAULTS_ARMED_MAX: usize = 1_024;
+
+/// Rounds of the engine's run-until-idle loop in one call: each round delivers, expires or
+/// dead-letters at least one message, so this is far above what the held ceiling allows; it
+/// only guards against a bug looping forever.
+pub const IDLE_ROUNDS_MAX: usize = 100_000_000;

@@ -1,6 +1,7 @@
 //! Messages as the broker holds them: AMQP basic properties, a body, and where they were
-//! published. The broker never looks inside properties or bodies (no TTL, no priorities yet);
-//! it carries them intact from publisher to consumer.
+//! published. The broker reads only `expiration` (per-message TTL), `delivery_mode`
+//! (persistence across a restart), `user_id` and, for a headers exchange, `headers`; it
+//! carries everything else intact from publisher to consumer. Dead-lettering adds `x-death`.
 
 use std::collections::BTreeMap;
 
@@ -51,7 +52,7 @@ pub struct Properties {
     pub correlation_id: Option<String>,
     /// Address to reply to.
     pub reply_to: Option<String>,
-    /// Per-message TTL in milliseconds, as a string (carried, not acted on yet).
+    /// Per-message TTL in milliseconds, as a string (RabbitMQ's wire format).
     pub expiration: Option<String>,
     /// Message id.
     pub message_id: Option<String>,
@@ -78,6 +79,44 @@ pub enum Confirm {
     },
 }
 
+/// Flags of `basic.publish`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PublishOptions {
+    /// Return the message (`basic.return`, 312 NO_ROUTE) when no queue takes it, instead of
+    /// dropping it.
+    pub mandatory: bool,
+}
+
+/// A message handed back to its publisher (`basic.return`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Returned {
+    /// 312 for NO_ROUTE.
+    pub reply_code: u16,
+    /// `NO_ROUTE`.
+    pub reply_text: String,
+    /// The exchange it was published to.
+    pub exchange: String,
+    /// The routing key it was published with.
+    pub routing_key: String,
+    /// Properties as published.
+    pub properties: Properties,
+    /// Body as published.
+    pub body: Bytes,
+}
+
+/// The broker's answers to one publish, in the order RabbitMQ sends them: the return (if
+/// mandatory and unroutable) comes before the confirm.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Published {
+    /// `basic.return`, when the message was mandatory and no queue took it.
+    pub returned: Option<Returned>,
+    /// The publisher confirm.
+    pub confirm: Confirm,
+}
+
+/// AMQP reply code of `basic.return` for an unroutable mandatory message.
+pub const REPLY_NO_ROUTE: u16 = 312;
+
 /// One published message, shared by every queue it was routed to.
 #[derive(Debug)]
 pub(crate) struct Message {
@@ -85,4 +124,149 @@ pub(crate) struct Message {
     pub routing_key: String,
     pub properties: Properties,
     pub body: Bytes,
+}
+
+impl Message {
+    /// `delivery_mode = 2`: kept across a broker restart when in a durable queue.
+    pub(crate) fn persistent(&self) -> bool {
+        self.properties.delivery_mode == Some(2)
+    }
+
+    /// The per-message TTL, when `expiration` holds a valid number of milliseconds.
+    pub(crate) fn expiration_ms(&self) -> Option<u64> {
+        self.properties.expiration.as_deref()?.parse().ok()
+    }
+}
+
+/// Why a message was dead-lettered (the `reason` of its `x-death` entry).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum DeathReason {
+    /// `basic.reject` or `basic.nack` with `requeue = false`.
+    Rejected,
+    /// Its TTL ran out.
+    Expired,
+    /// Dropped from the head of a queue at its length limit (or refused with
+    /// `reject-publish-dlx`).
+    Maxlen,
+    /// A quorum queue's `x-delivery-limit` was passed.
+    DeliveryLimit,
+}
+
+impl DeathReason {
+    /// The name in `x-death`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DeathReason::Rejected => "rejected",
+            DeathReason::Expired => "expired",
+            DeathReason::Maxlen => "maxlen",
+            DeathReason::DeliveryLimit => "delivery_limit",
+        }
+    }
+}
+
+/// A message that left a queue without being consumed, as introspection shows it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DeadLettered {
+    /// The queue it left.
+    pub queue: String,
+    /// Why.
+    pub reason: DeathReason,
+    /// The queue's dead-letter exchange, if it has one (else the message was dropped).
+    pub dead_letter_exchange: Option<String>,
+    /// The exchange it had been published to.
+    pub exchange: String,
+    /// The routing key it had been published with.
+    pub routing_key: String,
+    /// Its body.
+    pub body: Bytes,
+    /// On the engine's clock.
+    pub at_ms: u64,
+}
+
+/// The headers of a message dead-lettered from `queue`: RabbitMQ 3.10's `x-death` update. The
+/// newest event goes first; an earlier entry for the same queue and reason is counted up and
+/// moved to the front (keeping its other fields); `x-first-death-*` are set on the first death.
+pub(crate) fn add_death(
+    properties: &mut Properties,
+    queue: &str,
+    reason: DeathReason,
+    exchange: &str,
+    routing_key: &str,
+    time_s: u64,
+) {
+    let mut headers = properties.headers.take().unwrap_or_default();
+    let str_value = |s: &str| FieldValue::String(s.to_owned());
+    let mut deaths = match headers.remove("x-death") {
+        Some(FieldValue::Array(deaths)) => deaths,
+        _ => {
+            headers.insert("x-first-death-reason".into(), str_value(reason.as_str()));
+            headers.insert("x-first-death-queue".into(), str_value(queue));
+            headers.insert("x-first-death-exchange".into(), str_value(exchange));
+            Vec::new()
+        }
+    };
+    let same = deaths.iter().position(|death| {
+        matches!(death, FieldValue::Table(t)
+            if t.get("queue") == Some(&str_value(queue))
+            && t.get("reason") == Some(&str_value(reason.as_str())))
+    });
+    let entry = match same {
+        Some(position) => {
+            let mut entry = deaths.remove(position);
+            if let FieldValue::Table(table) = &mut entry {
+                let count = match table.get("count") {
+                    Some(FieldValue::I64(n)) => *n,
+                    _ => 0,
+                };
+                table.insert("count".into(), FieldValue::I64(count + 1));
+            }
+            entry
+        }
+        None => {
+            let mut table = FieldTable::new();
+            table.insert("count".into(), FieldValue::I64(1));
+            table.insert("reason".into(), str_value(reason.as_str()));
+            table.insert("queue".into(), str_value(queue));
+            table.insert("time".into(), FieldValue::Timestamp(time_s));
+            table.insert("exchange".into(), str_value(exchange));
+            table.insert(
+                "routing-keys".into(),
+                FieldValue::Array(vec![str_value(routing_key)]),
+            );
+            if let Some(expiration) = &properties.expiration {
+                table.insert("original-expiration".into(), str_value(expiration));
+            }
+            FieldValue::Table(table)
+        }
+    };
+    deaths.insert(0, entry);
+    headers.insert("x-death".into(), FieldValue::Array(deaths));
+    properties.headers = Some(headers);
+    properties.expiration = None;
+}
+
+/// RabbitMQ's dead-letter cycle rule: a message dead-lettered (not rejected) back into a queue
+/// it already died in, with no rejection since, is dropped.
+pub(crate) fn is_cycle(properties: &Properties, queue: &str) -> bool {
+    let Some(FieldValue::Array(deaths)) =
+        properties.headers.as_ref().and_then(|h| h.get("x-death"))
+    else {
+        return false;
+    };
+    let field = |death: &FieldValue, key: &str| match death {
+        FieldValue::Table(t) => match t.get(key) {
+            Some(FieldValue::String(s)) => Some(s.clone()),
+            _ => None,
+        },
+        _ => None,
+    };
+    let Some(position) = deaths
+        .iter()
+        .position(|d| field(d, "queue").as_deref() == Some(queue))
+    else {
+        return false;
+    };
+    deaths[..=position]
+        .iter()
+        .all(|d| field(d, "reason").as_deref() != Some("rejected"))
 }

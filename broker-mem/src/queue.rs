@@ -11,7 +11,7 @@ use crate::channel::ChannelId;
 use crate::connection::ConnectionId;
 use crate::error::{Fault, ReplyCode};
 use crate::exchange::bool_str;
-use crate::message::Message;
+use crate::message::{FieldTable, FieldValue, Message};
 
 /// Flags of `queue.declare`.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -57,6 +57,149 @@ pub struct QueueInfo {
     pub consumers: usize,
 }
 
+/// `x-queue-type`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord)]
+pub enum QueueType {
+    /// A classic queue (the default).
+    #[default]
+    Classic,
+    /// A quorum queue: durable, never exclusive or auto-delete; counts redeliveries in
+    /// `x-delivery-count` and honours `x-delivery-limit`.
+    Quorum,
+}
+
+/// `x-overflow`: what a queue at its length limit does with a new message.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Overflow {
+    /// Drop (or dead-letter) the oldest ready messages to make room (the default).
+    #[default]
+    DropHead,
+    /// Refuse the new message: the publisher's confirm is a nack.
+    RejectPublish,
+    /// Refuse and dead-letter the new message; the publisher's confirm is a nack.
+    RejectPublishDlx,
+}
+
+/// The queue arguments broker-mem acts on, parsed from `queue.declare`'s field table.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct QueueArguments {
+    /// `x-queue-type`.
+    pub queue_type: QueueType,
+    /// `x-message-ttl`: how long a message may stay in the queue, in milliseconds.
+    pub message_ttl_ms: Option<u64>,
+    /// `x-max-length`: most ready messages.
+    pub max_length: Option<u64>,
+    /// `x-max-length-bytes`: most ready body bytes.
+    pub max_length_bytes: Option<u64>,
+    /// `x-overflow`.
+    pub overflow: Overflow,
+    /// `x-dead-letter-exchange`.
+    pub dead_letter_exchange: Option<String>,
+    /// `x-dead-letter-routing-key`.
+    pub dead_letter_routing_key: Option<String>,
+    /// `x-delivery-limit` (quorum queues): deliveries after which a message is dead-lettered
+    /// instead of requeued.
+    pub delivery_limit: Option<u64>,
+}
+
+/// The arguments RabbitMQ compares when a queue is declared again (others are ignored).
+const EQUIVALENCE_CHECKED: [&str; 12] = [
+    "x-dead-letter-exchange",
+    "x-dead-letter-routing-key",
+    "x-expires",
+    "x-max-length",
+    "x-max-length-bytes",
+    "x-max-priority",
+    "x-message-ttl",
+    "x-overflow",
+    "x-queue-mode",
+    "x-queue-type",
+    "x-single-active-consumer",
+    "x-delivery-limit",
+];
+
+impl QueueArguments {
+    /// Parses and validates declare arguments, with RabbitMQ's 406 texts for bad values.
+    pub(crate) fn parse(
+        name: &str,
+        options: QueueOptions,
+        arguments: &FieldTable,
+    ) -> Result<QueueArguments, Fault> {
+        let invalid = |arg: &str, why: &str| {
+            Fault::channel(
+                ReplyCode::PreconditionFailed,
+                format!(
+                    "invalid arg '{arg}' for queue '{name}' in vhost '{}': {why}",
+                    crate::VHOST
+                ),
+            )
+        };
+        let non_negative = |arg: &str| -> Result<Option<u64>, Fault> {
+            match arguments.get(arg) {
+                None => Ok(None),
+                Some(FieldValue::I64(v)) if *v >= 0 => Ok(Some(v.unsigned_abs())),
+                Some(FieldValue::I64(v)) => Err(invalid(arg, &format!("{{value_negative,{v}}}"))),
+                Some(other) => Err(invalid(arg, &format!("{{unacceptable_type,{other:?}}}"))),
+            }
+        };
+        let text = |arg: &str| -> Result<Option<String>, Fault> {
+            match arguments.get(arg) {
+                None => Ok(None),
+                Some(FieldValue::String(v)) => Ok(Some(v.clone())),
+                Some(other) => Err(invalid(arg, &format!("{{unacceptable_type,{other:?}}}"))),
+            }
+        };
+        let queue_type = match text("x-queue-type")?.as_deref() {
+            None | Some("classic") => QueueType::Classic,
+            Some("quorum") => QueueType::Quorum,
+            Some(other) => {
+                return Err(invalid(
+                    "x-queue-type",
+                    &format!("{{unsupported_queue_type,{other}}}"),
+                ));
+            }
+        };
+        let overflow = match text("x-overflow")?.as_deref() {
+            None | Some("drop-head") => Overflow::DropHead,
+            Some("reject-publish") => Overflow::RejectPublish,
+            Some("reject-publish-dlx") => Overflow::RejectPublishDlx,
+            Some(other) => {
+                return Err(invalid("x-overflow", &format!("{{unknown_value,{other}}}")));
+            }
+        };
+        if queue_type == QueueType::Quorum {
+            let property = if !options.durable {
+                Some("non-durable")
+            } else if options.exclusive {
+                Some("exclusive-queue")
+            } else if options.auto_delete {
+                Some("auto-delete")
+            } else {
+                None
+            };
+            if let Some(property) = property {
+                return Err(Fault::channel(
+                    ReplyCode::PreconditionFailed,
+                    format!(
+                        "invalid property '{property}' for queue '{name}' in vhost '{}'",
+                        crate::VHOST
+                    ),
+                ));
+            }
+        }
+        Ok(QueueArguments {
+            queue_type,
+            message_ttl_ms: non_negative("x-message-ttl")?,
+            max_length: non_negative("x-max-length")?,
+            max_length_bytes: non_negative("x-max-length-bytes")?,
+            overflow,
+            dead_letter_exchange: text("x-dead-letter-exchange")?,
+            dead_letter_routing_key: text("x-dead-letter-routing-key")?,
+            delivery_limit: non_negative("x-delivery-limit")?,
+        })
+    }
+}
+
 /// A message in a queue, or out of it while unacked (so it can go back where it was).
 #[derive(Debug, Clone)]
 pub(crate) struct Queued {
@@ -64,6 +207,11 @@ pub(crate) struct Queued {
     pub seq: u64,
     pub message: Arc<Message>,
     pub redelivered: bool,
+    /// When it expires (queue `x-message-ttl` or the message's `expiration`, the lower), on the
+    /// engine's clock. A requeue keeps it, as in RabbitMQ.
+    pub expires_at_ms: Option<u64>,
+    /// Times it came back to the queue (quorum queues report it as `x-delivery-count`).
+    pub delivery_count: u64,
 }
 
 /// A consumer as the queue knows it: its channel and tag.
@@ -77,8 +225,13 @@ pub(crate) struct Queue {
     pub auto_delete: bool,
     /// The connection that declared it exclusive.
     pub owner: Option<ConnectionId>,
+    /// Declare arguments as given (for the equivalence check) and as understood.
+    pub arguments: FieldTable,
+    pub args: QueueArguments,
     /// Sorted by `seq`.
     ready: VecDeque<Queued>,
+    /// Body bytes of the ready messages (for `x-max-length-bytes`).
+    ready_bytes: usize,
     /// Delivered from this queue and not settled yet.
     pub unacked: usize,
     /// Round-robin order: the front is the next consumer offered a message.
@@ -88,13 +241,22 @@ pub(crate) struct Queue {
 }
 
 impl Queue {
-    pub(crate) fn new(id: u64, options: QueueOptions, owner: Option<ConnectionId>) -> Queue {
+    pub(crate) fn new(
+        id: u64,
+        options: QueueOptions,
+        owner: Option<ConnectionId>,
+        arguments: FieldTable,
+        args: QueueArguments,
+    ) -> Queue {
         Queue {
             id,
             durable: options.durable,
             auto_delete: options.auto_delete,
             owner,
+            arguments,
+            args,
             ready: VecDeque::new(),
+            ready_bytes: 0,
             unacked: 0,
             consumers: VecDeque::new(),
             exclusive_consumer: false,
@@ -136,15 +298,73 @@ impl Queue {
         Ok(())
     }
 
+    /// RabbitMQ's equivalence check of the arguments it compares.
+    pub(crate) fn check_equivalent_arguments(
+        &self,
+        name: &str,
+        arguments: &FieldTable,
+    ) -> Result<(), Fault> {
+        for arg in EQUIVALENCE_CHECKED {
+            let received = arguments.get(arg);
+            let current = self.arguments.get(arg);
+            if received == current {
+                continue;
+            }
+            let (received, current) = describe_values(received, current);
+            return Err(Fault::channel(
+                ReplyCode::PreconditionFailed,
+                format!(
+                    "inequivalent arg '{arg}' for queue '{name}' in vhost '{}': received \
+                     {received} but current is {current}",
+                    crate::VHOST,
+                ),
+            ));
+        }
+        Ok(())
+    }
+
     pub(crate) fn ready_len(&self) -> usize {
         self.ready.len()
     }
 
     pub(crate) fn ready_body_bytes(&self) -> usize {
-        self.ready
-            .iter()
-            .map(|queued| queued.message.body.len())
-            .sum()
+        self.ready_bytes
+    }
+
+    /// Whether one more message of `body_bytes` would pass `x-max-length` or
+    /// `x-max-length-bytes` (RabbitMQ counts ready messages only).
+    pub(crate) fn would_overflow(&self, body_bytes: usize) -> bool {
+        let too_many = self
+            .args
+            .max_length
+            .is_some_and(|max| self.ready.len() as u64 + 1 > max);
+        let too_big = self
+            .args
+            .max_length_bytes
+            .is_some_and(|max| (self.ready_bytes + body_bytes) as u64 > max);
+        too_many || too_big
+    }
+
+    /// Whether the ready messages are over a length limit now.
+    pub(crate) fn over_limit(&self) -> bool {
+        let too_many = self
+            .args
+            .max_length
+            .is_some_and(|max| self.ready.len() as u64 > max);
+        let too_big = self
+            .args
+            .max_length_bytes
+            .is_some_and(|max| self.ready_bytes as u64 > max);
+        too_many || too_big
+    }
+
+    /// The head, if it has expired at `now_ms`.
+    pub(crate) fn pop_expired(&mut self, now_ms: u64) -> Option<Queued> {
+        let expired = self
+            .ready
+            .front()
+            .is_some_and(|head| head.expires_at_ms.is_some_and(|at| at <= now_ms));
+        if expired { self.pop_ready() } else { None }
     }
 
     pub(crate) fn consumer_count(&self) -> usize {
@@ -154,6 +374,7 @@ impl Queue {
     /// A newly published message: it is the newest, so it goes to the back.
     pub(crate) fn enqueue(&mut self, entry: Queued) {
         debug_assert!(self.ready.back().is_none_or(|last| last.seq < entry.seq));
+        self.ready_bytes += entry.message.body.len();
         self.ready.push_back(entry);
     }
 
@@ -165,16 +386,29 @@ impl Queue {
                 .get(position)
                 .is_none_or(|next| next.seq != entry.seq)
         );
+        self.ready_bytes += entry.message.body.len();
         self.ready.insert(position, entry);
     }
 
     pub(crate) fn pop_ready(&mut self) -> Option<Queued> {
-        self.ready.pop_front()
+        let entry = self.ready.pop_front()?;
+        self.ready_bytes -= entry.message.body.len();
+        Some(entry)
     }
 
-    /// Everything ready, for the queue's deletion.
+    /// Everything ready, for the queue's deletion or purge.
     pub(crate) fn drain_ready(&mut self) -> impl Iterator<Item = Queued> + '_ {
+        self.ready_bytes = 0;
         self.ready.drain(..)
+    }
+
+    /// Keeps only the ready messages `keep` accepts (a broker restart drops transient ones).
+    pub(crate) fn retain_ready(&mut self, mut keep: impl FnMut(&Queued) -> bool) -> Vec<Queued> {
+        let (kept, dropped): (VecDeque<Queued>, VecDeque<Queued>) =
+            self.ready.drain(..).partition(|q| keep(q));
+        self.ready = kept;
+        self.ready_bytes = self.ready.iter().map(|q| q.message.body.len()).sum();
+        dropped.into()
     }
 
     pub(crate) fn add_consumer(&mut self, key: ConsumerKey, exclusive: bool) {
@@ -222,5 +456,30 @@ impl Queue {
             .iter()
             .zip(self.ready.iter().skip(1))
             .all(|(a, b)| a.seq < b.seq)
+    }
+}
+
+/// Both values as RabbitMQ 3.10 describes them in an inequivalent-argument error: bare when
+/// both are present, with their type when one is missing (`none`).
+fn describe_values(
+    received: Option<&FieldValue>,
+    current: Option<&FieldValue>,
+) -> (String, String) {
+    let bare = |value: &FieldValue| match value {
+        FieldValue::String(v) => v.clone(),
+        FieldValue::I64(v) => v.to_string(),
+        FieldValue::Bool(v) => v.to_string(),
+        other => format!("{other:?}"),
+    };
+    let typed = |value: Option<&FieldValue>| match value {
+        None => "none".to_owned(),
+        Some(v @ FieldValue::String(_)) => format!("the value '{}' of type 'longstr'", bare(v)),
+        Some(v @ FieldValue::I64(_)) => format!("the value '{}' of type 'long'", bare(v)),
+        Some(v @ FieldValue::Bool(_)) => format!("the value '{}' of type 'bool'", bare(v)),
+        Some(v) => format!("the value '{}'", bare(v)),
+    };
+    match (received, current) {
+        (Some(r), Some(c)) => (format!("'{}'", bare(r)), format!("'{}'", bare(c))),
+        (r, c) => (typed(r), typed(c)),
     }
 }

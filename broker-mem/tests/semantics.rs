@@ -125,7 +125,16 @@ fn topology_is_listed_sorted() {
     channel.queue_bind("q1", "m", "k").unwrap();
     channel.queue_bind("q1", "m", "k").unwrap(); // idempotent
     let exchanges: Vec<_> = broker.exchanges().into_iter().map(|e| e.name).collect();
-    assert_eq!(exchanges, ["", "amq.direct", "amq.fanout", "m", "z"]);
+    let predeclared = [
+        "",
+        "amq.direct",
+        "amq.fanout",
+        "amq.headers",
+        "amq.match",
+        "amq.topic",
+    ];
+    assert_eq!(exchanges[..6], predeclared);
+    assert_eq!(exchanges[6..], ["m", "z"]);
     let queues: Vec<_> = broker.queues().into_iter().map(|q| q.name).collect();
     assert_eq!(queues, ["q1", "q2"]);
     let bindings: Vec<_> = broker

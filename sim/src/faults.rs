@@ -72,6 +72,29 @@ pub enum Fault {
         /// Milliseconds.
         max_ms: u64,
     },
+    /// The broker restarts: every connection closes (services reconnect), durable queues keep
+    /// their persistent messages, everything else is lost, as in RabbitMQ.
+    BrokerRestart,
+    /// The queue's next delivery is handed over and a copy stays queued, marked redelivered (a
+    /// lost ack): the consumer sees the message twice.
+    DuplicateDelivery {
+        /// Queue name.
+        queue: String,
+    },
+    /// The queue's next delivery reaches its consumer only after `delay_ms`.
+    DelayDelivery {
+        /// Queue name.
+        queue: String,
+        /// Milliseconds.
+        delay_ms: u64,
+    },
+    /// The queue's next delivery is lost on its way: counted unacked, never seen, back only when
+    /// its channel closes. In process nothing closes it, so this finds missing per-message
+    /// timeouts (expect `lost`).
+    DropDelivery {
+        /// Queue name.
+        queue: String,
+    },
 }
 
 impl Fault {
@@ -87,6 +110,10 @@ impl Fault {
             Fault::Hold { .. } => "hold",
             Fault::Release { .. } => "release",
             Fault::Latency { .. } => "latency",
+            Fault::BrokerRestart => "broker-restart",
+            Fault::DuplicateDelivery { .. } => "duplicate-delivery",
+            Fault::DelayDelivery { .. } => "delay-delivery",
+            Fault::DropDelivery { .. } => "drop-delivery",
         }
     }
 
@@ -103,7 +130,11 @@ impl Fault {
             Fault::PartitionOneway { from, to } | Fault::RepairOneway { from, to } => {
                 vec![from, to]
             }
-            Fault::Latency { .. } => vec![],
+            Fault::Latency { .. }
+            | Fault::BrokerRestart
+            | Fault::DuplicateDelivery { .. }
+            | Fault::DelayDelivery { .. }
+            | Fault::DropDelivery { .. } => vec![],
         }
     }
 }
@@ -131,7 +162,12 @@ pub(crate) struct Damage {
 }
 
 /// Applies one fault to the simulation and records what it broke.
-pub(crate) fn apply(sim: &mut turmoil::Sim<'_>, fault: &Fault, damage: &mut Damage) {
+pub(crate) fn apply(
+    sim: &mut turmoil::Sim<'_>,
+    broker: &broker_mem::Broker,
+    fault: &Fault,
+    damage: &mut Damage,
+) {
     tracing::info!(target: "warren_sim::fault", fault = ?fault, "fault");
     match fault {
         Fault::Crash { host } => {
@@ -172,6 +208,10 @@ pub(crate) fn apply(sim: &mut turmoil::Sim<'_>, fault: &Fault, damage: &mut Dama
             sim.set_max_message_latency(Duration::from_millis(*max_ms));
             damage.latency_changed = true;
         }
+        Fault::BrokerRestart => broker.restart(),
+        Fault::DuplicateDelivery { queue } => broker.duplicate_next_delivery(queue),
+        Fault::DelayDelivery { queue, delay_ms } => broker.delay_next_delivery(queue, *delay_ms),
+        Fault::DropDelivery { queue } => broker.drop_next_delivery(queue),
     }
 }
 

@@ -21,8 +21,10 @@ const REQUEST_ATTEMPTS_MAX: u32 = 20;
 const FOLLOW_ATTEMPTS_MAX: u32 = 60;
 /// How long one mutation may take before the client retries.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
-/// How long one subscription may stay silent-and-unfinished before the client reconnects.
-const FOLLOW_TIMEOUT: Duration = Duration::from_secs(20);
+/// How long one subscription may stay unfinished, beyond the analysis's own duration, before the
+/// client assumes its link is dead and reconnects (turmoil never retransmits, so a partitioned
+/// connection hangs instead of failing).
+const FOLLOW_TIMEOUT_MIN: Duration = Duration::from_secs(20);
 /// Pause between a client's retries.
 const RETRY_PAUSE: Duration = Duration::from_millis(500);
 
@@ -87,12 +89,16 @@ impl Analyzer for CountingAnalyzer {
 pub(crate) struct ClientPlan {
     pub(crate) host: String,
     pub(crate) user: String,
+    /// Bearer token for the edge (`SimConfig::with_edge`), else none.
+    pub(crate) token: Option<String>,
     pub(crate) gateway: String,
     pub(crate) analyses: usize,
     /// The analyses start evenly spread over this window.
     pub(crate) arrival_spread: Duration,
     /// Every n-th analysis asks the built-in analyzer to fail (0: none).
     pub(crate) failing_every: usize,
+    /// How long an analysis takes; a subscription may wait that long plus a margin.
+    pub(crate) analysis_duration: Duration,
 }
 
 /// Runs a client's workload: each analysis requested (retrying until accepted) and followed
@@ -102,7 +108,8 @@ pub(crate) async fn run_client(plan: ClientPlan, observations: Observations) {
         authority: format!("{}:{GATEWAY_PORT}", plan.gateway),
         path: "/graphql".into(),
         user: Some(plan.user.clone()),
-        timeout: FOLLOW_TIMEOUT,
+        token: plan.token.clone(),
+        timeout: FOLLOW_TIMEOUT_MIN + plan.analysis_duration * 2,
     };
     {
         let mut obs = observations.lock().expect("observations poisoned");
@@ -191,7 +198,7 @@ async fn run_analysis(
                 })
                 .await
         };
-        match tokio::time::timeout(FOLLOW_TIMEOUT, follow).await {
+        match tokio::time::timeout(config.timeout, follow).await {
             Ok(Ok(_)) => {
                 update(&mut |r| r.done = true);
                 return;

@@ -27,6 +27,10 @@ enum Command {
         /// Where the gateway listens.
         #[arg(long, env = "WARREN_LISTEN", default_value = "127.0.0.1:8080")]
         listen: String,
+        /// Where the embedded broker serves AMQP 0-9-1 (guest/guest) for any AMQP client;
+        /// `off` serves none.
+        #[arg(long, env = "WARREN_AMQP_LISTEN", default_value = "127.0.0.1:5673")]
+        amqp_listen: String,
         #[command(flatten)]
         system: SystemArgs,
     },
@@ -40,6 +44,24 @@ enum Command {
         /// What to compute.
         #[arg(long = "type", default_value = "utilization")]
         analysis_type: String,
+    },
+    /// Mint a development token from the dev issuer's keys (the ones `warren up` serves).
+    Token {
+        /// The user (`sub`).
+        #[arg(long)]
+        sub: String,
+        /// `email` claim.
+        #[arg(long)]
+        email: Option<String>,
+        /// Lifetime in seconds.
+        #[arg(long, default_value_t = 3600)]
+        ttl_secs: u64,
+        /// The issuer URL (`iss`); `warren up`'s by default.
+        #[arg(long, default_value = "http://127.0.0.1:9000")]
+        issuer_url: String,
+        /// Key seed; `warren up`'s dev seed by default.
+        #[arg(long, default_value_t = edge::issuer::DEV_SEED)]
+        seed: u64,
     },
     /// Simulate the whole flow in turmoil: run scenarios, explore seeds, render traces.
     Sim {
@@ -111,6 +133,9 @@ struct SystemArgs {
     /// How long each analysis takes, in milliseconds.
     #[arg(long, default_value_t = 500)]
     analysis_ms: u64,
+    /// Run the gateway alone, without the edge (issuer, auth proxy, Kong role) in front.
+    #[arg(long)]
+    no_edge: bool,
 }
 
 impl SystemArgs {
@@ -122,15 +147,48 @@ impl SystemArgs {
                 .clone()
                 .map_or(BrokerChoice::Embedded, BrokerChoice::RabbitMq),
             analysis_duration: Duration::from_millis(self.analysis_ms),
+            edge: (!self.no_edge).then(warren_sim::embedded::EdgeSetup::dev),
             ..SystemConfig::default()
         }
     }
+}
+
+/// `warren token`: the same keys as `warren up`'s issuer (same seed, same URL), no server needed.
+fn mint_token(
+    sub: String,
+    email: Option<String>,
+    ttl_secs: u64,
+    issuer_url: String,
+    seed: u64,
+) -> anyhow::Result<()> {
+    let issuer = edge::Issuer::new(
+        edge::IssuerConfig {
+            issuer_url,
+            audience: warren_sim::embedded::EDGE_AUDIENCE.into(),
+        },
+        std::sync::Arc::new(ports::SystemClock),
+        edge::KeySeed::Seeded(seed),
+    )?;
+    let token = issuer.mint(&edge::MintRequest {
+        email,
+        ttl_secs: Some(ttl_secs),
+        ..edge::MintRequest::new(sub)
+    })?;
+    println!("{token}");
+    Ok(())
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Sim { command } => simulate(command),
+        Command::Token {
+            sub,
+            email,
+            ttl_secs,
+            issuer_url,
+            seed,
+        } => mint_token(sub, email, ttl_secs, issuer_url, seed),
         command => tokio::runtime::Runtime::new()
             .map_err(Into::into)
             .and_then(|rt| rt.block_on(serve(command))),
@@ -158,12 +216,31 @@ async fn serve(command: Command) -> anyhow::Result<()> {
         )
         .init();
     match command {
-        Command::Up { listen, system } => {
+        Command::Up {
+            listen,
+            amqp_listen,
+            system,
+        } => {
             let mut running = RunningSystem::start(system.config(listen)).await?;
-            println!(
-                "warren is up: GraphQL at {} (HTTP POST and WebSocket); Ctrl-C stops it",
-                running.graphql_url()
-            );
+            if let Some(broker) = running.broker.as_ref().filter(|_| amqp_listen != "off") {
+                let (addr, _serving) =
+                    warren_sim::embedded::serve_amqp(broker, &amqp_listen).await?;
+                println!("broker-mem serves AMQP at amqp://guest:guest@{addr}/%2f");
+            }
+            match &running.edge {
+                Some(edge) => println!(
+                    "warren is up: GraphQL at {} through the edge (bearer token required: \
+                     `warren token --sub alice`, or POST http://{}/token), gateway itself at {}; \
+                     Ctrl-C stops it",
+                    running.public_url(),
+                    edge.issuer_addr,
+                    running.graphql_url()
+                ),
+                None => println!(
+                    "warren is up: GraphQL at {} (HTTP POST and WebSocket); Ctrl-C stops it",
+                    running.graphql_url()
+                ),
+            }
             tokio::select! {
                 _ = tokio::signal::ctrl_c() => {
                     println!("stopping: finishing in-flight analyses");
@@ -177,10 +254,31 @@ async fn serve(command: Command) -> anyhow::Result<()> {
             asset,
             analysis_type,
         } => {
-            let running = RunningSystem::start(system.config("127.0.0.1:0".into())).await?;
-            println!("warren demo: gateway at {}", running.graphql_url());
-            let mut config = ConsoleConfig::from_url(&running.graphql_url())?;
-            config.user = Some("demo".into());
+            let mut system_config = system.config("127.0.0.1:0".into());
+            if let Some(edge) = &mut system_config.edge {
+                // Free ports, so a demo runs beside a `warren up`.
+                *edge = warren_sim::embedded::EdgeSetup {
+                    key_seed: edge.key_seed,
+                    ..warren_sim::embedded::EdgeSetup::any_port()
+                };
+            }
+            let running = RunningSystem::start(system_config).await?;
+            let mut config = ConsoleConfig::from_url(&running.public_url())?;
+            match &running.edge {
+                Some(edge) => {
+                    println!(
+                        "warren demo: edge at {} → auth proxy {} → gateway {}",
+                        running.public_url(),
+                        edge.auth_addr,
+                        running.graphql_url()
+                    );
+                    config.token = Some(edge.token("demo")?);
+                }
+                None => {
+                    println!("warren demo: gateway at {}", running.graphql_url());
+                    config.user = Some("demo".into());
+                }
+            }
             let input = AnalysisInput {
                 asset_id: asset,
                 analysis_type,
@@ -199,7 +297,9 @@ async fn serve(command: Command) -> anyhow::Result<()> {
             anyhow::ensure!(completed, "no AnalysisCompleted received");
             Ok(())
         }
-        Command::Sim { .. } => unreachable!("handled without a runtime"),
+        Command::Sim { .. } | Command::Token { .. } => {
+            unreachable!("handled without a runtime")
+        }
     }
 }
 

@@ -196,6 +196,8 @@ impl Scenario {
             faults: self.faults.clone(),
             heal_at: self.heal.at_ms.map(Duration::from_millis),
             converge_within: Duration::from_millis(self.heal.converge_within_ms),
+            with_edge: false,
+            broker_link: crate::simulation::BrokerLink::InProcess,
         }
     }
 

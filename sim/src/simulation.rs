@@ -3,17 +3,21 @@
 //! Hosts: `orchestrator-N`, `gateway-N` and `client-N` (console clients), talking HTTP and
 //! WebSocket over turmoil TCP. The broker is one broker-mem instance shared in process through
 //! the memory adapter; every host runs on the simulation's single thread, so that sharing is
-//! deterministic, and a crashed host's broker connection closes as a dead process's would.
+//! deterministic, and a crashed host's broker connection closes as a dead process's would. With
+//! [`BrokerLink::Wire`] the same broker sits on a `broker` host behind its AMQP server, and each
+//! service talks to it with the wire client over simulated TCP, so link faults hit AMQP too.
 //!
 //! A run has a fault phase (the scheduled faults), then a heal phase (every fault undone) with a
 //! convergence deadline; then the checkers judge it.
 
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, UNIX_EPOCH};
 
 use orchestrator::{BuiltinAnalyzer, OrchestratorConfig};
 use ports::memory::MemoryBus;
+use ports::wire::{WireBus, WireBusConfig};
 use ports::{Clock, Ids, Ports, SeededIds, SimClock, TurmoilNet};
 use tracing_subscriber::layer::SubscriberExt as _;
 
@@ -58,7 +62,34 @@ pub struct SimConfig {
     pub heal_at: Option<Duration>,
     /// After healing, the system must finish all accepted work within this much simulated time.
     pub converge_within: Duration,
+    /// Put the edge in front of each gateway, as in production: hosts `issuer` (the dev OIDC
+    /// issuer), `auth-N` (the oauth2-proxy role) and `edge-N` (the Kong role, on the gateway's
+    /// port); clients talk to `edge-N` with a bearer token, and gateways re-validate it.
+    pub with_edge: bool,
+    /// How services reach the broker: in process, or over AMQP on simulated TCP to a `broker`
+    /// host (so partitions, latency and crashes hit the AMQP links too).
+    pub broker_link: BrokerLink,
 }
+
+/// How the simulated services reach broker-mem.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum BrokerLink {
+    /// The memory adapter on the shared in-process broker: no network between service and
+    /// broker.
+    #[default]
+    InProcess,
+    /// The wire adapter (`ports::wire::WireBus`) over turmoil TCP to broker-mem's AMQP server on
+    /// host [`BROKER_HOST`], port [`BROKER_PORT`]; heartbeats notice dead links.
+    Wire,
+}
+
+/// The broker's host name in [`BrokerLink::Wire`] mode.
+pub const BROKER_HOST: &str = "broker";
+/// The AMQP port of the broker host.
+pub const BROKER_PORT: u16 = 5672;
+/// AMQP heartbeat on simulated links, in seconds: a partitioned link is declared dead after two
+/// silent intervals.
+const WIRE_HEARTBEAT_S: u16 = 1;
 
 impl Default for SimConfig {
     fn default() -> Self {
@@ -76,6 +107,8 @@ impl Default for SimConfig {
             faults: Vec::new(),
             heal_at: None,
             converge_within: Duration::from_secs(120),
+            with_edge: false,
+            broker_link: BrokerLink::InProcess,
         }
     }
 }
@@ -93,6 +126,17 @@ impl SimConfig {
 
     fn client_hosts(&self) -> Vec<String> {
         (0..self.clients).map(|c| format!("client-{c}")).collect()
+    }
+
+    /// When the run gives up: the heal time, plus the convergence allowance, plus the time the
+    /// workload needs at the least (its arrival window and its analyses run at full concurrency).
+    pub fn deadline(&self) -> Duration {
+        let slots = (self.orchestrators * usize::from(self.orchestrator_concurrency)).max(1);
+        let rounds = (self.clients * self.analyses_per_client).div_ceil(slots) as u32;
+        self.heal_time()
+            + self.converge_within
+            + self.arrival_spread
+            + self.analysis_duration * rounds
     }
 
     /// When the heal phase starts.
@@ -211,7 +255,7 @@ const IDLE_STEPS: u32 = 200;
 
 fn simulate(config: &SimConfig, subscribers: &[SubscriberSpec], recorder: &Recorder) -> Outcome {
     let heal_at = config.heal_time();
-    let deadline = heal_at + config.converge_within;
+    let deadline = config.deadline();
     let mut sim = turmoil::Builder::new()
         .rng_seed(config.seed)
         .epoch(UNIX_EPOCH + Duration::from_millis(EPOCH_UNIX_MS as u64))
@@ -220,14 +264,24 @@ fn simulate(config: &SimConfig, subscribers: &[SubscriberSpec], recorder: &Recor
         .max_message_latency(config.max_message_latency)
         .enable_random_order()
         .build();
-    let broker = broker_mem::Broker::new();
+    // The broker's clock is the simulation's: the driver sets it before every step, so TTLs,
+    // delays and x-death times are simulated too.
+    let broker_now_ms = Arc::new(AtomicU64::new(EPOCH_UNIX_MS as u64));
+    let broker = broker_mem::Broker::with_clock(broker_mem::Limits::default(), {
+        let now = broker_now_ms.clone();
+        Arc::new(move || now.load(Ordering::Relaxed))
+    });
+    if config.broker_link == BrokerLink::Wire {
+        add_broker_host(&mut sim, &broker);
+    }
     let effects: Effects = Arc::default();
     let observations: Observations = Arc::default();
     let journal = Journal::default();
     let logs = SubscriberLog::default();
     add_services(&mut sim, config, &broker, &effects, &journal);
     add_subscribers(&mut sim, config, subscribers, &broker, &journal, &logs);
-    add_clients(&mut sim, config, &observations);
+    let issuer = config.with_edge.then(|| edge_hosts::add(&mut sim, config));
+    add_clients(&mut sim, config, &observations, issuer.as_deref());
 
     let mut schedule = config.faults.clone();
     schedule.sort_by_key(|f| f.at_ms);
@@ -242,8 +296,13 @@ fn simulate(config: &SimConfig, subscribers: &[SubscriberSpec], recorder: &Recor
     loop {
         let now = sim.elapsed();
         recorder.set_driver_time(now);
+        broker_now_ms.store(
+            EPOCH_UNIX_MS as u64 + now.as_millis() as u64,
+            Ordering::Relaxed,
+        );
+        broker.tick();
         while let Some(fault) = schedule.next_if(|f| Duration::from_millis(f.at_ms) <= now) {
-            faults::apply(&mut sim, &fault.fault, &mut damage);
+            faults::apply(&mut sim, &broker, &fault.fault, &mut damage);
             *faults_applied
                 .entry(fault.fault.kind().to_owned())
                 .or_default() += 1;
@@ -280,10 +339,15 @@ fn simulate(config: &SimConfig, subscribers: &[SubscriberSpec], recorder: &Recor
     let clients = std::mem::take(&mut *observations.lock().expect("observations poisoned"));
     let pending = broker.queue_depth(contracts::QUEUE_COMMANDS).unwrap_or(0)
         + broker.unacked_count(contracts::QUEUE_COMMANDS).unwrap_or(0);
-    let crash_happened = config
-        .faults
-        .iter()
-        .any(|f| matches!(f.fault, Fault::Crash { .. } | Fault::Restart { .. }));
+    let crash_happened = config.faults.iter().any(|f| {
+        matches!(
+            f.fault,
+            Fault::Crash { .. }
+                | Fault::Restart { .. }
+                | Fault::BrokerRestart
+                | Fault::DuplicateDelivery { .. }
+        )
+    });
     let failing_every = config.failing_every;
     let failing = move |_: &str, index: usize| {
         failing_every > 0 && index % failing_every == failing_every - 1
@@ -366,11 +430,11 @@ fn add_services(
     });
     // Ids come from the seed too, from a stream apart from the network's; each gateway its own.
     let ports_for = {
-        let (broker, journal) = (broker.clone(), journal.clone());
+        let (broker, journal, link) = (broker.clone(), journal.clone(), config.broker_link);
         move |host: &str, id_stream: u64| Ports {
             // Each (re)start of a host opens its own broker connection, as a restarted process
             // would; a crash drops it, which requeues that host's unacked messages.
-            bus: journal.wrap(host, Arc::new(MemoryBus::new(broker.clone()))),
+            bus: journal.wrap(host, bus_for(link, &broker)),
             clock: clock.clone(),
             ids: Arc::new(SeededIds::new(id_stream)) as Arc<dyn Ids>,
         }
@@ -405,6 +469,7 @@ fn add_services(
         // draws from a stream of its own (derived from the seed, the replica and the restart).
         let lives = Arc::new(Mutex::new(0_u64));
         let seed = config.seed;
+        let with_edge = config.with_edge;
         let host = format!("gateway-{g}");
         sim.host(host.clone(), move || {
             let life = {
@@ -416,31 +481,95 @@ fn add_services(
                 &host,
                 seed ^ 0x05ee_d1d5 ^ ((g as u64) << 32) ^ (life << 48),
             );
+            let gateway_config = graph_gateway::GatewayConfig {
+                auth: with_edge.then(edge_hosts::gateway_auth),
+                ..graph_gateway::GatewayConfig::default()
+            };
+            // With the edge, the gateway hides behind it on its own host name and port.
+            let port = if with_edge {
+                edge_hosts::GATEWAY_BEHIND_EDGE_PORT
+            } else {
+                GATEWAY_PORT
+            };
             async move {
-                let listener =
-                    ports::Net::bind(&TurmoilNet, &format!("0.0.0.0:{GATEWAY_PORT}")).await?;
-                graph_gateway::run(
-                    ports,
-                    listener,
-                    graph_gateway::GatewayConfig::default(),
-                    std::future::pending(),
-                )
-                .await?;
+                let listener = ports::Net::bind(&TurmoilNet, &format!("0.0.0.0:{port}")).await?;
+                graph_gateway::run(ports, listener, gateway_config, std::future::pending()).await?;
                 Ok(())
             }
         });
     }
 }
 
-fn add_clients(sim: &mut turmoil::Sim<'_>, config: &SimConfig, observations: &Observations) {
+/// The `broker` host: broker-mem's AMQP server on simulated TCP, serving the run's broker (so
+/// the checkers can still look inside it). A restarted host serves the same broker state.
+fn add_broker_host(sim: &mut turmoil::Sim<'_>, broker: &broker_mem::Broker) {
+    let server = broker_mem::wire::WireServer::new(
+        broker.clone(),
+        broker_mem::wire::WireConfig {
+            heartbeat_s: WIRE_HEARTBEAT_S,
+            ..broker_mem::wire::WireConfig::default()
+        },
+    );
+    sim.host(BROKER_HOST, move || {
+        let server = server.clone();
+        async move {
+            let listener =
+                turmoil::net::TcpListener::bind(format!("0.0.0.0:{BROKER_PORT}")).await?;
+            loop {
+                let (stream, peer) = listener.accept().await?;
+                let server = server.clone();
+                tokio::spawn(async move {
+                    if let Err(error) = server.serve_connection(stream).await {
+                        tracing::debug!(%peer, %error, "AMQP connection ended");
+                    }
+                });
+            }
+        }
+    });
+}
+
+/// A service's bus for one life of its host.
+fn bus_for(link: BrokerLink, broker: &broker_mem::Broker) -> Arc<dyn ports::Bus> {
+    match link {
+        BrokerLink::InProcess => Arc::new(MemoryBus::new(broker.clone())),
+        BrokerLink::Wire => Arc::new(WireBus::new(
+            TurmoilNet,
+            WireBusConfig {
+                addr: format!("{BROKER_HOST}:{BROKER_PORT}"),
+                heartbeat_s: WIRE_HEARTBEAT_S,
+                connect_timeout: Duration::from_secs(2),
+                rpc_timeout: Duration::from_secs(5),
+                confirm_timeout: Duration::from_secs(10),
+                reconnect_attempts_max: 30,
+                reconnect_backoff_max: Duration::from_secs(1),
+                ..WireBusConfig::default()
+            },
+        )),
+    }
+}
+
+fn add_clients(
+    sim: &mut turmoil::Sim<'_>,
+    config: &SimConfig,
+    observations: &Observations,
+    issuer: Option<&edge::Issuer>,
+) {
     for (c, host) in config.client_hosts().into_iter().enumerate() {
+        let user = format!("user-{c}");
+        // With the edge: its host instead of the gateway's, and a token from the issuer.
+        let (front, token) = match issuer {
+            Some(issuer) => ("edge", Some(edge_hosts::token(issuer, &user))),
+            None => ("gateway", None),
+        };
         let plan = ClientPlan {
             host: host.clone(),
-            user: format!("user-{c}"),
-            gateway: format!("gateway-{}", c % config.gateways.max(1)),
+            user,
+            token,
+            gateway: format!("{front}-{}", c % config.gateways.max(1)),
             analyses: config.analyses_per_client,
             arrival_spread: config.arrival_spread,
             failing_every: config.failing_every,
+            analysis_duration: config.analysis_duration,
         };
         let observations = observations.clone();
         sim.client(host, async move {
@@ -458,5 +587,101 @@ async fn wait_for_gateway(authority: &str) {
             return;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// The edge as simulated hosts (see [`SimConfig::with_edge`]).
+mod edge_hosts {
+    use std::sync::Arc;
+
+    use edge::{AuthProxyConfig, EdgeConfig, Issuer, IssuerConfig, KeySeed, MintRequest};
+    use ports::{Clock, SimClock, TurmoilNet};
+
+    use super::{EPOCH_UNIX_MS, GATEWAY_PORT, SimConfig};
+
+    const ISSUER_URL: &str = "http://issuer:9000";
+    const AUDIENCE: &str = "warren";
+    const AUTH_PORT: u16 = 4180;
+    /// The edge takes the gateway's usual port on its own host; the gateway listens here.
+    pub(super) const GATEWAY_BEHIND_EDGE_PORT: u16 = 8081;
+
+    fn clock() -> Arc<dyn Clock> {
+        Arc::new(SimClock {
+            epoch_unix_ms: EPOCH_UNIX_MS,
+        })
+    }
+
+    fn verifier() -> Arc<edge::Verifier> {
+        Arc::new(edge::Verifier::new(
+            edge::VerifierConfig::new(ISSUER_URL, AUDIENCE),
+            clock(),
+            Arc::new(edge::DiscoveredJwks::new(TurmoilNet, ISSUER_URL)),
+        ))
+    }
+
+    /// The gateway's own validation, against the simulated issuer.
+    pub(super) fn gateway_auth() -> graph_gateway::JwtAuth {
+        graph_gateway::JwtAuth(verifier())
+    }
+
+    /// A token for `user`, minted at simulated time zero (valid for an hour of simulated time).
+    pub(super) fn token(issuer: &Issuer, user: &str) -> String {
+        issuer
+            .mint(&MintRequest::new(user))
+            .expect("the simulated issuer mints")
+    }
+
+    /// Adds `issuer`, and `auth-N` + `edge-N` per gateway; returns the issuer (keys from the seed).
+    pub(super) fn add(sim: &mut turmoil::Sim<'_>, config: &SimConfig) -> Arc<Issuer> {
+        let issuer = Arc::new(
+            Issuer::new(
+                IssuerConfig {
+                    issuer_url: ISSUER_URL.into(),
+                    audience: AUDIENCE.into(),
+                },
+                clock(),
+                KeySeed::Seeded(config.seed),
+            )
+            .expect("issuer keys"),
+        );
+        let served = issuer.clone();
+        sim.host("issuer", move || {
+            let issuer = served.clone();
+            async move {
+                let listener = ports::Net::bind(&TurmoilNet, "0.0.0.0:9000").await?;
+                edge::run_issuer(listener, issuer, std::future::pending()).await?;
+                Ok(())
+            }
+        });
+        for g in 0..config.gateways {
+            sim.host(format!("auth-{g}"), move || async move {
+                let listener =
+                    ports::Net::bind(&TurmoilNet, &format!("0.0.0.0:{AUTH_PORT}")).await?;
+                let upstream = format!("gateway-{g}:{GATEWAY_BEHIND_EDGE_PORT}");
+                let config = AuthProxyConfig::new(upstream);
+                edge::run_auth_proxy(
+                    TurmoilNet,
+                    listener,
+                    config,
+                    verifier(),
+                    std::future::pending(),
+                )
+                .await?;
+                Ok(())
+            });
+            sim.host(format!("edge-{g}"), move || async move {
+                let listener =
+                    ports::Net::bind(&TurmoilNet, &format!("0.0.0.0:{GATEWAY_PORT}")).await?;
+                let config = EdgeConfig {
+                    // Simulated clients retry hard under faults; the limit is not under test here.
+                    rate_limit: 10_000,
+                    request_id_prefix: format!("edge-{g}"),
+                    ..EdgeConfig::new(format!("auth-{g}:{AUTH_PORT}"))
+                };
+                edge::run_edge(TurmoilNet, listener, config, std::future::pending()).await?;
+                Ok(())
+            });
+        }
+        issuer
     }
 }

@@ -25,6 +25,7 @@ async fn full_flow_on_rabbitmq_declares_exactly_the_contract_and_completes_analy
         broker: BrokerChoice::RabbitMq(vhost.amqp_url().to_owned()),
         analysis_duration: Duration::from_millis(20),
         orchestrator_concurrency: 4,
+        edge: None,
     };
     let system = RunningSystem::start(config).await.unwrap();
     assert_eq!(

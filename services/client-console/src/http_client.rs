@@ -73,8 +73,8 @@ async fn post_json<N: ports::Net>(
         .header(http::header::HOST, &config.authority)
         .header(http::header::CONTENT_TYPE, "application/json")
         .header(http::header::ACCEPT, "application/json");
-    if let Some(user) = &config.user {
-        request = request.header("x-forwarded-user", user);
+    for (name, value) in config.identity_headers()? {
+        request = request.header(name, value);
     }
     let request = request
         .body(Full::new(Bytes::from(body.to_string())))

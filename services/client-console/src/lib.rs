@@ -28,8 +28,12 @@ pub struct ConsoleConfig {
     pub authority: String,
     /// Path of the GraphQL endpoint, e.g. `/graphql`.
     pub path: String,
-    /// Caller identity, sent as `X-Forwarded-User` (the header the auth proxy sets upstream).
+    /// Caller identity, sent as `X-Forwarded-User` (the header the auth proxy sets upstream):
+    /// for talking to a gateway directly, without the edge.
     pub user: Option<String>,
+    /// Bearer token, sent as `Authorization: Bearer <token>` on the HTTP request and on the
+    /// WebSocket upgrade: what the edge and the auth proxy require.
+    pub token: Option<String>,
     /// Longest wait for the whole exchange, from request to completion.
     pub timeout: Duration,
 }
@@ -53,8 +57,30 @@ impl ConsoleConfig {
             authority: format!("{}:{port}", authority.host()),
             path: uri.path().to_owned(),
             user: None,
+            token: None,
             timeout: Duration::from_secs(30),
         })
+    }
+}
+
+impl ConsoleConfig {
+    /// The identity headers this configuration sends: `X-Forwarded-User` and `Authorization`.
+    pub(crate) fn identity_headers(
+        &self,
+    ) -> Result<Vec<(&'static str, http::HeaderValue)>, ConsoleError> {
+        let mut headers = Vec::new();
+        if let Some(user) = &self.user {
+            let value = http::HeaderValue::from_str(user)
+                .map_err(|e| ConsoleError::Usage(format!("user: {e}")))?;
+            headers.push(("x-forwarded-user", value));
+        }
+        if let Some(token) = &self.token {
+            let mut value = http::HeaderValue::from_str(&format!("Bearer {token}"))
+                .map_err(|e| ConsoleError::Usage(format!("token: {e}")))?;
+            value.set_sensitive(true);
+            headers.push(("authorization", value));
+        }
+        Ok(headers)
     }
 }
 

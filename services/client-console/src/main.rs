@@ -15,7 +15,7 @@ struct Args {
     #[arg(
         long,
         env = "WARREN_URL",
-        default_value = "http://127.0.0.1:8080/graphql"
+        default_value = "http://127.0.0.1:8000/graphql"
     )]
     url: String,
     /// The asset (machine) to analyse.
@@ -27,9 +27,23 @@ struct Args {
     /// Parameters as JSON, e.g. '{"window":"7d"}'.
     #[arg(long)]
     parameters: Option<String>,
-    /// Caller identity (sent as X-Forwarded-User).
+    /// Caller identity (sent as X-Forwarded-User; for a gateway without the edge in front).
     #[arg(long, env = "WARREN_USER")]
     user: Option<String>,
+    /// Bearer token (sent as Authorization: Bearer), e.g. from `warren token --sub alice`;
+    /// the edge requires one.
+    #[arg(long, env = "WARREN_TOKEN")]
+    token: Option<String>,
+    /// Without --token or --user: the dev OIDC issuer to ask for a token (`warren up` runs one).
+    #[arg(
+        long,
+        env = "WARREN_ISSUER_URL",
+        default_value = "http://127.0.0.1:9000"
+    )]
+    issuer_url: String,
+    /// Without --token or --user: the subject of the token asked for.
+    #[arg(long, default_value = "console")]
+    sub: String,
     /// Seconds to wait for completion.
     #[arg(long, default_value_t = 60)]
     timeout_secs: u64,
@@ -50,6 +64,18 @@ async fn main() -> ExitCode {
 async fn run(args: Args) -> Result<(), client_console::ConsoleError> {
     let mut config = ConsoleConfig::from_url(&args.url)?;
     config.user = args.user;
+    config.token = args.token;
+    if config.token.is_none() && config.user.is_none() {
+        let request = edge::MintRequest::new(args.sub.clone());
+        let token = edge::issuer::fetch_token(&ports::TokioNet, &args.issuer_url, &request)
+            .await
+            .map_err(|e| {
+                client_console::ConsoleError::Usage(format!(
+                    "no --token given and the dev issuer gave none: {e}"
+                ))
+            })?;
+        config.token = Some(token);
+    }
     config.timeout = Duration::from_secs(args.timeout_secs);
     let parameters = args
         .parameters

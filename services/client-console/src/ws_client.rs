@@ -52,10 +52,8 @@ where
             "sec-websocket-protocol",
             http::HeaderValue::from_static(SUBPROTOCOL),
         );
-        if let Some(user) = &config.user {
-            let value = http::HeaderValue::from_str(user)
-                .map_err(|e| ConsoleError::Usage(format!("user: {e}")))?;
-            headers.insert("x-forwarded-user", value);
+        for (name, value) in config.identity_headers()? {
+            headers.insert(name, value);
         }
         let ws_config = WebSocketConfig::default()
             .max_message_size(Some(MESSAGE_BYTES_MAX))

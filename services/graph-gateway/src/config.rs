@@ -1,6 +1,7 @@
 //! Every limit the gateway enforces, as a named constant, and the few that a deployment (or a
 //! simulation scenario) may change, gathered in [`GatewayConfig`].
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use crate::error::GatewayError;
@@ -41,6 +42,35 @@ pub const QUERY_DIRECTIVES_MAX: usize = 8;
 pub const LIVE_EVENTS_CAPACITY: usize = 1024;
 /// Longest caller identity (`X-Forwarded-User`) accepted.
 pub const CALLER_BYTES_MAX: usize = 256;
+/// Open WebSockets by default; one more is refused with 503 before the upgrade.
+pub const WS_CONNECTIONS_MAX_DEFAULT: usize = 10_000;
+/// How long a new socket may take to send `connection_init` by default; then 4408.
+pub const WS_INIT_TIMEOUT_DEFAULT: Duration = Duration::from_secs(5);
+/// Server WebSocket ping interval by default: under Kong's and nginx's 60 s idle cut, and it
+/// finds dead peers (a failed write ends the socket).
+pub const WS_KEEPALIVE_DEFAULT: Duration = Duration::from_secs(25);
+/// Longest a single WebSocket write may take before the peer is considered stuck.
+pub const WS_WRITE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// JWT validation for the gateway itself (defence in depth behind the auth proxy): with it,
+/// every HTTP request and WebSocket needs a valid bearer token and the caller is its `sub`;
+/// without it, the caller is the `X-Forwarded-User` header (trusting the proxy in front).
+#[derive(Clone)]
+pub struct JwtAuth(pub Arc<edge::Verifier>);
+
+impl std::fmt::Debug for JwtAuth {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_tuple("JwtAuth").field(self.0.config()).finish()
+    }
+}
+
+impl PartialEq for JwtAuth {
+    fn eq(&self, other: &Self) -> bool {
+        Arc::ptr_eq(&self.0, &other.0)
+    }
+}
+
+impl Eq for JwtAuth {}
 
 /// What a deployment may tune. `Default` is production.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -62,6 +92,14 @@ pub struct GatewayConfig {
     pub ws_subscriptions_max: usize,
     /// How long a graceful shutdown waits for open WebSockets to close.
     pub shutdown_grace: Duration,
+    /// Bearer-token validation; `None` trusts `X-Forwarded-User` (see [`JwtAuth`]).
+    pub auth: Option<JwtAuth>,
+    /// Open WebSockets at most; more get 503 before the upgrade. At least 1.
+    pub ws_connections_max: usize,
+    /// How long a socket may take to send `connection_init` (then close 4408).
+    pub ws_init_timeout: Duration,
+    /// Interval of server pings on idle and busy sockets alike.
+    pub ws_keepalive: Duration,
 }
 
 impl Default for GatewayConfig {
@@ -74,6 +112,10 @@ impl Default for GatewayConfig {
             incomplete_ttl: INCOMPLETE_TTL_DEFAULT,
             ws_subscriptions_max: WS_SUBSCRIPTIONS_MAX,
             shutdown_grace: SHUTDOWN_GRACE_DEFAULT,
+            auth: None,
+            ws_connections_max: WS_CONNECTIONS_MAX_DEFAULT,
+            ws_init_timeout: WS_INIT_TIMEOUT_DEFAULT,
+            ws_keepalive: WS_KEEPALIVE_DEFAULT,
         }
     }
 }
@@ -90,6 +132,12 @@ impl GatewayConfig {
         }
         if self.reconnect_backoff_max < RECONNECT_BACKOFF_MIN {
             return refuse("reconnect_backoff_max must be at least 100 ms");
+        }
+        if self.ws_connections_max == 0 {
+            return refuse("ws_connections_max must be at least 1");
+        }
+        if self.ws_init_timeout.is_zero() || self.ws_keepalive.is_zero() {
+            return refuse("ws_init_timeout and ws_keepalive must be positive");
         }
         if self.ws_subscriptions_max == 0 {
             return refuse("ws_subscriptions_max must be at least 1");

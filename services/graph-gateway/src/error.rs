@@ -39,6 +39,10 @@ pub mod code {
     pub const UNAVAILABLE: &str = "UNAVAILABLE";
     /// The gateway remembers as many running analyses as it may. Retry later.
     pub const OVERLOADED: &str = "OVERLOADED";
+    /// No bearer token (JWT auth on).
+    pub const UNAUTHENTICATED: &str = "UNAUTHENTICATED";
+    /// The bearer token is invalid, or the identity headers disagree with it.
+    pub const FORBIDDEN: &str = "FORBIDDEN";
 }
 
 /// A GraphQL error carrying `extensions.code`.

@@ -1,8 +1,12 @@
 //! The HTTP surface: `POST /graphql` (GraphQL over HTTP, JSON), `GET /graphql` upgraded to a
 //! GraphQL WebSocket, and `GET /healthz`.
 //!
-//! The caller is whoever the auth proxy in front of us says: its `X-Forwarded-User` header, on
-//! the request or on the WebSocket upgrade. Its absence means anonymous.
+//! The caller: with JWT auth configured, the `sub` of the request's (or upgrade's) bearer token,
+//! validated here again (no token: 401 `UNAUTHENTICATED`; a bad one, or an `X-Forwarded-User`
+//! that disagrees with it: 403 `FORBIDDEN`). A WebSocket may instead carry its token in
+//! `connection_init`'s payload (`{"Authorization": "Bearer …"}`), for clients that cannot set
+//! headers. Without JWT auth, whoever the auth proxy in front of us says: its `X-Forwarded-User`
+//! header; its absence means anonymous.
 
 use async_graphql::Data;
 use async_graphql::http::ALL_WEBSOCKET_PROTOCOLS;
@@ -16,9 +20,11 @@ use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use tokio::sync::mpsc;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::{Semaphore, mpsc};
 
-use crate::config::{CALLER_BYTES_MAX, HTTP_BODY_BYTES_MAX, WS_MESSAGE_BYTES_MAX};
+use crate::config::{CALLER_BYTES_MAX, HTTP_BODY_BYTES_MAX, JwtAuth, WS_MESSAGE_BYTES_MAX};
 use crate::schema::{Caller, GatewaySchema, Transport};
 use crate::shutdown::Signal;
 use crate::ws;
@@ -34,6 +40,64 @@ pub(crate) struct AppState {
     pub(crate) ws_subscriptions_max: usize,
     /// Cloned into every open WebSocket; see `ws::Session::open`.
     pub(crate) ws_open: mpsc::Sender<()>,
+    pub(crate) auth: Option<JwtAuth>,
+    /// One permit per open WebSocket.
+    pub(crate) ws_sockets: Arc<Semaphore>,
+    pub(crate) ws_init_timeout: Duration,
+    pub(crate) ws_keepalive: Duration,
+}
+
+/// Who the request is from, when JWT auth decided it.
+struct Authenticated {
+    caller: Caller,
+    /// Time left on the token.
+    expires_in: Duration,
+}
+
+fn auth_error(status: StatusCode, code: &'static str, message: &str) -> Response {
+    (
+        status,
+        Json(serde_json::json!({"errors": [{"message": message, "extensions": {"code": code}}]})),
+    )
+        .into_response()
+}
+
+/// With JWT auth: `Ok(Some)` for a valid bearer token, `Ok(None)` when there is none, `Err` with
+/// the answer for a bad one (or a spoofed `X-Forwarded-User`).
+async fn authenticate(
+    auth: &JwtAuth,
+    headers: &HeaderMap,
+    caller: &Caller,
+) -> Result<Option<Authenticated>, Response> {
+    let Some(value) = headers.get(header::AUTHORIZATION) else {
+        return Ok(None);
+    };
+    let Some(token) = value.to_str().ok().and_then(edge::jwt::bearer) else {
+        return Err(auth_error(
+            StatusCode::UNAUTHORIZED,
+            crate::code::UNAUTHENTICATED,
+            "Authorization must be a Bearer token",
+        ));
+    };
+    let claims = auth.0.verify(token).await.map_err(|e| {
+        tracing::info!(error = %e, "bearer token refused");
+        auth_error(
+            StatusCode::FORBIDDEN,
+            crate::code::FORBIDDEN,
+            &format!("{e}"),
+        )
+    })?;
+    if caller.0.as_ref().is_some_and(|user| *user != claims.sub) {
+        return Err(auth_error(
+            StatusCode::FORBIDDEN,
+            crate::code::FORBIDDEN,
+            "X-Forwarded-User does not match the token",
+        ));
+    }
+    Ok(Some(Authenticated {
+        expires_in: auth.0.remaining(&claims),
+        caller: Caller(Some(claims.sub)),
+    }))
 }
 
 pub(crate) fn router(state: AppState) -> Router {
@@ -85,6 +149,20 @@ async fn graphql_post(
         )
             .into_response();
     }
+    let caller = match &state.auth {
+        None => caller,
+        Some(auth) => match authenticate(auth, &headers, &caller).await {
+            Ok(Some(authenticated)) => authenticated.caller,
+            Ok(None) => {
+                return auth_error(
+                    StatusCode::UNAUTHORIZED,
+                    crate::code::UNAUTHENTICATED,
+                    "a bearer token is required",
+                );
+            }
+            Err(response) => return response,
+        },
+    };
     let request: async_graphql::Request = match serde_json::from_slice(&body) {
         Ok(request) => request,
         Err(e) => {
@@ -114,6 +192,7 @@ fn is_json(headers: &HeaderMap) -> bool {
 async fn graphql_websocket(
     State(state): State<AppState>,
     caller: Caller,
+    headers: HeaderMap,
     protocol: Result<GraphQLProtocol, StatusCode>,
     upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Response {
@@ -131,17 +210,53 @@ async fn graphql_websocket(
         )
             .into_response();
     };
-    tracing::debug!(caller = ?caller.0, "WebSocket upgrade");
+    let (caller, expires_in, init_auth) = match &state.auth {
+        None => (Some(caller), None, None),
+        Some(auth) => match authenticate(auth, &headers, &caller).await {
+            Ok(Some(a)) => (Some(a.caller), Some(a.expires_in), None),
+            // The token may come with connection_init instead.
+            Ok(None) => (None, None, Some(auth.clone())),
+            Err(response) => return response,
+        },
+    };
+    let Ok(permit) = state.ws_sockets.clone().try_acquire_owned() else {
+        tracing::warn!("WebSocket limit reached; upgrade refused");
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            [(header::RETRY_AFTER, "5")],
+            "too many WebSockets open; retry later",
+        )
+            .into_response();
+    };
+    tracing::debug!(caller = ?caller, "WebSocket upgrade");
     let mut data = Data::default();
-    data.insert(caller);
+    if let Some(caller) = caller {
+        data.insert(caller);
+    }
     data.insert(Transport::WebSocket);
+    // GraphQLProtocol picks the first offered subprotocol it knows; so do we.
+    let modern = headers
+        .get(header::SEC_WEBSOCKET_PROTOCOL)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| {
+            v.split(',')
+                .map(str::trim)
+                .find(|p| ALL_WEBSOCKET_PROTOCOLS.contains(p))
+        })
+        == Some("graphql-transport-ws");
     let session = ws::Session {
         schema: state.schema,
         protocol,
+        modern,
         data,
         subscriptions_max: state.ws_subscriptions_max,
         shutdown: state.shutdown,
         open: state.ws_open,
+        init_timeout: state.ws_init_timeout,
+        keepalive: state.ws_keepalive,
+        expires_in,
+        init_auth,
+        permit,
     };
     upgrade
         .max_message_size(WS_MESSAGE_BYTES_MAX)

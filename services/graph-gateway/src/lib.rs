@@ -5,6 +5,10 @@
 //! analyses and their recorded events (the only state, in memory, bounded), the bridge consuming
 //! `graph.subs.started` / `graph.subs.completed`, and the HTTP/WebSocket endpoints.
 //!
+//! Identity: with [`GatewayConfig::auth`] the gateway re-validates the bearer JWT itself
+//! (`edge::jwt`, the same validator as the auth proxy's) and the caller is its `sub`; without it,
+//! the `X-Forwarded-User` header of the auth proxy in front.
+//!
 //! Must never depend on: lapin, `tokio::net`, `std::time::{SystemTime, Instant}`, OS threads,
 //! `rand` or uuid v4/v7. The world comes in through `ports::Ports` (bus, clock, ids) and the
 //! listener handed to [`run`], so the same code serves real RabbitMQ, broker-mem, and a turmoil
@@ -32,10 +36,11 @@ use tokio::task::JoinHandle;
 
 pub use config::{
     BRIDGE_PREFETCH_DEFAULT, CALLER_BYTES_MAX, GatewayConfig, HTTP_BODY_BYTES_MAX,
-    INCOMPLETE_TTL_DEFAULT, LIVE_EVENTS_CAPACITY, QUERY_COMPLEXITY_MAX, QUERY_DEPTH_MAX,
+    INCOMPLETE_TTL_DEFAULT, JwtAuth, LIVE_EVENTS_CAPACITY, QUERY_COMPLEXITY_MAX, QUERY_DEPTH_MAX,
     QUERY_DIRECTIVES_MAX, RECONNECT_BACKOFF_MAX_DEFAULT, RECONNECT_BACKOFF_MIN,
     REGISTRY_CAPACITY_DEFAULT, SHUTDOWN_GRACE_DEFAULT, STARTED_WAIT_MAX_DEFAULT,
-    WS_MESSAGE_BYTES_MAX, WS_SUBSCRIPTIONS_MAX,
+    WS_CONNECTIONS_MAX_DEFAULT, WS_INIT_TIMEOUT_DEFAULT, WS_KEEPALIVE_DEFAULT,
+    WS_MESSAGE_BYTES_MAX, WS_SUBSCRIPTIONS_MAX, WS_WRITE_TIMEOUT,
 };
 pub use error::{GatewayError, code};
 pub use schema::sdl;
@@ -111,6 +116,10 @@ pub async fn start(ports: Ports, config: GatewayConfig) -> Result<Gateway, Gatew
         shutdown: signal,
         ws_subscriptions_max: config.ws_subscriptions_max,
         ws_open,
+        auth: config.auth.clone(),
+        ws_sockets: Arc::new(tokio::sync::Semaphore::new(config.ws_connections_max)),
+        ws_init_timeout: config.ws_init_timeout,
+        ws_keepalive: config.ws_keepalive,
     };
     Ok(Gateway {
         state,

@@ -29,6 +29,13 @@ struct Args {
     /// Most analyses remembered at once.
     #[arg(long, default_value_t = graph_gateway::REGISTRY_CAPACITY_DEFAULT)]
     registry_capacity: usize,
+    /// Re-validate bearer JWTs against this OIDC issuer (discovery + JWKS); without it the
+    /// caller is the X-Forwarded-User header of the auth proxy in front.
+    #[arg(long, env = "WARREN_JWT_ISSUER_URL")]
+    jwt_issuer_url: Option<String>,
+    /// The audience (client id) tokens must carry.
+    #[arg(long, env = "WARREN_JWT_AUDIENCE", default_value = "warren")]
+    jwt_audience: String,
 }
 
 #[tokio::main]
@@ -43,12 +50,28 @@ async fn main() -> anyhow::Result<()> {
     let bus = ports::rabbitmq::RabbitBus::connect(&args.amqp_url)
         .await
         .with_context(|| format!("connecting to RabbitMQ at {}", redact(&args.amqp_url)))?;
-    let listener = ports::TokioNet
-        .bind(&args.listen)
-        .await
-        .with_context(|| format!("binding {}", args.listen))?;
+    let listener = {
+        use axum::serve::ListenerExt as _;
+        ports::TokioNet
+            .bind(&args.listen)
+            .await
+            .with_context(|| format!("binding {}", args.listen))?
+            // Nagle off on accepted connections: small WebSocket messages would otherwise wait
+            // for delayed ACKs (~40 ms).
+            .tap_io(|stream| {
+                let _ = stream.set_nodelay(true);
+            })
+    };
+    let auth = args.jwt_issuer_url.map(|issuer_url| {
+        graph_gateway::JwtAuth(Arc::new(edge::Verifier::new(
+            edge::VerifierConfig::new(issuer_url.clone(), args.jwt_audience.clone()),
+            Arc::new(ports::SystemClock),
+            Arc::new(edge::DiscoveredJwks::new(ports::TokioNet, issuer_url)),
+        )))
+    });
     let config = GatewayConfig {
         registry_capacity: args.registry_capacity,
+        auth,
         ..GatewayConfig::default()
     };
     let ctrl_c = async {

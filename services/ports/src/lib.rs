@@ -3,7 +3,8 @@
 //! Owns: the ports `Bus` (a message broker), `Clock` (wall time as a number), `Ids` (new
 //! analysis ids) and `Net` (listen and connect), and one adapter per mode behind a feature:
 //! `rabbitmq` (lapin, real mode), `memory` (broker-mem in process), `turmoil` (simulated network
-//! and time). Services are written against the ports only, so one copy of their code runs in
+//! and time), `wire` (a thread-free AMQP 0-9-1 client over any `Net`, deterministic under
+//! turmoil). Services are written against the ports only, so one copy of their code runs in
 //! every mode.
 //!
 //! Must never depend on: any service crate or the simulation. Only the real-mode adapters
@@ -22,6 +23,8 @@ pub mod net;
 pub mod rabbitmq;
 #[cfg(feature = "testing")]
 pub mod testing;
+#[cfg(feature = "wire")]
+pub mod wire;
 
 use std::sync::Arc;
 

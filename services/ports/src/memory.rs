@@ -19,7 +19,8 @@ use crate::bus::{Acker, Bus, BusError, ConsumeOptions, Deliveries, Delivery};
 /// The [`Bus`] on broker-mem, in process.
 pub struct MemoryBus {
     broker: Broker,
-    connection: Connection,
+    /// Replaced when the broker closed it (a restart, a forced close): a real client reconnects.
+    connection: Mutex<Connection>,
     /// The publishing channel; None until first used or after an error closed it. A std mutex:
     /// it is never held across an await (broker-mem calls are synchronous).
     publisher: Mutex<Option<Channel>>,
@@ -28,7 +29,14 @@ pub struct MemoryBus {
 impl std::fmt::Debug for MemoryBus {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("MemoryBus")
-            .field("connection", &self.connection.id())
+            .field(
+                "connection",
+                &self
+                    .connection
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .id(),
+            )
             .finish()
     }
 }
@@ -37,7 +45,7 @@ impl MemoryBus {
     /// A bus on its own connection to `broker`. Dropping the bus closes the connection: its
     /// consumers' streams end with an error and their unacked messages are requeued.
     pub fn new(broker: Broker) -> MemoryBus {
-        let connection = broker.connect();
+        let connection = Mutex::new(broker.connect());
         MemoryBus {
             broker,
             connection,
@@ -51,9 +59,21 @@ impl MemoryBus {
     }
 
     fn open_channel(&self) -> Result<Channel, BusError> {
-        self.connection
-            .open_channel()
-            .map_err(|error| refused("channel.open", "", error))
+        let mut connection = self
+            .connection
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        match connection.open_channel() {
+            Ok(channel) => Ok(channel),
+            // The broker closed this connection (restart, forced close): reconnect once.
+            Err(broker_mem::Error::ConnectionClosed(_) | broker_mem::Error::Connection(_)) => {
+                *connection = self.broker.connect();
+                connection
+                    .open_channel()
+                    .map_err(|error| refused("channel.open", "", error))
+            }
+            Err(error) => Err(refused("channel.open", "", error)),
+        }
     }
 }
 

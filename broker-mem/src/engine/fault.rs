@@ -1,0 +1,146 @@
+//! Fault hooks for tests and simulations: what a network or an operator does to a real
+//! broker, on demand. Lose, duplicate or delay a queue's next delivery; nack a channel's next
+//! publish; close a channel or a connection from the broker's side; restart the broker.
+//! Each hook is deterministic: it fires on the next matching event, never at random (a
+//! simulator draws the randomness from its seed and calls the hook).
+
+use super::Engine;
+use crate::channel::ChannelId;
+use crate::connection::ConnectionId;
+use crate::delivery::Delivery;
+use crate::error::{AmqpError, ReplyCode};
+use crate::limits::FAULTS_ARMED_MAX;
+
+/// A fault armed against a queue's next delivery.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum DeliveryFault {
+    /// Recorded as delivered (unacked) but never handed over, as if the frame were lost.
+    Drop,
+    /// Handed over, and a copy stays in the queue (marked redelivered), as after a lost ack.
+    Duplicate,
+    /// Handed over only once the clock has moved on by this many milliseconds.
+    Delay(u64),
+}
+
+/// A delivery held back by [`DeliveryFault::Delay`].
+#[derive(Debug)]
+pub(super) struct Delayed {
+    pub(super) due_ms: u64,
+    pub(super) channel: ChannelId,
+    pub(super) delivery: Box<Delivery>,
+}
+
+impl Engine {
+    /// The next delivery from `queue` is lost on its way: the broker counts it as delivered
+    /// and unacked, the consumer never sees it; it comes back when its channel closes.
+    pub fn drop_next_delivery(&mut self, queue: &str) {
+        self.arm(queue, DeliveryFault::Drop);
+    }
+
+    /// The next delivery from `queue` is handed over, and a copy stays in the queue marked
+    /// redelivered (what a lost ack followed by a reconnect looks like): the consumer sees the
+    /// message twice.
+    pub fn duplicate_next_delivery(&mut self, queue: &str) {
+        self.arm(queue, DeliveryFault::Duplicate);
+    }
+
+    /// The next delivery from `queue` reaches its consumer only once the clock has advanced by
+    /// `delay_ms` (it is unacked, and counts against prefetch, meanwhile).
+    pub fn delay_next_delivery(&mut self, queue: &str, delay_ms: u64) {
+        self.arm(queue, DeliveryFault::Delay(delay_ms));
+    }
+
+    fn arm(&mut self, queue: &str, fault: DeliveryFault) {
+        if self.delivery_faults.len() >= FAULTS_ARMED_MAX {
+            tracing::warn!(queue, "too many armed faults; this one is ignored");
+            return;
+        }
+        self.delivery_faults.push((queue.to_owned(), fault));
+    }
+
+    /// The next publish on `channel` is answered with a nack. With `enqueue` the message is
+    /// routed all the same (a publisher that retries then duplicates it); without, it goes
+    /// nowhere.
+    pub fn nack_next_publish(&mut self, channel: ChannelId, enqueue: bool) {
+        if let Some(state) = self.channels.get_mut(&channel) {
+            state.nack_next_publish = Some(enqueue);
+        }
+    }
+
+    /// The broker closes a channel (`channel.close` from the server) with this reply: its
+    /// unacked deliveries are requeued, later calls on it get [`Error::ChannelClosed`].
+    pub fn force_close_channel(&mut self, channel: ChannelId, code: ReplyCode, text: &str) {
+        if self.channel_status(channel).is_err() {
+            return;
+        }
+        self.shut_channel(channel);
+        if let Some(state) = self.channels.get_mut(&channel) {
+            state.closed = Some(AmqpError::new(code, text));
+        }
+        self.run_until_idle();
+    }
+
+    /// The broker closes a connection with this reply (320 CONNECTION_FORCED, say): every
+    /// channel's unacked deliveries are requeued, its exclusive queues deleted, later calls get
+    /// [`Error::ConnectionClosed`].
+    pub fn force_close_connection(
+        &mut self,
+        connection: ConnectionId,
+        code: ReplyCode,
+        text: &str,
+    ) {
+        if self
+            .connections
+            .get(&connection)
+            .is_none_or(|c| c.closed.is_some())
+        {
+            return;
+        }
+        self.shut_connection(connection);
+        if let Some(state) = self.connections.get_mut(&connection) {
+            state.closed = Some(AmqpError::new(code, text));
+        }
+        self.run_until_idle();
+    }
+
+    /// A broker restart, as RabbitMQ does it: every connection is closed (320
+    /// CONNECTION_FORCED), transient exchanges and queues are gone, durable queues keep only
+    /// their persistent (`delivery_mode = 2`) messages (those that had been delivered come back
+    /// marked redelivered), bindings survive when both ends do. Armed faults and delayed
+    /// deliveries are lost. The clock keeps running.
+    pub fn restart(&mut self) {
+        let connections: Vec<ConnectionId> = self.connections.keys().copied().collect();
+        for connection in connections {
+            self.force_close_connection(
+                connection,
+                ReplyCode::ConnectionForced,
+                "broker forced connection closure with reason 'shutdown'",
+            );
+        }
+        self.delivery_faults.clear();
+        self.delayed.clear();
+        let transient: Vec<String> = self
+            .queues
+            .iter()
+            .filter(|(_, q)| !q.durable)
+            .map(|(name, _)| name.clone())
+            .collect();
+        for queue in &transient {
+            self.delete_queue(queue);
+        }
+        for queue in self.queues.values_mut() {
+            for lost in queue.retain_ready(|entry| entry.message.persistent()) {
+                self.held.release(&lost.message);
+            }
+        }
+        let transient: Vec<String> = self
+            .exchanges
+            .iter()
+            .filter(|(_, x)| !x.durable)
+            .map(|(name, _)| name.clone())
+            .collect();
+        for exchange in &transient {
+            self.remove_exchange(exchange);
+        }
+    }
+}

@@ -1,0 +1,141 @@
+//! AMQP basic properties and field tables, between amq-protocol's types and broker-mem's.
+//!
+//! broker-mem carries properties intact; the only loss is AMQP's many numeric widths, which
+//! broker-mem folds into i64 / f64 (and decimals into f64), and the deprecated `cluster-id`.
+
+use amq_protocol::protocol::BasicProperties;
+use amq_protocol::types::{AMQPValue, FieldArray, FieldTable as AmqpTable, ShortString};
+
+use crate::message::{FieldTable, FieldValue, Properties};
+use crate::wire::codec::short;
+
+/// Wire properties to the engine's. (`..default()` keeps this compiling when the engine's
+/// properties grow a field the wire does not carry.)
+#[allow(clippy::needless_update)]
+pub(crate) fn properties_in(amqp: &BasicProperties) -> Properties {
+    let text = |value: &Option<ShortString>| value.as_ref().map(|s| s.as_str().to_owned());
+    Properties {
+        content_type: text(amqp.content_type()),
+        content_encoding: text(amqp.content_encoding()),
+        headers: amqp.headers().as_ref().map(table_in),
+        delivery_mode: *amqp.delivery_mode(),
+        priority: *amqp.priority(),
+        correlation_id: text(amqp.correlation_id()),
+        reply_to: text(amqp.reply_to()),
+        expiration: text(amqp.expiration()),
+        message_id: text(amqp.message_id()),
+        timestamp: *amqp.timestamp(),
+        kind: text(amqp.kind()),
+        user_id: text(amqp.user_id()),
+        app_id: text(amqp.app_id()),
+        ..Properties::default()
+    }
+}
+
+/// The engine's properties to the wire's. Strings came from the wire, so they fit.
+pub(crate) fn properties_out(properties: &Properties) -> BasicProperties {
+    let s = |value: &String| ShortString::from(short(value));
+    let mut amqp = BasicProperties::default();
+    if let Some(v) = &properties.content_type {
+        amqp = amqp.with_content_type(s(v));
+    }
+    if let Some(v) = &properties.content_encoding {
+        amqp = amqp.with_content_encoding(s(v));
+    }
+    if let Some(v) = &properties.headers {
+        amqp = amqp.with_headers(table_out(v));
+    }
+    if let Some(v) = properties.delivery_mode {
+        amqp = amqp.with_delivery_mode(v);
+    }
+    if let Some(v) = properties.priority {
+        amqp = amqp.with_priority(v);
+    }
+    if let Some(v) = &properties.correlation_id {
+        amqp = amqp.with_correlation_id(s(v));
+    }
+    if let Some(v) = &properties.reply_to {
+        amqp = amqp.with_reply_to(s(v));
+    }
+    if let Some(v) = &properties.expiration {
+        amqp = amqp.with_expiration(s(v));
+    }
+    if let Some(v) = &properties.message_id {
+        amqp = amqp.with_message_id(s(v));
+    }
+    if let Some(v) = properties.timestamp {
+        amqp = amqp.with_timestamp(v);
+    }
+    if let Some(v) = &properties.kind {
+        amqp = amqp.with_type(s(v));
+    }
+    if let Some(v) = &properties.user_id {
+        amqp = amqp.with_user_id(s(v));
+    }
+    if let Some(v) = &properties.app_id {
+        amqp = amqp.with_app_id(s(v));
+    }
+    amqp
+}
+
+pub(crate) fn table_in(table: &AmqpTable) -> FieldTable {
+    table
+        .inner()
+        .iter()
+        .map(|(key, value)| (key.as_str().to_owned(), value_in(value)))
+        .collect()
+}
+
+fn value_in(value: &AMQPValue) -> FieldValue {
+    match value {
+        AMQPValue::Boolean(v) => FieldValue::Bool(*v),
+        AMQPValue::ShortShortInt(v) => FieldValue::I64(i64::from(*v)),
+        AMQPValue::ShortShortUInt(v) => FieldValue::I64(i64::from(*v)),
+        AMQPValue::ShortInt(v) => FieldValue::I64(i64::from(*v)),
+        AMQPValue::ShortUInt(v) => FieldValue::I64(i64::from(*v)),
+        AMQPValue::LongInt(v) => FieldValue::I64(i64::from(*v)),
+        AMQPValue::LongUInt(v) => FieldValue::I64(i64::from(*v)),
+        AMQPValue::LongLongInt(v) => FieldValue::I64(*v),
+        AMQPValue::Float(v) => FieldValue::F64(f64::from(*v)),
+        AMQPValue::Double(v) => FieldValue::F64(*v),
+        AMQPValue::DecimalValue(d) => {
+            FieldValue::F64(f64::from(d.value) / 10f64.powi(i32::from(d.scale)))
+        }
+        AMQPValue::ShortString(v) => FieldValue::String(v.as_str().to_owned()),
+        AMQPValue::LongString(v) => match std::str::from_utf8(v.as_bytes()) {
+            Ok(text) => FieldValue::String(text.to_owned()),
+            Err(_) => FieldValue::Bytes(bytes::Bytes::copy_from_slice(v.as_bytes())),
+        },
+        AMQPValue::FieldArray(items) => {
+            FieldValue::Array(items.as_slice().iter().map(value_in).collect())
+        }
+        AMQPValue::Timestamp(v) => FieldValue::Timestamp(*v),
+        AMQPValue::FieldTable(t) => FieldValue::Table(table_in(t)),
+        AMQPValue::ByteArray(v) => FieldValue::Bytes(bytes::Bytes::copy_from_slice(v.as_slice())),
+        AMQPValue::Void => FieldValue::Void,
+    }
+}
+
+pub(crate) fn table_out(table: &FieldTable) -> AmqpTable {
+    let mut out = AmqpTable::default();
+    for (key, value) in table {
+        out.insert(ShortString::from(short(key)), value_out(value));
+    }
+    out
+}
+
+fn value_out(value: &FieldValue) -> AMQPValue {
+    match value {
+        FieldValue::Void => AMQPValue::Void,
+        FieldValue::Bool(v) => AMQPValue::Boolean(*v),
+        FieldValue::I64(v) => AMQPValue::LongLongInt(*v),
+        FieldValue::F64(v) => AMQPValue::Double(*v),
+        FieldValue::String(v) => AMQPValue::LongString(v.as_str().into()),
+        FieldValue::Bytes(v) => AMQPValue::ByteArray(v.to_vec().into()),
+        FieldValue::Timestamp(v) => AMQPValue::Timestamp(*v),
+        FieldValue::Array(items) => AMQPValue::FieldArray(FieldArray::from(
+            items.iter().map(value_out).collect::<Vec<_>>(),
+        )),
+        FieldValue::Table(t) => AMQPValue::FieldTable(table_out(t)),
+    }
+}

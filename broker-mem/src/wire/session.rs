@@ -1,0 +1,1460 @@
+//! One AMQP connection: the handshake, then frames in, engine calls, replies and deliveries out.
+//!
+//! The session owns the write half and the connection's state; a [`FrameReader`] owns the read
+//! half and its buffer. The main loop waits on three things at once (a frame, an engine event
+//! for this connection, the heartbeat timer) and after each one drains the engine's events and
+//! writes what accumulated, in one write while more input is already buffered.
+
+use std::collections::BTreeMap;
+use std::io;
+use std::time::Duration;
+
+use amq_protocol::frame::{AMQPContentHeader, AMQPFrame};
+use amq_protocol::protocol::{AMQPClass, basic, channel, confirm, connection, exchange, queue};
+use amq_protocol::types::{AMQPValue, FieldTable as AmqpTable, LongString, ShortString};
+use bytes::Bytes;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadHalf, WriteHalf};
+use tokio::time::Instant;
+
+use crate::wire::codec::{
+    BadFrame, FRAME_OVERHEAD_BYTES, Inbound, PROTOCOL_HEADER, put_body, put_frame, put_heartbeat,
+    short, take_frame,
+};
+use crate::wire::convert::{properties_in, properties_out, table_in};
+use crate::wire::{CLOSE_TIMEOUT_MS, FRAME_MIN_BYTES, WireConfig, WireError, WireServer};
+use crate::{
+    Broker, ChannelId, Confirm, ConnectionId, ConsumeOptions, ConsumerEnd, Engine, Error, Event,
+    ExchangeKind, ExchangeOptions, PublishOptions, QueueOptions, Tap,
+};
+
+/// Bytes asked of the stream per read.
+const READ_CHUNK_BYTES: usize = 64 * 1024;
+/// Output is written once it grows past this, even if more input is waiting.
+const OUT_FLUSH_BYTES: usize = 256 * 1024;
+/// AMQP class id of `basic`, the only class with content.
+const CLASS_BASIC: u16 = 60;
+
+/// A connection error: close the connection with this reply.
+#[derive(Debug)]
+struct Hard {
+    code: u16,
+    text: String,
+    class_id: u16,
+    method_id: u16,
+}
+
+impl Hard {
+    fn new(code: u16, text: impl Into<String>) -> Hard {
+        Hard {
+            code,
+            text: text.into(),
+            class_id: 0,
+            method_id: 0,
+        }
+    }
+
+    fn during(mut self, class: &AMQPClass) -> Hard {
+        self.class_id = class.get_amqp_class_id();
+        self.method_id = class.get_amqp_method_id();
+        self
+    }
+}
+
+/// Why reading stopped.
+enum Stop {
+    Io(io::Error),
+    Eof,
+    Bad(BadFrame),
+}
+
+/// The read half and its buffer.
+struct FrameReader<S> {
+    reader: ReadHalf<S>,
+    buffer: Vec<u8>,
+    /// Bytes of `buffer` already handed out as frames.
+    start: usize,
+}
+
+impl<S: AsyncRead> FrameReader<S> {
+    /// The 8-byte protocol header.
+    async fn header(&mut self) -> Result<[u8; 8], Stop> {
+        while self.buffer.len() < PROTOCOL_HEADER.len() {
+            self.fill().await?;
+        }
+        let mut header = [0; 8];
+        header.copy_from_slice(&self.buffer[..8]);
+        self.start = 8;
+        Ok(header)
+    }
+
+    /// The next frame. Cancel-safe: the only await is a read into the buffer.
+    async fn next(&mut self, frame_max_bytes: u32) -> Result<Inbound, Stop> {
+        loop {
+            match take_frame(&self.buffer[self.start..], frame_max_bytes) {
+                Ok(Some((inbound, used))) => {
+                    self.start += used;
+                    if self.start == self.buffer.len() {
+                        self.buffer.clear();
+                        self.start = 0;
+                    }
+                    return Ok(inbound);
+                }
+                Ok(None) => self.fill().await?,
+                Err(bad) => return Err(Stop::Bad(bad)),
+            }
+        }
+    }
+
+    /// Whether a whole frame (or a bad one) is already buffered.
+    fn has_frame(&self, frame_max_bytes: u32) -> bool {
+        !matches!(
+            take_frame(&self.buffer[self.start..], frame_max_bytes),
+            Ok(None)
+        )
+    }
+
+    async fn fill(&mut self) -> Result<(), Stop> {
+        if self.start > 0 {
+            self.buffer.drain(..self.start);
+            self.start = 0;
+        }
+        self.buffer.reserve(READ_CHUNK_BYTES);
+        match self.reader.read_buf(&mut self.buffer).await {
+            Ok(0) => Err(Stop::Eof),
+            Ok(_) => Ok(()),
+            Err(error) => Err(Stop::Io(error)),
+        }
+    }
+}
+
+/// A publish waiting for its content header and body.
+struct Content {
+    exchange: String,
+    routing_key: String,
+    mandatory: bool,
+    properties: Option<crate::Properties>,
+    size: u64,
+    body: Vec<u8>,
+}
+
+/// An open channel of this connection.
+struct WireChannel {
+    id: ChannelId,
+    /// The server sent `channel.close` and waits for `close-ok`; everything else is discarded.
+    closing: bool,
+    /// `confirm.select` was received: every publish is answered with ack or nack.
+    confirm: bool,
+    /// Sequence number of the last publish in confirm mode.
+    published: u64,
+    content: Option<Content>,
+    /// Consumers by tag, and whether they are `no_ack`.
+    consumers: BTreeMap<String, bool>,
+}
+
+/// Closes the engine's side of the connection however the session ends (also on a panic or
+/// when a simulated host crashes and drops the task).
+struct Registration {
+    broker: Broker,
+    id: ConnectionId,
+}
+
+impl Drop for Registration {
+    fn drop(&mut self) {
+        self.broker.close_tapped(self.id);
+    }
+}
+
+struct Session<S> {
+    writer: WriteHalf<S>,
+    out: Vec<u8>,
+    broker: Broker,
+    config: WireConfig,
+    connection: Option<ConnectionId>,
+    frame_max_bytes: u32,
+    channel_max: u16,
+    heartbeat: Option<Duration>,
+    last_read: Instant,
+    last_write: Instant,
+    channels: BTreeMap<u16, WireChannel>,
+    numbers: BTreeMap<ChannelId, u16>,
+    /// `no_ack` deliveries written since the last report to the engine.
+    taken: Vec<(ChannelId, String)>,
+    /// The client sent `connection.close`.
+    closed_by_client: bool,
+    /// The broker's body limit, read once: a header announcing more is refused before any body
+    /// byte is buffered.
+    body_bytes_max: u64,
+}
+
+/// Serves one connection; see [`WireServer::serve_connection`].
+pub(crate) async fn run<S>(
+    server: &WireServer,
+    stream: S,
+    over_limit: bool,
+) -> Result<(), WireError>
+where
+    S: AsyncRead + AsyncWrite + Send + 'static,
+{
+    let (reader, writer) = tokio::io::split(stream);
+    let mut frames = FrameReader {
+        reader,
+        buffer: Vec::new(),
+        start: 0,
+    };
+    let now = Instant::now();
+    let mut session = Session {
+        writer,
+        out: Vec::with_capacity(READ_CHUNK_BYTES),
+        broker: server.broker().clone(),
+        config: server.config().clone(),
+        connection: None,
+        frame_max_bytes: server.config().frame_max_bytes.max(FRAME_MIN_BYTES),
+        channel_max: server.config().channel_max,
+        heartbeat: None,
+        last_read: now,
+        last_write: now,
+        channels: BTreeMap::new(),
+        numbers: BTreeMap::new(),
+        taken: Vec::new(),
+        closed_by_client: false,
+        body_bytes_max: server
+            .broker()
+            .with_engine(|engine| engine.limits().body_bytes_max as u64),
+    };
+    let deadline = server.config().handshake_timeout;
+    let handshake = tokio::time::timeout(deadline, session.handshake(&mut frames, over_limit));
+    let (id, tap) = match handshake.await {
+        Err(_) => return Err(WireError::HandshakeTimeout(deadline)),
+        Ok(result) => result?,
+    };
+    let _registration = Registration {
+        broker: session.broker.clone(),
+        id,
+    };
+    session.serve(&mut frames, &tap).await
+}
+
+impl<S: AsyncRead + AsyncWrite + Send> Session<S> {
+    // ------------------------------------------------------------------ handshake
+
+    async fn handshake(
+        &mut self,
+        frames: &mut FrameReader<S>,
+        over_limit: bool,
+    ) -> Result<(ConnectionId, Tap), WireError> {
+        let header = frames.header().await.map_err(stop_error)?;
+        if header != PROTOCOL_HEADER {
+            // The spec's answer to a header it cannot serve: the header it can, then close.
+            self.out.extend_from_slice(&PROTOCOL_HEADER);
+            self.flush().await?;
+            return Err(WireError::Closed {
+                code: 0,
+                text: format!("unsupported protocol header {header:?}"),
+            });
+        }
+        self.send(
+            0,
+            AMQPClass::Connection(connection::AMQPMethod::Start(start())),
+        );
+        self.flush().await?;
+
+        let start_ok = match self.handshake_method(frames).await? {
+            connection::AMQPMethod::StartOk(start_ok) => start_ok,
+            other => return self.refuse(frames, unexpected(&other)).await,
+        };
+        let Some(user) = authenticate(&self.config.users, &start_ok) else {
+            let text = format!(
+                "ACCESS_REFUSED - Login was refused using authentication mechanism {}. For details see the broker logfile.",
+                start_ok.mechanism
+            );
+            return self.refuse(frames, Hard::new(403, text)).await;
+        };
+        if over_limit {
+            let text = format!(
+                "NOT_ALLOWED - connection limit ({}) is reached",
+                self.config.connections_max
+            );
+            return self.refuse(frames, Hard::new(530, text)).await;
+        }
+
+        let tune = connection::Tune {
+            channel_max: self.channel_max,
+            frame_max: self.frame_max_bytes,
+            heartbeat: self.config.heartbeat_s,
+        };
+        self.send(0, AMQPClass::Connection(connection::AMQPMethod::Tune(tune)));
+        self.flush().await?;
+        let tune_ok = match self.handshake_method(frames).await? {
+            connection::AMQPMethod::TuneOk(tune_ok) => tune_ok,
+            other => return self.refuse(frames, unexpected(&other)).await,
+        };
+        if tune_ok.frame_max != 0 {
+            if tune_ok.frame_max < FRAME_MIN_BYTES {
+                let text = format!(
+                    "NOT_ALLOWED - frame_max={} < {FRAME_MIN_BYTES} min size",
+                    tune_ok.frame_max
+                );
+                return self.refuse(frames, Hard::new(530, text)).await;
+            }
+            self.frame_max_bytes = self.frame_max_bytes.min(tune_ok.frame_max);
+        }
+        if tune_ok.channel_max != 0 {
+            self.channel_max = self.channel_max.min(tune_ok.channel_max);
+        }
+        self.heartbeat =
+            (tune_ok.heartbeat > 0).then(|| Duration::from_secs(u64::from(tune_ok.heartbeat)));
+
+        let open = match self.handshake_method(frames).await? {
+            connection::AMQPMethod::Open(open) => open,
+            other => return self.refuse(frames, unexpected(&other)).await,
+        };
+        let vhost = open.virtual_host.as_str();
+        if vhost != crate::VHOST {
+            let text = format!("NOT_ALLOWED - vhost {vhost} not found");
+            return self.refuse(frames, Hard::new(530, text)).await;
+        }
+        let (id, tap) = self.broker.connect_tapped(&user);
+        self.connection = Some(id);
+        self.send(
+            0,
+            AMQPClass::Connection(connection::AMQPMethod::OpenOk(connection::OpenOk {})),
+        );
+        self.flush().await?;
+        tracing::debug!(%id, user, heartbeat = ?self.heartbeat, frame_max = self.frame_max_bytes, "AMQP connection open");
+        Ok((id, tap))
+    }
+
+    /// The next connection method of the handshake; heartbeats are skipped, anything else is a
+    /// hard error.
+    async fn handshake_method(
+        &mut self,
+        frames: &mut FrameReader<S>,
+    ) -> Result<connection::AMQPMethod, WireError> {
+        loop {
+            let frame = match frames.next(self.frame_max_bytes).await {
+                Ok(frame) => frame,
+                Err(Stop::Bad(bad)) => {
+                    return self.refuse(frames, Hard::new(bad.code, bad.text)).await;
+                }
+                Err(stop) => return Err(stop_error(stop)),
+            };
+            match frame {
+                Inbound::Heartbeat => {}
+                Inbound::Frame(frame) => {
+                    if let AMQPFrame::Method(0, AMQPClass::Connection(method)) = *frame {
+                        return Ok(method);
+                    }
+                    let hard = Hard::new(
+                        505,
+                        "UNEXPECTED_FRAME - expected a connection method during the handshake",
+                    );
+                    return self.refuse(frames, hard).await;
+                }
+                Inbound::Body(..) => {
+                    let hard = Hard::new(
+                        505,
+                        "UNEXPECTED_FRAME - expected a connection method during the handshake",
+                    );
+                    return self.refuse(frames, hard).await;
+                }
+            }
+        }
+    }
+
+    /// Closes the connection during the handshake.
+    async fn refuse<T>(&mut self, frames: &mut FrameReader<S>, hard: Hard) -> Result<T, WireError> {
+        Err(self.close_with(frames, hard).await)
+    }
+
+    // ------------------------------------------------------------------ the open connection
+
+    async fn serve(&mut self, frames: &mut FrameReader<S>, tap: &Tap) -> Result<(), WireError> {
+        loop {
+            let deadline = self.next_deadline();
+            let frame_max_bytes = self.frame_max_bytes;
+            let step = tokio::select! {
+                frame = frames.next(frame_max_bytes) => Step::Frame(frame),
+                event = tap.recv() => Step::Event(event),
+                () = sleep_until(deadline) => Step::Timer,
+            };
+            match step {
+                Step::Frame(Ok(frame)) => {
+                    self.last_read = Instant::now();
+                    if let Err(hard) = self.on_frame(frame) {
+                        return Err(self.close_with(frames, hard).await);
+                    }
+                    if self.closed_by_client {
+                        self.flush().await?;
+                        return Ok(());
+                    }
+                }
+                Step::Frame(Err(Stop::Bad(bad))) => {
+                    return Err(self.close_with(frames, Hard::new(bad.code, bad.text)).await);
+                }
+                Step::Frame(Err(stop)) => return Err(stop_error(stop)),
+                Step::Event(Some(event)) => self.on_event(event),
+                // Only the registration removes the tap, and it outlives this loop.
+                Step::Event(None) => return Ok(()),
+                Step::Timer => self.on_timer()?,
+            }
+            while let Some(event) = tap.try_recv() {
+                self.on_event(event);
+            }
+            if !frames.has_frame(self.frame_max_bytes) || self.out.len() > OUT_FLUSH_BYTES {
+                self.flush().await?;
+                self.report_taken();
+            }
+        }
+    }
+
+    /// When the timer must fire next: a heartbeat is due, or the peer is overdue.
+    fn next_deadline(&self) -> Option<Instant> {
+        let heartbeat = self.heartbeat?;
+        Some((self.last_write + heartbeat / 2).min(self.last_read + heartbeat * 2))
+    }
+
+    fn on_timer(&mut self) -> Result<(), WireError> {
+        let Some(heartbeat) = self.heartbeat else {
+            return Ok(());
+        };
+        let now = Instant::now();
+        if now >= self.last_read + heartbeat * 2 {
+            tracing::info!(connection = ?self.connection, "peer missed its heartbeats; closing");
+            return Err(WireError::HeartbeatTimeout(heartbeat * 2));
+        }
+        if now >= self.last_write + heartbeat / 2 {
+            put_heartbeat(&mut self.out);
+        }
+        Ok(())
+    }
+
+    /// Sends `connection.close`, waits a little for `close-ok`, and says why it closed. The
+    /// engine's side closes first, so unacked messages are requeued at once.
+    async fn close_with(&mut self, frames: &mut FrameReader<S>, hard: Hard) -> WireError {
+        tracing::debug!(connection = ?self.connection, code = hard.code, text = %hard.text, "closing AMQP connection");
+        if let Some(id) = self.connection {
+            self.broker.close_tapped(id);
+        }
+        let close = connection::Close {
+            reply_code: hard.code,
+            reply_text: ShortString::from(short(&hard.text)),
+            class_id: hard.class_id,
+            method_id: hard.method_id,
+        };
+        self.send(
+            0,
+            AMQPClass::Connection(connection::AMQPMethod::Close(close)),
+        );
+        if let Err(error) = self.flush().await {
+            return WireError::Io(error);
+        }
+        let frame_max_bytes = self.frame_max_bytes;
+        let wait = async {
+            loop {
+                match frames.next(frame_max_bytes).await {
+                    Ok(Inbound::Frame(frame)) => {
+                        if let AMQPFrame::Method(0, AMQPClass::Connection(method)) = *frame {
+                            return matches!(method, connection::AMQPMethod::Close(_));
+                        }
+                    }
+                    Ok(_) => {}
+                    Err(_) => return false,
+                }
+            }
+        };
+        let timeout = Duration::from_millis(CLOSE_TIMEOUT_MS);
+        if let Ok(true) = tokio::time::timeout(timeout, wait).await {
+            // Both sides sent close at once: each answers the other's.
+            self.send(
+                0,
+                AMQPClass::Connection(connection::AMQPMethod::CloseOk(connection::CloseOk {})),
+            );
+            let _ = self.flush().await;
+        }
+        WireError::Closed {
+            code: hard.code,
+            text: hard.text,
+        }
+    }
+
+    fn on_frame(&mut self, frame: Inbound) -> Result<(), Hard> {
+        let frame = match frame {
+            Inbound::Heartbeat => return Ok(()),
+            Inbound::Body(number, body) => return self.on_body(number, body),
+            Inbound::Frame(frame) => *frame,
+        };
+        match frame {
+            AMQPFrame::Method(0, AMQPClass::Connection(method)) => {
+                self.on_connection_method(method)
+            }
+            AMQPFrame::Method(0, class) => Err(Hard::new(
+                503,
+                "COMMAND_INVALID - only connection methods may use channel 0",
+            )
+            .during(&class)),
+            AMQPFrame::Method(number, class) => self.on_method(number, class),
+            AMQPFrame::Header(number, header) => self.on_header(number, header),
+            AMQPFrame::Heartbeat => Ok(()),
+            other => Err(Hard::new(
+                505,
+                format!("UNEXPECTED_FRAME - unexpected frame {other}"),
+            )),
+        }
+    }
+
+    fn on_connection_method(&mut self, method: connection::AMQPMethod) -> Result<(), Hard> {
+        match method {
+            connection::AMQPMethod::Close(close) => {
+                tracing::debug!(connection = ?self.connection, code = close.reply_code, text = %close.reply_text, "client closed the connection");
+                if let Some(id) = self.connection {
+                    self.broker.close_tapped(id);
+                }
+                self.send(
+                    0,
+                    AMQPClass::Connection(connection::AMQPMethod::CloseOk(connection::CloseOk {})),
+                );
+                self.closed_by_client = true;
+                Ok(())
+            }
+            connection::AMQPMethod::UpdateSecret(_) => {
+                let ok = connection::AMQPMethod::UpdateSecretOk(connection::UpdateSecretOk {});
+                self.send(0, AMQPClass::Connection(ok));
+                Ok(())
+            }
+            connection::AMQPMethod::Blocked(_) | connection::AMQPMethod::Unblocked(_) => Ok(()),
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    fn on_method(&mut self, number: u16, class: AMQPClass) -> Result<(), Hard> {
+        if let AMQPClass::Channel(channel::AMQPMethod::Open(_)) = class {
+            return self
+                .open_channel(number)
+                .map_err(|hard| hard.during(&class));
+        }
+        let Some(chan) = self.channels.get_mut(&number) else {
+            return Err(Hard::new(
+                504,
+                format!("CHANNEL_ERROR - expected 'channel.open' on channel {number}"),
+            )
+            .during(&class));
+        };
+        if chan.closing {
+            match class {
+                AMQPClass::Channel(channel::AMQPMethod::Close(_)) => {
+                    self.send(
+                        number,
+                        AMQPClass::Channel(channel::AMQPMethod::CloseOk(channel::CloseOk {})),
+                    );
+                    self.release(number);
+                }
+                AMQPClass::Channel(channel::AMQPMethod::CloseOk(_)) => self.release(number),
+                _ => {}
+            }
+            return Ok(());
+        }
+        if chan.content.is_some() {
+            return Err(Hard::new(
+                505,
+                "UNEXPECTED_FRAME - expected content header for class 60, got non content header frame instead",
+            )
+            .during(&class));
+        }
+        match &class {
+            AMQPClass::Channel(method) => self.on_channel_method(number, method),
+            AMQPClass::Exchange(exchange::AMQPMethod::Declare(declare)) => {
+                self.exchange_declare(number, declare, &class)
+            }
+            AMQPClass::Queue(queue::AMQPMethod::Declare(declare)) => {
+                let options = queue_options(declare);
+                let name = declare.queue.as_str();
+                let arguments = table_in(&declare.arguments);
+                let Some(ok) = self.engine(number, &class, |engine, id| {
+                    engine.queue_declare_with(id, name, options, &arguments)
+                })?
+                else {
+                    return Ok(());
+                };
+                if !declare.nowait {
+                    let ok = queue::DeclareOk {
+                        queue: ShortString::from(short(&ok.name)),
+                        message_count: ok.message_count,
+                        consumer_count: ok.consumer_count,
+                    };
+                    self.send(number, AMQPClass::Queue(queue::AMQPMethod::DeclareOk(ok)));
+                }
+                Ok(())
+            }
+            AMQPClass::Queue(method) => self.on_queue_method(number, method, &class),
+            AMQPClass::Exchange(method) => self.on_exchange_method(number, method, &class),
+            AMQPClass::Basic(method) => self.on_basic_method(number, method, &class),
+            AMQPClass::Confirm(confirm::AMQPMethod::Select(select)) => {
+                if let Some(chan) = self.channels.get_mut(&number) {
+                    chan.confirm = true;
+                }
+                if !select.nowait {
+                    self.send(
+                        number,
+                        AMQPClass::Confirm(confirm::AMQPMethod::SelectOk(confirm::SelectOk {})),
+                    );
+                }
+                Ok(())
+            }
+            _ => Err(not_implemented(&class)),
+        }
+    }
+
+    fn on_queue_method(
+        &mut self,
+        number: u16,
+        method: &queue::AMQPMethod,
+        class: &AMQPClass,
+    ) -> Result<(), Hard> {
+        match method {
+            queue::AMQPMethod::Bind(bind) => {
+                let arguments = table_in(&bind.arguments);
+                let done = self.engine(number, class, |engine, id| {
+                    engine.queue_bind_with(
+                        id,
+                        bind.queue.as_str(),
+                        bind.exchange.as_str(),
+                        bind.routing_key.as_str(),
+                        &arguments,
+                    )
+                })?;
+                if done.is_some() && !bind.nowait {
+                    let ok = queue::AMQPMethod::BindOk(queue::BindOk {});
+                    self.send(number, AMQPClass::Queue(ok));
+                }
+            }
+            queue::AMQPMethod::Unbind(unbind) => {
+                let arguments = table_in(&unbind.arguments);
+                let done = self.engine(number, class, |engine, id| {
+                    engine.queue_unbind(
+                        id,
+                        unbind.queue.as_str(),
+                        unbind.exchange.as_str(),
+                        unbind.routing_key.as_str(),
+                        &arguments,
+                    )
+                })?;
+                if done.is_some() {
+                    let ok = queue::AMQPMethod::UnbindOk(queue::UnbindOk {});
+                    self.send(number, AMQPClass::Queue(ok));
+                }
+            }
+            queue::AMQPMethod::Purge(purge) => {
+                let purged = self.engine(number, class, |engine, id| {
+                    engine.queue_purge(id, purge.queue.as_str())
+                })?;
+                if let Some(message_count) = purged
+                    && !purge.nowait
+                {
+                    let ok = queue::AMQPMethod::PurgeOk(queue::PurgeOk { message_count });
+                    self.send(number, AMQPClass::Queue(ok));
+                }
+            }
+            queue::AMQPMethod::Delete(delete) => {
+                let deleted = self.engine(number, class, |engine, id| {
+                    engine.queue_delete(
+                        id,
+                        delete.queue.as_str(),
+                        delete.if_unused,
+                        delete.if_empty,
+                    )
+                })?;
+                if let Some(message_count) = deleted
+                    && !delete.nowait
+                {
+                    let ok = queue::AMQPMethod::DeleteOk(queue::DeleteOk { message_count });
+                    self.send(number, AMQPClass::Queue(ok));
+                }
+            }
+            _ => return Err(not_implemented(class)),
+        }
+        Ok(())
+    }
+
+    fn on_exchange_method(
+        &mut self,
+        number: u16,
+        method: &exchange::AMQPMethod,
+        class: &AMQPClass,
+    ) -> Result<(), Hard> {
+        match method {
+            exchange::AMQPMethod::Declare(declare) => {
+                return self.exchange_declare(number, declare, class);
+            }
+            exchange::AMQPMethod::Delete(delete) => {
+                let done = self.engine(number, class, |engine, id| {
+                    engine.exchange_delete(id, delete.exchange.as_str(), delete.if_unused)
+                })?;
+                if done.is_some() && !delete.nowait {
+                    let ok = exchange::AMQPMethod::DeleteOk(exchange::DeleteOk {});
+                    self.send(number, AMQPClass::Exchange(ok));
+                }
+            }
+            exchange::AMQPMethod::Bind(bind) => {
+                let arguments = table_in(&bind.arguments);
+                let done = self.engine(number, class, |engine, id| {
+                    engine.exchange_bind(
+                        id,
+                        bind.destination.as_str(),
+                        bind.source.as_str(),
+                        bind.routing_key.as_str(),
+                        &arguments,
+                    )
+                })?;
+                if done.is_some() && !bind.nowait {
+                    let ok = exchange::AMQPMethod::BindOk(exchange::BindOk {});
+                    self.send(number, AMQPClass::Exchange(ok));
+                }
+            }
+            exchange::AMQPMethod::Unbind(unbind) => {
+                let arguments = table_in(&unbind.arguments);
+                let done = self.engine(number, class, |engine, id| {
+                    engine.exchange_unbind(
+                        id,
+                        unbind.destination.as_str(),
+                        unbind.source.as_str(),
+                        unbind.routing_key.as_str(),
+                        &arguments,
+                    )
+                })?;
+                if done.is_some() && !unbind.nowait {
+                    let ok = exchange::AMQPMethod::UnbindOk(exchange::UnbindOk {});
+                    self.send(number, AMQPClass::Exchange(ok));
+                }
+            }
+            _ => return Err(not_implemented(class)),
+        }
+        Ok(())
+    }
+
+    fn on_channel_method(&mut self, number: u16, method: &channel::AMQPMethod) -> Result<(), Hard> {
+        match method {
+            channel::AMQPMethod::Close(_) => {
+                self.send(
+                    number,
+                    AMQPClass::Channel(channel::AMQPMethod::CloseOk(channel::CloseOk {})),
+                );
+                self.release(number);
+                Ok(())
+            }
+            channel::AMQPMethod::CloseOk(_) | channel::AMQPMethod::FlowOk(_) => Ok(()),
+            channel::AMQPMethod::Flow(flow) => {
+                let ok = channel::FlowOk {
+                    active: flow.active,
+                };
+                self.send(number, AMQPClass::Channel(channel::AMQPMethod::FlowOk(ok)));
+                Ok(())
+            }
+            channel::AMQPMethod::Open(_) | channel::AMQPMethod::OpenOk(_) => Err(Hard::new(
+                504,
+                format!("CHANNEL_ERROR - second 'channel.open' seen on channel {number}"),
+            )),
+        }
+    }
+
+    fn on_basic_method(
+        &mut self,
+        number: u16,
+        method: &basic::AMQPMethod,
+        class: &AMQPClass,
+    ) -> Result<(), Hard> {
+        match method {
+            basic::AMQPMethod::Qos(qos) => {
+                let done = self.engine(number, class, |engine, id| {
+                    engine.basic_qos_with(id, qos.prefetch_count, qos.global)
+                })?;
+                if done.is_some() {
+                    self.send(
+                        number,
+                        AMQPClass::Basic(basic::AMQPMethod::QosOk(basic::QosOk {})),
+                    );
+                }
+                Ok(())
+            }
+            basic::AMQPMethod::Consume(consume) => {
+                let options = consume_options(consume);
+                let no_ack = consume.no_ack;
+                let Some(tag) = self.engine(number, class, |engine, id| {
+                    engine.basic_consume(id, consume.queue.as_str(), options)
+                })?
+                else {
+                    return Ok(());
+                };
+                if let Some(chan) = self.channels.get_mut(&number) {
+                    chan.consumers.insert(tag.clone(), no_ack);
+                }
+                if !consume.nowait {
+                    let ok = basic::ConsumeOk {
+                        consumer_tag: ShortString::from(short(&tag)),
+                    };
+                    self.send(number, AMQPClass::Basic(basic::AMQPMethod::ConsumeOk(ok)));
+                }
+                Ok(())
+            }
+            basic::AMQPMethod::Cancel(cancel) => {
+                let tag = cancel.consumer_tag.as_str();
+                let done = self.engine(number, class, |engine, id| engine.basic_cancel(id, tag))?;
+                if done.is_none() {
+                    return Ok(());
+                }
+                if let Some(chan) = self.channels.get_mut(&number) {
+                    chan.consumers.remove(tag);
+                }
+                if !cancel.nowait {
+                    let ok = basic::CancelOk {
+                        consumer_tag: cancel.consumer_tag.clone(),
+                    };
+                    self.send(number, AMQPClass::Basic(basic::AMQPMethod::CancelOk(ok)));
+                }
+                Ok(())
+            }
+            basic::AMQPMethod::Publish(publish) => {
+                if publish.immediate {
+                    return Err(Hard::new(540, "NOT_IMPLEMENTED - immediate=true").during(class));
+                }
+                if let Some(chan) = self.channels.get_mut(&number) {
+                    chan.content = Some(Content {
+                        exchange: publish.exchange.as_str().to_owned(),
+                        routing_key: publish.routing_key.as_str().to_owned(),
+                        mandatory: publish.mandatory,
+                        properties: None,
+                        size: 0,
+                        body: Vec::new(),
+                    });
+                }
+                Ok(())
+            }
+            basic::AMQPMethod::Ack(ack) => self
+                .engine(number, class, |engine, id| {
+                    engine.basic_ack(id, ack.delivery_tag, ack.multiple)
+                })
+                .map(drop),
+            basic::AMQPMethod::Nack(nack) => self
+                .engine(number, class, |engine, id| {
+                    engine.basic_nack(id, nack.delivery_tag, nack.multiple, nack.requeue)
+                })
+                .map(drop),
+            basic::AMQPMethod::Reject(reject) => self
+                .engine(number, class, |engine, id| {
+                    engine.basic_reject(id, reject.delivery_tag, reject.requeue)
+                })
+                .map(drop),
+            basic::AMQPMethod::Get(get) => {
+                let Some(got) = self.engine(number, class, |engine, id| {
+                    engine.basic_get(id, get.queue.as_str(), get.no_ack)
+                })?
+                else {
+                    return Ok(());
+                };
+                match got {
+                    None => {
+                        let empty = basic::AMQPMethod::GetEmpty(basic::GetEmpty {});
+                        self.send(number, AMQPClass::Basic(empty));
+                    }
+                    Some(ok) => {
+                        let delivery = ok.delivery;
+                        let get_ok = basic::GetOk {
+                            delivery_tag: delivery.delivery_tag,
+                            redelivered: delivery.redelivered,
+                            exchange: ShortString::from(short(&delivery.exchange)),
+                            routing_key: ShortString::from(short(&delivery.routing_key)),
+                            message_count: ok.message_count,
+                        };
+                        self.send(number, AMQPClass::Basic(basic::AMQPMethod::GetOk(get_ok)));
+                        self.send_content(number, &delivery.properties, &delivery.body);
+                    }
+                }
+                Ok(())
+            }
+            _ => Err(not_implemented(class)),
+        }
+    }
+
+    fn exchange_declare(
+        &mut self,
+        number: u16,
+        declare: &exchange::Declare,
+        class: &AMQPClass,
+    ) -> Result<(), Hard> {
+        let kind = match declare.kind.as_str() {
+            "direct" => ExchangeKind::Direct,
+            "fanout" => ExchangeKind::Fanout,
+            "topic" => ExchangeKind::Topic,
+            "headers" => ExchangeKind::Headers,
+            // A passive declare only checks existence; the type is not compared.
+            _ if declare.passive => ExchangeKind::Direct,
+            other => {
+                return Err(Hard::new(
+                    503,
+                    format!("COMMAND_INVALID - unknown exchange type '{other}'"),
+                )
+                .during(class));
+            }
+        };
+        let options = exchange_options(declare);
+        let name = declare.exchange.as_str();
+        let arguments = table_in(&declare.arguments);
+        let done = self.engine(number, class, |engine, id| {
+            engine.exchange_declare_with(id, name, kind, options, &arguments)
+        })?;
+        if done.is_some() && !declare.nowait {
+            self.send(
+                number,
+                AMQPClass::Exchange(exchange::AMQPMethod::DeclareOk(exchange::DeclareOk {})),
+            );
+        }
+        Ok(())
+    }
+
+    fn open_channel(&mut self, number: u16) -> Result<(), Hard> {
+        if number > self.channel_max {
+            return Err(Hard::new(
+                530,
+                format!(
+                    "NOT_ALLOWED - channel number {number} exceeds the negotiated channel_max {}",
+                    self.channel_max
+                ),
+            ));
+        }
+        if self.channels.contains_key(&number) {
+            return Err(Hard::new(
+                504,
+                format!("CHANNEL_ERROR - second 'channel.open' seen on channel {number}"),
+            ));
+        }
+        let Some(connection) = self.connection else {
+            return Err(Hard::new(541, "INTERNAL_ERROR - no connection"));
+        };
+        let id = match self
+            .broker
+            .with_engine(|engine| engine.open_channel(connection))
+        {
+            Ok(id) => id,
+            Err(Error::Invalid(text)) => {
+                return Err(Hard::new(530, format!("NOT_ALLOWED - {text}")));
+            }
+            Err(other) => return Err(Hard::new(541, format!("INTERNAL_ERROR - {other}"))),
+        };
+        self.channels.insert(
+            number,
+            WireChannel {
+                id,
+                closing: false,
+                confirm: false,
+                published: 0,
+                content: None,
+                consumers: BTreeMap::new(),
+            },
+        );
+        self.numbers.insert(id, number);
+        let ok = channel::OpenOk {};
+        self.send(number, AMQPClass::Channel(channel::AMQPMethod::OpenOk(ok)));
+        Ok(())
+    }
+
+    fn on_header(&mut self, number: u16, header: AMQPContentHeader) -> Result<(), Hard> {
+        let body_bytes_max = self.body_bytes_max;
+        let Some(chan) = self.channels.get_mut(&number) else {
+            return Err(Hard::new(
+                504,
+                format!("CHANNEL_ERROR - content header on channel {number}, which is not open"),
+            ));
+        };
+        if chan.closing {
+            return Ok(());
+        }
+        let expecting = chan
+            .content
+            .as_ref()
+            .is_some_and(|c| c.properties.is_none());
+        if !expecting || header.class_id != CLASS_BASIC {
+            return Err(Hard::new(
+                505,
+                format!(
+                    "UNEXPECTED_FRAME - content header for class {} on channel {number}, which expects none",
+                    header.class_id
+                ),
+            ));
+        }
+        if header.body_size > body_bytes_max {
+            let id = chan.id;
+            let _ = self.broker.with_engine(|engine| engine.close_channel(id));
+            let text = format!(
+                "PRECONDITION_FAILED - message size {} is larger than configured max size {body_bytes_max}",
+                header.body_size
+            );
+            self.close_channel_with(number, 406, text, CLASS_BASIC, 40);
+            return Ok(());
+        }
+        if let Some(content) = chan.content.as_mut() {
+            content.properties = Some(properties_in(&header.properties));
+            content.size = header.body_size;
+            content.body.reserve_exact(header.body_size as usize);
+        }
+        if header.body_size == 0 {
+            return self.publish(number);
+        }
+        Ok(())
+    }
+
+    fn on_body(&mut self, number: u16, body: Vec<u8>) -> Result<(), Hard> {
+        let Some(chan) = self.channels.get_mut(&number) else {
+            return Err(Hard::new(
+                504,
+                format!("CHANNEL_ERROR - content body on channel {number}, which is not open"),
+            ));
+        };
+        if chan.closing {
+            return Ok(());
+        }
+        let Some(content) = chan.content.as_mut().filter(|c| c.properties.is_some()) else {
+            return Err(Hard::new(
+                505,
+                format!("UNEXPECTED_FRAME - content body on channel {number}, which expects none"),
+            ));
+        };
+        if content.body.len() as u64 + body.len() as u64 > content.size {
+            return Err(Hard::new(
+                501,
+                format!(
+                    "FRAME_ERROR - content body exceeds the declared size of {} bytes",
+                    content.size
+                ),
+            ));
+        }
+        if content.body.is_empty() && body.len() as u64 == content.size {
+            content.body = body;
+        } else {
+            content.body.extend_from_slice(&body);
+        }
+        if content.body.len() as u64 == content.size {
+            return self.publish(number);
+        }
+        Ok(())
+    }
+
+    /// A complete publish: into the engine, and the confirm out.
+    fn publish(&mut self, number: u16) -> Result<(), Hard> {
+        let Some(chan) = self.channels.get_mut(&number) else {
+            return Ok(());
+        };
+        let Some(content) = chan.content.take() else {
+            return Ok(());
+        };
+        let confirm = chan.confirm;
+        if confirm {
+            chan.published += 1;
+        }
+        let tag = chan.published;
+        let class = AMQPClass::Basic(basic::AMQPMethod::Publish(basic::Publish {
+            exchange: ShortString::from(short(&content.exchange)),
+            routing_key: ShortString::from(short(&content.routing_key)),
+            mandatory: false,
+            immediate: false,
+        }));
+        let Content {
+            exchange,
+            routing_key,
+            mandatory,
+            properties,
+            body,
+            ..
+        } = content;
+        let options = publish_options(mandatory);
+        let outcome = self.engine(number, &class, |engine, id| {
+            engine.basic_publish_with(
+                id,
+                &exchange,
+                &routing_key,
+                options,
+                properties.unwrap_or_default(),
+                Bytes::from(body),
+            )
+        })?;
+        let Some(published) = outcome else {
+            return Ok(());
+        };
+        // RabbitMQ's order: the return, then the confirm.
+        if let Some(returned) = published.returned {
+            let back = basic::Return {
+                reply_code: returned.reply_code,
+                reply_text: ShortString::from(short(&returned.reply_text)),
+                exchange: ShortString::from(short(&returned.exchange)),
+                routing_key: ShortString::from(short(&returned.routing_key)),
+            };
+            self.send(number, AMQPClass::Basic(basic::AMQPMethod::Return(back)));
+            self.send_content(number, &returned.properties, &returned.body);
+        }
+        match published.confirm {
+            Confirm::Ack if confirm => {
+                let ack = basic::Ack {
+                    delivery_tag: tag,
+                    multiple: false,
+                };
+                self.send(number, AMQPClass::Basic(basic::AMQPMethod::Ack(ack)));
+            }
+            Confirm::Nack { reason } if confirm => {
+                tracing::warn!(exchange, routing_key, reason, "publish nacked");
+                let nack = basic::Nack {
+                    delivery_tag: tag,
+                    multiple: false,
+                    requeue: false,
+                };
+                self.send(number, AMQPClass::Basic(basic::AMQPMethod::Nack(nack)));
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+
+    /// Runs one engine method for channel `number`; a refusal closes the channel (soft) and
+    /// gives `Ok(None)`, or closes the connection (hard) and gives `Err`.
+    fn engine<T>(
+        &mut self,
+        number: u16,
+        class: &AMQPClass,
+        call: impl FnOnce(&mut Engine, ChannelId) -> Result<T, Error>,
+    ) -> Result<Option<T>, Hard> {
+        let Some(id) = self.channels.get(&number).map(|c| c.id) else {
+            return Ok(None);
+        };
+        let (class_id, method_id) = (class.get_amqp_class_id(), class.get_amqp_method_id());
+        match self.broker.with_engine(|engine| call(engine, id)) {
+            Ok(value) => Ok(Some(value)),
+            Err(Error::Channel(reply)) => {
+                self.close_channel_with(
+                    number,
+                    reply.code.code(),
+                    reply.reply_text(),
+                    class_id,
+                    method_id,
+                );
+                Ok(None)
+            }
+            Err(Error::Invalid(text)) => {
+                // A client library would have refused this; on the wire it is a 406.
+                let _ = self.broker.with_engine(|engine| engine.close_channel(id));
+                let text = format!("PRECONDITION_FAILED - {text}");
+                self.close_channel_with(number, 406, text, class_id, method_id);
+                Ok(None)
+            }
+            Err(Error::Connection(reply)) => Err(Hard {
+                code: reply.code.code(),
+                text: reply.reply_text(),
+                class_id,
+                method_id,
+            }),
+            Err(other) => Err(Hard {
+                code: 541,
+                text: format!("INTERNAL_ERROR - {other}"),
+                class_id,
+                method_id,
+            }),
+        }
+    }
+
+    /// Sends `channel.close`; the channel discards everything until the client's `close-ok`.
+    fn close_channel_with(
+        &mut self,
+        number: u16,
+        code: u16,
+        text: String,
+        class_id: u16,
+        method_id: u16,
+    ) {
+        let Some(chan) = self.channels.get_mut(&number) else {
+            return;
+        };
+        chan.closing = true;
+        chan.content = None;
+        chan.consumers.clear();
+        let close = channel::Close {
+            reply_code: code,
+            reply_text: ShortString::from(short(&text)),
+            class_id,
+            method_id,
+        };
+        self.send(
+            number,
+            AMQPClass::Channel(channel::AMQPMethod::Close(close)),
+        );
+    }
+
+    /// Forgets a channel and closes it in the engine (requeueing what it had not acked).
+    fn release(&mut self, number: u16) {
+        let Some(chan) = self.channels.remove(&number) else {
+            return;
+        };
+        self.numbers.remove(&chan.id);
+        // A channel closed by an error reports that error once more; it was already sent.
+        let _ = self
+            .broker
+            .with_engine(|engine| engine.close_channel(chan.id));
+    }
+
+    // ------------------------------------------------------------------ engine events
+
+    fn on_event(&mut self, event: Event) {
+        match event {
+            Event::Deliver { channel, delivery } => {
+                let Some(&number) = self.numbers.get(&channel) else {
+                    // Its channel closed meanwhile; the engine requeued it.
+                    return;
+                };
+                let Some(chan) = self.channels.get(&number).filter(|c| !c.closing) else {
+                    return;
+                };
+                if chan.consumers.get(&delivery.consumer_tag) == Some(&true) {
+                    self.taken.push((channel, delivery.consumer_tag.clone()));
+                }
+                let deliver = basic::Deliver {
+                    consumer_tag: ShortString::from(short(&delivery.consumer_tag)),
+                    delivery_tag: delivery.delivery_tag,
+                    redelivered: delivery.redelivered,
+                    exchange: ShortString::from(short(&delivery.exchange)),
+                    routing_key: ShortString::from(short(&delivery.routing_key)),
+                };
+                self.send(
+                    number,
+                    AMQPClass::Basic(basic::AMQPMethod::Deliver(deliver)),
+                );
+                self.send_content(number, &delivery.properties, &delivery.body);
+            }
+            Event::ConsumerEnded {
+                channel,
+                consumer_tag,
+                reason,
+            } => {
+                let Some(&number) = self.numbers.get(&channel) else {
+                    return;
+                };
+                let Some(chan) = self.channels.get_mut(&number).filter(|c| !c.closing) else {
+                    return;
+                };
+                let known = chan.consumers.remove(&consumer_tag).is_some();
+                if known && reason == ConsumerEnd::QueueDeleted {
+                    // consumer_cancel_notify: the broker tells the client its consumer is gone.
+                    let cancel = basic::Cancel {
+                        consumer_tag: ShortString::from(short(&consumer_tag)),
+                        nowait: true,
+                    };
+                    self.send(number, AMQPClass::Basic(basic::AMQPMethod::Cancel(cancel)));
+                }
+            }
+        }
+    }
+
+    /// Tells the engine the `no_ack` deliveries written so far have left (TCP back-pressure
+    /// stands in for a client buffer), which lets it send more.
+    fn report_taken(&mut self) {
+        if self.taken.is_empty() {
+            return;
+        }
+        let taken = std::mem::take(&mut self.taken);
+        self.broker.with_engine(|engine| {
+            for (channel, tag) in &taken {
+                engine.deliveries_taken(*channel, tag, 1);
+            }
+        });
+    }
+
+    // ------------------------------------------------------------------ output
+
+    fn send(&mut self, number: u16, class: AMQPClass) {
+        put_frame(&mut self.out, &AMQPFrame::Method(number, class));
+    }
+
+    fn send_content(&mut self, number: u16, properties: &crate::Properties, body: &[u8]) {
+        let header = AMQPContentHeader {
+            class_id: CLASS_BASIC,
+            body_size: body.len() as u64,
+            properties: properties_out(properties),
+        };
+        put_frame(&mut self.out, &AMQPFrame::Header(number, header));
+        let chunk_bytes = self.frame_max_bytes as usize - FRAME_OVERHEAD_BYTES;
+        for chunk in body.chunks(chunk_bytes) {
+            put_body(&mut self.out, number, chunk);
+        }
+    }
+
+    async fn flush(&mut self) -> io::Result<()> {
+        if self.out.is_empty() {
+            return Ok(());
+        }
+        self.writer.write_all(&self.out).await?;
+        self.writer.flush().await?;
+        self.out.clear();
+        self.last_write = Instant::now();
+        Ok(())
+    }
+}
+
+enum Step {
+    Frame(Result<Inbound, Stop>),
+    Event(Option<Event>),
+    Timer,
+}
+
+async fn sleep_until(deadline: Option<Instant>) {
+    match deadline {
+        Some(deadline) => tokio::time::sleep_until(deadline).await,
+        None => std::future::pending().await,
+    }
+}
+
+fn stop_error(stop: Stop) -> WireError {
+    match stop {
+        Stop::Io(error) => WireError::Io(error),
+        Stop::Eof => WireError::Eof,
+        Stop::Bad(bad) => WireError::Closed {
+            code: bad.code,
+            text: bad.text,
+        },
+    }
+}
+
+fn unexpected(method: &connection::AMQPMethod) -> Hard {
+    let class = AMQPClass::Connection(method.clone());
+    Hard::new(
+        503,
+        format!(
+            "COMMAND_INVALID - unexpected method connection.{}",
+            method_name(&class)
+        ),
+    )
+    .during(&class)
+}
+
+fn not_implemented(class: &AMQPClass) -> Hard {
+    Hard::new(
+        540,
+        format!(
+            "NOT_IMPLEMENTED - method {} is not implemented by broker-mem",
+            method_name(class)
+        ),
+    )
+    .during(class)
+}
+
+/// `class_id.method_id`, enough to look it up in the spec.
+fn method_name(class: &AMQPClass) -> String {
+    format!(
+        "{}.{}",
+        class.get_amqp_class_id(),
+        class.get_amqp_method_id()
+    )
+}
+
+fn start() -> connection::Start {
+    let mut capabilities = AmqpTable::default();
+    for capability in [
+        "publisher_confirms",
+        "basic.nack",
+        "consumer_cancel_notify",
+        "authentication_failure_close",
+        "per_consumer_qos",
+    ] {
+        capabilities.insert(capability.into(), AMQPValue::Boolean(true));
+    }
+    for capability in [
+        "exchange_exchange_bindings",
+        "connection.blocked",
+        "direct_reply_to",
+    ] {
+        capabilities.insert(capability.into(), AMQPValue::Boolean(false));
+    }
+    let mut properties = AmqpTable::default();
+    properties.insert("product".into(), AMQPValue::LongString("broker-mem".into()));
+    properties.insert(
+        "version".into(),
+        AMQPValue::LongString(env!("CARGO_PKG_VERSION").into()),
+    );
+    properties.insert("platform".into(), AMQPValue::LongString("Rust".into()));
+    properties.insert("capabilities".into(), AMQPValue::FieldTable(capabilities));
+    connection::Start {
+        version_major: 0,
+        version_minor: 9,
+        server_properties: properties,
+        mechanisms: LongString::from("PLAIN AMQPLAIN"),
+        locales: LongString::from("en_US"),
+    }
+}
+
+/// The user a `start-ok` authenticates, if its credentials are right.
+fn authenticate(users: &[(String, String)], start_ok: &connection::StartOk) -> Option<String> {
+    let response = start_ok.response.as_bytes();
+    let (user, password) = match start_ok.mechanism.as_str() {
+        // authzid NUL authcid NUL password
+        "PLAIN" => {
+            let mut parts = response.splitn(3, |&b| b == 0);
+            let _authzid = parts.next()?;
+            let user = std::str::from_utf8(parts.next()?).ok()?.to_owned();
+            let password = std::str::from_utf8(parts.next()?).ok()?.to_owned();
+            (user, password)
+        }
+        // A field table without its length prefix.
+        "AMQPLAIN" => {
+            let mut table = u32::try_from(response.len()).ok()?.to_be_bytes().to_vec();
+            table.extend_from_slice(response);
+            let (_, table) = amq_protocol::types::parsing::parse_field_table(&table[..]).ok()?;
+            let text = |key: &str| match table.inner().get(key)? {
+                AMQPValue::LongString(s) => {
+                    std::str::from_utf8(s.as_bytes()).ok().map(str::to_owned)
+                }
+                AMQPValue::ShortString(s) => Some(s.as_str().to_owned()),
+                _ => None,
+            };
+            (text("LOGIN")?, text("PASSWORD")?)
+        }
+        _ => return None,
+    };
+    users
+        .iter()
+        .any(|(u, p)| *u == user && *p == password)
+        .then_some(user)
+}
+
+/// (`..default()`: the engine's option structs may grow fields the wire does not set.)
+#[allow(clippy::needless_update)]
+fn exchange_options(declare: &exchange::Declare) -> ExchangeOptions {
+    ExchangeOptions {
+        durable: declare.durable,
+        auto_delete: declare.auto_delete,
+        internal: declare.internal,
+        passive: declare.passive,
+        ..ExchangeOptions::default()
+    }
+}
+
+#[allow(clippy::needless_update)]
+fn queue_options(declare: &queue::Declare) -> QueueOptions {
+    QueueOptions {
+        durable: declare.durable,
+        exclusive: declare.exclusive,
+        auto_delete: declare.auto_delete,
+        passive: declare.passive,
+        ..QueueOptions::default()
+    }
+}
+
+#[allow(clippy::needless_update)]
+fn publish_options(mandatory: bool) -> PublishOptions {
+    PublishOptions {
+        mandatory,
+        ..PublishOptions::default()
+    }
+}
+
+#[allow(clippy::needless_update)]
+fn consume_options(consume: &basic::Consume) -> ConsumeOptions {
+    ConsumeOptions {
+        consumer_tag: consume.consumer_tag.as_str().to_owned(),
+        no_ack: consume.no_ack,
+        exclusive: consume.exclusive,
+        ..ConsumeOptions::default()
+    }
+}

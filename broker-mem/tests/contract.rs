@@ -1,0 +1,1232 @@
+//! The bus contract suite at the AMQP level: every test body runs twice, against broker-mem in
+//! process and against a real RabbitMQ (3.10+) through lapin, with identical expectations.
+//! Where they differ, broker-mem is wrong (or the difference is listed, with its reason, in
+//! broker-mem/README.md).
+//!
+//! RabbitMQ runs in a vhost of the test's own (`ports::testing::RabbitVhost`), deleted at the
+//! end, so the tests run in parallel on one broker. Without a reachable RabbitMQ its half prints
+//! `SKIPPED: ...` and passes, unless `WARREN_REQUIRE_RABBITMQ=1`.
+
+#[path = "contract/harness.rs"]
+mod harness;
+
+use broker_mem::{FieldTable, FieldValue, Properties};
+use harness::{Amqp, Next, QFlags, XFlags, i, s, table};
+
+/// Runs one test body on both brokers.
+macro_rules! contract {
+    ($($name:ident),* $(,)?) => {$(
+        mod $name {
+            #[tokio::test]
+            async fn broker_mem() {
+                let mut broker = super::harness::Mem::new();
+                super::$name(&mut broker).await;
+                broker.broker.check_invariants().expect("broker-mem bookkeeping");
+            }
+
+            #[tokio::test]
+            async fn rabbitmq() {
+                let Some(mut broker) = super::harness::Rabbit::create(stringify!($name)).await
+                else {
+                    return;
+                };
+                super::$name(&mut broker).await;
+                broker.finish().await;
+            }
+        }
+    )*};
+}
+
+contract!(
+    default_exchange_routes_by_queue_name,
+    direct_exchange_routes_on_the_exact_key,
+    fanout_reaches_each_bound_queue_once,
+    topic_wildcards_match_words,
+    headers_exchange_matches_all_or_any,
+    exchange_to_exchange_bindings_route_once_per_queue,
+    alternate_exchange_takes_what_its_exchange_cannot_route,
+    internal_exchange_refuses_publishes,
+    mandatory_unroutable_message_is_returned_before_the_ack,
+    publishing_to_a_missing_exchange_is_404_and_closes_the_channel,
+    exclusive_queue_is_locked_to_its_connection_and_goes_with_it,
+    auto_delete_queue_goes_with_its_last_consumer,
+    server_named_queues_start_with_amq_gen,
+    passive_declare_of_a_missing_queue_is_404,
+    redeclaring_with_other_flags_or_arguments_is_406,
+    purge_drops_ready_messages_only,
+    delete_if_unused_and_if_empty_refuse_with_406,
+    unbind_stops_routing,
+    exchange_delete_if_unused_and_missing,
+    queue_ttl_expires_messages_into_the_dead_letter_exchange,
+    per_message_expiration_expires_at_the_head,
+    max_length_drops_the_head_and_dead_letters_it,
+    max_length_bytes_with_reject_publish_nacks_the_publisher,
+    rejected_message_is_dead_lettered_with_x_death,
+    dead_letter_routing_key_replaces_the_key,
+    quorum_queue_counts_deliveries_and_enforces_the_limit,
+    competing_consumers_get_round_robin,
+    prefetch_is_per_consumer,
+    global_prefetch_is_shared_by_the_channel,
+    exclusive_consumer_keeps_others_out,
+    basic_get_takes_one_message_with_the_count_left,
+    ack_multiple_settles_every_tag_up_to_it,
+    requeued_messages_go_back_to_their_original_position,
+    unknown_or_double_ack_is_406_and_closes_the_channel,
+    closing_a_channel_requeues_but_cancel_does_not,
+    closing_a_connection_requeues,
+    deleting_a_queue_cancels_its_consumers,
+    properties_and_headers_arrive_intact,
+    dead_letter_cycles_without_a_rejection_are_dropped,
+    reject_publish_dlx_nacks_and_dead_letters,
+    a_requeued_message_keeps_its_expiry,
+    redeclaring_an_exchange_with_another_alternate_is_406,
+    nack_multiple_requeues_in_order_and_auto_ack_ignores_prefetch,
+);
+
+async fn nack_multiple_requeues_in_order_and_auto_ack_ignores_prefetch(b: &mut impl Amqp) {
+    let c = b.connection().await;
+    let ch = b.channel(c).await;
+    b.queue(ch, "q").await;
+    for n in 0..4 {
+        b.send(ch, "", "q", &n.to_string()).await;
+    }
+    let sub = b.consume(ch, "q", "c", false, false).await.unwrap();
+    let mut tags = Vec::new();
+    for _ in 0..4 {
+        tags.push(b.next(sub).await.msg().tag);
+    }
+    b.cancel(ch, sub).await.unwrap();
+    b.nack(ch, tags[2], true, true).await.unwrap();
+    b.reject(ch, tags[3], false).await.unwrap();
+    let mut got = Vec::new();
+    while let Some((msg, _)) = b.get(ch, "q", true).await.unwrap() {
+        got.push((msg.text(), msg.redelivered));
+    }
+    let expected: Vec<(String, bool)> = ["0", "1", "2"]
+        .into_iter()
+        .map(|t| (t.to_owned(), true))
+        .collect();
+    assert_eq!(got, expected);
+    // Prefetch does not limit an auto-ack consumer.
+    b.qos(ch, 1, false).await.unwrap();
+    for n in 0..3 {
+        b.send(ch, "", "q", &format!("a{n}")).await;
+    }
+    let auto = b.consume(ch, "q", "auto", true, false).await.unwrap();
+    for n in 0..3 {
+        assert_eq!(b.next(auto).await.msg().text(), format!("a{n}"));
+    }
+}
+
+async fn dead_letter_cycles_without_a_rejection_are_dropped(b: &mut impl Amqp) {
+    let c = b.connection().await;
+    let ch = b.channel(c).await;
+    // Expired messages go back to the same queue through the default exchange: a cycle.
+    let args = table(&[("x-message-ttl", i(100)), ("x-dead-letter-exchange", s(""))]);
+    b.queue_declare(ch, "loop", QFlags::default(), args)
+        .await
+        .unwrap();
+    b.send(ch, "", "loop", "m").await;
+    b.sleep_ms(600).await;
+    assert_eq!(b.depth("loop").await, Some(0));
+    // A rejection is not a cycle: rejected into itself, it comes back with an x-death entry.
+    let args = table(&[("x-dead-letter-exchange", s(""))]);
+    b.queue_declare(ch, "retry", QFlags::default(), args)
+        .await
+        .unwrap();
+    b.send(ch, "", "retry", "r").await;
+    let (first, _) = b.get(ch, "retry", false).await.unwrap().unwrap();
+    b.reject(ch, first.tag, false).await.unwrap();
+    let (again, _) = b.get(ch, "retry", true).await.unwrap().unwrap();
+    assert_eq!(
+        deaths(&again),
+        [death(1, "rejected", "retry", "", &["retry"])]
+    );
+    assert!(!again.redelivered);
+}
+
+async fn reject_publish_dlx_nacks_and_dead_letters(b: &mut impl Amqp) {
+    let c = b.connection().await;
+    let ch = b.channel(c).await;
+    let args = table(&[
+        ("x-max-length", i(1)),
+        ("x-overflow", s("reject-publish-dlx")),
+    ]);
+    dead_letter_setup(b, ch, "q", args).await;
+    b.send(ch, "", "q", "kept").await;
+    let p = b
+        .publish(ch, "", "q", false, Properties::default(), "refused")
+        .await
+        .unwrap();
+    assert!(!p.acked);
+    assert_eq!(b.drain(ch, "q").await, ["kept"]);
+    let (dead, _) = b.get(ch, "dead", true).await.unwrap().unwrap();
+    assert_eq!(dead.text(), "refused");
+    assert_eq!(deaths(&dead), [death(1, "maxlen", "q", "", &["q"])]);
+}
+
+async fn a_requeued_message_keeps_its_expiry(b: &mut impl Amqp) {
+    let c = b.connection().await;
+    let ch = b.channel(c).await;
+    dead_letter_setup(b, ch, "q", table(&[("x-message-ttl", i(300))])).await;
+    b.send(ch, "", "q", "m").await;
+    let (msg, _) = b.get(ch, "q", false).await.unwrap().unwrap();
+    b.sleep_ms(400).await;
+    // Requeued after its TTL ran out: it expires at once instead of being delivered again.
+    b.nack(ch, msg.tag, false, true).await.unwrap();
+    assert_eq!(b.depth_becomes("q", Some(0)).await, Some(0));
+    let (dead, _) = b.get(ch, "dead", true).await.unwrap().unwrap();
+    assert_eq!(deaths(&dead), [death(1, "expired", "q", "", &["q"])]);
+}
+
+async fn redeclaring_an_exchange_with_another_alternate_is_406(b: &mut impl Amqp) {
+    let c = b.connection().await;
+    let ch = b.channel(c).await;
+    let args = table(&[("alternate-exchange", s("ae1"))]);
+    b.exchange_declare(ch, "x", "direct", XFlags::default(), args.clone())
+        .await
+        .unwrap();
+    b.exchange_declare(ch, "x", "direct", XFlags::default(), args)
+        .await
+        .unwrap();
+    let other = table(&[("alternate-exchange", s("ae2"))]);
+    let error = b
+        .exchange_declare(ch, "x", "direct", XFlags::default(), other)
+        .await
+        .unwrap_err();
+    assert_eq!((error.code, norm(&error.text)), (406, "PRECONDITION_FAILED - inequivalent arg 'alternate-exchange' for exchange 'x' in vhost '/': received 'ae2' but current is 'ae1'".to_owned()));
+}
+
+async fn default_exchange_routes_by_queue_name(b: &mut impl Amqp) {
+    let c = b.connection().await;
+    let ch = b.channel(c).await;
+    b.queue(ch, "q").await;
+    b.send(ch, "", "q", "one").await;
+    b.send(ch, "", "nowhere", "lost").await;
+    let (msg, left) = b.get(ch, "q", true).await.unwrap().unwrap();
+    assert_eq!(
+        (
+            msg.text().as_str(),
+            msg.exchange.as_str(),
+            msg.routing_key.as_str(),
+            left
+        ),
+        ("one", "", "q", 0)
+    );
+}
+
+async fn direct_exchange_routes_on_the_exact_key(b: &mut impl Amqp) {
+    let c = b.connection().await;
+    let ch = b.channel(c).await;
+    b.exchange(ch, "x", "direct").await;
+    for q in ["a", "b", "c"] {
+        b.queue(ch, q).await;
+    }
+    b.bind(ch, "a", "x", "k").await;
+    b.bind(ch, "b", "x", "k").await;
+    b.bind(ch, "c", "x", "other").await;
+    b.send(ch, "x", "k", "m").await;
+    assert_eq!(
+        [b.depth("a").await, b.depth("b").await, b.depth("c").await],
+        [Some(1), Some(1), Some(0)]
+    );
+}
+
+async fn fanout_reaches_each_bound_queue_once(b: &mut impl Amqp) {
+    let c = b.connection().await;
+    let ch = b.channel(c).await;
+    b.exchange(ch, "x", "fanout").await;
+    b.queue(ch, "a").await;
+    b.queue(ch, "b").await;
+    b.bind(ch, "a", "x", "k1").await;
+    b.bind(ch, "a", "x", "k2").await;
+    b.bind(ch, "b", "x", "").await;
+    b.send(ch, "x", "whatever", "m").await;
+    assert_eq!([b.depth("a").await, b.depth("b").await], [Some(1), Some(1)]);
+}
+
+async fn topic_wildcards_match_words(b: &mut impl Amqp) {
+    let c = b.connection().await;
+    let ch = b.channel(c).await;
+    b.exchange(ch, "t", "topic").await;
+    let bindings = [
+        ("star", "a.*.c"),
+        ("hash", "a.#"),
+        ("all", "#"),
+        ("mid", "a.#.c"),
+        ("exact", "a.b"),
+        ("one", "*"),
+    ];
+    for (q, pattern) in bindings {
+        b.queue(ch, q).await;
+        b.bind(ch, q, "t", pattern).await;
+    }
+    // A queue bound by two matching patterns still gets one copy.
+    b.bind(ch, "hash", "t", "a.b.#").await;
+    for key in ["a.b.c", "a", "a.c", "axb", "", "a.b", "b"] {
+        b.send(ch, "t", key, key).await;
+    }
+    let mut got = Vec::new();
+    for (q, _) in bindings {
+        got.push((q, b.drain(ch, q).await));
+    }
+    let expected = [
+        ("star", vec!["a.b.c"]),
+        ("hash", vec!["a.b.c", "a", "a.c", "a.b"]),
+        ("all", vec!["a.b.c", "a", "a.c", "axb", "", "a.b", "b"]),
+        ("mid", vec!["a.b.c", "a.c"]),
+        ("exact", vec!["a.b"]),
+        ("one", vec!["a", "axb", "b"]),
+    ];
+    let expected: Vec<(&str, Vec<String>)> = expected
+        .into_iter()
+        .map(|(q, keys)| (q, keys.into_iter().map(String::from).collect()))
+        .collect();
+    assert_eq!(got, expected);
+}
+
+async fn headers_exchange_matches_all_or_any(b: &mut impl Amqp) {
+    let c = b.connection().await;
+    let ch = b.channel(c).await;
+    b.exchange(ch, "h", "headers").await;
+    b.queue(ch, "all").await;
+    b.queue(ch, "any").await;
+    b.queue(ch, "present").await;
+    let all = table(&[("x-match", s("all")), ("kind", s("order")), ("n", i(1))]);
+    let any = table(&[("x-match", s("any")), ("kind", s("order")), ("n", i(1))]);
+    let present = table(&[("flag", FieldValue::Void)]);
+    b.queue_bind(ch, "all", "h", "", all).await.unwrap();
+    b.queue_bind(ch, "any", "h", "", any).await.unwrap();
+    b.queue_bind(ch, "present", "h", "", present).await.unwrap();
+    let cases = [
+        ("both", table(&[("kind", s("order")), ("n", i(1))])),
+        ("kind", table(&[("kind", s("order"))])),
+        ("flag", table(&[("flag", s("x")), ("n", i(2))])),
+        ("none", table(&[])),
+    ];
+    for (body, headers) in cases {
+        let properties = Properties {
+            headers: Some(headers),
+            ..Properties::default()
+        };
+        let published = b
+            .publish(ch, "h", "", false, properties, body)
+            .await
+            .unwrap();
+        assert!(published.acked);
+    }
+    assert_eq!(b.drain(ch, "all").await, ["both"]);
+    assert_eq!(b.drain(ch, "any").await, ["both", "kind"]);
+    assert_eq!(b.drain(ch, "present").await, ["flag"]);
+}
+
+async fn exchange_to_exchange_bindings_route_once_per_queue(b: &mut impl Amqp) {
+    let c = b.connection().await;
+    let ch = b.channel(c).await;
+    b.exchange(ch, "front", "topic").await;
+    b.exchange(ch, "back", "fanout").await;
+    b.queue(ch, "q").await;
+    b.queue(ch, "direct-too").await;
+    b.exchange_bind(ch, "back", "front", "orders.#", FieldTable::new())
+        .await
+        .unwrap();
+    b.bind(ch, "q", "back", "").await;
+    // q is reachable twice (directly and through back): one copy.
+    b.bind(ch, "q", "front", "orders.new").await;
+    b.bind(ch, "direct-too", "front", "orders.*").await;
+    // A loop between exchanges is walked once.
+    b.exchange_bind(ch, "front", "back", "", FieldTable::new())
+        .await
+        .unwrap();
+    b.send(ch, "front", "orders.new", "m").await;
+    b.send(ch, "front", "other", "n").await;
+    assert_eq!(b.drain(ch, "q").await, ["m"]);
+    assert_eq!(b.drain(ch, "direct-too").await, ["m"]);
+    let missing = b
+        .exchange_bind(ch, "back", "nowhere", "", FieldTable::new())
+        .await
+        .unwrap_err();
+    assert_eq!(missing.code, 404);
+}
+
+async fn alternate_exchange_takes_what_its_exchange_cannot_route(b: &mut impl Amqp) {
+    let c = b.connection().await;
+    let ch = b.channel(c).await;
+    b.exchange(ch, "ae", "fanout").await;
+    let args = table(&[("alternate-exchange", s("ae"))]);
+    b.exchange_declare(ch, "main", "direct", XFlags::default(), args)
+        .await
+        .unwrap();
+    b.queue(ch, "routed").await;
+    b.queue(ch, "unrouted").await;
+    b.bind(ch, "routed", "main", "k").await;
+    b.bind(ch, "unrouted", "ae", "").await;
+    b.send(ch, "main", "k", "routed").await;
+    // Mandatory, but the alternate exchange routed it: not returned.
+    let p = b
+        .publish(ch, "main", "other", true, Properties::default(), "stray")
+        .await
+        .unwrap();
+    assert_eq!(
+        p,
+        harness::Pub {
+            returned: None,
+            acked: true
+        }
+    );
+    assert_eq!(b.drain(ch, "routed").await, ["routed"]);
+    let (msg, _) = b.get(ch, "unrouted", true).await.unwrap().unwrap();
+    assert_eq!(
+        (
+            msg.text().as_str(),
+            msg.exchange.as_str(),
+            msg.routing_key.as_str()
+        ),
+        ("stray", "main", "other")
+    );
+}
+
+async fn internal_exchange_refuses_publishes(b: &mut impl Amqp) {
+    let c = b.connection().await;
+    let ch = b.channel(c).await;
+    let internal = XFlags {
+        internal: true,
+        ..XFlags::default()
+    };
+    b.exchange_declare(ch, "inner", "fanout", internal, FieldTable::new())
+        .await
+        .unwrap();
+    b.exchange(ch, "outer", "fanout").await;
+    b.exchange_bind(ch, "inner", "outer", "", FieldTable::new())
+        .await
+        .unwrap();
+    b.queue(ch, "q").await;
+    b.bind(ch, "q", "inner", "").await;
+    b.send(ch, "outer", "", "via-outer").await;
+    assert_eq!(b.depth("q").await, Some(1));
+    let refused = b
+        .publish(ch, "inner", "", false, Properties::default(), "direct")
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code, 403);
+    assert_eq!(
+        refused.text,
+        "ACCESS_REFUSED - cannot publish to internal exchange 'inner' in vhost '/'"
+            .replace("'/'", "VHOST")
+            .replace("VHOST", &vhost_of(&refused.text))
+    );
+    assert!(!b.channel_open(ch).await);
+}
+
+/// RabbitMQ names the test's vhost in reply texts, broker-mem always `/`: compare texts with
+/// the vhost taken from the text itself.
+fn vhost_of(text: &str) -> String {
+    text.rsplit_once("in vhost '")
+        .map(|(_, rest)| format!("'{}'", rest.split('\'').next().unwrap_or_default()))
+        .unwrap_or_default()
+}
+
+/// A reply text with its vhost replaced by `/`.
+fn norm(text: &str) -> String {
+    let vhost = vhost_of(text);
+    if vhost.is_empty() {
+        text.to_owned()
+    } else {
+        text.replace(&format!("in vhost {vhost}"), "in vhost '/'")
+    }
+}
+
+async fn mandatory_unroutable_message_is_returned_before_the_ack(b: &mut impl Amqp) {
+    let c = b.connection().await;
+    let ch = b.channel(c).await;
+    b.exchange(ch, "x", "direct").await;
+    let p = b
+        .publish(ch, "x", "nowhere", true, Properties::default(), "m")
+        .await
+        .unwrap();
+    assert_eq!(p.returned, Some((312, "NO_ROUTE".to_owned())));
+    assert!(p.acked);
+    let p = b
+        .publish(ch, "x", "nowhere", false, Properties::default(), "m")
+        .await
+        .unwrap();
+    assert_eq!(
+        p,
+        harness::Pub {
+            returned: None,
+            acked: true
+        }
+    );
+}
+
+async fn publishing_to_a_missing_exchange_is_404_and_closes_the_channel(b: &mut impl Amqp) {
+    let c = b.connection().await;
+    let ch = b.channel(c).await;
+    let error = b
+        .publish(ch, "missing", "k", false, Properties::default(), "m")
+        .await
+        .unwrap_err();
+    assert_eq!(
+        (error.code, norm(&error.text)),
+        (
+            404,
+            "NOT_FOUND - no exchange 'missing' in vhost '/'".to_owned()
+        )
+    );
+    assert!(!b.channel_open(ch).await);
+    let other = b.channel(c).await;
+    b.queue(other, "still-works").await;
+}
+
+async fn exclusive_queue_is_locked_to_its_connection_and_goes_with_it(b: &mut impl Amqp) {
+    let owner = b.connection().await;
+    let ch = b.channel(owner).await;
+    let exclusive = QFlags {
+        exclusive: true,
+        ..QFlags::default()
+    };
+    b.queue_declare(ch, "mine", exclusive, FieldTable::new())
+        .await
+        .unwrap();
+    let other = b.connection().await;
+    let och = b.channel(other).await;
+    let error = b.consume(och, "mine", "", false, false).await.unwrap_err();
+    assert_eq!(error.code, 405);
+    assert!(
+        norm(&error.text).starts_with(
+            "RESOURCE_LOCKED - cannot obtain exclusive access to locked queue 'mine' in vhost '/'"
+        ),
+        "{}",
+        error.text
+    );
+    b.close_connection(owner).await;
+    assert_eq!(b.depth_becomes("mine", None).await, None);
+}
+
+async fn auto_delete_queue_goes_with_its_last_consumer(b: &mut impl Amqp) {
+    let c = b.connection().await;
+    let ch = b.channel(c).await;
+    let auto = QFlags {
+        auto_delete: true,
+        ..QFlags::default()
+    };
+    b.queue_declare(ch, "auto", auto, FieldTable::new())
+        .await
+        .unwrap();
+    let first = b.consume(ch, "auto", "c1", false, false).await.unwrap();
+    let second = b.consume(ch, "auto", "c2", false, false).await.unwrap();
+    b.cancel(ch, first).await.unwrap();
+    assert_eq!(b.depth("auto").await, Some(0));
+    b.cancel(ch, second).await.unwrap();
+    assert_eq!(b.depth_becomes("auto", None).await, None);
+}
+
+async fn server_named_queues_start_with_amq_gen(b: &mut impl Amqp) {
+    let c = b.connection().await;
+    let ch = b.channel(c).await;
+    let (name, _, _) = b
+        .queue_declare(ch, "", QFlags::default(), FieldTable::new())
+        .await
+        .unwrap();
+    assert!(name.starts_with("amq.gen-"), "{name}");
+    b.send(ch, "", &name, "m").await;
+    assert_eq!(b.depth(&name).await, Some(1));
+    let reserved = b
+        .queue_declare(ch, "amq.mine", QFlags::default(), FieldTable::new())
+        .await
+        .unwrap_err();
+    assert_eq!(reserved.code, 403);
+}
+
+async fn passive_declare_of_a_missing_queue_is_404(b: &mut impl Amqp) {
+    let c = b.connection().await;
+    let ch = b.channel(c).await;
+    b.queue(ch, "here").await;
+    b.send(ch, "", "here", "m").await;
+    let passive = QFlags {
+        passive: true,
+        ..QFlags::default()
+    };
+    let (_, messages, consumers) = b
+        .queue_declare(ch, "here", passive, FieldTable::new())
+        .await
+        .unwrap();
+    assert_eq!((messages, consumers), (1, 0));
+    let error = b
+        .queue_declare(ch, "gone", passive, FieldTable::new())
+        .await
+        .unwrap_err();
+    assert_eq!(
+        (error.code, norm(&error.text)),
+        (404, "NOT_FOUND - no queue 'gone' in vhost '/'".to_owned())
+    );
+    let ch = b.channel(c).await;
+    let x = XFlags {
+        passive: true,
+        ..XFlags::default()
+    };
+    let error = b
+        .exchange_declare(ch, "gone", "direct", x, FieldTable::new())
+        .await
+        .unwrap_err();
+    assert_eq!(
+        (error.code, norm(&error.text)),
+        (
+            404,
+            "NOT_FOUND - no exchange 'gone' in vhost '/'".to_owned()
+        )
+    );
+}
+
+async fn redeclaring_with_other_flags_or_arguments_is_406(b: &mut impl Amqp) {
+    let c = b.connection().await;
+    let ch = b.channel(c).await;
+    let ttl = table(&[("x-message-ttl", i(1000))]);
+    b.queue_declare(ch, "q", QFlags::default(), ttl.clone())
+        .await
+        .unwrap();
+    b.queue_declare(ch, "q", QFlags::default(), ttl)
+        .await
+        .unwrap();
+    let other = table(&[("x-message-ttl", i(2000))]);
+    let error = b
+        .queue_declare(ch, "q", QFlags::default(), other)
+        .await
+        .unwrap_err();
+    assert_eq!(error.code, 406);
+    assert_eq!(
+        norm(&error.text),
+        "PRECONDITION_FAILED - inequivalent arg 'x-message-ttl' for queue 'q' in vhost '/': received '2000' but current is '1000'"
+    );
+    let ch = b.channel(c).await;
+    let error = b
+        .queue_declare(ch, "q", QFlags::default(), FieldTable::new())
+        .await
+        .unwrap_err();
+    assert_eq!(
+        norm(&error.text),
+        "PRECONDITION_FAILED - inequivalent arg 'x-message-ttl' for queue 'q' in vhost '/': received none but current is the value '1000' of type 'long'"
+    );
+    let ch = b.channel(c).await;
+    let durable = QFlags {
+        durable: true,
+        ..QFlags::default()
+    };
+    let error = b
+        .queue_declare(ch, "q", durable, table(&[("x-message-ttl", i(1000))]))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        norm(&error.text),
+        "PRECONDITION_FAILED - inequivalent arg 'durable' for queue 'q' in vhost '/': received 'true' but current is 'false'"
+    );
+    let ch = b.channel(c).await;
+    b.exchange(ch, "x", "direct").await;
+    let error = b
+        .exchange_declare(ch, "x", "fanout", XFlags::default(), FieldTable::new())
+        .await
+        .unwrap_err();
+    assert_eq!(
+        norm(&error.text),
+        "PRECONDITION_FAILED - inequivalent arg 'type' for exchange 'x' in vhost '/': received 'fanout' but current is 'direct'"
+    );
+    // The queue and its state are unchanged by the refusals.
+    let ch = b.channel(c).await;
+    b.send(ch, "", "q", "m").await;
+    assert_eq!(b.depth("q").await, Some(1));
+}
+
+async fn purge_drops_ready_messages_only(b: &mut impl Amqp) {
+    let c = b.connection().await;
+    let ch = b.channel(c).await;
+    b.queue(ch, "q").await;
+    for n in 0..3 {
+        b.send(ch, "", "q", &n.to_string()).await;
+    }
+    let (held, _) = b.get(ch, "q", false).await.unwrap().unwrap();
+    assert_eq!(b.queue_purge(ch, "q").await.unwrap(), 2);
+    assert_eq!(b.depth("q").await, Some(0));
+    b.nack(ch, held.tag, false, true).await.unwrap();
+    assert_eq!(b.drain(ch, "q").await, ["0"]);
+}
+
+async fn delete_if_unused_and_if_empty_refuse_with_406(b: &mut impl Amqp) {
+    let c = b.connection().await;
+    let ch = b.channel(c).await;
+    b.queue(ch, "q").await;
+    b.send(ch, "", "q", "m").await;
+    let error = b.queue_delete(ch, "q", false, true).await.unwrap_err();
+    assert_eq!(
+        (error.code, norm(&error.text)),
+        (
+            406,
+            "PRECONDITION_FAILED - queue 'q' in vhost '/' not empty".to_owned()
+        )
+    );
+    let ch = b.channel(c).await;
+    let _consumer = b.consume(ch, "q", "c", false, false).await.unwrap();
+    let other = b.channel(c).await;
+    let error = b.queue_delete(other, "q", true, false).await.unwrap_err();
+    assert_eq!(
+        (error.code, norm(&error.text)),
+        (
+            406,
+            "PRECONDITION_FAILED - queue 'q' in vhost '/' in use".to_owned()
+        )
+    );
+    let other = b.channel(c).await;
+    b.queue(other, "empty").await;
+    b.send(other, "", "empty", "a").await;
+    b.send(other, "", "empty", "b").await;
+    assert_eq!(
+        b.queue_delete(other, "empty", false, false).await.unwrap(),
+        2
+    );
+    assert_eq!(b.depth("empty").await, None);
+    assert_eq!(
+        b.queue_delete(other, "empty", false, false).await.unwrap(),
+        0
+    );
+}
+
+async fn unbind_stops_routing(b: &mut impl Amqp) {
+    let c = b.connection().await;
+    let ch = b.channel(c).await;
+    b.exchange(ch, "x", "direct").await;
+    b.queue(ch, "q").await;
+    b.bind(ch, "q", "x", "k").await;
+    b.send(ch, "x", "k", "before").await;
+    b.queue_unbind(ch, "q", "x", "k", FieldTable::new())
+        .await
+        .unwrap();
+    b.send(ch, "x", "k", "after").await;
+    // Unbinding what is not bound is fine.
+    b.queue_unbind(ch, "q", "x", "k", FieldTable::new())
+        .await
+        .unwrap();
+    assert_eq!(b.drain(ch, "q").await, ["before"]);
+    // So is unbinding from a missing exchange or a missing queue (RabbitMQ 3.10).
+    b.queue_unbind(ch, "q", "missing", "k", FieldTable::new())
+        .await
+        .unwrap();
+    b.queue_unbind(ch, "missing", "x", "k", FieldTable::new())
+        .await
+        .unwrap();
+    assert!(b.channel_open(ch).await);
+}
+
+async fn exchange_delete_if_unused_and_missing(b: &mut impl Amqp) {
+    let c = b.connection().await;
+    let ch = b.channel(c).await;
+    b.exchange(ch, "x", "fanout").await;
+    b.queue(ch, "q").await;
+    b.bind(ch, "q", "x", "").await;
+    let error = b.exchange_delete(ch, "x", true).await.unwrap_err();
+    assert_eq!(
+        (error.code, norm(&error.text)),
+        (
+            406,
+            "PRECONDITION_FAILED - exchange 'x' in vhost '/' in use".to_owned()
+        )
+    );
+    let ch = b.channel(c).await;
+    b.exchange_delete(ch, "x", false).await.unwrap();
+    b.exchange_delete(ch, "x", false).await.unwrap();
+    let error = b
+        .publish(ch, "x", "", false, Properties::default(), "m")
+        .await
+        .unwrap_err();
+    assert_eq!(error.code, 404);
+}
+
+/// The `x-death` entries of a message with their `time` left out (it is the broker's clock).
+fn deaths(msg: &harness::Msg) -> Vec<FieldTable> {
+    match msg.header("x-death") {
+        Some(FieldValue::Array(items)) => items
+            .iter()
+            .map(|item| match item {
+                FieldValue::Table(t) => {
+                    let mut t = t.clone();
+                    assert!(matches!(t.remove("time"), Some(FieldValue::Timestamp(_))));
+                    t
+                }
+                other => panic!("x-death entry {other:?}"),
+            })
+            .collect(),
+        other => panic!("x-death is {other:?}"),
+    }
+}
+
+fn death(count: i64, reason: &str, queue: &str, exchange: &str, keys: &[&str]) -> FieldTable {
+    table(&[
+        ("count", i(count)),
+        ("reason", s(reason)),
+        ("queue", s(queue)),
+        ("exchange", s(exchange)),
+        (
+            "routing-keys",
+            FieldValue::Array(keys.iter().map(|k| s(k)).collect()),
+        ),
+    ])
+}
+
+async fn dead_letter_setup(b: &mut impl Amqp, ch: harness::Ch, queue: &str, mut args: FieldTable) {
+    b.exchange(ch, "dlx", "fanout").await;
+    b.queue(ch, "dead").await;
+    b.bind(ch, "dead", "dlx", "").await;
+    args.insert("x-dead-letter-exchange".into(), s("dlx"));
+    b.queue_declare(ch, queue, QFlags::default(), args)
+        .await
+        .unwrap();
+}
+
+async fn queue_ttl_expires_messages_into_the_dead_letter_exchange(b: &mut impl Amqp) {
+    let c = b.connection().await;
+    let ch = b.channel(c).await;
+    dead_letter_setup(b, ch, "q", table(&[("x-message-ttl", i(200))])).await;
+    b.send(ch, "", "q", "old").await;
+    b.sleep_ms(100).await;
+    b.send(ch, "", "q", "young").await;
+    b.sleep_ms(200).await;
+    // Real brokers fire their TTL timer a little late.
+    b.sleep_ms(300).await;
+    assert_eq!(b.depth("q").await, Some(0));
+    let (msg, _) = b.get(ch, "dead", true).await.unwrap().unwrap();
+    assert_eq!(msg.text(), "old");
+    assert_eq!(deaths(&msg), [death(1, "expired", "q", "", &["q"])]);
+    assert_eq!(msg.header("x-first-death-reason"), Some(&s("expired")));
+    assert_eq!(msg.header("x-first-death-queue"), Some(&s("q")));
+    assert_eq!(msg.header("x-first-death-exchange"), Some(&s("")));
+    assert_eq!(
+        (msg.exchange.as_str(), msg.routing_key.as_str()),
+        ("dlx", "q")
+    );
+    assert_eq!(b.drain(ch, "dead").await, ["young"]);
+}
+
+async fn per_message_expiration_expires_at_the_head(b: &mut impl Amqp) {
+    let c = b.connection().await;
+    let ch = b.channel(c).await;
+    dead_letter_setup(b, ch, "q", FieldTable::new()).await;
+    let expiring = |ms: &str| Properties {
+        expiration: Some(ms.to_owned()),
+        ..Properties::default()
+    };
+    b.publish(ch, "", "q", false, expiring("100"), "short")
+        .await
+        .unwrap();
+    b.publish(ch, "", "q", false, Properties::default(), "forever")
+        .await
+        .unwrap();
+    b.publish(ch, "", "q", false, expiring("100"), "stuck")
+        .await
+        .unwrap();
+    b.sleep_ms(600).await;
+    // Only the head expires: "stuck" waits behind "forever".
+    assert_eq!(b.depth("q").await, Some(2));
+    let (msg, _) = b.get(ch, "dead", true).await.unwrap().unwrap();
+    assert_eq!(msg.text(), "short");
+    assert_eq!(msg.properties.expiration, None);
+    let mut expected = death(1, "expired", "q", "", &["q"]);
+    expected.insert("original-expiration".into(), s("100"));
+    assert_eq!(deaths(&msg), [expected]);
+    let (forever, _) = b.get(ch, "q", true).await.unwrap().unwrap();
+    assert_eq!(forever.text(), "forever");
+    // Expired messages are never delivered, not even by basic.get.
+    assert!(b.get(ch, "q", true).await.unwrap().is_none());
+    assert_eq!(b.drain(ch, "dead").await, ["stuck"]);
+}
+
+async fn max_length_drops_the_head_and_dead_letters_it(b: &mut impl Amqp) {
+    let c = b.connection().await;
+    let ch = b.channel(c).await;
+    dead_letter_setup(b, ch, "q", table(&[("x-max-length", i(2))])).await;
+    for n in 1..=4 {
+        b.send(ch, "", "q", &n.to_string()).await;
+    }
+    assert_eq!(b.drain(ch, "q").await, ["3", "4"]);
+    let (msg, _) = b.get(ch, "dead", true).await.unwrap().unwrap();
+    assert_eq!(msg.text(), "1");
+    assert_eq!(deaths(&msg), [death(1, "maxlen", "q", "", &["q"])]);
+    assert_eq!(b.drain(ch, "dead").await, ["2"]);
+}
+
+async fn max_length_bytes_with_reject_publish_nacks_the_publisher(b: &mut impl Amqp) {
+    let c = b.connection().await;
+    let ch = b.channel(c).await;
+    let args = table(&[
+        ("x-max-length-bytes", i(10)),
+        ("x-overflow", s("reject-publish")),
+    ]);
+    b.queue_declare(ch, "q", QFlags::default(), args)
+        .await
+        .unwrap();
+    b.queue(ch, "free").await;
+    b.exchange(ch, "x", "fanout").await;
+    b.bind(ch, "q", "x", "").await;
+    b.bind(ch, "free", "x", "").await;
+    b.send(ch, "x", "", "12345").await;
+    b.send(ch, "x", "", "67890").await;
+    let p = b
+        .publish(ch, "x", "", false, Properties::default(), "x")
+        .await
+        .unwrap();
+    assert!(!p.acked, "a full reject-publish queue nacks");
+    // The other queue took it all the same.
+    assert_eq!(b.drain(ch, "q").await, ["12345", "67890"]);
+    assert_eq!(b.drain(ch, "free").await, ["12345", "67890", "x"]);
+    b.send(ch, "x", "", "room").await;
+}
+
+async fn rejected_message_is_dead_lettered_with_x_death(b: &mut impl Amqp) {
+    let c = b.connection().await;
+    let ch = b.channel(c).await;
+    dead_letter_setup(b, ch, "work", FieldTable::new()).await;
+    b.exchange(ch, "in", "direct").await;
+    b.bind(ch, "work", "in", "job").await;
+    b.send(ch, "in", "job", "poison").await;
+    let sub = b.consume(ch, "work", "c", false, false).await.unwrap();
+    let msg = b.next(sub).await.msg();
+    b.reject(ch, msg.tag, false).await.unwrap();
+    let dead = b.consume(ch, "dead", "d", false, false).await.unwrap();
+    let msg = b.next(dead).await.msg();
+    assert_eq!(
+        (msg.exchange.as_str(), msg.routing_key.as_str()),
+        ("dlx", "job")
+    );
+    assert_eq!(deaths(&msg), [death(1, "rejected", "work", "in", &["job"])]);
+    // Back to work by hand, rejected again: the entry for (work, rejected) counts 2.
+    b.publish(ch, "in", "job", false, msg.properties.clone(), "poison")
+        .await
+        .unwrap();
+    b.ack(ch, msg.tag, false).await.unwrap();
+    let again = b.next(sub).await.msg();
+    b.nack(ch, again.tag, false, false).await.unwrap();
+    let msg = b.next(dead).await.msg();
+    assert_eq!(deaths(&msg), [death(2, "rejected", "work", "in", &["job"])]);
+    assert_eq!(msg.header("x-first-death-reason"), Some(&s("rejected")));
+    b.ack(ch, msg.tag, false).await.unwrap();
+}
+
+async fn dead_letter_routing_key_replaces_the_key(b: &mut impl Amqp) {
+    let c = b.connection().await;
+    let ch = b.channel(c).await;
+    b.exchange(ch, "dlx", "direct").await;
+    b.queue(ch, "parking").await;
+    b.bind(ch, "parking", "dlx", "parked").await;
+    let args = table(&[
+        ("x-dead-letter-exchange", s("dlx")),
+        ("x-dead-letter-routing-key", s("parked")),
+    ]);
+    b.queue_declare(ch, "q", QFlags::default(), args)
+        .await
+        .unwrap();
+    b.send(ch, "", "q", "m").await;
+    let (msg, _) = b.get(ch, "q", false).await.unwrap().unwrap();
+    b.nack(ch, msg.tag, false, false).await.unwrap();
+    let (dead, _) = b.get(ch, "parking", true).await.unwrap().unwrap();
+    assert_eq!(
+        (dead.exchange.as_str(), dead.routing_key.as_str()),
+        ("dlx", "parked")
+    );
+    assert_eq!(deaths(&dead), [death(1, "rejected", "q", "", &["q"])]);
+}
+
+async fn quorum_queue_counts_deliveries_and_enforces_the_limit(b: &mut impl Amqp) {
+    let c = b.connection().await;
+    let ch = b.channel(c).await;
+    b.exchange(ch, "dlx", "fanout").await;
+    b.queue(ch, "dead").await;
+    b.bind(ch, "dead", "dlx", "").await;
+    let args = table(&[
+        ("x-queue-type", s("quorum")),
+        ("x-delivery-limit", i(1)),
+        ("x-dead-letter-exchange", s("dlx")),
+    ]);
+    let error = b
+        .queue_declare(ch, "qq", QFlags::default(), args.clone())
+        .await
+        .unwrap_err();
+    assert_eq!(
+        (error.code, norm(&error.text)),
+        (
+            406,
+            "PRECONDITION_FAILED - invalid property 'non-durable' for queue 'qq' in vhost '/'"
+                .to_owned()
+        )
+    );
+    let ch = b.channel(c).await;
+    let durable = QFlags {
+        durable: true,
+        ..QFlags::default()
+    };
+    b.queue_declare(ch, "qq", durable, args).await.unwrap();
+    b.send(ch, "", "qq", "m").await;
+    let sub = b.consume(ch, "qq", "c", false, false).await.unwrap();
+    let first = b.next(sub).await.msg();
+    assert_eq!(first.header("x-delivery-count"), None);
+    b.reject(ch, first.tag, true).await.unwrap();
+    let second = b.next(sub).await.msg();
+    assert!(second.redelivered);
+    assert_eq!(second.header("x-delivery-count"), Some(&i(1)));
+    b.reject(ch, second.tag, true).await.unwrap();
+    // Past the limit: dead-lettered, not redelivered.
+    assert!(matches!(b.quiet(sub).await, Next::Empty));
+    let (dead, _) = b.get(ch, "dead", true).await.unwrap().unwrap();
+    assert_eq!(dead.text(), "m");
+    let reasons: Vec<_> = deaths(&dead)
+        .into_iter()
+        .map(|d| d.get("reason").cloned())
+        .collect();
+    assert_eq!(reasons, [Some(s("delivery_limit"))]);
+}
+
+async fn competing_consumers_get_round_robin(b: &mut impl Amqp) {
+    let c = b.connection().await;
+    let ch = b.channel(c).await;
+    b.queue(ch, "q").await;
+    let one = b.consume(ch, "q", "one", true, false).await.unwrap();
+    let two = b.consume(ch, "q", "two", true, false).await.unwrap();
+    for n in 0..4 {
+        b.send(ch, "", "q", &n.to_string()).await;
+    }
+    let mut got = Vec::new();
+    for sub in [one, two, one, two] {
+        got.push(b.next(sub).await.msg().text());
+    }
+    assert_eq!(got, ["0", "1", "2", "3"]);
+}
+
+async fn prefetch_is_per_consumer(b: &mut impl Amqp) {
+    let c = b.connection().await;
+    let ch = b.channel(c).await;
+    b.queue(ch, "q").await;
+    for n in 0..5 {
+        b.send(ch, "", "q", &n.to_string()).await;
+    }
+    b.qos(ch, 2, false).await.unwrap();
+    let one = b.consume(ch, "q", "one", false, false).await.unwrap();
+    let two = b.consume(ch, "q", "two", false, false).await.unwrap();
+    let a = b.next(one).await.msg();
+    let _b = b.next(one).await.msg();
+    let _c = b.next(two).await.msg();
+    let _d = b.next(two).await.msg();
+    assert!(matches!(b.quiet(one).await, Next::Empty));
+    assert!(matches!(b.quiet(two).await, Next::Empty));
+    assert_eq!(b.depth("q").await, Some(1));
+    b.ack(ch, a.tag, false).await.unwrap();
+    assert_eq!(b.next(one).await.msg().text(), "4");
+}
+
+async fn global_prefetch_is_shared_by_the_channel(b: &mut impl Amqp) {
+    let c = b.connection().await;
+    let ch = b.channel(c).await;
+    b.queue(ch, "a").await;
+    b.queue(ch, "b").await;
+    for n in 0..3 {
+        b.send(ch, "", "a", &format!("a{n}")).await;
+        b.send(ch, "", "b", &format!("b{n}")).await;
+    }
+    b.qos(ch, 3, true).await.unwrap();
+    let on_a = b.consume(ch, "a", "on-a", false, false).await.unwrap();
+    let first = b.next(on_a).await.msg();
+    let _ = b.next(on_a).await.msg();
+    let _ = b.next(on_a).await.msg();
+    let on_b = b.consume(ch, "b", "on-b", false, false).await.unwrap();
+    assert!(
+        matches!(b.quiet(on_b).await, Next::Empty),
+        "the channel's 3 are taken"
+    );
+    b.ack(ch, first.tag, false).await.unwrap();
+    assert_eq!(b.next(on_b).await.msg().text(), "b0");
+    assert!(matches!(b.quiet(on_b).await, Next::Empty));
+}
+
+async fn exclusive_consumer_keeps_others_out(b: &mut impl Amqp) {
+    let c = b.connection().await;
+    let ch = b.channel(c).await;
+    b.queue(ch, "q").await;
+    let _only = b.consume(ch, "q", "only", false, true).await.unwrap();
+    let other = b.channel(c).await;
+    let error = b
+        .consume(other, "q", "late", false, false)
+        .await
+        .unwrap_err();
+    assert_eq!(
+        (error.code, norm(&error.text)),
+        (
+            403,
+            "ACCESS_REFUSED - queue 'q' in vhost '/' in exclusive use".to_owned()
+        )
+    );
+}
+
+async fn basic_get_takes_one_message_with_the_count_left(b: &mut impl Amqp) {
+    let c = b.connection().await;
+    let ch = b.channel(c).await;
+    b.queue(ch, "q").await;
+    assert!(b.get(ch, "q", false).await.unwrap().is_none());
+    for n in 0..3 {
+        b.send(ch, "", "q", &n.to_string()).await;
+    }
+    let (first, left) = b.get(ch, "q", false).await.unwrap().unwrap();
+    assert_eq!(
+        (first.text().as_str(), left, first.tag, first.redelivered),
+        ("0", 2, 1, false)
+    );
+    b.reject(ch, first.tag, true).await.unwrap();
+    let (again, left) = b.get(ch, "q", true).await.unwrap().unwrap();
+    assert_eq!(
+        (again.text().as_str(), left, again.tag, again.redelivered),
+        ("0", 2, 2, true)
+    );
+    let error = b.get(ch, "missing", false).await.unwrap_err();
+    assert_eq!(error.code, 404);
+}
+
+async fn ack_multiple_settles_every_tag_up_to_it(b: &mut impl Amqp) {
+    let c = b.connection().await;
+    let ch = b.channel(c).await;
+    b.queue(ch, "q").await;
+    for n in 0..4 {
+        b.send(ch, "", "q", &n.to_string()).await;
+    }
+    let sub = b.consume(ch, "q", "c", false, false).await.unwrap();
+    let mut tags = Vec::new();
+    for _ in 0..4 {
+        tags.push(b.next(sub).await.msg().tag);
+    }
+    assert_eq!(tags, [1, 2, 3, 4]);
+    b.ack(ch, 3, true).await.unwrap();
+    b.close_channel(ch).await;
+    let ch = b.channel(c).await;
+    assert_eq!(b.drain(ch, "q").await, ["3"]);
+}
+
+async fn requeued_messages_go_back_to_their_original_position(b: &mut impl Amqp) {
+    let c = b.connection().await;
+    let ch = b.channel(c).await;
+    b.queue(ch, "q").await;
+    for n in 0..4 {
+        b.send(ch, "", "q", &n.to_string()).await;
+    }
+    let (zero, _) = b.get(ch, "q", false).await.unwrap().unwrap();
+    let (one, _) = b.get(ch, "q", false).await.unwrap().unwrap();
+    b.nack(ch, one.tag, false, true).await.unwrap();
+    b.nack(ch, zero.tag, false, true).await.unwrap();
+    let mut got = Vec::new();
+    while let Some((msg, _)) = b.get(ch, "q", true).await.unwrap() {
+        got.push((msg.text(), msg.redelivered));
+    }
+    let expected: Vec<(String, bool)> = [("0", true), ("1", true), ("2", false), ("3", false)]
+        .into_iter()
+        .map(|(t, r)| (t.to_owned(), r))
+        .collect();
+    assert_eq!(got, expected);
+}
+
+async fn unknown_or_double_ack_is_406_and_closes_the_channel(b: &mut impl Amqp) {
+    let c = b.connection().await;
+    let ch = b.channel(c).await;
+    b.queue(ch, "q").await;
+    b.send(ch, "", "q", "m").await;
+    b.send(ch, "", "q", "n").await;
+    let (msg, _) = b.get(ch, "q", false).await.unwrap().unwrap();
+    b.ack(ch, msg.tag, false).await.unwrap();
+    let (held, _) = b.get(ch, "q", false).await.unwrap().unwrap();
+    let error = b.ack(ch, msg.tag, false).await.unwrap_err();
+    assert_eq!(
+        (error.code, error.text.as_str()),
+        (406, "PRECONDITION_FAILED - unknown delivery tag 1")
+    );
+    assert!(!b.channel_open(ch).await);
+    // Nothing lost: the closed channel's unacked message is back.
+    assert_eq!(held.text(), "n");
+    assert_eq!(b.depth_becomes("q", Some(1)).await, Some(1));
+    let ch = b.channel(c).await;
+    let error = b.ack(ch, 99, false).await.unwrap_err();
+    assert_eq!(
+        (error.code, error.text.as_str()),
+        (406, "PRECONDITION_FAILED - unknown delivery tag 99")
+    );
+}
+
+async fn closing_a_channel_requeues_but_cancel_does_not(b: &mut impl Amqp) {
+    let c = b.connection().await;
+    let ch = b.channel(c).await;
+    b.queue(ch, "q").await;
+    b.send(ch, "", "q", "m").await;
+    let sub = b.consume(ch, "q", "c", false, false).await.unwrap();
+    let msg = b.next(sub).await.msg();
+    b.cancel(ch, sub).await.unwrap();
+    assert_eq!(b.depth("q").await, Some(0), "cancel keeps it unacked");
+    b.close_channel(ch).await;
+    assert_eq!(b.depth_becomes("q", Some(1)).await, Some(1));
+    let ch = b.channel(c).await;
+    let (again, _) = b.get(ch, "q", true).await.unwrap().unwrap();
+    assert_eq!((again.text(), again.redelivered), (msg.text(), true));
+}
+
+async fn closing_a_connection_requeues(b: &mut impl Amqp) {
+    let admin = b.connection().await;
+    let ach = b.channel(admin).await;
+    b.queue(ach, "q").await;
+    b.send(ach, "", "q", "m").await;
+    let c = b.connection().await;
+    let ch = b.channel(c).await;
+    let sub = b.consume(ch, "q", "c", false, false).await.unwrap();
+    let _msg = b.next(sub).await.msg();
+    assert_eq!(b.depth("q").await, Some(0));
+    b.close_connection(c).await;
+    assert_eq!(b.depth_becomes("q", Some(1)).await, Some(1));
+}
+
+async fn deleting_a_queue_cancels_its_consumers(b: &mut impl Amqp) {
+    let c = b.connection().await;
+    let ch = b.channel(c).await;
+    b.queue(ch, "q").await;
+    let sub = b.consume(ch, "q", "c", false, false).await.unwrap();
+    let other = b.channel(c).await;
+    assert_eq!(b.queue_delete(other, "q", false, false).await.unwrap(), 0);
+    assert!(matches!(b.next(sub).await, Next::Ended));
+    assert!(
+        b.channel_open(ch).await,
+        "a broker cancel does not close the channel"
+    );
+}
+
+async fn properties_and_headers_arrive_intact(b: &mut impl Amqp) {
+    let c = b.connection().await;
+    let ch = b.channel(c).await;
+    b.queue(ch, "q").await;
+    let headers = table(&[
+        ("text", s("x")),
+        ("n", i(-5)),
+        ("flag", FieldValue::Bool(true)),
+        ("list", FieldValue::Array(vec![s("a"), i(2)])),
+        ("nested", FieldValue::Table(table(&[("k", s("v"))]))),
+        ("at", FieldValue::Timestamp(1_700_000_000)),
+    ]);
+    let properties = Properties {
+        content_type: Some("application/json".into()),
+        content_encoding: Some("identity".into()),
+        headers: Some(headers),
+        delivery_mode: Some(2),
+        priority: Some(3),
+        correlation_id: Some("corr".into()),
+        reply_to: Some("replies".into()),
+        expiration: Some("60000".into()),
+        message_id: Some("id-1".into()),
+        timestamp: Some(1_700_000_001),
+        kind: Some("Kind".into()),
+        user_id: Some("guest".into()),
+        app_id: Some("tests".into()),
+    };
+    b.publish(ch, "", "q", false, properties.clone(), "{}")
+        .await
+        .unwrap();
+    let sub = b.consume(ch, "q", "c", true, false).await.unwrap();
+    let msg = b.next(sub).await.msg();
+    assert_eq!(msg.properties, properties);
+    assert_eq!(msg.body, b"{}");
+}

@@ -1,0 +1,282 @@
+//! broker-mem's own test hooks: the injected clock, introspection, fault hooks and the broker
+//! restart. RabbitMQ has no equivalent a test could drive per vhost, so these run on broker-mem
+//! only; the behaviour they fake (a lost frame, a redelivery, a nack, a forced close, a restart)
+//! is what RabbitMQ's documentation describes.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use broker_mem::{
+    Broker, Bytes, Channel, Confirm, ConsumeOptions, DeathReason, Error, ExchangeKind,
+    ExchangeOptions, FieldTable, FieldValue, Limits, Properties, PublishOptions, QueueOptions,
+    ReplyCode, TryRecvError,
+};
+
+fn clocked() -> (Broker, Arc<AtomicU64>) {
+    let now_ms = Arc::new(AtomicU64::new(0));
+    let reading = Arc::clone(&now_ms);
+    let clock = Arc::new(move || reading.load(Ordering::SeqCst));
+    (Broker::with_clock(Limits::default(), clock), now_ms)
+}
+
+fn publish(channel: &Channel, queue: &str, body: &str, persistent: bool) {
+    let properties = Properties {
+        delivery_mode: Some(if persistent { 2 } else { 1 }),
+        ..Properties::default()
+    };
+    let confirm = channel
+        .basic_publish(
+            "",
+            queue,
+            properties,
+            Bytes::copy_from_slice(body.as_bytes()),
+        )
+        .unwrap();
+    assert_eq!(confirm, Confirm::Ack);
+}
+
+fn text(body: &Bytes) -> String {
+    String::from_utf8_lossy(body).into_owned()
+}
+
+#[test]
+fn ttl_runs_on_the_injected_clock_not_the_wall_clock() {
+    let (broker, now_ms) = clocked();
+    let connection = broker.connect();
+    let channel = connection.open_channel().unwrap();
+    let args: FieldTable = [("x-message-ttl".to_owned(), FieldValue::I64(1_000))].into();
+    channel
+        .queue_declare_with("q", QueueOptions::default(), &args)
+        .unwrap();
+    publish(&channel, "q", "m", false);
+    now_ms.store(999, Ordering::SeqCst);
+    broker.tick();
+    assert_eq!(broker.queue_depth("q"), Some(1));
+    now_ms.store(1_000, Ordering::SeqCst);
+    broker.tick();
+    assert_eq!(broker.queue_depth("q"), Some(0));
+    let dead = broker.dead_lettered();
+    assert_eq!(dead.len(), 1);
+    assert_eq!(
+        (dead[0].reason, dead[0].at_ms),
+        (DeathReason::Expired, 1_000)
+    );
+    assert_eq!(dead[0].dead_letter_exchange, None);
+}
+
+#[test]
+fn a_ttl_of_zero_reaches_a_waiting_consumer_and_expires_otherwise() {
+    let (broker, _now_ms) = clocked();
+    let connection = broker.connect();
+    let channel = connection.open_channel().unwrap();
+    let args: FieldTable = [("x-message-ttl".to_owned(), FieldValue::I64(0))].into();
+    channel
+        .queue_declare_with("q", QueueOptions::default(), &args)
+        .unwrap();
+    publish(&channel, "q", "nobody", false);
+    assert_eq!(broker.queue_depth("q"), Some(0));
+    let consumer = channel
+        .basic_consume("q", ConsumeOptions::default())
+        .unwrap();
+    publish(&channel, "q", "someone", false);
+    assert_eq!(text(&consumer.try_recv().unwrap().body), "someone");
+}
+
+#[test]
+fn mandatory_returns_are_recorded() {
+    let broker = Broker::new();
+    let connection = broker.connect();
+    let channel = connection.open_channel().unwrap();
+    let mandatory = PublishOptions { mandatory: true };
+    let published = channel
+        .basic_publish_with(
+            "",
+            "nowhere",
+            mandatory,
+            Properties::default(),
+            Bytes::from_static(b"m"),
+        )
+        .unwrap();
+    let returned = published.returned.unwrap();
+    assert_eq!(
+        (returned.reply_code, returned.reply_text.as_str()),
+        (312, "NO_ROUTE")
+    );
+    assert_eq!(published.confirm, Confirm::Ack);
+    assert_eq!(broker.returned(), [returned]);
+}
+
+#[test]
+fn a_dropped_delivery_is_unacked_until_its_channel_closes() {
+    let broker = Broker::new();
+    let connection = broker.connect();
+    let channel = connection.open_channel().unwrap();
+    channel.queue_declare("q", QueueOptions::default()).unwrap();
+    publish(&channel, "q", "lost", false);
+    publish(&channel, "q", "next", false);
+    broker.drop_next_delivery("q");
+    let consumer = channel
+        .basic_consume("q", ConsumeOptions::default())
+        .unwrap();
+    let next = consumer.try_recv().unwrap();
+    assert_eq!(
+        (text(&next.body), next.delivery_tag),
+        ("next".to_owned(), 2)
+    );
+    assert_eq!(broker.unacked_count("q"), Some(2));
+    channel.close().unwrap();
+    let channel = connection.open_channel().unwrap();
+    let again = channel.basic_get("q", true).unwrap().unwrap();
+    assert_eq!(
+        (text(&again.delivery.body), again.delivery.redelivered),
+        ("lost".to_owned(), true)
+    );
+    broker.check_invariants().unwrap();
+}
+
+#[test]
+fn a_duplicated_delivery_arrives_twice_the_second_time_redelivered() {
+    let broker = Broker::new();
+    let connection = broker.connect();
+    let channel = connection.open_channel().unwrap();
+    channel.queue_declare("q", QueueOptions::default()).unwrap();
+    publish(&channel, "q", "twice", false);
+    broker.duplicate_next_delivery("q");
+    let consumer = channel
+        .basic_consume("q", ConsumeOptions::default())
+        .unwrap();
+    let first = consumer.try_recv().unwrap();
+    let second = consumer.try_recv().unwrap();
+    assert_eq!(
+        (text(&first.body), first.redelivered),
+        ("twice".to_owned(), false)
+    );
+    assert_eq!(
+        (text(&second.body), second.redelivered),
+        ("twice".to_owned(), true)
+    );
+    channel.basic_ack(0, true).unwrap();
+    assert_eq!(broker.usage().messages, 0);
+    broker.check_invariants().unwrap();
+}
+
+#[test]
+fn a_delayed_delivery_arrives_when_the_clock_gets_there() {
+    let (broker, now_ms) = clocked();
+    let connection = broker.connect();
+    let channel = connection.open_channel().unwrap();
+    channel.queue_declare("q", QueueOptions::default()).unwrap();
+    publish(&channel, "q", "late", false);
+    broker.delay_next_delivery("q", 500);
+    let consumer = channel
+        .basic_consume("q", ConsumeOptions::default())
+        .unwrap();
+    assert_eq!(consumer.try_recv().unwrap_err(), TryRecvError::Empty);
+    now_ms.store(500, Ordering::SeqCst);
+    broker.tick();
+    assert_eq!(text(&consumer.try_recv().unwrap().body), "late");
+}
+
+#[test]
+fn a_nacked_confirm_enqueues_nothing_or_everything_as_asked() {
+    let broker = Broker::new();
+    let connection = broker.connect();
+    let channel = connection.open_channel().unwrap();
+    channel.queue_declare("q", QueueOptions::default()).unwrap();
+    broker.nack_next_publish(channel.id(), false);
+    let confirm = channel
+        .basic_publish("", "q", Properties::default(), Bytes::from_static(b"a"))
+        .unwrap();
+    assert!(matches!(confirm, Confirm::Nack { .. }));
+    assert_eq!(broker.queue_depth("q"), Some(0));
+    broker.nack_next_publish(channel.id(), true);
+    let confirm = channel
+        .basic_publish("", "q", Properties::default(), Bytes::from_static(b"b"))
+        .unwrap();
+    assert!(matches!(confirm, Confirm::Nack { .. }));
+    assert_eq!(broker.queue_depth("q"), Some(1));
+    publish(&channel, "q", "c", false);
+}
+
+#[test]
+fn a_forced_close_requeues_and_reports_the_reply() {
+    let broker = Broker::new();
+    let connection = broker.connect();
+    let channel = connection.open_channel().unwrap();
+    channel.queue_declare("q", QueueOptions::default()).unwrap();
+    publish(&channel, "q", "m", false);
+    let _held = channel.basic_get("q", false).unwrap().unwrap();
+    broker.force_close_channel(channel.id(), ReplyCode::PreconditionFailed, "operator");
+    assert_eq!(broker.queue_depth("q"), Some(1));
+    let error = channel.basic_get("q", false).unwrap_err();
+    assert!(
+        matches!(&error, Error::ChannelClosed(reply) if reply.text == "operator"),
+        "{error:?}"
+    );
+    let other = connection.open_channel().unwrap();
+    broker.force_close_connection(connection.id(), ReplyCode::ConnectionForced, "bye");
+    assert!(
+        matches!(other.status(), Err(Error::ConnectionClosed(reply)) if reply.code.code() == 320)
+    );
+}
+
+#[test]
+fn a_restart_keeps_durable_queues_with_persistent_messages_only() {
+    let broker = Broker::new();
+    let connection = broker.connect();
+    let channel = connection.open_channel().unwrap();
+    let durable = QueueOptions {
+        durable: true,
+        ..QueueOptions::default()
+    };
+    channel.queue_declare("kept", durable).unwrap();
+    channel
+        .queue_declare("lost", QueueOptions::default())
+        .unwrap();
+    let durable_x = ExchangeOptions {
+        durable: true,
+        ..ExchangeOptions::default()
+    };
+    channel
+        .exchange_declare("dx", ExchangeKind::Direct, durable_x)
+        .unwrap();
+    channel
+        .exchange_declare("tx", ExchangeKind::Direct, ExchangeOptions::default())
+        .unwrap();
+    channel.queue_bind("kept", "dx", "k").unwrap();
+    channel.queue_bind("kept", "tx", "k").unwrap();
+    publish(&channel, "kept", "persistent", true);
+    publish(&channel, "kept", "transient", false);
+    publish(&channel, "kept", "waiting", true);
+    publish(&channel, "lost", "gone", true);
+    let _first = channel.basic_get("kept", false).unwrap().unwrap();
+
+    broker.restart();
+
+    assert!(
+        matches!(channel.status(), Err(Error::ConnectionClosed(reply)) if reply.code.code() == 320)
+    );
+    assert_eq!(broker.queue_depth("lost"), None);
+    let names: Vec<String> = broker.exchanges().into_iter().map(|x| x.name).collect();
+    assert!(names.contains(&"dx".to_owned()) && !names.contains(&"tx".to_owned()));
+    let bindings: Vec<(String, String)> = broker
+        .bindings()
+        .into_iter()
+        .map(|b| (b.exchange, b.queue))
+        .collect();
+    assert_eq!(bindings, [("dx".to_owned(), "kept".to_owned())]);
+    let connection = broker.connect();
+    let channel = connection.open_channel().unwrap();
+    let mut kept = Vec::new();
+    while let Some(ok) = channel.basic_get("kept", true).unwrap() {
+        kept.push((text(&ok.delivery.body), ok.delivery.redelivered));
+    }
+    assert_eq!(
+        kept,
+        [
+            ("persistent".to_owned(), true),
+            ("waiting".to_owned(), false)
+        ]
+    );
+    broker.check_invariants().unwrap();
+}

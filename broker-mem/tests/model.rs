@@ -1,0 +1,614 @@
+//! A model-based property test: random sequences of publishes, gets, acks, nacks (with and
+//! without requeue, single and multiple), unknown tags, purges, channel closes and clock
+//! advances run against broker-mem's `Engine` and against a small reference model of
+//! RabbitMQ's rules; after every step the two must agree on what `basic.get` returns (body,
+//! delivery tag, redelivered, message count), on each queue's depth, on what was dead-lettered
+//! and why, and on how many messages the broker holds. proptest shrinks a failing sequence to
+//! a minimal one.
+//!
+//! The model covers one queue with `x-message-ttl`, `x-max-length` (drop-head) and a
+//! dead-letter exchange, one plain queue, and the dead-letter queue; consumers (at most one
+//! per lane) with a prefetch, competing round-robin when two lanes consume the same queue,
+//! cancelled or ended by a close. After every step the deliveries each lane received must be
+//! the model's, tag by tag. Declares and binds are fixed at the start (the contract suite covers
+//! them against RabbitMQ).
+//!
+//! No `proptest-state-machine`: every operation applies in every state (one that does not fit,
+//! like an ack of an unknown tag, is itself a behaviour under test), so a plain `Vec<Op>`
+//! strategy, which proptest already shrinks element by element, is all the machinery needed.
+
+use std::collections::{BTreeMap, VecDeque};
+
+use broker_mem::{
+    Bytes, ChannelId, ConsumeOptions, Engine, Error, Event, ExchangeKind, ExchangeOptions,
+    FieldTable, FieldValue, Limits, Properties, QueueOptions,
+};
+use proptest::prelude::*;
+
+const TTL_MS: u64 = 50;
+const MAX_LENGTH: usize = 3;
+/// Queue 0 has the TTL, the length limit and the dead-letter exchange; queue 1 is plain.
+const QUEUES: [&str; 2] = ["limited", "plain"];
+const DEAD: &str = "dead";
+const LANES: usize = 2;
+
+#[derive(Debug, Clone)]
+enum Op {
+    Publish {
+        queue: usize,
+    },
+    Get {
+        lane: usize,
+        queue: usize,
+        no_ack: bool,
+    },
+    GetDead {
+        lane: usize,
+    },
+    Ack {
+        lane: usize,
+        pick: usize,
+        multiple: bool,
+    },
+    Nack {
+        lane: usize,
+        pick: usize,
+        multiple: bool,
+        requeue: bool,
+    },
+    AckUnknown {
+        lane: usize,
+    },
+    Purge {
+        lane: usize,
+        queue: usize,
+    },
+    Reopen {
+        lane: usize,
+    },
+    Advance {
+        ms: u64,
+    },
+    Consume {
+        lane: usize,
+        queue: usize,
+        prefetch: u16,
+    },
+    Cancel {
+        lane: usize,
+    },
+}
+
+fn op() -> impl Strategy<Value = Op> {
+    let lane = 0..LANES;
+    let queue = 0..QUEUES.len();
+    prop_oneof![
+        4 => queue.clone().prop_map(|queue| Op::Publish { queue }),
+        3 => (lane.clone(), queue.clone(), any::<bool>())
+            .prop_map(|(lane, queue, no_ack)| Op::Get { lane, queue, no_ack }),
+        1 => lane.clone().prop_map(|lane| Op::GetDead { lane }),
+        2 => (lane.clone(), any::<usize>(), any::<bool>())
+            .prop_map(|(lane, pick, multiple)| Op::Ack { lane, pick, multiple }),
+        2 => (lane.clone(), any::<usize>(), any::<bool>(), any::<bool>())
+            .prop_map(|(lane, pick, multiple, requeue)| Op::Nack { lane, pick, multiple, requeue }),
+        1 => lane.clone().prop_map(|lane| Op::AckUnknown { lane }),
+        1 => (lane.clone(), queue).prop_map(|(lane, queue)| Op::Purge { lane, queue }),
+        1 => lane.prop_map(|lane| Op::Reopen { lane }),
+        2 => (0u64..80).prop_map(|ms| Op::Advance { ms }),
+        1 => (0..LANES, 0..QUEUES.len() + 1, 1u16..4)
+            .prop_map(|(lane, queue, prefetch)| Op::Consume { lane, queue, prefetch }),
+        1 => (0..LANES).prop_map(|lane| Op::Cancel { lane }),
+    ]
+}
+
+/// A message as the model tracks it.
+#[derive(Debug, Clone, PartialEq)]
+struct Entry {
+    seq: u64,
+    body: String,
+    redelivered: bool,
+    expires_at_ms: Option<u64>,
+    /// Why it was dead-lettered, for messages in the dead-letter queue.
+    death: Option<&'static str>,
+}
+
+/// A consumer as the model tracks it.
+#[derive(Debug, Clone, Copy)]
+struct ModelConsumer {
+    queue: &'static str,
+    prefetch: usize,
+    serial: u64,
+}
+
+/// One delivery as a lane sees it: tag, body, redelivered.
+type Seen = (u64, String, bool);
+
+/// The reference model: RabbitMQ's rules, written as plainly as possible.
+#[derive(Debug, Default)]
+struct Model {
+    now_ms: u64,
+    seq: u64,
+    published: u64,
+    /// Ready messages per queue (`QUEUES` then `DEAD`), in position order.
+    ready: BTreeMap<&'static str, VecDeque<Entry>>,
+    /// Per lane: unacked by tag, with the queue it came from and the serial of the consumer
+    /// it went to (0: `basic.get`); the last tag handed out.
+    unacked: [BTreeMap<u64, (&'static str, Entry, u64)>; LANES],
+    last_tag: [u64; LANES],
+    consumers: [Option<ModelConsumer>; LANES],
+    /// Per queue, the consuming lanes in round-robin order (the front is offered next).
+    rotation: BTreeMap<&'static str, VecDeque<usize>>,
+    serial: u64,
+    /// Deliveries made during the current step, per lane.
+    delivered: [Vec<Seen>; LANES],
+}
+
+impl Model {
+    fn new() -> Model {
+        let mut model = Model::default();
+        for q in QUEUES.into_iter().chain([DEAD]) {
+            model.ready.insert(q, VecDeque::new());
+            model.rotation.insert(q, VecDeque::new());
+        }
+        model
+    }
+
+    fn has_credit(&self, lane: usize) -> bool {
+        let Some(consumer) = self.consumers[lane] else {
+            return false;
+        };
+        let held = self.unacked[lane]
+            .values()
+            .filter(|(_, _, serial)| *serial == consumer.serial)
+            .count();
+        held < consumer.prefetch
+    }
+
+    /// Round-robin among the queue's consumers with credit; a consumer without credit keeps
+    /// its turn.
+    fn dispatch(&mut self, queue: &'static str) {
+        while !self.ready[queue].is_empty() {
+            let rotation = &self.rotation[queue];
+            let Some(position) = rotation.iter().position(|lane| self.has_credit(*lane)) else {
+                return;
+            };
+            let rotation = self.rotation.get_mut(queue).unwrap();
+            let lane = rotation.remove(position).unwrap();
+            rotation.push_back(lane);
+            let entry = self.ready.get_mut(queue).unwrap().pop_front().unwrap();
+            self.last_tag[lane] += 1;
+            let tag = self.last_tag[lane];
+            let serial = self.consumers[lane].unwrap().serial;
+            self.delivered[lane].push((tag, entry.body.clone(), entry.redelivered));
+            self.unacked[lane].insert(tag, (queue, entry, serial));
+        }
+    }
+
+    /// What the engine does before a call returns: per queue, expire (sparing messages that
+    /// expire this very millisecond, so a consumer can still take them), dispatch, expire.
+    /// Dead-lettering feeds `dead`, so a second pass delivers what the first sent there.
+    fn run(&mut self) {
+        for _ in 0..2 {
+            for queue in [DEAD, QUEUES[0], QUEUES[1]] {
+                if queue == QUEUES[0] {
+                    self.expire_where(|at, now| at < now);
+                }
+                self.dispatch(queue);
+                if queue == QUEUES[0] {
+                    self.expire();
+                }
+            }
+        }
+    }
+
+    fn consume(&mut self, lane: usize, queue: &'static str, prefetch: u16) {
+        self.serial += 1;
+        self.consumers[lane] = Some(ModelConsumer {
+            queue,
+            prefetch: usize::from(prefetch),
+            serial: self.serial,
+        });
+        self.rotation.get_mut(queue).unwrap().push_back(lane);
+        self.run();
+    }
+
+    fn cancel(&mut self, lane: usize) {
+        if let Some(consumer) = self.consumers[lane].take() {
+            self.rotation
+                .get_mut(consumer.queue)
+                .unwrap()
+                .retain(|l| *l != lane);
+        }
+    }
+
+    fn held(&self) -> usize {
+        self.ready.values().map(VecDeque::len).sum::<usize>()
+            + self.unacked.iter().map(BTreeMap::len).sum::<usize>()
+    }
+
+    /// Dead-letters from `limited` into `dead`; from `plain` the message is dropped.
+    fn dead_letter(&mut self, queue: &'static str, entry: Entry, reason: &'static str) {
+        if queue != QUEUES[0] {
+            return;
+        }
+        self.seq += 1;
+        let death = entry.death.or(Some(reason));
+        let dead = Entry {
+            seq: self.seq,
+            redelivered: false,
+            expires_at_ms: None,
+            death,
+            ..entry
+        };
+        self.ready.get_mut(DEAD).unwrap().push_back(dead);
+    }
+
+    /// RabbitMQ expires at the head only; with one TTL per queue, expiry follows position.
+    fn expire(&mut self) {
+        self.expire_where(|at, now| at <= now);
+    }
+
+    fn expire_where(&mut self, expired_at: impl Fn(u64, u64) -> bool) {
+        loop {
+            let now = self.now_ms;
+            let queue = self.ready.get_mut(QUEUES[0]).unwrap();
+            let expired = queue
+                .front()
+                .is_some_and(|e| e.expires_at_ms.is_some_and(|at| expired_at(at, now)));
+            if !expired {
+                return;
+            }
+            let head = queue.pop_front().unwrap();
+            self.dead_letter(QUEUES[0], head, "expired");
+        }
+    }
+
+    fn publish(&mut self, queue: usize) -> String {
+        self.published += 1;
+        self.seq += 1;
+        let body = format!("m{}", self.published);
+        let name = QUEUES[queue];
+        let entry = Entry {
+            seq: self.seq,
+            body: body.clone(),
+            redelivered: false,
+            expires_at_ms: (queue == 0).then_some(self.now_ms + TTL_MS),
+            death: None,
+        };
+        self.ready.get_mut(name).unwrap().push_back(entry);
+        if queue == 0 {
+            while self.ready[name].len() > MAX_LENGTH {
+                let head = self.ready.get_mut(name).unwrap().pop_front().unwrap();
+                self.dead_letter(name, head, "maxlen");
+            }
+        }
+        body
+    }
+
+    fn get(&mut self, lane: usize, queue: &'static str, no_ack: bool) -> Option<(Entry, u64, u32)> {
+        self.expire();
+        let entry = self.ready.get_mut(queue).unwrap().pop_front()?;
+        let left = u32::try_from(self.ready[queue].len()).unwrap();
+        self.last_tag[lane] += 1;
+        let tag = self.last_tag[lane];
+        if !no_ack {
+            self.unacked[lane].insert(tag, (queue, entry.clone(), 0));
+        }
+        Some((entry, tag, left))
+    }
+
+    fn requeue(&mut self, queue: &'static str, entry: Entry) {
+        let ready = self.ready.get_mut(queue).unwrap();
+        let position = ready.partition_point(|e| e.seq < entry.seq);
+        ready.insert(
+            position,
+            Entry {
+                redelivered: true,
+                ..entry
+            },
+        );
+    }
+
+    /// The tags a settle of `tag` covers.
+    fn covered(&self, lane: usize, tag: u64, multiple: bool) -> Vec<u64> {
+        if multiple {
+            self.unacked[lane].range(..=tag).map(|(t, _)| *t).collect()
+        } else {
+            vec![tag]
+        }
+    }
+
+    fn settle(&mut self, lane: usize, tags: &[u64], outcome: Option<bool>) {
+        for tag in tags {
+            let (queue, entry, _) = self.unacked[lane].remove(tag).unwrap();
+            match outcome {
+                None => {}
+                Some(true) => self.requeue(queue, entry),
+                Some(false) => self.dead_letter(queue, entry, "rejected"),
+            }
+        }
+        self.run();
+    }
+
+    fn close(&mut self, lane: usize) {
+        self.cancel(lane);
+        let unacked = std::mem::take(&mut self.unacked[lane]);
+        for (_, (queue, entry, _)) in unacked {
+            self.requeue(queue, entry);
+        }
+        self.last_tag[lane] = 0;
+        self.run();
+    }
+}
+
+struct World {
+    engine: Engine,
+    connection: broker_mem::ConnectionId,
+    lanes: [ChannelId; LANES],
+    /// The consumer tag on each lane, if it consumes.
+    tags: [Option<String>; LANES],
+    model: Model,
+}
+
+impl World {
+    fn new() -> World {
+        let mut engine = Engine::new(Limits::default());
+        engine.advance_to(1_000);
+        let connection = engine.open_connection("guest");
+        let setup = engine.open_channel(connection).unwrap();
+        let fanout = ExchangeKind::Fanout;
+        engine
+            .exchange_declare(setup, "dlx", fanout, ExchangeOptions::default())
+            .unwrap();
+        engine
+            .queue_declare(setup, DEAD, QueueOptions::default())
+            .unwrap();
+        engine.queue_bind(setup, DEAD, "dlx", "").unwrap();
+        let args: FieldTable = [
+            ("x-message-ttl", FieldValue::I64(TTL_MS as i64)),
+            ("x-max-length", FieldValue::I64(MAX_LENGTH as i64)),
+            ("x-dead-letter-exchange", FieldValue::String("dlx".into())),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v))
+        .collect();
+        engine
+            .queue_declare_with(setup, QUEUES[0], QueueOptions::default(), &args)
+            .unwrap();
+        engine
+            .queue_declare(setup, QUEUES[1], QueueOptions::default())
+            .unwrap();
+        engine.close_channel(setup).unwrap();
+        let lanes = [(); LANES].map(|()| engine.open_channel(connection).unwrap());
+        let mut model = Model::new();
+        model.now_ms = 1_000;
+        World {
+            engine,
+            connection,
+            lanes,
+            tags: [None, None],
+            model,
+        }
+    }
+
+    fn pick(&self, lane: usize, pick: usize) -> Option<u64> {
+        let tags: Vec<u64> = self.model.unacked[lane].keys().copied().collect();
+        (!tags.is_empty()).then(|| tags[pick % tags.len()])
+    }
+
+    fn reopen(&mut self, lane: usize) {
+        self.tags[lane] = None;
+        let _ = self.engine.close_channel(self.lanes[lane]);
+        self.lanes[lane] = self.engine.open_channel(self.connection).unwrap();
+    }
+
+    fn get(&mut self, lane: usize, queue: &'static str, no_ack: bool) -> Result<(), TestCaseError> {
+        let got = self
+            .engine
+            .basic_get(self.lanes[lane], queue, no_ack)
+            .map_err(|e| TestCaseError::fail(format!("basic.get: {e}")))?;
+        let expected = self.model.get(lane, queue, no_ack);
+        match (got, expected) {
+            (None, None) => {}
+            (Some(ok), Some((entry, tag, left))) => {
+                let d = &ok.delivery;
+                prop_assert_eq!(&d.body[..], entry.body.as_bytes());
+                prop_assert_eq!(d.delivery_tag, tag);
+                prop_assert_eq!(
+                    d.redelivered,
+                    entry.redelivered,
+                    "redelivered of {}",
+                    entry.body
+                );
+                prop_assert_eq!(ok.message_count, left);
+                let first_death = d
+                    .properties
+                    .headers
+                    .as_ref()
+                    .and_then(|h| h.get("x-first-death-reason"))
+                    .cloned();
+                let expected = entry.death.map(|r| FieldValue::String(r.to_owned()));
+                prop_assert_eq!(first_death, expected);
+            }
+            (got, expected) => {
+                prop_assert!(
+                    false,
+                    "basic.get on {queue}: broker {got:?}, model {expected:?}"
+                );
+            }
+        }
+        Ok(())
+    }
+
+    fn apply(&mut self, op: &Op) -> Result<(), TestCaseError> {
+        match *op {
+            Op::Publish { queue } => {
+                let body = self.model.publish(queue);
+                let confirm = self.engine.basic_publish(
+                    self.lanes[0],
+                    "",
+                    QUEUES[queue],
+                    Properties::default(),
+                    Bytes::from(body),
+                );
+                self.model.run();
+                if confirm.is_err() {
+                    // Lane 0 was closed by an error: publish on a fresh one.
+                    self.reopen(0);
+                    self.model.close(0);
+                    prop_assert!(false, "publish failed: {confirm:?}");
+                }
+            }
+            Op::Get {
+                lane,
+                queue,
+                no_ack,
+            } => self.get(lane, QUEUES[queue], no_ack)?,
+            Op::GetDead { lane } => self.get(lane, DEAD, true)?,
+            Op::Ack {
+                lane,
+                pick,
+                multiple,
+            } => {
+                let Some(tag) = self.pick(lane, pick) else {
+                    return Ok(());
+                };
+                let tags = self.model.covered(lane, tag, multiple);
+                self.engine
+                    .basic_ack(self.lanes[lane], tag, multiple)
+                    .map_err(|e| TestCaseError::fail(format!("ack: {e}")))?;
+                self.model.settle(lane, &tags, None);
+            }
+            Op::Nack {
+                lane,
+                pick,
+                multiple,
+                requeue,
+            } => {
+                let Some(tag) = self.pick(lane, pick) else {
+                    return Ok(());
+                };
+                let tags = self.model.covered(lane, tag, multiple);
+                self.engine
+                    .basic_nack(self.lanes[lane], tag, multiple, requeue)
+                    .map_err(|e| TestCaseError::fail(format!("nack: {e}")))?;
+                self.model.settle(lane, &tags, Some(requeue));
+            }
+            Op::AckUnknown { lane } => {
+                let unknown = self.model.last_tag[lane] + 1;
+                let error = self.engine.basic_ack(self.lanes[lane], unknown, false);
+                let code = error
+                    .as_ref()
+                    .err()
+                    .and_then(Error::reply)
+                    .map(|r| r.code.code());
+                prop_assert_eq!(code, Some(406));
+                // The channel is closed: its unacked messages are back; a new one takes over.
+                self.model.close(lane);
+                self.reopen(lane);
+            }
+            Op::Purge { lane, queue } => {
+                self.model.expire();
+                let expected = self
+                    .model
+                    .ready
+                    .get_mut(QUEUES[queue])
+                    .unwrap()
+                    .drain(..)
+                    .count();
+                let purged = self
+                    .engine
+                    .queue_purge(self.lanes[lane], QUEUES[queue])
+                    .map_err(|e| TestCaseError::fail(format!("purge: {e}")))?;
+                prop_assert_eq!(purged as usize, expected);
+            }
+            Op::Reopen { lane } => {
+                self.model.close(lane);
+                self.reopen(lane);
+            }
+            Op::Advance { ms } => {
+                self.model.now_ms += ms;
+                self.engine.advance_to(self.model.now_ms);
+                self.model.run();
+            }
+            Op::Consume {
+                lane,
+                queue,
+                prefetch,
+            } => {
+                if self.tags[lane].is_some() {
+                    return Ok(());
+                }
+                let name = QUEUES.get(queue).copied().unwrap_or(DEAD);
+                let channel = self.lanes[lane];
+                self.engine
+                    .basic_qos(channel, prefetch)
+                    .map_err(|e| TestCaseError::fail(format!("qos: {e}")))?;
+                let tag = self
+                    .engine
+                    .basic_consume(channel, name, ConsumeOptions::default())
+                    .map_err(|e| TestCaseError::fail(format!("consume: {e}")))?;
+                self.tags[lane] = Some(tag);
+                self.model.consume(lane, name, prefetch);
+            }
+            Op::Cancel { lane } => {
+                let Some(tag) = self.tags[lane].take() else {
+                    return Ok(());
+                };
+                self.engine
+                    .basic_cancel(self.lanes[lane], &tag)
+                    .map_err(|e| TestCaseError::fail(format!("cancel: {e}")))?;
+                self.model.cancel(lane);
+            }
+        }
+        Ok(())
+    }
+
+    /// The deliveries of this step, per lane, must be the model's.
+    fn check_deliveries(&mut self) -> Result<(), TestCaseError> {
+        let mut seen: [Vec<Seen>; LANES] = Default::default();
+        for event in self.engine.take_events() {
+            if let Event::Deliver { channel, delivery } = event {
+                let lane = self.lanes.iter().position(|l| *l == channel);
+                let Some(lane) = lane else {
+                    prop_assert!(false, "a delivery to a closed lane: {delivery:?}");
+                    continue;
+                };
+                let body = String::from_utf8_lossy(&delivery.body).into_owned();
+                seen[lane].push((delivery.delivery_tag, body, delivery.redelivered));
+            }
+        }
+        let expected = std::mem::take(&mut self.model.delivered);
+        prop_assert_eq!(seen, expected);
+        Ok(())
+    }
+
+    fn check(&self) -> Result<(), TestCaseError> {
+        for q in QUEUES.into_iter().chain([DEAD]) {
+            prop_assert_eq!(
+                self.engine.queue_depth(q),
+                Some(self.model.ready[q].len()),
+                "depth of {}",
+                q
+            );
+        }
+        prop_assert_eq!(self.engine.usage().messages, self.model.held());
+        self.engine
+            .check_invariants()
+            .map_err(|e| TestCaseError::fail(format!("invariants: {e}")))
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 1024, ..ProptestConfig::default() })]
+
+    #[test]
+    fn the_engine_agrees_with_the_reference_model(ops in proptest::collection::vec(op(), 1..60)) {
+        let mut world = World::new();
+        for op in &ops {
+            world.apply(op)?;
+            world.check_deliveries()?;
+            world.check()?;
+        }
+    }
+}

@@ -1,0 +1,410 @@
+//! lapin, unmodified, against broker-mem's wire server on loopback TCP: the protocol a real
+//! client library expects, RabbitMQ's reply codes, and the broker state shared with in-process
+//! clients.
+#![cfg(feature = "wire")]
+
+use std::time::Duration;
+
+use broker_mem::Broker;
+use broker_mem::wire::{WireConfig, WireServer};
+use futures::StreamExt as _;
+use lapin::options::{
+    BasicAckOptions, BasicConsumeOptions, BasicNackOptions, BasicPublishOptions, BasicQosOptions,
+    BasicRejectOptions, ConfirmSelectOptions, ExchangeDeclareOptions, QueueBindOptions,
+    QueueDeclareOptions,
+};
+use lapin::types::FieldTable;
+use lapin::{BasicProperties, Connection, ConnectionProperties, ExchangeKind};
+
+const WAIT: Duration = Duration::from_secs(10);
+
+/// A wire server for `broker` on an ephemeral loopback port; returns its AMQP URL.
+async fn serve(broker: Broker, config: WireConfig) -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(WireServer::new(broker, config).serve_tcp(listener));
+    format!("amqp://guest:guest@127.0.0.1:{port}/%2f")
+}
+
+async fn connect(url: &str) -> Connection {
+    tokio::time::timeout(
+        WAIT,
+        Connection::connect(url, ConnectionProperties::default()),
+    )
+    .await
+    .expect("connect in time")
+    .expect("connect")
+}
+
+#[tokio::test]
+async fn lapin_publishes_with_confirms_consumes_and_acks() {
+    let broker = Broker::new();
+    let url = serve(broker.clone(), WireConfig::default()).await;
+    let connection = connect(&url).await;
+    let channel = connection.create_channel().await.unwrap();
+    channel
+        .exchange_declare(
+            "events".into(),
+            ExchangeKind::Fanout,
+            ExchangeDeclareOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
+    let declared = channel
+        .queue_declare(
+            "audit".into(),
+            QueueDeclareOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(declared.message_count(), 0);
+    channel
+        .queue_bind(
+            "audit".into(),
+            "events".into(),
+            "".into(),
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
+    channel
+        .confirm_select(ConfirmSelectOptions::default())
+        .await
+        .unwrap();
+    // A body bigger than one frame travels in several body frames, both ways.
+    let big = vec![7u8; 300_000];
+    for body in [b"one".to_vec(), big.clone(), Vec::new()] {
+        let confirm = channel
+            .basic_publish(
+                "events".into(),
+                "".into(),
+                BasicPublishOptions::default(),
+                &body,
+                BasicProperties::default()
+                    .with_delivery_mode(2)
+                    .with_message_id("m".into()),
+            )
+            .await
+            .unwrap()
+            .await
+            .unwrap();
+        assert!(confirm.is_ack());
+    }
+    // Shared state: the in-process view sees what the wire client published.
+    assert_eq!(broker.queue_depth("audit"), Some(3));
+
+    channel
+        .basic_qos(2, BasicQosOptions::default())
+        .await
+        .unwrap();
+    let mut consumer = channel
+        .basic_consume(
+            "audit".into(),
+            "c1".into(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
+    let first = consumer.next().await.unwrap().unwrap();
+    assert_eq!(first.data, b"one");
+    assert_eq!(first.properties.delivery_mode(), &Some(2));
+    assert_eq!(
+        first.properties.message_id().as_ref().map(|s| s.as_str()),
+        Some("m")
+    );
+    let second = consumer.next().await.unwrap().unwrap();
+    assert_eq!(second.data, big);
+    assert_eq!(broker.unacked_count("audit"), Some(2), "prefetch 2");
+    first.acker.ack(BasicAckOptions::default()).await.unwrap();
+    second
+        .acker
+        .nack(BasicNackOptions {
+            requeue: true,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let third = consumer.next().await.unwrap().unwrap();
+    assert!(third.data.is_empty());
+    third.acker.ack(BasicAckOptions::default()).await.unwrap();
+    let again = consumer.next().await.unwrap().unwrap();
+    assert_eq!(again.data, big);
+    assert!(again.redelivered);
+    again
+        .acker
+        .reject(BasicRejectOptions { requeue: false })
+        .await
+        .unwrap();
+    // Settling is one-way; a round trip proves the server has processed it.
+    channel
+        .queue_declare(
+            "audit".into(),
+            QueueDeclareOptions {
+                passive: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(broker.queue_depth("audit"), Some(0));
+    assert_eq!(broker.unacked_count("audit"), Some(0));
+    broker.check_invariants().unwrap();
+    connection.close(200, "bye".into()).await.unwrap();
+}
+
+#[tokio::test]
+async fn unacked_messages_are_requeued_when_a_connection_closes() {
+    let broker = Broker::new();
+    let url = serve(broker.clone(), WireConfig::default()).await;
+    let local = broker.connect();
+    let in_process = local.open_channel().unwrap();
+    in_process
+        .queue_declare("work", broker_mem::QueueOptions::default())
+        .unwrap();
+    in_process
+        .basic_publish(
+            "",
+            "work",
+            broker_mem::Properties::default(),
+            broker_mem::Bytes::from_static(b"job"),
+        )
+        .unwrap();
+
+    let connection = connect(&url).await;
+    let channel = connection.create_channel().await.unwrap();
+    let mut consumer = channel
+        .basic_consume(
+            "work".into(),
+            "".into(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
+    let delivery = consumer.next().await.unwrap().unwrap();
+    assert!(!delivery.redelivered);
+    assert_eq!(broker.unacked_count("work"), Some(1));
+    connection.close(200, "bye".into()).await.unwrap();
+    // The close handshake has finished; the server requeued before answering.
+    assert_eq!(broker.queue_depth("work"), Some(1));
+    let inproc = in_process
+        .basic_consume("work", broker_mem::ConsumeOptions::default())
+        .unwrap();
+    let again = inproc.try_recv().unwrap();
+    assert!(again.redelivered);
+}
+
+#[tokio::test]
+async fn a_missing_exchange_closes_the_channel_with_404_and_the_connection_lives_on() {
+    let url = serve(Broker::new(), WireConfig::default()).await;
+    let connection = connect(&url).await;
+    let channel = connection.create_channel().await.unwrap();
+    channel
+        .confirm_select(ConfirmSelectOptions::default())
+        .await
+        .unwrap();
+    let published = channel
+        .basic_publish(
+            "nowhere".into(),
+            "".into(),
+            BasicPublishOptions::default(),
+            b"x",
+            BasicProperties::default(),
+        )
+        .await
+        .unwrap()
+        .await;
+    let error = published.expect_err("the channel closed");
+    let text = error.to_string();
+    assert!(
+        text.contains("NOT_FOUND - no exchange 'nowhere' in vhost '/'"),
+        "{text}"
+    );
+    assert!(!channel.status().connected());
+
+    let fresh = connection.create_channel().await.unwrap();
+    let missing = fresh
+        .queue_declare(
+            "absent".into(),
+            QueueDeclareOptions {
+                passive: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .expect_err("404");
+    assert!(missing.to_string().contains("NOT_FOUND"), "{missing}");
+    let other = connection.create_channel().await.unwrap();
+    other
+        .exchange_declare(
+            "e".into(),
+            ExchangeKind::Direct,
+            ExchangeDeclareOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
+    let inequivalent = other
+        .exchange_declare(
+            "e".into(),
+            ExchangeKind::Fanout,
+            ExchangeDeclareOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .expect_err("406");
+    assert!(
+        inequivalent.to_string().contains("PRECONDITION_FAILED"),
+        "{inequivalent}"
+    );
+    assert!(connection.status().connected());
+    connection.close(200, "bye".into()).await.unwrap();
+}
+
+#[tokio::test]
+async fn a_wrong_password_is_refused_with_403() {
+    let url = serve(Broker::new(), WireConfig::default()).await;
+    let bad = url.replace("guest:guest", "guest:wrong");
+    let refused = tokio::time::timeout(
+        WAIT,
+        Connection::connect(&bad, ConnectionProperties::default()),
+    )
+    .await
+    .expect("answer in time")
+    .expect_err("refused");
+    let text = refused.to_string();
+    assert!(
+        text.contains("ACCESS_REFUSED") || text.contains("403"),
+        "{text}"
+    );
+
+    let config = WireConfig {
+        users: vec![("svc".into(), "s3cret".into())],
+        ..WireConfig::default()
+    };
+    let url = serve(Broker::new(), config).await;
+    let custom = url.replace("guest:guest", "svc:s3cret");
+    connect(&custom)
+        .await
+        .close(200, "bye".into())
+        .await
+        .unwrap();
+    assert!(
+        Connection::connect(&url, ConnectionProperties::default())
+            .await
+            .is_err(),
+        "guest is not configured"
+    );
+}
+
+#[tokio::test]
+async fn topic_routing_mandatory_returns_get_purge_and_deletes_work_over_the_wire() {
+    use lapin::options::{
+        BasicGetOptions, ExchangeDeleteOptions, QueueDeleteOptions, QueuePurgeOptions,
+    };
+    let broker = Broker::new();
+    let url = serve(broker.clone(), WireConfig::default()).await;
+    let connection = connect(&url).await;
+    let channel = connection.create_channel().await.unwrap();
+    channel
+        .exchange_declare(
+            "logs".into(),
+            ExchangeKind::Topic,
+            ExchangeDeclareOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
+    channel
+        .queue_declare(
+            "errors".into(),
+            QueueDeclareOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
+    channel
+        .queue_bind(
+            "errors".into(),
+            "logs".into(),
+            "*.error".into(),
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
+    channel
+        .confirm_select(ConfirmSelectOptions::default())
+        .await
+        .unwrap();
+    let publish = |key: &'static str, mandatory: bool| {
+        let channel = channel.clone();
+        async move {
+            channel
+                .basic_publish(
+                    "logs".into(),
+                    key.into(),
+                    BasicPublishOptions {
+                        mandatory,
+                        ..Default::default()
+                    },
+                    key.as_bytes(),
+                    BasicProperties::default(),
+                )
+                .await
+                .unwrap()
+                .await
+                .unwrap()
+        }
+    };
+    assert!(publish("db.error", true).await.is_ack());
+    // Unroutable and mandatory: returned to the publisher, then confirmed.
+    let returned = publish("db.info", true).await;
+    let message = returned.take_message().expect("basic.return");
+    assert_eq!(message.data, b"db.info");
+    assert_eq!(message.reply_code, 312);
+    assert!(publish("web.error", false).await.is_ack());
+
+    let got = channel
+        .basic_get("errors".into(), BasicGetOptions { no_ack: false })
+        .await
+        .unwrap()
+        .expect("a message");
+    assert_eq!(got.delivery.data, b"db.error");
+    assert_eq!(got.message_count, 1);
+    got.delivery
+        .acker
+        .ack(BasicAckOptions::default())
+        .await
+        .unwrap();
+    let purged = channel
+        .queue_purge("errors".into(), QueuePurgeOptions::default())
+        .await
+        .unwrap();
+    assert_eq!(purged, 1);
+    assert!(
+        channel
+            .basic_get("errors".into(), BasicGetOptions { no_ack: true })
+            .await
+            .unwrap()
+            .is_none()
+    );
+    let deleted = channel
+        .queue_delete("errors".into(), QueueDeleteOptions::default())
+        .await
+        .unwrap();
+    assert_eq!(deleted, 0);
+    channel
+        .exchange_delete("logs".into(), ExchangeDeleteOptions::default())
+        .await
+        .unwrap();
+    assert_eq!(broker.queue_depth("errors"), None);
+    assert!(broker.exchanges().iter().all(|e| e.name != "logs"));
+    connection.close(200, "bye".into()).await.unwrap();
+}

@@ -1,0 +1,576 @@
+//! One bus contract, four pairings, the same expectations: lapin (`RabbitBus`) + RabbitMQ (the
+//! truth, as in `rabbitmq_bus.rs`), lapin + broker-mem's wire server, the wire client
+//! (`WireBus`) + broker-mem's wire server, and the wire client + RabbitMQ. Where broker-mem and
+//! RabbitMQ differ, broker-mem is wrong.
+//!
+//! RabbitMQ pairings follow the skip rule of `ports::testing` (a `SKIPPED:` line without a
+//! broker, a failure with `WARREN_REQUIRE_RABBITMQ=1`).
+#![cfg(all(feature = "rabbitmq", feature = "wire"))]
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use broker_mem::Broker;
+use broker_mem::wire::{WireConfig, WireServer};
+use contracts::{
+    Binding, EXCHANGE_COMMANDS, ExchangeDecl, ExchangeKind, Properties, Publication,
+    QUEUE_COMMANDS, QueueDecl, ROUTING_KEY_REQUEST, Topology,
+};
+use futures::StreamExt as _;
+use lapin::options::QueueDeclareOptions;
+use lapin::types::FieldTable;
+use ports::rabbitmq::RabbitBus;
+use ports::testing::RabbitVhost;
+use ports::wire::{WireBus, WireBusConfig};
+use ports::{Bus, BusError, ConsumeOptions, Deliveries, Delivery, TokioNet};
+
+const DELIVERY_WAIT_MS: u64 = 10_000;
+const SILENCE_MS: u64 = 500;
+const SETTLE_WAIT_MS: u64 = 15_000;
+const POLL_INTERVAL_MS: u64 = 20;
+
+/// Where the bus under test is connected, and how to look inside that broker.
+enum Target {
+    Mem(Broker),
+    Rabbit(RabbitVhost),
+}
+
+struct Fixture {
+    bus: Arc<dyn Bus>,
+    target: Target,
+    /// Closes the bus (each adapter has its own `close`).
+    close: Box<dyn FnOnce() -> futures::future::BoxFuture<'static, ()> + Send>,
+}
+
+async fn wire_server(broker: &Broker) -> u16 {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let server = WireServer::new(broker.clone(), WireConfig::default());
+    tokio::spawn(server.serve_tcp(listener));
+    port
+}
+
+fn wire_bus(url: &str) -> Arc<WireBus<TokioNet>> {
+    Arc::new(WireBus::new(
+        TokioNet,
+        WireBusConfig::from_url(url).unwrap(),
+    ))
+}
+
+impl Fixture {
+    async fn lapin_mem() -> Option<Fixture> {
+        let broker = Broker::new();
+        let port = wire_server(&broker).await;
+        let bus = Arc::new(
+            RabbitBus::connect(&format!("amqp://guest:guest@127.0.0.1:{port}/%2f"))
+                .await
+                .unwrap(),
+        );
+        let closing = bus.clone();
+        Some(Fixture {
+            bus,
+            target: Target::Mem(broker),
+            close: Box::new(move || Box::pin(async move { closing.close().await.unwrap() })),
+        })
+    }
+
+    async fn wire_mem() -> Option<Fixture> {
+        let broker = Broker::new();
+        let port = wire_server(&broker).await;
+        let bus = wire_bus(&format!("amqp://guest:guest@127.0.0.1:{port}/%2f"));
+        let closing = bus.clone();
+        Some(Fixture {
+            bus,
+            target: Target::Mem(broker),
+            close: Box::new(move || Box::pin(async move { closing.close().await.unwrap() })),
+        })
+    }
+
+    /// The truth, the same suite as `rabbitmq_bus.rs` runs, here beside the other pairings.
+    async fn lapin_rabbit(test: &str) -> Option<Fixture> {
+        let vhost = RabbitVhost::create(&format!("lapin-{test}"))
+            .await
+            .unwrap()?;
+        let bus = Arc::new(RabbitBus::connect(vhost.amqp_url()).await.unwrap());
+        let closing = bus.clone();
+        Some(Fixture {
+            bus,
+            target: Target::Rabbit(vhost),
+            close: Box::new(move || Box::pin(async move { closing.close().await.unwrap() })),
+        })
+    }
+
+    async fn wire_rabbit(test: &str) -> Option<Fixture> {
+        let vhost = RabbitVhost::create(&format!("wire-{test}"))
+            .await
+            .unwrap()?;
+        let bus = wire_bus(vhost.amqp_url());
+        let closing = bus.clone();
+        Some(Fixture {
+            bus,
+            target: Target::Rabbit(vhost),
+            close: Box::new(move || Box::pin(async move { closing.close().await.unwrap() })),
+        })
+    }
+
+    async fn teardown(self) {
+        (self.close)().await;
+        if let Target::Rabbit(vhost) = self.target {
+            vhost.delete().await.unwrap();
+        }
+    }
+
+    /// Ready messages of `queue` once it has no consumer (a dropped stream's channel closes
+    /// asynchronously).
+    async fn ready_after_consumers_left(&self, queue: &str) -> u32 {
+        for _ in 0..SETTLE_WAIT_MS / POLL_INTERVAL_MS {
+            let (ready, consumers) = match &self.target {
+                Target::Mem(broker) => (
+                    broker.queue_depth(queue).unwrap() as u32,
+                    broker.consumer_count(queue).unwrap() as u32,
+                ),
+                Target::Rabbit(vhost) => rabbit_queue_state(vhost.amqp_url(), queue).await,
+            };
+            if consumers == 0 {
+                return ready;
+            }
+            tokio::time::sleep(Duration::from_millis(POLL_INTERVAL_MS)).await;
+        }
+        panic!("queue {queue:?} still has a consumer after {SETTLE_WAIT_MS} ms");
+    }
+
+    async fn topology(&self) -> Topology {
+        match &self.target {
+            Target::Rabbit(vhost) => vhost.topology().await.unwrap(),
+            Target::Mem(broker) => {
+                let mut topology = Topology::default();
+                for exchange in broker.exchanges() {
+                    if exchange.name.is_empty() || exchange.name.starts_with("amq.") {
+                        continue;
+                    }
+                    let kind = match exchange.kind.as_str() {
+                        "fanout" => ExchangeKind::Fanout,
+                        _ => ExchangeKind::Direct,
+                    };
+                    topology.exchanges.push(ExchangeDecl {
+                        name: exchange.name,
+                        kind,
+                        durable: exchange.durable,
+                    });
+                }
+                for queue in broker.queues() {
+                    topology.queues.push(QueueDecl {
+                        name: queue.name,
+                        durable: queue.durable,
+                    });
+                }
+                for binding in broker.bindings() {
+                    topology.bindings.push(Binding {
+                        exchange: binding.exchange,
+                        queue: binding.queue,
+                        routing_key: binding.routing_key,
+                    });
+                }
+                sorted(topology)
+            }
+        }
+    }
+}
+
+async fn rabbit_queue_state(amqp_url: &str, queue: &str) -> (u32, u32) {
+    let connection = lapin::Connection::connect(amqp_url, lapin::ConnectionProperties::default())
+        .await
+        .unwrap();
+    let channel = connection.create_channel().await.unwrap();
+    let options = QueueDeclareOptions {
+        passive: true,
+        ..Default::default()
+    };
+    let declared = channel
+        .queue_declare(queue.into(), options, FieldTable::default())
+        .await
+        .unwrap();
+    let _ = connection.close(200, "OK".into()).await;
+    (declared.message_count(), declared.consumer_count())
+}
+
+fn sorted(mut topology: Topology) -> Topology {
+    topology.exchanges.sort();
+    topology.queues.sort();
+    topology.bindings.sort();
+    topology
+}
+
+fn command(n: u32) -> Publication {
+    let analysis_id = format!("0190f3a0-0000-7000-8000-{n:012}");
+    Publication {
+        exchange: EXCHANGE_COMMANDS.into(),
+        routing_key: ROUTING_KEY_REQUEST.into(),
+        properties: Properties {
+            content_type: Some("application/json".into()),
+            delivery_mode: Some(2),
+            message_id: Some(format!("6f1c2a9e-4b4d-5d0e-9c3a-{n:012}")),
+            correlation_id: Some(analysis_id.clone()),
+            kind: Some("RequestAnalysis".into()),
+            timestamp: Some(1_764_000_000 + u64::from(n)),
+            app_id: Some("graph-gateway".into()),
+        },
+        body: format!(r#"{{"analysisId":"{analysis_id}","assetId":"asset-{n}"}}"#).into_bytes(),
+    }
+}
+
+async fn next_delivery(stream: &mut Deliveries) -> Delivery {
+    match tokio::time::timeout(Duration::from_millis(DELIVERY_WAIT_MS), stream.next()).await {
+        Ok(Some(Ok(delivery))) => delivery,
+        Ok(Some(Err(error))) => panic!("the consumer failed: {error}"),
+        Ok(None) => panic!("the consumer ended"),
+        Err(_) => panic!("no delivery within {DELIVERY_WAIT_MS} ms"),
+    }
+}
+
+async fn assert_silent(stream: &mut Deliveries, why: &str) {
+    let next = tokio::time::timeout(Duration::from_millis(SILENCE_MS), stream.next()).await;
+    if let Ok(item) = next {
+        panic!("expected no delivery ({why}), got {item:?}");
+    }
+}
+
+// ------------------------------------------------------------------------------ the contract
+
+async fn declared_topology_is_exactly_what_the_broker_lists(f: Fixture) {
+    assert_eq!(f.topology().await, Topology::default());
+    f.bus.declare(&Topology::contract()).await.unwrap();
+    f.bus.declare(&Topology::contract()).await.unwrap();
+    assert_eq!(f.topology().await, sorted(Topology::contract()));
+    f.teardown().await;
+}
+
+async fn published_message_round_trips_every_contract_property(f: Fixture) {
+    f.bus.declare(&Topology::contract()).await.unwrap();
+    let sent = command(1);
+    f.bus.publish(sent.clone()).await.unwrap();
+    let mut stream = f
+        .bus
+        .consume(QUEUE_COMMANDS, ConsumeOptions::default())
+        .await
+        .unwrap();
+    let delivery = next_delivery(&mut stream).await;
+    assert_eq!(delivery.properties, sent.properties);
+    assert_eq!(delivery.body, sent.body);
+    assert_eq!(delivery.exchange, EXCHANGE_COMMANDS);
+    assert_eq!(delivery.routing_key, ROUTING_KEY_REQUEST);
+    assert!(!delivery.redelivered);
+    delivery.ack().await.unwrap();
+    drop(stream);
+    assert_eq!(f.ready_after_consumers_left(QUEUE_COMMANDS).await, 0);
+    f.teardown().await;
+}
+
+async fn unacked_delivery_is_redelivered_after_its_stream_is_dropped(f: Fixture) {
+    f.bus.declare(&Topology::contract()).await.unwrap();
+    f.bus.publish(command(1)).await.unwrap();
+    let mut stream = f
+        .bus
+        .consume(QUEUE_COMMANDS, ConsumeOptions::default())
+        .await
+        .unwrap();
+    let first = next_delivery(&mut stream).await;
+    assert!(!first.redelivered);
+    drop(stream);
+    let late = first.ack().await;
+    assert!(matches!(late, Err(BusError::Connection(_))), "{late:?}");
+    let mut stream = f
+        .bus
+        .consume(QUEUE_COMMANDS, ConsumeOptions::default())
+        .await
+        .unwrap();
+    let again = next_delivery(&mut stream).await;
+    assert!(again.redelivered);
+    assert_eq!(again.body, command(1).body);
+    again.ack().await.unwrap();
+    drop(stream);
+    f.teardown().await;
+}
+
+async fn nack_without_requeue_drops_the_message(f: Fixture) {
+    f.bus.declare(&Topology::contract()).await.unwrap();
+    f.bus.publish(command(1)).await.unwrap();
+    let mut stream = f
+        .bus
+        .consume(QUEUE_COMMANDS, ConsumeOptions::default())
+        .await
+        .unwrap();
+    next_delivery(&mut stream).await.nack(false).await.unwrap();
+    assert_silent(&mut stream, "a nacked message without requeue is gone").await;
+    drop(stream);
+    assert_eq!(f.ready_after_consumers_left(QUEUE_COMMANDS).await, 0);
+    f.teardown().await;
+}
+
+async fn reject_with_requeue_delivers_the_message_again(f: Fixture) {
+    f.bus.declare(&Topology::contract()).await.unwrap();
+    f.bus.publish(command(1)).await.unwrap();
+    let mut stream = f
+        .bus
+        .consume(QUEUE_COMMANDS, ConsumeOptions::default())
+        .await
+        .unwrap();
+    next_delivery(&mut stream).await.reject(true).await.unwrap();
+    let again = next_delivery(&mut stream).await;
+    assert!(again.redelivered);
+    again.ack().await.unwrap();
+    drop(stream);
+    f.teardown().await;
+}
+
+async fn prefetch_one_holds_back_the_next_delivery_until_ack(f: Fixture) {
+    f.bus.declare(&Topology::contract()).await.unwrap();
+    for n in 1..=3 {
+        f.bus.publish(command(n)).await.unwrap();
+    }
+    let mut stream = f
+        .bus
+        .consume(QUEUE_COMMANDS, ConsumeOptions { prefetch: 1 })
+        .await
+        .unwrap();
+    for n in 1..=3 {
+        let delivery = next_delivery(&mut stream).await;
+        assert_eq!(delivery.body, command(n).body, "in publish order");
+        assert_silent(&mut stream, "prefetch 1").await;
+        delivery.ack().await.unwrap();
+    }
+    drop(stream);
+    f.teardown().await;
+}
+
+async fn publish_to_missing_exchange_is_refused_with_404_and_the_bus_recovers(f: Fixture) {
+    f.bus.declare(&Topology::contract()).await.unwrap();
+    let mut lost = command(1);
+    lost.exchange = "no.such.exchange".into();
+    match f.bus.publish(lost).await {
+        Err(BusError::Refused { code, text, .. }) => {
+            assert_eq!(code, 404);
+            assert!(
+                text.contains("NOT_FOUND - no exchange 'no.such.exchange'"),
+                "{text}"
+            );
+        }
+        other => panic!("expected a 404 refusal, got {other:?}"),
+    }
+    f.bus.publish(command(2)).await.unwrap();
+    let mut stream = f
+        .bus
+        .consume(QUEUE_COMMANDS, ConsumeOptions::default())
+        .await
+        .unwrap();
+    let delivery = next_delivery(&mut stream).await;
+    assert_eq!(delivery.body, command(2).body);
+    delivery.ack().await.unwrap();
+    drop(stream);
+    f.teardown().await;
+}
+
+async fn inequivalent_redeclare_is_refused_with_406(f: Fixture) {
+    f.bus.declare(&Topology::contract()).await.unwrap();
+    let mut changed = Topology::contract();
+    changed.exchanges[0].kind = ExchangeKind::Fanout;
+    match f.bus.declare(&changed).await {
+        Err(BusError::Refused {
+            operation,
+            target,
+            code,
+            text,
+        }) => {
+            assert_eq!(
+                (operation, target.as_str(), code),
+                ("exchange.declare", EXCHANGE_COMMANDS, 406)
+            );
+            assert!(text.contains("PRECONDITION_FAILED"), "{text}");
+        }
+        other => panic!("expected a 406 refusal, got {other:?}"),
+    }
+    f.bus.declare(&Topology::contract()).await.unwrap();
+    f.bus.publish(command(1)).await.unwrap();
+    assert_eq!(f.topology().await, sorted(Topology::contract()));
+    f.teardown().await;
+}
+
+async fn consuming_a_missing_queue_is_refused_with_404(f: Fixture) {
+    match f
+        .bus
+        .consume("no.such.queue", ConsumeOptions::default())
+        .await
+    {
+        Err(BusError::Refused {
+            operation, code, ..
+        }) => assert_eq!((operation, code), ("basic.consume", 404)),
+        Ok(_) => panic!("expected a 404 refusal, got a stream"),
+        Err(other) => panic!("expected a 404 refusal, got {other:?}"),
+    }
+    let refused = f
+        .bus
+        .consume(QUEUE_COMMANDS, ConsumeOptions { prefetch: 0 })
+        .await
+        .err();
+    assert!(matches!(refused, Some(BusError::Invalid(_))));
+    f.teardown().await;
+}
+
+async fn concurrent_publishes_are_each_confirmed_and_delivered_once(f: Fixture) {
+    f.bus.declare(&Topology::contract()).await.unwrap();
+    const PUBLISHES: u32 = 50;
+    let publishes = (0..PUBLISHES).map(|n| f.bus.publish(command(n)));
+    for result in futures::future::join_all(publishes).await {
+        result.unwrap();
+    }
+    let mut stream = f
+        .bus
+        .consume(QUEUE_COMMANDS, ConsumeOptions { prefetch: 8 })
+        .await
+        .unwrap();
+    let mut ids = std::collections::BTreeSet::new();
+    for _ in 0..PUBLISHES {
+        let delivery = next_delivery(&mut stream).await;
+        assert!(
+            ids.insert(delivery.properties.message_id.clone()),
+            "no duplicates"
+        );
+        delivery.ack().await.unwrap();
+    }
+    assert_silent(&mut stream, "exactly the published messages").await;
+    drop(stream);
+    f.teardown().await;
+}
+
+macro_rules! pairing {
+    ($module:ident, $fixture:expr) => {
+        mod $module {
+            use super::*;
+            pairing!(@tests $fixture;
+                declared_topology_is_exactly_what_the_broker_lists,
+                published_message_round_trips_every_contract_property,
+                unacked_delivery_is_redelivered_after_its_stream_is_dropped,
+                nack_without_requeue_drops_the_message,
+                reject_with_requeue_delivers_the_message_again,
+                prefetch_one_holds_back_the_next_delivery_until_ack,
+                publish_to_missing_exchange_is_refused_with_404_and_the_bus_recovers,
+                inequivalent_redeclare_is_refused_with_406,
+                consuming_a_missing_queue_is_refused_with_404,
+                concurrent_publishes_are_each_confirmed_and_delivered_once
+            );
+        }
+    };
+    (@tests $fixture:expr; $($test:ident),*) => {
+        $(
+            #[tokio::test]
+            async fn $test() {
+                let make = $fixture;
+                if let Some(fixture) = make(stringify!($test)).await {
+                    super::$test(fixture).await;
+                }
+            }
+        )*
+    };
+}
+
+pairing!(lapin_on_rabbitmq, |test: &'static str| {
+    Fixture::lapin_rabbit(test)
+});
+pairing!(lapin_on_broker_mem, |_: &'static str| Fixture::lapin_mem());
+pairing!(wire_on_broker_mem, |_: &'static str| Fixture::wire_mem());
+pairing!(wire_on_rabbitmq, |test: &'static str| Fixture::wire_rabbit(
+    test
+));
+
+/// The wire client notices a broker that closed its connection: the next publish reconnects
+/// (declaring the topology again) and the consumer stream consumes again by itself.
+#[tokio::test]
+async fn wire_bus_reconnects_and_resumes_consuming_after_rabbitmq_closes_its_connection() {
+    let Some(f) = Fixture::wire_rabbit("reconnects").await else {
+        return;
+    };
+    let Target::Rabbit(vhost) = &f.target else {
+        unreachable!()
+    };
+    f.bus.declare(&Topology::contract()).await.unwrap();
+    f.bus.publish(command(1)).await.unwrap();
+    let mut stream = f
+        .bus
+        .consume(QUEUE_COMMANDS, ConsumeOptions::default())
+        .await
+        .unwrap();
+    next_delivery(&mut stream).await.ack().await.unwrap();
+    let mut killed = 0;
+    for _ in 0..SETTLE_WAIT_MS / 100 {
+        killed = vhost.close_connections().await.unwrap();
+        if killed > 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(killed > 0, "the management API listed the connection");
+    f.bus.publish(command(2)).await.expect("publish reconnects");
+    let delivery = next_delivery(&mut stream).await;
+    assert_eq!(delivery.body, command(2).body, "the same stream resumed");
+    delivery.ack().await.unwrap();
+    drop(stream);
+    f.teardown().await;
+}
+
+/// Without `resume_consumers`, a lost connection ends the stream with an error (as lapin's
+/// adapter does) and the service consumes again.
+#[tokio::test]
+async fn without_resume_a_lost_connection_fails_the_stream_once() {
+    let broker = Broker::new();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let server = WireServer::new(broker.clone(), WireConfig::default());
+    // Serves exactly one connection, in a task the test can kill.
+    let serving = tokio::spawn(async move {
+        let (stream, _) = listener.accept().await?;
+        server
+            .serve_connection(stream)
+            .await
+            .map_err(std::io::Error::other)
+    });
+    let mut config =
+        WireBusConfig::from_url(&format!("amqp://guest:guest@127.0.0.1:{port}/%2f")).unwrap();
+    config.resume_consumers = false;
+    let bus = WireBus::new(TokioNet, config);
+    bus.declare(&Topology::contract()).await.unwrap();
+    let mut stream = bus
+        .consume(QUEUE_COMMANDS, ConsumeOptions::default())
+        .await
+        .unwrap();
+    serving.abort();
+    let _ = serving.await;
+    let after = tokio::time::timeout(Duration::from_secs(30), stream.next()).await;
+    assert!(
+        matches!(after, Ok(Some(Err(BusError::Connection(_))))),
+        "{after:?}"
+    );
+    assert!(stream.next().await.is_none(), "and then ends");
+    assert_eq!(
+        broker.consumer_count(QUEUE_COMMANDS),
+        Some(0),
+        "the server forgot it"
+    );
+}
+
+#[tokio::test]
+async fn wrong_password_is_refused_with_403_and_names_no_secret() {
+    let broker = Broker::new();
+    let port = wire_server(&broker).await;
+    let url = format!("amqp://guest:s3cret@127.0.0.1:{port}/%2f");
+    let error = WireBus::connect(TokioNet, WireBusConfig::from_url(&url).unwrap())
+        .await
+        .unwrap_err();
+    match &error {
+        BusError::Refused { code, text, .. } => {
+            assert_eq!(*code, 403);
+            assert!(text.contains("ACCESS_REFUSED"), "{text}");
+        }
+        other => panic!("expected 403, got {other:?}"),
+    }
+    assert!(!error.to_string().contains("s3cret"), "{error}");
+}
