@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::checker::CHECKERS;
 use crate::faults::ScheduledFault;
-use crate::simulation::{SimConfig, SimReport};
+use crate::simulation::{BrokerLink, GatewayQueues, SimConfig, SimReport};
 
 /// Most seeds one scenario file may list (keeps `cargo test` bounded).
 pub const SEEDS_MAX: usize = 64;
@@ -54,6 +54,12 @@ pub struct Services {
     pub gateways: usize,
     /// Orchestrator concurrency (prefetch).
     pub orchestrator_concurrency: u16,
+    /// `shared` (the contract's fixed queue names) or `per-instance` event queues per gateway.
+    pub gateway_queues: GatewayQueues,
+    /// `in-process` (the memory adapter) or `wire` (AMQP over simulated TCP to a `broker` host).
+    pub broker_link: BrokerLink,
+    /// Put the edge (issuer, auth proxy, Kong role) in front of every gateway.
+    pub with_edge: bool,
 }
 
 impl Default for Services {
@@ -62,6 +68,9 @@ impl Default for Services {
             orchestrators: 1,
             gateways: 1,
             orchestrator_concurrency: 4,
+            gateway_queues: GatewayQueues::Shared,
+            broker_link: BrokerLink::InProcess,
+            with_edge: false,
         }
     }
 }
@@ -196,8 +205,9 @@ impl Scenario {
             faults: self.faults.clone(),
             heal_at: self.heal.at_ms.map(Duration::from_millis),
             converge_within: Duration::from_millis(self.heal.converge_within_ms),
-            with_edge: false,
-            broker_link: crate::simulation::BrokerLink::InProcess,
+            with_edge: self.services.with_edge,
+            broker_link: self.services.broker_link,
+            gateway_queues: self.services.gateway_queues,
         }
     }
 

@@ -69,10 +69,24 @@ pub struct SimConfig {
     /// How services reach the broker: in process, or over AMQP on simulated TCP to a `broker`
     /// host (so partitions, latency and crashes hit the AMQP links too).
     pub broker_link: BrokerLink,
+    /// Which event queues the gateways consume.
+    pub gateway_queues: GatewayQueues,
+}
+
+/// Which event queues gateway replicas consume.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum GatewayQueues {
+    /// The contract's fixed `graph.subs.*` names: replicas compete for each event.
+    #[default]
+    Shared,
+    /// `graph.subs.*.gateway-N`: every replica gets every event.
+    PerInstance,
 }
 
 /// How the simulated services reach broker-mem.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
 pub enum BrokerLink {
     /// The memory adapter on the shared in-process broker: no network between service and
     /// broker.
@@ -109,6 +123,7 @@ impl Default for SimConfig {
             converge_within: Duration::from_secs(120),
             with_edge: false,
             broker_link: BrokerLink::InProcess,
+            gateway_queues: GatewayQueues::Shared,
         }
     }
 }
@@ -121,6 +136,15 @@ impl SimConfig {
             .collect();
         hosts.extend((0..self.gateways).map(|i| format!("gateway-{i}")));
         hosts.extend(self.client_hosts());
+        if self.broker_link == BrokerLink::Wire {
+            hosts.push(BROKER_HOST.to_owned());
+        }
+        if self.with_edge {
+            hosts.push("issuer".to_owned());
+            hosts.extend(
+                (0..self.gateways).flat_map(|i| [format!("auth-{i}"), format!("edge-{i}")]),
+            );
+        }
         hosts
     }
 
@@ -471,6 +495,8 @@ fn add_services(
         let seed = config.seed;
         let with_edge = config.with_edge;
         let host = format!("gateway-{g}");
+        let instance_queues =
+            (config.gateway_queues == GatewayQueues::PerInstance).then(|| host.clone());
         sim.host(host.clone(), move || {
             let life = {
                 let mut lives = lives.lock().expect("lives poisoned");
@@ -483,6 +509,7 @@ fn add_services(
             );
             let gateway_config = graph_gateway::GatewayConfig {
                 auth: with_edge.then(edge_hosts::gateway_auth),
+                instance_queues: instance_queues.clone(),
                 ..graph_gateway::GatewayConfig::default()
             };
             // With the edge, the gateway hides behind it on its own host name and port.

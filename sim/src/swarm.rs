@@ -13,11 +13,20 @@ use crate::faults::{Fault, ScheduledFault};
 use crate::scenario::{Heal, Network, Scenario, Services, Workload};
 
 /// Fault kinds a swarm case can enable.
-const KINDS: [&str; 4] = [
+const KINDS: [&str; 6] = [
     "orchestrator-crash",
     "client-partition",
     "client-hold",
     "latency",
+    "broker-restart",
+    "duplicate-delivery",
+];
+
+/// Queues a duplicate-delivery fault can hit.
+const QUEUES: [&str; 3] = [
+    contracts::QUEUE_COMMANDS,
+    contracts::QUEUE_SUBS_STARTED,
+    contracts::QUEUE_SUBS_COMPLETED,
 ];
 
 /// A generated scenario: small enough to run in well under a second.
@@ -77,6 +86,7 @@ pub fn scenario_strategy() -> impl Strategy<Value = Scenario> {
                         orchestrators,
                         gateways: 1,
                         orchestrator_concurrency: concurrency as u16,
+                        ..Services::default()
                     },
                     workload: Workload {
                         clients,
@@ -170,6 +180,13 @@ fn fault_pair(
                         ),
                     ],
                     3 => vec![at(at_ms, Fault::Latency { max_ms: latency_ms })],
+                    4 => vec![at(at_ms, Fault::BrokerRestart)],
+                    5 => vec![at(
+                        at_ms,
+                        Fault::DuplicateDelivery {
+                            queue: QUEUES[(latency_ms % 3) as usize].to_owned(),
+                        },
+                    )],
                     _ => Vec::new(),
                 }
             },

@@ -125,6 +125,41 @@ impl Topology {
         Topology::contract()
     }
 
+    /// What a gateway replica declares: with `instance`, its own event queues
+    /// `graph.subs.started.<instance>` and `graph.subs.completed.<instance>` bound to the fanout
+    /// exchanges in place of the fixed ones (so every replica gets every event), plus the
+    /// command queue; without, [`Topology::gateway`].
+    pub fn gateway_for(instance: Option<&str>) -> Topology {
+        let Some(instance) = instance else {
+            return Topology::gateway();
+        };
+        let mut topology = Topology::contract().restricted_to(&[QUEUE_COMMANDS]);
+        for (exchange, queue) in [
+            (EXCHANGE_STARTED, QUEUE_SUBS_STARTED),
+            (EXCHANGE_COMPLETED, QUEUE_SUBS_COMPLETED),
+        ] {
+            let name = format!("{queue}.{instance}");
+            topology.queues.push(QueueDecl {
+                name: name.clone(),
+                durable: true,
+            });
+            topology.bindings.push(Binding {
+                exchange: exchange.into(),
+                queue: name,
+                routing_key: String::new(),
+            });
+        }
+        topology
+    }
+
+    /// The event queues a gateway consumes: Started's, then Completed's.
+    pub fn subscription_queues(instance: Option<&str>) -> Vec<String> {
+        [QUEUE_SUBS_STARTED, QUEUE_SUBS_COMPLETED]
+            .iter()
+            .map(|q| instance.map_or_else(|| (*q).to_owned(), |i| format!("{q}.{i}")))
+            .collect()
+    }
+
     /// Every exchange, plus only the named queues and their bindings.
     fn restricted_to(mut self, queues: &[&str]) -> Topology {
         self.queues.retain(|q| queues.contains(&q.name.as_str()));
@@ -176,6 +211,34 @@ mod tests {
                 ("analysis.started", "graph.subs.started", ""),
                 ("analysis.completed", "graph.subs.completed", "")
             ]
+        );
+    }
+
+    #[test]
+    fn gateway_replicas_get_queues_of_their_own() {
+        let t = Topology::gateway_for(Some("gw-2"));
+        let queues: Vec<_> = t.queues.iter().map(|q| q.name.as_str()).collect();
+        assert_eq!(
+            queues,
+            [
+                "orchestrator.analysis.commands",
+                "graph.subs.started.gw-2",
+                "graph.subs.completed.gw-2"
+            ]
+        );
+        assert!(
+            t.bindings
+                .iter()
+                .any(|b| b.exchange == "analysis.started" && b.queue == "graph.subs.started.gw-2")
+        );
+        assert_eq!(
+            Topology::subscription_queues(Some("gw-2")),
+            ["graph.subs.started.gw-2", "graph.subs.completed.gw-2"]
+        );
+        assert_eq!(Topology::gateway_for(None), Topology::contract());
+        assert_eq!(
+            Topology::subscription_queues(None),
+            ["graph.subs.started", "graph.subs.completed"]
         );
     }
 

@@ -9,7 +9,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use contracts::{QUEUE_SUBS_COMPLETED, QUEUE_SUBS_STARTED, decode_event};
+use contracts::{Topology, decode_event};
 use futures::StreamExt;
 use ports::{Bus, Clock, ConsumeOptions, Deliveries, Delivery, Ports};
 use tokio::task::JoinHandle;
@@ -19,13 +19,10 @@ use crate::error::GatewayError;
 use crate::registry::{Recording, Registry};
 use crate::shutdown::Signal;
 
-/// The event queues the bridge consumes, in the order it starts them.
-const QUEUES: [&str; 2] = [QUEUE_SUBS_STARTED, QUEUE_SUBS_COMPLETED];
-
 /// What one consumer loop needs.
 #[derive(Clone)]
 struct Consumer {
-    queue: &'static str,
+    queue: Arc<str>,
     bus: Arc<dyn Bus>,
     clock: Arc<dyn Clock>,
     registry: Arc<Registry>,
@@ -54,14 +51,18 @@ pub(crate) async fn start(
         prefetch: config.bridge_prefetch,
     };
     // Both consumers first: if the second fails, dropping the first stream cancels it.
-    let mut streams = Vec::with_capacity(QUEUES.len());
-    for queue in QUEUES {
+    let queues = Topology::subscription_queues(config.instance_queues.as_deref());
+    let mut streams = Vec::with_capacity(queues.len());
+    for queue in queues {
         let deliveries = ports
             .bus
-            .consume(queue, options.clone())
+            .consume(&queue, options.clone())
             .await
-            .map_err(|source| GatewayError::Consume { queue, source })?;
-        streams.push((queue, deliveries));
+            .map_err(|source| GatewayError::Consume {
+                queue: queue.clone(),
+                source,
+            })?;
+        streams.push((Arc::<str>::from(queue), deliveries));
     }
     let tasks = streams
         .into_iter()
@@ -83,7 +84,7 @@ pub(crate) async fn start(
 impl Consumer {
     async fn run(self, first: Deliveries, mut shutdown: Signal) {
         tracing::info!(
-            queue = self.queue,
+            queue = &*self.queue,
             prefetch = self.options.prefetch,
             "bridge consuming"
         );
@@ -109,20 +110,20 @@ impl Consumer {
             let consumed = tokio::select! {
                 biased;
                 () = shutdown.wait() => break,
-                consumed = self.bus.consume(self.queue, self.options.clone()) => consumed,
+                consumed = self.bus.consume(&self.queue, self.options.clone()) => consumed,
             };
             match consumed {
                 Ok(stream) => {
-                    tracing::info!(queue = self.queue, "bridge consuming again");
+                    tracing::info!(queue = &*self.queue, "bridge consuming again");
                     deliveries = Some(stream);
                 }
                 Err(e) => {
-                    tracing::warn!(queue = self.queue, error = %e, next_attempt_in = ?backoff,
+                    tracing::warn!(queue = &*self.queue, error = %e, next_attempt_in = ?backoff,
                     "bridge could not consume")
                 }
             }
         }
-        tracing::info!(queue = self.queue, "bridge stopped consuming");
+        tracing::info!(queue = &*self.queue, "bridge stopped consuming");
     }
 
     /// Handles deliveries until the stream ends or shutdown. Dropping the stream on shutdown
@@ -141,12 +142,12 @@ impl Consumer {
                     deliveries += 1;
                 }
                 Some(Err(e)) => {
-                    tracing::warn!(queue = self.queue, error = %e, "event stream failed; consuming again after a pause");
+                    tracing::warn!(queue = &*self.queue, error = %e, "event stream failed; consuming again after a pause");
                     return Drained::Ended { deliveries };
                 }
                 None => {
                     tracing::warn!(
-                        queue = self.queue,
+                        queue = &*self.queue,
                         "consumer cancelled by the broker; consuming again after a pause"
                     );
                     return Drained::Ended { deliveries };
@@ -161,10 +162,10 @@ impl Consumer {
         let event = match decode_event(delivery.properties.kind.as_deref(), &delivery.body) {
             Ok(event) => event,
             Err(reason) => {
-                tracing::warn!(queue = self.queue, ?message_id, %reason, redelivered = delivery.redelivered,
+                tracing::warn!(queue = &*self.queue, ?message_id, %reason, redelivered = delivery.redelivered,
                     "poison event rejected without requeue");
                 if let Err(e) = delivery.reject(false).await {
-                    tracing::warn!(queue = self.queue, ?message_id, error = %e, "reject failed");
+                    tracing::warn!(queue = &*self.queue, ?message_id, error = %e, "reject failed");
                 }
                 return;
             }
@@ -173,17 +174,17 @@ impl Consumer {
         let kind = event.kind().as_str();
         match self.registry.record(event, self.clock.now_unix_ms()) {
             Recording::New => {
-                tracing::debug!(queue = self.queue, %analysis_id, kind, "event recorded")
+                tracing::debug!(queue = &*self.queue, %analysis_id, kind, "event recorded")
             }
             Recording::Repeat => {
-                tracing::debug!(queue = self.queue, %analysis_id, kind, "repeated event ignored")
+                tracing::debug!(queue = &*self.queue, %analysis_id, kind, "repeated event ignored")
             }
             // Logged by the registry; acked anyway: redelivering cannot make room.
             Recording::NoRoom => {}
         }
         if let Err(e) = delivery.ack().await {
             // It will be redelivered and recognised as a repeat.
-            tracing::warn!(queue = self.queue, ?message_id, error = %e, "ack failed");
+            tracing::warn!(queue = &*self.queue, ?message_id, error = %e, "ack failed");
         }
     }
 }

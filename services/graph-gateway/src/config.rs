@@ -79,6 +79,11 @@ pub struct GatewayConfig {
     /// incomplete ones older than `incomplete_ttl`; otherwise `requestAnalysis` answers
     /// `OVERLOADED`. At least 1.
     pub registry_capacity: usize,
+    /// `None`: consume the contract's fixed event queues (`graph.subs.*`), right for one
+    /// gateway. `Some(instance)`: declare and consume `graph.subs.*.<instance>`, each bound to the
+    /// fanout exchanges, so that every replica gets every event (with the fixed names, replicas
+    /// compete and each event reaches only one of them).
+    pub instance_queues: Option<String>,
     /// Unacknowledged deliveries per event-queue consumer (`basic.qos`). At least 1.
     pub bridge_prefetch: u16,
     /// Longest pause between attempts to re-consume an event queue.
@@ -106,6 +111,7 @@ impl Default for GatewayConfig {
     fn default() -> Self {
         GatewayConfig {
             registry_capacity: REGISTRY_CAPACITY_DEFAULT,
+            instance_queues: None,
             bridge_prefetch: BRIDGE_PREFETCH_DEFAULT,
             reconnect_backoff_max: RECONNECT_BACKOFF_MAX_DEFAULT,
             started_wait_max: STARTED_WAIT_MAX_DEFAULT,

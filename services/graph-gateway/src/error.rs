@@ -17,7 +17,7 @@ pub enum GatewayError {
     #[error("consuming queue {queue:?} failed: {source}")]
     Consume {
         /// The event queue.
-        queue: &'static str,
+        queue: String,
         /// What the bus said.
         #[source]
         source: BusError,

@@ -95,7 +95,7 @@ pub async fn start(ports: Ports, config: GatewayConfig) -> Result<Gateway, Gatew
     config.validate()?;
     ports
         .bus
-        .declare(&Topology::gateway())
+        .declare(&Topology::gateway_for(config.instance_queues.as_deref()))
         .await
         .map_err(GatewayError::Declare)?;
     let registry = Arc::new(registry::Registry::new(

@@ -29,6 +29,10 @@ struct Args {
     /// Most analyses remembered at once.
     #[arg(long, default_value_t = graph_gateway::REGISTRY_CAPACITY_DEFAULT)]
     registry_capacity: usize,
+    /// Consume per-instance event queues `graph.subs.*.<NAME>` (for running several gateway
+    /// replicas; with the fixed names they would compete for events).
+    #[arg(long, env = "WARREN_GATEWAY_INSTANCE")]
+    instance_queues: Option<String>,
     /// Re-validate bearer JWTs against this OIDC issuer (discovery + JWKS); without it the
     /// caller is the X-Forwarded-User header of the auth proxy in front.
     #[arg(long, env = "WARREN_JWT_ISSUER_URL")]
@@ -71,6 +75,7 @@ async fn main() -> anyhow::Result<()> {
     });
     let config = GatewayConfig {
         registry_capacity: args.registry_capacity,
+        instance_queues: args.instance_queues,
         auth,
         ..GatewayConfig::default()
     };
