@@ -40,19 +40,27 @@ fn bench_simulation(c: &mut Criterion) {
         b.iter(|| assert!(run(&config).violations.is_empty()))
     });
 
-    let config = long_analyses();
-    let simulated = run(&config).simulated;
     group.throughput(Throughput::Elements(1));
-    group.bench_function("long_analyses_600s_each", |b| {
-        b.iter(|| assert!(run(&config).violations.is_empty()))
-    });
+    let mut covered = Vec::new();
+    for tick_ms in [1, 10] {
+        let config = SimConfig {
+            tick: Duration::from_millis(tick_ms),
+            ..long_analyses()
+        };
+        covered.push((tick_ms, run(&config).simulated));
+        group.bench_function(format!("long_analyses_600s_each_tick_{tick_ms}ms"), |b| {
+            b.iter(|| assert!(run(&config).violations.is_empty()))
+        });
+    }
     group.finish();
     // Criterion prints the wall time per run; this is the simulated time one run covers, so the
     // time compression is `simulated / wall`.
-    println!(
-        "simulation/long_analyses_600s_each covers {:.1} s of simulated time per run",
-        simulated.as_secs_f64()
-    );
+    for (tick_ms, simulated) in covered {
+        println!(
+            "simulation/long_analyses_600s_each_tick_{tick_ms}ms covers {:.1} s of simulated time per run",
+            simulated.as_secs_f64()
+        );
+    }
 }
 
 criterion_group!(benches, bench_simulation);

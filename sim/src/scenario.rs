@@ -100,11 +100,16 @@ pub struct Workload {
 pub struct Network {
     /// Longest message latency, ms.
     pub max_latency_ms: u64,
+    /// Simulated time per step, ms (the time resolution).
+    pub tick_ms: u64,
 }
 
 impl Default for Network {
     fn default() -> Self {
-        Network { max_latency_ms: 20 }
+        Network {
+            max_latency_ms: 20,
+            tick_ms: 1,
+        }
     }
 }
 
@@ -208,6 +213,7 @@ impl Scenario {
             with_edge: self.services.with_edge,
             broker_link: self.services.broker_link,
             gateway_queues: self.services.gateway_queues,
+            tick: Duration::from_millis(self.network.tick_ms.max(1)),
         }
     }
 

@@ -71,6 +71,9 @@ pub struct SimConfig {
     pub broker_link: BrokerLink,
     /// Which event queues the gateways consume.
     pub gateway_queues: GatewayQueues,
+    /// Simulated time per step: the time resolution. 1 ms by default; a coarser tick makes
+    /// long scenarios cheaper (fewer steps) at the cost of quantizing latencies to it.
+    pub tick: Duration,
 }
 
 /// Which event queues gateway replicas consume.
@@ -124,6 +127,7 @@ impl Default for SimConfig {
             with_edge: false,
             broker_link: BrokerLink::InProcess,
             gateway_queues: GatewayQueues::Shared,
+            tick: Duration::from_millis(1),
         }
     }
 }
@@ -286,6 +290,7 @@ fn simulate(config: &SimConfig, subscribers: &[SubscriberSpec], recorder: &Recor
         // The driver below enforces the convergence deadline; this is only a backstop.
         .simulation_duration(deadline + Duration::from_secs(1))
         .max_message_latency(config.max_message_latency)
+        .tick_duration(config.tick)
         .enable_random_order()
         .build();
     // The broker's clock is the simulation's: the driver sets it before every step, so TTLs,

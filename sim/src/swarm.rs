@@ -97,6 +97,7 @@ pub fn scenario_strategy() -> impl Strategy<Value = Scenario> {
                     },
                     network: Network {
                         max_latency_ms: latency_ms,
+                        ..Network::default()
                     },
                     faults,
                     heal: Heal {
