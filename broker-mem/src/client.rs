@@ -38,7 +38,7 @@ pub type ClockFn = Arc<dyn Fn() -> u64 + Send + Sync>;
 pub fn real_clock_ms() -> u64 {
     // real-mode: the one place broker-mem reads the OS clock; simulations inject theirs.
     #[allow(clippy::disallowed_methods)]
-    let now = std::time::SystemTime::now();
+    let now = std::time::SystemTime::now(); // allow-nondeterminism: real-mode default clock
     now.duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |elapsed| {
             u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX)
@@ -199,7 +199,18 @@ impl Broker {
         self.call(|engine| engine.nack_next_publish(channel, enqueue));
     }
 
-    /// Fault hook: the broker closes `channel` with this reply.
+    /// Fault hook: the next publish to `exchange` is nacked ([`Engine::nack_next_publish_to`]).
+    pub fn nack_next_publish_to(&self, exchange: &str, enqueue: bool) {
+        self.call(|engine| engine.nack_next_publish_to(exchange, enqueue));
+    }
+
+    /// Fault hook: the broker closes every channel consuming `queue`
+    /// ([`Engine::force_close_consumer_channels`]).
+    pub fn force_close_consumer_channels(&self, queue: &str, code: ReplyCode, text: &str) {
+        self.call(|engine| engine.force_close_consumer_channels(queue, code, text));
+    }
+
+    /// Fault hook: the broker closes `channel` ([`Engine::force_close_channel`]).
     pub fn force_close_channel(&self, channel: ChannelId, code: ReplyCode, text: &str) {
         self.call(|engine| engine.force_close_channel(channel, code, text));
     }

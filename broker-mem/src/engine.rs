@@ -151,6 +151,8 @@ pub struct Engine {
     /// Fault hooks against queues' next deliveries, in arming order.
     delivery_faults: Vec<(String, DeliveryFault)>,
     delayed: Vec<Delayed>,
+    /// Fault hooks against the next publish to an exchange (any channel): enqueue it or not.
+    publish_faults: Vec<(String, bool)>,
 }
 
 impl Default for Engine {
@@ -187,6 +189,7 @@ impl Engine {
             returned: VecDeque::new(),
             delivery_faults: Vec::new(),
             delayed: Vec::new(),
+            publish_faults: Vec::new(),
         }
     }
 
@@ -1168,7 +1171,8 @@ impl Engine {
         let fault = self
             .channels
             .get_mut(&channel)
-            .and_then(|state| state.nack_next_publish.take());
+            .and_then(|state| state.nack_next_publish.take())
+            .or_else(|| self.take_publish_fault(exchange_name));
         let targets = self.route(exchange_name, routing_key, properties.headers.as_ref());
         let message = Arc::new(Message {
             exchange: exchange_name.to_owned(),

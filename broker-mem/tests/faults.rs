@@ -280,3 +280,64 @@ fn a_restart_keeps_durable_queues_with_persistent_messages_only() {
     );
     broker.check_invariants().unwrap();
 }
+
+#[test]
+fn nack_next_publish_to_an_exchange_nacks_only_that_publish_on_any_channel() {
+    let broker = Broker::new();
+    let connection = broker.connect();
+    let channel = connection.open_channel().unwrap();
+    channel
+        .exchange_declare("ex", broker_mem::ExchangeKind::Fanout, Default::default())
+        .unwrap();
+    channel.queue_declare("q", Default::default()).unwrap();
+    channel.queue_bind("q", "ex", "").unwrap();
+    broker.nack_next_publish_to("ex", false);
+    let first = channel
+        .basic_publish("ex", "", Default::default(), Bytes::from_static(b"1"))
+        .unwrap();
+    assert!(
+        matches!(first, broker_mem::Confirm::Nack { .. }),
+        "{first:?}"
+    );
+    assert_eq!(
+        broker.queue_depth("q"),
+        Some(0),
+        "a nack without enqueue routes nothing"
+    );
+    let other = connection.open_channel().unwrap();
+    let second = other
+        .basic_publish("ex", "", Default::default(), Bytes::from_static(b"2"))
+        .unwrap();
+    assert_eq!(second, broker_mem::Confirm::Ack);
+    assert_eq!(broker.queue_depth("q"), Some(1));
+}
+
+#[test]
+fn closing_a_queues_consumer_channels_requeues_and_ends_the_consumers() {
+    let broker = Broker::new();
+    let connection = broker.connect();
+    let channel = connection.open_channel().unwrap();
+    channel.queue_declare("q", Default::default()).unwrap();
+    channel
+        .basic_publish("", "q", Default::default(), Bytes::from_static(b"m"))
+        .unwrap();
+    let consumer_channel = connection.open_channel().unwrap();
+    let consumer = consumer_channel
+        .basic_consume("q", Default::default())
+        .unwrap();
+    let delivery = consumer.try_recv().unwrap();
+    assert!(!delivery.redelivered);
+    assert_eq!(broker.unacked_count("q"), Some(1));
+    broker.force_close_consumer_channels("q", broker_mem::ReplyCode::PreconditionFailed, "fault");
+    assert_eq!(
+        (broker.queue_depth("q"), broker.unacked_count("q")),
+        (Some(1), Some(0))
+    );
+    assert!(!consumer_channel.is_open());
+    assert!(
+        channel.is_open(),
+        "channels without a consumer on q stay open"
+    );
+    let again = channel.basic_consume("q", Default::default()).unwrap();
+    assert!(again.try_recv().unwrap().redelivered);
+}

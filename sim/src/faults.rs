@@ -88,6 +88,17 @@ pub enum Fault {
         /// Milliseconds.
         delay_ms: u64,
     },
+    /// The broker nacks the next publish to `exchange` (the publisher sees a failed confirm).
+    NackPublish {
+        /// Exchange name.
+        exchange: String,
+    },
+    /// The broker closes every channel consuming `queue` (406): their unacked deliveries are
+    /// requeued and the consumers end, so the services must consume again.
+    CloseConsumerChannels {
+        /// Queue name.
+        queue: String,
+    },
     /// The queue's next delivery is lost on its way: counted unacked, never seen, back only when
     /// its channel closes. In process nothing closes it, so this finds missing per-message
     /// timeouts (expect `lost`).
@@ -114,6 +125,8 @@ impl Fault {
             Fault::DuplicateDelivery { .. } => "duplicate-delivery",
             Fault::DelayDelivery { .. } => "delay-delivery",
             Fault::DropDelivery { .. } => "drop-delivery",
+            Fault::NackPublish { .. } => "nack-publish",
+            Fault::CloseConsumerChannels { .. } => "close-consumer-channels",
         }
     }
 
@@ -134,7 +147,9 @@ impl Fault {
             | Fault::BrokerRestart
             | Fault::DuplicateDelivery { .. }
             | Fault::DelayDelivery { .. }
-            | Fault::DropDelivery { .. } => vec![],
+            | Fault::DropDelivery { .. }
+            | Fault::NackPublish { .. }
+            | Fault::CloseConsumerChannels { .. } => vec![],
         }
     }
 }
@@ -212,6 +227,12 @@ pub(crate) fn apply(
         Fault::DuplicateDelivery { queue } => broker.duplicate_next_delivery(queue),
         Fault::DelayDelivery { queue, delay_ms } => broker.delay_next_delivery(queue, *delay_ms),
         Fault::DropDelivery { queue } => broker.drop_next_delivery(queue),
+        Fault::NackPublish { exchange } => broker.nack_next_publish_to(exchange, false),
+        Fault::CloseConsumerChannels { queue } => broker.force_close_consumer_channels(
+            queue,
+            broker_mem::ReplyCode::PreconditionFailed,
+            "fault: channel closed by the broker",
+        ),
     }
 }
 

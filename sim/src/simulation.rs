@@ -375,6 +375,7 @@ fn simulate(config: &SimConfig, subscribers: &[SubscriberSpec], recorder: &Recor
                 | Fault::Restart { .. }
                 | Fault::BrokerRestart
                 | Fault::DuplicateDelivery { .. }
+                | Fault::CloseConsumerChannels { .. }
         )
     });
     let failing_every = config.failing_every;

@@ -1,32 +1,38 @@
 //! The whole flow inside turmoil: several clients, many analyses, one seed, and the same trace
-//! twice.
+//! twice. One set of flow tests, run for both broker links: `in_process` (the memory adapter on
+//! the shared in-process broker) and `wire` (the wire client over turmoil TCP to broker-mem's
+//! AMQP server on the `broker` host). The wire-only fault tests (partitions, broker crashes) are
+//! in `wire_flow.rs`.
+
+mod support;
 
 use std::time::Duration;
 
+use support::{assert_clean, on};
 use warren_sim::SimConfig;
-use warren_sim::simulation::{check_determinism, run};
+use warren_sim::simulation::{BrokerLink, check_determinism, run};
 
-fn assert_clean(report: &warren_sim::SimReport) {
-    assert!(
-        report.violations.is_empty(),
-        "violations:\n{}\nreplay: {}",
-        report.violations.join("\n"),
-        report.replay_command(None)
-    );
+/// `clients` clients of `analyses_per_client` analyses each, everything else default.
+fn flow(link: BrokerLink, seed: u64, clients: usize, analyses_per_client: usize) -> SimConfig {
+    on(
+        link,
+        SimConfig {
+            seed,
+            clients,
+            analyses_per_client,
+            ..SimConfig::default()
+        },
+    )
 }
 
-#[test]
-fn every_client_sees_started_then_completed_for_each_of_its_analyses() {
-    let config = SimConfig {
-        seed: 7,
-        clients: 4,
-        analyses_per_client: 5,
-        ..SimConfig::default()
-    };
+fn every_client_sees_started_then_completed_for_each_of_its_analyses(link: BrokerLink) {
+    let config = flow(link, 7, 4, 5);
     let report = check_determinism(&config).unwrap_or_else(|e| panic!("{e}"));
     assert_clean(&report);
     assert_eq!(report.findings.queue.accepted, 20);
     assert_eq!(report.findings.queue.completed, 20);
+    let analyses: usize = report.clients.values().map(|c| c.analyses.len()).sum();
+    assert_eq!(analyses, 20);
     assert!(
         report
             .trace
@@ -41,14 +47,8 @@ fn every_client_sees_started_then_completed_for_each_of_its_analyses() {
     );
 }
 
-#[test]
-fn same_seed_same_trace_and_other_seeds_differ() {
-    let config = SimConfig {
-        seed: 11,
-        clients: 2,
-        analyses_per_client: 3,
-        ..SimConfig::default()
-    };
+fn same_seed_same_trace_and_other_seeds_differ(link: BrokerLink) {
+    let config = flow(link, 11, 2, 3);
     let a = run(&config);
     let b = run(&config);
     assert_clean(&a);
@@ -66,29 +66,40 @@ fn same_seed_same_trace_and_other_seeds_differ() {
     );
 }
 
-#[test]
-fn many_seeds_pass_with_slow_analyses_and_slow_links() {
-    for seed in 100..106 {
-        let config = SimConfig {
-            seed,
-            clients: 3,
-            analyses_per_client: 3,
-            analysis_duration: Duration::from_secs(2),
-            max_message_latency: Duration::from_millis(100),
-            ..SimConfig::default()
-        };
+/// Each seed's flow passes with `clients` clients of three analyses each, analyses taking
+/// `analysis_duration`, and messages up to 100 ms late.
+fn seeds_pass(
+    link: BrokerLink,
+    seeds: impl IntoIterator<Item = u64>,
+    clients: usize,
+    analysis_duration: Duration,
+) {
+    for seed in seeds {
+        let config = on(
+            link,
+            SimConfig {
+                seed,
+                clients,
+                analyses_per_client: 3,
+                analysis_duration,
+                max_message_latency: Duration::from_millis(100),
+                ..SimConfig::default()
+            },
+        );
         assert_clean(&run(&config));
     }
 }
 
-#[test]
-fn trace_difference_names_the_first_differing_event() {
-    let config = SimConfig {
-        seed: 3,
-        clients: 1,
-        analyses_per_client: 1,
-        ..SimConfig::default()
-    };
+fn many_seeds_pass_with_slow_analyses_and_slow_links(link: BrokerLink) {
+    seeds_pass(link, 100..106, 3, Duration::from_secs(2));
+}
+
+fn other_seeds_pass_with_one_second_analyses_and_slow_links(link: BrokerLink) {
+    seeds_pass(link, [11, 12, 101], 2, Duration::from_secs(1));
+}
+
+fn trace_difference_names_the_first_differing_event(link: BrokerLink) {
+    let config = flow(link, 3, 1, 1);
     let a = run(&config).trace;
     let mut b = a.clone();
     b.lines[2].what.push_str(" tampered");
@@ -96,3 +107,28 @@ fn trace_difference_names_the_first_differing_event() {
     assert!(difference.starts_with("event 2 differs"), "{difference}");
     assert_eq!(a.first_difference(&a.clone()), None);
 }
+
+macro_rules! link {
+    ($module:ident, $link:expr) => {
+        mod $module {
+            link!(@tests $link;
+                every_client_sees_started_then_completed_for_each_of_its_analyses,
+                same_seed_same_trace_and_other_seeds_differ,
+                many_seeds_pass_with_slow_analyses_and_slow_links,
+                other_seeds_pass_with_one_second_analyses_and_slow_links,
+                trace_difference_names_the_first_differing_event
+            );
+        }
+    };
+    (@tests $link:expr; $($test:ident),*) => {
+        $(
+            #[test]
+            fn $test() {
+                super::$test($link);
+            }
+        )*
+    };
+}
+
+link!(in_process, warren_sim::simulation::BrokerLink::InProcess);
+link!(wire, warren_sim::simulation::BrokerLink::Wire);

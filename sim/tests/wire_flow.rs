@@ -1,58 +1,20 @@
-//! The simulated flow with every AMQP link on simulated TCP: services use the wire client
+//! Faults only an AMQP link on simulated TCP can have: services use the wire client
 //! (`ports::wire::WireBus`) to broker-mem's AMQP server on the `broker` host, so partitions
 //! between a service and the broker are real network faults that only heartbeats can notice
-//! (turmoil never retransmits).
+//! (turmoil never retransmits). The flow tests both links share are in `simulated_flow.rs`.
+
+mod support;
 
 use std::time::Duration;
 
+use support::{assert_clean, on};
 use warren_sim::SimConfig;
 use warren_sim::faults::{Fault, ScheduledFault};
 use warren_sim::journal::Action;
 use warren_sim::simulation::{BrokerLink, check_determinism, run};
 
-fn assert_clean(report: &warren_sim::SimReport) {
-    assert!(
-        report.violations.is_empty(),
-        "violations:\n{}\nreplay: {}",
-        report.violations.join("\n"),
-        report.replay_command(None)
-    );
-}
-
 fn wire(config: SimConfig) -> SimConfig {
-    SimConfig {
-        broker_link: BrokerLink::Wire,
-        ..config
-    }
-}
-
-#[test]
-fn over_the_wire_every_client_sees_started_then_completed_and_the_trace_repeats() {
-    let config = wire(SimConfig {
-        seed: 7,
-        clients: 4,
-        analyses_per_client: 5,
-        ..SimConfig::default()
-    });
-    let report = check_determinism(&config).unwrap_or_else(|e| panic!("{e}"));
-    assert_clean(&report);
-    let analyses: usize = report.clients.values().map(|c| c.analyses.len()).sum();
-    assert_eq!(analyses, 20);
-}
-
-#[test]
-fn over_the_wire_other_seeds_and_slow_links_pass_too() {
-    for seed in [11, 12, 101] {
-        let config = wire(SimConfig {
-            seed,
-            clients: 2,
-            analyses_per_client: 3,
-            analysis_duration: Duration::from_secs(1),
-            max_message_latency: Duration::from_millis(100),
-            ..SimConfig::default()
-        });
-        assert_clean(&run(&config));
-    }
+    on(BrokerLink::Wire, config)
 }
 
 /// The orchestrator loses its AMQP link while it holds commands: both sides notice through

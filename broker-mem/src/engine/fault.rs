@@ -67,6 +67,42 @@ impl Engine {
         }
     }
 
+    /// The next publish to `exchange`, on whichever channel, is answered with a nack (with
+    /// `enqueue`, routed all the same). For simulations, which know exchanges, not channels.
+    pub fn nack_next_publish_to(&mut self, exchange: &str, enqueue: bool) {
+        if self.publish_faults.len() >= FAULTS_ARMED_MAX {
+            tracing::warn!(exchange, "too many armed faults; this one is ignored");
+            return;
+        }
+        self.publish_faults.push((exchange.to_owned(), enqueue));
+    }
+
+    /// Takes the first publish fault armed for `exchange`.
+    pub(super) fn take_publish_fault(&mut self, exchange: &str) -> Option<bool> {
+        let position = self
+            .publish_faults
+            .iter()
+            .position(|(e, _)| e == exchange)?;
+        Some(self.publish_faults.remove(position).1)
+    }
+
+    /// The broker closes every open channel that has a consumer on `queue`, with this reply
+    /// (what an operator or a broker-side error does to a subscriber): their unacked deliveries
+    /// are requeued and the consumers end. For simulations, which know queues, not channels.
+    pub fn force_close_consumer_channels(&mut self, queue: &str, code: ReplyCode, text: &str) {
+        let channels: Vec<ChannelId> = self
+            .channels
+            .iter()
+            .filter(|(_, state)| {
+                state.closed.is_none() && state.consumers.values().any(|c| c.queue == queue)
+            })
+            .map(|(id, _)| *id)
+            .collect();
+        for channel in channels {
+            self.force_close_channel(channel, code, text);
+        }
+    }
+
     /// The broker closes a channel (`channel.close` from the server) with this reply: its
     /// unacked deliveries are requeued, later calls on it get [`Error::ChannelClosed`].
     pub fn force_close_channel(&mut self, channel: ChannelId, code: ReplyCode, text: &str) {

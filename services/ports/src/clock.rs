@@ -14,7 +14,7 @@ pub struct SystemClock;
 impl Clock for SystemClock {
     #[allow(clippy::disallowed_methods)] // real-mode adapter: the one place that reads the OS clock
     fn now_unix_ms(&self) -> i64 {
-        std::time::SystemTime::now()
+        std::time::SystemTime::now() // allow-nondeterminism: the real-mode Clock adapter
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
             .unwrap_or(0)

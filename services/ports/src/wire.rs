@@ -297,6 +297,19 @@ impl<N: Net> WireBus<N> {
             })),
             // A channel closed by the broker fails every publish in flight on it, including
             // publishes that did nothing wrong; the retry on a fresh channel tells them apart.
+            // The confirm listener cannot know which publish the broker refused, so the refusal
+            // names this publish's exchange, as lapin's adapter does.
+            Ok(Ok(Err(BusError::Refused {
+                operation,
+                target,
+                code,
+                text,
+            }))) if target.is_empty() => Err(Failure::Retry(BusError::Refused {
+                operation,
+                target: message.exchange.clone(),
+                code,
+                text,
+            })),
             Ok(Ok(Err(error))) => Err(Failure::Retry(error)),
             Ok(Err(_)) => Err(Failure::Retry(BusError::Connection(format!(
                 "publish to {:?}: the connection was lost before the confirm",

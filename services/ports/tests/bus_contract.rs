@@ -1,11 +1,16 @@
-//! One bus contract, four pairings, the same expectations: lapin (`RabbitBus`) + RabbitMQ (the
-//! truth, as in `rabbitmq_bus.rs`), lapin + broker-mem's wire server, the wire client
-//! (`WireBus`) + broker-mem's wire server, and the wire client + RabbitMQ. Where broker-mem and
-//! RabbitMQ differ, broker-mem is wrong.
+//! One bus contract, five pairings, the same expectations: lapin (`RabbitBus`) + RabbitMQ (the
+//! truth), lapin + broker-mem's wire server, the wire client (`WireBus`) + broker-mem's wire
+//! server, the wire client + RabbitMQ, and the memory adapter (`MemoryBus`) on broker-mem in
+//! process. Where broker-mem and RabbitMQ differ, broker-mem is wrong.
+//!
+//! Tests specific to one adapter live after the contract: the wire client's here, lapin's in
+//! `rabbitmq_bus.rs`. Shared helpers are in `support/mod.rs`.
 //!
 //! RabbitMQ pairings follow the skip rule of `ports::testing` (a `SKIPPED:` line without a
 //! broker, a failure with `WARREN_REQUIRE_RABBITMQ=1`).
 #![cfg(all(feature = "rabbitmq", feature = "wire"))]
+
+mod support;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -13,21 +18,18 @@ use std::time::Duration;
 use broker_mem::Broker;
 use broker_mem::wire::{WireConfig, WireServer};
 use contracts::{
-    Binding, EXCHANGE_COMMANDS, ExchangeDecl, ExchangeKind, Properties, Publication,
-    QUEUE_COMMANDS, QueueDecl, ROUTING_KEY_REQUEST, Topology,
+    Binding, EXCHANGE_COMMANDS, ExchangeDecl, ExchangeKind, QUEUE_COMMANDS, QueueDecl,
+    ROUTING_KEY_REQUEST, Topology,
 };
 use futures::StreamExt as _;
-use lapin::options::QueueDeclareOptions;
-use lapin::types::FieldTable;
 use ports::rabbitmq::RabbitBus;
 use ports::testing::RabbitVhost;
 use ports::wire::{WireBus, WireBusConfig};
-use ports::{Bus, BusError, ConsumeOptions, Deliveries, Delivery, TokioNet};
-
-const DELIVERY_WAIT_MS: u64 = 10_000;
-const SILENCE_MS: u64 = 500;
-const SETTLE_WAIT_MS: u64 = 15_000;
-const POLL_INTERVAL_MS: u64 = 20;
+use ports::{Bus, BusError, ConsumeOptions, Deliveries, TokioNet};
+use support::{
+    POLL_INTERVAL_MS, SETTLE_WAIT_MS, assert_silent, command, kill_connections, next_delivery,
+    rabbit_queue_state, sorted,
+};
 
 /// Where the bus under test is connected, and how to look inside that broker.
 enum Target {
@@ -86,7 +88,20 @@ impl Fixture {
         })
     }
 
-    /// The truth, the same suite as `rabbitmq_bus.rs` runs, here beside the other pairings.
+    /// The memory adapter on a fresh broker-mem, in process. It has no `close`: dropping the
+    /// bus closes its connection, which `teardown` does when it drops the fixture.
+    #[cfg(feature = "memory")]
+    async fn memory() -> Option<Fixture> {
+        let broker = Broker::new();
+        let bus = Arc::new(ports::memory::MemoryBus::new(broker.clone()));
+        Some(Fixture {
+            bus,
+            target: Target::Mem(broker),
+            close: Box::new(|| Box::pin(async {})),
+        })
+    }
+
+    /// The truth.
     async fn lapin_rabbit(test: &str) -> Option<Fixture> {
         let vhost = RabbitVhost::create(&format!("lapin-{test}"))
             .await
@@ -111,6 +126,24 @@ impl Fixture {
             target: Target::Rabbit(vhost),
             close: Box::new(move || Box::pin(async move { closing.close().await.unwrap() })),
         })
+    }
+
+    /// Declares the contract topology, publishes `command(n)` for each `n`, then consumes the
+    /// commands queue.
+    async fn publish_then_consume(
+        &self,
+        commands: std::ops::RangeInclusive<u32>,
+        options: ConsumeOptions,
+    ) -> Deliveries {
+        self.bus.declare(&Topology::contract()).await.unwrap();
+        for n in commands {
+            self.bus.publish(command(n)).await.unwrap();
+        }
+        self.consume_commands(options).await
+    }
+
+    async fn consume_commands(&self, options: ConsumeOptions) -> Deliveries {
+        self.bus.consume(QUEUE_COMMANDS, options).await.unwrap()
     }
 
     async fn teardown(self) {
@@ -177,70 +210,18 @@ impl Fixture {
     }
 }
 
-async fn rabbit_queue_state(amqp_url: &str, queue: &str) -> (u32, u32) {
-    let connection = lapin::Connection::connect(amqp_url, lapin::ConnectionProperties::default())
-        .await
-        .unwrap();
-    let channel = connection.create_channel().await.unwrap();
-    let options = QueueDeclareOptions {
-        passive: true,
-        ..Default::default()
-    };
-    let declared = channel
-        .queue_declare(queue.into(), options, FieldTable::default())
-        .await
-        .unwrap();
-    let _ = connection.close(200, "OK".into()).await;
-    (declared.message_count(), declared.consumer_count())
-}
-
-fn sorted(mut topology: Topology) -> Topology {
-    topology.exchanges.sort();
-    topology.queues.sort();
-    topology.bindings.sort();
-    topology
-}
-
-fn command(n: u32) -> Publication {
-    let analysis_id = format!("0190f3a0-0000-7000-8000-{n:012}");
-    Publication {
-        exchange: EXCHANGE_COMMANDS.into(),
-        routing_key: ROUTING_KEY_REQUEST.into(),
-        properties: Properties {
-            content_type: Some("application/json".into()),
-            delivery_mode: Some(2),
-            message_id: Some(format!("6f1c2a9e-4b4d-5d0e-9c3a-{n:012}")),
-            correlation_id: Some(analysis_id.clone()),
-            kind: Some("RequestAnalysis".into()),
-            timestamp: Some(1_764_000_000 + u64::from(n)),
-            app_id: Some("graph-gateway".into()),
-        },
-        body: format!(r#"{{"analysisId":"{analysis_id}","assetId":"asset-{n}"}}"#).into_bytes(),
-    }
-}
-
-async fn next_delivery(stream: &mut Deliveries) -> Delivery {
-    match tokio::time::timeout(Duration::from_millis(DELIVERY_WAIT_MS), stream.next()).await {
-        Ok(Some(Ok(delivery))) => delivery,
-        Ok(Some(Err(error))) => panic!("the consumer failed: {error}"),
-        Ok(None) => panic!("the consumer ended"),
-        Err(_) => panic!("no delivery within {DELIVERY_WAIT_MS} ms"),
-    }
-}
-
-async fn assert_silent(stream: &mut Deliveries, why: &str) {
-    let next = tokio::time::timeout(Duration::from_millis(SILENCE_MS), stream.next()).await;
-    if let Ok(item) = next {
-        panic!("expected no delivery ({why}), got {item:?}");
-    }
-}
-
 // ------------------------------------------------------------------------------ the contract
 
 async fn declared_topology_is_exactly_what_the_broker_lists(f: Fixture) {
     assert_eq!(f.topology().await, Topology::default());
-    f.bus.declare(&Topology::contract()).await.unwrap();
-    f.bus.declare(&Topology::contract()).await.unwrap();
+    f.bus
+        .declare(&Topology::contract())
+        .await
+        .expect("declare the contract topology");
+    f.bus
+        .declare(&Topology::contract())
+        .await
+        .expect("declaring again is idempotent");
     assert_eq!(f.topology().await, sorted(Topology::contract()));
     f.teardown().await;
 }
@@ -249,11 +230,7 @@ async fn published_message_round_trips_every_contract_property(f: Fixture) {
     f.bus.declare(&Topology::contract()).await.unwrap();
     let sent = command(1);
     f.bus.publish(sent.clone()).await.unwrap();
-    let mut stream = f
-        .bus
-        .consume(QUEUE_COMMANDS, ConsumeOptions::default())
-        .await
-        .unwrap();
+    let mut stream = f.consume_commands(ConsumeOptions::default()).await;
     let delivery = next_delivery(&mut stream).await;
     assert_eq!(delivery.properties, sent.properties);
     assert_eq!(delivery.body, sent.body);
@@ -262,59 +239,78 @@ async fn published_message_round_trips_every_contract_property(f: Fixture) {
     assert!(!delivery.redelivered);
     delivery.ack().await.unwrap();
     drop(stream);
-    assert_eq!(f.ready_after_consumers_left(QUEUE_COMMANDS).await, 0);
+    assert_eq!(
+        f.ready_after_consumers_left(QUEUE_COMMANDS).await,
+        0,
+        "acked is gone"
+    );
     f.teardown().await;
 }
 
-async fn unacked_delivery_is_redelivered_after_its_stream_is_dropped(f: Fixture) {
-    f.bus.declare(&Topology::contract()).await.unwrap();
-    f.bus.publish(command(1)).await.unwrap();
+/// How the test leaves its first delivery before the message comes back.
+enum Unsettled {
+    /// Drops the delivery without settling it, then its stream.
+    Dropped,
+    /// Drops the stream, then acks the delivery too late: the ack fails.
+    AckedAfterTheStream,
+}
+
+async fn redelivered_after_its_stream_is_dropped(f: Fixture, unsettled: Unsettled) {
     let mut stream = f
-        .bus
-        .consume(QUEUE_COMMANDS, ConsumeOptions::default())
-        .await
-        .unwrap();
+        .publish_then_consume(1..=1, ConsumeOptions::default())
+        .await;
     let first = next_delivery(&mut stream).await;
     assert!(!first.redelivered);
-    drop(stream);
-    let late = first.ack().await;
-    assert!(matches!(late, Err(BusError::Connection(_))), "{late:?}");
-    let mut stream = f
-        .bus
-        .consume(QUEUE_COMMANDS, ConsumeOptions::default())
-        .await
-        .unwrap();
+    match unsettled {
+        Unsettled::Dropped => {
+            drop(first); // never settled
+            drop(stream);
+        }
+        Unsettled::AckedAfterTheStream => {
+            drop(stream);
+            let late = first.ack().await;
+            assert!(matches!(late, Err(BusError::Connection(_))), "{late:?}");
+        }
+    }
+    let mut stream = f.consume_commands(ConsumeOptions::default()).await;
     let again = next_delivery(&mut stream).await;
-    assert!(again.redelivered);
+    assert!(
+        again.redelivered,
+        "the broker marks the second delivery as redelivered"
+    );
     assert_eq!(again.body, command(1).body);
     again.ack().await.unwrap();
     drop(stream);
     f.teardown().await;
 }
 
+/// Settling a delivery after its stream was dropped fails, and the message comes back.
+async fn unacked_delivery_is_redelivered_after_its_stream_is_dropped(f: Fixture) {
+    redelivered_after_its_stream_is_dropped(f, Unsettled::AckedAfterTheStream).await;
+}
+
+/// Dropping a delivery without settling it settles nothing: once its stream is dropped too, the
+/// message comes back.
+async fn dropped_unsettled_delivery_is_redelivered_after_its_stream_is_dropped(f: Fixture) {
+    redelivered_after_its_stream_is_dropped(f, Unsettled::Dropped).await;
+}
+
 async fn nack_without_requeue_drops_the_message(f: Fixture) {
-    f.bus.declare(&Topology::contract()).await.unwrap();
-    f.bus.publish(command(1)).await.unwrap();
     let mut stream = f
-        .bus
-        .consume(QUEUE_COMMANDS, ConsumeOptions::default())
-        .await
-        .unwrap();
+        .publish_then_consume(1..=1, ConsumeOptions::default())
+        .await;
     next_delivery(&mut stream).await.nack(false).await.unwrap();
     assert_silent(&mut stream, "a nacked message without requeue is gone").await;
     drop(stream);
+    // Had the message still been unacked, closing the consumer's channel would requeue it.
     assert_eq!(f.ready_after_consumers_left(QUEUE_COMMANDS).await, 0);
     f.teardown().await;
 }
 
 async fn reject_with_requeue_delivers_the_message_again(f: Fixture) {
-    f.bus.declare(&Topology::contract()).await.unwrap();
-    f.bus.publish(command(1)).await.unwrap();
     let mut stream = f
-        .bus
-        .consume(QUEUE_COMMANDS, ConsumeOptions::default())
-        .await
-        .unwrap();
+        .publish_then_consume(1..=1, ConsumeOptions::default())
+        .await;
     next_delivery(&mut stream).await.reject(true).await.unwrap();
     let again = next_delivery(&mut stream).await;
     assert!(again.redelivered);
@@ -324,45 +320,51 @@ async fn reject_with_requeue_delivers_the_message_again(f: Fixture) {
 }
 
 async fn prefetch_one_holds_back_the_next_delivery_until_ack(f: Fixture) {
-    f.bus.declare(&Topology::contract()).await.unwrap();
-    for n in 1..=3 {
-        f.bus.publish(command(n)).await.unwrap();
-    }
     let mut stream = f
-        .bus
-        .consume(QUEUE_COMMANDS, ConsumeOptions { prefetch: 1 })
-        .await
-        .unwrap();
+        .publish_then_consume(1..=3, ConsumeOptions { prefetch: 1 })
+        .await;
     for n in 1..=3 {
         let delivery = next_delivery(&mut stream).await;
         assert_eq!(delivery.body, command(n).body, "in publish order");
-        assert_silent(&mut stream, "prefetch 1").await;
+        assert_silent(&mut stream, "prefetch 1 allows one unacked delivery").await;
         delivery.ack().await.unwrap();
     }
     drop(stream);
     f.teardown().await;
 }
 
+/// The broker's refusal as (operation, target, code, reply text); panics on anything else.
+fn refusal<T>(result: Result<T, BusError>, expected: &str) -> (&'static str, String, u16, String) {
+    match result {
+        Err(BusError::Refused {
+            operation,
+            target,
+            code,
+            text,
+        }) => (operation, target, code, text),
+        Ok(_) => panic!("expected {expected}, got success"),
+        Err(other) => panic!("expected {expected}, got {other:?}"),
+    }
+}
+
 async fn publish_to_missing_exchange_is_refused_with_404_and_the_bus_recovers(f: Fixture) {
     f.bus.declare(&Topology::contract()).await.unwrap();
     let mut lost = command(1);
     lost.exchange = "no.such.exchange".into();
-    match f.bus.publish(lost).await {
-        Err(BusError::Refused { code, text, .. }) => {
-            assert_eq!(code, 404);
-            assert!(
-                text.contains("NOT_FOUND - no exchange 'no.such.exchange'"),
-                "{text}"
-            );
-        }
-        other => panic!("expected a 404 refusal, got {other:?}"),
-    }
-    f.bus.publish(command(2)).await.unwrap();
-    let mut stream = f
-        .bus
-        .consume(QUEUE_COMMANDS, ConsumeOptions::default())
+    let (operation, target, code, text) = refusal(f.bus.publish(lost).await, "a 404 refusal");
+    assert_eq!(
+        (operation, target.as_str(), code),
+        ("basic.publish", "no.such.exchange", 404)
+    );
+    assert!(
+        text.contains("NOT_FOUND - no exchange 'no.such.exchange'"),
+        "{text}"
+    );
+    f.bus
+        .publish(command(2))
         .await
-        .unwrap();
+        .expect("the bus reopens its publishing channel");
+    let mut stream = f.consume_commands(ConsumeOptions::default()).await;
     let delivery = next_delivery(&mut stream).await;
     assert_eq!(delivery.body, command(2).body);
     delivery.ack().await.unwrap();
@@ -374,45 +376,55 @@ async fn inequivalent_redeclare_is_refused_with_406(f: Fixture) {
     f.bus.declare(&Topology::contract()).await.unwrap();
     let mut changed = Topology::contract();
     changed.exchanges[0].kind = ExchangeKind::Fanout;
-    match f.bus.declare(&changed).await {
-        Err(BusError::Refused {
-            operation,
-            target,
-            code,
-            text,
-        }) => {
-            assert_eq!(
-                (operation, target.as_str(), code),
-                ("exchange.declare", EXCHANGE_COMMANDS, 406)
-            );
-            assert!(text.contains("PRECONDITION_FAILED"), "{text}");
-        }
-        other => panic!("expected a 406 refusal, got {other:?}"),
-    }
-    f.bus.declare(&Topology::contract()).await.unwrap();
-    f.bus.publish(command(1)).await.unwrap();
-    assert_eq!(f.topology().await, sorted(Topology::contract()));
+    let (operation, target, code, text) = refusal(f.bus.declare(&changed).await, "a 406 refusal");
+    assert_eq!(
+        (operation, target.as_str(), code),
+        ("exchange.declare", EXCHANGE_COMMANDS, 406)
+    );
+    assert!(text.contains("PRECONDITION_FAILED"), "{text}");
+    let mut queue_changed = Topology::contract();
+    queue_changed.queues[0].durable = false;
+    let (operation, target, code, _) =
+        refusal(f.bus.declare(&queue_changed).await, "a 406 refusal");
+    assert_eq!(
+        (operation, target.as_str(), code),
+        ("queue.declare", QUEUE_COMMANDS, 406)
+    );
+    f.bus
+        .declare(&Topology::contract())
+        .await
+        .expect("the original still declares");
+    f.bus
+        .publish(command(1))
+        .await
+        .expect("and the bus still publishes");
+    assert_eq!(
+        f.topology().await,
+        sorted(Topology::contract()),
+        "unchanged"
+    );
     f.teardown().await;
 }
 
 async fn consuming_a_missing_queue_is_refused_with_404(f: Fixture) {
-    match f
+    let consumed = f
         .bus
         .consume("no.such.queue", ConsumeOptions::default())
-        .await
-    {
-        Err(BusError::Refused {
-            operation, code, ..
-        }) => assert_eq!((operation, code), ("basic.consume", 404)),
-        Ok(_) => panic!("expected a 404 refusal, got a stream"),
-        Err(other) => panic!("expected a 404 refusal, got {other:?}"),
-    }
+        .await;
+    let (operation, target, code, _) = refusal(consumed, "a 404 refusal");
+    assert_eq!(
+        (operation, target.as_str(), code),
+        ("basic.consume", "no.such.queue", 404)
+    );
     let refused = f
         .bus
         .consume(QUEUE_COMMANDS, ConsumeOptions { prefetch: 0 })
         .await
         .err();
-    assert!(matches!(refused, Some(BusError::Invalid(_))));
+    assert!(
+        matches!(refused, Some(BusError::Invalid(_))),
+        "prefetch 0 would be unbounded"
+    );
     f.teardown().await;
 }
 
@@ -421,13 +433,9 @@ async fn concurrent_publishes_are_each_confirmed_and_delivered_once(f: Fixture) 
     const PUBLISHES: u32 = 50;
     let publishes = (0..PUBLISHES).map(|n| f.bus.publish(command(n)));
     for result in futures::future::join_all(publishes).await {
-        result.unwrap();
+        result.expect("every publish is confirmed");
     }
-    let mut stream = f
-        .bus
-        .consume(QUEUE_COMMANDS, ConsumeOptions { prefetch: 8 })
-        .await
-        .unwrap();
+    let mut stream = f.consume_commands(ConsumeOptions { prefetch: 8 }).await;
     let mut ids = std::collections::BTreeSet::new();
     for _ in 0..PUBLISHES {
         let delivery = next_delivery(&mut stream).await;
@@ -450,6 +458,7 @@ macro_rules! pairing {
                 declared_topology_is_exactly_what_the_broker_lists,
                 published_message_round_trips_every_contract_property,
                 unacked_delivery_is_redelivered_after_its_stream_is_dropped,
+                dropped_unsettled_delivery_is_redelivered_after_its_stream_is_dropped,
                 nack_without_requeue_drops_the_message,
                 reject_with_requeue_delivers_the_message_again,
                 prefetch_one_holds_back_the_next_delivery_until_ack,
@@ -481,6 +490,8 @@ pairing!(wire_on_broker_mem, |_: &'static str| Fixture::wire_mem());
 pairing!(wire_on_rabbitmq, |test: &'static str| Fixture::wire_rabbit(
     test
 ));
+#[cfg(feature = "memory")]
+pairing!(memory_on_broker_mem, |_: &'static str| Fixture::memory());
 
 /// The wire client notices a broker that closed its connection: the next publish reconnects
 /// (declaring the topology again) and the consumer stream consumes again by itself.
@@ -492,23 +503,11 @@ async fn wire_bus_reconnects_and_resumes_consuming_after_rabbitmq_closes_its_con
     let Target::Rabbit(vhost) = &f.target else {
         unreachable!()
     };
-    f.bus.declare(&Topology::contract()).await.unwrap();
-    f.bus.publish(command(1)).await.unwrap();
     let mut stream = f
-        .bus
-        .consume(QUEUE_COMMANDS, ConsumeOptions::default())
-        .await
-        .unwrap();
+        .publish_then_consume(1..=1, ConsumeOptions::default())
+        .await;
     next_delivery(&mut stream).await.ack().await.unwrap();
-    let mut killed = 0;
-    for _ in 0..SETTLE_WAIT_MS / 100 {
-        killed = vhost.close_connections().await.unwrap();
-        if killed > 0 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    assert!(killed > 0, "the management API listed the connection");
+    kill_connections(vhost).await;
     f.bus.publish(command(2)).await.expect("publish reconnects");
     let delivery = next_delivery(&mut stream).await;
     assert_eq!(delivery.body, command(2).body, "the same stream resumed");
