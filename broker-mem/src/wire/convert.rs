@@ -2,6 +2,9 @@
 //!
 //! broker-mem carries properties intact; the only loss is AMQP's many numeric widths, which
 //! broker-mem folds into i64 / f64 (and decimals into f64), and the deprecated `cluster-id`.
+//!
+//! Public (with the `wire` feature) so that AMQP clients built on amq-protocol, such as the
+//! contract tests' lapin half, convert exactly as the wire server does.
 
 use amq_protocol::protocol::BasicProperties;
 use amq_protocol::types::{AMQPValue, FieldArray, FieldTable as AmqpTable, ShortString};
@@ -12,7 +15,7 @@ use crate::wire::codec::short;
 /// Wire properties to the engine's. (`..default()` keeps this compiling when the engine's
 /// properties grow a field the wire does not carry.)
 #[allow(clippy::needless_update)]
-pub(crate) fn properties_in(amqp: &BasicProperties) -> Properties {
+pub fn properties_in(amqp: &BasicProperties) -> Properties {
     let text = |value: &Option<ShortString>| value.as_ref().map(|s| s.as_str().to_owned());
     Properties {
         content_type: text(amqp.content_type()),
@@ -32,8 +35,9 @@ pub(crate) fn properties_in(amqp: &BasicProperties) -> Properties {
     }
 }
 
-/// The engine's properties to the wire's. Strings came from the wire, so they fit.
-pub(crate) fn properties_out(properties: &Properties) -> BasicProperties {
+/// The engine's properties to the wire's. Short strings longer than AMQP allows (255 bytes) are
+/// cut at a character boundary; the wire server's own came from the wire, so they fit.
+pub fn properties_out(properties: &Properties) -> BasicProperties {
     let s = |value: &String| ShortString::from(short(value));
     let mut amqp = BasicProperties::default();
     if let Some(v) = &properties.content_type {
@@ -78,7 +82,8 @@ pub(crate) fn properties_out(properties: &Properties) -> BasicProperties {
     amqp
 }
 
-pub(crate) fn table_in(table: &AmqpTable) -> FieldTable {
+/// A wire field table to the engine's.
+pub fn table_in(table: &AmqpTable) -> FieldTable {
     table
         .inner()
         .iter()
@@ -116,7 +121,8 @@ fn value_in(value: &AMQPValue) -> FieldValue {
     }
 }
 
-pub(crate) fn table_out(table: &FieldTable) -> AmqpTable {
+/// The engine's field table to the wire's; over-long keys are cut as in [`properties_out`].
+pub fn table_out(table: &FieldTable) -> AmqpTable {
     let mut out = AmqpTable::default();
     for (key, value) in table {
         out.insert(ShortString::from(short(key)), value_out(value));

@@ -27,7 +27,7 @@
 //! ```
 
 mod codec;
-mod convert;
+pub mod convert;
 mod session;
 
 use std::io;

@@ -13,19 +13,20 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+use broker_mem::wire::convert::{properties_in, properties_out, table_out};
 use broker_mem::{
     Broker, ConsumeOptions, ExchangeKind, ExchangeOptions, FieldTable, FieldValue, Limits,
     Properties, PublishOptions, QueueOptions,
 };
 use futures::StreamExt as _;
+use lapin::Confirmation;
 use lapin::options::{
     BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicGetOptions, BasicNackOptions,
     BasicPublishOptions, BasicQosOptions, BasicRejectOptions, ConfirmSelectOptions,
     ExchangeBindOptions, ExchangeDeclareOptions, ExchangeDeleteOptions, QueueBindOptions,
     QueueDeclareOptions, QueueDeleteOptions, QueuePurgeOptions,
 };
-use lapin::types::{AMQPValue, FieldArray, FieldTable as LapinTable, ShortString};
-use lapin::{BasicProperties, Confirmation};
+use lapin::types::FieldTable as LapinTable;
 use ports::testing::RabbitVhost;
 
 /// A delivery RabbitMQ owes us arrives well within this.
@@ -981,135 +982,5 @@ fn msg_in(delivery: &lapin::message::Delivery) -> Msg {
         routing_key: delivery.routing_key.as_str().to_owned(),
         properties: properties_in(&delivery.properties),
         body: delivery.data.clone(),
-    }
-}
-
-// The conversions below mirror broker-mem's wire server (src/wire/convert.rs, crate-private).
-
-fn properties_in(amqp: &BasicProperties) -> Properties {
-    let text = |value: &Option<ShortString>| value.as_ref().map(|s| s.as_str().to_owned());
-    Properties {
-        content_type: text(amqp.content_type()),
-        content_encoding: text(amqp.content_encoding()),
-        headers: amqp.headers().as_ref().map(table_in),
-        delivery_mode: *amqp.delivery_mode(),
-        priority: *amqp.priority(),
-        correlation_id: text(amqp.correlation_id()),
-        reply_to: text(amqp.reply_to()),
-        expiration: text(amqp.expiration()),
-        message_id: text(amqp.message_id()),
-        timestamp: *amqp.timestamp(),
-        kind: text(amqp.kind()),
-        user_id: text(amqp.user_id()),
-        app_id: text(amqp.app_id()),
-    }
-}
-
-fn properties_out(p: &Properties) -> BasicProperties {
-    let s = |value: &String| ShortString::from(value.clone());
-    let mut amqp = BasicProperties::default();
-    if let Some(v) = &p.content_type {
-        amqp = amqp.with_content_type(s(v));
-    }
-    if let Some(v) = &p.content_encoding {
-        amqp = amqp.with_content_encoding(s(v));
-    }
-    if let Some(v) = &p.headers {
-        amqp = amqp.with_headers(table_out(v));
-    }
-    if let Some(v) = p.delivery_mode {
-        amqp = amqp.with_delivery_mode(v);
-    }
-    if let Some(v) = p.priority {
-        amqp = amqp.with_priority(v);
-    }
-    if let Some(v) = &p.correlation_id {
-        amqp = amqp.with_correlation_id(s(v));
-    }
-    if let Some(v) = &p.reply_to {
-        amqp = amqp.with_reply_to(s(v));
-    }
-    if let Some(v) = &p.expiration {
-        amqp = amqp.with_expiration(s(v));
-    }
-    if let Some(v) = &p.message_id {
-        amqp = amqp.with_message_id(s(v));
-    }
-    if let Some(v) = p.timestamp {
-        amqp = amqp.with_timestamp(v);
-    }
-    if let Some(v) = &p.kind {
-        amqp = amqp.with_type(s(v));
-    }
-    if let Some(v) = &p.user_id {
-        amqp = amqp.with_user_id(s(v));
-    }
-    if let Some(v) = &p.app_id {
-        amqp = amqp.with_app_id(s(v));
-    }
-    amqp
-}
-
-fn table_in(table: &LapinTable) -> FieldTable {
-    table
-        .inner()
-        .iter()
-        .map(|(key, value)| (key.as_str().to_owned(), value_in(value)))
-        .collect()
-}
-
-fn value_in(value: &AMQPValue) -> FieldValue {
-    match value {
-        AMQPValue::Boolean(v) => FieldValue::Bool(*v),
-        AMQPValue::ShortShortInt(v) => FieldValue::I64(i64::from(*v)),
-        AMQPValue::ShortShortUInt(v) => FieldValue::I64(i64::from(*v)),
-        AMQPValue::ShortInt(v) => FieldValue::I64(i64::from(*v)),
-        AMQPValue::ShortUInt(v) => FieldValue::I64(i64::from(*v)),
-        AMQPValue::LongInt(v) => FieldValue::I64(i64::from(*v)),
-        AMQPValue::LongUInt(v) => FieldValue::I64(i64::from(*v)),
-        AMQPValue::LongLongInt(v) => FieldValue::I64(*v),
-        AMQPValue::Float(v) => FieldValue::F64(f64::from(*v)),
-        AMQPValue::Double(v) => FieldValue::F64(*v),
-        AMQPValue::DecimalValue(d) => {
-            FieldValue::F64(f64::from(d.value) / 10f64.powi(i32::from(d.scale)))
-        }
-        AMQPValue::ShortString(v) => FieldValue::String(v.as_str().to_owned()),
-        AMQPValue::LongString(v) => match std::str::from_utf8(v.as_bytes()) {
-            Ok(text) => FieldValue::String(text.to_owned()),
-            Err(_) => FieldValue::Bytes(broker_mem::Bytes::copy_from_slice(v.as_bytes())),
-        },
-        AMQPValue::FieldArray(items) => {
-            FieldValue::Array(items.as_slice().iter().map(value_in).collect())
-        }
-        AMQPValue::Timestamp(v) => FieldValue::Timestamp(*v),
-        AMQPValue::FieldTable(t) => FieldValue::Table(table_in(t)),
-        AMQPValue::ByteArray(v) => {
-            FieldValue::Bytes(broker_mem::Bytes::copy_from_slice(v.as_slice()))
-        }
-        AMQPValue::Void => FieldValue::Void,
-    }
-}
-
-fn table_out(table: &FieldTable) -> LapinTable {
-    let mut out = LapinTable::default();
-    for (key, value) in table {
-        out.insert(ShortString::from(key.clone()), value_out(value));
-    }
-    out
-}
-
-fn value_out(value: &FieldValue) -> AMQPValue {
-    match value {
-        FieldValue::Void => AMQPValue::Void,
-        FieldValue::Bool(v) => AMQPValue::Boolean(*v),
-        FieldValue::I64(v) => AMQPValue::LongLongInt(*v),
-        FieldValue::F64(v) => AMQPValue::Double(*v),
-        FieldValue::String(v) => AMQPValue::LongString(v.as_str().into()),
-        FieldValue::Bytes(v) => AMQPValue::ByteArray(v.to_vec().into()),
-        FieldValue::Timestamp(v) => AMQPValue::Timestamp(*v),
-        FieldValue::Array(items) => AMQPValue::FieldArray(FieldArray::from(
-            items.iter().map(value_out).collect::<Vec<_>>(),
-        )),
-        FieldValue::Table(t) => AMQPValue::FieldTable(table_out(t)),
     }
 }

@@ -13,6 +13,8 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+#[cfg(any(feature = "rabbitmq", feature = "wire"))]
+mod amqp_properties;
 pub mod bus;
 pub mod clock;
 pub mod ids;

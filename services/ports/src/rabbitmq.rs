@@ -21,7 +21,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use contracts::{BODY_BYTES_MAX, ExchangeKind, Properties, Publication, Topology};
+use contracts::{BODY_BYTES_MAX, ExchangeKind, Publication, Topology};
 use futures::Stream;
 use lapin::options::{
     BasicAckOptions, BasicConsumeOptions, BasicNackOptions, BasicPublishOptions, BasicQosOptions,
@@ -32,6 +32,7 @@ use lapin::types::{FieldTable, ShortString};
 use lapin::{BasicProperties, Channel, Confirmation, Connection, ConnectionProperties};
 use tokio::sync::Mutex;
 
+use crate::amqp_properties::{amqp_properties, contract_properties, short_string};
 use crate::bus::{Acker, Bus, BusError, ConsumeOptions, Deliveries, Delivery};
 
 /// Connection attempts when the connection is found dead, before giving up.
@@ -47,8 +48,6 @@ const CONNECT_TIMEOUT_MS: u64 = 10_000;
 pub const CONFIRM_TIMEOUT_MS: u64 = 30_000;
 /// AMQP reply code of a normal close.
 const REPLY_SUCCESS: u16 = 200;
-/// AMQP short strings (names, routing keys, most properties) are at most this many bytes.
-const SHORT_STRING_BYTES_MAX: usize = 255;
 /// Shown to RabbitMQ's management UI as the connection's name.
 const CONNECTION_NAME: &str = "warren";
 
@@ -512,57 +511,6 @@ fn outgoing(publication: Publication) -> Result<Outgoing, BusError> {
     })
 }
 
-/// `contracts::Properties` → AMQP basic properties (`kind` is AMQP's `type`).
-fn amqp_properties(properties: &Properties) -> Result<BasicProperties, BusError> {
-    let mut amqp = BasicProperties::default();
-    if let Some(value) = &properties.content_type {
-        amqp = amqp.with_content_type(short_string("content_type", value)?);
-    }
-    if let Some(value) = properties.delivery_mode {
-        amqp = amqp.with_delivery_mode(value);
-    }
-    if let Some(value) = &properties.message_id {
-        amqp = amqp.with_message_id(short_string("message_id", value)?);
-    }
-    if let Some(value) = &properties.correlation_id {
-        amqp = amqp.with_correlation_id(short_string("correlation_id", value)?);
-    }
-    if let Some(value) = &properties.kind {
-        amqp = amqp.with_type(short_string("type", value)?);
-    }
-    if let Some(value) = properties.timestamp {
-        amqp = amqp.with_timestamp(value);
-    }
-    if let Some(value) = &properties.app_id {
-        amqp = amqp.with_app_id(short_string("app_id", value)?);
-    }
-    Ok(amqp)
-}
-
-/// AMQP basic properties → `contracts::Properties`; fields warren does not use are dropped.
-fn contract_properties(amqp: &BasicProperties) -> Properties {
-    let text = |value: &Option<ShortString>| value.as_ref().map(|s| s.as_str().to_owned());
-    Properties {
-        content_type: text(amqp.content_type()),
-        delivery_mode: *amqp.delivery_mode(),
-        message_id: text(amqp.message_id()),
-        correlation_id: text(amqp.correlation_id()),
-        kind: text(amqp.kind()),
-        timestamp: *amqp.timestamp(),
-        app_id: text(amqp.app_id()),
-    }
-}
-
-/// lapin's `ShortString::from` panics past 255 bytes; this refuses instead.
-fn short_string(what: &str, value: &str) -> Result<ShortString, BusError> {
-    ShortString::try_new(value).map_err(|_| {
-        BusError::Invalid(format!(
-            "{what} is {} bytes; AMQP allows at most {SHORT_STRING_BYTES_MAX}",
-            value.len()
-        ))
-    })
-}
-
 /// The URL with the password of its user info replaced by `***`.
 fn redact_url(url: &str) -> String {
     let Some((scheme, rest)) = url.split_once("://") else {
@@ -725,6 +673,9 @@ impl Acker for LapinAcker {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use contracts::Properties;
+
+    use crate::amqp_properties::SHORT_STRING_BYTES_MAX;
 
     #[test]
     fn redacted_url_hides_only_the_password() {

@@ -28,12 +28,13 @@ use amq_protocol::protocol::{
 };
 use amq_protocol::types::{FieldTable, LongString, ShortString};
 use async_trait::async_trait;
-use contracts::{BODY_BYTES_MAX, Properties, Publication, Topology};
+use contracts::{BODY_BYTES_MAX, Publication, Topology};
 use futures::StreamExt as _;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Instant;
 
+use crate::amqp_properties::{amqp_properties, contract_properties, short_string};
 use crate::bus::{Acker, Bus, BusError, ConsumeOptions, Deliveries, Delivery};
 use crate::net::Net;
 
@@ -41,8 +42,6 @@ use crate::net::Net;
 const FRAME_MAX_BYTES: u32 = 131_072;
 /// Frame type, channel and size before the payload; the end byte after it.
 const FRAME_OVERHEAD_BYTES: usize = 8;
-/// AMQP short strings are at most this long.
-const SHORT_STRING_BYTES_MAX: usize = 255;
 /// The channels one connection uses at most (publisher, declares, consumers).
 const CHANNELS_MAX: u16 = 256;
 /// Bytes asked of the stream per read.
@@ -1501,57 +1500,6 @@ impl Acker for WireAcker {
         });
         self.settle("basic.reject", method)
     }
-}
-
-// ---------------------------------------------------------------------------------- properties
-
-fn amqp_properties(properties: &Properties) -> Result<BasicProperties, BusError> {
-    let mut amqp = BasicProperties::default();
-    if let Some(value) = &properties.content_type {
-        amqp = amqp.with_content_type(short_string("content_type", value)?);
-    }
-    if let Some(value) = properties.delivery_mode {
-        amqp = amqp.with_delivery_mode(value);
-    }
-    if let Some(value) = &properties.message_id {
-        amqp = amqp.with_message_id(short_string("message_id", value)?);
-    }
-    if let Some(value) = &properties.correlation_id {
-        amqp = amqp.with_correlation_id(short_string("correlation_id", value)?);
-    }
-    if let Some(value) = &properties.kind {
-        amqp = amqp.with_type(short_string("type", value)?);
-    }
-    if let Some(value) = properties.timestamp {
-        amqp = amqp.with_timestamp(value);
-    }
-    if let Some(value) = &properties.app_id {
-        amqp = amqp.with_app_id(short_string("app_id", value)?);
-    }
-    Ok(amqp)
-}
-
-fn contract_properties(amqp: &BasicProperties) -> Properties {
-    let text = |value: &Option<ShortString>| value.as_ref().map(|s| s.as_str().to_owned());
-    Properties {
-        content_type: text(amqp.content_type()),
-        delivery_mode: *amqp.delivery_mode(),
-        message_id: text(amqp.message_id()),
-        correlation_id: text(amqp.correlation_id()),
-        kind: text(amqp.kind()),
-        timestamp: *amqp.timestamp(),
-        app_id: text(amqp.app_id()),
-    }
-}
-
-/// amq-protocol's `ShortString::from` panics past 255 bytes; this refuses instead.
-fn short_string(what: &str, value: &str) -> Result<ShortString, BusError> {
-    ShortString::try_new(value).map_err(|_| {
-        BusError::Invalid(format!(
-            "{what} is {} bytes; AMQP allows at most {SHORT_STRING_BYTES_MAX}",
-            value.len()
-        ))
-    })
 }
 
 #[cfg(test)]
