@@ -18,9 +18,11 @@
 #![warn(missing_docs)]
 
 pub mod auth_proxy;
-pub mod http_client;
 pub mod issuer;
-pub mod jwt;
+/// The bearer-JWT validator (its own crate, shared with the gateway).
+pub use jwt_auth as jwt;
+/// Minimal HTTP/1 client over a `Net` (from the validator's crate).
+pub use jwt_auth::http_client;
 pub mod kong;
 pub mod proxy;
 

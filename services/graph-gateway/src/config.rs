@@ -56,7 +56,7 @@ pub const WS_WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 /// every HTTP request and WebSocket needs a valid bearer token and the caller is its `sub`;
 /// without it, the caller is the `X-Forwarded-User` header (trusting the proxy in front).
 #[derive(Clone)]
-pub struct JwtAuth(pub Arc<edge::Verifier>);
+pub struct JwtAuth(pub Arc<jwt_auth::Verifier>);
 
 impl std::fmt::Debug for JwtAuth {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {

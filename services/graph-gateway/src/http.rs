@@ -72,7 +72,7 @@ async fn authenticate(
     let Some(value) = headers.get(header::AUTHORIZATION) else {
         return Ok(None);
     };
-    let Some(token) = value.to_str().ok().and_then(edge::jwt::bearer) else {
+    let Some(token) = value.to_str().ok().and_then(jwt_auth::bearer) else {
         return Err(auth_error(
             StatusCode::UNAUTHORIZED,
             crate::code::UNAUTHENTICATED,

@@ -6,7 +6,7 @@
 //! `graph.subs.started` / `graph.subs.completed`, and the HTTP/WebSocket endpoints.
 //!
 //! Identity: with [`GatewayConfig::auth`] the gateway re-validates the bearer JWT itself
-//! (`edge::jwt`, the same validator as the auth proxy's) and the caller is its `sub`; without it,
+//! (`jwt_auth`, the same validator as the auth proxy's) and the caller is its `sub`; without it,
 //! the `X-Forwarded-User` header of the auth proxy in front.
 //!
 //! Must never depend on: lapin, `tokio::net`, `std::time::{SystemTime, Instant}`, OS threads,

@@ -67,10 +67,10 @@ async fn main() -> anyhow::Result<()> {
             })
     };
     let auth = args.jwt_issuer_url.map(|issuer_url| {
-        graph_gateway::JwtAuth(Arc::new(edge::Verifier::new(
-            edge::VerifierConfig::new(issuer_url.clone(), args.jwt_audience.clone()),
+        graph_gateway::JwtAuth(Arc::new(jwt_auth::Verifier::new(
+            jwt_auth::VerifierConfig::new(issuer_url.clone(), args.jwt_audience.clone()),
             Arc::new(ports::SystemClock),
-            Arc::new(edge::DiscoveredJwks::new(ports::TokioNet, issuer_url)),
+            Arc::new(jwt_auth::DiscoveredJwks::new(ports::TokioNet, issuer_url)),
         )))
     });
     let config = GatewayConfig {

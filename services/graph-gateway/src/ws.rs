@@ -178,7 +178,7 @@ async fn connection_init(
     let token = ["Authorization", "authorization"]
         .iter()
         .find_map(|k| payload.get(*k).and_then(serde_json::Value::as_str))
-        .and_then(edge::jwt::bearer)
+        .and_then(jwt_auth::bearer)
         .or_else(|| payload.get("token").and_then(serde_json::Value::as_str))
         .ok_or_else(|| async_graphql::Error::new("Forbidden: no bearer token"))?;
     let claims = auth.0.verify(token).await.map_err(|e| {

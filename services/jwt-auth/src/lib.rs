@@ -10,6 +10,12 @@
 //! `SystemTime::now()`, which is wrong under simulation (simulated wall time) and forbidden by
 //! our determinism rules. So jsonwebtoken checks signature, `alg`, `iss` and `aud`; we check the
 //! times.
+//!
+//! Its own crate so that the auth proxy (`edge`) and the gateway share one validator without one
+//! service depending on another. Must never depend on a service crate, the OS clock or threads.
+#![forbid(unsafe_code)]
+
+pub mod http_client;
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
