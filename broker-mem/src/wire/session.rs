@@ -201,7 +201,7 @@ where
         buffer: Vec::new(),
         start: 0,
     };
-    let now = Instant::now();
+    let now = Instant::now(); // allow-nondeterminism: tokio::time::Instant, simulated under turmoil
     let mut session = Session {
         writer,
         out: Vec::with_capacity(READ_CHUNK_BYTES),
@@ -379,7 +379,7 @@ impl<S: AsyncRead + AsyncWrite + Send> Session<S> {
             };
             match step {
                 Step::Frame(Ok(frame)) => {
-                    self.last_read = Instant::now();
+                    self.last_read = Instant::now(); // allow-nondeterminism: tokio::time::Instant, simulated under turmoil
                     if let Err(hard) = self.on_frame(frame) {
                         return Err(self.close_with(frames, hard).await);
                     }
@@ -417,7 +417,7 @@ impl<S: AsyncRead + AsyncWrite + Send> Session<S> {
         let Some(heartbeat) = self.heartbeat else {
             return Ok(());
         };
-        let now = Instant::now();
+        let now = Instant::now(); // allow-nondeterminism: tokio::time::Instant, simulated under turmoil
         if now >= self.last_read + heartbeat * 2 {
             tracing::info!(connection = ?self.connection, "peer missed its heartbeats; closing");
             return Err(WireError::HeartbeatTimeout(heartbeat * 2));
@@ -1288,7 +1288,7 @@ impl<S: AsyncRead + AsyncWrite + Send> Session<S> {
         self.writer.write_all(&self.out).await?;
         self.writer.flush().await?;
         self.out.clear();
-        self.last_write = Instant::now();
+        self.last_write = Instant::now(); // allow-nondeterminism: tokio::time::Instant, simulated under turmoil
         Ok(())
     }
 }

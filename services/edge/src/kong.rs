@@ -175,7 +175,7 @@ async fn route<N: ports::Net>(
     ConnectInfo(crate::auth_proxy::PeerAddr(peer)): ConnectInfo<crate::auth_proxy::PeerAddr>,
     request: Request,
 ) -> Response {
-    let started = Instant::now();
+    let started = Instant::now(); // allow-nondeterminism: tokio::time::Instant, simulated under turmoil
     let n = state.requests.fetch_add(1, Ordering::Relaxed) + 1;
     let request_id = format!("{}-{n:08x}", state.config.request_id_prefix);
     let mut response = handle(&state, peer, request, &request_id).await;
@@ -201,7 +201,7 @@ async fn handle<N: ports::Net>(
         return kong_message(StatusCode::NOT_FOUND, "no Route matched with those values");
     }
     let limit = state.config.rate_limit;
-    let remaining = match state.limiter.admit(peer.ip(), Instant::now()) {
+    let remaining = match state.limiter.admit(peer.ip(), Instant::now()) { // allow-nondeterminism: tokio::time::Instant, simulated under turmoil
         Ok(remaining) => remaining,
         Err(RateLimited(reset)) => {
             // Whole seconds, rounded up: a client waiting that long is admitted again.
@@ -315,7 +315,7 @@ mod tests {
         };
         let a: IpAddr = "10.0.0.1".parse().unwrap();
         let b: IpAddr = "10.0.0.2".parse().unwrap();
-        let t0 = Instant::now();
+        let t0 = Instant::now(); // allow-nondeterminism: tokio::time::Instant, simulated under turmoil
         assert_eq!(limiter.admit(a, t0).ok(), Some(1));
         assert_eq!(limiter.admit(a, t0).ok(), Some(0));
         assert!(limiter.admit(a, t0 + Duration::from_millis(400)).is_err());

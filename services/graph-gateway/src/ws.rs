@@ -123,7 +123,7 @@ pub(crate) async fn serve(socket: WebSocket, session: Session) {
         permit,
     } = session;
     let tracking = Arc::new(Mutex::new(Tracking {
-        expires_at: expires_in.map(|d| Instant::now() + d),
+        expires_at: expires_in.map(|d| Instant::now() + d), // allow-nondeterminism: tokio::time::Instant, simulated under turmoil
         ..Tracking::default()
     }));
     let (sink, stream) = socket.split();
@@ -149,7 +149,7 @@ pub(crate) async fn serve(socket: WebSocket, session: Session) {
         sink,
         outgoing_rx,
         tracking.clone(),
-        Instant::now() + init_timeout,
+        Instant::now() + init_timeout, // allow-nondeterminism: tokio::time::Instant, simulated under turmoil
         keepalive,
         shutdown,
     );
@@ -188,7 +188,7 @@ async fn connection_init(
     tracking
         .lock()
         .expect("socket tracking poisoned")
-        .expires_at = Some(Instant::now() + auth.0.remaining(&claims));
+        .expires_at = Some(Instant::now() + auth.0.remaining(&claims)); // allow-nondeterminism: tokio::time::Instant, simulated under turmoil
     let mut data = Data::default();
     data.insert(Caller(Some(claims.sub)));
     Ok(data)
@@ -206,7 +206,7 @@ async fn write(
     keepalive: Duration,
     shutdown: Signal,
 ) {
-    let mut ping = tokio::time::interval_at(Instant::now() + keepalive, keepalive);
+    let mut ping = tokio::time::interval_at(Instant::now() + keepalive, keepalive); // allow-nondeterminism: tokio::time::Instant, simulated under turmoil
     let close = loop {
         let deadline = {
             let t = tracking.lock().expect("socket tracking poisoned");

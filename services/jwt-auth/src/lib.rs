@@ -209,7 +209,7 @@ impl Verifier {
     /// Fetches the JWKS now; on failure the keys held stay. Returns how many keys are held.
     pub async fn refresh(&self) -> Result<usize, String> {
         let mut fetched_at = self.fetched_at.lock().await;
-        *fetched_at = Some(tokio::time::Instant::now());
+        *fetched_at = Some(tokio::time::Instant::now()); // allow-nondeterminism: tokio::time::Instant, simulated under turmoil
         self.fetch_locked().await
     }
 
@@ -236,7 +236,7 @@ impl Verifier {
     /// fetch, if any, and uses whatever it got).
     async fn refetch_for_unknown_kid(&self) {
         let mut fetched_at = self.fetched_at.lock().await;
-        let now = tokio::time::Instant::now();
+        let now = tokio::time::Instant::now(); // allow-nondeterminism: tokio::time::Instant, simulated under turmoil
         let cooldown = if self.keys.lock().expect("keys poisoned").is_empty() {
             self.config.refetch_cooldown.min(EMPTY_REFETCH_COOLDOWN)
         } else {

@@ -882,7 +882,7 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Connection<R, W> {
 
     /// Runs until the connection is dead; returns why.
     async fn serve(&mut self) -> String {
-        let now = Instant::now();
+        let now = Instant::now(); // allow-nondeterminism: tokio::time::Instant, simulated under turmoil
         let (mut last_read, mut last_write) = (now, now);
         loop {
             let deadline = self
@@ -895,14 +895,14 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Connection<R, W> {
             };
             match wake {
                 Wake::Frame(Ok(frame)) => {
-                    last_read = Instant::now();
+                    last_read = Instant::now(); // allow-nondeterminism: tokio::time::Instant, simulated under turmoil
                     let over = self.on_frame(frame);
                     if !self.pending.is_empty() {
                         let pending = std::mem::take(&mut self.pending);
                         if let Err(error) = self.write(&pending).await {
                             return error;
                         }
-                        last_write = Instant::now();
+                        last_write = Instant::now(); // allow-nondeterminism: tokio::time::Instant, simulated under turmoil
                     }
                     if let Some(reason) = over {
                         return reason;
@@ -919,13 +919,13 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Connection<R, W> {
                     if let Err(error) = self.write(&batch).await {
                         return error;
                     }
-                    last_write = Instant::now();
+                    last_write = Instant::now(); // allow-nondeterminism: tokio::time::Instant, simulated under turmoil
                 }
                 Wake::Timer => {
                     let Some(heartbeat) = self.heartbeat else {
                         continue;
                     };
-                    let now = Instant::now();
+                    let now = Instant::now(); // allow-nondeterminism: tokio::time::Instant, simulated under turmoil
                     if now >= last_read + heartbeat * 2 {
                         return format!(
                             "no frame from the broker for {:?} (missed heartbeats)",
