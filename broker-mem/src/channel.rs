@@ -5,6 +5,8 @@
 use std::collections::BTreeMap;
 use std::fmt;
 
+use smol_str::SmolStr;
+
 use crate::connection::ConnectionId;
 use crate::consumer::ConsumerState;
 use crate::delivery::Unacked;
@@ -52,7 +54,7 @@ pub(crate) struct ChannelState {
     /// Deliveries not yet settled, by tag (ascending, which `multiple` relies on).
     pub unacked: BTreeMap<u64, Unacked>,
     /// Consumers by tag.
-    pub consumers: BTreeMap<String, ConsumerState>,
+    pub consumers: BTreeMap<SmolStr, ConsumerState>,
 }
 
 impl ChannelState {

@@ -13,6 +13,7 @@ use std::fmt;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use bytes::Bytes;
+use smol_str::SmolStr;
 use thiserror::Error;
 
 use crate::binding::{BindingInfo, ExchangeBindingInfo};
@@ -77,7 +78,7 @@ struct Outlet {
 
 struct Shared {
     engine: Engine,
-    outlets: BTreeMap<(ChannelId, String), Outlet>,
+    outlets: BTreeMap<(ChannelId, SmolStr), Outlet>,
     last_consumer_id: u64,
     /// Connections served by someone else (the wire server): every event of their channels goes
     /// to their tap instead of an outlet.
@@ -87,13 +88,19 @@ struct Shared {
 impl Shared {
     /// Forwards the engine's events to the consumers' flume channels.
     fn flush(&mut self) {
-        for event in self.engine.take_events() {
+        let Shared {
+            engine,
+            outlets,
+            taps,
+            ..
+        } = self;
+        for event in engine.drain_events() {
             let connection = match &event {
                 Event::Deliver { channel, .. } | Event::ConsumerEnded { channel, .. } => {
                     channel.connection()
                 }
             };
-            if let Some(tap) = self.taps.get(&connection) {
+            if let Some(tap) = taps.get(&connection) {
                 // Unbounded: deliveries are bounded by prefetch credit (and the held ceilings),
                 // and a tap whose reader is gone just drops them (its connection is closing).
                 let _ = tap.send(event);
@@ -102,14 +109,14 @@ impl Shared {
             match event {
                 Event::Deliver { channel, delivery } => {
                     let key = (channel, delivery.consumer_tag.clone());
-                    let Some(outlet) = self.outlets.get(&key) else {
+                    let Some(outlet) = outlets.get(&key) else {
                         tracing::error!(%channel, consumer = %key.1, "delivery to an unknown consumer");
                         debug_assert!(false, "delivery to an unknown consumer");
                         continue;
                     };
                     // Cannot be full: the engine delivers only within the consumer's window,
                     // which is the flume channel's capacity.
-                    let sent = outlet.sender.try_send(*delivery);
+                    let sent = outlet.sender.try_send(delivery);
                     debug_assert!(sent.is_ok(), "consumer buffer overflow: {sent:?}");
                 }
                 Event::ConsumerEnded {
@@ -117,7 +124,7 @@ impl Shared {
                     consumer_tag,
                     reason,
                 } => {
-                    let Some(outlet) = self.outlets.remove(&(channel, consumer_tag)) else {
+                    let Some(outlet) = outlets.remove(&(channel, consumer_tag)) else {
                         continue;
                     };
                     if reason == ConsumerEnd::ChannelClosed && !outlet.no_ack {
@@ -590,6 +597,7 @@ impl Channel {
                     consumer_id,
                     no_ack,
                 };
+                let tag = SmolStr::from(tag);
                 shared.outlets.insert((self.id, tag.clone()), outlet);
                 Consumer {
                     broker: self.broker.clone(),
@@ -684,7 +692,7 @@ pub enum TryRecvError {
 pub struct Consumer {
     broker: Broker,
     channel: ChannelId,
-    tag: String,
+    tag: SmolStr,
     consumer_id: u64,
     no_ack: bool,
     receiver: flume::Receiver<Delivery>,

@@ -4,6 +4,8 @@
 //! and only to consumers started after it; so the prefetch is copied into the consumer when it
 //! starts.
 
+use smol_str::SmolStr;
+
 use crate::limits::NO_ACK_BUFFER_MAX;
 
 /// Flags of `basic.consume`.
@@ -21,7 +23,7 @@ pub struct ConsumeOptions {
 pub(crate) struct ConsumerState {
     /// Broker-wide, never reused, unlike tags.
     pub serial: u64,
-    pub queue: String,
+    pub queue: SmolStr,
     pub no_ack: bool,
     /// Most unacked deliveries; 0 = unlimited (AMQP).
     pub prefetch: u16,

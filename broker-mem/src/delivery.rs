@@ -4,6 +4,7 @@
 use std::sync::Arc;
 
 use bytes::Bytes;
+use smol_str::SmolStr;
 
 use crate::message::{Message, Properties};
 use crate::queue::Queued;
@@ -18,22 +19,23 @@ pub struct Delivery {
     /// close). False guarantees no consumer has seen it.
     pub redelivered: bool,
     /// The exchange it was published to (`""` for the default exchange).
-    pub exchange: String,
+    pub exchange: SmolStr,
     /// The routing key it was published with.
-    pub routing_key: String,
-    /// Basic properties exactly as published.
-    pub properties: Properties,
+    pub routing_key: SmolStr,
+    /// Basic properties exactly as published; shared with the broker's copy (and other
+    /// deliveries of the same message), so a delivery never copies them.
+    pub properties: Arc<Properties>,
     /// The body exactly as published.
     pub body: Bytes,
     /// The consumer it was delivered to.
-    pub consumer_tag: String,
+    pub consumer_tag: SmolStr,
 }
 
 impl Delivery {
     pub(crate) fn new(
         delivery_tag: u64,
-        consumer_tag: &str,
-        message: &Arc<Message>,
+        consumer_tag: &SmolStr,
+        message: &Message,
         redelivered: bool,
     ) -> Delivery {
         Delivery {
@@ -41,9 +43,9 @@ impl Delivery {
             redelivered,
             exchange: message.exchange.clone(),
             routing_key: message.routing_key.clone(),
-            properties: message.properties.clone(),
+            properties: Arc::clone(&message.properties),
             body: message.body.clone(),
-            consumer_tag: consumer_tag.to_owned(),
+            consumer_tag: consumer_tag.clone(),
         }
     }
 }
@@ -62,12 +64,12 @@ pub struct GetOk {
 pub(crate) struct Unacked {
     /// The queue it came from, and that queue's incarnation: a queue deleted and declared again
     /// under the same name is a different queue, and a requeue must not land in it.
-    pub queue: String,
+    pub queue: SmolStr,
     pub queue_id: u64,
     /// The consumer it went to, whose prefetch credit it uses; the serial tells that consumer
     /// from a later one that reused its tag after a cancel. Serial 0 and an empty tag: it came
     /// from `basic.get`.
-    pub consumer_tag: String,
+    pub consumer_tag: SmolStr,
     pub consumer_serial: u64,
     /// The message, with its original enqueue position.
     pub entry: Queued,

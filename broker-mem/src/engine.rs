@@ -16,6 +16,7 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::Arc;
 
 use bytes::Bytes;
+use smol_str::SmolStr;
 
 use crate::binding::{BindingInfo, Destination, ExchangeBindingInfo};
 use crate::channel::{ChannelId, ChannelState};
@@ -60,15 +61,15 @@ pub enum Event {
     Deliver {
         /// The consumer's channel.
         channel: ChannelId,
-        /// The delivery (it names its consumer); boxed because properties make it large.
-        delivery: Box<Delivery>,
+        /// The delivery (it names its consumer).
+        delivery: Delivery,
     },
     /// A consumer will receive nothing more.
     ConsumerEnded {
         /// The consumer's channel.
         channel: ChannelId,
         /// The consumer.
-        consumer_tag: String,
+        consumer_tag: SmolStr,
         /// Why.
         reason: ConsumerEnd,
     },
@@ -131,8 +132,8 @@ fn next(counter: &mut u64) -> u64 {
 #[derive(Debug)]
 pub struct Engine {
     limits: Limits,
-    exchanges: BTreeMap<String, Exchange>,
-    queues: BTreeMap<String, Queue>,
+    exchanges: BTreeMap<SmolStr, Exchange>,
+    queues: BTreeMap<SmolStr, Queue>,
     connections: BTreeMap<ConnectionId, ConnectionState>,
     channels: BTreeMap<ChannelId, ChannelState>,
     counters: Counters,
@@ -141,7 +142,7 @@ pub struct Engine {
     /// The engine's clock, in milliseconds; only [`Engine::advance_to`] moves it.
     now_ms: u64,
     /// Queues that may have something to expire or deliver; drained before every call returns.
-    dirty: BTreeSet<String>,
+    dirty: BTreeSet<SmolStr>,
     /// Outbox; bounded by what one call can make deliverable (prefetch credit and queue
     /// lengths), and emptied by the client after every call.
     events: Vec<Event>,
@@ -153,6 +154,8 @@ pub struct Engine {
     delayed: Vec<Delayed>,
     /// Fault hooks against the next publish to an exchange (any channel): enqueue it or not.
     publish_faults: Vec<(String, bool)>,
+    /// The queues a publish routes to; kept between publishes so routing does not allocate.
+    route_scratch: Vec<SmolStr>,
 }
 
 impl Default for Engine {
@@ -171,7 +174,7 @@ impl Engine {
         };
         let exchanges = PREDECLARED
             .iter()
-            .map(|&(name, kind)| (name.to_owned(), Exchange::new(kind, durable)))
+            .map(|&(name, kind)| (SmolStr::new_static(name), Exchange::new(kind, durable)))
             .collect();
         Engine {
             limits,
@@ -190,6 +193,7 @@ impl Engine {
             delivery_faults: Vec::new(),
             delayed: Vec::new(),
             publish_faults: Vec::new(),
+            route_scratch: Vec::new(),
         }
     }
 
@@ -201,6 +205,12 @@ impl Engine {
     /// Takes the events produced since the last call, oldest first.
     pub fn take_events(&mut self) -> Vec<Event> {
         std::mem::take(&mut self.events)
+    }
+
+    /// Drains the events produced since the last call, oldest first, keeping the outbox's
+    /// capacity (no allocation per call, unlike [`Engine::take_events`]).
+    pub fn drain_events(&mut self) -> std::vec::Drain<'_, Event> {
+        self.events.drain(..)
     }
 
     // ---------------------------------------------------------------- time
@@ -235,7 +245,7 @@ impl Engine {
                 });
             }
         }
-        let with_messages: Vec<String> = self
+        let with_messages: Vec<SmolStr> = self
             .queues
             .iter()
             .filter(|(_, q)| q.ready_len() > 0)
@@ -416,7 +426,7 @@ impl Engine {
         arguments: &FieldTable,
     ) -> Result<(), Error> {
         self.run(channel, |engine| {
-            let to = Destination::Queue(queue.to_owned());
+            let to = Destination::Queue(queue.into());
             engine.bind(channel.connection, exchange, to, routing_key, arguments)
         })
     }
@@ -431,7 +441,7 @@ impl Engine {
         arguments: &FieldTable,
     ) -> Result<(), Error> {
         self.run(channel, |engine| {
-            let to = Destination::Queue(queue.to_owned());
+            let to = Destination::Queue(queue.into());
             engine.unbind(channel.connection, exchange, to, routing_key, arguments)
         })
     }
@@ -446,7 +456,7 @@ impl Engine {
         arguments: &FieldTable,
     ) -> Result<(), Error> {
         self.run(channel, |engine| {
-            let to = Destination::Exchange(destination.to_owned());
+            let to = Destination::Exchange(destination.into());
             engine.bind(channel.connection, source, to, routing_key, arguments)
         })
     }
@@ -461,7 +471,7 @@ impl Engine {
         arguments: &FieldTable,
     ) -> Result<(), Error> {
         self.run(channel, |engine| {
-            let to = Destination::Exchange(destination.to_owned());
+            let to = Destination::Exchange(destination.into());
             engine.unbind(channel.connection, source, to, routing_key, arguments)
         })
     }
@@ -539,7 +549,7 @@ impl Engine {
             if let Some(state) = engine.channels.get_mut(&channel) {
                 if global {
                     state.global_prefetch = prefetch_count;
-                    let queues: Vec<String> =
+                    let queues: Vec<SmolStr> =
                         state.consumers.values().map(|c| c.queue.clone()).collect();
                     engine.dirty.extend(queues);
                 } else {
@@ -924,7 +934,7 @@ impl Engine {
         }
         let mut exchange = Exchange::new(kind, options);
         exchange.alternate = Exchange::alternate_from(arguments);
-        self.exchanges.insert(name.to_owned(), exchange);
+        self.exchanges.insert(name.into(), exchange);
         Ok(())
     }
 
@@ -953,7 +963,7 @@ impl Engine {
             return;
         };
         self.bindings_total -= exchange.bindings.len();
-        self.remove_bindings_to(&Destination::Exchange(name.to_owned()));
+        self.remove_bindings_to(&Destination::Exchange(name.into()));
     }
 
     /// Removes every binding to `to`, then auto-delete exchanges left without bindings.
@@ -988,10 +998,10 @@ impl Engine {
             return Ok(declare_ok(name, queue));
         }
         let name = if name.is_empty() {
-            format!("amq.gen-{}", next(&mut self.counters.queue_name))
+            smol_str::format_smolstr!("amq.gen-{}", next(&mut self.counters.queue_name))
         } else {
             check_not_reserved("queue", name)?;
-            name.to_owned()
+            name.into()
         };
         if let Some(existing) = self.queues.get(&name) {
             existing.check_access(&name, connection)?;
@@ -1173,21 +1183,42 @@ impl Engine {
             .get_mut(&channel)
             .and_then(|state| state.nack_next_publish.take())
             .or_else(|| self.take_publish_fault(exchange_name));
-        let targets = self.route(exchange_name, routing_key, properties.headers.as_ref());
-        let message = Arc::new(Message {
-            exchange: exchange_name.to_owned(),
-            routing_key: routing_key.to_owned(),
-            properties,
+        let mut targets = std::mem::take(&mut self.route_scratch);
+        targets.clear();
+        let exchange = self.route(
+            exchange_name,
+            routing_key,
+            properties.headers.as_ref(),
+            &mut targets,
+        );
+        let message = Message {
+            exchange,
+            routing_key: routing_key.into(),
+            properties: Message::share_properties(properties),
             body,
-        });
+        };
+        let published = self.enqueue_routed(&targets, message, options, fault);
+        self.route_scratch = targets;
+        Ok(published)
+    }
+
+    /// The second half of a publish: the message in every queue it was routed to, or the
+    /// reasons it was not (returned, nacked).
+    fn enqueue_routed(
+        &mut self,
+        targets: &[SmolStr],
+        message: Message,
+        options: PublishOptions,
+        fault: Option<bool>,
+    ) -> Published {
         let mut returned = None;
         if targets.is_empty() && options.mandatory {
             let back = Returned {
                 reply_code: REPLY_NO_ROUTE,
                 reply_text: "NO_ROUTE".to_owned(),
-                exchange: message.exchange.clone(),
-                routing_key: message.routing_key.clone(),
-                properties: message.properties.clone(),
+                exchange: message.exchange.to_string(),
+                routing_key: message.routing_key.to_string(),
+                properties: Properties::clone(&message.properties),
                 body: message.body.clone(),
             };
             push_bounded(&mut self.returned, back.clone());
@@ -1196,19 +1227,19 @@ impl Engine {
         let nack = |reason: String| Confirm::Nack { reason };
         if fault == Some(false) {
             let confirm = nack("fault hook: nack_next_publish".to_owned());
-            return Ok(Published { returned, confirm });
+            return Published { returned, confirm };
         }
         if let Some(reason) = self.over_ceiling(targets.len(), message.body.len()) {
-            tracing::warn!(exchange = exchange_name, routing_key, %reason, "publish nacked");
-            return Ok(Published {
+            tracing::warn!(exchange = %message.exchange, routing_key = %message.routing_key, %reason, "publish nacked");
+            return Published {
                 returned,
                 confirm: nack(reason),
-            });
+            };
         }
         let mut refused = Vec::new();
-        for name in &targets {
+        for name in targets {
             if !self.enqueue(name, &message) {
-                refused.push(name.clone());
+                refused.push(name.as_str());
             }
         }
         let confirm = if !refused.is_empty() {
@@ -1221,43 +1252,50 @@ impl Engine {
         } else {
             Confirm::Ack
         };
-        Ok(Published { returned, confirm })
+        Published { returned, confirm }
     }
 
-    /// The queues a message published to `exchange_name` reaches: RabbitMQ's walk over
-    /// exchange-to-exchange bindings (each exchange visited once, the routing key unchanged),
-    /// with an exchange's alternate exchange taking over when the exchange itself routes to
-    /// nothing. Each queue appears once however many paths lead to it.
+    /// The queues a message published to `exchange_name` reaches, into `queues` (sorted, each
+    /// once however many paths lead to it): RabbitMQ's walk over exchange-to-exchange bindings
+    /// (each exchange visited once, the routing key unchanged), with an exchange's alternate
+    /// exchange taking over when the exchange itself routes to nothing. Returns the exchange's
+    /// own name, shared (the caller checked that it exists).
+    ///
+    /// Allocation-free for a publish that touches one exchange: names are shared, `queues`
+    /// keeps its capacity between publishes, and the lists of exchanges visited and to visit
+    /// stay empty.
     fn route(
         &self,
         exchange_name: &str,
         routing_key: &str,
         headers: Option<&FieldTable>,
-    ) -> BTreeSet<String> {
-        let mut queues: Vec<&str> = Vec::new();
-        // Exchanges visited and to visit, borrowed: a publish allocates only the result.
+        queues: &mut Vec<SmolStr>,
+    ) -> SmolStr {
         let mut seen: Vec<&str> = Vec::new();
-        let mut work: Vec<&str> = vec![exchange_name];
+        let mut work: Vec<&str> = Vec::new();
+        let mut next = Some(exchange_name);
         // Bounded: each exchange is visited at most once.
-        while let Some(name) = work.pop() {
-            if seen.contains(&name) {
-                continue;
+        while let Some(name) = next.take().or_else(|| work.pop()) {
+            if name != exchange_name || !seen.is_empty() {
+                if name == exchange_name || seen.contains(&name) {
+                    continue;
+                }
+                seen.push(name);
             }
-            seen.push(name);
             let Some(exchange) = self.exchanges.get(name) else {
                 continue;
             };
             let mut routed = false;
             if name == DEFAULT_EXCHANGE {
                 if let Some((queue, _)) = self.queues.get_key_value(routing_key) {
-                    queues.push(queue);
+                    queues.push(queue.clone());
                     routed = true;
                 }
             } else {
                 exchange.route(routing_key, headers, |destination| {
                     routed = true;
                     match destination {
-                        Destination::Queue(queue) => queues.push(queue),
+                        Destination::Queue(queue) => queues.push(queue.clone()),
                         Destination::Exchange(next) => work.push(next),
                     }
                 });
@@ -1266,19 +1304,25 @@ impl Engine {
                 work.push(alternate);
             }
         }
-        queues.into_iter().map(str::to_owned).collect()
+        if queues.len() > 1 {
+            queues.sort_unstable();
+            queues.dedup();
+        }
+        self.exchanges
+            .get_key_value(exchange_name)
+            .map_or_else(|| exchange_name.into(), |(name, _)| name.clone())
     }
 
-    /// Marks a queue for the run-until-idle loop (allocating its name only when new).
-    fn mark(&mut self, queue_name: &str) {
+    /// Marks a queue for the run-until-idle loop.
+    fn mark(&mut self, queue_name: &SmolStr) {
         if !self.dirty.contains(queue_name) {
-            self.dirty.insert(queue_name.to_owned());
+            self.dirty.insert(queue_name.clone());
         }
     }
 
     /// Puts a copy of `message` in a queue, applying its TTL and length limit. False when the
     /// queue refused it (`reject-publish`).
-    fn enqueue(&mut self, queue_name: &str, message: &Arc<Message>) -> bool {
+    fn enqueue(&mut self, queue_name: &SmolStr, message: &Message) -> bool {
         let now_ms = self.now_ms;
         let Some(queue) = self.queues.get_mut(queue_name) else {
             return true;
@@ -1290,7 +1334,7 @@ impl Engine {
                 Overflow::RejectPublishDlx => {
                     let entry = Queued {
                         seq: 0,
-                        message: Arc::clone(message),
+                        message: message.clone(),
                         redelivered: false,
                         expires_at_ms: None,
                         delivery_count: 0,
@@ -1307,7 +1351,7 @@ impl Engine {
         };
         queue.enqueue(Queued {
             seq: next(&mut self.counters.message_seq),
-            message: Arc::clone(message),
+            message: message.clone(),
             redelivered: false,
             expires_at_ms: ttl_ms.map(|ttl| now_ms.saturating_add(ttl)),
             delivery_count: 0,
@@ -1347,8 +1391,8 @@ impl Engine {
                 queue: queue_name.to_owned(),
                 reason,
                 dead_letter_exchange: dlx.clone(),
-                exchange: message.exchange.clone(),
-                routing_key: message.routing_key.clone(),
+                exchange: message.exchange.to_string(),
+                routing_key: message.routing_key.to_string(),
                 body: message.body.clone(),
                 at_ms: self.now_ms,
             },
@@ -1356,7 +1400,7 @@ impl Engine {
         let Some(dlx) = dlx else {
             return;
         };
-        let mut properties = message.properties.clone();
+        let mut properties = Properties::clone(&message.properties);
         add_death(
             &mut properties,
             queue_name,
@@ -1365,12 +1409,10 @@ impl Engine {
             &message.routing_key,
             self.now_ms / 1000,
         );
-        let routing_key = dlrk.unwrap_or_else(|| message.routing_key.clone());
-        let targets: Vec<String> = self
-            .route(&dlx, &routing_key, properties.headers.as_ref())
-            .into_iter()
-            .filter(|queue| reason == DeathReason::Rejected || !is_cycle(&properties, queue))
-            .collect();
+        let routing_key = dlrk.map_or_else(|| message.routing_key.clone(), SmolStr::from);
+        let mut targets = Vec::new();
+        let exchange = self.route(&dlx, &routing_key, properties.headers.as_ref(), &mut targets);
+        targets.retain(|queue| reason == DeathReason::Rejected || !is_cycle(&properties, queue));
         if targets.is_empty() {
             return;
         }
@@ -1384,12 +1426,12 @@ impl Engine {
             );
             return;
         }
-        let republished = Arc::new(Message {
-            exchange: dlx,
+        let republished = Message {
+            exchange,
             routing_key,
-            properties,
+            properties: Message::share_properties(properties),
             body: message.body.clone(),
-        });
+        };
         for target in &targets {
             // A full reject-publish queue drops it: dead-lettering has no publisher to nack.
             self.enqueue(target, &republished);
@@ -1427,28 +1469,30 @@ impl Engine {
     ) -> Result<String, Fault> {
         check_name("queue name", queue_name)?;
         check_name("consumer tag", &options.consumer_tag)?;
-        let queue = self
+        let (queue_name, queue) = self
             .queues
-            .get(queue_name)
+            .get_key_value(queue_name)
             .ok_or_else(|| Fault::not_found_queue(queue_name))?;
-        queue.check_access(queue_name, channel.connection)?;
+        let queue_name = queue_name.clone();
+        queue.check_access(&queue_name, channel.connection)?;
         let Some(state) = self.channels.get(&channel) else {
             return Err(Fault::Invalid(format!("{channel} is not open")));
         };
         let tag = if options.consumer_tag.is_empty() {
             loop {
-                let tag = format!("amq.ctag-{}", next(&mut self.counters.consumer_tag));
+                let tag =
+                    smol_str::format_smolstr!("amq.ctag-{}", next(&mut self.counters.consumer_tag));
                 if !state.consumers.contains_key(&tag) {
                     break tag;
                 }
             }
-        } else if state.consumers.contains_key(&options.consumer_tag) {
+        } else if state.consumers.contains_key(options.consumer_tag.as_str()) {
             return Err(Fault::Connection(AmqpError::new(
                 ReplyCode::NotAllowed,
                 format!("attempt to reuse consumer tag '{}'", options.consumer_tag),
             )));
         } else {
-            options.consumer_tag.clone()
+            SmolStr::from(&options.consumer_tag)
         };
         if state.consumers.len() >= self.limits.consumers_per_channel_max {
             return Err(Fault::channel(
@@ -1471,7 +1515,7 @@ impl Engine {
 
         let consumer = ConsumerState {
             serial: next(&mut self.counters.consumer_serial),
-            queue: queue_name.to_owned(),
+            queue: queue_name.clone(),
             no_ack: options.no_ack,
             prefetch: state.prefetch,
             unacked: 0,
@@ -1480,11 +1524,11 @@ impl Engine {
         if let Some(state) = self.channels.get_mut(&channel) {
             state.consumers.insert(tag.clone(), consumer);
         }
-        if let Some(queue) = self.queues.get_mut(queue_name) {
+        if let Some(queue) = self.queues.get_mut(&queue_name) {
             queue.add_consumer((channel, tag.clone()), options.exclusive);
         }
-        self.mark(queue_name);
-        Ok(tag)
+        self.mark(&queue_name);
+        Ok(tag.to_string())
     }
 
     fn get(
@@ -1494,11 +1538,13 @@ impl Engine {
         no_ack: bool,
     ) -> Result<Option<GetOk>, Fault> {
         check_name("queue name", queue_name)?;
-        let queue = self
+        let (queue_name, queue) = self
             .queues
-            .get(queue_name)
+            .get_key_value(queue_name)
             .ok_or_else(|| Fault::not_found_queue(queue_name))?;
-        queue.check_access(queue_name, channel.connection)?;
+        let queue_name = queue_name.clone();
+        queue.check_access(&queue_name, channel.connection)?;
+        let queue_name = &queue_name;
         self.expire(queue_name, false);
         let Some(queue) = self.queues.get_mut(queue_name) else {
             return Ok(None);
@@ -1514,7 +1560,7 @@ impl Engine {
         };
         state.last_delivery_tag += 1;
         let delivery_tag = state.last_delivery_tag;
-        let delivery = make_delivery(delivery_tag, "", &entry, quorum);
+        let delivery = make_delivery(delivery_tag, &SmolStr::default(), &entry, quorum);
         if no_ack {
             self.held.release(&entry.message);
         } else {
@@ -1522,9 +1568,9 @@ impl Engine {
                 queue.unacked += 1;
             }
             let unacked = Unacked {
-                queue: queue_name.to_owned(),
+                queue: queue_name.clone(),
                 queue_id,
-                consumer_tag: String::new(),
+                consumer_tag: SmolStr::default(),
                 consumer_serial: 0,
                 entry,
             };
@@ -1558,15 +1604,18 @@ impl Engine {
         consumer_tag: &str,
         queue_name: &str,
         reason: ConsumerEnd,
-    ) -> Option<String> {
+    ) -> Option<SmolStr> {
+        let consumer_tag = SmolStr::from(consumer_tag);
+        let orphaned = self.queues.get_mut(queue_name).and_then(|queue| {
+            queue.remove_consumer(&(channel, consumer_tag.clone()));
+            (queue.auto_delete && queue.consumer_count() == 0).then(|| SmolStr::from(queue_name))
+        });
         self.events.push(Event::ConsumerEnded {
             channel,
-            consumer_tag: consumer_tag.to_owned(),
+            consumer_tag,
             reason,
         });
-        let queue = self.queues.get_mut(queue_name)?;
-        queue.remove_consumer(&(channel, consumer_tag.to_owned()));
-        (queue.auto_delete && queue.consumer_count() == 0).then(|| queue_name.to_owned())
+        orphaned
     }
 
     /// ack / nack / reject of one tag or (`multiple`) every tag up to it.
@@ -1621,7 +1670,7 @@ impl Engine {
             if unacked.consumer_serial != 0 {
                 state.consumer_unacked -= 1;
                 if state.global_prefetch > 0 {
-                    let queues: Vec<String> =
+                    let queues: Vec<SmolStr> =
                         state.consumers.values().map(|c| c.queue.clone()).collect();
                     self.dirty.extend(queues);
                 }
@@ -1718,7 +1767,7 @@ impl Engine {
     /// Hands ready messages of a queue to its consumers, round-robin among those with prefetch
     /// credit (per consumer and per channel), until the queue is empty or every consumer is
     /// blocked. Each turn delivers one message, so the loop is bounded by the queue's length.
-    fn dispatch(&mut self, queue_name: &str) {
+    fn dispatch(&mut self, queue_name: &SmolStr) {
         let Engine {
             queues,
             channels,
@@ -1735,7 +1784,7 @@ impl Engine {
         };
         let quorum = queue.args.queue_type == QueueType::Quorum;
         while queue.ready_len() > 0 {
-            let has_credit = |(channel, tag): &(ChannelId, String)| {
+            let has_credit = |(channel, tag): &(ChannelId, SmolStr)| {
                 channels.get(channel).is_some_and(|state| {
                     state.consumers.get(tag).is_some_and(|consumer| {
                         consumer.has_credit() && (consumer.no_ack || state.has_global_credit())
@@ -1778,7 +1827,7 @@ impl Engine {
                 channel.consumer_unacked += 1;
                 queue.unacked += 1;
                 let unacked = Unacked {
-                    queue: queue_name.to_owned(),
+                    queue: queue_name.clone(),
                     queue_id: queue.id,
                     consumer_tag: tag,
                     consumer_serial: consumer.serial,
@@ -1786,11 +1835,10 @@ impl Engine {
                 };
                 channel.unacked.insert(delivery_tag, unacked);
             }
-            let delivery = Box::new(delivery);
             match fault {
                 Some(DeliveryFault::Drop) => {
                     tracing::debug!(
-                        queue = queue_name,
+                        queue = %queue_name,
                         delivery_tag,
                         "fault hook: delivery dropped"
                     );
@@ -1856,7 +1904,7 @@ impl Engine {
             self.shut_channel(channel);
             self.channels.remove(&channel);
         }
-        let exclusive: Vec<String> = self
+        let exclusive: Vec<SmolStr> = self
             .queues
             .iter()
             .filter(|(_, queue)| queue.owner == Some(connection))
@@ -1877,7 +1925,7 @@ impl Engine {
         for entry in queue.drain_ready() {
             self.held.release(&entry.message);
         }
-        let consumers: Vec<(ChannelId, String)> = queue.consumers().cloned().collect();
+        let consumers: Vec<(ChannelId, SmolStr)> = queue.consumers().cloned().collect();
         for (channel, tag) in consumers {
             if let Some(state) = self.channels.get_mut(&channel) {
                 state.consumers.remove(&tag);
@@ -1888,7 +1936,7 @@ impl Engine {
                 reason: ConsumerEnd::QueueDeleted,
             });
         }
-        self.remove_bindings_to(&Destination::Queue(name.to_owned()));
+        self.remove_bindings_to(&Destination::Queue(name.into()));
         self.dirty.remove(name);
         tracing::debug!(queue = name, "queue deleted");
     }
@@ -1901,7 +1949,12 @@ impl Engine {
 }
 
 /// A delivery of a queued message; quorum queues add `x-delivery-count` once it has come back.
-fn make_delivery(delivery_tag: u64, consumer_tag: &str, entry: &Queued, quorum: bool) -> Delivery {
+fn make_delivery(
+    delivery_tag: u64,
+    consumer_tag: &SmolStr,
+    entry: &Queued,
+    quorum: bool,
+) -> Delivery {
     let mut delivery = Delivery::new(
         delivery_tag,
         consumer_tag,
@@ -1910,8 +1963,8 @@ fn make_delivery(delivery_tag: u64, consumer_tag: &str, entry: &Queued, quorum: 
     );
     if quorum && entry.delivery_count > 0 {
         let count = i64::try_from(entry.delivery_count).unwrap_or(i64::MAX);
-        delivery
-            .properties
+        // Copy-on-write: the broker's copy of the properties stays as published.
+        Arc::make_mut(&mut delivery.properties)
             .headers
             .get_or_insert_with(FieldTable::new)
             .insert("x-delivery-count".into(), FieldValue::I64(count));

@@ -228,30 +228,59 @@ pub(crate) fn bool_str(value: bool) -> &'static str {
 
 /// Whether a topic binding key matches a routing key: words are separated by `.`, `*` matches
 /// exactly one word, `#` zero or more. The empty key has no words, as in RabbitMQ.
+///
+/// Wildcard matching over words without allocating (it runs for every topic binding on every
+/// publish): on a mismatch it backtracks to the last `#` only, letting it take one more word,
+/// which is enough because a `#` further left can never help more than the last one.
+/// O(pattern words × key words) at worst.
 pub(crate) fn topic_matches(pattern: &str, routing_key: &str) -> bool {
-    let pattern = split_words(pattern);
-    let words = split_words(routing_key);
-    // matches[i][j]: pattern[i..] matches words[j..]. Bounded by the 255-byte names.
-    let mut matches = vec![vec![false; words.len() + 1]; pattern.len() + 1];
-    matches[pattern.len()][words.len()] = true;
-    for i in (0..pattern.len()).rev() {
-        for j in (0..=words.len()).rev() {
-            matches[i][j] = match pattern[i] {
-                "#" => matches[i + 1][j] || (j < words.len() && matches[i][j + 1]),
-                "*" => j < words.len() && matches[i + 1][j + 1],
-                word => j < words.len() && words[j] == word && matches[i + 1][j + 1],
-            };
+    let (mut p, mut w) = (first_word(pattern), first_word(routing_key));
+    // After the last `#` seen: where the pattern resumes, and the words it has taken up to.
+    let mut last_hash: Option<(WordAt, WordAt)> = None;
+    loop {
+        match word_at(pattern, p) {
+            Some(("#", p_next)) => {
+                last_hash = Some((p_next, w));
+                p = p_next;
+                continue;
+            }
+            Some((wanted, p_next)) => {
+                if let Some((word, w_next)) = word_at(routing_key, w)
+                    && (wanted == "*" || wanted == word)
+                {
+                    (p, w) = (p_next, w_next);
+                    continue;
+                }
+            }
+            None if w.is_none() => return true,
+            None => {}
         }
+        // Mismatch: the last `#` takes one more word, if there is one.
+        let Some((resume, taken)) = last_hash else {
+            return false;
+        };
+        let Some((_, taken_next)) = word_at(routing_key, taken) else {
+            return false;
+        };
+        last_hash = Some((resume, taken_next));
+        (p, w) = (resume, taken_next);
     }
-    matches[0][0]
 }
 
-fn split_words(key: &str) -> Vec<&str> {
-    if key.is_empty() {
-        Vec::new()
-    } else {
-        key.split('.').collect()
-    }
+/// Where the next word of a key starts; None when no word is left.
+type WordAt = Option<usize>;
+
+fn first_word(key: &str) -> WordAt {
+    if key.is_empty() { None } else { Some(0) }
+}
+
+/// The word at `at` and where the one after it starts.
+fn word_at(key: &str, at: WordAt) -> Option<(&str, WordAt)> {
+    let rest = &key[at?..];
+    Some(match rest.find('.') {
+        Some(dot) => (&rest[..dot], Some(at? + dot + 1)),
+        None => (rest, None),
+    })
 }
 
 /// RabbitMQ's headers exchange: the binding's arguments, except those starting with `x-`, are
@@ -274,7 +303,49 @@ pub(crate) fn headers_match(arguments: &FieldTable, headers: &FieldTable) -> boo
 
 #[cfg(test)]
 mod tests {
+    use proptest::prelude::*;
+
     use super::*;
+
+    /// The textbook dynamic programme over words, kept as the reference for the matcher.
+    fn reference_topic_matches(pattern: &str, routing_key: &str) -> bool {
+        let split = |key: &str| -> Vec<String> {
+            if key.is_empty() {
+                Vec::new()
+            } else {
+                key.split('.').map(str::to_owned).collect()
+            }
+        };
+        let (pattern, words) = (split(pattern), split(routing_key));
+        // matches[i][j]: pattern[i..] matches words[j..].
+        let mut matches = vec![vec![false; words.len() + 1]; pattern.len() + 1];
+        matches[pattern.len()][words.len()] = true;
+        for i in (0..pattern.len()).rev() {
+            for j in (0..=words.len()).rev() {
+                matches[i][j] = match pattern[i].as_str() {
+                    "#" => matches[i + 1][j] || (j < words.len() && matches[i][j + 1]),
+                    "*" => j < words.len() && matches[i + 1][j + 1],
+                    word => j < words.len() && words[j] == word && matches[i + 1][j + 1],
+                };
+            }
+        }
+        matches[0][0]
+    }
+
+    proptest! {
+        #[test]
+        fn topic_matcher_agrees_with_the_reference(
+            pattern in proptest::collection::vec(prop_oneof!["a", "b", "", "\\*", "#"], 0..7),
+            key in proptest::collection::vec(prop_oneof!["a", "b", ""], 0..7),
+        ) {
+            let (pattern, key) = (pattern.join("."), key.join("."));
+            prop_assert_eq!(
+                topic_matches(&pattern, &key),
+                reference_topic_matches(&pattern, &key),
+                "pattern {:?} key {:?}", pattern, key
+            );
+        }
+    }
 
     #[test]
     fn topic_wildcards_follow_rabbitmq() {
@@ -288,5 +359,8 @@ mod tests {
         assert!(!topic_matches("a.b", "axb"));
         assert!(!topic_matches("*", ""));
         assert!(topic_matches("*", "a") && !topic_matches("*", "a.b"));
+        assert!(topic_matches("#.a.#.b", "x.a.y.a.b"));
+        assert!(!topic_matches("#.a.#.b", "x.a.y.b.c"));
+        assert!(topic_matches("a.", "a.") && !topic_matches("a.", "a"));
     }
 }

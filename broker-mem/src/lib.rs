@@ -69,6 +69,7 @@ pub mod wire;
 
 pub use binding::{BindingInfo, ExchangeBindingInfo};
 pub use bytes::Bytes;
+pub use smol_str::SmolStr;
 pub use channel::ChannelId;
 pub use client::{
     Broker, Channel, ClockFn, Connection, Consumer, Tap, TryRecvError, real_clock_ms,

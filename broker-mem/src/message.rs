@@ -4,8 +4,10 @@
 //! carries everything else intact from publisher to consumer. Dead-lettering adds `x-death`.
 
 use std::collections::BTreeMap;
+use std::sync::{Arc, LazyLock};
 
 use bytes::Bytes;
+use smol_str::SmolStr;
 
 /// An AMQP field table (message headers, arguments). Ordered, so it prints and compares the
 /// same way every run.
@@ -117,16 +119,29 @@ pub struct Published {
 /// AMQP reply code of `basic.return` for an unroutable mandatory message.
 pub const REPLY_NO_ROUTE: u16 = 312;
 
-/// One published message, shared by every queue it was routed to.
-#[derive(Debug)]
+/// One published message. Every field is shared, not copied, when the message is routed to
+/// several queues or delivered: the names are [`SmolStr`]s, the properties sit behind an `Arc`
+/// and the body is [`Bytes`].
+#[derive(Debug, Clone)]
 pub(crate) struct Message {
-    pub exchange: String,
-    pub routing_key: String,
-    pub properties: Properties,
+    pub exchange: SmolStr,
+    pub routing_key: SmolStr,
+    pub properties: Arc<Properties>,
     pub body: Bytes,
 }
 
 impl Message {
+    /// Properties as a message holds them. Many messages carry none, and those all share one
+    /// allocation.
+    pub(crate) fn share_properties(properties: Properties) -> Arc<Properties> {
+        static NONE: LazyLock<Arc<Properties>> = LazyLock::new(Arc::default);
+        if properties == Properties::default() {
+            Arc::clone(&NONE)
+        } else {
+            Arc::new(properties)
+        }
+    }
+
     /// `delivery_mode = 2`: kept across a broker restart when in a durable queue.
     pub(crate) fn persistent(&self) -> bool {
         self.properties.delivery_mode == Some(2)

@@ -5,7 +5,8 @@
 //! queues: ahead of everything enqueued after it) without any bookkeeping of positions.
 
 use std::collections::VecDeque;
-use std::sync::Arc;
+
+use smol_str::SmolStr;
 
 use crate::channel::ChannelId;
 use crate::connection::ConnectionId;
@@ -205,7 +206,7 @@ impl QueueArguments {
 pub(crate) struct Queued {
     /// Broker-wide enqueue order.
     pub seq: u64,
-    pub message: Arc<Message>,
+    pub message: Message,
     pub redelivered: bool,
     /// When it expires (queue `x-message-ttl` or the message's `expiration`, the lower), on the
     /// engine's clock. A requeue keeps it, as in RabbitMQ.
@@ -215,7 +216,7 @@ pub(crate) struct Queued {
 }
 
 /// A consumer as the queue knows it: its channel and tag.
-pub(crate) type ConsumerKey = (ChannelId, String);
+pub(crate) type ConsumerKey = (ChannelId, SmolStr);
 
 #[derive(Debug)]
 pub(crate) struct Queue {

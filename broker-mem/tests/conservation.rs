@@ -338,7 +338,7 @@ impl World {
             .collect();
         for consumer in &consumers {
             while let Ok(delivery) = consumer.try_recv() {
-                remaining.push(delivery.properties.message_id.unwrap());
+                remaining.push(delivery.properties.message_id.clone().unwrap());
             }
         }
         let mut everywhere: Vec<String> = remaining;

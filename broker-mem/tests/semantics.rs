@@ -187,7 +187,7 @@ fn properties_and_body_arrive_intact() {
         .unwrap();
     let consumer = consume(&channel, "q");
     let delivery = consumer.try_recv().unwrap();
-    assert_eq!(delivery.properties, properties);
+    assert_eq!(*delivery.properties, properties);
     assert_eq!(delivery.body, payload);
     assert_eq!(
         (delivery.exchange.as_str(), delivery.routing_key.as_str()),

@@ -4,6 +4,8 @@
 //! Each hook is deterministic: it fires on the next matching event, never at random (a
 //! simulator draws the randomness from its seed and calls the hook).
 
+use smol_str::SmolStr;
+
 use super::Engine;
 use crate::channel::ChannelId;
 use crate::connection::ConnectionId;
@@ -27,7 +29,7 @@ pub(super) enum DeliveryFault {
 pub(super) struct Delayed {
     pub(super) due_ms: u64,
     pub(super) channel: ChannelId,
-    pub(super) delivery: Box<Delivery>,
+    pub(super) delivery: Delivery,
 }
 
 impl Engine {
@@ -155,7 +157,7 @@ impl Engine {
         }
         self.delivery_faults.clear();
         self.delayed.clear();
-        let transient: Vec<String> = self
+        let transient: Vec<SmolStr> = self
             .queues
             .iter()
             .filter(|(_, q)| !q.durable)
@@ -169,7 +171,7 @@ impl Engine {
                 self.held.release(&lost.message);
             }
         }
-        let transient: Vec<String> = self
+        let transient: Vec<SmolStr> = self
             .exchanges
             .iter()
             .filter(|(_, x)| !x.durable)

@@ -13,6 +13,7 @@ use amq_protocol::frame::{AMQPContentHeader, AMQPFrame};
 use amq_protocol::protocol::{AMQPClass, basic, channel, confirm, connection, exchange, queue};
 use amq_protocol::types::{AMQPValue, FieldTable as AmqpTable, LongString, ShortString};
 use bytes::Bytes;
+use smol_str::SmolStr;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadHalf, WriteHalf};
 use tokio::time::Instant;
 
@@ -178,7 +179,7 @@ struct Session<S> {
     channels: BTreeMap<u16, WireChannel>,
     numbers: BTreeMap<ChannelId, u16>,
     /// `no_ack` deliveries written since the last report to the engine.
-    taken: Vec<(ChannelId, String)>,
+    taken: Vec<(ChannelId, SmolStr)>,
     /// The client sent `connection.close`.
     closed_by_client: bool,
     /// The broker's body limit, read once: a header announcing more is refused before any body
@@ -1208,7 +1209,7 @@ impl<S: AsyncRead + AsyncWrite + Send> Session<S> {
                 let Some(chan) = self.channels.get(&number).filter(|c| !c.closing) else {
                     return;
                 };
-                if chan.consumers.get(&delivery.consumer_tag) == Some(&true) {
+                if chan.consumers.get(delivery.consumer_tag.as_str()) == Some(&true) {
                     self.taken.push((channel, delivery.consumer_tag.clone()));
                 }
                 let deliver = basic::Deliver {
@@ -1235,7 +1236,7 @@ impl<S: AsyncRead + AsyncWrite + Send> Session<S> {
                 let Some(chan) = self.channels.get_mut(&number).filter(|c| !c.closing) else {
                     return;
                 };
-                let known = chan.consumers.remove(&consumer_tag).is_some();
+                let known = chan.consumers.remove(consumer_tag.as_str()).is_some();
                 if known && reason == ConsumerEnd::QueueDeleted {
                     // consumer_cancel_notify: the broker tells the client its consumer is gone.
                     let cancel = basic::Cancel {

@@ -487,9 +487,9 @@ impl Amqp for Mem {
             Ok(delivery) => Next::Msg(Msg {
                 tag: delivery.delivery_tag,
                 redelivered: delivery.redelivered,
-                exchange: delivery.exchange,
-                routing_key: delivery.routing_key,
-                properties: delivery.properties,
+                exchange: delivery.exchange.to_string(),
+                routing_key: delivery.routing_key.to_string(),
+                properties: broker_mem::Properties::clone(&delivery.properties),
                 body: delivery.body.to_vec(),
             }),
             Err(broker_mem::TryRecvError::Empty) => Next::Empty,
@@ -508,9 +508,9 @@ impl Amqp for Mem {
             let msg = Msg {
                 tag: d.delivery_tag,
                 redelivered: d.redelivered,
-                exchange: d.exchange,
-                routing_key: d.routing_key,
-                properties: d.properties,
+                exchange: d.exchange.to_string(),
+                routing_key: d.routing_key.to_string(),
+                properties: broker_mem::Properties::clone(&d.properties),
                 body: d.body.to_vec(),
             };
             (msg, ok.message_count)

@@ -232,11 +232,11 @@ fn to_port_delivery(delivery: broker_mem::Delivery, subscription: &Subscription)
         queue: subscription.queue.clone(),
     };
     Delivery::new(
-        from_broker(delivery.properties),
+        from_broker(&delivery.properties),
         delivery.body.to_vec(),
         delivery.redelivered,
-        delivery.exchange,
-        delivery.routing_key,
+        delivery.exchange.to_string(),
+        delivery.routing_key.to_string(),
         Box::new(acker),
     )
 }
@@ -322,15 +322,15 @@ fn to_broker(properties: Properties) -> broker_mem::Properties {
 }
 
 /// The fields contracts has; the others (headers, reply_to, ...) are not part of the contract.
-fn from_broker(properties: broker_mem::Properties) -> Properties {
+fn from_broker(properties: &broker_mem::Properties) -> Properties {
     Properties {
-        content_type: properties.content_type,
+        content_type: properties.content_type.clone(),
         delivery_mode: properties.delivery_mode,
-        message_id: properties.message_id,
-        correlation_id: properties.correlation_id,
-        kind: properties.kind,
+        message_id: properties.message_id.clone(),
+        correlation_id: properties.correlation_id.clone(),
+        kind: properties.kind.clone(),
         timestamp: properties.timestamp,
-        app_id: properties.app_id,
+        app_id: properties.app_id.clone(),
     }
 }
 
