@@ -1,9 +1,9 @@
 //! Bindings: which queues and exchanges an exchange routes to, under which binding key and
 //! arguments.
 //!
-//! Kept per exchange as an ordered map from `(binding key, destination)` to the distinct
+//! Kept per exchange as ordered maps from binding key, then destination, to the distinct
 //! argument tables bound with that pair (almost always one, empty), so a direct exchange finds
-//! its destinations with one range scan and every listing comes out in the same order every run.
+//! its destinations with one lookup and every listing comes out in the same order every run.
 //! RabbitMQ identifies a binding by source, destination, key and arguments; so do we.
 
 use std::collections::BTreeMap;
@@ -44,8 +44,10 @@ pub(crate) enum Destination {
 /// One exchange's bindings.
 #[derive(Debug, Default)]
 pub(crate) struct Bindings {
-    /// `(binding key, destination)` to the distinct argument tables bound with it.
-    map: BTreeMap<(SmolStr, Destination), Vec<FieldTable>>,
+    /// Binding key, then destination, to the distinct argument tables bound with that pair.
+    /// Keyed by the binding key first so a direct exchange finds its destinations with one
+    /// lookup by the routing key, without building a key.
+    map: BTreeMap<SmolStr, BTreeMap<Destination, Vec<FieldTable>>>,
     len: usize,
 }
 
@@ -57,7 +59,12 @@ impl Bindings {
         to: Destination,
         arguments: FieldTable,
     ) -> bool {
-        let tables = self.map.entry((routing_key.into(), to)).or_default();
+        let tables = self
+            .map
+            .entry(routing_key.into())
+            .or_default()
+            .entry(to)
+            .or_default();
         if tables.contains(&arguments) {
             return false;
         }
@@ -73,8 +80,10 @@ impl Bindings {
         to: &Destination,
         arguments: &FieldTable,
     ) -> bool {
-        let key = (SmolStr::new(routing_key), to.clone());
-        let Some(tables) = self.map.get_mut(&key) else {
+        let Some(destinations) = self.map.get_mut(routing_key) else {
+            return false;
+        };
+        let Some(tables) = destinations.get_mut(to) else {
             return false;
         };
         let Some(position) = tables.iter().position(|t| t == arguments) else {
@@ -82,7 +91,10 @@ impl Bindings {
         };
         tables.remove(position);
         if tables.is_empty() {
-            self.map.remove(&key);
+            destinations.remove(to);
+            if destinations.is_empty() {
+                self.map.remove(routing_key);
+            }
         }
         self.len -= 1;
         true
@@ -91,13 +103,11 @@ impl Bindings {
     /// Removes every binding to `to`; returns how many there were.
     pub(crate) fn remove_destination(&mut self, to: &Destination) -> usize {
         let mut removed = 0;
-        self.map.retain(|(_, d), tables| {
-            if d == to {
+        self.map.retain(|_, destinations| {
+            if let Some(tables) = destinations.remove(to) {
                 removed += tables.len();
-                false
-            } else {
-                true
             }
+            !destinations.is_empty()
         });
         self.len -= removed;
         removed
@@ -114,20 +124,20 @@ impl Bindings {
     /// Destinations bound with exactly `routing_key`.
     pub(crate) fn with_key<'a>(
         &'a self,
-        routing_key: &'a str,
+        routing_key: &str,
     ) -> impl Iterator<Item = &'a Destination> + 'a {
-        // Inline up to 23 bytes: a lookup by a routing key of that size does not allocate.
-        let from = (SmolStr::new(routing_key), Destination::Queue(SmolStr::default()));
         self.map
-            .range(from..)
-            .take_while(move |((key, _), _)| key == routing_key)
-            .map(|((_, destination), _)| destination)
+            .get(routing_key)
+            .into_iter()
+            .flat_map(|destinations| destinations.keys())
     }
 
     /// Every binding: key, destination, arguments.
     pub(crate) fn all(&self) -> impl Iterator<Item = (&str, &Destination, &FieldTable)> {
-        self.map.iter().flat_map(|((key, destination), tables)| {
-            tables.iter().map(move |t| (key.as_str(), destination, t))
+        self.map.iter().flat_map(|(key, destinations)| {
+            destinations.iter().flat_map(move |(destination, tables)| {
+                tables.iter().map(move |t| (key.as_str(), destination, t))
+            })
         })
     }
 

@@ -9,7 +9,7 @@ use smol_str::SmolStr;
 
 use crate::connection::ConnectionId;
 use crate::consumer::ConsumerState;
-use crate::delivery::Unacked;
+use crate::delivery::UnackedDeliveries;
 use crate::error::AmqpError;
 
 /// Identifies a channel for the broker's lifetime; never reused, so a stale handle can never
@@ -52,7 +52,7 @@ pub(crate) struct ChannelState {
     /// The last delivery tag handed out; tags start at 1.
     pub last_delivery_tag: u64,
     /// Deliveries not yet settled, by tag (ascending, which `multiple` relies on).
-    pub unacked: BTreeMap<u64, Unacked>,
+    pub unacked: UnackedDeliveries,
     /// Consumers by tag.
     pub consumers: BTreeMap<SmolStr, ConsumerState>,
 }
@@ -74,7 +74,7 @@ impl ChannelState {
             consumer_unacked: 0,
             nack_next_publish: None,
             last_delivery_tag: 0,
-            unacked: BTreeMap::new(),
+            unacked: UnackedDeliveries::default(),
             consumers: BTreeMap::new(),
         }
     }

@@ -1,6 +1,7 @@
 //! A message on its way to a consumer, and the record a channel keeps of it until it is
 //! settled.
 
+use std::collections::VecDeque;
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -73,4 +74,181 @@ pub(crate) struct Unacked {
     pub consumer_serial: u64,
     /// The message, with its original enqueue position.
     pub entry: Queued,
+}
+
+/// A channel's unsettled deliveries, by delivery tag.
+///
+/// Tags only grow and consumers mostly settle in order, so this is a deque in tag order with
+/// holes: a settle finds its tag by binary search and leaves a hole, and holes at the front
+/// are dropped at once. Settling in order is O(1) and moves nothing (a `BTreeMap` shifted its
+/// node's entries on every removal from the front); out of order it is O(log n). Holes behind
+/// an old unsettled delivery are squeezed out once they outnumber the deliveries, so the
+/// deque is never more than about twice the unsettled count.
+/// Generic over what it holds only so the tests can fill it with plain numbers.
+#[derive(Debug)]
+pub(crate) struct UnackedDeliveries<T = Unacked> {
+    entries: VecDeque<(u64, Option<T>)>,
+    live: usize,
+}
+
+impl<T> Default for UnackedDeliveries<T> {
+    fn default() -> Self {
+        UnackedDeliveries {
+            entries: VecDeque::new(),
+            live: 0,
+        }
+    }
+}
+
+/// Holes tolerated before a compaction is considered at all (small deques are cheap to scan).
+const HOLES_TOLERATED: usize = 64;
+
+impl<T> UnackedDeliveries<T> {
+    /// Records a delivery; its tag is greater than every tag recorded before.
+    pub(crate) fn insert(&mut self, delivery_tag: u64, unacked: T) {
+        debug_assert!(
+            self.entries
+                .back()
+                .is_none_or(|(last, _)| *last < delivery_tag)
+        );
+        self.entries.push_back((delivery_tag, Some(unacked)));
+        self.live += 1;
+    }
+
+    pub(crate) fn contains_key(&self, delivery_tag: &u64) -> bool {
+        self.position(*delivery_tag)
+            .is_some_and(|at| self.entries[at].1.is_some())
+    }
+
+    /// Takes one delivery out.
+    pub(crate) fn remove(&mut self, delivery_tag: &u64) -> Option<T> {
+        let at = self.position(*delivery_tag)?;
+        let unacked = self.entries[at].1.take()?;
+        self.live -= 1;
+        self.tidy();
+        Some(unacked)
+    }
+
+    /// Takes out every delivery with a tag up to and including `delivery_tag`, in tag order.
+    pub(crate) fn take_through(&mut self, delivery_tag: u64) -> Vec<T> {
+        let mut taken = Vec::new();
+        while let Some((tag, _)) = self.entries.front()
+            && *tag <= delivery_tag
+        {
+            if let Some((_, Some(unacked))) = self.entries.pop_front() {
+                taken.push(unacked);
+            }
+        }
+        self.live -= taken.len();
+        taken
+    }
+
+    /// Takes out every delivery, in tag order.
+    pub(crate) fn take_all(&mut self) -> impl Iterator<Item = T> + use<T> {
+        self.live = 0;
+        std::mem::take(&mut self.entries)
+            .into_iter()
+            .filter_map(|(_, unacked)| unacked)
+    }
+
+    pub(crate) fn is_empty(&self) -> bool {
+        self.live == 0
+    }
+
+    pub(crate) fn iter(&self) -> impl Iterator<Item = (&u64, &T)> {
+        self.entries
+            .iter()
+            .filter_map(|(tag, unacked)| Some((tag, unacked.as_ref()?)))
+    }
+
+    pub(crate) fn values(&self) -> impl Iterator<Item = &T> {
+        self.iter().map(|(_, unacked)| unacked)
+    }
+
+    fn position(&self, delivery_tag: u64) -> Option<usize> {
+        self.entries
+            .binary_search_by_key(&delivery_tag, |(tag, _)| *tag)
+            .ok()
+    }
+
+    /// Drops holes at the front; squeezes out the rest when they outnumber the deliveries.
+    fn tidy(&mut self) {
+        while let Some((_, None)) = self.entries.front() {
+            self.entries.pop_front();
+        }
+        let holes = self.entries.len() - self.live;
+        if holes > HOLES_TOLERATED && holes > self.live {
+            self.entries.retain(|(_, unacked)| unacked.is_some());
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use proptest::prelude::*;
+
+    use super::UnackedDeliveries;
+
+    #[derive(Debug, Clone)]
+    enum Op {
+        Deliver,
+        Settle(usize),
+        SettleThrough(usize),
+    }
+
+    fn op() -> impl Strategy<Value = Op> {
+        prop_oneof![
+            4 => Just(Op::Deliver),
+            3 => any::<usize>().prop_map(Op::Settle),
+            1 => any::<usize>().prop_map(Op::SettleThrough),
+        ]
+    }
+
+    proptest! {
+        /// Against a `BTreeMap`, with delivery 1 never settled (one old delivery holding up
+        /// the front) in half the cases, so holes pile up and compaction runs.
+        #[test]
+        fn behaves_like_an_ordered_map(ops in proptest::collection::vec(op(), 0..600), pin_first: bool) {
+            let mut deque = UnackedDeliveries::default();
+            let mut model = BTreeMap::new();
+            let mut last_tag = 0_u64;
+            for op in ops {
+                match op {
+                    Op::Deliver => {
+                        last_tag += 1;
+                        deque.insert(last_tag, last_tag * 10);
+                        model.insert(last_tag, last_tag * 10);
+                    }
+                    Op::Settle(pick) | Op::SettleThrough(pick) if !model.is_empty() => {
+                        let tags: Vec<u64> = model.keys().copied().filter(|t| !pin_first || *t != 1).collect();
+                        if tags.is_empty() {
+                            continue;
+                        }
+                        let tag = tags[pick % tags.len()];
+                        if matches!(op, Op::Settle(_)) {
+                            prop_assert_eq!(deque.remove(&tag), model.remove(&tag));
+                        } else if !pin_first {
+                            let rest = model.split_off(&(tag + 1));
+                            let settled: Vec<u64> = std::mem::replace(&mut model, rest).into_values().collect();
+                            prop_assert_eq!(deque.take_through(tag), settled);
+                        }
+                    }
+                    _ => {}
+                }
+                prop_assert_eq!(deque.is_empty(), model.is_empty());
+                let held: Vec<(u64, u64)> = deque.iter().map(|(t, v)| (*t, *v)).collect();
+                let expected: Vec<(u64, u64)> = model.iter().map(|(t, v)| (*t, *v)).collect();
+                prop_assert_eq!(held, expected);
+                prop_assert!(deque.entries.len() <= 2 * model.len() + super::HOLES_TOLERATED + 1);
+                for tag in 1..=last_tag + 1 {
+                    prop_assert_eq!(deque.contains_key(&tag), model.contains_key(&tag));
+                }
+            }
+            let all: Vec<u64> = deque.take_all().collect();
+            prop_assert_eq!(all, model.into_values().collect::<Vec<_>>());
+            prop_assert!(deque.is_empty());
+        }
+    }
 }

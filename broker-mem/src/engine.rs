@@ -35,7 +35,8 @@ use crate::message::{
     PublishOptions, Published, REPLY_NO_ROUTE, Returned, add_death, is_cycle,
 };
 use crate::queue::{
-    Overflow, Queue, QueueArguments, QueueDeclareOk, QueueInfo, QueueOptions, QueueType, Queued,
+    Overflow, Queue, QueueArguments, QueueDeclareOk, QueueInfo, QueueOptions, QueueSet, QueueType,
+    Queued,
 };
 
 mod fault;
@@ -142,7 +143,7 @@ pub struct Engine {
     /// The engine's clock, in milliseconds; only [`Engine::advance_to`] moves it.
     now_ms: u64,
     /// Queues that may have something to expire or deliver; drained before every call returns.
-    dirty: BTreeSet<SmolStr>,
+    dirty: QueueSet,
     /// Outbox; bounded by what one call can make deliverable (prefetch credit and queue
     /// lengths), and emptied by the client after every call.
     events: Vec<Event>,
@@ -186,7 +187,7 @@ impl Engine {
             held: Usage::default(),
             bindings_total: 0,
             now_ms: 0,
-            dirty: BTreeSet::new(),
+            dirty: QueueSet::default(),
             events: Vec::new(),
             dead_lettered: VecDeque::new(),
             returned: VecDeque::new(),
@@ -1144,10 +1145,13 @@ impl Engine {
                 ),
             ));
         }
-        let exchange = self
+        let (shared_name, exchange) = self
             .exchanges
-            .get(exchange_name)
+            .get_key_value(exchange_name)
             .ok_or_else(|| Fault::not_found_exchange(exchange_name))?;
+        // The exchange's own name, shared: the message keeps it without copying it.
+        let shared_name = shared_name.clone();
+        let exchange_name = shared_name.as_str();
         if exchange.internal {
             return Err(Fault::channel(
                 ReplyCode::AccessRefused,
@@ -1185,14 +1189,14 @@ impl Engine {
             .or_else(|| self.take_publish_fault(exchange_name));
         let mut targets = std::mem::take(&mut self.route_scratch);
         targets.clear();
-        let exchange = self.route(
+        self.route(
             exchange_name,
             routing_key,
             properties.headers.as_ref(),
             &mut targets,
         );
         let message = Message {
-            exchange,
+            exchange: shared_name.clone(),
             routing_key: routing_key.into(),
             properties: Message::share_properties(properties),
             body,
@@ -1222,7 +1226,7 @@ impl Engine {
                 body: message.body.clone(),
             };
             push_bounded(&mut self.returned, back.clone());
-            returned = Some(back);
+            returned = Some(Box::new(back));
         }
         let nack = |reason: String| Confirm::Nack { reason };
         if fault == Some(false) {
@@ -1411,7 +1415,12 @@ impl Engine {
         );
         let routing_key = dlrk.map_or_else(|| message.routing_key.clone(), SmolStr::from);
         let mut targets = Vec::new();
-        let exchange = self.route(&dlx, &routing_key, properties.headers.as_ref(), &mut targets);
+        let exchange = self.route(
+            &dlx,
+            &routing_key,
+            properties.headers.as_ref(),
+            &mut targets,
+        );
         targets.retain(|queue| reason == DeathReason::Rejected || !is_cycle(&properties, queue));
         if targets.is_empty() {
             return;
@@ -1640,20 +1649,14 @@ impl Engine {
             return Ok(());
         }
         let settled: Vec<Unacked> = if delivery_tag == 0 {
-            std::mem::take(&mut state.unacked).into_values().collect()
+            state.unacked.take_all().collect()
         } else if !state.unacked.contains_key(&delivery_tag) {
             return Err(Fault::channel(
                 ReplyCode::PreconditionFailed,
                 format!("unknown delivery tag {delivery_tag}"),
             ));
         } else {
-            let rest = match delivery_tag.checked_add(1) {
-                Some(after) => state.unacked.split_off(&after),
-                None => BTreeMap::new(),
-            };
-            std::mem::replace(&mut state.unacked, rest)
-                .into_values()
-                .collect()
+            state.unacked.take_through(delivery_tag)
         };
         for unacked in settled {
             self.finish(channel, unacked, outcome);
@@ -1867,7 +1870,7 @@ impl Engine {
             return;
         };
         let consumers = std::mem::take(&mut state.consumers);
-        let unacked = std::mem::take(&mut state.unacked);
+        let unacked: Vec<Unacked> = state.unacked.take_all().collect();
         let mut orphaned = BTreeSet::new();
         for (tag, consumer) in consumers {
             orphaned.extend(self.detach(
@@ -1877,7 +1880,7 @@ impl Engine {
                 ConsumerEnd::ChannelClosed,
             ));
         }
-        for (_, delivery) in unacked {
+        for delivery in unacked {
             self.finish(channel, delivery, Outcome::Requeue);
         }
         for queue in &orphaned {

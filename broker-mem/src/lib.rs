@@ -69,7 +69,6 @@ pub mod wire;
 
 pub use binding::{BindingInfo, ExchangeBindingInfo};
 pub use bytes::Bytes;
-pub use smol_str::SmolStr;
 pub use channel::ChannelId;
 pub use client::{
     Broker, Channel, ClockFn, Connection, Consumer, Tap, TryRecvError, real_clock_ms,
@@ -91,6 +90,7 @@ pub use message::{
     Published, REPLY_NO_ROUTE, Returned,
 };
 pub use queue::{Overflow, QueueArguments, QueueDeclareOk, QueueInfo, QueueOptions, QueueType};
+pub use smol_str::SmolStr;
 
 /// The only virtual host broker-mem has; it appears in RabbitMQ's reply texts.
 pub const VHOST: &str = "/";

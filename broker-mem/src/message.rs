@@ -110,8 +110,9 @@ pub struct Returned {
 /// mandatory and unroutable) comes before the confirm.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Published {
-    /// `basic.return`, when the message was mandatory and no queue took it.
-    pub returned: Option<Returned>,
+    /// `basic.return`, when the message was mandatory and no queue took it. Boxed: it is rare
+    /// and large, and every publish returns this struct.
+    pub returned: Option<Box<Returned>>,
     /// The publisher confirm.
     pub confirm: Confirm,
 }

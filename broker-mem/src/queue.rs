@@ -484,3 +484,47 @@ fn describe_values(
         (r, c) => (typed(r), typed(c)),
     }
 }
+
+/// A small set of queue names in name order: the queues a call has marked for expiry and
+/// dispatch. A publish marks one or a few and the run-until-idle loop empties it before the
+/// call returns, so a sorted vector (which keeps its capacity) beats a `BTreeSet` (a node
+/// allocated and freed, and more comparisons, on every publish).
+#[derive(Debug, Default)]
+pub(crate) struct QueueSet {
+    names: Vec<SmolStr>,
+}
+
+impl QueueSet {
+    pub(crate) fn contains(&self, name: &str) -> bool {
+        self.position(name).is_ok()
+    }
+
+    pub(crate) fn insert(&mut self, name: SmolStr) {
+        if let Err(at) = self.position(&name) {
+            self.names.insert(at, name);
+        }
+    }
+
+    pub(crate) fn remove(&mut self, name: &str) {
+        if let Ok(at) = self.position(name) {
+            self.names.remove(at);
+        }
+    }
+
+    /// The first name in order, taken out.
+    pub(crate) fn pop_first(&mut self) -> Option<SmolStr> {
+        (!self.names.is_empty()).then(|| self.names.remove(0))
+    }
+
+    fn position(&self, name: &str) -> Result<usize, usize> {
+        self.names.binary_search_by(|held| held.as_str().cmp(name))
+    }
+}
+
+impl Extend<SmolStr> for QueueSet {
+    fn extend<T: IntoIterator<Item = SmolStr>>(&mut self, names: T) {
+        for name in names {
+            self.insert(name);
+        }
+    }
+}

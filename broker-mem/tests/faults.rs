@@ -103,7 +103,7 @@ fn mandatory_returns_are_recorded() {
         (312, "NO_ROUTE")
     );
     assert_eq!(published.confirm, Confirm::Ack);
-    assert_eq!(broker.returned(), [returned]);
+    assert_eq!(broker.returned(), [*returned]);
 }
 
 #[test]
