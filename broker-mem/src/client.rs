@@ -636,6 +636,27 @@ impl Channel {
             .call(|engine| engine.basic_reject(self.id, delivery_tag, requeue))
     }
 
+    /// `basic.recover` ([`Engine::basic_recover`]): every unacked delivery of this channel goes
+    /// back to its queue and is delivered again under a new tag. Deliveries still waiting in
+    /// this channel's consumer buffers are taken back first (their tags are void and their
+    /// messages requeued), as a channel close does; over AMQP a client would still see them
+    /// and get 406 when acking them.
+    pub fn basic_recover(&self, requeue: bool) -> Result<(), Error> {
+        let now_ms = (self.broker.clock)();
+        let mut shared = self.broker.lock();
+        shared.engine.advance_to(now_ms);
+        let result = shared.engine.basic_recover(self.id, requeue);
+        if result.is_ok() {
+            for ((channel, _), outlet) in &shared.outlets {
+                if *channel == self.id && !outlet.no_ack {
+                    outlet.receiver.drain();
+                }
+            }
+        }
+        shared.flush();
+        result
+    }
+
     /// `basic.cancel`: the consumer receives what is already in its buffer, then ends. Its
     /// unacked deliveries stay unacked on this channel.
     pub fn basic_cancel(&self, consumer_tag: &str) -> Result<(), Error> {

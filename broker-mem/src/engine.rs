@@ -666,6 +666,30 @@ impl Engine {
         self.basic_nack(channel, delivery_tag, false, requeue)
     }
 
+    /// `basic.recover` (and `basic.recover-async`): every unacked delivery on the channel, from
+    /// consumers and `basic.get` alike, goes back to its queue's original position with
+    /// `redelivered` and is dispatched again (possibly to the same consumer, under a new tag);
+    /// the old tags are forgotten. Consumers stay. RabbitMQ does not implement
+    /// `requeue = false` (redeliver to the same consumer): 540, which closes the connection.
+    pub fn basic_recover(&mut self, channel: ChannelId, requeue: bool) -> Result<(), Error> {
+        self.run(channel, |engine| {
+            if !requeue {
+                return Err(Fault::Connection(AmqpError::new(
+                    ReplyCode::NotImplemented,
+                    "requeue=false",
+                )));
+            }
+            let Some(state) = engine.channels.get_mut(&channel) else {
+                return Err(Fault::Invalid(format!("{channel} is not open")));
+            };
+            let unacked: Vec<Unacked> = state.unacked.take_all().collect();
+            for delivery in unacked {
+                engine.finish(channel, delivery, Outcome::Requeue);
+            }
+            Ok(())
+        })
+    }
+
     /// Reports that the client took `count` deliveries of a `no_ack` consumer out of its buffer,
     /// which gives the consumer room for more (see [`crate::NO_ACK_BUFFER_MAX`]). Ignored for
     /// closed channels and unknown consumers.

@@ -27,6 +27,9 @@ pub enum ReplyCode {
     NotAllowed,
     /// 320: the broker closed the connection (shutdown, restart, an operator).
     ConnectionForced,
+    /// 540: a method or flag the broker does not implement (RabbitMQ: `basic.recover` with
+    /// `requeue = false`); closes the connection.
+    NotImplemented,
 }
 
 impl ReplyCode {
@@ -40,6 +43,7 @@ impl ReplyCode {
             ReplyCode::PreconditionFailed => 406,
             ReplyCode::NotAllowed => 530,
             ReplyCode::ConnectionForced => 320,
+            ReplyCode::NotImplemented => 540,
         }
     }
 
@@ -53,6 +57,7 @@ impl ReplyCode {
             ReplyCode::PreconditionFailed => "PRECONDITION_FAILED",
             ReplyCode::NotAllowed => "NOT_ALLOWED",
             ReplyCode::ConnectionForced => "CONNECTION_FORCED",
+            ReplyCode::NotImplemented => "NOT_IMPLEMENTED",
         }
     }
 }

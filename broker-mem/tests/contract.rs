@@ -71,6 +71,7 @@ contract!(
     basic_get_takes_one_message_with_the_count_left,
     ack_multiple_settles_every_tag_up_to_it,
     requeued_messages_go_back_to_their_original_position,
+    recover_requeues_every_unacked_delivery_of_the_channel,
     unknown_or_double_ack_is_406_and_closes_the_channel,
     closing_a_channel_requeues_but_cancel_does_not,
     closing_a_connection_requeues,
@@ -1123,6 +1124,55 @@ async fn requeued_messages_go_back_to_their_original_position(b: &mut impl Amqp)
         .map(|(t, r)| (t.to_owned(), r))
         .collect();
     assert_eq!(got, expected);
+}
+
+async fn recover_requeues_every_unacked_delivery_of_the_channel(b: &mut impl Amqp) {
+    let c = b.connection().await;
+    let ch = b.channel(c).await;
+    b.queue(ch, "q").await;
+    for n in 0..3 {
+        b.send(ch, "", "q", &n.to_string()).await;
+    }
+    b.qos(ch, 10, false).await.unwrap();
+    let sub = b.consume(ch, "q", "c", false, false).await.unwrap();
+    let mut first = Vec::new();
+    for _ in 0..3 {
+        first.push(b.next(sub).await.msg());
+    }
+    b.ack(ch, first[1].tag, false).await.unwrap();
+    b.recover(ch, true).await.unwrap();
+    // The two unacked come back, redelivered, in their original order, under new tags.
+    let mut again = Vec::new();
+    for _ in 0..2 {
+        again.push(b.next(sub).await.msg());
+    }
+    let seen: Vec<(String, bool)> = again.iter().map(|m| (m.text(), m.redelivered)).collect();
+    assert_eq!(seen, [("0".to_owned(), true), ("2".to_owned(), true)]);
+    assert!(again.iter().all(|m| m.tag > first[2].tag));
+    assert!(matches!(b.quiet(sub).await, Next::Empty));
+    b.ack(ch, again[1].tag, true).await.unwrap();
+    assert_eq!(b.depth_becomes("q", Some(0)).await, Some(0));
+
+    // basic.get deliveries are unacked deliveries of the channel too.
+    let getter = b.channel(c).await;
+    b.queue(getter, "g").await;
+    b.send(getter, "", "g", "x").await;
+    let (got, _) = b.get(getter, "g", false).await.unwrap().unwrap();
+    assert!(!got.redelivered);
+    b.recover(getter, true).await.unwrap();
+    let (back, left) = b.get(getter, "g", true).await.unwrap().unwrap();
+    assert_eq!(
+        (back.text(), back.redelivered, left),
+        ("x".to_owned(), true, 0)
+    );
+
+    // RabbitMQ does not implement requeue = false: 540, and the connection closes.
+    let error = b.recover(getter, false).await.unwrap_err();
+    assert_eq!(
+        (error.code, error.text.as_str()),
+        (540, "NOT_IMPLEMENTED - requeue=false")
+    );
+    assert!(!b.channel_open(ch).await);
 }
 
 async fn unknown_or_double_ack_is_406_and_closes_the_channel(b: &mut impl Amqp) {

@@ -10,8 +10,8 @@ use broker_mem::wire::{WireConfig, WireServer};
 use futures::StreamExt as _;
 use lapin::options::{
     BasicAckOptions, BasicConsumeOptions, BasicNackOptions, BasicPublishOptions, BasicQosOptions,
-    BasicRejectOptions, ConfirmSelectOptions, ExchangeDeclareOptions, QueueBindOptions,
-    QueueDeclareOptions,
+    BasicRecoverOptions, BasicRejectOptions, ConfirmSelectOptions, ExchangeDeclareOptions,
+    QueueBindOptions, QueueDeclareOptions,
 };
 use lapin::types::FieldTable;
 use lapin::{BasicProperties, Connection, ConnectionProperties, ExchangeKind};
@@ -197,6 +197,78 @@ async fn unacked_messages_are_requeued_when_a_connection_closes() {
         .unwrap();
     let again = inproc.try_recv().unwrap();
     assert!(again.redelivered);
+}
+
+#[tokio::test]
+async fn recover_redelivers_over_the_wire_and_requeue_false_is_540() {
+    let broker = Broker::new();
+    let url = serve(broker.clone(), WireConfig::default()).await;
+    let connection = connect(&url).await;
+    let channel = connection.create_channel().await.unwrap();
+    channel
+        .queue_declare(
+            "work".into(),
+            QueueDeclareOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
+    for body in [b"a", b"b"] {
+        channel
+            .basic_publish(
+                "".into(),
+                "work".into(),
+                BasicPublishOptions::default(),
+                body,
+                BasicProperties::default(),
+            )
+            .await
+            .unwrap();
+    }
+    let mut consumer = channel
+        .basic_consume(
+            "work".into(),
+            "".into(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
+    let mut next = async || {
+        tokio::time::timeout(WAIT, consumer.next())
+            .await
+            .expect("a delivery in time")
+            .expect("consumer open")
+            .expect("delivery")
+    };
+    let (a, b) = (next().await, next().await);
+    assert!(!a.redelivered && !b.redelivered);
+    // Synchronous recover: by recover-ok both are back in the queue and on their way again.
+    channel
+        .basic_recover(BasicRecoverOptions { requeue: true })
+        .await
+        .unwrap();
+    let (a2, b2) = (next().await, next().await);
+    assert_eq!((&a2.data[..], &b2.data[..]), (&b"a"[..], &b"b"[..]));
+    assert!(a2.redelivered && b2.redelivered);
+    assert!(a2.delivery_tag > b.delivery_tag);
+    channel
+        .basic_ack(b2.delivery_tag, BasicAckOptions { multiple: true })
+        .await
+        .unwrap();
+    let error = channel
+        .basic_recover(BasicRecoverOptions { requeue: false })
+        .await
+        .unwrap_err();
+    let lapin::ErrorKind::ProtocolError(reply) = error.kind() else {
+        panic!("expected a protocol error, got {error}");
+    };
+    assert_eq!(
+        (reply.get_id(), reply.get_message().as_str()),
+        (540, "NOT_IMPLEMENTED - requeue=false")
+    );
+    assert_eq!(broker.unacked_count("work"), Some(0));
+    assert_eq!(broker.queue_depth("work"), Some(0));
 }
 
 #[tokio::test]

@@ -303,10 +303,11 @@ async fn hard_errors_close_the_connection_with_rabbitmq_codes() {
     raw.send(frame).await;
     assert_eq!(raw.connection_close_code().await, Some(501));
 
-    // An unimplemented method: 540.
+    // An unimplemented method (transactions): 540.
     let mut raw = Raw::open(&server, "guest", 0).await;
-    let recover = basic::AMQPMethod::Recover(basic::Recover { requeue: true });
-    raw.send(method(1, AMQPClass::Basic(recover))).await;
+    let select =
+        amq_protocol::protocol::tx::AMQPMethod::Select(amq_protocol::protocol::tx::Select {});
+    raw.send(method(1, AMQPClass::Tx(select))).await;
     assert_eq!(raw.connection_close_code().await, Some(540));
 }
 

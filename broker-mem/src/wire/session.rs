@@ -871,6 +871,21 @@ impl<S: AsyncRead + AsyncWrite + Send> Session<S> {
                 }
                 Ok(())
             }
+            basic::AMQPMethod::Recover(recover) => {
+                let done = self.engine(number, class, |engine, id| {
+                    engine.basic_recover(id, recover.requeue)
+                })?;
+                if done.is_some() {
+                    let ok = basic::AMQPMethod::RecoverOk(basic::RecoverOk {});
+                    self.send(number, AMQPClass::Basic(ok));
+                }
+                Ok(())
+            }
+            basic::AMQPMethod::RecoverAsync(recover) => self
+                .engine(number, class, |engine, id| {
+                    engine.basic_recover(id, recover.requeue)
+                })
+                .map(drop),
             _ => Err(not_implemented(class)),
         }
     }

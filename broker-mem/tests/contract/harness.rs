@@ -22,9 +22,9 @@ use futures::StreamExt as _;
 use lapin::Confirmation;
 use lapin::options::{
     BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicGetOptions, BasicNackOptions,
-    BasicPublishOptions, BasicQosOptions, BasicRejectOptions, ConfirmSelectOptions,
-    ExchangeBindOptions, ExchangeDeclareOptions, ExchangeDeleteOptions, QueueBindOptions,
-    QueueDeclareOptions, QueueDeleteOptions, QueuePurgeOptions,
+    BasicPublishOptions, BasicQosOptions, BasicRecoverOptions, BasicRejectOptions,
+    ConfirmSelectOptions, ExchangeBindOptions, ExchangeDeclareOptions, ExchangeDeleteOptions,
+    QueueBindOptions, QueueDeclareOptions, QueueDeleteOptions, QueuePurgeOptions,
 };
 use lapin::types::FieldTable as LapinTable;
 use ports::testing::RabbitVhost;
@@ -211,6 +211,7 @@ pub trait Amqp {
     async fn ack(&mut self, ch: Ch, tag: u64, multiple: bool) -> R<()>;
     async fn nack(&mut self, ch: Ch, tag: u64, multiple: bool, requeue: bool) -> R<()>;
     async fn reject(&mut self, ch: Ch, tag: u64, requeue: bool) -> R<()>;
+    async fn recover(&mut self, ch: Ch, requeue: bool) -> R<()>;
     async fn cancel(&mut self, ch: Ch, sub: Sub) -> R<()>;
     async fn close_channel(&mut self, ch: Ch);
     async fn close_connection(&mut self, c: Conn);
@@ -529,6 +530,10 @@ impl Amqp for Mem {
 
     async fn reject(&mut self, ch: Ch, tag: u64, requeue: bool) -> R<()> {
         self.ch(ch).basic_reject(tag, requeue).map_err(mem_reply)
+    }
+
+    async fn recover(&mut self, ch: Ch, requeue: bool) -> R<()> {
+        self.ch(ch).basic_recover(requeue).map_err(mem_reply)
     }
 
     async fn cancel(&mut self, ch: Ch, sub: Sub) -> R<()> {
@@ -917,6 +922,13 @@ impl Amqp for Rabbit {
             .await
             .map_err(rabbit_reply)?;
         self.sync(ch).await
+    }
+
+    async fn recover(&mut self, ch: Ch, requeue: bool) -> R<()> {
+        self.ch(ch)
+            .basic_recover(BasicRecoverOptions { requeue })
+            .await
+            .map_err(rabbit_reply)
     }
 
     async fn cancel(&mut self, ch: Ch, sub: Sub) -> R<()> {
