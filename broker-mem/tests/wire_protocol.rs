@@ -559,3 +559,66 @@ proptest! {
         });
     }
 }
+
+#[tokio::test]
+async fn publishes_confirmed_together_get_one_ack_with_multiple() {
+    let broker = Broker::new();
+    let server = WireServer::new(broker.clone(), WireConfig::default());
+    let mut raw = Raw::open(&server, "guest", 0).await;
+    let select = amq_protocol::protocol::confirm::AMQPMethod::Select(
+        amq_protocol::protocol::confirm::Select { nowait: false },
+    );
+    raw.send(method(1, AMQPClass::Confirm(select))).await;
+    assert!(matches!(
+        raw.recv().await,
+        Some(AMQPFrame::Method(1, AMQPClass::Confirm(_)))
+    ));
+    // Three publishes in one write: the server sees them in one read and confirms them with
+    // a single `basic.ack` (tag 3, multiple), as RabbitMQ does.
+    let mut frames = Vec::new();
+    for _ in 0..3 {
+        let publish = basic::AMQPMethod::Publish(basic::Publish {
+            exchange: "".into(),
+            routing_key: "nowhere".into(),
+            mandatory: false,
+            immediate: false,
+        });
+        frames.extend(method(1, AMQPClass::Basic(publish)));
+        let header = AMQPContentHeader {
+            class_id: 60,
+            body_size: 1,
+            properties: BasicProperties::default(),
+        };
+        frames.extend(encode(&AMQPFrame::Header(1, header)));
+        frames.extend(encode(&AMQPFrame::Body(1, b"x".to_vec())));
+    }
+    raw.write(&frames).await;
+    let Some(AMQPFrame::Method(1, AMQPClass::Basic(basic::AMQPMethod::Ack(ack)))) =
+        raw.recv().await
+    else {
+        panic!("expected a basic.ack");
+    };
+    assert_eq!((ack.delivery_tag, ack.multiple), (3, true));
+    // A lone publish later gets its own ack, without multiple.
+    let publish = basic::AMQPMethod::Publish(basic::Publish {
+        exchange: "".into(),
+        routing_key: "nowhere".into(),
+        mandatory: false,
+        immediate: false,
+    });
+    let mut frames = method(1, AMQPClass::Basic(publish));
+    let header = AMQPContentHeader {
+        class_id: 60,
+        body_size: 1,
+        properties: BasicProperties::default(),
+    };
+    frames.extend(encode(&AMQPFrame::Header(1, header)));
+    frames.extend(encode(&AMQPFrame::Body(1, b"x".to_vec())));
+    raw.write(&frames).await;
+    let Some(AMQPFrame::Method(1, AMQPClass::Basic(basic::AMQPMethod::Ack(ack)))) =
+        raw.recv().await
+    else {
+        panic!("expected a basic.ack");
+    };
+    assert_eq!((ack.delivery_tag, ack.multiple), (4, false));
+}

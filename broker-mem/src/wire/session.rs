@@ -147,6 +147,13 @@ struct WireChannel {
     confirm: bool,
     /// Sequence number of the last publish in confirm mode.
     published: u64,
+    /// Publishes acked by the engine up to this sequence number whose `basic.ack` is not
+    /// written yet. Consecutive acks are coalesced into one with `multiple` (as RabbitMQ
+    /// does), written before any other frame of this channel or connection and before the
+    /// output is flushed, so order and promptness are unchanged.
+    unsent_ack: Option<u64>,
+    /// The last sequence number whose confirm was written.
+    confirmed_through: u64,
     content: Option<Content>,
     /// Consumers by tag, and whether they are `no_ack`.
     consumers: BTreeMap<String, bool>,
@@ -962,6 +969,8 @@ impl<S: AsyncRead + AsyncWrite + Send> Session<S> {
                 closing: false,
                 confirm: false,
                 published: 0,
+                unsent_ack: None,
+                confirmed_through: 0,
                 content: None,
                 consumers: BTreeMap::new(),
             },
@@ -1107,11 +1116,9 @@ impl<S: AsyncRead + AsyncWrite + Send> Session<S> {
         }
         match published.confirm {
             Confirm::Ack if confirm => {
-                let ack = basic::Ack {
-                    delivery_tag: tag,
-                    multiple: false,
-                };
-                self.send(number, AMQPClass::Basic(basic::AMQPMethod::Ack(ack)));
+                if let Some(chan) = self.channels.get_mut(&number) {
+                    chan.unsent_ack = Some(tag);
+                }
             }
             Confirm::Nack { reason } if confirm => {
                 tracing::warn!(exchange, routing_key, reason, "publish nacked");
@@ -1121,6 +1128,9 @@ impl<S: AsyncRead + AsyncWrite + Send> Session<S> {
                     requeue: false,
                 };
                 self.send(number, AMQPClass::Basic(basic::AMQPMethod::Nack(nack)));
+                if let Some(chan) = self.channels.get_mut(&number) {
+                    chan.confirmed_through = tag;
+                }
             }
             _ => {}
         }
@@ -1280,8 +1290,21 @@ impl<S: AsyncRead + AsyncWrite + Send> Session<S> {
 
     // ------------------------------------------------------------------ output
 
+    /// Queues a method frame, after the coalesced publish acks it must not overtake: those of
+    /// its channel, or of every channel for a connection-level method.
     fn send(&mut self, number: u16, class: AMQPClass) {
+        if number == 0 {
+            self.write_unsent_acks();
+        } else if let Some(chan) = self.channels.get_mut(&number) {
+            write_unsent_ack(&mut self.out, number, chan);
+        }
         put_frame(&mut self.out, &AMQPFrame::Method(number, class));
+    }
+
+    fn write_unsent_acks(&mut self) {
+        for (number, chan) in &mut self.channels {
+            write_unsent_ack(&mut self.out, *number, chan);
+        }
     }
 
     fn send_content(&mut self, number: u16, properties: &crate::Properties, body: &[u8]) {
@@ -1298,6 +1321,7 @@ impl<S: AsyncRead + AsyncWrite + Send> Session<S> {
     }
 
     async fn flush(&mut self) -> io::Result<()> {
+        self.write_unsent_acks();
         if self.out.is_empty() {
             return Ok(());
         }
@@ -1307,6 +1331,21 @@ impl<S: AsyncRead + AsyncWrite + Send> Session<S> {
         self.last_write = Instant::now(); // allow-nondeterminism: tokio::time::Instant, simulated under turmoil
         Ok(())
     }
+}
+
+/// Writes a channel's coalesced publish acks: one `basic.ack`, with `multiple` when it covers
+/// more than one publish.
+fn write_unsent_ack(out: &mut Vec<u8>, number: u16, chan: &mut WireChannel) {
+    let Some(tag) = chan.unsent_ack.take() else {
+        return;
+    };
+    let ack = basic::Ack {
+        delivery_tag: tag,
+        multiple: tag > chan.confirmed_through + 1,
+    };
+    chan.confirmed_through = tag;
+    let class = AMQPClass::Basic(basic::AMQPMethod::Ack(ack));
+    put_frame(out, &AMQPFrame::Method(number, class));
 }
 
 enum Step {
