@@ -1286,8 +1286,7 @@ impl Engine {
     /// The queues a message published to `exchange_name` reaches, into `queues` (sorted, each
     /// once however many paths lead to it): RabbitMQ's walk over exchange-to-exchange bindings
     /// (each exchange visited once, the routing key unchanged), with an exchange's alternate
-    /// exchange taking over when the exchange itself routes to nothing. Returns the exchange's
-    /// own name, shared (the caller checked that it exists).
+    /// exchange taking over when the exchange itself routes to nothing.
     ///
     /// Allocation-free for a publish that touches one exchange: names are shared, `queues`
     /// keeps its capacity between publishes, and the lists of exchanges visited and to visit
@@ -1298,7 +1297,7 @@ impl Engine {
         routing_key: &str,
         headers: Option<&FieldTable>,
         queues: &mut Vec<SmolStr>,
-    ) -> SmolStr {
+    ) {
         let mut seen: Vec<&str> = Vec::new();
         let mut work: Vec<&str> = Vec::new();
         let mut next = Some(exchange_name);
@@ -1336,9 +1335,6 @@ impl Engine {
             queues.sort_unstable();
             queues.dedup();
         }
-        self.exchanges
-            .get_key_value(exchange_name)
-            .map_or_else(|| exchange_name.into(), |(name, _)| name.clone())
     }
 
     /// Marks a queue for the run-until-idle loop.
@@ -1439,7 +1435,7 @@ impl Engine {
         );
         let routing_key = dlrk.map_or_else(|| message.routing_key.clone(), SmolStr::from);
         let mut targets = Vec::new();
-        let exchange = self.route(
+        self.route(
             &dlx,
             &routing_key,
             properties.headers.as_ref(),
@@ -1460,7 +1456,7 @@ impl Engine {
             return;
         }
         let republished = Message {
-            exchange,
+            exchange: dlx.into(),
             routing_key,
             properties: Message::share_properties(properties),
             body: message.body.clone(),
