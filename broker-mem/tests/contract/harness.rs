@@ -900,28 +900,33 @@ impl Amqp for Rabbit {
         Ok(got.map(|g| (msg_in(&g.delivery), g.message_count)))
     }
 
+    // Each settle is followed by a round trip that fails with the channel's close reason if
+    // the settle broke a rule. Both are started together, so the round trip is on the wire
+    // before RabbitMQ's `channel.close` can come back: once the close has arrived, lapin
+    // refuses new calls with a generic "invalid channel state" instead of the reply.
     async fn ack(&mut self, ch: Ch, tag: u64, multiple: bool) -> R<()> {
-        self.ch(ch)
-            .basic_ack(tag, BasicAckOptions { multiple })
-            .await
-            .map_err(rabbit_reply)?;
-        self.sync(ch).await
+        let settle = self.ch(ch).basic_ack(tag, BasicAckOptions { multiple });
+        let (settled, synced) = tokio::join!(settle, self.sync(ch));
+        settled.map_err(rabbit_reply)?;
+        synced
     }
 
     async fn nack(&mut self, ch: Ch, tag: u64, multiple: bool, requeue: bool) -> R<()> {
-        self.ch(ch)
-            .basic_nack(tag, BasicNackOptions { multiple, requeue })
-            .await
-            .map_err(rabbit_reply)?;
-        self.sync(ch).await
+        let settle = self
+            .ch(ch)
+            .basic_nack(tag, BasicNackOptions { multiple, requeue });
+        let (settled, synced) = tokio::join!(settle, self.sync(ch));
+        settled.map_err(rabbit_reply)?;
+        synced
     }
 
     async fn reject(&mut self, ch: Ch, tag: u64, requeue: bool) -> R<()> {
-        self.ch(ch)
-            .basic_reject(tag, BasicRejectOptions { requeue })
-            .await
-            .map_err(rabbit_reply)?;
-        self.sync(ch).await
+        let settle = self
+            .ch(ch)
+            .basic_reject(tag, BasicRejectOptions { requeue });
+        let (settled, synced) = tokio::join!(settle, self.sync(ch));
+        settled.map_err(rabbit_reply)?;
+        synced
     }
 
     async fn recover(&mut self, ch: Ch, requeue: bool) -> R<()> {
