@@ -480,3 +480,39 @@ async fn topic_routing_mandatory_returns_get_purge_and_deletes_work_over_the_wir
     assert!(broker.exchanges().iter().all(|e| e.name != "logs"));
     connection.close(200, "bye".into()).await.unwrap();
 }
+
+/// `channel.flow` from the client: `active=true` is answered, `active=false` is 540 and closes
+/// the connection. Run against RabbitMQ too, when it is reachable, with the same expectations.
+#[tokio::test]
+async fn channel_flow_active_false_is_540_as_on_rabbitmq() {
+    let mem = serve(Broker::new(), WireConfig::default()).await;
+    let rabbit = ports::testing::RabbitVhost::create("wire-channel-flow")
+        .await
+        .expect("create a vhost");
+    let mut urls = vec![mem];
+    urls.extend(rabbit.as_ref().map(|vhost| vhost.amqp_url().to_owned()));
+    for url in urls {
+        let connection = connect(&url).await;
+        let channel = connection.create_channel().await.unwrap();
+        let active = channel
+            .channel_flow(lapin::options::ChannelFlowOptions { active: true })
+            .await
+            .unwrap();
+        assert!(active, "{url}");
+        let error = channel
+            .channel_flow(lapin::options::ChannelFlowOptions { active: false })
+            .await
+            .unwrap_err();
+        let lapin::ErrorKind::ProtocolError(reply) = error.kind() else {
+            panic!("{url}: expected a protocol error, got {error}");
+        };
+        assert_eq!(
+            (reply.get_id(), reply.get_message().as_str()),
+            (540, "NOT_IMPLEMENTED - active=false"),
+            "{url}"
+        );
+    }
+    if let Some(vhost) = rabbit {
+        vhost.delete().await.expect("delete the vhost");
+    }
+}

@@ -750,10 +750,14 @@ impl<S: AsyncRead + AsyncWrite + Send> Session<S> {
                 Ok(())
             }
             channel::AMQPMethod::CloseOk(_) | channel::AMQPMethod::FlowOk(_) => Ok(()),
-            channel::AMQPMethod::Flow(flow) => {
-                let ok = channel::FlowOk {
-                    active: flow.active,
-                };
+            // RabbitMQ never stops deliveries at a client's request: `active=false` is 540,
+            // which closes the connection (RabbitMQ 3.10 answers exactly this).
+            channel::AMQPMethod::Flow(flow) if !flow.active => {
+                let class = AMQPClass::Channel(method.clone());
+                Err(Hard::new(540, "NOT_IMPLEMENTED - active=false").during(&class))
+            }
+            channel::AMQPMethod::Flow(_) => {
+                let ok = channel::FlowOk { active: true };
                 self.send(number, AMQPClass::Channel(channel::AMQPMethod::FlowOk(ok)));
                 Ok(())
             }
