@@ -750,18 +750,24 @@ impl Engine {
     /// Every explicit binding to a queue, sorted by exchange, then binding key, then queue.
     /// The default exchange's implicit bindings are not listed.
     pub fn bindings(&self) -> Vec<BindingInfo> {
-        self.exchanges
+        let mut all: Vec<BindingInfo> = self
+            .exchanges
             .iter()
             .flat_map(|(name, exchange)| exchange.bindings.infos(name))
-            .collect()
+            .collect();
+        all.sort();
+        all
     }
 
     /// Every exchange-to-exchange binding, sorted by source, then key, then destination.
     pub fn exchange_bindings(&self) -> Vec<ExchangeBindingInfo> {
-        self.exchanges
+        let mut all: Vec<ExchangeBindingInfo> = self
+            .exchanges
             .iter()
             .flat_map(|(name, exchange)| exchange.bindings.exchange_infos(name))
-            .collect()
+            .collect();
+        all.sort();
+        all
     }
 
     /// Messages that left a queue by rejection, expiry, overflow or the delivery limit, oldest
@@ -1301,14 +1307,18 @@ impl Engine {
         let mut seen: Vec<&str> = Vec::new();
         let mut work: Vec<&str> = Vec::new();
         let mut next = Some(exchange_name);
-        // Bounded: each exchange is visited at most once.
+        let mut visits = 0_usize;
+        // Bounded: each exchange is visited at most once. The published-to exchange counts as
+        // seen from its first visit without being stored, so a publish that touches one
+        // exchange never allocates.
         while let Some(name) = next.take().or_else(|| work.pop()) {
-            if name != exchange_name || !seen.is_empty() {
+            if visits > 0 {
                 if name == exchange_name || seen.contains(&name) {
                     continue;
                 }
                 seen.push(name);
             }
+            visits += 1;
             let Some(exchange) = self.exchanges.get(name) else {
                 continue;
             };
