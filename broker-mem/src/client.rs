@@ -337,10 +337,15 @@ impl Broker {
 
     /// One engine call at the clock's time, then its events forwarded.
     fn call<T>(&self, f: impl FnOnce(&mut Engine) -> T) -> T {
+        self.call_shared(|shared| f(&mut shared.engine))
+    }
+
+    /// [`Broker::call`] with the whole shared state (engine and consumer outlets) in hand.
+    fn call_shared<T>(&self, f: impl FnOnce(&mut Shared) -> T) -> T {
         let now_ms = (self.clock)();
         let mut shared = self.lock();
         shared.engine.advance_to(now_ms);
-        let value = f(&mut shared.engine);
+        let value = f(&mut shared);
         shared.flush();
         value
     }
@@ -642,19 +647,17 @@ impl Channel {
     /// messages requeued), as a channel close does; over AMQP a client would still see them
     /// and get 406 when acking them.
     pub fn basic_recover(&self, requeue: bool) -> Result<(), Error> {
-        let now_ms = (self.broker.clock)();
-        let mut shared = self.broker.lock();
-        shared.engine.advance_to(now_ms);
-        let result = shared.engine.basic_recover(self.id, requeue);
-        if result.is_ok() {
-            for ((channel, _), outlet) in &shared.outlets {
-                if *channel == self.id && !outlet.no_ack {
-                    outlet.receiver.drain();
+        self.broker.call_shared(|shared| {
+            let result = shared.engine.basic_recover(self.id, requeue);
+            if result.is_ok() {
+                for ((channel, _), outlet) in &shared.outlets {
+                    if *channel == self.id && !outlet.no_ack {
+                        outlet.receiver.drain();
+                    }
                 }
             }
-        }
-        shared.flush();
-        result
+            result
+        })
     }
 
     /// `basic.cancel`: the consumer receives what is already in its buffer, then ends. Its

@@ -575,8 +575,18 @@ async fn publishes_confirmed_together_get_one_ack_with_multiple() {
     ));
     // Three publishes in one write: the server sees them in one read and confirms them with
     // a single `basic.ack` (tag 3, multiple), as RabbitMQ does.
+    raw.write(&unroutable_publishes(3)).await;
+    assert_eq!(raw.next_confirm().await, (3, true));
+    // A lone publish later gets its own ack, without multiple.
+    raw.write(&unroutable_publishes(1)).await;
+    assert_eq!(raw.next_confirm().await, (4, false));
+}
+
+/// `count` publishes of a one-byte body to the default exchange with a key no queue has, as
+/// the frames of one write.
+fn unroutable_publishes(count: usize) -> Vec<u8> {
     let mut frames = Vec::new();
-    for _ in 0..3 {
+    for _ in 0..count {
         let publish = basic::AMQPMethod::Publish(basic::Publish {
             exchange: "".into(),
             routing_key: "nowhere".into(),
@@ -592,33 +602,17 @@ async fn publishes_confirmed_together_get_one_ack_with_multiple() {
         frames.extend(encode(&AMQPFrame::Header(1, header)));
         frames.extend(encode(&AMQPFrame::Body(1, b"x".to_vec())));
     }
-    raw.write(&frames).await;
-    let Some(AMQPFrame::Method(1, AMQPClass::Basic(basic::AMQPMethod::Ack(ack)))) =
-        raw.recv().await
-    else {
-        panic!("expected a basic.ack");
-    };
-    assert_eq!((ack.delivery_tag, ack.multiple), (3, true));
-    // A lone publish later gets its own ack, without multiple.
-    let publish = basic::AMQPMethod::Publish(basic::Publish {
-        exchange: "".into(),
-        routing_key: "nowhere".into(),
-        mandatory: false,
-        immediate: false,
-    });
-    let mut frames = method(1, AMQPClass::Basic(publish));
-    let header = AMQPContentHeader {
-        class_id: 60,
-        body_size: 1,
-        properties: BasicProperties::default(),
-    };
-    frames.extend(encode(&AMQPFrame::Header(1, header)));
-    frames.extend(encode(&AMQPFrame::Body(1, b"x".to_vec())));
-    raw.write(&frames).await;
-    let Some(AMQPFrame::Method(1, AMQPClass::Basic(basic::AMQPMethod::Ack(ack)))) =
-        raw.recv().await
-    else {
-        panic!("expected a basic.ack");
-    };
-    assert_eq!((ack.delivery_tag, ack.multiple), (4, false));
+    frames
+}
+
+impl Raw {
+    /// The next frame, which must be a publisher confirm: its tag and `multiple`.
+    async fn next_confirm(&mut self) -> (u64, bool) {
+        let Some(AMQPFrame::Method(1, AMQPClass::Basic(basic::AMQPMethod::Ack(ack)))) =
+            self.recv().await
+        else {
+            panic!("expected a basic.ack");
+        };
+        (ack.delivery_tag, ack.multiple)
+    }
 }

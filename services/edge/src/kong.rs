@@ -201,8 +201,8 @@ async fn handle<N: ports::Net>(
         return kong_message(StatusCode::NOT_FOUND, "no Route matched with those values");
     }
     let limit = state.config.rate_limit;
-    let remaining = match state.limiter.admit(peer.ip(), Instant::now()) {
-        // allow-nondeterminism: tokio::time::Instant, simulated under turmoil
+    let now = Instant::now(); // allow-nondeterminism: tokio::time::Instant, simulated under turmoil
+    let remaining = match state.limiter.admit(peer.ip(), now) {
         Ok(remaining) => remaining,
         Err(RateLimited(reset)) => {
             // Whole seconds, rounded up: a client waiting that long is admitted again.

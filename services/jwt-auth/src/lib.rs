@@ -6,8 +6,8 @@
 //! refetch at most once per `refetch_cooldown` (an attacker's random kids must not turn into a
 //! flood of requests to the issuer); a failed fetch keeps the last good keys.
 //!
-//! Time comes from the `Clock` port, not from jsonwebtoken: its own `exp` check reads
-//! `SystemTime::now()`, which is wrong under simulation (simulated wall time) and forbidden by
+//! Time comes from the `Clock` port, not from jsonwebtoken: its own `exp` check reads the OS
+//! wall clock, which is wrong under simulation (simulated wall time) and forbidden by
 //! our determinism rules. So jsonwebtoken checks signature, `alg`, `iss` and `aud`; we check the
 //! times.
 //!
