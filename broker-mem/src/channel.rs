@@ -2,15 +2,13 @@
 //! settles. Delivery tags and the unacked map are per channel, as in AMQP; closing a channel
 //! (by the client or by an error) requeues every unacked delivery and cancels its consumers.
 
-use std::collections::BTreeMap;
 use std::fmt;
-
-use smol_str::SmolStr;
 
 use crate::connection::ConnectionId;
 use crate::consumer::ConsumerState;
 use crate::delivery::UnackedDeliveries;
 use crate::error::AmqpError;
+use crate::lookup::NameMap;
 
 /// Identifies a channel for the broker's lifetime; never reused, so a stale handle can never
 /// act on a newer channel that got the same AMQP channel number.
@@ -54,7 +52,7 @@ pub(crate) struct ChannelState {
     /// Deliveries not yet settled, by tag (ascending, which `multiple` relies on).
     pub unacked: UnackedDeliveries,
     /// Consumers by tag.
-    pub consumers: BTreeMap<SmolStr, ConsumerState>,
+    pub consumers: NameMap<ConsumerState>,
 }
 
 impl ChannelState {
@@ -75,7 +73,7 @@ impl ChannelState {
             nack_next_publish: None,
             last_delivery_tag: 0,
             unacked: UnackedDeliveries::default(),
-            consumers: BTreeMap::new(),
+            consumers: NameMap::default(),
         }
     }
 }

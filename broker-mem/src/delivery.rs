@@ -166,6 +166,18 @@ impl<T> UnackedDeliveries<T> {
     }
 
     fn position(&self, delivery_tag: u64) -> Option<usize> {
+        // Tags are usually dense (one per delivery, holes tidied away), so the tag's offset from
+        // the first one is the first guess; a gap (no-ack deliveries take tags too) falls back
+        // to the binary search.
+        let first = self.entries.front()?.0;
+        let guess = usize::try_from(delivery_tag.checked_sub(first)?).ok()?;
+        if self
+            .entries
+            .get(guess)
+            .is_some_and(|(tag, _)| *tag == delivery_tag)
+        {
+            return Some(guess);
+        }
         self.entries
             .binary_search_by_key(&delivery_tag, |(tag, _)| *tag)
             .ok()

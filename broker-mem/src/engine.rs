@@ -30,6 +30,7 @@ use crate::exchange::{
 use crate::limits::{
     FAULTS_ARMED_MAX, IDLE_ROUNDS_MAX, INTROSPECTION_LOG_MAX, Limits, NAME_BYTES_MAX,
 };
+use crate::lookup::{HandleMap, NameMap};
 use crate::message::{
     Confirm, DeadLettered, DeathReason, FieldTable, FieldValue, Message, Properties,
     PublishOptions, Published, REPLY_NO_ROUTE, Returned, add_death, is_cycle,
@@ -133,10 +134,10 @@ fn next(counter: &mut u64) -> u64 {
 #[derive(Debug)]
 pub struct Engine {
     limits: Limits,
-    exchanges: BTreeMap<SmolStr, Exchange>,
-    queues: BTreeMap<SmolStr, Queue>,
+    exchanges: NameMap<Exchange>,
+    queues: NameMap<Queue>,
     connections: BTreeMap<ConnectionId, ConnectionState>,
-    channels: BTreeMap<ChannelId, ChannelState>,
+    channels: HandleMap<ChannelId, ChannelState>,
     counters: Counters,
     held: Usage,
     bindings_total: usize,
@@ -180,9 +181,9 @@ impl Engine {
         Engine {
             limits,
             exchanges,
-            queues: BTreeMap::new(),
+            queues: NameMap::default(),
             connections: BTreeMap::new(),
-            channels: BTreeMap::new(),
+            channels: HandleMap::default(),
             counters: Counters::default(),
             held: Usage::default(),
             bindings_total: 0,
@@ -733,18 +734,24 @@ impl Engine {
 
     /// Every exchange, sorted by name.
     pub fn exchanges(&self) -> Vec<ExchangeInfo> {
-        self.exchanges
+        let mut all: Vec<ExchangeInfo> = self
+            .exchanges
             .iter()
             .map(|(name, exchange)| exchange.info(name))
-            .collect()
+            .collect();
+        all.sort();
+        all
     }
 
     /// Every queue, sorted by name.
     pub fn queues(&self) -> Vec<QueueInfo> {
-        self.queues
+        let mut all: Vec<QueueInfo> = self
+            .queues
             .iter()
             .map(|(name, queue)| queue.info(name))
-            .collect()
+            .collect();
+        all.sort();
+        all
     }
 
     /// Every explicit binding to a queue, sorted by exchange, then binding key, then queue.
@@ -990,7 +997,7 @@ impl Engine {
 
     /// Removes an exchange with its bindings, in both directions.
     fn remove_exchange(&mut self, name: &str) {
-        let Some(exchange) = self.exchanges.remove(name) else {
+        let Some(exchange) = self.exchanges.shift_remove(name) else {
             return;
         };
         self.bindings_total -= exchange.bindings.len();
@@ -1225,12 +1232,7 @@ impl Engine {
             properties.headers.as_ref(),
             &mut targets,
         );
-        let message = Message {
-            exchange: shared_name.clone(),
-            routing_key: routing_key.into(),
-            properties: Message::share_properties(properties),
-            body,
-        };
+        let message = Message::new(shared_name.clone(), routing_key.into(), properties, body);
         let published = self.enqueue_routed(&targets, message, options, fault);
         self.route_scratch = targets;
         Ok(published)
@@ -1465,12 +1467,7 @@ impl Engine {
             );
             return;
         }
-        let republished = Message {
-            exchange: dlx.into(),
-            routing_key,
-            properties: Message::share_properties(properties),
-            body: message.body.clone(),
-        };
+        let republished = Message::new(dlx.into(), routing_key, properties, message.body.clone());
         for target in &targets {
             // A full reject-publish queue drops it: dead-lettering has no publisher to nack.
             self.enqueue(target, &republished);
@@ -1627,7 +1624,7 @@ impl Engine {
         let Some(state) = self.channels.get_mut(&channel) else {
             return;
         };
-        let Some(consumer) = state.consumers.remove(consumer_tag) else {
+        let Some(consumer) = state.consumers.shift_remove(consumer_tag) else {
             return;
         };
         if let Some(orphaned) = self.detach(channel, consumer_tag, &consumer.queue, reason) {
@@ -1920,7 +1917,7 @@ impl Engine {
 
     /// Forgets a channel record and frees its channel number.
     fn release_channel(&mut self, channel: ChannelId) {
-        self.channels.remove(&channel);
+        self.channels.shift_remove(&channel);
         if let Some(connection) = self.connections.get_mut(&channel.connection) {
             connection.channels.remove(&channel);
         }
@@ -1935,7 +1932,7 @@ impl Engine {
         let channels = std::mem::take(&mut state.channels);
         for channel in channels {
             self.shut_channel(channel);
-            self.channels.remove(&channel);
+            self.channels.shift_remove(&channel);
         }
         let exclusive: Vec<SmolStr> = self
             .queues
@@ -1952,7 +1949,7 @@ impl Engine {
     /// removed, and auto-delete exchanges left without bindings deleted. Deliveries from it that
     /// are still unacked stay on their channels; settling them later just forgets them.
     fn delete_queue(&mut self, name: &str) {
-        let Some(mut queue) = self.queues.remove(name) else {
+        let Some(mut queue) = self.queues.shift_remove(name) else {
             return;
         };
         for entry in queue.drain_ready() {
@@ -1961,7 +1958,7 @@ impl Engine {
         let consumers: Vec<(ChannelId, SmolStr)> = queue.consumers().cloned().collect();
         for (channel, tag) in consumers {
             if let Some(state) = self.channels.get_mut(&channel) {
-                state.consumers.remove(&tag);
+                state.consumers.shift_remove(&tag);
             }
             self.events.push(Event::ConsumerEnded {
                 channel,

@@ -62,6 +62,7 @@ mod engine;
 mod error;
 mod exchange;
 mod limits;
+mod lookup;
 mod message;
 mod queue;
 #[cfg(feature = "wire")]

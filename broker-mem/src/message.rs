@@ -68,6 +68,41 @@ pub struct Properties {
     pub app_id: Option<String>,
 }
 
+impl Properties {
+    /// No property set (what most messages carry). Checked field by field: building a default
+    /// to compare against would cost a construction and a drop on every publish.
+    pub fn is_empty(&self) -> bool {
+        let Properties {
+            content_type,
+            content_encoding,
+            headers,
+            delivery_mode,
+            priority,
+            correlation_id,
+            reply_to,
+            expiration,
+            message_id,
+            timestamp,
+            kind,
+            user_id,
+            app_id,
+        } = self;
+        content_type.is_none()
+            && content_encoding.is_none()
+            && headers.is_none()
+            && delivery_mode.is_none()
+            && priority.is_none()
+            && correlation_id.is_none()
+            && reply_to.is_none()
+            && expiration.is_none()
+            && message_id.is_none()
+            && timestamp.is_none()
+            && kind.is_none()
+            && user_id.is_none()
+            && app_id.is_none()
+    }
+}
+
 /// The broker's answer to a publish (publisher confirms).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Confirm {
@@ -120,23 +155,49 @@ pub struct Published {
 /// AMQP reply code of `basic.return` for an unroutable mandatory message.
 pub const REPLY_NO_ROUTE: u16 = 312;
 
-/// One published message. Every field is shared, not copied, when the message is routed to
-/// several queues or delivered: the names are [`SmolStr`]s, the properties sit behind an `Arc`
-/// and the body is [`Bytes`].
+/// One published message, shared by every queue it was routed to and every unacked delivery
+/// of it: a clone is one reference count, and the queues' entries stay small to move.
 #[derive(Debug, Clone)]
-pub(crate) struct Message {
+pub(crate) struct Message(Arc<MessageData>);
+
+/// What a [`Message`] holds. A delivery shares its fields: the names are [`SmolStr`]s, the
+/// properties sit behind their own `Arc` (a delivery hands them out) and the body is [`Bytes`].
+#[derive(Debug)]
+pub(crate) struct MessageData {
     pub exchange: SmolStr,
     pub routing_key: SmolStr,
     pub properties: Arc<Properties>,
     pub body: Bytes,
 }
 
+impl std::ops::Deref for Message {
+    type Target = MessageData;
+
+    fn deref(&self) -> &MessageData {
+        &self.0
+    }
+}
+
 impl Message {
+    pub(crate) fn new(
+        exchange: SmolStr,
+        routing_key: SmolStr,
+        properties: Properties,
+        body: Bytes,
+    ) -> Message {
+        Message(Arc::new(MessageData {
+            exchange,
+            routing_key,
+            properties: Message::share_properties(properties),
+            body,
+        }))
+    }
+
     /// Properties as a message holds them. Many messages carry none, and those all share one
     /// allocation.
     pub(crate) fn share_properties(properties: Properties) -> Arc<Properties> {
         static NONE: LazyLock<Arc<Properties>> = LazyLock::new(Arc::default);
-        if properties == Properties::default() {
+        if properties.is_empty() {
             Arc::clone(&NONE)
         } else {
             Arc::new(properties)
@@ -285,4 +346,74 @@ pub(crate) fn is_cycle(properties: &Properties, queue: &str) -> bool {
     deaths[..=position]
         .iter()
         .all(|d| field(d, "reason").as_deref() != Some("rejected"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{FieldTable, Properties};
+
+    /// `is_empty` lists the fields by hand (for speed): every field must make it false.
+    #[test]
+    fn any_property_set_is_not_empty() {
+        let text = || Some("x".to_owned());
+        let each: Vec<Properties> = vec![
+            Properties {
+                content_type: text(),
+                ..Properties::default()
+            },
+            Properties {
+                content_encoding: text(),
+                ..Properties::default()
+            },
+            Properties {
+                headers: Some(FieldTable::new()),
+                ..Properties::default()
+            },
+            Properties {
+                delivery_mode: Some(2),
+                ..Properties::default()
+            },
+            Properties {
+                priority: Some(0),
+                ..Properties::default()
+            },
+            Properties {
+                correlation_id: text(),
+                ..Properties::default()
+            },
+            Properties {
+                reply_to: text(),
+                ..Properties::default()
+            },
+            Properties {
+                expiration: text(),
+                ..Properties::default()
+            },
+            Properties {
+                message_id: text(),
+                ..Properties::default()
+            },
+            Properties {
+                timestamp: Some(0),
+                ..Properties::default()
+            },
+            Properties {
+                kind: text(),
+                ..Properties::default()
+            },
+            Properties {
+                user_id: text(),
+                ..Properties::default()
+            },
+            Properties {
+                app_id: text(),
+                ..Properties::default()
+            },
+        ];
+        assert!(Properties::default().is_empty());
+        for properties in each {
+            assert!(!properties.is_empty(), "{properties:?}");
+            assert_ne!(properties, Properties::default());
+        }
+    }
 }
