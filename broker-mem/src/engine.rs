@@ -1574,14 +1574,14 @@ impl Engine {
         no_ack: bool,
     ) -> Result<Option<GetOk>, Fault> {
         check_name("queue name", queue_name)?;
-        let (queue_name, queue) = self
+        let (index, queue_name, queue) = self
             .queues
-            .get_key_value(queue_name)
+            .get_full(queue_name)
             .ok_or_else(|| Fault::not_found_queue(queue_name))?;
         let queue_name = queue_name.clone();
         queue.check_access(&queue_name, channel.connection)?;
         let queue_name = &queue_name;
-        self.expire(queue_name, false);
+        self.expire(index, false);
         let Some(queue) = self.queues.get_mut(queue_name) else {
             return Ok(None);
         };
@@ -1760,9 +1760,14 @@ impl Engine {
             let Some(queue) = self.dirty.pop_first() else {
                 return;
             };
-            self.expire(&queue, true);
-            self.dispatch(&queue);
-            self.expire(&queue, false);
+            // Looked up once: expiring and dispatching never remove a queue, so the index
+            // stays valid for all three steps.
+            let Some(index) = self.queues.get_index_of(&queue) else {
+                continue;
+            };
+            self.expire(index, true);
+            self.dispatch(index);
+            self.expire(index, false);
         }
         tracing::error!("run_until_idle did not reach idle; this is a bug");
         debug_assert!(false, "run_until_idle did not reach idle");
@@ -1772,7 +1777,7 @@ impl Engine {
     /// the head is checked, so an expired message behind a live one waits. With `strictly`,
     /// a message expiring at this very millisecond is kept, so a TTL of 0 still reaches a
     /// consumer that can take it at once.
-    fn expire(&mut self, queue_name: &str, strictly: bool) {
+    fn expire(&mut self, queue_index: usize, strictly: bool) {
         let now_ms = self.now_ms;
         let cutoff = if strictly {
             now_ms.saturating_sub(1)
@@ -1784,20 +1789,21 @@ impl Engine {
         }
         // Bounded by the queue's length.
         loop {
-            let Some(queue) = self.queues.get_mut(queue_name) else {
+            let Some((queue_name, queue)) = self.queues.get_index_mut(queue_index) else {
                 return;
             };
             let Some(head) = queue.pop_expired(cutoff) else {
                 return;
             };
-            self.dead_letter(queue_name, head, DeathReason::Expired);
+            let queue_name = queue_name.clone();
+            self.dead_letter(&queue_name, head, DeathReason::Expired);
         }
     }
 
     /// Hands ready messages of a queue to its consumers, round-robin among those with prefetch
     /// credit (per consumer and per channel), until the queue is empty or every consumer is
     /// blocked. Each turn delivers one message, so the loop is bounded by the queue's length.
-    fn dispatch(&mut self, queue_name: &SmolStr) {
+    fn dispatch(&mut self, queue_index: usize) {
         let Engine {
             queues,
             channels,
@@ -1809,25 +1815,29 @@ impl Engine {
             now_ms,
             ..
         } = self;
-        let Some(queue) = queues.get_mut(queue_name) else {
+        let Some((queue_name, queue)) = queues.get_index_mut(queue_index) else {
             return;
         };
         let quorum = queue.args.queue_type == QueueType::Quorum;
         while queue.ready_len() > 0 {
-            let has_credit = |(channel, tag): &(ChannelId, SmolStr)| {
-                channels.get(channel).is_some_and(|state| {
-                    state.consumers.get(tag).is_some_and(|consumer| {
-                        consumer.has_credit() && (consumer.no_ack || state.has_global_credit())
-                    })
-                })
+            // The consumer's channel and its record by index, found while checking credit, so
+            // they are hashed once per delivery (nothing is removed in between).
+            let with_credit = |(channel, tag): &(ChannelId, SmolStr)| {
+                let (channel_index, _, state) = channels.get_full(channel)?;
+                let (consumer_index, _, consumer) = state.consumers.get_full(tag)?;
+                let credit =
+                    consumer.has_credit() && (consumer.no_ack || state.has_global_credit());
+                credit.then_some((channel_index, consumer_index))
             };
-            let Some((channel_id, tag)) = queue.next_consumer(has_credit) else {
+            let Some(((channel_id, tag), (channel_index, consumer_index))) =
+                queue.next_consumer(with_credit)
+            else {
                 break;
             };
-            let Some(channel) = channels.get_mut(&channel_id) else {
+            let Some((_, channel)) = channels.get_index_mut(channel_index) else {
                 break;
             };
-            let Some(consumer) = channel.consumers.get_mut(&tag) else {
+            let Some((_, consumer)) = channel.consumers.get_index_mut(consumer_index) else {
                 break;
             };
             let Some(entry) = queue.pop_ready() else {

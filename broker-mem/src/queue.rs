@@ -428,16 +428,26 @@ impl Queue {
         self.consumers.iter()
     }
 
-    /// The next consumer in round-robin order that `has_credit`, which then moves to the back.
-    /// Consumers without credit keep their turn. None when every consumer is blocked.
-    pub(crate) fn next_consumer(
+    /// The next consumer in round-robin order for which `with_credit` answers (it has credit),
+    /// with that answer; the consumer then moves to the back. Consumers without credit keep
+    /// their turn. None when every consumer is blocked.
+    pub(crate) fn next_consumer<T>(
         &mut self,
-        has_credit: impl Fn(&ConsumerKey) -> bool,
-    ) -> Option<ConsumerKey> {
-        let position = self.consumers.iter().position(has_credit)?;
-        let key = self.consumers.remove(position)?;
-        self.consumers.push_back(key.clone());
-        Some(key)
+        with_credit: impl Fn(&ConsumerKey) -> Option<T>,
+    ) -> Option<(ConsumerKey, T)> {
+        let (position, found) = self
+            .consumers
+            .iter()
+            .enumerate()
+            .find_map(|(position, key)| Some((position, with_credit(key)?)))?;
+        if position == 0 {
+            self.consumers.rotate_left(1);
+        } else {
+            let key = self.consumers.remove(position)?;
+            self.consumers.push_back(key);
+        }
+        let key = self.consumers.back()?.clone();
+        Some((key, found))
     }
 
     pub(crate) fn info(&self, name: &str) -> QueueInfo {
