@@ -1582,7 +1582,7 @@ impl Engine {
         queue.check_access(&queue_name, channel.connection)?;
         let queue_name = &queue_name;
         self.expire(index, false);
-        let Some(queue) = self.queues.get_mut(queue_name) else {
+        let Some((_, queue)) = self.queues.get_index_mut(index) else {
             return Ok(None);
         };
         let Some(entry) = queue.pop_ready() else {

@@ -7,8 +7,8 @@
 
 use smol_str::SmolStr;
 
-/// Exchanges, queues or consumers by name.
-pub(crate) type NameMap<V> = indexmap::IndexMap<SmolStr, V, rustc_hash::FxBuildHasher>;
-
 /// Records by a numeric handle (channels by [`crate::ChannelId`]).
 pub(crate) type HandleMap<K, V> = indexmap::IndexMap<K, V, rustc_hash::FxBuildHasher>;
+
+/// Exchanges, queues or consumers by name.
+pub(crate) type NameMap<V> = HandleMap<SmolStr, V>;

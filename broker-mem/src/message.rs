@@ -71,7 +71,7 @@ pub struct Properties {
 impl Properties {
     /// No property set (what most messages carry). Checked field by field: building a default
     /// to compare against would cost a construction and a drop on every publish.
-    pub fn is_empty(&self) -> bool {
+    pub(crate) fn is_empty(&self) -> bool {
         let Properties {
             content_type,
             content_encoding,
@@ -355,61 +355,29 @@ mod tests {
     /// `is_empty` lists the fields by hand (for speed): every field must make it false.
     #[test]
     fn any_property_set_is_not_empty() {
-        let text = || Some("x".to_owned());
-        let each: Vec<Properties> = vec![
-            Properties {
-                content_type: text(),
-                ..Properties::default()
-            },
-            Properties {
-                content_encoding: text(),
-                ..Properties::default()
-            },
-            Properties {
-                headers: Some(FieldTable::new()),
-                ..Properties::default()
-            },
-            Properties {
-                delivery_mode: Some(2),
-                ..Properties::default()
-            },
-            Properties {
-                priority: Some(0),
-                ..Properties::default()
-            },
-            Properties {
-                correlation_id: text(),
-                ..Properties::default()
-            },
-            Properties {
-                reply_to: text(),
-                ..Properties::default()
-            },
-            Properties {
-                expiration: text(),
-                ..Properties::default()
-            },
-            Properties {
-                message_id: text(),
-                ..Properties::default()
-            },
-            Properties {
-                timestamp: Some(0),
-                ..Properties::default()
-            },
-            Properties {
-                kind: text(),
-                ..Properties::default()
-            },
-            Properties {
-                user_id: text(),
-                ..Properties::default()
-            },
-            Properties {
-                app_id: text(),
-                ..Properties::default()
-            },
+        fn text() -> Option<String> {
+            Some("x".to_owned())
+        }
+        let setters: [fn(&mut Properties); 13] = [
+            |p| p.content_type = text(),
+            |p| p.content_encoding = text(),
+            |p| p.headers = Some(FieldTable::new()),
+            |p| p.delivery_mode = Some(2),
+            |p| p.priority = Some(0),
+            |p| p.correlation_id = text(),
+            |p| p.reply_to = text(),
+            |p| p.expiration = text(),
+            |p| p.message_id = text(),
+            |p| p.timestamp = Some(0),
+            |p| p.kind = text(),
+            |p| p.user_id = text(),
+            |p| p.app_id = text(),
         ];
+        let each = setters.map(|set| {
+            let mut properties = Properties::default();
+            set(&mut properties);
+            properties
+        });
         assert!(Properties::default().is_empty());
         for properties in each {
             assert!(!properties.is_empty(), "{properties:?}");
