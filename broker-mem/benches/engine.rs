@@ -1,13 +1,15 @@
 //! publish → route → deliver → ack, in process, through broker-mem's in-process client: direct
 //! 1→1, fanout 1→10 and topic; beside a bare flume channel pair (the ceiling for in-process
-//! delivery) and RabbitMQ through lapin (the anchor; skipped with a message when unreachable).
+//! delivery) and the floor of the client's design (two lock trips and a delivery channel, no
+//! broker work), and RabbitMQ through lapin (the anchor; skipped with a message when unreachable).
 //! Also prints the memory one queued message costs, measured with a counting allocator.
 //!
 //! `cargo bench -p broker-mem --bench engine`
 
 use std::alloc::{GlobalAlloc, Layout, System};
-use std::sync::Arc;
+use std::hint::black_box;
 use std::sync::atomic::{AtomicIsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use broker_mem::{
@@ -123,6 +125,23 @@ fn bench_in_process(c: &mut Criterion) {
         b.iter(|| {
             sender.send(Bytes::from_static(BODY)).unwrap();
             receiver.recv().unwrap()
+        })
+    });
+
+    // The floor of the client's design, with no broker work at all: a publish and an ack each
+    // take the broker's lock once, and a delivery (128 bytes, a `Delivery`'s size) goes
+    // through the consumer's bounded flume channel. A direct round can be no faster than this.
+    let lock = Mutex::new(0_u64);
+    let (delivery_in, delivery_out) = flume::bounded::<[u64; 16]>(usize::from(PREFETCH));
+    group.bench_function("floor_two_lock_trips_and_a_delivery", |b| {
+        b.iter(|| {
+            {
+                let mut calls = lock.lock().unwrap();
+                *calls += 1;
+                delivery_in.try_send([*calls; 16]).unwrap();
+            }
+            let delivery = delivery_out.try_recv().unwrap();
+            *lock.lock().unwrap() = black_box(delivery)[15];
         })
     });
 

@@ -1,15 +1,18 @@
 //! Bindings: which queues and exchanges an exchange routes to, under which binding key and
 //! arguments.
 //!
-//! Kept per exchange as ordered maps from binding key, then destination, to the distinct
-//! argument tables bound with that pair (almost always one, empty), so a direct exchange finds
-//! its destinations with one lookup and every listing comes out in the same order every run.
+//! Kept per exchange as a hashed map from binding key (in binding order), then an ordered map
+//! from destination, to the distinct argument tables bound with that pair (almost always one,
+//! empty), so a direct exchange finds its destinations with one hashed lookup and every listing
+//! comes out in the same order every run. Routing results do not depend on that order: the
+//! engine sorts the queues a publish reaches.
 //! RabbitMQ identifies a binding by source, destination, key and arguments; so do we.
 
 use std::collections::BTreeMap;
 
 use smol_str::SmolStr;
 
+use crate::lookup::NameMap;
 use crate::message::FieldTable;
 
 /// A binding of an exchange to a queue, as introspection shows it.
@@ -47,7 +50,7 @@ pub(crate) struct Bindings {
     /// Binding key, then destination, to the distinct argument tables bound with that pair.
     /// Keyed by the binding key first so a direct exchange finds its destinations with one
     /// lookup by the routing key, without building a key.
-    map: BTreeMap<SmolStr, BTreeMap<Destination, Vec<FieldTable>>>,
+    map: NameMap<BTreeMap<Destination, Vec<FieldTable>>>,
     len: usize,
 }
 
@@ -93,7 +96,7 @@ impl Bindings {
         if tables.is_empty() {
             destinations.remove(to);
             if destinations.is_empty() {
-                self.map.remove(routing_key);
+                self.map.shift_remove(routing_key);
             }
         }
         self.len -= 1;

@@ -8,7 +8,6 @@
 //! flume channel. Dropping a `Channel` or `Connection` closes it, which requeues everything it
 //! had not acked.
 
-use std::collections::BTreeMap;
 use std::fmt;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
@@ -25,8 +24,9 @@ use crate::engine::{ConsumerEnd, Engine, Event, Usage};
 use crate::error::{Error, ReplyCode};
 use crate::exchange::{ExchangeInfo, ExchangeKind, ExchangeOptions};
 use crate::limits::Limits;
+use crate::lookup::HandleMap;
 use crate::message::{
-    Confirm, DeadLettered, FieldTable, Properties, PublishOptions, Published, Returned,
+    Confirm, DeadLettered, FieldTable, Message, Properties, PublishOptions, Published, Returned,
 };
 use crate::queue::{QueueArguments, QueueDeclareOk, QueueInfo, QueueOptions};
 
@@ -78,11 +78,11 @@ struct Outlet {
 
 struct Shared {
     engine: Engine,
-    outlets: BTreeMap<(ChannelId, SmolStr), Outlet>,
+    outlets: HandleMap<(ChannelId, SmolStr), Outlet>,
     last_consumer_id: u64,
     /// Connections served by someone else (the wire server): every event of their channels goes
     /// to their tap instead of an outlet.
-    taps: BTreeMap<ConnectionId, flume::Sender<Event>>,
+    taps: HandleMap<ConnectionId, flume::Sender<Event>>,
 }
 
 impl Shared {
@@ -124,7 +124,7 @@ impl Shared {
                     consumer_tag,
                     reason,
                 } => {
-                    let Some(outlet) = outlets.remove(&(channel, consumer_tag)) else {
+                    let Some(outlet) = outlets.shift_remove(&(channel, consumer_tag)) else {
                         continue;
                     };
                     if reason == ConsumerEnd::ChannelClosed && !outlet.no_ack {
@@ -156,9 +156,9 @@ impl Broker {
     pub fn with_clock(limits: Limits, clock: ClockFn) -> Broker {
         let shared = Shared {
             engine: Engine::new(limits),
-            outlets: BTreeMap::new(),
+            outlets: HandleMap::default(),
             last_consumer_id: 0,
-            taps: BTreeMap::new(),
+            taps: HandleMap::default(),
         };
         Broker {
             shared: Arc::new(Mutex::new(shared)),
@@ -320,7 +320,7 @@ impl Broker {
         let mut shared = self.lock();
         shared.engine.close_connection(connection);
         shared.flush();
-        shared.taps.remove(&connection);
+        shared.taps.shift_remove(&connection);
     }
 
     /// One call on the engine itself, under the broker's lock (never held across an await), then
@@ -551,8 +551,10 @@ impl Channel {
         properties: Properties,
         body: Bytes,
     ) -> Result<Published, Error> {
+        // Shared before the closure takes them: moving a pointer is cheaper than moving them.
+        let properties = Message::share_properties(properties);
         self.broker.call(|engine| {
-            engine.basic_publish_with(self.id, exchange, routing_key, options, properties, body)
+            engine.basic_publish_shared(self.id, exchange, routing_key, options, properties, body)
         })
     }
 
@@ -577,8 +579,9 @@ impl Channel {
         properties: Properties,
         body: Bytes,
     ) -> Result<Confirm, Error> {
-        self.broker
-            .call(|engine| engine.basic_publish(self.id, exchange, routing_key, properties, body))
+        let options = PublishOptions::default();
+        self.basic_publish_with(exchange, routing_key, options, properties, body)
+            .map(|published| published.confirm)
     }
 
     /// `basic.consume`. The consumer's buffer already holds whatever was ready (up to its

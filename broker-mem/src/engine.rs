@@ -12,7 +12,7 @@
 //! which requeues what that channel had in flight. So a channel error never loses or duplicates
 //! a message.
 
-use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::collections::{BTreeSet, VecDeque};
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -136,7 +136,7 @@ pub struct Engine {
     limits: Limits,
     exchanges: NameMap<Exchange>,
     queues: NameMap<Queue>,
-    connections: BTreeMap<ConnectionId, ConnectionState>,
+    connections: HandleMap<ConnectionId, ConnectionState>,
     channels: HandleMap<ChannelId, ChannelState>,
     counters: Counters,
     held: Usage,
@@ -182,7 +182,7 @@ impl Engine {
             limits,
             exchanges,
             queues: NameMap::default(),
-            connections: BTreeMap::new(),
+            connections: HandleMap::default(),
             channels: HandleMap::default(),
             counters: Counters::default(),
             held: Usage::default(),
@@ -275,7 +275,7 @@ impl Engine {
     /// its exclusive queues and forgets it. Idempotent.
     pub fn close_connection(&mut self, connection: ConnectionId) {
         self.shut_connection(connection);
-        self.connections.remove(&connection);
+        self.connections.shift_remove(&connection);
         self.run_until_idle();
     }
 
@@ -313,12 +313,21 @@ impl Engine {
 
     /// Ok while the channel is open; otherwise why not.
     pub fn channel_status(&self, channel: ChannelId) -> Result<(), Error> {
-        match self.channels.get(&channel) {
-            Some(ChannelState { closed: None, .. }) => Ok(()),
-            Some(ChannelState {
-                closed: Some(reason),
-                ..
-            }) => Err(Error::ChannelClosed(reason.clone())),
+        self.open_channel_index(channel).map(drop)
+    }
+
+    /// The open channel's index in `channels`; otherwise why it is not open.
+    fn open_channel_index(&self, channel: ChannelId) -> Result<usize, Error> {
+        match self.channels.get_full(&channel) {
+            Some((index, _, ChannelState { closed: None, .. })) => Ok(index),
+            Some((
+                _,
+                _,
+                ChannelState {
+                    closed: Some(reason),
+                    ..
+                },
+            )) => Err(Error::ChannelClosed(reason.clone())),
             None => match self.connections.get(&channel.connection) {
                 Some(ConnectionState {
                     closed: Some(reason),
@@ -588,8 +597,24 @@ impl Engine {
         properties: Properties,
         body: Bytes,
     ) -> Result<Published, Error> {
-        self.run(channel, |engine| {
-            engine.publish(channel, exchange, routing_key, options, properties, body)
+        let properties = Message::share_properties(properties);
+        self.basic_publish_shared(channel, exchange, routing_key, options, properties, body)
+    }
+
+    /// [`Engine::basic_publish_with`] with the properties already shared: they are a few
+    /// hundred bytes, and a pointer is cheaper to pass down than they are to move.
+    pub(crate) fn basic_publish_shared(
+        &mut self,
+        channel: ChannelId,
+        exchange: &str,
+        routing_key: &str,
+        options: PublishOptions,
+        properties: Arc<Properties>,
+        body: Bytes,
+    ) -> Result<Published, Error> {
+        self.run_at(channel, |engine, channel_index| {
+            let message = (exchange, routing_key, properties, body);
+            engine.publish(channel, channel_index, message, options)
         })
     }
 
@@ -632,8 +657,8 @@ impl Engine {
         delivery_tag: u64,
         multiple: bool,
     ) -> Result<(), Error> {
-        self.run(channel, |engine| {
-            engine.settle(channel, delivery_tag, multiple, Outcome::Ack)
+        self.run_at(channel, |engine, channel_index| {
+            engine.settle(channel, channel_index, delivery_tag, multiple, Outcome::Ack)
         })
     }
 
@@ -652,8 +677,8 @@ impl Engine {
         } else {
             Outcome::Reject
         };
-        self.run(channel, |engine| {
-            engine.settle(channel, delivery_tag, multiple, outcome)
+        self.run_at(channel, |engine, channel_index| {
+            engine.settle(channel, channel_index, delivery_tag, multiple, outcome)
         })
     }
 
@@ -913,8 +938,19 @@ impl Engine {
         channel: ChannelId,
         method: impl FnOnce(&mut Engine) -> Result<T, Fault>,
     ) -> Result<T, Error> {
-        self.channel_status(channel)?;
-        let result = match method(self) {
+        self.run_at(channel, |engine, _| method(engine))
+    }
+
+    /// [`Engine::run`], handing the method the open channel's index in `channels` (valid until
+    /// the method removes a channel), so that publish and settle, which run for every message,
+    /// do not hash the channel again.
+    fn run_at<T>(
+        &mut self,
+        channel: ChannelId,
+        method: impl FnOnce(&mut Engine, usize) -> Result<T, Fault>,
+    ) -> Result<T, Error> {
+        let channel_index = self.open_channel_index(channel)?;
+        let result = match method(self, channel_index) {
             Ok(value) => Ok(value),
             Err(Fault::Channel(reason)) => {
                 tracing::debug!(%channel, error = %reason, "channel error");
@@ -1161,14 +1197,13 @@ impl Engine {
         Ok(())
     }
 
+    /// `message` is (exchange, routing key, properties, body), as published.
     fn publish(
         &mut self,
         channel: ChannelId,
-        exchange_name: &str,
-        routing_key: &str,
+        channel_index: usize,
+        (exchange_name, routing_key, properties, body): (&str, &str, Arc<Properties>, Bytes),
         options: PublishOptions,
-        properties: Properties,
-        body: Bytes,
     ) -> Result<Published, Fault> {
         check_name("exchange name", exchange_name)?;
         check_name("routing key", routing_key)?;
@@ -1182,9 +1217,9 @@ impl Engine {
                 ),
             ));
         }
-        let (shared_name, exchange) = self
+        let (exchange_index, shared_name, exchange) = self
             .exchanges
-            .get_key_value(exchange_name)
+            .get_full(exchange_name)
             .ok_or_else(|| Fault::not_found_exchange(exchange_name))?;
         // The exchange's own name, shared: the message keeps it without copying it.
         let shared_name = shared_name.clone();
@@ -1198,17 +1233,19 @@ impl Engine {
                 ),
             ));
         }
-        let user = self
-            .connections
-            .get(&channel.connection)
-            .map_or("", |c| c.user.as_str());
-        if let Some(claimed) = properties.user_id.as_deref()
-            && claimed != user
-        {
-            return Err(Fault::channel(
-                ReplyCode::PreconditionFailed,
-                format!("user_id property set to '{claimed}' but authenticated user was '{user}'"),
-            ));
+        if let Some(claimed) = properties.user_id.as_deref() {
+            let user = self
+                .connections
+                .get(&channel.connection)
+                .map_or("", |c| c.user.as_str());
+            if claimed != user {
+                return Err(Fault::channel(
+                    ReplyCode::PreconditionFailed,
+                    format!(
+                        "user_id property set to '{claimed}' but authenticated user was '{user}'"
+                    ),
+                ));
+            }
         }
 
         if let Some(expiration) = properties.expiration.as_deref()
@@ -1221,13 +1258,13 @@ impl Engine {
         }
         let fault = self
             .channels
-            .get_mut(&channel)
-            .and_then(|state| state.nack_next_publish.take())
+            .get_index_mut(channel_index)
+            .and_then(|(_, state)| state.nack_next_publish.take())
             .or_else(|| self.take_publish_fault(exchange_name));
         let mut targets = std::mem::take(&mut self.route_scratch);
         targets.clear();
         self.route(
-            exchange_name,
+            exchange_index,
             routing_key,
             properties.headers.as_ref(),
             &mut targets,
@@ -1291,38 +1328,47 @@ impl Engine {
         Published { returned, confirm }
     }
 
-    /// The queues a message published to `exchange_name` reaches, into `queues` (sorted, each
-    /// once however many paths lead to it): RabbitMQ's walk over exchange-to-exchange bindings
-    /// (each exchange visited once, the routing key unchanged), with an exchange's alternate
-    /// exchange taking over when the exchange itself routes to nothing.
+    /// The queues a message published to the exchange at `first` (its index in `exchanges`)
+    /// reaches, into `queues` (sorted, each once however many paths lead to it): RabbitMQ's
+    /// walk over exchange-to-exchange bindings (each exchange visited once, the routing key
+    /// unchanged), with an exchange's alternate exchange taking over when the exchange itself
+    /// routes to nothing.
     ///
     /// Allocation-free for a publish that touches one exchange: names are shared, `queues`
     /// keeps its capacity between publishes, and the lists of exchanges visited and to visit
     /// stay empty.
     fn route(
         &self,
-        exchange_name: &str,
+        first: usize,
         routing_key: &str,
         headers: Option<&FieldTable>,
         queues: &mut Vec<SmolStr>,
     ) {
+        let Some((first_name, first_exchange)) = self.exchanges.get_index(first) else {
+            return;
+        };
         let mut seen: Vec<&str> = Vec::new();
         let mut work: Vec<&str> = Vec::new();
-        let mut next = Some(exchange_name);
-        let mut visits = 0_usize;
+        let mut next = Some((first_name.as_str(), first_exchange));
         // Bounded: each exchange is visited at most once. The published-to exchange counts as
         // seen from its first visit without being stored, so a publish that touches one
         // exchange never allocates.
-        while let Some(name) = next.take().or_else(|| work.pop()) {
-            if visits > 0 {
-                if name == exchange_name || seen.contains(&name) {
-                    continue;
+        loop {
+            let (name, exchange) = match next.take() {
+                Some(first) => first,
+                None => {
+                    let Some(name) = work.pop() else {
+                        break;
+                    };
+                    if name == first_name || seen.contains(&name) {
+                        continue;
+                    }
+                    seen.push(name);
+                    let Some(exchange) = self.exchanges.get(name) else {
+                        continue;
+                    };
+                    (name, exchange)
                 }
-                seen.push(name);
-            }
-            visits += 1;
-            let Some(exchange) = self.exchanges.get(name) else {
-                continue;
             };
             let mut routed = false;
             if name == DEFAULT_EXCHANGE {
@@ -1351,9 +1397,7 @@ impl Engine {
 
     /// Marks a queue for the run-until-idle loop.
     fn mark(&mut self, queue_name: &SmolStr) {
-        if !self.dirty.contains(queue_name) {
-            self.dirty.insert(queue_name.clone());
-        }
+        self.dirty.insert(queue_name.clone());
     }
 
     /// Puts a copy of `message` in a queue, applying its TTL and length limit. False when the
@@ -1446,9 +1490,13 @@ impl Engine {
             self.now_ms / 1000,
         );
         let routing_key = dlrk.map_or_else(|| message.routing_key.clone(), SmolStr::from);
+        // A dead-letter exchange that does not exist drops the message, as in RabbitMQ.
+        let Some(dlx_index) = self.exchanges.get_index_of(dlx.as_str()) else {
+            return;
+        };
         let mut targets = Vec::new();
         self.route(
-            &dlx,
+            dlx_index,
             &routing_key,
             properties.headers.as_ref(),
             &mut targets,
@@ -1467,7 +1515,12 @@ impl Engine {
             );
             return;
         }
-        let republished = Message::new(dlx.into(), routing_key, properties, message.body.clone());
+        let republished = Message::new(
+            dlx.into(),
+            routing_key,
+            Message::share_properties(properties),
+            message.body.clone(),
+        );
         for target in &targets {
             // A full reject-publish queue drops it: dead-lettering has no publisher to nack.
             self.enqueue(target, &republished);
@@ -1658,11 +1711,12 @@ impl Engine {
     fn settle(
         &mut self,
         channel: ChannelId,
+        channel_index: usize,
         delivery_tag: u64,
         multiple: bool,
         outcome: Outcome,
     ) -> Result<(), Fault> {
-        let Some(state) = self.channels.get_mut(&channel) else {
+        let Some((_, state)) = self.channels.get_index_mut(channel_index) else {
             return Err(Fault::Invalid(format!("{channel} is not open")));
         };
         if !multiple {

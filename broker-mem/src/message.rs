@@ -182,13 +182,13 @@ impl Message {
     pub(crate) fn new(
         exchange: SmolStr,
         routing_key: SmolStr,
-        properties: Properties,
+        properties: Arc<Properties>,
         body: Bytes,
     ) -> Message {
         Message(Arc::new(MessageData {
             exchange,
             routing_key,
-            properties: Message::share_properties(properties),
+            properties,
             body,
         }))
     }

@@ -440,7 +440,9 @@ impl Queue {
             .iter()
             .enumerate()
             .find_map(|(position, key)| Some((position, with_credit(key)?)))?;
-        if position == 0 {
+        if self.consumers.len() == 1 {
+            // Round-robin among one: nothing to move.
+        } else if position == 0 {
             self.consumers.rotate_left(1);
         } else {
             let key = self.consumers.remove(position)?;
