@@ -247,6 +247,18 @@ impl Engine {
                 });
             }
         }
+        // `x-expires`: unused queues whose time ran out go, messages and all (not
+        // dead-lettered), as a `queue.delete` would.
+        let expired: Vec<SmolStr> = self
+            .queues
+            .iter()
+            .filter(|(_, q)| q.unused_expired(now_ms))
+            .map(|(name, _)| name.clone())
+            .collect();
+        for queue in &expired {
+            tracing::debug!(queue = %queue, "queue expired (x-expires)");
+            self.delete_queue(queue);
+        }
         let with_messages: Vec<SmolStr> = self
             .queues
             .iter()
@@ -1063,12 +1075,14 @@ impl Engine {
         arguments: &FieldTable,
     ) -> Result<QueueDeclareOk, Fault> {
         check_name("queue name", name)?;
+        let now_ms = self.now_ms;
         if options.passive {
             let queue = self
                 .queues
-                .get(name)
+                .get_mut(name)
                 .ok_or_else(|| Fault::not_found_queue(name))?;
             queue.check_access(name, connection)?;
+            queue.last_used_ms = now_ms;
             return Ok(declare_ok(name, queue));
         }
         let name = if name.is_empty() {
@@ -1077,10 +1091,11 @@ impl Engine {
             check_not_reserved("queue", name)?;
             name.into()
         };
-        if let Some(existing) = self.queues.get(&name) {
+        if let Some(existing) = self.queues.get_mut(&name) {
             existing.check_access(&name, connection)?;
             existing.check_equivalent(&name, options)?;
             existing.check_equivalent_arguments(&name, arguments)?;
+            existing.last_used_ms = now_ms;
             return Ok(declare_ok(&name, existing));
         }
         let args = QueueArguments::parse(&name, options, arguments)?;
@@ -1096,7 +1111,8 @@ impl Engine {
         }
         let owner = options.exclusive.then_some(connection);
         let id = next(&mut self.counters.queue_id);
-        let queue = Queue::new(id, options, owner, arguments.clone(), args);
+        let mut queue = Queue::new(id, options, owner, arguments.clone(), args);
+        queue.last_used_ms = now_ms;
         let ok = declare_ok(&name, &queue);
         self.queues.insert(name, queue);
         Ok(ok)
@@ -1633,7 +1649,21 @@ impl Engine {
             .ok_or_else(|| Fault::not_found_queue(queue_name))?;
         let queue_name = queue_name.clone();
         queue.check_access(&queue_name, channel.connection)?;
+        if queue.args.queue_type == QueueType::Quorum && queue.args.single_active_consumer {
+            return Err(Fault::channel(
+                ReplyCode::ResourceLocked,
+                format!(
+                    "cannot obtain access to locked queue '{queue_name}' in vhost '{}'. \
+                     basic.get operations are not supported by quorum queues with single active \
+                     consumer",
+                    crate::VHOST
+                ),
+            ));
+        }
         let queue_name = &queue_name;
+        if let Some((_, queue)) = self.queues.get_index_mut(index) {
+            queue.last_used_ms = self.now_ms;
+        }
         self.expire(index, false);
         let Some((_, queue)) = self.queues.get_index_mut(index) else {
             return Ok(None);
@@ -1695,10 +1725,18 @@ impl Engine {
         reason: ConsumerEnd,
     ) -> Option<SmolStr> {
         let consumer_tag = SmolStr::from(consumer_tag);
+        let now_ms = self.now_ms;
+        let mut hand_over = false;
         let orphaned = self.queues.get_mut(queue_name).and_then(|queue| {
             queue.remove_consumer(&(channel, consumer_tag.clone()));
+            queue.last_used_ms = now_ms;
+            // With a single active consumer the next one may now take what was waiting.
+            hand_over = queue.args.single_active_consumer && queue.ready_len() > 0;
             (queue.auto_delete && queue.consumer_count() == 0).then(|| SmolStr::from(queue_name))
         });
+        if hand_over {
+            self.dirty.insert(SmolStr::from(queue_name));
+        }
         self.events.push(Event::ConsumerEnded {
             channel,
             consumer_tag,

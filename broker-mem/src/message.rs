@@ -48,7 +48,8 @@ pub struct Properties {
     pub headers: Option<FieldTable>,
     /// 1 = transient, 2 = persistent.
     pub delivery_mode: Option<u8>,
-    /// Priority 0-9 (carried, not acted on: classic queues need `x-max-priority`).
+    /// Priority 0-255: a priority queue (`x-max-priority`) delivers higher priorities first;
+    /// other queues carry it without acting on it.
     pub priority: Option<u8>,
     /// Correlation id.
     pub correlation_id: Option<String>,

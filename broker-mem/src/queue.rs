@@ -2,7 +2,9 @@
 //!
 //! Every enqueued message gets a broker-wide sequence number. The ready list stays sorted by it,
 //! which is what makes a requeued message land in its original position (RabbitMQ classic
-//! queues: ahead of everything enqueued after it) without any bookkeeping of positions.
+//! queues: ahead of everything enqueued after it) without any bookkeeping of positions. A
+//! priority queue (`x-max-priority`) sorts by priority first, highest first, then by sequence,
+//! so the same holds within each priority.
 
 use std::collections::VecDeque;
 
@@ -101,6 +103,15 @@ pub struct QueueArguments {
     /// `x-delivery-limit` (quorum queues): deliveries after which a message is dead-lettered
     /// instead of requeued.
     pub delivery_limit: Option<u64>,
+    /// `x-max-priority`: a priority queue, delivering messages with a higher `priority`
+    /// property first (a priority above this counts as this; none counts as 0).
+    pub max_priority: Option<u8>,
+    /// `x-expires`: the queue is deleted, with its messages, once it has been unused (no
+    /// consumers, no `basic.get`, no declare) for this many milliseconds.
+    pub expires_ms: Option<u64>,
+    /// `x-single-active-consumer`: one consumer at a time receives messages, the earliest
+    /// registered; when it goes, the next one takes over.
+    pub single_active_consumer: bool,
 }
 
 /// The arguments RabbitMQ compares when a queue is declared again (others are ignored).
@@ -143,6 +154,13 @@ impl QueueArguments {
                 Some(other) => Err(invalid(arg, &format!("{{unacceptable_type,{other:?}}}"))),
             }
         };
+        let flag = |arg: &str| -> Result<bool, Fault> {
+            match arguments.get(arg) {
+                None => Ok(false),
+                Some(FieldValue::Bool(v)) => Ok(*v),
+                Some(other) => Err(invalid(arg, &format!("{{unacceptable_type,{other:?}}}"))),
+            }
+        };
         let text = |arg: &str| -> Result<Option<String>, Fault> {
             match arguments.get(arg) {
                 None => Ok(None),
@@ -169,6 +187,17 @@ impl QueueArguments {
             }
         };
         if queue_type == QueueType::Quorum {
+            // RabbitMQ 3.10's quorum queues have no priorities.
+            if arguments.contains_key("x-max-priority") {
+                return Err(Fault::channel(
+                    ReplyCode::PreconditionFailed,
+                    format!(
+                        "invalid arg 'x-max-priority' for queue '{name}' in vhost '{}' of queue \
+                         type rabbit_quorum_queue",
+                        crate::VHOST
+                    ),
+                ));
+            }
             let property = if !options.durable {
                 Some("non-durable")
             } else if options.exclusive {
@@ -197,6 +226,17 @@ impl QueueArguments {
             dead_letter_exchange: text("x-dead-letter-exchange")?,
             dead_letter_routing_key: text("x-dead-letter-routing-key")?,
             delivery_limit: non_negative("x-delivery-limit")?,
+            max_priority: match non_negative("x-max-priority")? {
+                None => None,
+                Some(max) => Some(u8::try_from(max).map_err(|_| {
+                    invalid("x-max-priority", &format!("{{max_value_exceeded,{max}}}"))
+                })?),
+            },
+            expires_ms: match non_negative("x-expires")? {
+                Some(0) => return Err(invalid("x-expires", "{value_zero,0}")),
+                expires => expires,
+            },
+            single_active_consumer: flag("x-single-active-consumer")?,
         })
     }
 }
@@ -229,7 +269,7 @@ pub(crate) struct Queue {
     /// Declare arguments as given (for the equivalence check) and as understood.
     pub arguments: FieldTable,
     pub args: QueueArguments,
-    /// Sorted by `seq`.
+    /// Sorted by priority (in a priority queue), then by `seq`.
     ready: VecDeque<Queued>,
     /// Body bytes of the ready messages (for `x-max-length-bytes`).
     ready_bytes: usize,
@@ -239,6 +279,9 @@ pub(crate) struct Queue {
     consumers: VecDeque<ConsumerKey>,
     /// Whether the consumer (at most one then) asked for exclusive use.
     pub exclusive_consumer: bool,
+    /// When the queue was last used (declared, read with `basic.get`, or left by a consumer),
+    /// on the engine's clock; with no consumers it expires `x-expires` after this.
+    pub last_used_ms: u64,
 }
 
 impl Queue {
@@ -261,6 +304,7 @@ impl Queue {
             unacked: 0,
             consumers: VecDeque::new(),
             exclusive_consumer: false,
+            last_used_ms: 0,
         }
     }
 
@@ -372,16 +416,38 @@ impl Queue {
         self.consumers.len()
     }
 
-    /// A newly published message: it is the newest, so it goes to the back.
+    /// Whether `x-expires` has run out at `now_ms`: no consumers since the last use, for that
+    /// long.
+    pub(crate) fn unused_expired(&self, now_ms: u64) -> bool {
+        self.consumers.is_empty()
+            && self
+                .args
+                .expires_ms
+                .is_some_and(|expires| now_ms >= self.last_used_ms.saturating_add(expires))
+    }
+
+    /// A newly published message: the newest, so it goes to the back (of its priority, in a
+    /// priority queue).
     pub(crate) fn enqueue(&mut self, entry: Queued) {
         debug_assert!(self.ready.back().is_none_or(|last| last.seq < entry.seq));
-        self.ready_bytes += entry.message.body.len();
-        self.ready.push_back(entry);
+        if self.args.max_priority.is_some() {
+            self.insert_in_order(entry);
+        } else {
+            self.ready_bytes += entry.message.body.len();
+            self.ready.push_back(entry);
+        }
     }
 
     /// A message coming back from a consumer: to its original position.
     pub(crate) fn requeue(&mut self, entry: Queued) {
-        let position = self.ready.partition_point(|queued| queued.seq < entry.seq);
+        self.insert_in_order(entry);
+    }
+
+    fn insert_in_order(&mut self, entry: Queued) {
+        let key = self.order(&entry);
+        let position = self
+            .ready
+            .partition_point(|queued| self.order(queued) < key);
         debug_assert!(
             self.ready
                 .get(position)
@@ -389,6 +455,15 @@ impl Queue {
         );
         self.ready_bytes += entry.message.body.len();
         self.ready.insert(position, entry);
+    }
+
+    /// Where a message belongs in the ready list: higher priority first, then enqueue order.
+    /// Outside priority queues every message has priority 0.
+    fn order(&self, entry: &Queued) -> (std::cmp::Reverse<u8>, u64) {
+        let priority = self.args.max_priority.map_or(0, |max| {
+            entry.message.properties.priority.unwrap_or(0).min(max)
+        });
+        (std::cmp::Reverse(priority), entry.seq)
     }
 
     pub(crate) fn pop_ready(&mut self) -> Option<Queued> {
@@ -431,10 +506,18 @@ impl Queue {
     /// The next consumer in round-robin order for which `with_credit` answers (it has credit),
     /// with that answer; the consumer then moves to the back. Consumers without credit keep
     /// their turn. None when every consumer is blocked.
+    ///
+    /// With a single active consumer there is no round-robin: only the earliest registered
+    /// consumer is offered messages (the list is never rotated, so when it goes, the next
+    /// earliest is first).
     pub(crate) fn next_consumer<T>(
         &mut self,
         with_credit: impl Fn(&ConsumerKey) -> Option<T>,
     ) -> Option<(ConsumerKey, T)> {
+        if self.args.single_active_consumer {
+            let active = self.consumers.front()?;
+            return Some((active.clone(), with_credit(active)?));
+        }
         let (position, found) = self
             .consumers
             .iter()
@@ -468,7 +551,7 @@ impl Queue {
         self.ready
             .iter()
             .zip(self.ready.iter().skip(1))
-            .all(|(a, b)| a.seq < b.seq)
+            .all(|(a, b)| self.order(a) < self.order(b))
     }
 }
 

@@ -2,11 +2,14 @@
 //! rule, close channels and connections), every routed message is in exactly one place:
 //! acked, dropped by a nack/reject without requeue, ready, or unacked. Nothing is lost and
 //! nothing is duplicated, and `redelivered = false` always means "never delivered before".
+//! The second queue is a priority queue with a single active consumer, so requeues into
+//! priority order and consumer hand-overs are held to the same account.
 
 use std::collections::{BTreeMap, BTreeSet};
 
 use broker_mem::{
-    Broker, Bytes, Channel, Connection, ConsumeOptions, Consumer, Error, Properties, QueueOptions,
+    Broker, Bytes, Channel, Connection, ConsumeOptions, Consumer, Error, FieldTable, FieldValue,
+    Properties, QueueOptions,
 };
 use proptest::prelude::*;
 
@@ -18,6 +21,7 @@ const CONNECTIONS: usize = 2;
 enum Op {
     Publish {
         queue: usize,
+        priority: u8,
     },
     Consume {
         channel: usize,
@@ -58,7 +62,7 @@ fn op() -> impl Strategy<Value = Op> {
     let channel = 0..CHANNELS;
     let queue = 0..QUEUES.len();
     prop_oneof![
-        4 => queue.clone().prop_map(|queue| Op::Publish { queue }),
+        4 => (queue.clone(), 0..5u8).prop_map(|(queue, priority)| Op::Publish { queue, priority }),
         2 => (channel.clone(), queue, 0..4u16)
             .prop_map(|(channel, queue, prefetch)| Op::Consume { channel, queue, prefetch }),
         3 => (channel.clone(), any::<usize>(), any::<bool>())
@@ -100,17 +104,21 @@ impl World {
         let broker = Broker::new();
         let connections: Vec<_> = (0..CONNECTIONS).map(|_| broker.connect()).collect();
         let setup = connections[0].open_channel().unwrap();
-        for queue in QUEUES {
-            setup
-                .queue_declare(
-                    queue,
-                    QueueOptions {
-                        durable: true,
-                        ..QueueOptions::default()
-                    },
-                )
-                .unwrap();
-        }
+        let durable = QueueOptions {
+            durable: true,
+            ..QueueOptions::default()
+        };
+        setup.queue_declare(QUEUES[0], durable).unwrap();
+        let prioritised_single_active = FieldTable::from([
+            ("x-max-priority".to_owned(), FieldValue::I64(3)),
+            (
+                "x-single-active-consumer".to_owned(),
+                FieldValue::Bool(true),
+            ),
+        ]);
+        setup
+            .queue_declare_with(QUEUES[1], durable, &prioritised_single_active)
+            .unwrap();
         drop(setup);
         World {
             broker,
@@ -202,10 +210,11 @@ impl World {
 
     fn apply(&mut self, op: &Op) -> Result<(), TestCaseError> {
         match *op {
-            Op::Publish { queue } => {
+            Op::Publish { queue, priority } => {
                 let id = format!("m{}", self.published.len());
                 let properties = Properties {
                     message_id: Some(id.clone()),
+                    priority: Some(priority),
                     ..Properties::default()
                 };
                 let channel = self.channel(0);

@@ -82,6 +82,10 @@ contract!(
     a_requeued_message_keeps_its_expiry,
     redeclaring_an_exchange_with_another_alternate_is_406,
     nack_multiple_requeues_in_order_and_auto_ack_ignores_prefetch,
+    single_active_consumer_takes_everything_until_it_goes,
+    priority_queue_delivers_higher_priorities_first,
+    queue_expires_when_unused,
+    priority_and_single_active_arguments_are_checked,
 );
 
 async fn nack_multiple_requeues_in_order_and_auto_ack_ignores_prefetch(b: &mut impl Amqp) {
@@ -1279,4 +1283,155 @@ async fn properties_and_headers_arrive_intact(b: &mut impl Amqp) {
     let msg = b.next(sub).await.msg();
     assert_eq!(msg.properties, properties);
     assert_eq!(msg.body, b"{}");
+}
+
+async fn single_active_consumer_takes_everything_until_it_goes(b: &mut impl Amqp) {
+    let c = b.connection().await;
+    let first = b.channel(c).await;
+    let second = b.channel(c).await;
+    let sac = table(&[("x-single-active-consumer", FieldValue::Bool(true))]);
+    b.queue_declare(first, "q", QFlags::default(), sac)
+        .await
+        .unwrap();
+    let one = b.consume(first, "q", "one", false, false).await.unwrap();
+    let two = b.consume(second, "q", "two", false, false).await.unwrap();
+    for n in 0..3 {
+        b.send(second, "", "q", &n.to_string()).await;
+    }
+    // No round-robin: the first consumer gets everything, the second waits.
+    let mut tags = Vec::new();
+    for n in 0..3 {
+        let msg = b.next(one).await.msg();
+        assert_eq!(msg.text(), n.to_string());
+        tags.push(msg.tag);
+    }
+    assert!(matches!(b.quiet(two).await, Next::Empty));
+    // The active consumer's channel closes with two deliveries unacked: they are requeued and
+    // the next consumer, now active, gets them, then what comes after.
+    b.ack(first, tags[0], false).await.unwrap();
+    b.close_channel(first).await;
+    let mut got = Vec::new();
+    for _ in 0..2 {
+        let msg = b.next(two).await.msg();
+        got.push((msg.text(), msg.redelivered));
+    }
+    assert_eq!(got, [("1".to_owned(), true), ("2".to_owned(), true)]);
+    b.send(second, "", "q", "3").await;
+    assert_eq!(b.next(two).await.msg().text(), "3");
+    // A cancel hands over too, while the cancelled consumer's deliveries stay unacked.
+    let three = b.consume(second, "q", "three", false, false).await.unwrap();
+    b.send(second, "", "q", "4").await;
+    assert_eq!(b.next(two).await.msg().text(), "4");
+    b.cancel(second, two).await.unwrap();
+    b.send(second, "", "q", "5").await;
+    assert_eq!(b.next(three).await.msg().text(), "5");
+}
+
+async fn priority_queue_delivers_higher_priorities_first(b: &mut impl Amqp) {
+    let c = b.connection().await;
+    let ch = b.channel(c).await;
+    b.queue_declare(
+        ch,
+        "q",
+        QFlags::default(),
+        table(&[("x-max-priority", i(5))]),
+    )
+    .await
+    .unwrap();
+    let with_priority = |priority: Option<u8>| Properties {
+        priority,
+        ..Properties::default()
+    };
+    // Above the maximum counts as the maximum; none counts as 0; equal priorities keep order.
+    let published = [
+        ("low", None),
+        ("mid", Some(3)),
+        ("high", Some(5)),
+        ("over", Some(9)),
+        ("mid-2", Some(3)),
+        ("zero", Some(0)),
+    ];
+    for (body, priority) in published {
+        b.publish(ch, "", "q", false, with_priority(priority), body)
+            .await
+            .unwrap();
+    }
+    // A requeued message goes back to its place among its priority.
+    let (high, _) = b.get(ch, "q", false).await.unwrap().unwrap();
+    let (over, _) = b.get(ch, "q", false).await.unwrap().unwrap();
+    assert_eq!((high.text(), over.text()), ("high".into(), "over".into()));
+    b.reject(ch, high.tag, true).await.unwrap();
+    b.ack(ch, over.tag, false).await.unwrap();
+    // The priority is delivered as published, not as capped.
+    let (again, _) = b.get(ch, "q", true).await.unwrap().unwrap();
+    assert_eq!((again.text(), again.redelivered), ("high".into(), true));
+    assert_eq!(again.properties.priority, Some(5));
+    assert_eq!(b.drain(ch, "q").await, ["mid", "mid-2", "low", "zero"]);
+}
+
+async fn queue_expires_when_unused(b: &mut impl Amqp) {
+    let c = b.connection().await;
+    let ch = b.channel(c).await;
+    let expires = || table(&[("x-expires", i(300))]);
+    b.queue_declare(ch, "idle", QFlags::default(), expires())
+        .await
+        .unwrap();
+    b.queue_declare(ch, "used", QFlags::default(), expires())
+        .await
+        .unwrap();
+    // Publishing does not count as use; a consumer does.
+    b.send(ch, "", "idle", "lost with its queue").await;
+    let sub = b.consume(ch, "used", "c", true, false).await.unwrap();
+    // RabbitMQ's expiry timer fires a little late.
+    b.sleep_ms(1_000).await;
+    assert_eq!(b.depth("idle").await, None);
+    assert_eq!(b.depth("used").await, Some(0));
+    // Once its last consumer is gone, the queue's time starts.
+    b.cancel(ch, sub).await.unwrap();
+    b.sleep_ms(1_000).await;
+    assert_eq!(b.depth("used").await, None);
+    // x-expires must be positive.
+    let zero = table(&[("x-expires", i(0))]);
+    let refused = b.queue_declare(ch, "zero", QFlags::default(), zero).await;
+    assert_eq!(refused.map_err(|r| r.code), Err(406));
+}
+
+async fn priority_and_single_active_arguments_are_checked(b: &mut impl Amqp) {
+    let c = b.connection().await;
+    let ch = b.channel(c).await;
+    let code = |result: harness::R<(String, u32, u32)>| result.map(drop).map_err(|r| r.code);
+    let too_high = table(&[("x-max-priority", i(300))]);
+    assert_eq!(
+        code(b.queue_declare(ch, "q", QFlags::default(), too_high).await),
+        Err(406)
+    );
+    let ch = b.channel(c).await;
+    let not_a_flag = table(&[("x-single-active-consumer", i(1))]);
+    assert_eq!(
+        code(
+            b.queue_declare(ch, "q", QFlags::default(), not_a_flag)
+                .await
+        ),
+        Err(406)
+    );
+    // RabbitMQ 3.10's quorum queues have no priorities, and no basic.get with a single active
+    // consumer.
+    let ch = b.channel(c).await;
+    let durable = QFlags {
+        durable: true,
+        ..QFlags::default()
+    };
+    let quorum = |extra: (&str, FieldValue)| table(&[("x-queue-type", s("quorum")), extra]);
+    let prioritised = quorum(("x-max-priority", i(5)));
+    assert_eq!(
+        code(b.queue_declare(ch, "qq", durable, prioritised).await),
+        Err(406)
+    );
+    let ch = b.channel(c).await;
+    let sac = quorum(("x-single-active-consumer", FieldValue::Bool(true)));
+    b.queue_declare(ch, "qq", durable, sac).await.unwrap();
+    let refused = b.get(ch, "qq", true).await.map(drop).map_err(|r| r.code);
+    assert_eq!(refused, Err(405));
+    let ch = b.channel(c).await;
+    b.queue_delete(ch, "qq", false, false).await.unwrap();
 }

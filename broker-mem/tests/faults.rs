@@ -341,3 +341,62 @@ fn closing_a_queues_consumer_channels_requeues_and_ends_the_consumers() {
     let again = channel.basic_consume("q", Default::default()).unwrap();
     assert!(again.try_recv().unwrap().redelivered);
 }
+
+#[test]
+fn x_expires_runs_on_the_injected_clock_and_any_use_restarts_it() {
+    let (broker, now_ms) = clocked();
+    let connection = broker.connect();
+    let channel = connection.open_channel().unwrap();
+    let expires = FieldTable::from([("x-expires".to_owned(), FieldValue::I64(100))]);
+    let declare = || {
+        channel
+            .queue_declare_with("q", QueueOptions::default(), &expires)
+            .unwrap()
+    };
+    declare();
+    publish(&channel, "q", "held", false);
+    now_ms.store(99, Ordering::SeqCst);
+    // Publishing is not use; basic.get is, and so is a redeclare.
+    publish(&channel, "q", "held too", false);
+    assert_eq!(broker.queue_depth("q"), Some(2));
+    assert!(channel.basic_get("q", true).unwrap().is_some());
+    now_ms.store(198, Ordering::SeqCst);
+    declare();
+    now_ms.store(297, Ordering::SeqCst);
+    assert_eq!(broker.queue_depth("q"), Some(1));
+    // A consumer keeps the queue however long it stays; its time starts when it goes.
+    let consumer = channel
+        .basic_consume("q", ConsumeOptions::default())
+        .unwrap();
+    now_ms.store(10_000, Ordering::SeqCst);
+    assert_eq!(broker.queue_depth("q"), Some(0));
+    let delivery = consumer.try_recv().unwrap();
+    channel.basic_ack(delivery.delivery_tag, false).unwrap();
+    channel.basic_cancel(consumer.tag()).unwrap();
+    now_ms.store(10_099, Ordering::SeqCst);
+    assert_eq!(broker.queue_depth("q"), Some(0));
+    // Exactly x-expires after the last use.
+    now_ms.store(10_100, Ordering::SeqCst);
+    assert_eq!(broker.queue_depth("q"), None);
+    assert!(channel.is_open());
+    broker.check_invariants().unwrap();
+}
+
+#[test]
+fn a_restart_starts_a_durable_queues_expiry_again() {
+    let (broker, now_ms) = clocked();
+    let connection = broker.connect();
+    let channel = connection.open_channel().unwrap();
+    let expires = FieldTable::from([("x-expires".to_owned(), FieldValue::I64(100))]);
+    let durable = QueueOptions {
+        durable: true,
+        ..QueueOptions::default()
+    };
+    channel.queue_declare_with("q", durable, &expires).unwrap();
+    now_ms.store(90, Ordering::SeqCst);
+    broker.restart();
+    now_ms.store(189, Ordering::SeqCst);
+    assert_eq!(broker.queue_depth("q"), Some(0));
+    now_ms.store(190, Ordering::SeqCst);
+    assert_eq!(broker.queue_depth("q"), None);
+}

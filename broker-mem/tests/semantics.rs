@@ -892,3 +892,71 @@ fn handles_can_be_shared_between_tasks() {
     send_sync::<Channel>();
     send_sync::<Consumer>();
 }
+
+// ------------------------------------------------------------------------------ queue arguments
+
+fn declare_with(channel: &Channel, name: &str, argument: (&str, FieldValue)) {
+    let arguments = FieldTable::from([(argument.0.to_owned(), argument.1)]);
+    channel
+        .queue_declare_with(name, QueueOptions::default(), &arguments)
+        .unwrap();
+}
+
+#[test]
+fn a_single_active_consumer_keeps_its_turn_while_blocked_and_hands_over_on_cancel() {
+    let (broker, _connection, channel) = setup();
+    declare_with(
+        &channel,
+        "q",
+        ("x-single-active-consumer", FieldValue::Bool(true)),
+    );
+    channel.basic_qos(1).unwrap();
+    let active = consume(&channel, "q");
+    let waiting = consume(&channel, "q");
+    for text in ["a", "b", "c"] {
+        publish(&channel, "", "q", text);
+    }
+    // The active consumer's prefetch is full: the others still get nothing.
+    let first = drain(&active);
+    assert_eq!(texts(&first), ["a"]);
+    assert!(drain(&waiting).is_empty());
+    assert_eq!(broker.queue_depth("q"), Some(2));
+    // A cancel hands over at once; the cancelled consumer's delivery stays unacked on the
+    // channel, as for any cancel.
+    channel.basic_cancel(active.tag()).unwrap();
+    assert_eq!(texts(&drain(&waiting)), ["b"]);
+    assert_eq!(broker.unacked_count("q"), Some(2));
+    channel.basic_ack(first[0].delivery_tag, false).unwrap();
+    assert!(drain(&waiting).is_empty());
+    broker.check_invariants().unwrap();
+}
+
+#[test]
+fn a_priority_queue_feeds_a_consumer_the_highest_priority_waiting() {
+    let (broker, _connection, channel) = setup();
+    declare_with(&channel, "q", ("x-max-priority", FieldValue::I64(10)));
+    channel.basic_qos(1).unwrap();
+    let consumer = consume(&channel, "q");
+    let with_priority = |text: &str, priority: u8| {
+        let properties = Properties {
+            priority: Some(priority),
+            ..Properties::default()
+        };
+        let confirm = channel.basic_publish("", "q", properties, body(text));
+        assert_eq!(confirm, Ok(Confirm::Ack));
+    };
+    // The first goes straight out; the rest wait behind the prefetch of 1 and are then
+    // delivered by priority.
+    with_priority("first", 1);
+    with_priority("two", 2);
+    with_priority("nine", 9);
+    with_priority("five", 5);
+    let mut got = Vec::new();
+    for _ in 0..4 {
+        let delivery = consumer.try_recv().unwrap();
+        got.push(texts(std::slice::from_ref(&delivery)).remove(0));
+        channel.basic_ack(delivery.delivery_tag, false).unwrap();
+    }
+    assert_eq!(got, ["first", "nine", "five", "two"]);
+    broker.check_invariants().unwrap();
+}

@@ -167,6 +167,8 @@ impl Engine {
             self.delete_queue(queue);
         }
         for queue in self.queues.values_mut() {
+            // A recovered queue's `x-expires` time starts again, as in RabbitMQ.
+            queue.last_used_ms = self.now_ms;
             for lost in queue.retain_ready(|entry| entry.message.persistent()) {
                 self.held.release(&lost.message);
             }
