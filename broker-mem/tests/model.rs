@@ -7,9 +7,10 @@
 //! a minimal one.
 //!
 //! The model covers one queue with `x-message-ttl`, `x-max-length` (drop-head) and a
-//! dead-letter exchange, one plain queue, and the dead-letter queue; consumers (at most one
-//! per lane) with a prefetch, competing round-robin when two lanes consume the same queue,
-//! cancelled or ended by a close. After every step the deliveries each lane received must be
+//! dead-letter exchange, one plain queue, a priority queue with a single active consumer, and
+//! the dead-letter queue; consumers (at most one per lane) with a prefetch, competing
+//! round-robin when two lanes consume the same queue (or taking turns as the single active
+//! one), cancelled or ended by a close. After every step the deliveries each lane received must be
 //! the model's, tag by tag. Declares and binds are fixed at the start (the contract suite covers
 //! them against RabbitMQ).
 //!
@@ -27,8 +28,12 @@ use proptest::prelude::*;
 
 const TTL_MS: u64 = 50;
 const MAX_LENGTH: usize = 3;
-/// Queue 0 has the TTL, the length limit and the dead-letter exchange; queue 1 is plain.
-const QUEUES: [&str; 2] = ["limited", "plain"];
+/// `x-max-priority` of queue 2; publishes carry priorities up to 4, so some are over it.
+const MAX_PRIORITY: u8 = 3;
+/// Queue 0 has the TTL, the length limit and the dead-letter exchange; queue 1 is plain;
+/// queue 2 is a priority queue with a single active consumer.
+const QUEUES: [&str; 3] = ["limited", "plain", "ranked"];
+const RANKED: usize = 2;
 const DEAD: &str = "dead";
 const LANES: usize = 2;
 
@@ -36,6 +41,7 @@ const LANES: usize = 2;
 enum Op {
     Publish {
         queue: usize,
+        priority: u8,
     },
     Get {
         lane: usize,
@@ -83,7 +89,8 @@ fn op() -> impl Strategy<Value = Op> {
     let lane = 0..LANES;
     let queue = 0..QUEUES.len();
     prop_oneof![
-        4 => queue.clone().prop_map(|queue| Op::Publish { queue }),
+        4 => (queue.clone(), 0..=MAX_PRIORITY + 1)
+            .prop_map(|(queue, priority)| Op::Publish { queue, priority }),
         3 => (lane.clone(), queue.clone(), any::<bool>())
             .prop_map(|(lane, queue, no_ack)| Op::Get { lane, queue, no_ack }),
         1 => lane.clone().prop_map(|lane| Op::GetDead { lane }),
@@ -105,6 +112,8 @@ fn op() -> impl Strategy<Value = Op> {
 #[derive(Debug, Clone, PartialEq)]
 struct Entry {
     seq: u64,
+    /// The priority it is ordered by: as published, capped, in the priority queue; else 0.
+    priority: u8,
     body: String,
     redelivered: bool,
     expires_at_ms: Option<u64>,
@@ -165,16 +174,25 @@ impl Model {
     }
 
     /// Round-robin among the queue's consumers with credit; a consumer without credit keeps
-    /// its turn.
+    /// its turn. The priority queue has a single active consumer: the earliest registered,
+    /// credit or not.
     fn dispatch(&mut self, queue: &'static str) {
         while !self.ready[queue].is_empty() {
             let rotation = &self.rotation[queue];
-            let Some(position) = rotation.iter().position(|lane| self.has_credit(*lane)) else {
-                return;
+            let lane = if queue == QUEUES[RANKED] {
+                match rotation.front() {
+                    Some(&lane) if self.has_credit(lane) => lane,
+                    _ => return,
+                }
+            } else {
+                let Some(position) = rotation.iter().position(|lane| self.has_credit(*lane)) else {
+                    return;
+                };
+                let rotation = self.rotation.get_mut(queue).unwrap();
+                let lane = rotation.remove(position).unwrap();
+                rotation.push_back(lane);
+                lane
             };
-            let rotation = self.rotation.get_mut(queue).unwrap();
-            let lane = rotation.remove(position).unwrap();
-            rotation.push_back(lane);
             let entry = self.ready.get_mut(queue).unwrap().pop_front().unwrap();
             self.last_tag[lane] += 1;
             let tag = self.last_tag[lane];
@@ -189,7 +207,7 @@ impl Model {
     /// Dead-lettering feeds `dead`, so a second pass delivers what the first sent there.
     fn run(&mut self) {
         for _ in 0..2 {
-            for queue in [DEAD, QUEUES[0], QUEUES[1]] {
+            for queue in [DEAD, QUEUES[0], QUEUES[1], QUEUES[RANKED]] {
                 if queue == QUEUES[0] {
                     self.expire_where(|at, now| at < now);
                 }
@@ -212,6 +230,7 @@ impl Model {
         self.run();
     }
 
+    /// A cancel; the next consumer of a single-active queue takes over at once.
     fn cancel(&mut self, lane: usize) {
         if let Some(consumer) = self.consumers[lane].take() {
             self.rotation
@@ -219,6 +238,7 @@ impl Model {
                 .unwrap()
                 .retain(|l| *l != lane);
         }
+        self.run();
     }
 
     fn held(&self) -> usize {
@@ -263,19 +283,24 @@ impl Model {
         }
     }
 
-    fn publish(&mut self, queue: usize) -> String {
+    fn publish(&mut self, queue: usize, priority: u8) -> String {
         self.published += 1;
         self.seq += 1;
         let body = format!("m{}", self.published);
         let name = QUEUES[queue];
         let entry = Entry {
             seq: self.seq,
+            priority: if queue == RANKED {
+                priority.min(MAX_PRIORITY)
+            } else {
+                0
+            },
             body: body.clone(),
             redelivered: false,
             expires_at_ms: (queue == 0).then_some(self.now_ms + TTL_MS),
             death: None,
         };
-        self.ready.get_mut(name).unwrap().push_back(entry);
+        self.insert(name, entry);
         if queue == 0 {
             while self.ready[name].len() > MAX_LENGTH {
                 let head = self.ready.get_mut(name).unwrap().pop_front().unwrap();
@@ -298,15 +323,20 @@ impl Model {
     }
 
     fn requeue(&mut self, queue: &'static str, entry: Entry) {
+        let entry = Entry {
+            redelivered: true,
+            ..entry
+        };
+        self.insert(queue, entry);
+    }
+
+    /// Into its place: higher priority first, then enqueue order (so a requeue lands where
+    /// it was, and a publish at the back of its priority).
+    fn insert(&mut self, queue: &'static str, entry: Entry) {
         let ready = self.ready.get_mut(queue).unwrap();
-        let position = ready.partition_point(|e| e.seq < entry.seq);
-        ready.insert(
-            position,
-            Entry {
-                redelivered: true,
-                ..entry
-            },
-        );
+        let key = |e: &Entry| (std::cmp::Reverse(e.priority), e.seq);
+        let position = ready.partition_point(|e| key(e) < key(&entry));
+        ready.insert(position, entry);
     }
 
     /// The tags a settle of `tag` covers.
@@ -378,6 +408,16 @@ impl World {
         engine
             .queue_declare(setup, QUEUES[1], QueueOptions::default())
             .unwrap();
+        let args: FieldTable = [
+            ("x-max-priority", FieldValue::I64(i64::from(MAX_PRIORITY))),
+            ("x-single-active-consumer", FieldValue::Bool(true)),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v))
+        .collect();
+        engine
+            .queue_declare_with(setup, QUEUES[RANKED], QueueOptions::default(), &args)
+            .unwrap();
         engine.close_channel(setup).unwrap();
         let lanes = [(); LANES].map(|()| engine.open_channel(connection).unwrap());
         let mut model = Model::new();
@@ -442,13 +482,17 @@ impl World {
 
     fn apply(&mut self, op: &Op) -> Result<(), TestCaseError> {
         match *op {
-            Op::Publish { queue } => {
-                let body = self.model.publish(queue);
+            Op::Publish { queue, priority } => {
+                let body = self.model.publish(queue, priority);
+                let properties = Properties {
+                    priority: Some(priority),
+                    ..Properties::default()
+                };
                 let confirm = self.engine.basic_publish(
                     self.lanes[0],
                     "",
                     QUEUES[queue],
-                    Properties::default(),
+                    properties,
                     Bytes::from(body),
                 );
                 self.model.run();
