@@ -26,6 +26,7 @@ use crate::delivery::{Delivery, GetOk, Unacked};
 use crate::error::{AmqpError, Error, Fault, ReplyCode};
 use crate::exchange::{
     DEFAULT_EXCHANGE, Exchange, ExchangeInfo, ExchangeKind, ExchangeOptions, PREDECLARED,
+    check_x_match,
 };
 use crate::limits::{
     FAULTS_ARMED_MAX, IDLE_ROUNDS_MAX, INTROSPECTION_LOG_MAX, Limits, NAME_BYTES_MAX,
@@ -1165,6 +1166,13 @@ impl Engine {
         arguments: &FieldTable,
     ) -> Result<(), Fault> {
         self.check_binding_ends(connection, source, &to, routing_key)?;
+        if self
+            .exchanges
+            .get(source)
+            .is_some_and(|exchange| exchange.kind == ExchangeKind::Headers)
+        {
+            check_x_match(arguments)?;
+        }
         if self.bindings_total >= self.limits.bindings_max {
             return Err(Fault::channel(
                 ReplyCode::PreconditionFailed,

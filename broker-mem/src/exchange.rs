@@ -15,7 +15,8 @@ pub enum ExchangeKind {
     /// Routes by pattern: binding keys are dot-separated words where `*` matches exactly one
     /// word and `#` zero or more.
     Topic,
-    /// Routes on message headers against the binding's arguments (`x-match` = `all` or `any`).
+    /// Routes on message headers against the binding's arguments (`x-match` = `all`, `any`,
+    /// `all-with-x` or `any-with-x`).
     Headers,
 }
 
@@ -283,21 +284,98 @@ fn word_at(key: &str, at: WordAt) -> Option<(&str, WordAt)> {
     })
 }
 
-/// RabbitMQ's headers exchange: the binding's arguments, except those starting with `x-`, are
-/// compared with the message headers; a `Void` argument only asks for the header's presence.
-/// `x-match = all` (the default) needs every one to match, `any` at least one.
+/// How a headers binding's arguments are matched (`x-match`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum XMatch {
+    All,
+    Any,
+    AllWithX,
+    AnyWithX,
+}
+
+impl XMatch {
+    /// The binding's mode; None for a value RabbitMQ refuses at bind time (so never seen when
+    /// routing: [`check_x_match`] keeps such bindings out).
+    fn of(arguments: &FieldTable) -> Option<XMatch> {
+        match arguments.get("x-match") {
+            None => Some(XMatch::All),
+            Some(FieldValue::String(mode)) => match mode.as_str() {
+                "all" => Some(XMatch::All),
+                "any" => Some(XMatch::Any),
+                "all-with-x" => Some(XMatch::AllWithX),
+                "any-with-x" => Some(XMatch::AnyWithX),
+                _ => None,
+            },
+            Some(_) => None,
+        }
+    }
+}
+
+/// RabbitMQ's check of a headers binding's `x-match` (406 otherwise), with its texts.
+pub(crate) fn check_x_match(arguments: &FieldTable) -> Result<(), Fault> {
+    if XMatch::of(arguments).is_some() {
+        return Ok(());
+    }
+    let text = match arguments.get("x-match") {
+        Some(FieldValue::String(mode)) => format!(
+            "Invalid x-match field value <<\"{mode}\">>; expected all, any, all-with-x, or \
+             any-with-x"
+        ),
+        Some(other) => format!(
+            "Invalid x-match field type {} (value {}); expected longstr",
+            type_name(other),
+            describe(other)
+        ),
+        None => return Ok(()),
+    };
+    Err(Fault::channel(ReplyCode::PreconditionFailed, text))
+}
+
+/// RabbitMQ's names of AMQP field types, as its error texts use them.
+fn type_name(value: &FieldValue) -> &'static str {
+    match value {
+        FieldValue::Void => "void",
+        FieldValue::Bool(_) => "bool",
+        FieldValue::I64(_) => "signedint",
+        FieldValue::F64(_) => "double",
+        FieldValue::String(_) => "longstr",
+        FieldValue::Bytes(_) => "binary",
+        FieldValue::Timestamp(_) => "timestamp",
+        FieldValue::Array(_) => "array",
+        FieldValue::Table(_) => "table",
+    }
+}
+
+fn describe(value: &FieldValue) -> String {
+    match value {
+        FieldValue::Bool(v) => v.to_string(),
+        FieldValue::I64(v) => v.to_string(),
+        FieldValue::F64(v) => v.to_string(),
+        FieldValue::Timestamp(v) => v.to_string(),
+        other => format!("{other:?}"),
+    }
+}
+
+/// Whether a message's headers match a headers-exchange binding's arguments. `x-match = all`
+/// (the default) needs every argument to match, `any` at least one; both ignore arguments
+/// starting with `x-`, which `all-with-x` and `any-with-x` match too (never `x-match`
+/// itself). A `Void` argument only asks for the header to be present.
 pub(crate) fn headers_match(arguments: &FieldTable, headers: &FieldTable) -> bool {
-    let any = matches!(arguments.get("x-match"), Some(FieldValue::String(m)) if m == "any");
-    let mut relevant = arguments.iter().filter(|(key, _)| !key.starts_with("x-"));
+    let Some(mode) = XMatch::of(arguments) else {
+        return false;
+    };
+    let with_x = matches!(mode, XMatch::AllWithX | XMatch::AnyWithX);
+    let mut relevant = arguments
+        .iter()
+        .filter(|(key, _)| key.as_str() != "x-match" && (with_x || !key.starts_with("x-")));
     let matched = |(key, wanted): (&String, &FieldValue)| match headers.get(key) {
         None => false,
         Some(_) if *wanted == FieldValue::Void => true,
         Some(value) => value == wanted,
     };
-    if any {
-        relevant.any(matched)
-    } else {
-        relevant.all(matched)
+    match mode {
+        XMatch::Any | XMatch::AnyWithX => relevant.any(matched),
+        XMatch::All | XMatch::AllWithX => relevant.all(matched),
     }
 }
 

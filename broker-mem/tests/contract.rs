@@ -86,6 +86,7 @@ contract!(
     priority_queue_delivers_higher_priorities_first,
     queue_expires_when_unused,
     priority_and_single_active_arguments_are_checked,
+    headers_exchange_with_x_matches_x_headers_too,
 );
 
 async fn nack_multiple_requeues_in_order_and_auto_ack_ignores_prefetch(b: &mut impl Amqp) {
@@ -1434,4 +1435,64 @@ async fn priority_and_single_active_arguments_are_checked(b: &mut impl Amqp) {
     assert_eq!(refused, Err(405));
     let ch = b.channel(c).await;
     b.queue_delete(ch, "qq", false, false).await.unwrap();
+}
+
+async fn headers_exchange_with_x_matches_x_headers_too(b: &mut impl Amqp) {
+    let c = b.connection().await;
+    let ch = b.channel(c).await;
+    b.exchange(ch, "h", "headers").await;
+    for queue in ["all", "all-with-x", "any-with-x"] {
+        b.queue(ch, queue).await;
+    }
+    let binding = |x_match: &str| {
+        table(&[
+            ("x-match", s(x_match)),
+            ("x-tenant", s("acme")),
+            ("kind", s("order")),
+        ])
+    };
+    for queue in ["all", "all-with-x", "any-with-x"] {
+        b.queue_bind(ch, queue, "h", "", binding(queue))
+            .await
+            .unwrap();
+    }
+    let cases = [
+        (
+            "both",
+            table(&[("x-tenant", s("acme")), ("kind", s("order"))]),
+        ),
+        (
+            "kind",
+            table(&[("x-tenant", s("other")), ("kind", s("order"))]),
+        ),
+        ("tenant", table(&[("x-tenant", s("acme"))])),
+    ];
+    for (body, headers) in cases {
+        let properties = Properties {
+            headers: Some(headers),
+            ..Properties::default()
+        };
+        let published = b
+            .publish(ch, "h", "", false, properties, body)
+            .await
+            .unwrap();
+        assert!(published.acked);
+    }
+    // Plain `all` ignores arguments starting with `x-`; the `-with-x` forms match them too.
+    assert_eq!(b.drain(ch, "all").await, ["both", "kind"]);
+    assert_eq!(b.drain(ch, "all-with-x").await, ["both"]);
+    assert_eq!(b.drain(ch, "any-with-x").await, ["both", "kind", "tenant"]);
+    // Anything else in x-match is refused when binding.
+    let code = |result: harness::R<()>| result.map_err(|r| r.code);
+    let unknown = table(&[("x-match", s("some")), ("kind", s("order"))]);
+    assert_eq!(
+        code(b.queue_bind(ch, "all", "h", "", unknown).await),
+        Err(406)
+    );
+    let ch = b.channel(c).await;
+    let not_text = table(&[("x-match", i(1)), ("kind", s("order"))]);
+    assert_eq!(
+        code(b.queue_bind(ch, "all", "h", "", not_text).await),
+        Err(406)
+    );
 }

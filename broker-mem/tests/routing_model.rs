@@ -110,7 +110,8 @@ fn op() -> impl Strategy<Value = Op> {
     ]
 }
 
-/// Binding arguments: none, and headers-exchange matches (`all`, `any`, presence only).
+/// Binding arguments: none, and headers-exchange matches (`all`, `any`, presence only, and
+/// the `-with-x` forms, which also match arguments starting with `x-`).
 fn binding_arguments() -> Vec<FieldTable> {
     let table = |entries: &[(&str, FieldValue)]| -> FieldTable {
         entries
@@ -128,6 +129,17 @@ fn binding_arguments() -> Vec<FieldTable> {
             ("g", FieldValue::I64(2)),
         ]),
         table(&[("x-match", any), ("g", FieldValue::Void)]),
+        table(&[("x-h", FieldValue::I64(1)), ("h", FieldValue::I64(1))]),
+        table(&[
+            ("x-match", FieldValue::String("all-with-x".into())),
+            ("x-h", FieldValue::I64(1)),
+            ("h", FieldValue::I64(1)),
+        ]),
+        table(&[
+            ("x-match", FieldValue::String("any-with-x".into())),
+            ("x-h", FieldValue::I64(1)),
+            ("g", FieldValue::I64(2)),
+        ]),
     ]
 }
 
@@ -145,6 +157,8 @@ fn message_headers() -> Vec<Option<FieldTable>> {
         Some(table(&[("g", 2)])),
         Some(table(&[("h", 1), ("g", 2)])),
         Some(table(&[("h", 2)])),
+        Some(table(&[("x-h", 1)])),
+        Some(table(&[("x-h", 1), ("h", 1)])),
     ]
 }
 
@@ -438,11 +452,19 @@ fn topic_matches(pattern: &str, routing_key: &str) -> bool {
     matches[0][0]
 }
 
-/// `x-match` all (the default) or any over the arguments not starting with `x-`; a `Void`
-/// argument asks only for the header's presence.
+/// `x-match` all (the default) or any over the arguments not starting with `x-`, or (the
+/// `-with-x` forms) over every argument but `x-match`; a `Void` argument asks only for the
+/// header's presence.
 fn headers_match(arguments: &FieldTable, headers: &FieldTable) -> bool {
-    let any = arguments.get("x-match") == Some(&FieldValue::String("any".into()));
-    let mut wanted = arguments.iter().filter(|(key, _)| !key.starts_with("x-"));
+    let mode = match arguments.get("x-match") {
+        Some(FieldValue::String(mode)) => mode.as_str(),
+        _ => "all",
+    };
+    let any = mode.starts_with("any");
+    let with_x = mode.ends_with("-with-x");
+    let mut wanted = arguments
+        .iter()
+        .filter(|(key, _)| key.as_str() != "x-match" && (with_x || !key.starts_with("x-")));
     let matched = |(key, value): (&String, &FieldValue)| match headers.get(key) {
         None => false,
         Some(_) if *value == FieldValue::Void => true,
