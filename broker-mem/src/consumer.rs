@@ -7,9 +7,10 @@
 use smol_str::SmolStr;
 
 use crate::limits::NO_ACK_BUFFER_MAX;
+use crate::message::FieldTable;
 
-/// Flags of `basic.consume`.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+/// Flags and arguments of `basic.consume`.
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct ConsumeOptions {
     /// The consumer's tag on its channel; empty lets the broker choose `amq.ctag-<n>`.
     pub consumer_tag: String,
@@ -17,6 +18,10 @@ pub struct ConsumeOptions {
     pub no_ack: bool,
     /// Be the queue's only consumer (403 if it has others, and others get 403 after).
     pub exclusive: bool,
+    /// `basic.consume` arguments. broker-mem acts on `x-priority` (an integer, default 0):
+    /// a queue offers messages to its consumers of the highest priority that have credit, and
+    /// to lower ones only while those are blocked (round-robin among equals).
+    pub arguments: FieldTable,
 }
 
 #[derive(Debug)]

@@ -1616,6 +1616,21 @@ impl Engine {
                 ),
             ));
         }
+        let priority = match options.arguments.get("x-priority") {
+            None => 0,
+            Some(FieldValue::I64(priority)) => *priority,
+            Some(other) => {
+                return Err(Fault::channel(
+                    ReplyCode::PreconditionFailed,
+                    format!(
+                        "invalid arg 'x-priority' for queue '{queue_name}' in vhost '{}': \
+                         \"expected integer, got {}\"",
+                        crate::VHOST,
+                        other.type_name()
+                    ),
+                ));
+            }
+        };
         if queue.exclusive_consumer || (options.exclusive && queue.consumer_count() > 0) {
             return Err(Fault::channel(
                 ReplyCode::AccessRefused,
@@ -1638,7 +1653,7 @@ impl Engine {
             state.consumers.insert(tag.clone(), consumer);
         }
         if let Some(queue) = self.queues.get_mut(&queue_name) {
-            queue.add_consumer((channel, tag.clone()), options.exclusive);
+            queue.add_consumer((channel, tag.clone()), options.exclusive, priority);
         }
         self.mark(&queue_name);
         Ok(tag.to_string())

@@ -323,27 +323,12 @@ pub(crate) fn check_x_match(arguments: &FieldTable) -> Result<(), Fault> {
         ),
         Some(other) => format!(
             "Invalid x-match field type {} (value {}); expected longstr",
-            type_name(other),
+            other.type_name(),
             describe(other)
         ),
         None => return Ok(()),
     };
     Err(Fault::channel(ReplyCode::PreconditionFailed, text))
-}
-
-/// RabbitMQ's names of AMQP field types, as its error texts use them.
-fn type_name(value: &FieldValue) -> &'static str {
-    match value {
-        FieldValue::Void => "void",
-        FieldValue::Bool(_) => "bool",
-        FieldValue::I64(_) => "signedint",
-        FieldValue::F64(_) => "double",
-        FieldValue::String(_) => "longstr",
-        FieldValue::Bytes(_) => "binary",
-        FieldValue::Timestamp(_) => "timestamp",
-        FieldValue::Array(_) => "array",
-        FieldValue::Table(_) => "table",
-    }
 }
 
 fn describe(value: &FieldValue) -> String {

@@ -37,6 +37,23 @@ pub enum FieldValue {
     Table(FieldTable),
 }
 
+impl FieldValue {
+    /// RabbitMQ's name of the value's AMQP field type, as its error texts use it.
+    pub(crate) fn type_name(&self) -> &'static str {
+        match self {
+            FieldValue::Void => "void",
+            FieldValue::Bool(_) => "bool",
+            FieldValue::I64(_) => "signedint",
+            FieldValue::F64(_) => "double",
+            FieldValue::String(_) => "longstr",
+            FieldValue::Bytes(_) => "binary",
+            FieldValue::Timestamp(_) => "timestamp",
+            FieldValue::Array(_) => "array",
+            FieldValue::Table(_) => "table",
+        }
+    }
+}
+
 /// AMQP basic properties, all optional as on the wire.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Properties {

@@ -276,7 +276,8 @@ pub(crate) struct Queue {
     /// Delivered from this queue and not settled yet.
     pub unacked: usize,
     /// Round-robin order: the front is the next consumer offered a message.
-    consumers: VecDeque<ConsumerKey>,
+    /// With each consumer's `x-priority`.
+    consumers: VecDeque<(ConsumerKey, i64)>,
     /// Whether the consumer (at most one then) asked for exclusive use.
     pub exclusive_consumer: bool,
     /// When the queue was last used (declared, read with `basic.get`, or left by a consumer),
@@ -487,25 +488,26 @@ impl Queue {
         dropped.into()
     }
 
-    pub(crate) fn add_consumer(&mut self, key: ConsumerKey, exclusive: bool) {
-        self.consumers.push_back(key);
+    pub(crate) fn add_consumer(&mut self, key: ConsumerKey, exclusive: bool, priority: i64) {
+        self.consumers.push_back((key, priority));
         self.exclusive_consumer = exclusive;
     }
 
     pub(crate) fn remove_consumer(&mut self, key: &ConsumerKey) {
-        self.consumers.retain(|k| k != key);
+        self.consumers.retain(|(k, _)| k != key);
         if self.consumers.is_empty() {
             self.exclusive_consumer = false;
         }
     }
 
     pub(crate) fn consumers(&self) -> impl Iterator<Item = &ConsumerKey> {
-        self.consumers.iter()
+        self.consumers.iter().map(|(key, _)| key)
     }
 
-    /// The next consumer in round-robin order for which `with_credit` answers (it has credit),
-    /// with that answer; the consumer then moves to the back. Consumers without credit keep
-    /// their turn. None when every consumer is blocked.
+    /// The next consumer for which `with_credit` answers (it has credit), with that answer:
+    /// of the highest `x-priority` among those with credit, the first in round-robin order;
+    /// it then moves to the back. Consumers without credit keep their turn. None when every
+    /// consumer is blocked.
     ///
     /// With a single active consumer there is no round-robin: only the earliest registered
     /// consumer is offered messages (the list is never rotated, so when it goes, the next
@@ -514,25 +516,31 @@ impl Queue {
         &mut self,
         with_credit: impl Fn(&ConsumerKey) -> Option<T>,
     ) -> Option<(ConsumerKey, T)> {
-        if self.args.single_active_consumer {
-            let active = self.consumers.front()?;
-            return Some((active.clone(), with_credit(active)?));
+        if self.args.single_active_consumer || self.consumers.len() == 1 {
+            // The front one or none; with one consumer there is no turn to pass on either.
+            let (first, _) = self.consumers.front()?;
+            return Some((first.clone(), with_credit(first)?));
         }
-        let (position, found) = self
-            .consumers
-            .iter()
-            .enumerate()
-            .find_map(|(position, key)| Some((position, with_credit(key)?)))?;
-        if self.consumers.len() == 1 {
-            // Round-robin among one: nothing to move.
-        } else if position == 0 {
+        // Credit is asked only of a consumer that would beat the best so far, so with equal
+        // priorities (the usual case) this stops asking at the first with credit.
+        let mut best: Option<(usize, i64, T)> = None;
+        for (position, (key, priority)) in self.consumers.iter().enumerate() {
+            if best.as_ref().is_some_and(|(_, best, _)| best >= priority) {
+                continue;
+            }
+            if let Some(found) = with_credit(key) {
+                best = Some((position, *priority, found));
+            }
+        }
+        let (position, _, found) = best?;
+        if position == 0 {
             self.consumers.rotate_left(1);
         } else {
-            let key = self.consumers.remove(position)?;
-            self.consumers.push_back(key);
+            let entry = self.consumers.remove(position)?;
+            self.consumers.push_back(entry);
         }
-        let key = self.consumers.back()?.clone();
-        Some((key, found))
+        let (key, _) = self.consumers.back()?;
+        Some((key.clone(), found))
     }
 
     pub(crate) fn info(&self, name: &str) -> QueueInfo {

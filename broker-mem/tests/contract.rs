@@ -87,6 +87,7 @@ contract!(
     queue_expires_when_unused,
     priority_and_single_active_arguments_are_checked,
     headers_exchange_with_x_matches_x_headers_too,
+    consumer_priorities_feed_the_highest_with_credit_first,
 );
 
 async fn nack_multiple_requeues_in_order_and_auto_ack_ignores_prefetch(b: &mut impl Amqp) {
@@ -1495,4 +1496,57 @@ async fn headers_exchange_with_x_matches_x_headers_too(b: &mut impl Amqp) {
         code(b.queue_bind(ch, "all", "h", "", not_text).await),
         Err(406)
     );
+}
+
+async fn consumer_priorities_feed_the_highest_with_credit_first(b: &mut impl Amqp) {
+    let c = b.connection().await;
+    let ch = b.channel(c).await;
+    b.queue(ch, "q").await;
+    b.qos(ch, 2, false).await.unwrap();
+    let priority = |p: i64| table(&[("x-priority", i(p))]);
+    let low = b
+        .consume_with(ch, "q", "low", false, false, FieldTable::new())
+        .await
+        .unwrap();
+    let high = b
+        .consume_with(ch, "q", "high", false, false, priority(10))
+        .await
+        .unwrap();
+    for n in 0..5 {
+        b.send(ch, "", "q", &n.to_string()).await;
+    }
+    // The higher priority takes what its prefetch allows; only then does the lower get any.
+    let mut from_high = Vec::new();
+    for _ in 0..2 {
+        from_high.push(b.next(high).await.msg());
+    }
+    let texts = |msgs: &[harness::Msg]| msgs.iter().map(harness::Msg::text).collect::<Vec<_>>();
+    assert_eq!(texts(&from_high), ["0", "1"]);
+    let mut from_low = Vec::new();
+    for _ in 0..2 {
+        from_low.push(b.next(low).await.msg());
+    }
+    assert_eq!(texts(&from_low), ["2", "3"]);
+    assert_eq!(b.depth("q").await, Some(1));
+    b.ack(ch, from_high[0].tag, false).await.unwrap();
+    assert_eq!(b.next(high).await.msg().text(), "4");
+    // With credit on both, the higher priority gets the next.
+    b.ack(ch, from_low[0].tag, false).await.unwrap();
+    b.ack(ch, from_high[1].tag, false).await.unwrap();
+    b.send(ch, "", "q", "5").await;
+    assert_eq!(b.next(high).await.msg().text(), "5");
+    assert!(matches!(b.quiet(low).await, Next::Empty));
+    // x-priority must be an integer.
+    let ch = b.channel(c).await;
+    let refused = b
+        .consume_with(
+            ch,
+            "q",
+            "bad",
+            false,
+            false,
+            table(&[("x-priority", s("high"))]),
+        )
+        .await;
+    assert_eq!(refused.map(drop).map_err(|r| r.code), Err(406));
 }

@@ -8,9 +8,10 @@
 //!
 //! The model covers one queue with `x-message-ttl`, `x-max-length` (drop-head) and a
 //! dead-letter exchange, one plain queue, a priority queue with a single active consumer, and
-//! the dead-letter queue; consumers (at most one per lane) with a prefetch, competing
-//! round-robin when two lanes consume the same queue (or taking turns as the single active
-//! one), cancelled or ended by a close. After every step the deliveries each lane received must be
+//! the dead-letter queue; consumers (at most one per lane) with a prefetch and a consumer
+//! priority (`x-priority`), competing when two lanes consume the same queue (the highest
+//! priority with credit first, round-robin among equals; or taking turns as the single
+//! active one), cancelled or ended by a close. After every step the deliveries each lane received must be
 //! the model's, tag by tag. Declares and binds are fixed at the start (the contract suite covers
 //! them against RabbitMQ).
 //!
@@ -79,6 +80,7 @@ enum Op {
         lane: usize,
         queue: usize,
         prefetch: u16,
+        priority: i64,
     },
     Cancel {
         lane: usize,
@@ -103,7 +105,9 @@ fn op() -> impl Strategy<Value = Op> {
         1 => lane.prop_map(|lane| Op::Reopen { lane }),
         2 => (0u64..80).prop_map(|ms| Op::Advance { ms }),
         1 => (0..LANES, 0..QUEUES.len() + 1, 1u16..4)
-            .prop_map(|(lane, queue, prefetch)| Op::Consume { lane, queue, prefetch }),
+            .prop_flat_map(|(lane, queue, prefetch)| (-1i64..2).prop_map(move |priority| {
+                Op::Consume { lane, queue, prefetch, priority }
+            })),
         1 => (0..LANES).prop_map(|lane| Op::Cancel { lane }),
     ]
 }
@@ -126,6 +130,7 @@ struct Entry {
 struct ModelConsumer {
     queue: &'static str,
     prefetch: usize,
+    priority: i64,
     serial: u64,
 }
 
@@ -173,9 +178,9 @@ impl Model {
         held < consumer.prefetch
     }
 
-    /// Round-robin among the queue's consumers with credit; a consumer without credit keeps
-    /// its turn. The priority queue has a single active consumer: the earliest registered,
-    /// credit or not.
+    /// Round-robin among the queue's consumers of the highest priority that have credit; a
+    /// consumer without credit keeps its turn. The priority queue has a single active
+    /// consumer: the earliest registered, credit or not, whatever its priority.
     fn dispatch(&mut self, queue: &'static str) {
         while !self.ready[queue].is_empty() {
             let rotation = &self.rotation[queue];
@@ -185,9 +190,15 @@ impl Model {
                     _ => return,
                 }
             } else {
-                let Some(position) = rotation.iter().position(|lane| self.has_credit(*lane)) else {
+                let priority = |lane: usize| self.consumers[lane].unwrap().priority;
+                let with_credit = rotation.iter().filter(|lane| self.has_credit(**lane));
+                let Some(highest) = with_credit.map(|lane| priority(*lane)).max() else {
                     return;
                 };
+                let position = rotation
+                    .iter()
+                    .position(|lane| priority(*lane) == highest && self.has_credit(*lane))
+                    .unwrap();
                 let rotation = self.rotation.get_mut(queue).unwrap();
                 let lane = rotation.remove(position).unwrap();
                 rotation.push_back(lane);
@@ -219,11 +230,12 @@ impl Model {
         }
     }
 
-    fn consume(&mut self, lane: usize, queue: &'static str, prefetch: u16) {
+    fn consume(&mut self, lane: usize, queue: &'static str, prefetch: u16, priority: i64) {
         self.serial += 1;
         self.consumers[lane] = Some(ModelConsumer {
             queue,
             prefetch: usize::from(prefetch),
+            priority,
             serial: self.serial,
         });
         self.rotation.get_mut(queue).unwrap().push_back(lane);
@@ -579,6 +591,7 @@ impl World {
                 lane,
                 queue,
                 prefetch,
+                priority,
             } => {
                 if self.tags[lane].is_some() {
                     return Ok(());
@@ -588,12 +601,19 @@ impl World {
                 self.engine
                     .basic_qos(channel, prefetch)
                     .map_err(|e| TestCaseError::fail(format!("qos: {e}")))?;
+                let options = ConsumeOptions {
+                    arguments: FieldTable::from([(
+                        "x-priority".to_owned(),
+                        FieldValue::I64(priority),
+                    )]),
+                    ..ConsumeOptions::default()
+                };
                 let tag = self
                     .engine
-                    .basic_consume(channel, name, ConsumeOptions::default())
+                    .basic_consume(channel, name, options)
                     .map_err(|e| TestCaseError::fail(format!("consume: {e}")))?;
                 self.tags[lane] = Some(tag);
-                self.model.consume(lane, name, prefetch);
+                self.model.consume(lane, name, prefetch, priority);
             }
             Op::Cancel { lane } => {
                 let Some(tag) = self.tags[lane].take() else {

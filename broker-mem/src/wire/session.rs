@@ -1508,12 +1508,11 @@ fn publish_options(mandatory: bool) -> PublishOptions {
     }
 }
 
-#[allow(clippy::needless_update)]
 fn consume_options(consume: &basic::Consume) -> ConsumeOptions {
     ConsumeOptions {
         consumer_tag: consume.consumer_tag.as_str().to_owned(),
         no_ack: consume.no_ack,
         exclusive: consume.exclusive,
-        ..ConsumeOptions::default()
+        arguments: table_in(&consume.arguments),
     }
 }

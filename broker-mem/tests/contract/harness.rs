@@ -195,13 +195,15 @@ pub trait Amqp {
         properties: Properties,
         body: &str,
     ) -> R<Pub>;
-    async fn consume(
+    /// `basic.consume` with its arguments (`x-priority`).
+    async fn consume_with(
         &mut self,
         ch: Ch,
         queue: &str,
         tag: &str,
         no_ack: bool,
         exclusive: bool,
+        args: FieldTable,
     ) -> R<Sub>;
     /// The next delivery, waiting for it on RabbitMQ.
     async fn next(&mut self, sub: Sub) -> Next;
@@ -234,6 +236,19 @@ pub trait Amqp {
             depth = self.depth(queue).await;
         }
         depth
+    }
+
+    /// `basic.consume` without arguments.
+    async fn consume(
+        &mut self,
+        ch: Ch,
+        queue: &str,
+        tag: &str,
+        no_ack: bool,
+        exclusive: bool,
+    ) -> R<Sub> {
+        self.consume_with(ch, queue, tag, no_ack, exclusive, FieldTable::new())
+            .await
     }
 
     /// Convenience: publish a plain text body, not mandatory, expecting an ack.
@@ -462,18 +477,20 @@ impl Amqp for Mem {
         })
     }
 
-    async fn consume(
+    async fn consume_with(
         &mut self,
         ch: Ch,
         queue: &str,
         tag: &str,
         no_ack: bool,
         exclusive: bool,
+        args: FieldTable,
     ) -> R<Sub> {
         let options = ConsumeOptions {
             consumer_tag: tag.to_owned(),
             no_ack,
             exclusive,
+            arguments: args,
         };
         let consumer = self
             .ch(ch)
@@ -861,13 +878,14 @@ impl Amqp for Rabbit {
         }
     }
 
-    async fn consume(
+    async fn consume_with(
         &mut self,
         ch: Ch,
         queue: &str,
         tag: &str,
         no_ack: bool,
         exclusive: bool,
+        args: FieldTable,
     ) -> R<Sub> {
         let options = BasicConsumeOptions {
             no_ack,
@@ -876,7 +894,7 @@ impl Amqp for Rabbit {
         };
         let consumer = self
             .ch(ch)
-            .basic_consume(queue.into(), tag.into(), options, LapinTable::default())
+            .basic_consume(queue.into(), tag.into(), options, table_out(&args))
             .await
             .map_err(rabbit_reply)?;
         self.consumers.push(consumer);
