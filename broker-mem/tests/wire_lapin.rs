@@ -516,3 +516,65 @@ async fn channel_flow_active_false_is_540_as_on_rabbitmq() {
         vhost.delete().await.expect("delete the vhost");
     }
 }
+
+#[tokio::test]
+async fn queue_and_consumer_arguments_reach_the_broker_over_the_wire() {
+    use lapin::options::BasicGetOptions;
+    use lapin::types::AMQPValue;
+
+    let broker = Broker::new();
+    let url = serve(broker.clone(), WireConfig::default()).await;
+    let connection = connect(&url).await;
+    let channel = connection.create_channel().await.unwrap();
+    channel
+        .confirm_select(ConfirmSelectOptions::default())
+        .await
+        .unwrap();
+    let mut arguments = FieldTable::default();
+    arguments.insert("x-max-priority".into(), AMQPValue::ShortShortUInt(5));
+    arguments.insert("x-single-active-consumer".into(), AMQPValue::Boolean(true));
+    channel
+        .queue_declare("q".into(), QueueDeclareOptions::default(), arguments)
+        .await
+        .unwrap();
+    let parsed = broker.queue_arguments("q").expect("declared");
+    assert_eq!(parsed.max_priority, Some(5));
+    assert!(parsed.single_active_consumer);
+    // A priority queue over the wire: the higher priority comes out first.
+    for (body, priority) in [(&b"low"[..], 1), (&b"high"[..], 5)] {
+        let properties = BasicProperties::default().with_priority(priority);
+        channel
+            .basic_publish(
+                "".into(),
+                "q".into(),
+                BasicPublishOptions::default(),
+                body,
+                properties,
+            )
+            .await
+            .unwrap()
+            .await
+            .unwrap();
+    }
+    let first = channel
+        .basic_get("q".into(), BasicGetOptions { no_ack: true })
+        .await
+        .unwrap()
+        .expect("a message");
+    assert_eq!(first.delivery.data, b"high");
+    // Consumer arguments are checked by the broker: x-priority must be an integer.
+    let mut bad = FieldTable::default();
+    bad.insert("x-priority".into(), AMQPValue::LongString("high".into()));
+    let refused = channel
+        .basic_consume("q".into(), "c".into(), BasicConsumeOptions::default(), bad)
+        .await
+        .expect_err("406");
+    assert!(
+        refused
+            .to_string()
+            .contains("invalid arg 'x-priority' for queue 'q'"),
+        "{refused}"
+    );
+    assert!(connection.status().connected());
+    connection.close(200, "bye".into()).await.unwrap();
+}
