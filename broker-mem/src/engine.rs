@@ -1631,6 +1631,15 @@ impl Engine {
                 ));
             }
         };
+        if queue.args.queue_type == QueueType::Quorum && state.global_prefetch > 0 {
+            return Err(Fault::Connection(AmqpError::new(
+                ReplyCode::NotImplemented,
+                format!(
+                    "queue '{queue_name}' in vhost '{}' does not support global qos",
+                    crate::VHOST
+                ),
+            )));
+        }
         if queue.exclusive_consumer || (options.exclusive && queue.consumer_count() > 0) {
             return Err(Fault::channel(
                 ReplyCode::AccessRefused,

@@ -88,6 +88,7 @@ contract!(
     priority_and_single_active_arguments_are_checked,
     headers_exchange_with_x_matches_x_headers_too,
     consumer_priorities_feed_the_highest_with_credit_first,
+    quorum_queues_refuse_a_consumer_under_global_qos,
 );
 
 async fn nack_multiple_requeues_in_order_and_auto_ack_ignores_prefetch(b: &mut impl Amqp) {
@@ -1549,4 +1550,22 @@ async fn consumer_priorities_feed_the_highest_with_credit_first(b: &mut impl Amq
         )
         .await;
     assert_eq!(refused.map(drop).map_err(|r| r.code), Err(406));
+}
+
+async fn quorum_queues_refuse_a_consumer_under_global_qos(b: &mut impl Amqp) {
+    let c = b.connection().await;
+    let ch = b.channel(c).await;
+    let durable = QFlags {
+        durable: true,
+        ..QFlags::default()
+    };
+    let quorum = table(&[("x-queue-type", s("quorum"))]);
+    b.queue_declare(ch, "qq", durable, quorum).await.unwrap();
+    b.qos(ch, 5, true).await.unwrap();
+    // 540, a connection error.
+    let refused = b.consume(ch, "qq", "c", false, false).await;
+    assert_eq!(refused.map(drop).map_err(|r| r.code), Err(540));
+    let c = b.connection().await;
+    let ch = b.channel(c).await;
+    b.queue_delete(ch, "qq", false, false).await.unwrap();
 }

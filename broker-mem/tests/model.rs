@@ -244,13 +244,17 @@ impl Model {
 
     /// A cancel; the next consumer of a single-active queue takes over at once.
     fn cancel(&mut self, lane: usize) {
+        self.detach(lane);
+        self.run();
+    }
+
+    fn detach(&mut self, lane: usize) {
         if let Some(consumer) = self.consumers[lane].take() {
             self.rotation
                 .get_mut(consumer.queue)
                 .unwrap()
                 .retain(|l| *l != lane);
         }
-        self.run();
     }
 
     fn held(&self) -> usize {
@@ -372,8 +376,10 @@ impl Model {
         self.run();
     }
 
+    /// A close takes the consumer away and requeues in one step, so a consumer taking over
+    /// a single-active queue starts with the requeued messages.
     fn close(&mut self, lane: usize) {
-        self.cancel(lane);
+        self.detach(lane);
         let unacked = std::mem::take(&mut self.unacked[lane]);
         for (_, (queue, entry, _)) in unacked {
             self.requeue(queue, entry);

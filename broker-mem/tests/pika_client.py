@@ -71,6 +71,15 @@ def main(port):
     other = connection.channel()
     other.queue_declare("py.work", passive=True)
     connection.close()
+
+    # A prefetch size is a hard error, as on RabbitMQ: 540 closes the connection.
+    connection = pika.BlockingConnection(params)
+    try:
+        connection.channel().basic_qos(prefetch_size=10, prefetch_count=1)
+        raise AssertionError("a prefetch size was accepted")
+    except pika.exceptions.ConnectionClosedByBroker as closed:
+        assert closed.reply_code == 540, closed
+        assert closed.reply_text == "NOT_IMPLEMENTED - prefetch_size!=0 (10)", closed
     print("OK")
 
 

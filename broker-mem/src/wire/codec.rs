@@ -88,6 +88,15 @@ pub(crate) fn take_frame(
                 text: format!("FRAME_ERROR - heartbeat on channel {channel}"),
             });
         }
+        FRAME_METHOD if prefetch_size(payload).is_some_and(|size| size != 0) => {
+            // amq-protocol's parser drops basic.qos's prefetch-size; RabbitMQ refuses any but
+            // 0 with a connection error, so it is read here, before parsing.
+            let size = prefetch_size(payload).unwrap_or_default();
+            return Err(BadFrame {
+                code: 540,
+                text: format!("NOT_IMPLEMENTED - prefetch_size!=0 ({size})"),
+            });
+        }
         _ => match parse_frame(&buffer[..total]) {
             Ok((_, frame)) => Inbound::Frame(Box::new(frame)),
             Err(error) => {
@@ -104,6 +113,15 @@ pub(crate) fn take_frame(
         },
     };
     Ok(Some((inbound, total)))
+}
+
+/// The prefetch-size of a `basic.qos` method payload (class 60, method 10); None for any
+/// other method.
+fn prefetch_size(payload: &[u8]) -> Option<u32> {
+    match payload {
+        [0, 60, 0, 10, a, b, c, d, ..] => Some(u32::from_be_bytes([*a, *b, *c, *d])),
+        _ => None,
+    }
 }
 
 /// Appends a frame to `out`. Generation of a frame we built cannot fail except for a bug (an
