@@ -128,7 +128,7 @@ impl Bindings {
     pub(crate) fn with_key<'a>(
         &'a self,
         routing_key: &str,
-    ) -> impl Iterator<Item = &'a Destination> + 'a {
+    ) -> impl Iterator<Item = &'a Destination> + use<'a> {
         self.map
             .get(routing_key)
             .into_iter()

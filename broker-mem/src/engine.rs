@@ -34,7 +34,7 @@ use crate::limits::{
 use crate::lookup::{HandleMap, NameMap};
 use crate::message::{
     Confirm, DeadLettered, DeathReason, FieldTable, FieldValue, Message, Properties,
-    PublishOptions, Published, REPLY_NO_ROUTE, Returned, add_death, is_cycle,
+    PublishOptions, Published, REPLY_NO_ROUTE, Returned, add_death, header_routes, is_cycle,
 };
 use crate::queue::{
     Overflow, Queue, QueueArguments, QueueDeclareOk, QueueInfo, QueueOptions, QueueSet, QueueType,
@@ -1280,6 +1280,26 @@ impl Engine {
                 format!("invalid expiration '{expiration}': {{error,no_integer}}"),
             ));
         }
+        // Only set (and dropped) when there are headers: most publishes have none.
+        let header_keys;
+        let (extra_keys, properties): (&[SmolStr], _) = match properties.headers.as_ref() {
+            None => (&[], properties),
+            Some(headers) => {
+                header_keys = header_routes(headers)
+                    .map_err(|text| Fault::channel(ReplyCode::PreconditionFailed, text))?;
+                // BCC routes the message but is not delivered with it.
+                let properties = if headers.contains_key("BCC") {
+                    let mut without = Properties::clone(&properties);
+                    if let Some(headers) = without.headers.as_mut() {
+                        headers.remove("BCC");
+                    }
+                    Message::share_properties(without)
+                } else {
+                    properties
+                };
+                (&header_keys, properties)
+            }
+        };
         let fault = self
             .channels
             .get_index_mut(channel_index)
@@ -1290,6 +1310,7 @@ impl Engine {
         self.route(
             exchange_index,
             routing_key,
+            extra_keys,
             properties.headers.as_ref(),
             &mut targets,
         );
@@ -1365,6 +1386,7 @@ impl Engine {
         &self,
         first: usize,
         routing_key: &str,
+        extra_keys: &[SmolStr],
         headers: Option<&FieldTable>,
         queues: &mut Vec<SmolStr>,
     ) {
@@ -1395,19 +1417,26 @@ impl Engine {
                 }
             };
             let mut routed = false;
-            if name == DEFAULT_EXCHANGE {
-                if let Some((queue, _)) = self.queues.get_key_value(routing_key) {
-                    queues.push(queue.clone());
-                    routed = true;
-                }
-            } else {
-                exchange.route(routing_key, headers, |destination| {
-                    routed = true;
-                    match destination {
-                        Destination::Queue(queue) => queues.push(queue.clone()),
-                        Destination::Exchange(next) => work.push(next),
+            let mut route_by = |key: &str| {
+                if name == DEFAULT_EXCHANGE {
+                    if let Some((queue, _)) = self.queues.get_key_value(key) {
+                        queues.push(queue.clone());
+                        routed = true;
                     }
-                });
+                } else {
+                    exchange.route(key, headers, |destination| {
+                        routed = true;
+                        match destination {
+                            Destination::Queue(queue) => queues.push(queue.clone()),
+                            Destination::Exchange(next) => work.push(next),
+                        }
+                    });
+                }
+            };
+            // All the keys at once: the alternate exchange takes over only if none routes.
+            route_by(routing_key);
+            for key in extra_keys {
+                route_by(key);
             }
             if !routed && let Some(alternate) = &exchange.alternate {
                 work.push(alternate);
@@ -1505,15 +1534,32 @@ impl Engine {
             return;
         };
         let mut properties = Properties::clone(&message.properties);
+        // The keys it was routed by: its own and its CC (BCC was dropped at publish).
+        let cc = properties
+            .headers
+            .as_ref()
+            .map(|headers| header_routes(headers).unwrap_or_default())
+            .unwrap_or_default();
+        let mut death_keys = vec![message.routing_key.clone()];
+        death_keys.extend(cc.iter().cloned());
         add_death(
             &mut properties,
             queue_name,
             reason,
             &message.exchange,
-            &message.routing_key,
+            &death_keys,
             self.now_ms / 1000,
         );
-        let routing_key = dlrk.map_or_else(|| message.routing_key.clone(), SmolStr::from);
+        // Republished by the same keys, unless the queue names one; then CC goes too.
+        let (routing_key, extra_keys) = match dlrk {
+            Some(dlrk) => {
+                if let Some(headers) = properties.headers.as_mut() {
+                    headers.remove("CC");
+                }
+                (SmolStr::from(dlrk), Vec::new())
+            }
+            None => (message.routing_key.clone(), cc),
+        };
         // A dead-letter exchange that does not exist drops the message, as in RabbitMQ.
         let Some(dlx_index) = self.exchanges.get_index_of(dlx.as_str()) else {
             return;
@@ -1522,6 +1568,7 @@ impl Engine {
         self.route(
             dlx_index,
             &routing_key,
+            &extra_keys,
             properties.headers.as_ref(),
             &mut targets,
         );

@@ -186,7 +186,7 @@ impl Exchange {
     /// the same one twice; the caller keeps a set).
     pub(crate) fn route<'a>(
         &'a self,
-        routing_key: &'a str,
+        routing_key: &str,
         headers: Option<&FieldTable>,
         mut found: impl FnMut(&'a Destination),
     ) {

@@ -286,7 +286,7 @@ pub(crate) fn add_death(
     queue: &str,
     reason: DeathReason,
     exchange: &str,
-    routing_key: &str,
+    routing_keys: &[SmolStr],
     time_s: u64,
 ) {
     let mut headers = properties.headers.take().unwrap_or_default();
@@ -324,10 +324,8 @@ pub(crate) fn add_death(
             table.insert("queue".into(), str_value(queue));
             table.insert("time".into(), FieldValue::Timestamp(time_s));
             table.insert("exchange".into(), str_value(exchange));
-            table.insert(
-                "routing-keys".into(),
-                FieldValue::Array(vec![str_value(routing_key)]),
-            );
+            let keys = routing_keys.iter().map(|key| str_value(key)).collect();
+            table.insert("routing-keys".into(), FieldValue::Array(keys));
             if let Some(expiration) = &properties.expiration {
                 table.insert("original-expiration".into(), str_value(expiration));
             }
@@ -338,6 +336,31 @@ pub(crate) fn add_death(
     headers.insert("x-death".into(), FieldValue::Array(deaths));
     properties.headers = Some(headers);
     properties.expiration = None;
+}
+
+/// Sender-selected distribution: the routing keys a message's `CC` and `BCC` headers add to
+/// its own (RabbitMQ reads arrays of strings, ignores other elements, and refuses a header of
+/// another type with this text).
+pub(crate) fn header_routes(headers: &FieldTable) -> Result<Vec<SmolStr>, String> {
+    let mut keys = Vec::new();
+    for header in ["CC", "BCC"] {
+        match headers.get(header) {
+            None => {}
+            Some(FieldValue::Array(items)) => {
+                keys.extend(items.iter().filter_map(|item| match item {
+                    FieldValue::String(key) => Some(SmolStr::from(key)),
+                    _ => None,
+                }));
+            }
+            Some(other) => {
+                return Err(format!(
+                    "invalid message: {{unacceptable_type_in_header,\"{header}\",{}}}",
+                    other.type_name()
+                ));
+            }
+        }
+    }
+    Ok(keys)
 }
 
 /// RabbitMQ's dead-letter cycle rule: a message dead-lettered (not rejected) back into a queue

@@ -89,6 +89,8 @@ contract!(
     headers_exchange_with_x_matches_x_headers_too,
     consumer_priorities_feed_the_highest_with_credit_first,
     quorum_queues_refuse_a_consumer_under_global_qos,
+    cc_and_bcc_headers_add_routing_keys,
+    a_cc_route_keeps_a_message_from_the_alternate_exchange,
 );
 
 async fn nack_multiple_requeues_in_order_and_auto_ack_ignores_prefetch(b: &mut impl Amqp) {
@@ -1568,4 +1570,85 @@ async fn quorum_queues_refuse_a_consumer_under_global_qos(b: &mut impl Amqp) {
     let c = b.connection().await;
     let ch = b.channel(c).await;
     b.queue_delete(ch, "qq", false, false).await.unwrap();
+}
+
+async fn cc_and_bcc_headers_add_routing_keys(b: &mut impl Amqp) {
+    let c = b.connection().await;
+    let ch = b.channel(c).await;
+    b.exchange(ch, "x", "direct").await;
+    b.exchange(ch, "dlx", "fanout").await;
+    b.queue(ch, "dead").await;
+    b.bind(ch, "dead", "dlx", "").await;
+    let dead_letters = || table(&[("x-dead-letter-exchange", s("dlx"))]);
+    for queue in ["a", "cc", "bcc", "other"] {
+        b.queue_declare(ch, queue, QFlags::default(), dead_letters())
+            .await
+            .unwrap();
+        b.bind(ch, queue, "x", queue).await;
+    }
+    let list = |keys: &[&str]| FieldValue::Array(keys.iter().map(|k| s(k)).collect());
+    let headers = table(&[
+        ("CC", list(&["cc"])),
+        ("BCC", list(&["bcc"])),
+        ("note", i(1)),
+    ]);
+    let properties = Properties {
+        headers: Some(headers),
+        ..Properties::default()
+    };
+    b.publish(ch, "x", "a", false, properties, "m")
+        .await
+        .unwrap();
+    // Every queue named gets one copy under the published routing key; BCC is gone, CC stays.
+    let kept = table(&[("CC", list(&["cc"])), ("note", i(1))]);
+    for queue in ["a", "cc", "bcc"] {
+        let (msg, _) = b.get(ch, queue, queue != "cc").await.unwrap().unwrap();
+        assert_eq!(msg.routing_key, "a", "{queue}");
+        assert_eq!(msg.properties.headers.as_ref(), Some(&kept), "{queue}");
+        if queue == "cc" {
+            b.reject(ch, msg.tag, false).await.unwrap();
+        }
+    }
+    assert_eq!(b.depth("other").await, Some(0));
+    // Dead-lettered, its x-death lists the CC keys with the routing key.
+    let (dead, _) = b.get(ch, "dead", true).await.unwrap().unwrap();
+    assert_eq!(
+        deaths(&dead),
+        [death(1, "rejected", "cc", "x", &["a", "cc"])]
+    );
+    // CC must be an array.
+    let bad = Properties {
+        headers: Some(table(&[("CC", s("cc"))])),
+        ..Properties::default()
+    };
+    let refused = b.publish(ch, "x", "a", false, bad, "m").await;
+    assert_eq!(refused.map(drop).map_err(|r| r.code), Err(406));
+}
+
+async fn a_cc_route_keeps_a_message_from_the_alternate_exchange(b: &mut impl Amqp) {
+    let c = b.connection().await;
+    let ch = b.channel(c).await;
+    b.exchange(ch, "ae", "fanout").await;
+    let args = table(&[("alternate-exchange", s("ae"))]);
+    b.exchange_declare(ch, "main", "direct", XFlags::default(), args)
+        .await
+        .unwrap();
+    b.queue(ch, "copied").await;
+    b.queue(ch, "unrouted").await;
+    b.bind(ch, "copied", "main", "copy").await;
+    b.bind(ch, "unrouted", "ae", "").await;
+    // The routing key routes nowhere, its CC does: routed, so neither the alternate exchange
+    // nor a return.
+    let cc = table(&[("CC", FieldValue::Array(vec![s("copy")]))]);
+    let properties = Properties {
+        headers: Some(cc),
+        ..Properties::default()
+    };
+    let published = b
+        .publish(ch, "main", "nowhere", true, properties, "m")
+        .await
+        .unwrap();
+    assert_eq!(published.returned, None);
+    assert_eq!(b.depth("copied").await, Some(1));
+    assert_eq!(b.depth("unrouted").await, Some(0));
 }
