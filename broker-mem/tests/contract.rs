@@ -91,6 +91,7 @@ contract!(
     quorum_queues_refuse_a_consumer_under_global_qos,
     cc_and_bcc_headers_add_routing_keys,
     a_cc_route_keeps_a_message_from_the_alternate_exchange,
+    dead_lettering_reroutes_by_cc_unless_the_queue_names_a_key,
 );
 
 async fn nack_multiple_requeues_in_order_and_auto_ack_ignores_prefetch(b: &mut impl Amqp) {
@@ -1651,4 +1652,55 @@ async fn a_cc_route_keeps_a_message_from_the_alternate_exchange(b: &mut impl Amq
     assert_eq!(published.returned, None);
     assert_eq!(b.depth("copied").await, Some(1));
     assert_eq!(b.depth("unrouted").await, Some(0));
+}
+
+async fn dead_lettering_reroutes_by_cc_unless_the_queue_names_a_key(b: &mut impl Amqp) {
+    let c = b.connection().await;
+    let ch = b.channel(c).await;
+    b.exchange(ch, "dlx", "direct").await;
+    b.queue(ch, "dead").await;
+    b.queue(ch, "also").await;
+    b.bind(ch, "dead", "dlx", "dl").await;
+    b.bind(ch, "also", "dlx", "also").await;
+    let keyed = table(&[
+        ("x-dead-letter-exchange", s("dlx")),
+        ("x-dead-letter-routing-key", s("dl")),
+    ]);
+    b.queue_declare(ch, "keyed", QFlags::default(), keyed)
+        .await
+        .unwrap();
+    let plain = table(&[("x-dead-letter-exchange", s("dlx"))]);
+    b.queue_declare(ch, "plain", QFlags::default(), plain)
+        .await
+        .unwrap();
+    let cc = || Properties {
+        headers: Some(table(&[("CC", FieldValue::Array(vec![s("also")]))])),
+        ..Properties::default()
+    };
+    // Published through an exchange where the CC key routes nowhere.
+    b.exchange(ch, "in", "direct").await;
+    for queue in ["keyed", "plain"] {
+        b.bind(ch, queue, "in", queue).await;
+        b.publish(ch, "in", queue, false, cc(), queue)
+            .await
+            .unwrap();
+        let (msg, _) = b.get(ch, queue, false).await.unwrap().unwrap();
+        b.reject(ch, msg.tag, false).await.unwrap();
+    }
+    // The queue's dead-letter routing key replaces every key and drops CC; without one the
+    // message goes by its own key and its CC.
+    let (dead, _) = b.get(ch, "dead", true).await.unwrap().unwrap();
+    assert_eq!(
+        (dead.text(), dead.routing_key.as_str()),
+        ("keyed".into(), "dl")
+    );
+    assert_eq!(dead.header("CC"), None);
+    let (also, _) = b.get(ch, "also", true).await.unwrap().unwrap();
+    assert_eq!(
+        (also.text(), also.routing_key.as_str()),
+        ("plain".into(), "plain")
+    );
+    assert_eq!(also.header("CC"), Some(&FieldValue::Array(vec![s("also")])));
+    assert_eq!(b.depth("dead").await, Some(0));
+    assert_eq!(b.depth("also").await, Some(0));
 }
