@@ -6,7 +6,8 @@ use std::fmt;
 
 use crate::connection::ConnectionId;
 use crate::consumer::ConsumerState;
-use crate::delivery::UnackedDeliveries;
+use crate::delivery::{Unacked, UnackedDeliveries};
+use crate::engine::tx::Transaction;
 use crate::error::AmqpError;
 use crate::lookup::NameMap;
 
@@ -53,9 +54,18 @@ pub(crate) struct ChannelState {
     pub unacked: UnackedDeliveries,
     /// Consumers by tag.
     pub consumers: NameMap<ConsumerState>,
+    /// `tx.select`: the open transaction (empty after each commit or rollback).
+    pub tx: Option<Transaction>,
 }
 
 impl ChannelState {
+    /// Every delivery the broker counts as unacked on this channel: those waiting for a
+    /// settle, and those settled in a transaction that is not committed yet.
+    pub(crate) fn all_unacked(&self) -> impl Iterator<Item = (&u64, &Unacked)> {
+        let in_tx = self.tx.iter().flat_map(Transaction::settled);
+        self.unacked.iter().chain(in_tx)
+    }
+
     /// Whether the channel-wide (`global`) prefetch lets one more consumer delivery through.
     pub(crate) fn has_global_credit(&self) -> bool {
         self.global_prefetch == 0 || self.consumer_unacked < usize::from(self.global_prefetch)
@@ -74,6 +84,7 @@ impl ChannelState {
             last_delivery_tag: 0,
             unacked: UnackedDeliveries::default(),
             consumers: NameMap::default(),
+            tx: None,
         }
     }
 }

@@ -670,6 +670,25 @@ impl Channel {
             .call(|engine| engine.basic_cancel(self.id, consumer_tag))
     }
 
+    /// `tx.select`: from now on publishes are held until [`Channel::tx_commit`] (their
+    /// [`Confirm`] is [`Confirm::Pending`]) and acks, nacks and rejects are applied only then.
+    /// See [`Engine::tx_commit`].
+    pub fn tx_select(&self) -> Result<(), Error> {
+        self.broker.call(|engine| engine.tx_select(self.id))
+    }
+
+    /// `tx.commit`: the held publishes are enqueued, then the held settles applied. Returns
+    /// the mandatory messages no queue took.
+    pub fn tx_commit(&self) -> Result<Vec<Returned>, Error> {
+        self.broker.call(|engine| engine.tx_commit(self.id))
+    }
+
+    /// `tx.rollback`: the held publishes are dropped, the held settles undone (those
+    /// deliveries are unacked again).
+    pub fn tx_rollback(&self) -> Result<(), Error> {
+        self.broker.call(|engine| engine.tx_rollback(self.id))
+    }
+
     /// Closes the channel: its consumers end and its unacked deliveries are requeued. Closing
     /// twice is Ok; closing a channel that an error closed returns that error.
     pub fn close(&self) -> Result<(), Error> {

@@ -115,6 +115,22 @@ impl<T> UnackedDeliveries<T> {
         self.live += 1;
     }
 
+    /// Puts back a delivery taken out earlier (a rolled-back transaction's settle), at its
+    /// tag's place.
+    pub(crate) fn restore(&mut self, delivery_tag: u64, unacked: T) {
+        match self
+            .entries
+            .binary_search_by_key(&delivery_tag, |(tag, _)| *tag)
+        {
+            Ok(at) => {
+                debug_assert!(self.entries[at].1.is_none(), "tag {delivery_tag} is held");
+                self.entries[at].1 = Some(unacked);
+            }
+            Err(at) => self.entries.insert(at, (delivery_tag, Some(unacked))),
+        }
+        self.live += 1;
+    }
+
     pub(crate) fn contains_key(&self, delivery_tag: &u64) -> bool {
         self.position(*delivery_tag)
             .is_some_and(|at| self.entries[at].1.is_some())
@@ -127,6 +143,33 @@ impl<T> UnackedDeliveries<T> {
         self.live -= 1;
         self.tidy();
         Some(unacked)
+    }
+
+    /// What a settle of `delivery_tag` covers, taken out with the tags, in tag order: the
+    /// one delivery, or with `multiple` every one up to it (all of them for tag 0). None when
+    /// the tag is unknown (406).
+    pub(crate) fn take_tagged(
+        &mut self,
+        delivery_tag: u64,
+        multiple: bool,
+    ) -> Option<Vec<(u64, T)>> {
+        if !multiple {
+            let unacked = self.remove(&delivery_tag)?;
+            return Some(vec![(delivery_tag, unacked)]);
+        }
+        if delivery_tag != 0 && !self.contains_key(&delivery_tag) {
+            return None;
+        }
+        let mut taken = Vec::new();
+        while let Some((tag, _)) = self.entries.front()
+            && (delivery_tag == 0 || *tag <= delivery_tag)
+        {
+            if let Some((tag, Some(unacked))) = self.entries.pop_front() {
+                taken.push((tag, unacked));
+            }
+        }
+        self.live -= taken.len();
+        Some(taken)
     }
 
     /// Takes out every delivery with a tag up to and including `delivery_tag`, in tag order.
@@ -159,10 +202,6 @@ impl<T> UnackedDeliveries<T> {
         self.entries
             .iter()
             .filter_map(|(tag, unacked)| Some((tag, unacked.as_ref()?)))
-    }
-
-    pub(crate) fn values(&self) -> impl Iterator<Item = &T> {
-        self.iter().map(|(_, unacked)| unacked)
     }
 
     fn position(&self, delivery_tag: u64) -> Option<usize> {

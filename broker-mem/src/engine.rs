@@ -42,6 +42,7 @@ use crate::queue::{
 };
 
 mod fault;
+pub(crate) mod tx;
 
 use fault::{Delayed, DeliveryFault};
 
@@ -881,9 +882,8 @@ impl Engine {
                 return Err(format!("{id} is not registered with its connection"));
             }
             let through_consumers = channel
-                .unacked
-                .values()
-                .filter(|u| u.consumer_serial != 0)
+                .all_unacked()
+                .filter(|(_, u)| u.consumer_serial != 0)
                 .count();
             if through_consumers != channel.consumer_unacked {
                 return Err(format!(
@@ -898,9 +898,8 @@ impl Engine {
             }
             for (tag, consumer) in &channel.consumers {
                 let unacked = channel
-                    .unacked
-                    .values()
-                    .filter(|u| u.consumer_serial == consumer.serial);
+                    .all_unacked()
+                    .filter(|(_, u)| u.consumer_serial == consumer.serial);
                 if unacked.count() != consumer.unacked {
                     return Err(format!(
                         "consumer '{tag}' on {id} counts {} unacked",
@@ -1300,11 +1299,19 @@ impl Engine {
                 (&header_keys, properties)
             }
         };
-        let fault = self
+        let in_tx = self
             .channels
-            .get_index_mut(channel_index)
-            .and_then(|(_, state)| state.nack_next_publish.take())
-            .or_else(|| self.take_publish_fault(exchange_name));
+            .get_index(channel_index)
+            .is_some_and(|(_, state)| state.tx.is_some());
+        // Confirm faults wait for a publish that is confirmed: a transaction's is not.
+        let fault = if in_tx {
+            None
+        } else {
+            self.channels
+                .get_index_mut(channel_index)
+                .and_then(|(_, state)| state.nack_next_publish.take())
+                .or_else(|| self.take_publish_fault(exchange_name))
+        };
         let mut targets = std::mem::take(&mut self.route_scratch);
         targets.clear();
         self.route(
@@ -1315,6 +1322,15 @@ impl Engine {
             &mut targets,
         );
         let message = Message::new(shared_name.clone(), routing_key.into(), properties, body);
+        if in_tx {
+            // Routed now, enqueued at the commit; no confirm.
+            self.hold_publish(channel_index, targets.clone(), message, options)?;
+            self.route_scratch = targets;
+            return Ok(Published {
+                returned: None,
+                confirm: Confirm::Pending,
+            });
+        }
         let published = self.enqueue_routed(&targets, message, options, fault);
         self.route_scratch = targets;
         Ok(published)
@@ -1601,6 +1617,12 @@ impl Engine {
     /// Why `copies` more copies of a `body_bytes` body would break the held ceilings, if they
     /// would.
     fn over_ceiling(&self, copies: usize, body_bytes: usize) -> Option<String> {
+        self.over_ceiling_total(copies, copies.saturating_mul(body_bytes))
+    }
+
+    /// Why `copies` more messages of `bytes` body bytes in all would break the held ceilings,
+    /// if they would.
+    fn over_ceiling_total(&self, copies: usize, bytes: usize) -> Option<String> {
         let messages = self.held.messages.saturating_add(copies);
         if messages > self.limits.held_messages_max {
             return Some(format!(
@@ -1608,13 +1630,10 @@ impl Engine {
                 self.held.messages, self.limits.held_messages_max
             ));
         }
-        let bytes = self
-            .held
-            .body_bytes
-            .saturating_add(copies.saturating_mul(body_bytes));
-        if bytes > self.limits.held_body_bytes_max {
+        let total = self.held.body_bytes.saturating_add(bytes);
+        if total > self.limits.held_body_bytes_max {
             return Some(format!(
-                "the broker holds {} body bytes; {copies} copies of {body_bytes} more would pass the limit of {}",
+                "the broker holds {} body bytes; {copies} messages of {bytes} more would pass the limit of {}",
                 self.held.body_bytes, self.limits.held_body_bytes_max
             ));
         }
@@ -1836,6 +1855,18 @@ impl Engine {
         let Some((_, state)) = self.channels.get_index_mut(channel_index) else {
             return Err(Fault::Invalid(format!("{channel} is not open")));
         };
+        if state.tx.is_some() {
+            let settled = state
+                .unacked
+                .take_tagged(delivery_tag, multiple)
+                .ok_or_else(|| {
+                    Fault::channel(
+                        ReplyCode::PreconditionFailed,
+                        format!("unknown delivery tag {delivery_tag}"),
+                    )
+                })?;
+            return self.hold_settles(channel_index, settled, outcome);
+        }
         if !multiple {
             let Some(unacked) = state.unacked.remove(&delivery_tag) else {
                 return Err(Fault::channel(
@@ -2074,6 +2105,8 @@ impl Engine {
     /// for dispatch to whoever else consumes), auto-delete queues that lost their last consumer
     /// deleted.
     fn shut_channel(&mut self, channel: ChannelId) {
+        // An open transaction goes first: its settled deliveries are requeued with the rest.
+        self.roll_back(channel);
         let Some(state) = self.channels.get_mut(&channel) else {
             return;
         };
@@ -2153,9 +2186,7 @@ impl Engine {
     }
 
     fn all_unacked(&self) -> impl Iterator<Item = (&u64, &Unacked)> {
-        self.channels
-            .values()
-            .flat_map(|channel| channel.unacked.iter())
+        self.channels.values().flat_map(ChannelState::all_unacked)
     }
 }
 

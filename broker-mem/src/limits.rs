@@ -80,6 +80,11 @@ impl Default for Limits {
 /// first. Tests read them; a long simulation must not grow them without bound.
 pub const INTROSPECTION_LOG_MAX: usize = 10_000;
 
+/// Publishes and settled deliveries one transaction (`tx.select`) may hold until its commit:
+/// RabbitMQ has no such limit; an in-memory broker needs one. Past it the channel is closed
+/// with 406, which rolls the transaction back.
+pub const TX_PENDING_MAX: usize = 65_536;
+
 /// Fault hooks armed and not yet fired (drop, duplicate or delay a delivery), and delayed
 /// deliveries waiting for their time.
 pub const FAULTS_ARMED_MAX: usize = 1_024;

@@ -132,6 +132,9 @@ pub enum Confirm {
         /// Why, for logs (AMQP's `basic.nack` carries no reason; the in-process client can).
         reason: String,
     },
+    /// The channel is in a transaction (`tx.select`): the message is held until `tx.commit`
+    /// enqueues it or `tx.rollback` (or a close) drops it. No confirm follows.
+    Pending,
 }
 
 /// Flags of `basic.publish`.

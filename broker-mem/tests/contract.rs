@@ -92,6 +92,8 @@ contract!(
     cc_and_bcc_headers_add_routing_keys,
     a_cc_route_keeps_a_message_from_the_alternate_exchange,
     dead_lettering_reroutes_by_cc_unless_the_queue_names_a_key,
+    transactions_hold_publishes_until_commit_and_drop_them_on_rollback,
+    transactional_settles_apply_at_commit_and_return_on_rollback,
 );
 
 async fn nack_multiple_requeues_in_order_and_auto_ack_ignores_prefetch(b: &mut impl Amqp) {
@@ -1703,4 +1705,74 @@ async fn dead_lettering_reroutes_by_cc_unless_the_queue_names_a_key(b: &mut impl
     assert_eq!(also.header("CC"), Some(&FieldValue::Array(vec![s("also")])));
     assert_eq!(b.depth("dead").await, Some(0));
     assert_eq!(b.depth("also").await, Some(0));
+}
+
+/// A publish on a transactional channel: held, so no confirm.
+async fn send_in_tx(b: &mut impl Amqp, ch: harness::Ch, queue: &str, body: &str) {
+    let published = b
+        .publish(ch, "", queue, false, Properties::default(), body)
+        .await
+        .expect("publish in a transaction");
+    assert!(!published.acked, "a transactional publish is not confirmed");
+}
+
+async fn transactions_hold_publishes_until_commit_and_drop_them_on_rollback(b: &mut impl Amqp) {
+    let c = b.connection().await;
+    let ch = b.channel(c).await;
+    b.queue(ch, "q").await;
+    let tx = b.tx_channel(c).await;
+    send_in_tx(b, tx, "q", "one").await;
+    assert_eq!(b.depth("q").await, Some(0));
+    b.tx_commit(tx).await.unwrap();
+    assert_eq!(b.depth("q").await, Some(1));
+    send_in_tx(b, tx, "q", "two").await;
+    b.tx_rollback(tx).await.unwrap();
+    send_in_tx(b, tx, "q", "three").await;
+    // Still transactional after a commit or a rollback; a close drops what is held.
+    b.tx_commit(tx).await.unwrap();
+    send_in_tx(b, tx, "q", "four").await;
+    b.close_channel(tx).await;
+    assert_eq!(b.drain(ch, "q").await, ["one", "three"]);
+    // Only a transactional channel commits or rolls back.
+    let code = |result: harness::R<()>| result.map_err(|r| r.code);
+    assert_eq!(code(b.tx_commit(ch).await), Err(406));
+    let ch = b.channel(c).await;
+    assert_eq!(code(b.tx_rollback(ch).await), Err(406));
+}
+
+async fn transactional_settles_apply_at_commit_and_return_on_rollback(b: &mut impl Amqp) {
+    let c = b.connection().await;
+    let ch = b.channel(c).await;
+    b.queue(ch, "q").await;
+    for n in 0..3 {
+        b.send(ch, "", "q", &n.to_string()).await;
+    }
+    let tx = b.tx_channel(c).await;
+    b.qos(tx, 1, false).await.unwrap();
+    let sub = b.consume(tx, "q", "c", false, false).await.unwrap();
+    let first = b.next(sub).await.msg();
+    assert_eq!(first.text(), "0");
+    // The ack waits for the commit, and so does the credit it gives back.
+    b.ack(tx, first.tag, false).await.unwrap();
+    assert!(matches!(b.quiet(sub).await, Next::Empty));
+    // A rollback makes it unacked again, so it can be acked again.
+    b.tx_rollback(tx).await.unwrap();
+    assert!(matches!(b.quiet(sub).await, Next::Empty));
+    b.ack(tx, first.tag, false).await.unwrap();
+    b.tx_commit(tx).await.unwrap();
+    let second = b.next(sub).await.msg();
+    assert_eq!((second.text(), second.redelivered), ("1".into(), false));
+    // Settled in a transaction and closed before the commit: requeued, as if never settled.
+    b.reject(tx, second.tag, false).await.unwrap();
+    b.close_channel(tx).await;
+    assert_eq!(b.depth_becomes("q", Some(2)).await, Some(2));
+    let ch = b.channel(c).await;
+    let (again, _) = b.get(ch, "q", true).await.unwrap().unwrap();
+    assert_eq!((again.text(), again.redelivered), ("1".into(), true));
+    // Acking the same tag twice in one transaction is 406, as outside one.
+    let tx = b.tx_channel(c).await;
+    let (last, _) = b.get(tx, "q", false).await.unwrap().unwrap();
+    b.ack(tx, last.tag, false).await.unwrap();
+    let twice = b.ack(tx, last.tag, false).await.map_err(|r| r.code);
+    assert_eq!(twice, Err(406));
 }

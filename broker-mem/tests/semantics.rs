@@ -960,3 +960,68 @@ fn a_priority_queue_feeds_a_consumer_the_highest_priority_waiting() {
     assert_eq!(got, ["first", "nine", "five", "two"]);
     broker.check_invariants().unwrap();
 }
+
+// ------------------------------------------------------------------------------ transactions
+
+#[test]
+fn a_commit_returns_the_mandatory_messages_no_queue_took() {
+    let (broker, _connection, channel) = setup();
+    declare_queue(&channel, "q");
+    channel.tx_select().unwrap();
+    let mandatory = broker_mem::PublishOptions { mandatory: true };
+    for key in ["q", "nowhere"] {
+        let published = channel
+            .basic_publish_with("", key, mandatory, Properties::default(), body(key))
+            .unwrap();
+        assert_eq!(published.confirm, Confirm::Pending);
+        assert!(published.returned.is_none(), "returned at the commit");
+    }
+    let returned = channel.tx_commit().unwrap();
+    assert_eq!(returned.len(), 1);
+    assert_eq!(
+        (returned[0].reply_code, returned[0].routing_key.as_str()),
+        (312, "nowhere")
+    );
+    assert_eq!(broker.queue_depth("q"), Some(1));
+    broker.check_invariants().unwrap();
+}
+
+#[test]
+fn a_commit_the_broker_cannot_hold_is_refused_whole() {
+    let limits = Limits {
+        held_messages_max: 2,
+        ..Limits::default()
+    };
+    let broker = Broker::with_limits(limits);
+    let connection = broker.connect();
+    let channel = connection.open_channel().unwrap();
+    declare_queue(&channel, "q");
+    channel.tx_select().unwrap();
+    for text in ["a", "b", "c"] {
+        let confirm = channel.basic_publish("", "q", Properties::default(), body(text));
+        assert_eq!(confirm, Ok(Confirm::Pending));
+    }
+    let refused = channel.tx_commit().unwrap_err();
+    assert_eq!(code(&refused), Some(406));
+    assert_eq!(broker.queue_depth("q"), Some(0));
+    assert!(!channel.is_open());
+    broker.check_invariants().unwrap();
+}
+
+#[test]
+fn a_transaction_holds_at_most_tx_pending_max() {
+    let (broker, _connection, channel) = setup();
+    declare_queue(&channel, "q");
+    channel.tx_select().unwrap();
+    for _ in 0..broker_mem::TX_PENDING_MAX {
+        let confirm = channel.basic_publish("", "q", Properties::default(), Bytes::new());
+        assert_eq!(confirm, Ok(Confirm::Pending));
+    }
+    let refused = channel
+        .basic_publish("", "q", Properties::default(), Bytes::new())
+        .unwrap_err();
+    assert_eq!(code(&refused), Some(406));
+    // The close rolled it back: nothing was enqueued.
+    assert_eq!(broker.queue_depth("q"), Some(0));
+    broker.check_invariants().unwrap();
+}

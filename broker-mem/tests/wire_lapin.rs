@@ -578,3 +578,71 @@ async fn queue_and_consumer_arguments_reach_the_broker_over_the_wire() {
     assert!(connection.status().connected());
     connection.close(200, "bye".into()).await.unwrap();
 }
+
+#[tokio::test]
+async fn transactions_run_over_the_wire_and_exclude_confirm_mode() {
+    let broker = Broker::new();
+    let url = serve(broker.clone(), WireConfig::default()).await;
+    let connection = connect(&url).await;
+    let channel = connection.create_channel().await.unwrap();
+    channel
+        .queue_declare(
+            "q".into(),
+            QueueDeclareOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
+    channel.tx_select().await.unwrap();
+    channel
+        .basic_publish(
+            "".into(),
+            "q".into(),
+            BasicPublishOptions::default(),
+            b"held",
+            BasicProperties::default(),
+        )
+        .await
+        .unwrap();
+    // A round trip on the channel, so the publish has surely arrived: still held.
+    channel
+        .queue_declare(
+            "q".into(),
+            QueueDeclareOptions {
+                passive: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(broker.queue_depth("q"), Some(0));
+    channel.tx_commit().await.unwrap();
+    assert_eq!(broker.queue_depth("q"), Some(1));
+    // A transactional channel cannot turn to confirms.
+    let refused = channel
+        .confirm_select(ConfirmSelectOptions::default())
+        .await
+        .expect_err("406");
+    assert!(
+        refused
+            .to_string()
+            .contains("cannot switch from tx to confirm mode"),
+        "{refused}"
+    );
+    // Nor a confirming channel to transactions.
+    let confirming = connection.create_channel().await.unwrap();
+    confirming
+        .confirm_select(ConfirmSelectOptions::default())
+        .await
+        .unwrap();
+    let refused = confirming.tx_select().await.expect_err("406");
+    assert!(
+        refused
+            .to_string()
+            .contains("cannot switch from confirm to tx mode"),
+        "{refused}"
+    );
+    assert!(connection.status().connected());
+    connection.close(200, "bye".into()).await.unwrap();
+}

@@ -303,11 +303,23 @@ async fn hard_errors_close_the_connection_with_rabbitmq_codes() {
     raw.send(frame).await;
     assert_eq!(raw.connection_close_code().await, Some(501));
 
-    // An unimplemented method (transactions): 540.
+    // What RabbitMQ does not implement, broker-mem neither: 540. basic.qos with a prefetch
+    // size (written by hand: amq-protocol always writes 0 there)...
     let mut raw = Raw::open(&server, "guest", 0).await;
-    let select =
-        amq_protocol::protocol::tx::AMQPMethod::Select(amq_protocol::protocol::tx::Select {});
-    raw.send(method(1, AMQPClass::Tx(select))).await;
+    let payload = [0, 60, 0, 10, 0, 0, 0, 10, 0, 1, 0];
+    let mut frame = vec![1, 0, 1];
+    frame.extend(u32::try_from(payload.len()).unwrap().to_be_bytes());
+    frame.extend(payload);
+    frame.push(0xCE);
+    raw.send(frame).await;
+    assert_eq!(raw.connection_close_code().await, Some(540));
+    // ...and a publish with `immediate`.
+    let mut raw = Raw::open(&server, "guest", 0).await;
+    let publish = basic::AMQPMethod::Publish(basic::Publish {
+        immediate: true,
+        ..basic::Publish::default()
+    });
+    raw.send(method(1, AMQPClass::Basic(publish))).await;
     assert_eq!(raw.connection_close_code().await, Some(540));
 }
 

@@ -10,7 +10,7 @@ use std::io;
 use std::time::Duration;
 
 use amq_protocol::frame::{AMQPContentHeader, AMQPFrame};
-use amq_protocol::protocol::{AMQPClass, basic, channel, confirm, connection, exchange, queue};
+use amq_protocol::protocol::{AMQPClass, basic, channel, confirm, connection, exchange, queue, tx};
 use amq_protocol::types::{AMQPValue, FieldTable as AmqpTable, LongString, ShortString};
 use bytes::Bytes;
 use smol_str::SmolStr;
@@ -25,7 +25,7 @@ use crate::wire::convert::{properties_in, properties_out, table_in};
 use crate::wire::{CLOSE_TIMEOUT_MS, FRAME_MIN_BYTES, WireConfig, WireError, WireServer};
 use crate::{
     Broker, ChannelId, Confirm, ConnectionId, ConsumeOptions, ConsumerEnd, Engine, Error, Event,
-    ExchangeKind, ExchangeOptions, PublishOptions, QueueOptions, Tap,
+    ExchangeKind, ExchangeOptions, PublishOptions, QueueOptions, Returned, Tap,
 };
 
 /// Bytes asked of the stream per read.
@@ -597,6 +597,13 @@ impl<S: AsyncRead + AsyncWrite + Send> Session<S> {
             AMQPClass::Exchange(method) => self.on_exchange_method(number, method, &class),
             AMQPClass::Basic(method) => self.on_basic_method(number, method, &class),
             AMQPClass::Confirm(confirm::AMQPMethod::Select(select)) => {
+                let in_tx =
+                    self.engine(number, &class, |engine, id| Ok(engine.in_transaction(id)))?;
+                if in_tx == Some(true) {
+                    let text = "PRECONDITION_FAILED - cannot switch from tx to confirm mode";
+                    self.soft_refuse(number, 406, text, &class);
+                    return Ok(());
+                }
                 if let Some(chan) = self.channels.get_mut(&number) {
                     chan.confirm = true;
                 }
@@ -608,7 +615,63 @@ impl<S: AsyncRead + AsyncWrite + Send> Session<S> {
                 }
                 Ok(())
             }
+            AMQPClass::Tx(method) => self.on_tx_method(number, method, &class),
             _ => Err(not_implemented(&class)),
+        }
+    }
+
+    /// `tx.select`, `tx.commit` (the returns of mandatory messages no queue took, then
+    /// commit-ok) and `tx.rollback`. A channel in confirm mode cannot become transactional.
+    fn on_tx_method(
+        &mut self,
+        number: u16,
+        method: &tx::AMQPMethod,
+        class: &AMQPClass,
+    ) -> Result<(), Hard> {
+        match method {
+            tx::AMQPMethod::Select(_) => {
+                if self.channels.get(&number).is_some_and(|chan| chan.confirm) {
+                    let text = "PRECONDITION_FAILED - cannot switch from confirm to tx mode";
+                    self.soft_refuse(number, 406, text, class);
+                    return Ok(());
+                }
+                if self
+                    .engine(number, class, |engine, id| engine.tx_select(id))?
+                    .is_some()
+                {
+                    self.send(
+                        number,
+                        AMQPClass::Tx(tx::AMQPMethod::SelectOk(tx::SelectOk {})),
+                    );
+                }
+                Ok(())
+            }
+            tx::AMQPMethod::Commit(_) => {
+                let Some(returned) =
+                    self.engine(number, class, |engine, id| engine.tx_commit(id))?
+                else {
+                    return Ok(());
+                };
+                for back in &returned {
+                    self.send_return(number, back);
+                }
+                self.send(
+                    number,
+                    AMQPClass::Tx(tx::AMQPMethod::CommitOk(tx::CommitOk {})),
+                );
+                Ok(())
+            }
+            tx::AMQPMethod::Rollback(_) => {
+                if self
+                    .engine(number, class, |engine, id| engine.tx_rollback(id))?
+                    .is_some()
+                {
+                    let ok = tx::RollbackOk {};
+                    self.send(number, AMQPClass::Tx(tx::AMQPMethod::RollbackOk(ok)));
+                }
+                Ok(())
+            }
+            _ => Err(not_implemented(class)),
         }
     }
 
@@ -1109,14 +1172,7 @@ impl<S: AsyncRead + AsyncWrite + Send> Session<S> {
         };
         // RabbitMQ's order: the return, then the confirm.
         if let Some(returned) = published.returned {
-            let back = basic::Return {
-                reply_code: returned.reply_code,
-                reply_text: ShortString::from(short(&returned.reply_text)),
-                exchange: ShortString::from(short(&returned.exchange)),
-                routing_key: ShortString::from(short(&returned.routing_key)),
-            };
-            self.send(number, AMQPClass::Basic(basic::AMQPMethod::Return(back)));
-            self.send_content(number, &returned.properties, &returned.body);
+            self.send_return(number, &returned);
         }
         match published.confirm {
             Confirm::Ack if confirm => {
@@ -1143,6 +1199,18 @@ impl<S: AsyncRead + AsyncWrite + Send> Session<S> {
 
     /// Runs one engine method for channel `number`; a refusal closes the channel (soft) and
     /// gives `Ok(None)`, or closes the connection (hard) and gives `Err`.
+    /// `basic.return` with the message's content.
+    fn send_return(&mut self, number: u16, returned: &Returned) {
+        let back = basic::Return {
+            reply_code: returned.reply_code,
+            reply_text: ShortString::from(short(&returned.reply_text)),
+            exchange: ShortString::from(short(&returned.exchange)),
+            routing_key: ShortString::from(short(&returned.routing_key)),
+        };
+        self.send(number, AMQPClass::Basic(basic::AMQPMethod::Return(back)));
+        self.send_content(number, &returned.properties, &returned.body);
+    }
+
     fn engine<T>(
         &mut self,
         number: u16,
@@ -1188,6 +1256,16 @@ impl<S: AsyncRead + AsyncWrite + Send> Session<S> {
     }
 
     /// Sends `channel.close`; the channel discards everything until the client's `close-ok`.
+    /// A channel error the session raises itself, not the engine: the engine's channel closes
+    /// (requeueing what it had in flight), then `channel.close` goes to the client.
+    fn soft_refuse(&mut self, number: u16, code: u16, text: &str, class: &AMQPClass) {
+        if let Some(id) = self.channels.get(&number).map(|c| c.id) {
+            let _ = self.broker.with_engine(|engine| engine.close_channel(id));
+        }
+        let (class_id, method_id) = (class.get_amqp_class_id(), class.get_amqp_method_id());
+        self.close_channel_with(number, code, text.to_owned(), class_id, method_id);
+    }
+
     fn close_channel_with(
         &mut self,
         number: u16,

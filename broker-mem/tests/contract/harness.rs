@@ -218,6 +218,11 @@ pub trait Amqp {
     async fn close_channel(&mut self, ch: Ch);
     async fn close_connection(&mut self, c: Conn);
     async fn channel_open(&mut self, ch: Ch) -> bool;
+    /// A channel in transaction mode (`tx.select`, no confirms): its publishes answer with
+    /// `acked: false` and take effect at [`Amqp::tx_commit`].
+    async fn tx_channel(&mut self, c: Conn) -> Ch;
+    async fn tx_commit(&mut self, ch: Ch) -> R<()>;
+    async fn tx_rollback(&mut self, ch: Ch) -> R<()>;
     /// Real time on RabbitMQ, the injected clock on broker-mem.
     async fn sleep_ms(&mut self, ms: u64);
     /// Ready messages of a queue (a passive declare on a connection of its own); None if the
@@ -570,6 +575,20 @@ impl Amqp for Mem {
         self.ch(ch).is_open()
     }
 
+    async fn tx_channel(&mut self, c: Conn) -> Ch {
+        let ch = self.channel(c).await;
+        self.ch(ch).tx_select().expect("tx.select");
+        ch
+    }
+
+    async fn tx_commit(&mut self, ch: Ch) -> R<()> {
+        self.ch(ch).tx_commit().map(drop).map_err(mem_reply)
+    }
+
+    async fn tx_rollback(&mut self, ch: Ch) -> R<()> {
+        self.ch(ch).tx_rollback().map_err(mem_reply)
+    }
+
     async fn sleep_ms(&mut self, ms: u64) {
         self.clock_ms.fetch_add(ms, Ordering::SeqCst);
         self.broker.tick();
@@ -874,7 +893,11 @@ impl Amqp for Rabbit {
                 returned: returned(r),
                 acked: false,
             }),
-            Confirmation::NotRequested => panic!("confirms are selected on every channel"),
+            // A transactional channel (`tx_channel`): no confirms.
+            Confirmation::NotRequested => Ok(Pub {
+                returned: None,
+                acked: false,
+            }),
         }
     }
 
@@ -972,6 +995,24 @@ impl Amqp for Rabbit {
 
     async fn channel_open(&mut self, ch: Ch) -> bool {
         self.ch(ch).status().connected()
+    }
+
+    async fn tx_channel(&mut self, c: Conn) -> Ch {
+        let channel = self.connections[c.0]
+            .create_channel()
+            .await
+            .expect("channel.open");
+        channel.tx_select().await.expect("tx.select");
+        self.channels.push(channel);
+        Ch(self.channels.len() - 1)
+    }
+
+    async fn tx_commit(&mut self, ch: Ch) -> R<()> {
+        self.ch(ch).tx_commit().await.map_err(rabbit_reply)
+    }
+
+    async fn tx_rollback(&mut self, ch: Ch) -> R<()> {
+        self.ch(ch).tx_rollback().await.map_err(rabbit_reply)
     }
 
     async fn sleep_ms(&mut self, ms: u64) {

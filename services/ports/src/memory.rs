@@ -152,6 +152,11 @@ impl Bus for MemoryBus {
                 );
                 Err(BusError::Nacked { exchange })
             }
+            // The adapter never selects a transaction on its channel, so a held publish
+            // cannot happen; were it to, it is not reported as delivered.
+            Ok(Confirm::Pending) => Err(BusError::Invalid(format!(
+                "publish to {exchange:?} held in a transaction the adapter never opened"
+            ))),
             // The error closed the channel; dropping it releases its number, and the next
             // publish opens a fresh one.
             Err(error) => Err(refused("basic.publish", &exchange, error)),

@@ -1,0 +1,197 @@
+//! Transactions (`tx.select`, `tx.commit`, `tx.rollback`), as RabbitMQ runs them: on a
+//! transactional channel a publish is checked and routed at once but enqueued only at the
+//! commit, and an ack, nack or reject is checked at once (an unknown tag is still 406) but
+//! applied only at the commit, so the consumer's prefetch credit comes back then. A rollback
+//! drops the publishes and puts the settled deliveries back among the channel's unacked ones;
+//! a close rolls back, then requeues as any close does. Commit applies the publishes first,
+//! then the settles, each in the order they came.
+
+use smol_str::SmolStr;
+
+use super::{Engine, Outcome};
+use crate::channel::ChannelId;
+use crate::delivery::Unacked;
+use crate::error::{Error, Fault, ReplyCode};
+use crate::limits::TX_PENDING_MAX;
+use crate::message::{Message, PublishOptions, Returned};
+
+/// What a transaction holds until its commit.
+#[derive(Debug, Default)]
+pub(crate) struct Transaction {
+    /// Publishes, routed when they came: the queues, the message, its flags.
+    publishes: Vec<(Vec<SmolStr>, Message, PublishOptions)>,
+    /// Settled deliveries with their tags and what settles them.
+    settles: Vec<(u64, Unacked, Outcome)>,
+}
+
+impl Transaction {
+    fn len(&self) -> usize {
+        self.publishes.len() + self.settles.len()
+    }
+
+    /// The deliveries settled in the transaction and not yet applied: still unacked for the
+    /// broker's books.
+    pub(crate) fn settled(&self) -> impl Iterator<Item = (&u64, &Unacked)> {
+        self.settles.iter().map(|(tag, unacked, _)| (tag, unacked))
+    }
+}
+
+fn not_transactional() -> Fault {
+    Fault::channel(
+        ReplyCode::PreconditionFailed,
+        "channel is not transactional".to_owned(),
+    )
+}
+
+fn too_large() -> Fault {
+    Fault::channel(
+        ReplyCode::PreconditionFailed,
+        format!("the transaction holds {TX_PENDING_MAX} publishes and settles, broker-mem's limit"),
+    )
+}
+
+impl Engine {
+    /// `tx.select`: the channel becomes transactional (for good; selecting again is Ok).
+    /// The wire server refuses it on a channel in confirm mode, as RabbitMQ does.
+    pub fn tx_select(&mut self, channel: ChannelId) -> Result<(), Error> {
+        self.run(channel, |engine| {
+            if let Some(state) = engine.channels.get_mut(&channel) {
+                state.tx.get_or_insert_with(Transaction::default);
+            }
+            Ok(())
+        })
+    }
+
+    /// Whether the channel is transactional.
+    pub fn in_transaction(&self, channel: ChannelId) -> bool {
+        self.channels
+            .get(&channel)
+            .is_some_and(|state| state.tx.is_some())
+    }
+
+    /// `tx.commit`: enqueues the transaction's publishes, then applies its acks, nacks and
+    /// rejects, in order; the channel stays transactional. Returns the mandatory messages no
+    /// queue took, which RabbitMQ sends back (`basic.return`) before `tx.commit-ok`. 406 on a
+    /// channel that is not transactional. If the broker cannot hold the publishes, the commit
+    /// is refused with 406 and nothing is enqueued.
+    pub fn tx_commit(&mut self, channel: ChannelId) -> Result<Vec<Returned>, Error> {
+        self.run(channel, |engine| {
+            let Some(state) = engine.channels.get_mut(&channel) else {
+                return Err(Fault::Invalid(format!("{channel} is not open")));
+            };
+            let Some(tx) = state.tx.as_mut() else {
+                return Err(not_transactional());
+            };
+            let copies: usize = tx.publishes.iter().map(|(targets, ..)| targets.len()).sum();
+            let bytes: usize = tx
+                .publishes
+                .iter()
+                .map(|(targets, message, _)| targets.len() * message.body.len())
+                .sum();
+            let tx = std::mem::take(tx);
+            let mut average = 0;
+            if copies > 0 {
+                average = bytes.div_ceil(copies);
+            }
+            if let Some(reason) = engine.over_ceiling(copies, average) {
+                // Put it back: the close that follows the error rolls it back properly.
+                if let Some(state) = engine.channels.get_mut(&channel) {
+                    state.tx = Some(tx);
+                }
+                return Err(Fault::channel(
+                    ReplyCode::PreconditionFailed,
+                    format!("cannot commit: {reason}"),
+                ));
+            }
+            let mut returned = Vec::new();
+            for (targets, message, options) in tx.publishes {
+                let published = engine.enqueue_routed(&targets, message, options, None);
+                returned.extend(published.returned.map(|back| *back));
+            }
+            for (_, unacked, outcome) in tx.settles {
+                engine.finish(channel, unacked, outcome);
+            }
+            Ok(returned)
+        })
+    }
+
+    /// `tx.rollback`: drops the transaction's publishes; its settled deliveries are unacked
+    /// again (RabbitMQ does not redeliver them: they wait for an ack or a close). 406 on a
+    /// channel that is not transactional.
+    pub fn tx_rollback(&mut self, channel: ChannelId) -> Result<(), Error> {
+        self.run(channel, |engine| {
+            let Some(state) = engine.channels.get_mut(&channel) else {
+                return Err(Fault::Invalid(format!("{channel} is not open")));
+            };
+            if state.tx.is_none() {
+                return Err(not_transactional());
+            }
+            engine.roll_back(channel);
+            Ok(())
+        })
+    }
+
+    /// Empties the channel's transaction, if it has one: publishes dropped, settled
+    /// deliveries back among the unacked.
+    pub(super) fn roll_back(&mut self, channel: ChannelId) {
+        let Some(state) = self.channels.get_mut(&channel) else {
+            return;
+        };
+        let Some(tx) = state.tx.as_mut() else {
+            return;
+        };
+        let tx = std::mem::take(tx);
+        for (tag, unacked, _) in tx.settles {
+            state.unacked.restore(tag, unacked);
+        }
+    }
+
+    /// Holds a routed publish in the channel's transaction.
+    pub(super) fn hold_publish(
+        &mut self,
+        channel_index: usize,
+        targets: Vec<SmolStr>,
+        message: Message,
+        options: PublishOptions,
+    ) -> Result<(), Fault> {
+        let Some((_, state)) = self.channels.get_index_mut(channel_index) else {
+            return Ok(());
+        };
+        let Some(tx) = state.tx.as_mut() else {
+            return Ok(());
+        };
+        if tx.len() >= TX_PENDING_MAX {
+            return Err(too_large());
+        }
+        tx.publishes.push((targets, message, options));
+        Ok(())
+    }
+
+    /// Holds settled deliveries in the channel's transaction.
+    pub(super) fn hold_settles(
+        &mut self,
+        channel_index: usize,
+        settled: Vec<(u64, Unacked)>,
+        outcome: Outcome,
+    ) -> Result<(), Fault> {
+        let Some((_, state)) = self.channels.get_index_mut(channel_index) else {
+            return Ok(());
+        };
+        let Some(tx) = state.tx.as_mut() else {
+            return Ok(());
+        };
+        if tx.len() + settled.len() > TX_PENDING_MAX {
+            // Back where they were: the error's close requeues them.
+            for (tag, unacked) in settled {
+                state.unacked.restore(tag, unacked);
+            }
+            return Err(too_large());
+        }
+        tx.settles.extend(
+            settled
+                .into_iter()
+                .map(|(tag, unacked)| (tag, unacked, outcome)),
+        );
+        Ok(())
+    }
+}
