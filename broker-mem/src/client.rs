@@ -96,9 +96,9 @@ impl Shared {
         } = self;
         for event in engine.drain_events() {
             let connection = match &event {
-                Event::Deliver { channel, .. } | Event::ConsumerEnded { channel, .. } => {
-                    channel.connection()
-                }
+                Event::Deliver { channel, .. }
+                | Event::ConsumerEnded { channel, .. }
+                | Event::ChannelClosed { channel, .. } => channel.connection(),
             };
             if let Some(tap) = taps.get(&connection) {
                 // Unbounded: deliveries are bounded by prefetch credit (and the held ceilings),
@@ -131,6 +131,10 @@ impl Shared {
                         let requeued = outlet.receiver.drain().count();
                         tracing::trace!(%channel, requeued, "dropped buffered deliveries of a closed channel");
                     }
+                }
+                // The channel's consumers ended with it (above); its next call reports why.
+                Event::ChannelClosed { channel, reason } => {
+                    tracing::debug!(%channel, %reason, "channel closed by the broker");
                 }
             }
         }

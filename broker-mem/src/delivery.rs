@@ -72,6 +72,8 @@ pub(crate) struct Unacked {
     /// from `basic.get`.
     pub consumer_tag: SmolStr,
     pub consumer_serial: u64,
+    /// When it was delivered, on the engine's clock (for the consumer timeout).
+    pub delivered_at_ms: u64,
     /// The message, with its original enqueue position.
     pub entry: Queued,
 }

@@ -68,6 +68,14 @@ pub enum Event {
         /// The delivery (it names its consumer).
         delivery: Delivery,
     },
+    /// The broker closed a channel on its own (not in answer to a call on it): a fault hook,
+    /// or a consumer acknowledgement timeout. Over AMQP it is a `channel.close` to the client.
+    ChannelClosed {
+        /// The channel.
+        channel: ChannelId,
+        /// The reply it was closed with.
+        reason: AmqpError,
+    },
     /// A consumer will receive nothing more.
     ConsumerEnded {
         /// The consumer's channel.
@@ -249,6 +257,7 @@ impl Engine {
                 });
             }
         }
+        self.close_timed_out_channels();
         // `x-expires`: unused queues whose time ran out go, messages and all (not
         // dead-lettered), as a `queue.delete` would.
         let expired: Vec<SmolStr> = self
@@ -269,6 +278,40 @@ impl Engine {
             .collect();
         self.dirty.extend(with_messages);
         self.run_until_idle();
+    }
+
+    /// RabbitMQ's consumer timeout: a channel whose oldest unacked delivery has waited longer
+    /// than [`Limits::consumer_timeout_ms`] is closed with 406 (RabbitMQ checks once a minute;
+    /// here it happens as soon as the clock passes the timeout).
+    fn close_timed_out_channels(&mut self) {
+        let Some(timeout_ms) = self.limits.consumer_timeout_ms else {
+            return;
+        };
+        let now_ms = self.now_ms;
+        // Tags grow with delivery time, so the first unacked delivery is the oldest.
+        let timed_out: Vec<(ChannelId, u16)> = self
+            .channels
+            .iter()
+            .filter(|(_, state)| state.closed.is_none())
+            .filter(|(_, state)| {
+                state.unacked.iter().next().is_some_and(|(_, unacked)| {
+                    now_ms.saturating_sub(unacked.delivered_at_ms) > timeout_ms
+                })
+            })
+            .map(|(id, state)| (*id, state.number))
+            .collect();
+        for (channel, number) in timed_out {
+            let text = format!(
+                "delivery acknowledgement on channel {number} timed out. Timeout value used: \
+                 {timeout_ms} ms. This timeout value can be configured, see consumers doc guide \
+                 to learn more"
+            );
+            tracing::debug!(%channel, "consumer timeout");
+            self.close_by_broker(
+                channel,
+                AmqpError::new(ReplyCode::PreconditionFailed, &text),
+            );
+        }
     }
 
     // ---------------------------------------------------------------- connections and channels
@@ -1789,6 +1832,7 @@ impl Engine {
                 queue_id,
                 consumer_tag: SmolStr::default(),
                 consumer_serial: 0,
+                delivered_at_ms: self.now_ms,
                 entry,
             };
             state.unacked.insert(delivery_tag, unacked);
@@ -2073,6 +2117,7 @@ impl Engine {
                     queue_id: queue.id,
                     consumer_tag: tag,
                     consumer_serial: consumer.serial,
+                    delivered_at_ms: *now_ms,
                     entry,
                 };
                 channel.unacked.insert(delivery_tag, unacked);

@@ -40,6 +40,10 @@ pub const NAME_BYTES_MAX: usize = 255;
 /// a whole queue into memory.
 pub const NO_ACK_BUFFER_MAX: usize = 1_024;
 
+/// How long a delivery may stay unacked before the broker closes its channel (406), as
+/// RabbitMQ's `consumer_timeout` (30 minutes by default since 3.8.15).
+pub const CONSUMER_TIMEOUT_MS: u64 = 30 * 60 * 1000;
+
 /// The broker's ceilings; [`Limits::default`] uses the constants of this module.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Limits {
@@ -59,6 +63,9 @@ pub struct Limits {
     pub held_messages_max: usize,
     /// Body bytes held (per queue).
     pub held_body_bytes_max: usize,
+    /// RabbitMQ's `consumer_timeout`: a channel holding a delivery (from a consumer or a
+    /// `basic.get`) unacked for longer is closed with 406, which requeues it. None turns it off.
+    pub consumer_timeout_ms: Option<u64>,
 }
 
 impl Default for Limits {
@@ -72,6 +79,7 @@ impl Default for Limits {
             consumers_per_channel_max: CONSUMERS_PER_CHANNEL_MAX,
             held_messages_max: HELD_MESSAGES_MAX,
             held_body_bytes_max: HELD_BODY_BYTES_MAX,
+            consumer_timeout_ms: Some(CONSUMER_TIMEOUT_MS),
         }
     }
 }

@@ -400,3 +400,78 @@ fn a_restart_starts_a_durable_queues_expiry_again() {
     now_ms.store(190, Ordering::SeqCst);
     assert_eq!(broker.queue_depth("q"), None);
 }
+
+#[test]
+fn a_delivery_unacked_past_the_consumer_timeout_closes_its_channel() {
+    let now_ms = Arc::new(AtomicU64::new(0));
+    let reading = Arc::clone(&now_ms);
+    let limits = Limits {
+        consumer_timeout_ms: Some(1_000),
+        ..Limits::default()
+    };
+    let broker = Broker::with_clock(limits, Arc::new(move || reading.load(Ordering::SeqCst)));
+    let connection = broker.connect();
+    let slow = connection.open_channel().unwrap();
+    let quick = connection.open_channel().unwrap();
+    slow.queue_declare("q", QueueOptions::default()).unwrap();
+    for body in ["slow", "quick", "got"] {
+        publish(&slow, "q", body, false);
+    }
+    slow.basic_qos(1).unwrap();
+    let consumer = slow.basic_consume("q", ConsumeOptions::default()).unwrap();
+    assert_eq!(text(&consumer.try_recv().unwrap().body), "slow");
+    // basic.get deliveries count too, and acking in time keeps a channel.
+    let got = quick.basic_get("q", false).unwrap().unwrap().delivery;
+    assert_eq!(text(&got.body), "quick");
+    now_ms.store(900, Ordering::SeqCst);
+    quick.basic_ack(got.delivery_tag, false).unwrap();
+    // Exactly the timeout is not past it.
+    now_ms.store(1_000, Ordering::SeqCst);
+    broker.tick();
+    assert!(slow.is_open());
+    now_ms.store(1_001, Ordering::SeqCst);
+    broker.tick();
+    assert!(!slow.is_open());
+    assert!(quick.is_open());
+    let reason = slow.status().unwrap_err();
+    let Error::ChannelClosed(reply) = reason else {
+        panic!("closed by the broker: {reason:?}");
+    };
+    assert_eq!(reply.code, ReplyCode::PreconditionFailed);
+    assert!(
+        reply.text.starts_with(
+            "delivery acknowledgement on channel 1 timed out. Timeout value used: 1000 ms."
+        ),
+        "{}",
+        reply.text
+    );
+    // The consumer ended and its delivery is back, marked redelivered.
+    assert_eq!(consumer.try_recv().unwrap_err(), TryRecvError::Ended);
+    let again = quick.basic_get("q", true).unwrap().unwrap().delivery;
+    assert_eq!(
+        (text(&again.body), again.redelivered),
+        ("slow".to_owned(), true)
+    );
+    broker.check_invariants().unwrap();
+}
+
+#[test]
+fn the_consumer_timeout_can_be_turned_off() {
+    let now_ms = Arc::new(AtomicU64::new(0));
+    let reading = Arc::clone(&now_ms);
+    let limits = Limits {
+        consumer_timeout_ms: None,
+        ..Limits::default()
+    };
+    let broker = Broker::with_clock(limits, Arc::new(move || reading.load(Ordering::SeqCst)));
+    let connection = broker.connect();
+    let channel = connection.open_channel().unwrap();
+    channel.queue_declare("q", QueueOptions::default()).unwrap();
+    publish(&channel, "q", "kept", false);
+    let got = channel.basic_get("q", false).unwrap().unwrap();
+    now_ms.store(u64::MAX / 2, Ordering::SeqCst);
+    broker.tick();
+    assert!(channel.is_open());
+    channel.basic_ack(got.delivery.delivery_tag, false).unwrap();
+    assert_eq!(Limits::default().consumer_timeout_ms, Some(1_800_000));
+}

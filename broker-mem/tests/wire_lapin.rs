@@ -646,3 +646,56 @@ async fn transactions_run_over_the_wire_and_exclude_confirm_mode() {
     assert!(connection.status().connected());
     connection.close(200, "bye".into()).await.unwrap();
 }
+
+#[tokio::test]
+async fn a_channel_the_broker_closes_is_closed_at_the_client_too() {
+    let broker = Broker::new();
+    let url = serve(broker.clone(), WireConfig::default()).await;
+    let connection = connect(&url).await;
+    let channel = connection.create_channel().await.unwrap();
+    channel
+        .queue_declare(
+            "q".into(),
+            QueueDeclareOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
+    let mut consumer = channel
+        .basic_consume(
+            "q".into(),
+            "c".into(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
+    broker.force_close_consumer_channels(
+        "q",
+        broker_mem::ReplyCode::PreconditionFailed,
+        "closed by the test",
+    );
+    // The client hears `channel.close` without calling anything: its consumer ends.
+    let ended = tokio::time::timeout(WAIT, consumer.next()).await;
+    assert!(
+        matches!(ended, Ok(None) | Ok(Some(Err(_)))),
+        "the consumer ended: {ended:?}"
+    );
+    assert!(!channel.status().connected());
+    assert!(connection.status().connected());
+    // The connection carries on.
+    let other = connection.create_channel().await.unwrap();
+    let declared = other
+        .queue_declare(
+            "q".into(),
+            QueueDeclareOptions {
+                passive: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(declared.consumer_count(), 0);
+    connection.close(200, "bye".into()).await.unwrap();
+}

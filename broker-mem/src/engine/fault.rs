@@ -6,7 +6,7 @@
 
 use smol_str::SmolStr;
 
-use super::Engine;
+use super::{Engine, Event};
 use crate::channel::ChannelId;
 use crate::connection::ConnectionId;
 use crate::delivery::Delivery;
@@ -111,11 +111,19 @@ impl Engine {
         if self.channel_status(channel).is_err() {
             return;
         }
+        self.close_by_broker(channel, AmqpError::new(code, text));
+        self.run_until_idle();
+    }
+
+    /// Closes a channel from the broker's side: requeues what it had in flight, ends its
+    /// consumers, keeps the reason for the client's next call, and tells the client
+    /// ([`Event::ChannelClosed`]).
+    pub(super) fn close_by_broker(&mut self, channel: ChannelId, reason: AmqpError) {
         self.shut_channel(channel);
         if let Some(state) = self.channels.get_mut(&channel) {
-            state.closed = Some(AmqpError::new(code, text));
+            state.closed = Some(reason.clone());
         }
-        self.run_until_idle();
+        self.events.push(Event::ChannelClosed { channel, reason });
     }
 
     /// The broker closes a connection with this reply (320 CONNECTION_FORCED, say): every

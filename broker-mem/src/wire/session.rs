@@ -1332,6 +1332,15 @@ impl<S: AsyncRead + AsyncWrite + Send> Session<S> {
                 );
                 self.send_content(number, &delivery.properties, &delivery.body);
             }
+            Event::ChannelClosed { channel, reason } => {
+                let Some(&number) = self.numbers.get(&channel) else {
+                    return;
+                };
+                if self.channels.get(&number).is_some_and(|c| !c.closing) {
+                    // Class and method 0: no method of the client's caused it.
+                    self.close_channel_with(number, reason.code.code(), reason.reply_text(), 0, 0);
+                }
+            }
             Event::ConsumerEnded {
                 channel,
                 consumer_tag,
