@@ -555,8 +555,20 @@ impl Channel {
         properties: Properties,
         body: Bytes,
     ) -> Result<Published, Error> {
-        // Shared before the closure takes them: moving a pointer is cheaper than moving them.
         let properties = Message::share_properties(properties);
+        self.publish_shared(exchange, routing_key, options, properties, body)
+    }
+
+    /// A publish with its properties already shared: from here down a pointer is passed, not
+    /// the few hundred bytes of the properties.
+    fn publish_shared(
+        &self,
+        exchange: &str,
+        routing_key: &str,
+        options: PublishOptions,
+        properties: Arc<Properties>,
+        body: Bytes,
+    ) -> Result<Published, Error> {
         self.broker.call(|engine| {
             engine.basic_publish_shared(self.id, exchange, routing_key, options, properties, body)
         })
@@ -583,8 +595,9 @@ impl Channel {
         properties: Properties,
         body: Bytes,
     ) -> Result<Confirm, Error> {
+        let properties = Message::share_properties(properties);
         let options = PublishOptions::default();
-        self.basic_publish_with(exchange, routing_key, options, properties, body)
+        self.publish_shared(exchange, routing_key, options, properties, body)
             .map(|published| published.confirm)
     }
 

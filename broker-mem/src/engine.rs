@@ -33,7 +33,7 @@ use crate::limits::{
 };
 use crate::lookup::{HandleMap, NameMap};
 use crate::message::{
-    Confirm, DeadLettered, DeathReason, FieldTable, FieldValue, Message, Properties,
+    BccKeys, Confirm, DeadLettered, DeathReason, FieldTable, FieldValue, Message, Properties,
     PublishOptions, Published, REPLY_NO_ROUTE, Returned, add_death, header_routes, is_cycle,
 };
 use crate::queue::{
@@ -267,6 +267,21 @@ impl Engine {
             .map(|(name, _)| name.clone())
             .collect();
         for queue in &expired {
+            // Messages whose TTL ran out while the queue still existed are dead-lettered
+            // first; what is left goes with the queue.
+            let deadline = self.queues.get(queue).map_or(now_ms, |q| {
+                q.args
+                    .expires_ms
+                    .map_or(now_ms, |expires| q.last_used_ms.saturating_add(expires))
+            });
+            // Bounded by the queue's length.
+            while let Some(head) = self
+                .queues
+                .get_mut(queue)
+                .and_then(|q| q.pop_expired(deadline))
+            {
+                self.dead_letter(queue, head, DeathReason::Expired);
+            }
             tracing::debug!(queue = %queue, "queue expired (x-expires)");
             self.delete_queue(queue);
         }
@@ -1324,12 +1339,15 @@ impl Engine {
         }
         // Only set (and dropped) when there are headers: most publishes have none.
         let header_keys;
+        let mut bcc = None;
         let (extra_keys, properties): (&[SmolStr], _) = match properties.headers.as_ref() {
             None => (&[], properties),
             Some(headers) => {
-                header_keys = header_routes(headers)
+                let from_cc;
+                (header_keys, from_cc) = header_routes(headers)
                     .map_err(|text| Fault::channel(ReplyCode::PreconditionFailed, text))?;
-                // BCC routes the message but is not delivered with it.
+                // BCC routes the message but is not delivered with it; the message keeps its
+                // keys for dead-lettering.
                 let properties = if headers.contains_key("BCC") {
                     let mut without = Properties::clone(&properties);
                     if let Some(headers) = without.headers.as_mut() {
@@ -1339,6 +1357,9 @@ impl Engine {
                 } else {
                     properties
                 };
+                if header_keys.len() > from_cc {
+                    bcc = Some(Box::new(BccKeys(header_keys[from_cc..].to_vec())));
+                }
                 (&header_keys, properties)
             }
         };
@@ -1364,7 +1385,13 @@ impl Engine {
             properties.headers.as_ref(),
             &mut targets,
         );
-        let message = Message::new(shared_name.clone(), routing_key.into(), properties, body);
+        let message = Message::new(
+            shared_name.clone(),
+            routing_key.into(),
+            properties,
+            body,
+            bcc,
+        );
         if in_tx {
             // Routed now, enqueued at the commit; no confirm.
             self.hold_publish(channel_index, targets.clone(), message, options)?;
@@ -1374,19 +1401,21 @@ impl Engine {
                 confirm: Confirm::Pending,
             });
         }
-        let published = self.enqueue_routed(&targets, message, options, fault);
+        let published = self.enqueue_routed(&targets, message, options, fault, false);
         self.route_scratch = targets;
         Ok(published)
     }
 
     /// The second half of a publish: the message in every queue it was routed to, or the
     /// reasons it was not (returned, nacked).
+    /// `admitted`: the held ceilings were already checked for it (a transaction's commit).
     fn enqueue_routed(
         &mut self,
         targets: &[SmolStr],
         message: Message,
         options: PublishOptions,
         fault: Option<bool>,
+        admitted: bool,
     ) -> Published {
         let mut returned = None;
         if targets.is_empty() && options.mandatory {
@@ -1406,7 +1435,10 @@ impl Engine {
             let confirm = nack("fault hook: nack_next_publish".to_owned());
             return Published { returned, confirm };
         }
-        if let Some(reason) = self.over_ceiling(targets.len(), message.body.len()) {
+        let over = (!admitted)
+            .then(|| self.over_ceiling(targets.len(), message.body.len()))
+            .flatten();
+        if let Some(reason) = over {
             tracing::warn!(exchange = %message.exchange, routing_key = %message.routing_key, %reason, "publish nacked");
             return Published {
                 returned,
@@ -1593,8 +1625,8 @@ impl Engine {
             return;
         };
         let mut properties = Properties::clone(&message.properties);
-        // The keys it was routed by: its own and its CC (BCC was dropped at publish).
-        let cc = properties
+        // The keys it was routed by: its own and its CC (x-death lists those), and its BCC.
+        let (cc, _) = properties
             .headers
             .as_ref()
             .map(|headers| header_routes(headers).unwrap_or_default())
@@ -1609,15 +1641,19 @@ impl Engine {
             &death_keys,
             self.now_ms / 1000,
         );
-        // Republished by the same keys, unless the queue names one; then CC goes too.
-        let (routing_key, extra_keys) = match dlrk {
+        // Republished by the same keys, unless the queue names one; then CC and BCC go too.
+        let (routing_key, extra_keys, bcc) = match dlrk {
             Some(dlrk) => {
                 if let Some(headers) = properties.headers.as_mut() {
                     headers.remove("CC");
                 }
-                (SmolStr::from(dlrk), Vec::new())
+                (SmolStr::from(dlrk), Vec::new(), None)
             }
-            None => (message.routing_key.clone(), cc),
+            None => {
+                let mut keys = cc;
+                keys.extend(message.bcc.iter().flat_map(|bcc| bcc.0.iter().cloned()));
+                (message.routing_key.clone(), keys, message.bcc.clone())
+            }
         };
         // A dead-letter exchange that does not exist drops the message, as in RabbitMQ.
         let Some(dlx_index) = self.exchanges.get_index_of(dlx.as_str()) else {
@@ -1650,6 +1686,7 @@ impl Engine {
             routing_key,
             Message::share_properties(properties),
             message.body.clone(),
+            bcc,
         );
         for target in &targets {
             // A full reject-publish queue drops it: dead-lettering has no publisher to nack.

@@ -189,7 +189,14 @@ pub(crate) struct MessageData {
     pub routing_key: SmolStr,
     pub properties: Arc<Properties>,
     pub body: Bytes,
+    /// The routing keys its `BCC` header named: gone from the headers, but dead-lettering
+    /// routes by them again, as RabbitMQ does. Boxed: almost every message has none.
+    pub bcc: Option<Box<BccKeys>>,
 }
+
+/// Routing keys from a `BCC` header.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct BccKeys(pub Vec<SmolStr>);
 
 impl std::ops::Deref for Message {
     type Target = MessageData;
@@ -205,12 +212,14 @@ impl Message {
         routing_key: SmolStr,
         properties: Arc<Properties>,
         body: Bytes,
+        bcc: Option<Box<BccKeys>>,
     ) -> Message {
         Message(Arc::new(MessageData {
             exchange,
             routing_key,
             properties,
             body,
+            bcc,
         }))
     }
 
@@ -344,9 +353,14 @@ pub(crate) fn add_death(
 /// Sender-selected distribution: the routing keys a message's `CC` and `BCC` headers add to
 /// its own (RabbitMQ reads arrays of strings, ignores other elements, and refuses a header of
 /// another type with this text).
-pub(crate) fn header_routes(headers: &FieldTable) -> Result<Vec<SmolStr>, String> {
+/// The keys come CC first; the second value says how many came from CC.
+pub(crate) fn header_routes(headers: &FieldTable) -> Result<(Vec<SmolStr>, usize), String> {
     let mut keys = Vec::new();
+    let mut from_cc = 0;
     for header in ["CC", "BCC"] {
+        if header == "BCC" {
+            from_cc = keys.len();
+        }
         match headers.get(header) {
             None => {}
             Some(FieldValue::Array(items)) => {
@@ -363,7 +377,7 @@ pub(crate) fn header_routes(headers: &FieldTable) -> Result<Vec<SmolStr>, String
             }
         }
     }
-    Ok(keys)
+    Ok((keys, from_cc))
 }
 
 /// RabbitMQ's dead-letter cycle rule: a message dead-lettered (not rejected) back into a queue

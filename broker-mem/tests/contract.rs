@@ -92,6 +92,7 @@ contract!(
     cc_and_bcc_headers_add_routing_keys,
     a_cc_route_keeps_a_message_from_the_alternate_exchange,
     dead_lettering_reroutes_by_cc_unless_the_queue_names_a_key,
+    dead_lettering_reroutes_by_bcc_too,
     transactions_hold_publishes_until_commit_and_drop_them_on_rollback,
     transactional_settles_apply_at_commit_and_return_on_rollback,
 );
@@ -1775,4 +1776,31 @@ async fn transactional_settles_apply_at_commit_and_return_on_rollback(b: &mut im
     b.ack(tx, last.tag, false).await.unwrap();
     let twice = b.ack(tx, last.tag, false).await.map_err(|r| r.code);
     assert_eq!(twice, Err(406));
+}
+
+async fn dead_lettering_reroutes_by_bcc_too(b: &mut impl Amqp) {
+    let c = b.connection().await;
+    let ch = b.channel(c).await;
+    b.exchange(ch, "in", "direct").await;
+    b.exchange(ch, "dlx", "direct").await;
+    let dead_letters = table(&[("x-dead-letter-exchange", s("dlx"))]);
+    b.queue_declare(ch, "q", QFlags::default(), dead_letters)
+        .await
+        .unwrap();
+    b.bind(ch, "q", "in", "k").await;
+    b.queue(ch, "via-bcc").await;
+    b.bind(ch, "via-bcc", "dlx", "bcc-key").await;
+    let bcc = Properties {
+        headers: Some(table(&[("BCC", FieldValue::Array(vec![s("bcc-key")]))])),
+        ..Properties::default()
+    };
+    b.publish(ch, "in", "k", false, bcc, "m").await.unwrap();
+    let (msg, _) = b.get(ch, "q", false).await.unwrap().unwrap();
+    assert_eq!(msg.header("BCC"), None);
+    b.reject(ch, msg.tag, false).await.unwrap();
+    // The BCC key, gone from the headers, still routes the dead-lettered message; x-death
+    // does not list it.
+    let (dead, _) = b.get(ch, "via-bcc", true).await.unwrap().unwrap();
+    assert_eq!(dead.text(), "m");
+    assert_eq!(deaths(&dead), [death(1, "rejected", "q", "in", &["k"])]);
 }

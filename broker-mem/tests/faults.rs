@@ -475,3 +475,45 @@ fn the_consumer_timeout_can_be_turned_off() {
     channel.basic_ack(got.delivery.delivery_tag, false).unwrap();
     assert_eq!(Limits::default().consumer_timeout_ms, Some(1_800_000));
 }
+
+#[test]
+fn messages_expiring_before_their_queue_are_dead_lettered_the_rest_go_with_it() {
+    let (broker, now_ms) = clocked();
+    let connection = broker.connect();
+    let channel = connection.open_channel().unwrap();
+    channel
+        .exchange_declare("dlx", ExchangeKind::Fanout, ExchangeOptions::default())
+        .unwrap();
+    channel
+        .queue_declare("dead", QueueOptions::default())
+        .unwrap();
+    channel.queue_bind("dead", "dlx", "").unwrap();
+    let arguments = FieldTable::from([
+        ("x-expires".to_owned(), FieldValue::I64(5_000)),
+        (
+            "x-dead-letter-exchange".to_owned(),
+            FieldValue::String("dlx".into()),
+        ),
+    ]);
+    channel
+        .queue_declare_with("q", QueueOptions::default(), &arguments)
+        .unwrap();
+    let expiring = |ms: &str| Properties {
+        expiration: Some(ms.to_owned()),
+        ..Properties::default()
+    };
+    for (body, ttl) in [("before", "1000"), ("after", "9000")] {
+        let confirm = channel
+            .basic_publish("", "q", expiring(ttl), Bytes::from(body))
+            .unwrap();
+        assert_eq!(confirm, Confirm::Ack);
+    }
+    // Nothing calls the broker until long after both deadlines.
+    now_ms.store(20_000, Ordering::SeqCst);
+    broker.tick();
+    assert_eq!(broker.queue_depth("q"), None);
+    let dead = channel.basic_get("dead", true).unwrap().unwrap().delivery;
+    assert_eq!(text(&dead.body), "before");
+    assert!(channel.basic_get("dead", true).unwrap().is_none());
+    broker.check_invariants().unwrap();
+}

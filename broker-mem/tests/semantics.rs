@@ -987,24 +987,40 @@ fn a_commit_returns_the_mandatory_messages_no_queue_took() {
 }
 
 #[test]
-fn a_commit_the_broker_cannot_hold_is_refused_whole() {
+fn a_transaction_counts_against_the_held_ceilings_at_publish_and_at_commit() {
     let limits = Limits {
         held_messages_max: 2,
         ..Limits::default()
     };
     let broker = Broker::with_limits(limits);
     let connection = broker.connect();
+    let other = connection.open_channel().unwrap();
+    declare_queue(&other, "q");
+    // More than the broker can hold is refused at the publish: 406, rolled back.
     let channel = connection.open_channel().unwrap();
-    declare_queue(&channel, "q");
     channel.tx_select().unwrap();
-    for text in ["a", "b", "c"] {
+    for text in ["a", "b"] {
         let confirm = channel.basic_publish("", "q", Properties::default(), body(text));
         assert_eq!(confirm, Ok(Confirm::Pending));
     }
-    let refused = channel.tx_commit().unwrap_err();
+    let refused = channel
+        .basic_publish("", "q", Properties::default(), body("c"))
+        .unwrap_err();
     assert_eq!(code(&refused), Some(406));
     assert_eq!(broker.queue_depth("q"), Some(0));
+    // What fitted when published but not when committed, because the broker filled up in
+    // the meantime, is refused whole at the commit.
+    let channel = connection.open_channel().unwrap();
+    channel.tx_select().unwrap();
+    for text in ["a", "b"] {
+        let confirm = channel.basic_publish("", "q", Properties::default(), body(text));
+        assert_eq!(confirm, Ok(Confirm::Pending));
+    }
+    publish(&other, "", "q", "meanwhile");
+    let refused = channel.tx_commit().unwrap_err();
+    assert_eq!(code(&refused), Some(406));
     assert!(!channel.is_open());
+    assert_eq!(broker.queue_depth("q"), Some(1));
     broker.check_invariants().unwrap();
 }
 
@@ -1024,4 +1040,19 @@ fn a_transaction_holds_at_most_tx_pending_max() {
     // The close rolled it back: nothing was enqueued.
     assert_eq!(broker.queue_depth("q"), Some(0));
     broker.check_invariants().unwrap();
+}
+
+#[test]
+fn a_mandatory_publish_whose_queue_went_before_the_commit_comes_back() {
+    let (_broker, _connection, channel) = setup();
+    declare_queue(&channel, "q");
+    channel.tx_select().unwrap();
+    let mandatory = broker_mem::PublishOptions { mandatory: true };
+    channel
+        .basic_publish_with("", "q", mandatory, Properties::default(), body("m"))
+        .unwrap();
+    channel.queue_delete("q", false, false).unwrap();
+    let returned = channel.tx_commit().unwrap();
+    assert_eq!(returned.len(), 1);
+    assert_eq!(returned[0].reply_text, "NO_ROUTE");
 }

@@ -699,3 +699,64 @@ async fn a_channel_the_broker_closes_is_closed_at_the_client_too() {
     assert_eq!(declared.consumer_count(), 0);
     connection.close(200, "bye".into()).await.unwrap();
 }
+
+#[tokio::test]
+async fn a_consumer_timeout_met_by_a_late_ack_closes_the_channel_not_the_connection() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicU64, Ordering};
+
+    let now_ms = Arc::new(AtomicU64::new(0));
+    let reading = Arc::clone(&now_ms);
+    let limits = broker_mem::Limits {
+        consumer_timeout_ms: Some(1_000),
+        ..broker_mem::Limits::default()
+    };
+    let broker = Broker::with_clock(limits, Arc::new(move || reading.load(Ordering::SeqCst)));
+    let url = serve(broker.clone(), WireConfig::default()).await;
+    let connection = connect(&url).await;
+    let channel = connection.create_channel().await.unwrap();
+    channel
+        .queue_declare(
+            "q".into(),
+            QueueDeclareOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
+    channel
+        .basic_publish(
+            "".into(),
+            "q".into(),
+            BasicPublishOptions::default(),
+            b"slow",
+            BasicProperties::default(),
+        )
+        .await
+        .unwrap();
+    let mut consumer = channel
+        .basic_consume(
+            "q".into(),
+            "c".into(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
+    let delivery = tokio::time::timeout(WAIT, consumer.next())
+        .await
+        .expect("a delivery in time")
+        .expect("a delivery")
+        .expect("no error");
+    // Past the timeout; the late ack is the first call the broker sees.
+    now_ms.store(5_000, Ordering::SeqCst);
+    let _ = delivery.ack(BasicAckOptions::default()).await;
+    let ended = tokio::time::timeout(WAIT, consumer.next()).await;
+    assert!(
+        matches!(ended, Ok(None) | Ok(Some(Err(_)))),
+        "the consumer ended: {ended:?}"
+    );
+    assert!(!channel.status().connected());
+    assert!(connection.status().connected(), "only the channel closes");
+    assert_eq!(broker.queue_depth("q"), Some(1), "the message is back");
+    connection.close(200, "bye".into()).await.unwrap();
+}

@@ -20,6 +20,10 @@ use crate::message::{Message, PublishOptions, Returned};
 pub(crate) struct Transaction {
     /// Publishes, routed when they came: the queues, the message, its flags.
     publishes: Vec<(Vec<SmolStr>, Message, PublishOptions)>,
+    /// The copies those publishes make once enqueued, and their body bytes: held to the
+    /// broker's ceilings while they wait.
+    copies: usize,
+    bytes: usize,
     /// Settled deliveries with their tags and what settles them.
     settles: Vec<(u64, Unacked, Outcome)>,
 }
@@ -82,18 +86,8 @@ impl Engine {
             let Some(tx) = state.tx.as_mut() else {
                 return Err(not_transactional());
             };
-            let copies: usize = tx.publishes.iter().map(|(targets, ..)| targets.len()).sum();
-            let bytes: usize = tx
-                .publishes
-                .iter()
-                .map(|(targets, message, _)| targets.len() * message.body.len())
-                .sum();
             let tx = std::mem::take(tx);
-            let mut average = 0;
-            if copies > 0 {
-                average = bytes.div_ceil(copies);
-            }
-            if let Some(reason) = engine.over_ceiling(copies, average) {
+            if let Some(reason) = engine.over_ceiling_total(tx.copies, tx.bytes) {
                 // Put it back: the close that follows the error rolls it back properly.
                 if let Some(state) = engine.channels.get_mut(&channel) {
                     state.tx = Some(tx);
@@ -104,8 +98,12 @@ impl Engine {
                 ));
             }
             let mut returned = Vec::new();
-            for (targets, message, options) in tx.publishes {
-                let published = engine.enqueue_routed(&targets, message, options, None);
+            for (mut targets, message, options) in tx.publishes {
+                // Queues deleted since the publish take nothing (and a mandatory message that
+                // reaches none comes back), as when RabbitMQ delivers at the commit.
+                targets.retain(|queue| engine.queues.contains_key(queue));
+                // Admitted as a whole above: no copy is refused one by one.
+                let published = engine.enqueue_routed(&targets, message, options, None, true);
                 returned.extend(published.returned.map(|back| *back));
             }
             for (_, unacked, outcome) in tx.settles {
@@ -154,16 +152,37 @@ impl Engine {
         message: Message,
         options: PublishOptions,
     ) -> Result<(), Fault> {
-        let Some((_, state)) = self.channels.get_index_mut(channel_index) else {
-            return Ok(());
-        };
-        let Some(tx) = state.tx.as_mut() else {
+        let Some(tx) = self
+            .channels
+            .get_index(channel_index)
+            .and_then(|(_, state)| state.tx.as_ref())
+        else {
             return Ok(());
         };
         if tx.len() >= TX_PENDING_MAX {
             return Err(too_large());
         }
-        tx.publishes.push((targets, message, options));
+        let copies = tx.copies.saturating_add(targets.len());
+        let bytes = tx
+            .bytes
+            .saturating_add(targets.len().saturating_mul(message.body.len()));
+        // What the transaction holds counts against the ceilings now, so that a commit is not
+        // left with more than the broker can take.
+        if let Some(reason) = self.over_ceiling_total(copies, bytes) {
+            return Err(Fault::channel(
+                ReplyCode::PreconditionFailed,
+                format!("the transaction cannot hold more: {reason}"),
+            ));
+        }
+        if let Some(tx) = self
+            .channels
+            .get_index_mut(channel_index)
+            .and_then(|(_, state)| state.tx.as_mut())
+        {
+            tx.publishes.push((targets, message, options));
+            tx.copies = copies;
+            tx.bytes = bytes;
+        }
         Ok(())
     }
 

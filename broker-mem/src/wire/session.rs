@@ -1246,6 +1246,16 @@ impl<S: AsyncRead + AsyncWrite + Send> Session<S> {
                 class_id,
                 method_id,
             }),
+            Err(Error::ChannelClosed(reply)) => {
+                // The broker closed the channel on its own (a fault hook, the consumer timeout)
+                // while this method was on its way: the client hears that close, as from
+                // RabbitMQ, and the method is dropped. Its `ChannelClosed` event, still to
+                // come, finds the channel closing and adds nothing.
+                if self.channels.get(&number).is_some_and(|c| !c.closing) {
+                    self.close_channel_with(number, reply.code.code(), reply.reply_text(), 0, 0);
+                }
+                Ok(None)
+            }
             Err(other) => Err(Hard {
                 code: 541,
                 text: format!("INTERNAL_ERROR - {other}"),
