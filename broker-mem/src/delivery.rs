@@ -174,20 +174,6 @@ impl<T> UnackedDeliveries<T> {
         Some(taken)
     }
 
-    /// Takes out every delivery with a tag up to and including `delivery_tag`, in tag order.
-    pub(crate) fn take_through(&mut self, delivery_tag: u64) -> Vec<T> {
-        let mut taken = Vec::new();
-        while let Some((tag, _)) = self.entries.front()
-            && *tag <= delivery_tag
-        {
-            if let Some((_, Some(unacked))) = self.entries.pop_front() {
-                taken.push(unacked);
-            }
-        }
-        self.live -= taken.len();
-        taken
-    }
-
     /// Takes out every delivery, in tag order.
     pub(crate) fn take_all(&mut self) -> impl Iterator<Item = T> + use<T> {
         self.live = 0;
@@ -285,7 +271,8 @@ mod tests {
                         } else if !pin_first {
                             let rest = model.split_off(&(tag + 1));
                             let settled: Vec<u64> = std::mem::replace(&mut model, rest).into_values().collect();
-                            prop_assert_eq!(deque.take_through(tag), settled);
+                            let taken: Vec<u64> = deque.take_tagged(tag, true).unwrap().into_iter().map(|(_, v)| v).collect();
+                            prop_assert_eq!(taken, settled);
                         }
                     }
                     _ => {}

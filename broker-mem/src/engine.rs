@@ -1936,39 +1936,27 @@ impl Engine {
         let Some((_, state)) = self.channels.get_index_mut(channel_index) else {
             return Err(Fault::Invalid(format!("{channel} is not open")));
         };
-        if state.tx.is_some() {
-            let settled = state
-                .unacked
-                .take_tagged(delivery_tag, multiple)
-                .ok_or_else(|| {
-                    Fault::channel(
-                        ReplyCode::PreconditionFailed,
-                        format!("unknown delivery tag {delivery_tag}"),
-                    )
-                })?;
-            return self.hold_settles(channel_index, settled, outcome);
-        }
-        if !multiple {
-            let Some(unacked) = state.unacked.remove(&delivery_tag) else {
-                return Err(Fault::channel(
-                    ReplyCode::PreconditionFailed,
-                    format!("unknown delivery tag {delivery_tag}"),
-                ));
-            };
+        let unknown = || {
+            Fault::channel(
+                ReplyCode::PreconditionFailed,
+                format!("unknown delivery tag {delivery_tag}"),
+            )
+        };
+        let in_tx = state.tx.is_some();
+        // The usual case, one delivery outside a transaction, allocates nothing.
+        if !multiple && !in_tx {
+            let unacked = state.unacked.remove(&delivery_tag).ok_or_else(unknown)?;
             self.finish(channel, unacked, outcome);
             return Ok(());
         }
-        let settled: Vec<Unacked> = if delivery_tag == 0 {
-            state.unacked.take_all().collect()
-        } else if !state.unacked.contains_key(&delivery_tag) {
-            return Err(Fault::channel(
-                ReplyCode::PreconditionFailed,
-                format!("unknown delivery tag {delivery_tag}"),
-            ));
-        } else {
-            state.unacked.take_through(delivery_tag)
-        };
-        for unacked in settled {
+        let settled = state
+            .unacked
+            .take_tagged(delivery_tag, multiple)
+            .ok_or_else(unknown)?;
+        if in_tx {
+            return self.hold_settles(channel_index, settled, outcome);
+        }
+        for (_, unacked) in settled {
             self.finish(channel, unacked, outcome);
         }
         Ok(())
