@@ -354,25 +354,37 @@ impl Engine {
     /// Opens a channel on the lowest free channel number.
     pub fn open_channel(&mut self, connection: ConnectionId) -> Result<ChannelId, Error> {
         let max = self.limits.channels_per_connection_max;
-        let state = match self.connections.get_mut(&connection) {
-            None => return Err(Error::Closed),
-            Some(ConnectionState {
-                closed: Some(reason),
-                ..
-            }) => {
-                return Err(Error::ConnectionClosed(reason.clone()));
-            }
-            Some(state) => state,
-        };
-        let used: BTreeSet<u16> = state
-            .channels
-            .iter()
-            .filter_map(|id| self.channels.get(id).map(|channel| channel.number))
-            .collect();
+        let used = self.channel_numbers(connection)?;
         let Some(number) = (1..=max).find(|number| !used.contains(number)) else {
             return Err(Error::Invalid(format!(
                 "{connection} has {max} channels open, the negotiated channel_max"
             )));
+        };
+        self.open_channel_numbered(connection, number)
+    }
+
+    /// Opens a channel under the number the client chose (over the wire, the number in the
+    /// frames), so replies that name the channel, such as the consumer timeout's, name the
+    /// client's number. A number outside `1..=channels_per_connection_max`, or one already
+    /// open on the connection, is [`Error::Invalid`].
+    pub fn open_channel_numbered(
+        &mut self,
+        connection: ConnectionId,
+        number: u16,
+    ) -> Result<ChannelId, Error> {
+        let max = self.limits.channels_per_connection_max;
+        if number == 0 || number > max {
+            return Err(Error::Invalid(format!(
+                "channel number {number} is outside 1..={max}, the negotiated channel_max"
+            )));
+        }
+        if self.channel_numbers(connection)?.contains(&number) {
+            return Err(Error::Invalid(format!(
+                "channel {number} is already open on {connection}"
+            )));
+        }
+        let Some(state) = self.connections.get_mut(&connection) else {
+            return Err(Error::Closed);
         };
         let id = ChannelId {
             connection,
@@ -381,6 +393,23 @@ impl Engine {
         state.channels.insert(id);
         self.channels.insert(id, ChannelState::new(number));
         Ok(id)
+    }
+
+    /// The channel numbers in use on an open connection (closed channels not yet forgotten
+    /// included).
+    fn channel_numbers(&self, connection: ConnectionId) -> Result<BTreeSet<u16>, Error> {
+        match self.connections.get(&connection) {
+            None => Err(Error::Closed),
+            Some(ConnectionState {
+                closed: Some(reason),
+                ..
+            }) => Err(Error::ConnectionClosed(reason.clone())),
+            Some(state) => Ok(state
+                .channels
+                .iter()
+                .filter_map(|id| self.channels.get(id).map(|channel| channel.number))
+                .collect()),
+        }
     }
 
     /// Ok while the channel is open; otherwise why not.

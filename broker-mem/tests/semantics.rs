@@ -1056,3 +1056,36 @@ fn a_mandatory_publish_whose_queue_went_before_the_commit_comes_back() {
     assert_eq!(returned.len(), 1);
     assert_eq!(returned[0].reply_text, "NO_ROUTE");
 }
+
+#[test]
+fn channels_open_under_the_clients_number_or_the_lowest_free_one() {
+    let mut engine = broker_mem::Engine::new(Limits::default());
+    let connection = engine.open_connection("guest");
+    let seven = engine.open_channel_numbered(connection, 7).unwrap();
+    assert!(matches!(
+        engine.open_channel_numbered(connection, 7),
+        Err(Error::Invalid(_))
+    ));
+    assert!(matches!(
+        engine.open_channel_numbered(connection, 0),
+        Err(Error::Invalid(_))
+    ));
+    assert!(matches!(
+        engine.open_channel_numbered(connection, 2048),
+        Err(Error::Invalid(_))
+    ));
+    let first = engine.open_channel(connection).unwrap();
+    engine.close_channel(seven).unwrap();
+    // 7 is free again once closed; 1 is taken by `first`.
+    engine.open_channel_numbered(connection, 7).unwrap();
+    assert!(matches!(
+        engine.open_channel_numbered(connection, 1),
+        Err(Error::Invalid(_))
+    ));
+    engine.close_channel(first).unwrap();
+    engine.close_connection(connection);
+    assert!(matches!(
+        engine.open_channel_numbered(connection, 3),
+        Err(Error::Closed)
+    ));
+}

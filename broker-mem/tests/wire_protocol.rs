@@ -188,8 +188,12 @@ fn broker_with_work() -> Broker {
 }
 
 fn consume(tag: &str) -> Vec<u8> {
+    consume_on(1, tag)
+}
+
+fn consume_on(channel: u16, tag: &str) -> Vec<u8> {
     method(
-        1,
+        channel,
         AMQPClass::Basic(basic::AMQPMethod::Consume(basic::Consume {
             queue: "work".into(),
             consumer_tag: tag.into(),
@@ -333,6 +337,74 @@ impl TapChannel for Vec<u8> {
         self[1..3].copy_from_slice(&channel.to_be_bytes());
         self
     }
+}
+
+/// The engine opens a channel under the client's number, so the consumer timeout's text names
+/// the channel the client knows, whatever numbers it picked and closed before.
+#[tokio::test(start_paused = true)]
+async fn the_consumer_timeout_names_the_clients_channel_number() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicU64, Ordering};
+
+    let now_ms = Arc::new(AtomicU64::new(0));
+    let reading = Arc::clone(&now_ms);
+    let limits = Limits {
+        consumer_timeout_ms: Some(1_000),
+        ..Limits::default()
+    };
+    let broker = Broker::with_clock(limits, Arc::new(move || reading.load(Ordering::SeqCst)));
+    let loader = broker.connect();
+    let channel = loader.open_channel().unwrap();
+    channel
+        .queue_declare("work", QueueOptions::default())
+        .unwrap();
+    channel
+        .basic_publish("", "work", Properties::default(), Bytes::from("job"))
+        .unwrap();
+    let server = WireServer::new(broker.clone(), WireConfig::default());
+    let mut raw = Raw::open(&server, "guest", 0).await;
+    // Channel 1 is open; the client skips to 7, the lowest free number being 2.
+    raw.send(method(
+        7,
+        AMQPClass::Channel(channel::AMQPMethod::Open(channel::Open {})),
+    ))
+    .await;
+    assert!(matches!(
+        raw.recv().await,
+        Some(AMQPFrame::Method(
+            7,
+            AMQPClass::Channel(channel::AMQPMethod::OpenOk(_))
+        ))
+    ));
+    raw.send(consume_on(7, "slow")).await;
+    let mut delivered = false;
+    while !delivered {
+        delivered = matches!(
+            raw.recv().await,
+            Some(AMQPFrame::Method(
+                7,
+                AMQPClass::Basic(basic::AMQPMethod::Deliver(_))
+            ))
+        );
+    }
+    now_ms.store(5_000, Ordering::SeqCst);
+    // Any call moves the engine's clock; this one is on the other channel.
+    raw.send(method(
+        1,
+        AMQPClass::Basic(basic::AMQPMethod::Qos(basic::Qos {
+            prefetch_count: 10,
+            global: false,
+        })),
+    ))
+    .await;
+    let (code, text) = raw.channel_close_code().await.unwrap();
+    assert_eq!(code, 406);
+    assert!(
+        text.starts_with("PRECONDITION_FAILED - delivery acknowledgement on channel 7 timed out"),
+        "{text}"
+    );
+    assert_eq!(broker.queue_depth("work"), Some(1), "the message is back");
+    drop(loader);
 }
 
 #[tokio::test(start_paused = true)]

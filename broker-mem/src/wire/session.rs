@@ -1021,7 +1021,7 @@ impl<S: AsyncRead + AsyncWrite + Send> Session<S> {
         };
         let id = match self
             .broker
-            .with_engine(|engine| engine.open_channel(connection))
+            .with_engine(|engine| engine.open_channel_numbered(connection, number))
         {
             Ok(id) => id,
             Err(Error::Invalid(text)) => {
