@@ -30,6 +30,9 @@ pub enum ReplyCode {
     /// 540: a method or flag the broker does not implement (RabbitMQ: `basic.recover` with
     /// `requeue = false`); closes the connection.
     NotImplemented,
+    /// 541: the broker failed internally; closes the connection. RabbitMQ 3.10 answers an
+    /// unknown `x-queue-master-locator` this way, and broker-mem copies it.
+    InternalError,
 }
 
 impl ReplyCode {
@@ -44,6 +47,7 @@ impl ReplyCode {
             ReplyCode::NotAllowed => 530,
             ReplyCode::ConnectionForced => 320,
             ReplyCode::NotImplemented => 540,
+            ReplyCode::InternalError => 541,
         }
     }
 
@@ -58,6 +62,7 @@ impl ReplyCode {
             ReplyCode::NotAllowed => "NOT_ALLOWED",
             ReplyCode::ConnectionForced => "CONNECTION_FORCED",
             ReplyCode::NotImplemented => "NOT_IMPLEMENTED",
+            ReplyCode::InternalError => "INTERNAL_ERROR",
         }
     }
 }
@@ -86,8 +91,12 @@ impl AmqpError {
         }
     }
 
-    /// The reply text exactly as RabbitMQ sends it on the wire: `NOT_FOUND - no exchange ...`.
+    /// The reply text exactly as RabbitMQ sends it on the wire: `NOT_FOUND - no exchange ...`,
+    /// or the bare name when there is no explanation (RabbitMQ's `INTERNAL_ERROR`).
     pub fn reply_text(&self) -> String {
+        if self.text.is_empty() {
+            return self.code.name().to_owned();
+        }
         format!("{} - {}", self.code.name(), self.text)
     }
 }
