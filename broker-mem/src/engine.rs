@@ -118,8 +118,11 @@ enum Outcome {
     /// Nacked or rejected without requeue: dead-lettered if the queue has a dead-letter
     /// exchange, else dropped.
     Reject,
-    /// Nacked or rejected with requeue, or in flight when its channel closed.
+    /// Nacked or rejected with requeue, or recovered (`basic.recover`).
     Requeue,
+    /// In flight when its channel closed. A classic queue treats it as a requeue; a quorum
+    /// queue serves it before its other ready messages, where a requeue goes to the back.
+    Return,
 }
 
 /// Monotonic counters; every id and generated name comes from here, so they are the same in
@@ -1591,6 +1594,7 @@ impl Engine {
                         redelivered: false,
                         expires_at_ms: None,
                         delivery_count: 0,
+                        returned: false,
                     };
                     self.held.add(message);
                     self.dead_letter(queue_name, entry, DeathReason::Maxlen);
@@ -1608,6 +1612,7 @@ impl Engine {
             redelivered: false,
             expires_at_ms: ttl_ms.map(|ttl| now_ms.saturating_add(ttl)),
             delivery_count: 0,
+            returned: false,
         });
         self.held.add(message);
         let mut dropped = Vec::new();
@@ -2026,20 +2031,33 @@ impl Engine {
         };
         queue.unacked -= 1;
         // The consumer's credit came back: dispatch, if there is something to dispatch.
-        if (queue.ready_len() > 0 || outcome == Outcome::Requeue) && !self.dirty.contains(&name) {
+        let back = matches!(outcome, Outcome::Requeue | Outcome::Return);
+        if (queue.ready_len() > 0 || back) && !self.dirty.contains(&name) {
             self.dirty.insert(name.clone());
         }
         match outcome {
             Outcome::Ack => self.held.release(&entry.message),
             Outcome::Reject => self.dead_letter(&name, entry, DeathReason::Rejected),
-            Outcome::Requeue => {
+            Outcome::Requeue | Outcome::Return => {
+                let quorum = queue.args.queue_type == QueueType::Quorum;
                 let delivery_count = entry.delivery_count + 1;
-                let over_limit = queue.args.queue_type == QueueType::Quorum
+                let over_limit = quorum
                     && queue
                         .args
                         .delivery_limit
-                        .is_some_and(|limit| delivery_count > limit);
+                        .is_some_and(|l| delivery_count > l);
+                // RabbitMQ 3.10 (probed): a classic queue puts the message back where it was;
+                // a quorum queue appends a nacked one to the back and serves one returned by
+                // a closed channel first, both in the order they come back.
+                let (seq, returned) = if quorum {
+                    let seq = next(&mut self.counters.message_seq);
+                    (seq, outcome == Outcome::Return)
+                } else {
+                    (entry.seq, false)
+                };
                 let entry = Queued {
+                    seq,
+                    returned,
                     redelivered: true,
                     delivery_count,
                     ..entry
@@ -2153,6 +2171,7 @@ impl Engine {
             if fault == Some(DeliveryFault::Duplicate) {
                 let copy = Queued {
                     seq: next(&mut counters.message_seq),
+                    returned: false,
                     redelivered: true,
                     ..entry.clone()
                 };
@@ -2221,7 +2240,7 @@ impl Engine {
             ));
         }
         for delivery in unacked {
-            self.finish(channel, delivery, Outcome::Requeue);
+            self.finish(channel, delivery, Outcome::Return);
         }
         for queue in &orphaned {
             self.delete_queue(queue);

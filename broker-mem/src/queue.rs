@@ -374,6 +374,9 @@ pub(crate) struct Queued {
     pub expires_at_ms: Option<u64>,
     /// Times it came back to the queue (quorum queues report it as `x-delivery-count`).
     pub delivery_count: u64,
+    /// Returned to a quorum queue because its channel closed: served before the other ready
+    /// messages, in the order returned (RabbitMQ 3.10's returns).
+    pub returned: bool,
 }
 
 /// A consumer as the queue knows it: its channel and tag.
@@ -560,7 +563,9 @@ impl Queue {
         }
     }
 
-    /// A message coming back from a consumer: to its original position.
+    /// A message coming back from a consumer: to its place by [`Queue::order`]. The caller
+    /// decides that place: a classic queue keeps the message's `seq` (its original position);
+    /// a quorum queue gives it a new one (see `Engine::finish`).
     pub(crate) fn requeue(&mut self, entry: Queued) {
         self.insert_in_order(entry);
     }
@@ -579,13 +584,14 @@ impl Queue {
         self.ready.insert(position, entry);
     }
 
-    /// Where a message belongs in the ready list: higher priority first, then enqueue order.
-    /// Outside priority queues every message has priority 0.
-    fn order(&self, entry: &Queued) -> (std::cmp::Reverse<u8>, u64) {
+    /// Where a message belongs in the ready list: higher priority first, then a quorum
+    /// queue's returns, then enqueue order. Outside priority queues every message has
+    /// priority 0.
+    fn order(&self, entry: &Queued) -> (std::cmp::Reverse<u8>, bool, u64) {
         let priority = self.args.max_priority.map_or(0, |max| {
             entry.message.properties.priority.unwrap_or(0).min(max)
         });
-        (std::cmp::Reverse(priority), entry.seq)
+        (std::cmp::Reverse(priority), !entry.returned, entry.seq)
     }
 
     pub(crate) fn pop_ready(&mut self) -> Option<Queued> {

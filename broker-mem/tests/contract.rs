@@ -96,6 +96,7 @@ contract!(
     transactions_hold_publishes_until_commit_and_drop_them_on_rollback,
     transactional_settles_apply_at_commit_and_return_on_rollback,
     queue_arguments_are_validated_in_rabbitmqs_order_with_its_texts,
+    quorum_queues_send_nacked_messages_back_and_serve_returns_first,
 );
 
 async fn nack_multiple_requeues_in_order_and_auto_ack_ignores_prefetch(b: &mut impl Amqp) {
@@ -1985,5 +1986,81 @@ async fn queue_arguments_are_validated_in_rabbitmqs_order_with_its_texts(b: &mut
         let declared = b.queue_declare(ch, "ok", flags, arguments.clone()).await;
         assert!(declared.is_ok(), "declare with {arguments:?}: {declared:?}");
         b.queue_delete(ch, "ok", false, false).await.unwrap();
+    }
+}
+
+/// Where a message goes back to in a quorum queue (RabbitMQ 3.10, probed): a nack or reject
+/// with requeue, and `basic.recover`, append it to the back; a closed channel's messages are
+/// served first, in the order they came back. A classic queue puts both back where they were.
+async fn quorum_queues_send_nacked_messages_back_and_serve_returns_first(b: &mut impl Amqp) {
+    let durable = QFlags {
+        durable: true,
+        ..QFlags::default()
+    };
+    let c = b.connection().await;
+    let ch = b.channel(c).await;
+    for (queue, kind) in [("qq", "quorum"), ("cq", "classic")] {
+        let args = table(&[("x-queue-type", s(kind))]);
+        b.queue_declare(ch, queue, durable, args).await.unwrap();
+    }
+    let texts = |name: &str| (0..6).map(|n| format!("{name}{n}")).collect::<Vec<_>>();
+    for queue in ["qq", "cq"] {
+        for text in texts("m") {
+            b.send(ch, "", queue, &text).await;
+        }
+    }
+    let getter = b.channel(c).await;
+    for queue in ["qq", "cq"] {
+        let mut tags = Vec::new();
+        for _ in 0..3 {
+            let (msg, _) = b.get(getter, queue, false).await.unwrap().unwrap();
+            tags.push(msg.tag);
+        }
+        // m2 back first, then m0; m1 stays unacked.
+        b.nack(getter, tags[2], false, true).await.unwrap();
+        b.nack(getter, tags[0], false, true).await.unwrap();
+    }
+    assert_eq!(b.drain(ch, "qq").await, ["m3", "m4", "m5", "m2", "m0"]);
+    assert_eq!(b.drain(ch, "cq").await, ["m0", "m2", "m3", "m4", "m5"]);
+    b.close_channel(getter).await;
+    assert_eq!(b.drain(ch, "qq").await, ["m1"]);
+    assert_eq!(b.drain(ch, "cq").await, ["m1"]);
+
+    // Returns by closed channels: first, in the order they came back, redelivered and
+    // counted.
+    for queue in ["qq", "cq"] {
+        for text in texts("k") {
+            b.send(ch, "", queue, &text).await;
+        }
+        let first = b.channel(c).await;
+        b.get(first, queue, false).await.unwrap().unwrap();
+        let second = b.channel(c).await;
+        for _ in 0..2 {
+            b.get(second, queue, false).await.unwrap().unwrap();
+        }
+        b.close_channel(second).await;
+        b.close_channel(first).await;
+    }
+    let (head, _) = b.get(ch, "qq", true).await.unwrap().unwrap();
+    assert_eq!((head.text(), head.redelivered), ("k1".to_owned(), true));
+    assert_eq!(head.header("x-delivery-count"), Some(&i(1)));
+    assert_eq!(b.drain(ch, "qq").await, ["k2", "k0", "k3", "k4", "k5"]);
+    assert_eq!(b.drain(ch, "cq").await, texts("k"));
+
+    // basic.recover requeues like a nack: to the back of a quorum queue.
+    for text in texts("r") {
+        b.send(ch, "", "qq", &text).await;
+    }
+    let recovering = b.channel(c).await;
+    for _ in 0..2 {
+        b.get(recovering, "qq", false).await.unwrap().unwrap();
+    }
+    b.recover(recovering, true).await.unwrap();
+    assert_eq!(
+        b.drain(ch, "qq").await,
+        ["r2", "r3", "r4", "r5", "r0", "r1"]
+    );
+    for queue in ["qq", "cq"] {
+        b.queue_delete(ch, queue, false, false).await.unwrap();
     }
 }
