@@ -114,20 +114,27 @@ pub struct QueueArguments {
     pub single_active_consumer: bool,
 }
 
-/// The arguments RabbitMQ compares when a queue is declared again (others are ignored).
-const EQUIVALENCE_CHECKED: [&str; 12] = [
+/// The arguments RabbitMQ 3.10 compares when a queue is declared again (others are ignored),
+/// in the order it compares them, so the first difference reported is the same (probed).
+const EQUIVALENCE_CHECKED: [&str; 18] = [
+    "x-expires",
+    "x-message-ttl",
     "x-dead-letter-exchange",
     "x-dead-letter-routing-key",
-    "x-expires",
+    "x-dead-letter-strategy",
     "x-max-length",
     "x-max-length-bytes",
+    "x-max-in-memory-length",
+    "x-max-in-memory-bytes",
     "x-max-priority",
-    "x-message-ttl",
     "x-overflow",
     "x-queue-mode",
-    "x-queue-type",
     "x-single-active-consumer",
+    "x-queue-type",
+    "x-quorum-initial-group-size",
+    "x-queue-leader-locator",
     "x-delivery-limit",
+    "x-queue-master-locator",
 ];
 
 /// Arguments RabbitMQ 3.10 refuses on a classic queue: they belong to quorum queues.
@@ -261,6 +268,11 @@ impl QueueArguments {
                 "routing_key_but_no_dlx_defined",
             ));
         }
+        one_of(
+            "x-dead-letter-strategy",
+            &["at-most-once", "at-least-once"],
+            &|_| "invalid_dlx_strategy".to_owned(),
+        )?;
         let max_length = non_negative("x-max-length")?;
         let max_length_bytes = non_negative("x-max-length-bytes")?;
         non_negative("x-max-in-memory-length")?;
@@ -291,11 +303,6 @@ impl QueueArguments {
         if non_negative("x-quorum-initial-group-size")? == Some(0) {
             return Err(invalid("x-quorum-initial-group-size", "{value_zero,0}"));
         }
-        one_of(
-            "x-dead-letter-strategy",
-            &["at-most-once", "at-least-once"],
-            &|_| "invalid_dlx_strategy".to_owned(),
-        )?;
         one_of(
             "x-queue-leader-locator",
             &["client-local", "balanced"],
@@ -477,7 +484,13 @@ impl Queue {
         for arg in EQUIVALENCE_CHECKED {
             let received = arguments.get(arg);
             let current = self.arguments.get(arg);
-            if received == current {
+            // No queue type is a classic queue: RabbitMQ accepts either for the other.
+            let classic = |value: Option<&FieldValue>| {
+                value.is_none_or(|v| matches!(v, FieldValue::String(t) if t == "classic"))
+            };
+            if received == current
+                || (arg == "x-queue-type" && classic(received) && classic(current))
+            {
                 continue;
             }
             let (received, current) = describe_values(received, current);

@@ -97,6 +97,7 @@ contract!(
     transactional_settles_apply_at_commit_and_return_on_rollback,
     queue_arguments_are_validated_in_rabbitmqs_order_with_its_texts,
     quorum_queues_send_nacked_messages_back_and_serve_returns_first,
+    redeclaring_compares_the_arguments_rabbitmq_compares_in_its_order,
 );
 
 async fn nack_multiple_requeues_in_order_and_auto_ack_ignores_prefetch(b: &mut impl Amqp) {
@@ -2061,6 +2062,89 @@ async fn quorum_queues_send_nacked_messages_back_and_serve_returns_first(b: &mut
         ["r2", "r3", "r4", "r5", "r0", "r1"]
     );
     for queue in ["qq", "cq"] {
+        b.queue_delete(ch, queue, false, false).await.unwrap();
+    }
+}
+
+/// The arguments a redeclare compares (RabbitMQ 3.10, probed): quorum-only and classic-only
+/// ones too, the first difference in RabbitMQ's order, and no queue type equal to `classic`.
+async fn redeclaring_compares_the_arguments_rabbitmq_compares_in_its_order(b: &mut impl Amqp) {
+    let durable = QFlags {
+        durable: true,
+        ..QFlags::default()
+    };
+    let transient = QFlags::default();
+    let prefix = "PRECONDITION_FAILED - inequivalent arg";
+    let c = b.connection().await;
+    let cases: Vec<(&str, QFlags, FieldTable, FieldTable, String)> = vec![
+        (
+            "qq",
+            durable,
+            table(&[
+                ("x-queue-type", s("quorum")),
+                ("x-max-in-memory-length", i(5)),
+            ]),
+            table(&[
+                ("x-queue-type", s("quorum")),
+                ("x-max-in-memory-length", i(6)),
+            ]),
+            format!(
+                "{prefix} 'x-max-in-memory-length' for queue 'qq' in vhost '/': received '6' but current is '5'"
+            ),
+        ),
+        (
+            "lazy",
+            transient,
+            table(&[("x-queue-mode", s("lazy"))]),
+            FieldTable::new(),
+            format!(
+                "{prefix} 'x-queue-mode' for queue 'lazy' in vhost '/': received none but current is the value 'lazy' of type 'longstr'"
+            ),
+        ),
+        (
+            "located",
+            transient,
+            table(&[("x-queue-master-locator", s("random"))]),
+            table(&[("x-queue-master-locator", s("min-masters"))]),
+            format!(
+                "{prefix} 'x-queue-master-locator' for queue 'located' in vhost '/': received 'min-masters' but current is 'random'"
+            ),
+        ),
+        (
+            "two",
+            transient,
+            table(&[("x-max-length", i(1)), ("x-message-ttl", i(5))]),
+            table(&[("x-max-length", i(2)), ("x-message-ttl", i(6))]),
+            format!(
+                "{prefix} 'x-message-ttl' for queue 'two' in vhost '/': received '6' but current is '5'"
+            ),
+        ),
+    ];
+    for (queue, flags, first, second, text) in cases {
+        let ch = b.channel(c).await;
+        b.queue_declare(ch, queue, flags, first).await.unwrap();
+        let reply = b.queue_declare(ch, queue, flags, second).await;
+        let reply = reply.map(drop).map_err(|r| (r.code, norm(&r.text)));
+        assert_eq!(reply, Err((406, text)));
+        let ch = b.channel(c).await;
+        b.queue_delete(ch, queue, false, false).await.unwrap();
+    }
+    // No x-queue-type is a classic queue, either way round.
+    let ch = b.channel(c).await;
+    let classic = table(&[("x-queue-type", s("classic"))]);
+    b.queue_declare(ch, "plain", transient, FieldTable::new())
+        .await
+        .unwrap();
+    b.queue_declare(ch, "plain", transient, classic.clone())
+        .await
+        .unwrap();
+    b.queue_declare(ch, "typed", transient, classic)
+        .await
+        .unwrap();
+    b.queue_declare(ch, "typed", transient, FieldTable::new())
+        .await
+        .unwrap();
+    for queue in ["plain", "typed"] {
         b.queue_delete(ch, queue, false, false).await.unwrap();
     }
 }
