@@ -1616,8 +1616,9 @@ impl Engine {
         });
         self.held.add(message);
         let mut dropped = Vec::new();
-        // Bounded by the queue's length.
-        while queue.over_limit() {
+        // Bounded by the queue's length. Only `drop-head` drops: a quorum queue that refuses
+        // publishes may stand one message over its limit.
+        while queue.args.overflow == Overflow::DropHead && queue.over_limit() {
             match queue.pop_ready() {
                 Some(head) => dropped.push(head),
                 None => break,

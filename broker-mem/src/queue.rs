@@ -289,7 +289,11 @@ impl QueueArguments {
             &|_| "invalid_overflow".to_owned(),
         )? {
             Some("reject-publish") => Overflow::RejectPublish,
-            Some("reject-publish-dlx") => Overflow::RejectPublishDlx,
+            // A quorum queue accepts `reject-publish-dlx` and drops the head (RabbitMQ 3.10,
+            // probed: the publishes are confirmed, the oldest dead-lettered as `maxlen`).
+            Some("reject-publish-dlx") if queue_type == QueueType::Classic => {
+                Overflow::RejectPublishDlx
+            }
             _ => Overflow::DropHead,
         };
         one_of("x-queue-mode", &["default", "lazy"], &|mode| {
@@ -514,9 +518,15 @@ impl Queue {
         self.ready_bytes
     }
 
-    /// Whether one more message of `body_bytes` would pass `x-max-length` or
-    /// `x-max-length-bytes` (RabbitMQ counts ready messages only).
+    /// Whether a queue that refuses messages at its limit (`reject-publish`) refuses one more
+    /// of `body_bytes`. A classic queue refuses one that would pass `x-max-length` or
+    /// `x-max-length-bytes`; a quorum queue's limit is soft in RabbitMQ 3.10 (probed): it
+    /// refuses only while it is already over a limit, so one message more gets in. Both count
+    /// ready messages only.
     pub(crate) fn would_overflow(&self, body_bytes: usize) -> bool {
+        if self.args.queue_type == QueueType::Quorum {
+            return self.over_limit();
+        }
         let too_many = self
             .args
             .max_length

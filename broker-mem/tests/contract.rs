@@ -98,6 +98,7 @@ contract!(
     queue_arguments_are_validated_in_rabbitmqs_order_with_its_texts,
     quorum_queues_send_nacked_messages_back_and_serve_returns_first,
     redeclaring_compares_the_arguments_rabbitmq_compares_in_its_order,
+    quorum_queue_length_limits_are_soft_and_reject_publish_dlx_drops_the_head,
 );
 
 async fn nack_multiple_requeues_in_order_and_auto_ack_ignores_prefetch(b: &mut impl Amqp) {
@@ -2145,6 +2146,123 @@ async fn redeclaring_compares_the_arguments_rabbitmq_compares_in_its_order(b: &m
         .await
         .unwrap();
     for queue in ["plain", "typed"] {
+        b.queue_delete(ch, queue, false, false).await.unwrap();
+    }
+}
+
+/// Length limits on quorum queues (RabbitMQ 3.10, probed): `reject-publish` refuses only
+/// while the queue is already over its limit, so one message more gets in (ready messages
+/// count, unacked ones do not); `reject-publish-dlx` behaves as `drop-head`.
+async fn quorum_queue_length_limits_are_soft_and_reject_publish_dlx_drops_the_head(
+    b: &mut impl Amqp,
+) {
+    let durable = QFlags {
+        durable: true,
+        ..QFlags::default()
+    };
+    let c = b.connection().await;
+    let ch = b.channel(c).await;
+    b.exchange(ch, "dlx", "fanout").await;
+    b.queue(ch, "dead").await;
+    b.bind(ch, "dead", "dlx", "").await;
+    let quorum = |pairs: &[(&str, FieldValue)]| {
+        let mut args = table(pairs);
+        args.insert("x-queue-type".into(), s("quorum"));
+        args.insert("x-dead-letter-exchange".into(), s("dlx"));
+        args
+    };
+    let soft = quorum(&[("x-max-length", i(2)), ("x-overflow", s("reject-publish"))]);
+    b.queue_declare(ch, "soft", durable, soft).await.unwrap();
+    let mut acked = Vec::new();
+    for n in 0..2 {
+        let p = b
+            .publish(
+                ch,
+                "",
+                "soft",
+                false,
+                Properties::default(),
+                &format!("s{n}"),
+            )
+            .await
+            .unwrap();
+        acked.push(p.acked);
+    }
+    // An unacked message does not count against the limit.
+    let getter = b.channel(c).await;
+    b.get(getter, "soft", false).await.unwrap().unwrap();
+    for n in 2..5 {
+        let p = b
+            .publish(
+                ch,
+                "",
+                "soft",
+                false,
+                Properties::default(),
+                &format!("s{n}"),
+            )
+            .await
+            .unwrap();
+        acked.push(p.acked);
+    }
+    assert_eq!(acked, [true, true, true, true, false]);
+    assert_eq!(b.depth("soft").await, Some(3));
+    let bytes = quorum(&[
+        ("x-max-length-bytes", i(10)),
+        ("x-overflow", s("reject-publish")),
+    ]);
+    b.queue_declare(ch, "bytes", durable, bytes).await.unwrap();
+    let mut acked = Vec::new();
+    for n in 0..4 {
+        let p = b
+            .publish(
+                ch,
+                "",
+                "bytes",
+                false,
+                Properties::default(),
+                &format!("b{n}xx"),
+            )
+            .await
+            .unwrap();
+        acked.push(p.acked);
+    }
+    assert_eq!(acked, [true, true, true, false]);
+
+    let dlx = quorum(&[
+        ("x-max-length", i(2)),
+        ("x-overflow", s("reject-publish-dlx")),
+    ]);
+    b.queue_declare(ch, "dlx-head", durable, dlx).await.unwrap();
+    let mut acked = Vec::new();
+    for n in 0..4 {
+        let p = b
+            .publish(
+                ch,
+                "",
+                "dlx-head",
+                false,
+                Properties::default(),
+                &format!("d{n}"),
+            )
+            .await
+            .unwrap();
+        acked.push(p.acked);
+    }
+    assert_eq!(acked, [true; 4]);
+    assert_eq!(b.drain(ch, "dlx-head").await, ["d2", "d3"]);
+    let mut dead = Vec::new();
+    while let Some((msg, _)) = b.get(ch, "dead", true).await.unwrap() {
+        let reason = deaths(&msg)[0].get("reason").cloned();
+        dead.push((msg.text(), reason));
+    }
+    let maxlen = Some(s("maxlen"));
+    assert_eq!(
+        dead,
+        [("d0".to_owned(), maxlen.clone()), ("d1".to_owned(), maxlen)]
+    );
+    b.close_channel(getter).await;
+    for queue in ["soft", "bytes", "dlx-head"] {
         b.queue_delete(ch, queue, false, false).await.unwrap();
     }
 }
