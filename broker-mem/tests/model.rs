@@ -7,8 +7,10 @@
 //! a minimal one.
 //!
 //! The model covers one queue with `x-message-ttl`, `x-max-length` (drop-head) and a
-//! dead-letter exchange, one plain queue, a priority queue with a single active consumer, and
-//! the dead-letter queue; consumers (at most one per lane) with a prefetch and a consumer
+//! dead-letter exchange, one plain queue, a priority queue with a single active consumer, a
+//! quorum queue (a soft `reject-publish` length limit, `x-delivery-limit`, nacked messages to
+//! the back and a closed channel's returns first, as RabbitMQ 3.10 does them), and the
+//! dead-letter queue; consumers (at most one per lane) with a prefetch and a consumer
 //! priority (`x-priority`), competing when two lanes consume the same queue (the highest
 //! priority with credit first, round-robin among equals; or taking turns as the single
 //! active one), cancelled or ended by a close. After every step the deliveries each lane received must be
@@ -32,9 +34,15 @@ const MAX_LENGTH: usize = 3;
 /// `x-max-priority` of queue 2; publishes carry priorities up to 4, so some are over it.
 const MAX_PRIORITY: u8 = 3;
 /// Queue 0 has the TTL, the length limit and the dead-letter exchange; queue 1 is plain;
-/// queue 2 is a priority queue with a single active consumer.
-const QUEUES: [&str; 3] = ["limited", "plain", "ranked"];
+/// queue 2 is a priority queue with a single active consumer; queue 3 is a quorum queue.
+const QUEUES: [&str; 4] = ["limited", "plain", "ranked", "quorum"];
 const RANKED: usize = 2;
+const QUORUM: usize = 3;
+/// The quorum queue's `x-max-length` with `reject-publish`: soft, so it can hold one more.
+const QUORUM_MAX_LENGTH: usize = 2;
+/// The quorum queue's `x-delivery-limit`: past it a message is dropped (no dead-letter
+/// exchange) instead of requeued.
+const DELIVERY_LIMIT: u64 = 2;
 const DEAD: &str = "dead";
 const LANES: usize = 2;
 
@@ -123,6 +131,10 @@ struct Entry {
     expires_at_ms: Option<u64>,
     /// Why it was dead-lettered, for messages in the dead-letter queue.
     death: Option<&'static str>,
+    /// Times it came back to its queue (the quorum queue's delivery limit counts them).
+    delivery_count: u64,
+    /// Returned to the quorum queue by a closed channel: served before the other messages.
+    returned: bool,
 }
 
 /// A consumer as the model tracks it.
@@ -218,7 +230,7 @@ impl Model {
     /// Dead-lettering feeds `dead`, so a second pass delivers what the first sent there.
     fn run(&mut self) {
         for _ in 0..2 {
-            for queue in [DEAD, QUEUES[0], QUEUES[1], QUEUES[RANKED]] {
+            for queue in [DEAD, QUEUES[0], QUEUES[1], QUEUES[RANKED], QUEUES[QUORUM]] {
                 if queue == QUEUES[0] {
                     self.expire_where(|at, now| at < now);
                 }
@@ -274,6 +286,8 @@ impl Model {
             redelivered: false,
             expires_at_ms: None,
             death,
+            delivery_count: 0,
+            returned: false,
             ..entry
         };
         self.ready.get_mut(DEAD).unwrap().push_back(dead);
@@ -299,11 +313,16 @@ impl Model {
         }
     }
 
-    fn publish(&mut self, queue: usize, priority: u8) -> String {
+    /// The body published, and whether the queue took it (the quorum queue refuses while it is
+    /// over its limit).
+    fn publish(&mut self, queue: usize, priority: u8) -> (String, bool) {
         self.published += 1;
         self.seq += 1;
         let body = format!("m{}", self.published);
         let name = QUEUES[queue];
+        if queue == QUORUM && self.ready[name].len() > QUORUM_MAX_LENGTH {
+            return (body, false);
+        }
         let entry = Entry {
             seq: self.seq,
             priority: if queue == RANKED {
@@ -315,6 +334,8 @@ impl Model {
             redelivered: false,
             expires_at_ms: (queue == 0).then_some(self.now_ms + TTL_MS),
             death: None,
+            delivery_count: 0,
+            returned: false,
         };
         self.insert(name, entry);
         if queue == 0 {
@@ -323,7 +344,7 @@ impl Model {
                 self.dead_letter(name, head, "maxlen");
             }
         }
-        body
+        (body, true)
     }
 
     fn get(&mut self, lane: usize, queue: &'static str, no_ack: bool) -> Option<(Entry, u64, u32)> {
@@ -338,19 +359,34 @@ impl Model {
         Some((entry, tag, left))
     }
 
-    fn requeue(&mut self, queue: &'static str, entry: Entry) {
-        let entry = Entry {
+    /// A message back from a consumer: `returned` when its channel closed, else nacked.
+    /// Classic queues put it where it was. The quorum queue counts it against the delivery
+    /// limit, then puts a nacked one at the back and a returned one after earlier returns,
+    /// ahead of everything else.
+    fn requeue(&mut self, queue: &'static str, entry: Entry, returned: bool) {
+        let mut entry = Entry {
             redelivered: true,
             ..entry
         };
+        if queue == QUEUES[QUORUM] {
+            entry.delivery_count += 1;
+            if entry.delivery_count > DELIVERY_LIMIT {
+                self.dead_letter(queue, entry, "delivery_limit");
+                return;
+            }
+            self.seq += 1;
+            entry.seq = self.seq;
+            entry.returned = returned;
+        }
         self.insert(queue, entry);
     }
 
-    /// Into its place: higher priority first, then enqueue order (so a requeue lands where
-    /// it was, and a publish at the back of its priority).
+    /// Into its place: higher priority first, then the quorum queue's returns, then enqueue
+    /// order (so a classic requeue lands where it was, and a publish at the back of its
+    /// priority).
     fn insert(&mut self, queue: &'static str, entry: Entry) {
         let ready = self.ready.get_mut(queue).unwrap();
-        let key = |e: &Entry| (std::cmp::Reverse(e.priority), e.seq);
+        let key = |e: &Entry| (std::cmp::Reverse(e.priority), !e.returned, e.seq);
         let position = ready.partition_point(|e| key(e) < key(&entry));
         ready.insert(position, entry);
     }
@@ -369,7 +405,7 @@ impl Model {
             let (queue, entry, _) = self.unacked[lane].remove(tag).unwrap();
             match outcome {
                 None => {}
-                Some(true) => self.requeue(queue, entry),
+                Some(true) => self.requeue(queue, entry, false),
                 Some(false) => self.dead_letter(queue, entry, "rejected"),
             }
         }
@@ -382,7 +418,7 @@ impl Model {
         self.detach(lane);
         let unacked = std::mem::take(&mut self.unacked[lane]);
         for (_, (queue, entry, _)) in unacked {
-            self.requeue(queue, entry);
+            self.requeue(queue, entry, true);
         }
         self.last_tag[lane] = 0;
         self.run();
@@ -435,6 +471,22 @@ impl World {
         .collect();
         engine
             .queue_declare_with(setup, QUEUES[RANKED], QueueOptions::default(), &args)
+            .unwrap();
+        let args: FieldTable = [
+            ("x-queue-type", FieldValue::String("quorum".into())),
+            ("x-max-length", FieldValue::I64(QUORUM_MAX_LENGTH as i64)),
+            ("x-overflow", FieldValue::String("reject-publish".into())),
+            ("x-delivery-limit", FieldValue::I64(DELIVERY_LIMIT as i64)),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v))
+        .collect();
+        let durable = QueueOptions {
+            durable: true,
+            ..QueueOptions::default()
+        };
+        engine
+            .queue_declare_with(setup, QUEUES[QUORUM], durable, &args)
             .unwrap();
         engine.close_channel(setup).unwrap();
         let lanes = [(); LANES].map(|()| engine.open_channel(connection).unwrap());
@@ -501,7 +553,7 @@ impl World {
     fn apply(&mut self, op: &Op) -> Result<(), TestCaseError> {
         match *op {
             Op::Publish { queue, priority } => {
-                let body = self.model.publish(queue, priority);
+                let (body, accepted) = self.model.publish(queue, priority);
                 let properties = Properties {
                     priority: Some(priority),
                     ..Properties::default()
@@ -514,11 +566,20 @@ impl World {
                     Bytes::from(body),
                 );
                 self.model.run();
-                if confirm.is_err() {
-                    // Lane 0 was closed by an error: publish on a fresh one.
-                    self.reopen(0);
-                    self.model.close(0);
-                    prop_assert!(false, "publish failed: {confirm:?}");
+                match confirm {
+                    Ok(confirm) => prop_assert_eq!(
+                        matches!(confirm, broker_mem::Confirm::Ack),
+                        accepted,
+                        "confirm of a publish to {}: {:?}",
+                        QUEUES[queue],
+                        confirm
+                    ),
+                    Err(error) => {
+                        // Lane 0 was closed by an error: publish on a fresh one.
+                        self.reopen(0);
+                        self.model.close(0);
+                        prop_assert!(false, "publish failed: {error:?}");
+                    }
                 }
             }
             Op::Get {
