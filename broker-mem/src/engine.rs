@@ -1098,6 +1098,19 @@ impl Engine {
             return existing.check_equivalent_arguments(name, arguments);
         }
         check_not_reserved("exchange", name)?;
+        if let Some(value) = arguments.get("alternate-exchange")
+            && !matches!(value, FieldValue::String(_))
+        {
+            return Err(Fault::channel(
+                ReplyCode::PreconditionFailed,
+                format!(
+                    "invalid type '{}' for arg 'alternate-exchange' in exchange '{name}' in \
+                     vhost '{}'",
+                    value.type_name(),
+                    crate::VHOST
+                ),
+            ));
+        }
         if self.exchanges.len() >= self.limits.exchanges_max {
             return Err(Fault::channel(
                 ReplyCode::PreconditionFailed,
@@ -1119,7 +1132,15 @@ impl Engine {
         if name == DEFAULT_EXCHANGE {
             return Err(Fault::default_exchange());
         }
-        check_not_reserved("exchange", name)?;
+        if name.starts_with("amq.") {
+            return Err(Fault::channel(
+                ReplyCode::AccessRefused,
+                format!(
+                    "deletion of system exchange '{name}' in vhost '{}' not allowed",
+                    crate::VHOST
+                ),
+            ));
+        }
         let Some(exchange) = self.exchanges.get(name) else {
             return Ok(());
         };
@@ -1812,6 +1833,20 @@ impl Engine {
                 ));
             }
         };
+        // RabbitMQ checks its other consume argument's type next, and acts on it no more.
+        if let Some(value) = options.arguments.get("x-cancel-on-ha-failover")
+            && !matches!(value, FieldValue::Bool(_))
+        {
+            return Err(Fault::channel(
+                ReplyCode::PreconditionFailed,
+                format!(
+                    "invalid arg 'x-cancel-on-ha-failover' for queue '{queue_name}' in vhost \
+                     '{}': {{unacceptable_type,{}}}",
+                    crate::VHOST,
+                    value.type_name()
+                ),
+            ));
+        }
         if queue.args.queue_type == QueueType::Quorum && state.global_prefetch > 0 {
             return Err(Fault::Connection(AmqpError::new(
                 ReplyCode::NotImplemented,

@@ -99,6 +99,7 @@ contract!(
     quorum_queues_send_nacked_messages_back_and_serve_returns_first,
     redeclaring_compares_the_arguments_rabbitmq_compares_in_its_order,
     quorum_queue_length_limits_are_soft_and_reject_publish_dlx_drops_the_head,
+    system_exchanges_argument_types_and_auto_delete_exchanges,
 );
 
 async fn nack_multiple_requeues_in_order_and_auto_ack_ignores_prefetch(b: &mut impl Amqp) {
@@ -2265,4 +2266,87 @@ async fn quorum_queue_length_limits_are_soft_and_reject_publish_dlx_drops_the_he
     for queue in ["soft", "bytes", "dlx-head"] {
         b.queue_delete(ch, queue, false, false).await.unwrap();
     }
+}
+
+/// Exchange and consumer details, each probed on RabbitMQ 3.10: system exchanges cannot be
+/// deleted, argument types are checked with RabbitMQ's texts, and an auto-delete exchange
+/// goes when it loses its last binding as a source (an unbind or its queue's deletion), not
+/// before it ever had one.
+async fn system_exchanges_argument_types_and_auto_delete_exchanges(b: &mut impl Amqp) {
+    let c = b.connection().await;
+    let reply = |result: harness::R<()>| result.map_err(|r| (r.code, norm(&r.text)));
+    let ch = b.channel(c).await;
+    assert_eq!(
+        reply(b.exchange_delete(ch, "amq.direct", false).await),
+        Err((
+            403,
+            "ACCESS_REFUSED - deletion of system exchange 'amq.direct' in vhost '/' not allowed"
+                .to_owned()
+        ))
+    );
+    let ch = b.channel(c).await;
+    let bad_ae = table(&[("alternate-exchange", FieldValue::Bool(true))]);
+    let declared = b
+        .exchange_declare(ch, "x", "direct", XFlags::default(), bad_ae)
+        .await;
+    assert_eq!(
+        reply(declared),
+        Err((
+            406,
+            "PRECONDITION_FAILED - invalid type 'bool' for arg 'alternate-exchange' in exchange 'x' in vhost '/'"
+                .to_owned()
+        ))
+    );
+    let ch = b.channel(c).await;
+    b.queue(ch, "q").await;
+    let failover = table(&[("x-cancel-on-ha-failover", s("yes"))]);
+    let consumed = b.consume_with(ch, "q", "c", false, false, failover).await;
+    assert_eq!(
+        consumed.map(drop).map_err(|r| (r.code, norm(&r.text))),
+        Err((
+            406,
+            "PRECONDITION_FAILED - invalid arg 'x-cancel-on-ha-failover' for queue 'q' in vhost '/': {unacceptable_type,longstr}"
+                .to_owned()
+        ))
+    );
+    let ch = b.channel(c).await;
+    let unknown = table(&[("x-foo", s("yes"))]);
+    b.consume_with(ch, "q", "c", false, false, unknown)
+        .await
+        .unwrap();
+
+    let auto_delete = XFlags {
+        auto_delete: true,
+        ..XFlags::default()
+    };
+    let ch = b.channel(c).await;
+    // Never bound: kept.
+    b.exchange_declare(ch, "unbound", "direct", auto_delete, FieldTable::new())
+        .await
+        .unwrap();
+    let passive = XFlags {
+        passive: true,
+        ..XFlags::default()
+    };
+    b.exchange_declare(ch, "unbound", "direct", passive, FieldTable::new())
+        .await
+        .unwrap();
+    // Its last binding's queue deleted: gone.
+    b.exchange_declare(ch, "fan", "fanout", auto_delete, FieldTable::new())
+        .await
+        .unwrap();
+    b.queue(ch, "short-lived").await;
+    b.bind(ch, "short-lived", "fan", "").await;
+    b.queue_delete(ch, "short-lived", false, false)
+        .await
+        .unwrap();
+    let gone = b
+        .exchange_declare(ch, "fan", "fanout", passive, FieldTable::new())
+        .await;
+    assert_eq!(
+        reply(gone),
+        Err((404, "NOT_FOUND - no exchange 'fan' in vhost '/'".to_owned()))
+    );
+    let ch = b.channel(c).await;
+    b.exchange_delete(ch, "unbound", false).await.unwrap();
 }
