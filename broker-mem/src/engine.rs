@@ -1383,12 +1383,9 @@ impl Engine {
         }
 
         if let Some(expiration) = properties.expiration.as_deref()
-            && expiration.parse::<u64>().is_err()
+            && let Err(text) = crate::message::parse_expiration(expiration)
         {
-            return Err(Fault::channel(
-                ReplyCode::PreconditionFailed,
-                format!("invalid expiration '{expiration}': {{error,no_integer}}"),
-            ));
+            return Err(Fault::channel(ReplyCode::PreconditionFailed, text));
         }
         // Only set (and dropped) when there are headers: most publishes have none.
         let header_keys;

@@ -241,7 +241,51 @@ impl Message {
 
     /// The per-message TTL, when `expiration` holds a valid number of milliseconds.
     pub(crate) fn expiration_ms(&self) -> Option<u64> {
-        self.properties.expiration.as_deref()?.parse().ok()
+        parse_expiration(self.properties.expiration.as_deref()?).ok()
+    }
+}
+
+/// The longest TTL RabbitMQ accepts (`x-message-ttl`, `x-expires`, `expiration`): ten years,
+/// in milliseconds.
+pub(crate) const EXPIRY_MS_MAX: u64 = 315_360_000_000;
+
+/// Reads `expiration` as RabbitMQ 3.10 does (Erlang's `string:to_integer`: an optional sign,
+/// then digits, nothing after them; zero to ten years). The error is RabbitMQ's whole 406 text
+/// after the code name, probed on 3.10.8, down to Erlang's line wrapping of long numbers.
+pub(crate) fn parse_expiration(text: &str) -> Result<u64, String> {
+    let prefix = format!("invalid expiration '{text}': ");
+    let signed = usize::from(text.starts_with(['+', '-']));
+    let digits = text[signed..]
+        .bytes()
+        .take_while(u8::is_ascii_digit)
+        .count();
+    if digits == 0 {
+        return Err(format!("{prefix}no_integer"));
+    }
+    let (number, rest) = text.split_at(signed + digits);
+    if !rest.is_empty() {
+        let quoted = rest.replace('\\', "\\\\").replace('"', "\\\"");
+        return Err(format!("{prefix}{{leftover_string,\"{quoted}\"}}"));
+    }
+    let magnitude = number[signed..].trim_start_matches('0');
+    let magnitude = if magnitude.is_empty() { "0" } else { magnitude };
+    // Erlang's `~p` breaks a tuple that would reach column 80 after its first element.
+    let reason = |tag: &str, value: String| {
+        let column = prefix.chars().count();
+        let term = format!("{{{tag},{value}}}");
+        if column + term.len() >= 80 {
+            let indent = " ".repeat(column + 1);
+            format!("{prefix}{{{tag},\n{indent}{value}}}")
+        } else {
+            format!("{prefix}{term}")
+        }
+    };
+    if number.starts_with('-') && magnitude != "0" {
+        return Err(reason("value_negative", format!("-{magnitude}")));
+    }
+    match magnitude.parse::<u64>() {
+        Ok(ms) if ms <= EXPIRY_MS_MAX => Ok(ms),
+        _ => Err(reason("value_too_large", magnitude.to_owned())),
     }
 }
 

@@ -14,7 +14,7 @@ use crate::channel::ChannelId;
 use crate::connection::ConnectionId;
 use crate::error::{AmqpError, Fault, ReplyCode};
 use crate::exchange::bool_str;
-use crate::message::{FieldTable, FieldValue, Message};
+use crate::message::{EXPIRY_MS_MAX, FieldTable, FieldValue, Message};
 
 /// Flags of `queue.declare`.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -149,9 +149,6 @@ const QUORUM_ONLY: [&str; 6] = [
 
 /// Arguments RabbitMQ 3.10 refuses on a quorum queue.
 const CLASSIC_ONLY: [&str; 3] = ["x-max-priority", "x-queue-master-locator", "x-queue-mode"];
-
-/// The longest `x-message-ttl` and `x-expires` RabbitMQ accepts: ten years, in milliseconds.
-const EXPIRY_MS_MAX: u64 = 315_360_000_000;
 
 impl QueueArguments {
     /// Parses and validates declare arguments as RabbitMQ 3.10 does, in its order and with its

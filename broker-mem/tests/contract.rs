@@ -100,6 +100,7 @@ contract!(
     redeclaring_compares_the_arguments_rabbitmq_compares_in_its_order,
     quorum_queue_length_limits_are_soft_and_reject_publish_dlx_drops_the_head,
     system_exchanges_argument_types_and_auto_delete_exchanges,
+    expiration_is_read_as_rabbitmq_reads_it,
 );
 
 async fn nack_multiple_requeues_in_order_and_auto_ack_ignores_prefetch(b: &mut impl Amqp) {
@@ -2349,4 +2350,51 @@ async fn system_exchanges_argument_types_and_auto_delete_exchanges(b: &mut impl 
     );
     let ch = b.channel(c).await;
     b.exchange_delete(ch, "unbound", false).await.unwrap();
+}
+
+/// `expiration` as RabbitMQ 3.10 reads it (probed): a sign and leading zeros are fine, nothing
+/// may follow the digits, at most ten years; each refusal is 406 with its exact text, Erlang's
+/// line break in a long number included.
+async fn expiration_is_read_as_rabbitmq_reads_it(b: &mut impl Amqp) {
+    let c = b.connection().await;
+    let ch = b.channel(c).await;
+    b.queue(ch, "q").await;
+    let expiring = |ms: &str| Properties {
+        expiration: Some(ms.to_owned()),
+        ..Properties::default()
+    };
+    for accepted in ["+5000", "-0", "007000", "315360000000"] {
+        let p = b.publish(ch, "", "q", false, expiring(accepted), "m").await;
+        assert!(p.is_ok_and(|p| p.acked), "expiration {accepted:?}");
+    }
+    assert_eq!(b.depth("q").await, Some(4));
+    let long = "9".repeat(20);
+    let refused = [
+        ("abc", "no_integer".to_owned()),
+        ("", "no_integer".to_owned()),
+        (" 5", "no_integer".to_owned()),
+        ("1.5", "{leftover_string,\".5\"}".to_owned()),
+        ("5\"x", "{leftover_string,\"\\\"x\"}".to_owned()),
+        ("-007", "{value_negative,-7}".to_owned()),
+        ("315360000001", "{value_too_large,315360000001}".to_owned()),
+        (
+            long.as_str(),
+            format!("{{value_too_large,\n{}{long}}}", " ".repeat(44)),
+        ),
+    ];
+    for (expiration, reason) in refused {
+        let ch = b.channel(c).await;
+        let p = b
+            .publish(ch, "", "q", false, expiring(expiration), "m")
+            .await;
+        assert_eq!(
+            p.map(drop).map_err(|r| (r.code, r.text)),
+            Err((
+                406,
+                format!("PRECONDITION_FAILED - invalid expiration '{expiration}': {reason}")
+            )),
+        );
+    }
+    let ch = b.channel(c).await;
+    b.queue_delete(ch, "q", false, false).await.unwrap();
 }
