@@ -367,23 +367,28 @@ impl Engine {
     }
 
     /// Opens a channel under the number the client chose (over the wire, the number in the
-    /// frames), so replies that name the channel, such as the consumer timeout's, name the
-    /// client's number. A number outside `1..=channels_per_connection_max`, or one already
-    /// open on the connection, is [`Error::Invalid`].
+    /// frames; the wire server checks it against the negotiated `channel_max`), so replies
+    /// that name the channel, such as the consumer timeout's, name the client's number.
+    /// Channel 0, a number already open on the connection, or a channel past
+    /// `channels_per_connection_max` open at once is [`Error::Invalid`].
     pub fn open_channel_numbered(
         &mut self,
         connection: ConnectionId,
         number: u16,
     ) -> Result<ChannelId, Error> {
-        let max = self.limits.channels_per_connection_max;
-        if number == 0 || number > max {
-            return Err(Error::Invalid(format!(
-                "channel number {number} is outside 1..={max}, the negotiated channel_max"
-            )));
+        let max = usize::from(self.limits.channels_per_connection_max);
+        let used = self.channel_numbers(connection)?;
+        if number == 0 {
+            return Err(Error::Invalid("channel 0 is the connection's".to_owned()));
         }
-        if self.channel_numbers(connection)?.contains(&number) {
+        if used.contains(&number) {
             return Err(Error::Invalid(format!(
                 "channel {number} is already open on {connection}"
+            )));
+        }
+        if used.len() >= max {
+            return Err(Error::Invalid(format!(
+                "{connection} has {max} channels open, the limit"
             )));
         }
         let Some(state) = self.connections.get_mut(&connection) else {
@@ -766,7 +771,8 @@ impl Engine {
         })
     }
 
-    /// `basic.nack`. Requeued messages go back to their original position with `redelivered`;
+    /// `basic.nack`. Requeued messages go back with `redelivered`: to their original position
+    /// in a classic queue, to the back of a quorum queue (RabbitMQ 3.10);
     /// the others are dead-lettered (reason `rejected`) if their queue has a dead-letter
     /// exchange, else dropped.
     pub fn basic_nack(
@@ -797,7 +803,7 @@ impl Engine {
     }
 
     /// `basic.recover` (and `basic.recover-async`): every unacked delivery on the channel, from
-    /// consumers and `basic.get` alike, goes back to its queue's original position with
+    /// consumers and `basic.get` alike, goes back to its queue (as a nack with requeue puts it) with
     /// `redelivered` and is dispatched again (possibly to the same consumer, under a new tag);
     /// the old tags are forgotten. Consumers stay. RabbitMQ does not implement
     /// `requeue = false` (redeliver to the same consumer): 540, which closes the connection.
@@ -840,6 +846,12 @@ impl Engine {
     }
 
     // ---------------------------------------------------------------- introspection
+
+    /// The number a channel is known by on its connection, while it has a record (open, or
+    /// closed by an error and not yet released).
+    pub fn channel_number(&self, channel: ChannelId) -> Option<u16> {
+        self.channels.get(&channel).map(|state| state.number)
+    }
 
     /// Ready messages in a queue.
     pub fn queue_depth(&self, queue: &str) -> Option<usize> {
@@ -930,7 +942,7 @@ impl Engine {
         let mut held = Usage::default();
         for (name, queue) in &self.queues {
             if !queue.is_sorted() {
-                return Err(format!("queue '{name}' is not in enqueue order"));
+                return Err(format!("queue '{name}' is not in delivery order"));
             }
             let unacked = self
                 .all_unacked()
@@ -2031,7 +2043,7 @@ impl Engine {
 
     /// Takes a delivery (already removed from its channel's unacked map) off the books: its
     /// consumer and channel get the credit back, its queue counts one unacked less, and the
-    /// message is forgotten, dead-lettered or requeued to its original position. Marks the
+    /// message is forgotten, dead-lettered or requeued (see `Outcome`). Marks the
     /// queues that may now deliver.
     fn finish(&mut self, channel: ChannelId, unacked: Unacked, outcome: Outcome) {
         if let Some(state) = self.channels.get_mut(&channel) {

@@ -92,12 +92,13 @@ impl AmqpError {
     }
 
     /// The reply text exactly as RabbitMQ sends it on the wire: `NOT_FOUND - no exchange ...`,
-    /// or the bare name when there is no explanation (RabbitMQ's `INTERNAL_ERROR`).
+    /// or the bare name when there is no explanation (RabbitMQ's `INTERNAL_ERROR`), cut as
+    /// [`fit_reply_text`] cuts it.
     pub fn reply_text(&self) -> String {
         if self.text.is_empty() {
             return self.code.name().to_owned();
         }
-        format!("{} - {}", self.code.name(), self.text)
+        fit_reply_text(format!("{} - {}", self.code.name(), self.text))
     }
 }
 
@@ -105,6 +106,20 @@ impl fmt::Display for AmqpError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{} {}", self.code.code(), self.reply_text())
     }
+}
+
+/// A reply text as RabbitMQ sends it: past the 255 bytes an AMQP short string holds, it keeps
+/// 252 and adds `...` (probed on 3.10.8).
+pub(crate) fn fit_reply_text(text: String) -> String {
+    const SHORT_STRING_BYTES_MAX: usize = 255;
+    if text.len() <= SHORT_STRING_BYTES_MAX {
+        return text;
+    }
+    let mut end = SHORT_STRING_BYTES_MAX - 3;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}...", &text[..end])
 }
 
 /// What a client call can fail with.
@@ -193,5 +208,23 @@ impl Fault {
             ReplyCode::AccessRefused,
             "operation not permitted on the default exchange",
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::fit_reply_text;
+
+    #[test]
+    fn a_long_reply_text_is_cut_to_255_bytes_on_a_character_boundary() {
+        let short = "x".repeat(255);
+        assert_eq!(fit_reply_text(short.clone()), short);
+        let cut = fit_reply_text("x".repeat(300));
+        assert_eq!(cut.len(), 255);
+        assert!(cut.ends_with("xx..."));
+        // A two-byte character straddling byte 252 is left out whole.
+        let text = format!("{}é{}", "x".repeat(251), "y".repeat(10));
+        let cut = fit_reply_text(text);
+        assert_eq!(cut, format!("{}...", "x".repeat(251)));
     }
 }

@@ -7,7 +7,7 @@
 //! `x-message-ttl`, per-message `expiration`, length limits (`drop-head`, `reject-publish`),
 //! dead-lettering with `x-death` and quorum `x-delivery-limit`; consumers with round-robin
 //! dispatch, per-consumer and per-channel (`global`) prefetch, exclusive consumers,
-//! `basic.get`, ack / nack / reject, requeue to the original position, and RabbitMQ's channel
+//! `basic.get`, ack / nack / reject, requeue where RabbitMQ puts it, and RabbitMQ's channel
 //! errors with its reply codes and texts. Plus what tests need: introspection, fault hooks
 //! (drop, duplicate or delay a delivery, nack a confirm, force a close, restart the broker).
 //! Where broker-mem and RabbitMQ differ, broker-mem is wrong (or the difference is listed in

@@ -251,42 +251,80 @@ pub(crate) const EXPIRY_MS_MAX: u64 = 315_360_000_000;
 
 /// Reads `expiration` as RabbitMQ 3.10 does (Erlang's `string:to_integer`: an optional sign,
 /// then digits, nothing after them; zero to ten years). The error is RabbitMQ's whole 406 text
-/// after the code name, probed on 3.10.8, down to Erlang's line wrapping of long numbers.
+/// after the code name, probed on 3.10.8, down to Erlang's line break in a long term.
 pub(crate) fn parse_expiration(text: &str) -> Result<u64, String> {
-    let prefix = format!("invalid expiration '{text}': ");
     let signed = usize::from(text.starts_with(['+', '-']));
     let digits = text[signed..]
         .bytes()
         .take_while(u8::is_ascii_digit)
         .count();
-    if digits == 0 {
-        return Err(format!("{prefix}no_integer"));
-    }
     let (number, rest) = text.split_at(signed + digits);
-    if !rest.is_empty() {
-        let quoted = rest.replace('\\', "\\\\").replace('"', "\\\"");
-        return Err(format!("{prefix}{{leftover_string,\"{quoted}\"}}"));
-    }
     let magnitude = number[signed..].trim_start_matches('0');
     let magnitude = if magnitude.is_empty() { "0" } else { magnitude };
+    let negative = number.starts_with('-') && magnitude != "0";
+    let ms = magnitude
+        .parse::<u64>()
+        .ok()
+        .filter(|ms| *ms <= EXPIRY_MS_MAX);
+    match ms {
+        Some(ms) if digits > 0 && rest.is_empty() && !negative => return Ok(ms),
+        _ => {}
+    }
+    // Only a refusal pays for the text.
+    let prefix = format!("invalid expiration '{text}': ");
     // Erlang's `~p` breaks a tuple that would reach column 80 after its first element.
     let reason = |tag: &str, value: String| {
-        let column = prefix.chars().count();
+        // Erlang counts the columns of the expiration's bytes, not of its characters.
+        let column = prefix.len();
         let term = format!("{{{tag},{value}}}");
-        if column + term.len() >= 80 {
+        if column + term.chars().count() >= 80 {
             let indent = " ".repeat(column + 1);
             format!("{prefix}{{{tag},\n{indent}{value}}}")
         } else {
             format!("{prefix}{term}")
         }
     };
-    if number.starts_with('-') && magnitude != "0" {
-        return Err(reason("value_negative", format!("-{magnitude}")));
+    Err(if digits == 0 {
+        format!("{prefix}no_integer")
+    } else if !rest.is_empty() {
+        reason("leftover_string", erlang_string(rest))
+    } else if negative {
+        reason("value_negative", format!("-{magnitude}"))
+    } else {
+        reason("value_too_large", magnitude.to_owned())
+    })
+}
+
+/// A text as Erlang's `~p` prints it (RabbitMQ's reply texts embed such terms): quoted, with
+/// `"` and `\` and the usual control characters escaped, when every byte is printable Latin-1;
+/// otherwise the list of its bytes.
+pub(crate) fn erlang_string(text: &str) -> String {
+    let escape = |byte: u8| match byte {
+        b'"' => Some("\\\""),
+        b'\\' => Some("\\\\"),
+        b'\n' => Some("\\n"),
+        b'\r' => Some("\\r"),
+        b'\t' => Some("\\t"),
+        0x0b => Some("\\v"),
+        0x08 => Some("\\b"),
+        0x0c => Some("\\f"),
+        0x1b => Some("\\e"),
+        _ => None,
+    };
+    let printable = |byte: u8| matches!(byte, 0x20..=0x7e | 0xa0..=0xff) || escape(byte).is_some();
+    if !text.bytes().all(printable) {
+        let bytes: Vec<String> = text.bytes().map(|byte| byte.to_string()).collect();
+        return format!("[{}]", bytes.join(","));
     }
-    match magnitude.parse::<u64>() {
-        Ok(ms) if ms <= EXPIRY_MS_MAX => Ok(ms),
-        _ => Err(reason("value_too_large", magnitude.to_owned())),
+    let mut quoted = String::from("\"");
+    for byte in text.bytes() {
+        match escape(byte) {
+            Some(escaped) => quoted.push_str(escaped),
+            None => quoted.push(char::from(byte)),
+        }
     }
+    quoted.push('"');
+    quoted
 }
 
 /// Why a message was dead-lettered (the `reason` of its `x-death` entry).

@@ -1,10 +1,12 @@
-//! Queues: ready messages in enqueue order, and the consumers that compete for them.
+//! Queues: ready messages in delivery order, and the consumers that compete for them.
 //!
 //! Every enqueued message gets a broker-wide sequence number. The ready list stays sorted by it,
 //! which is what makes a requeued message land in its original position (RabbitMQ classic
 //! queues: ahead of everything enqueued after it) without any bookkeeping of positions. A
 //! priority queue (`x-max-priority`) sorts by priority first, highest first, then by sequence,
-//! so the same holds within each priority.
+//! so the same holds within each priority. A quorum queue gives a message coming back a new
+//! sequence number, and puts the ones a closed channel returned ahead of the rest (RabbitMQ
+//! 3.10's order; see `Engine::finish`).
 
 use std::collections::VecDeque;
 
@@ -14,7 +16,7 @@ use crate::channel::ChannelId;
 use crate::connection::ConnectionId;
 use crate::error::{AmqpError, Fault, ReplyCode};
 use crate::exchange::bool_str;
-use crate::message::{EXPIRY_MS_MAX, FieldTable, FieldValue, Message};
+use crate::message::{EXPIRY_MS_MAX, FieldTable, FieldValue, Message, erlang_string};
 
 /// Flags of `queue.declare`.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -77,9 +79,11 @@ pub enum Overflow {
     /// Drop (or dead-letter) the oldest ready messages to make room (the default).
     #[default]
     DropHead,
-    /// Refuse the new message: the publisher's confirm is a nack.
+    /// Refuse the new message: the publisher's confirm is a nack. A quorum queue's limit is
+    /// soft (RabbitMQ 3.10): it refuses only while already over it.
     RejectPublish,
-    /// Refuse and dead-letter the new message; the publisher's confirm is a nack.
+    /// Refuse and dead-letter the new message; the publisher's confirm is a nack. (A quorum
+    /// queue declared with it drops the head instead, as RabbitMQ 3.10 does.)
     RejectPublishDlx,
 }
 
@@ -116,7 +120,7 @@ pub struct QueueArguments {
 
 /// The arguments RabbitMQ 3.10 compares when a queue is declared again (others are ignored),
 /// in the order it compares them, so the first difference reported is the same (probed).
-const EQUIVALENCE_CHECKED: [&str; 18] = [
+const EQUIVALENCE_CHECKED: [&str; 19] = [
     "x-expires",
     "x-message-ttl",
     "x-dead-letter-exchange",
@@ -129,6 +133,7 @@ const EQUIVALENCE_CHECKED: [&str; 18] = [
     "x-max-priority",
     "x-overflow",
     "x-queue-mode",
+    "x-queue-version",
     "x-single-active-consumer",
     "x-queue-type",
     "x-quorum-initial-group-size",
@@ -148,7 +153,12 @@ const QUORUM_ONLY: [&str; 6] = [
 ];
 
 /// Arguments RabbitMQ 3.10 refuses on a quorum queue.
-const CLASSIC_ONLY: [&str; 3] = ["x-max-priority", "x-queue-master-locator", "x-queue-mode"];
+const CLASSIC_ONLY: [&str; 4] = [
+    "x-max-priority",
+    "x-queue-master-locator",
+    "x-queue-mode",
+    "x-queue-version",
+];
 
 impl QueueArguments {
     /// Parses and validates declare arguments as RabbitMQ 3.10 does, in its order and with its
@@ -195,10 +205,8 @@ impl QueueArguments {
                     ));
                 }
                 other => {
-                    return Err(invalid(
-                        "x-queue-type",
-                        &format!("\"unsupported queue type '{other}'\""),
-                    ));
+                    let why = erlang_string(&format!("unsupported queue type '{other}'"));
+                    return Err(invalid("x-queue-type", &why));
                 }
             },
             Some(other) => return Err(unacceptable("x-queue-type", other)),
@@ -294,8 +302,17 @@ impl QueueArguments {
             _ => Overflow::DropHead,
         };
         one_of("x-queue-mode", &["default", "lazy"], &|mode| {
-            format!("\"unsupported queue mode '{mode}'\"")
+            erlang_string(&format!("unsupported queue mode '{mode}'"))
         })?;
+        // Classic queues' storage version (3.10): 1 or 2, no effect here.
+        if let Some(version) = integer("x-queue-version")?
+            && !matches!(version, 1 | 2)
+        {
+            return Err(invalid(
+                "x-queue-version",
+                &erlang_string(&format!("unsupported queue version '{version}'")),
+            ));
+        }
         let single_active_consumer = match get("x-single-active-consumer") {
             None => false,
             Some(FieldValue::Bool(v)) => *v,
@@ -309,18 +326,6 @@ impl QueueArguments {
             &["client-local", "balanced"],
             &|_| "invalid_queue_locator_arg".to_owned(),
         )?;
-        // RabbitMQ 3.10 crashes on an unknown master locator: the connection closes with 541.
-        match get("x-queue-master-locator") {
-            None => {}
-            Some(FieldValue::String(v))
-                if ["min-masters", "client-local", "random"].contains(&v.as_str()) => {}
-            Some(_) => {
-                return Err(Fault::Connection(AmqpError::new(
-                    ReplyCode::InternalError,
-                    "",
-                )));
-            }
-        }
         // Quorum queues take any value and act on a non-negative integer only.
         let delivery_limit = match get("x-delivery-limit") {
             Some(FieldValue::I64(v)) if *v >= 0 => Some(v.unsigned_abs()),
@@ -336,6 +341,19 @@ impl QueueArguments {
                 "invalid arg '{arg}' for queue '{name}' in vhost '{}' of queue type {type_name}",
                 crate::VHOST
             )));
+        }
+        // RabbitMQ 3.10 crashes on an unknown master locator once the arguments have passed: the
+        // connection closes with 541 (a classic-only argument, so no quorum flags to check).
+        match get("x-queue-master-locator") {
+            None => {}
+            Some(FieldValue::String(v))
+                if ["min-masters", "client-local", "random"].contains(&v.as_str()) => {}
+            Some(_) => {
+                return Err(Fault::Connection(AmqpError::new(
+                    ReplyCode::InternalError,
+                    "",
+                )));
+            }
         }
         if queue_type == QueueType::Quorum {
             let property = if !options.durable {
@@ -401,7 +419,8 @@ pub(crate) struct Queue {
     /// Declare arguments as given (for the equivalence check) and as understood.
     pub arguments: FieldTable,
     pub args: QueueArguments,
-    /// Sorted by priority (in a priority queue), then by `seq`.
+    /// Sorted by [`Queue::order`]: priority (in a priority queue), a quorum queue's returns
+    /// first, then `seq`.
     ready: VecDeque<Queued>,
     /// Body bytes of the ready messages (for `x-max-length-bytes`).
     ready_bytes: usize,

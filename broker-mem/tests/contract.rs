@@ -1933,6 +1933,25 @@ async fn queue_arguments_are_validated_in_rabbitmqs_order_with_its_texts(b: &mut
         ),
         (
             transient,
+            classic(&[("x-queue-version", i(3))]),
+            format!("{prefix} 'x-queue-version' for queue 'q' in vhost '/': \"unsupported queue version '3'\""),
+        ),
+        (
+            durable,
+            quorum(&[("x-queue-version", i(2))]),
+            format!("{prefix} 'x-queue-version' for queue 'q' in vhost '/' of queue type rabbit_quorum_queue"),
+        ),
+        // The other type's argument is refused before an unknown master locator fails.
+        (
+            transient,
+            classic(&[
+                ("x-queue-master-locator", s("bogus")),
+                ("x-delivery-limit", i(1)),
+            ]),
+            format!("{prefix} 'x-delivery-limit' for queue 'q' in vhost '/' of queue type rabbit_classic_queue"),
+        ),
+        (
+            transient,
             classic(&[("x-dead-letter-exchange", b_(true)), ("x-expires", i(0))]),
             "PRECONDITION_FAILED - invalid type 'bool' for arg 'x-dead-letter-exchange' in queue 'q' in vhost '/'".to_owned(),
         ),
@@ -1957,6 +1976,7 @@ async fn queue_arguments_are_validated_in_rabbitmqs_order_with_its_texts(b: &mut
     let c = b.connection().await;
     let accepted: Vec<(QFlags, FieldTable)> = vec![
         (transient, classic(&[("x-queue-mode", s("lazy"))])),
+        (transient, classic(&[("x-queue-version", i(2))])),
         (
             transient,
             classic(&[("x-queue-master-locator", s("client-local"))]),
@@ -2111,6 +2131,15 @@ async fn redeclaring_compares_the_arguments_rabbitmq_compares_in_its_order(b: &m
             table(&[("x-queue-master-locator", s("min-masters"))]),
             format!(
                 "{prefix} 'x-queue-master-locator' for queue 'located' in vhost '/': received 'min-masters' but current is 'random'"
+            ),
+        ),
+        (
+            "versioned",
+            transient,
+            table(&[("x-queue-version", i(1))]),
+            table(&[("x-queue-version", i(2))]),
+            format!(
+                "{prefix} 'x-queue-version' for queue 'versioned' in vhost '/': received '2' but current is '1'"
             ),
         ),
         (
@@ -2369,7 +2398,18 @@ async fn expiration_is_read_as_rabbitmq_reads_it(b: &mut impl Amqp) {
     }
     assert_eq!(b.depth("q").await, Some(4));
     let long = "9".repeat(20);
+    let trailing = format!("1{}", "x".repeat(30));
     let refused = [
+        (
+            trailing.as_str(),
+            format!(
+                "{{leftover_string,\n{}\"{}\"}}",
+                " ".repeat(55),
+                "x".repeat(30)
+            ),
+        ),
+        ("1\u{1}", "{leftover_string,[1]}".to_owned()),
+        ("1\n", "{leftover_string,\"\\n\"}".to_owned()),
         ("abc", "no_integer".to_owned()),
         ("", "no_integer".to_owned()),
         (" 5", "no_integer".to_owned()),
@@ -2395,6 +2435,17 @@ async fn expiration_is_read_as_rabbitmq_reads_it(b: &mut impl Amqp) {
             )),
         );
     }
+    // Past 255 bytes RabbitMQ cuts the reply text to 252 and adds "...".
+    let ch = b.channel(c).await;
+    let longer = format!("1{}", "x".repeat(60));
+    let p = b.publish(ch, "", "q", false, expiring(&longer), "m").await;
+    let full = format!(
+        "PRECONDITION_FAILED - invalid expiration '{longer}': {{leftover_string,\n{}\"{}\"}}",
+        " ".repeat(85),
+        "x".repeat(60)
+    );
+    let cut = format!("{}...", &full[..252]);
+    assert_eq!(p.map(drop).map_err(|r| (r.code, r.text)), Err((406, cut)));
     let ch = b.channel(c).await;
     b.queue_delete(ch, "q", false, false).await.unwrap();
 }

@@ -1070,12 +1070,18 @@ fn channels_open_under_the_clients_number_or_the_lowest_free_one() {
         engine.open_channel_numbered(connection, 0),
         Err(Error::Invalid(_))
     ));
-    assert!(matches!(
-        engine.open_channel_numbered(connection, 2048),
-        Err(Error::Invalid(_))
-    ));
+
+    assert_eq!(engine.channel_number(seven), Some(7));
     let first = engine.open_channel(connection).unwrap();
+    assert_eq!(
+        engine.channel_number(first),
+        Some(1),
+        "the lowest free number"
+    );
+    let second = engine.open_channel(connection).unwrap();
+    assert_eq!(engine.channel_number(second), Some(2));
     engine.close_channel(seven).unwrap();
+    assert_eq!(engine.channel_number(seven), None);
     // 7 is free again once closed; 1 is taken by `first`.
     engine.open_channel_numbered(connection, 7).unwrap();
     assert!(matches!(
@@ -1084,6 +1090,19 @@ fn channels_open_under_the_clients_number_or_the_lowest_free_one() {
     ));
     engine.close_channel(first).unwrap();
     engine.close_connection(connection);
+    // The limit counts open channels, whatever their numbers.
+    let limits = Limits {
+        channels_per_connection_max: 2,
+        ..Limits::default()
+    };
+    let mut small = broker_mem::Engine::new(limits);
+    let tight = small.open_connection("guest");
+    small.open_channel_numbered(tight, 900).unwrap();
+    small.open_channel(tight).unwrap();
+    assert!(matches!(
+        small.open_channel_numbered(tight, 901),
+        Err(Error::Invalid(_))
+    ));
     assert!(matches!(
         engine.open_channel_numbered(connection, 3),
         Err(Error::Closed)

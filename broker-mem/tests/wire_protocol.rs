@@ -240,6 +240,45 @@ async fn a_silent_peer_is_disconnected_and_its_unacked_messages_requeued() {
     broker.check_invariants().unwrap();
 }
 
+/// `connection.start` announces what the server does, as RabbitMQ's does, and no more:
+/// clients such as pika refuse a confirm or an exchange binding the server did not announce.
+#[tokio::test(start_paused = true)]
+async fn the_server_announces_the_capabilities_it_has() {
+    use amq_protocol::types::AMQPValue;
+
+    let server = WireServer::new(Broker::new(), WireConfig::default());
+    let mut raw = Raw::start(&server);
+    raw.write(HEADER).await;
+    let Some(AMQPFrame::Method(0, AMQPClass::Connection(connection::AMQPMethod::Start(start)))) =
+        raw.recv().await
+    else {
+        panic!("no connection.start");
+    };
+    let Some(AMQPValue::FieldTable(capabilities)) =
+        start.server_properties.inner().get("capabilities")
+    else {
+        panic!("no capabilities in {:?}", start.server_properties);
+    };
+    let announced = |name: &str| match capabilities.inner().get(name) {
+        Some(AMQPValue::Boolean(value)) => Some(*value),
+        _ => None,
+    };
+    for present in [
+        "publisher_confirms",
+        "exchange_exchange_bindings",
+        "basic.nack",
+        "consumer_cancel_notify",
+        "consumer_priorities",
+        "authentication_failure_close",
+        "per_consumer_qos",
+    ] {
+        assert_eq!(announced(present), Some(true), "{present}");
+    }
+    for absent in ["connection.blocked", "direct_reply_to"] {
+        assert_eq!(announced(absent), Some(false), "{absent}");
+    }
+}
+
 #[tokio::test(start_paused = true)]
 async fn a_wrong_password_is_refused_with_403() {
     let server = WireServer::new(Broker::new(), WireConfig::default());
@@ -377,15 +416,12 @@ async fn the_consumer_timeout_names_the_clients_channel_number() {
         ))
     ));
     raw.send(consume_on(7, "slow")).await;
-    let mut delivered = false;
-    while !delivered {
-        delivered = matches!(
-            raw.recv().await,
-            Some(AMQPFrame::Method(
-                7,
-                AMQPClass::Basic(basic::AMQPMethod::Deliver(_))
-            ))
-        );
+    loop {
+        match raw.recv().await {
+            Some(AMQPFrame::Method(7, AMQPClass::Basic(basic::AMQPMethod::Deliver(_)))) => break,
+            Some(_) => {}
+            None => panic!("the connection ended before the delivery"),
+        }
     }
     now_ms.store(5_000, Ordering::SeqCst);
     // Any call moves the engine's clock; this one is on the other channel.

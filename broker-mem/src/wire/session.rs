@@ -17,6 +17,7 @@ use smol_str::SmolStr;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadHalf, WriteHalf};
 use tokio::time::Instant;
 
+use crate::error::fit_reply_text;
 use crate::wire::codec::{
     BadFrame, FRAME_OVERHEAD_BYTES, Inbound, PROTOCOL_HEADER, put_body, put_frame, put_heartbeat,
     short, take_frame,
@@ -445,7 +446,7 @@ impl<S: AsyncRead + AsyncWrite + Send> Session<S> {
         }
         let close = connection::Close {
             reply_code: hard.code,
-            reply_text: ShortString::from(short(&hard.text)),
+            reply_text: ShortString::from(fit_reply_text(hard.text.clone())),
             class_id: hard.class_id,
             method_id: hard.method_id,
         };
@@ -1203,7 +1204,7 @@ impl<S: AsyncRead + AsyncWrite + Send> Session<S> {
     fn send_return(&mut self, number: u16, returned: &Returned) {
         let back = basic::Return {
             reply_code: returned.reply_code,
-            reply_text: ShortString::from(short(&returned.reply_text)),
+            reply_text: ShortString::from(fit_reply_text(returned.reply_text.clone())),
             exchange: ShortString::from(short(&returned.exchange)),
             routing_key: ShortString::from(short(&returned.routing_key)),
         };
@@ -1292,7 +1293,7 @@ impl<S: AsyncRead + AsyncWrite + Send> Session<S> {
         chan.consumers.clear();
         let close = channel::Close {
             reply_code: code,
-            reply_text: ShortString::from(short(&text)),
+            reply_text: ShortString::from(fit_reply_text(text.clone())),
             class_id,
             method_id,
         };
@@ -1507,20 +1508,20 @@ fn method_name(class: &AMQPClass) -> String {
 
 fn start() -> connection::Start {
     let mut capabilities = AmqpTable::default();
+    // RabbitMQ 3.10 announces all of these as true; broker-mem says false for what it does not
+    // do (no memory alarms to block publishers, no `amq.rabbitmq.reply-to`).
     for capability in [
         "publisher_confirms",
+        "exchange_exchange_bindings",
         "basic.nack",
         "consumer_cancel_notify",
+        "consumer_priorities",
         "authentication_failure_close",
         "per_consumer_qos",
     ] {
         capabilities.insert(capability.into(), AMQPValue::Boolean(true));
     }
-    for capability in [
-        "exchange_exchange_bindings",
-        "connection.blocked",
-        "direct_reply_to",
-    ] {
+    for capability in ["connection.blocked", "direct_reply_to"] {
         capabilities.insert(capability.into(), AMQPValue::Boolean(false));
     }
     let mut properties = AmqpTable::default();
