@@ -76,6 +76,19 @@ impl Bindings {
         true
     }
 
+    /// Whether exactly this binding exists.
+    pub(crate) fn contains(
+        &self,
+        routing_key: &str,
+        to: &Destination,
+        arguments: &FieldTable,
+    ) -> bool {
+        self.map
+            .get(routing_key)
+            .and_then(|destinations| destinations.get(to))
+            .is_some_and(|tables| tables.contains(arguments))
+    }
+
     /// Removes one binding; false if there was no such binding.
     pub(crate) fn remove(
         &mut self,

@@ -1326,6 +1326,15 @@ impl Engine {
         if source == DEFAULT_EXCHANGE {
             return Err(Fault::default_exchange());
         }
+        // Unbinding what is not bound is fine, even from an exclusive queue of another
+        // connection (RabbitMQ 3.10, probed); only a real unbind checks the queue's owner.
+        let bound = self
+            .exchanges
+            .get(source)
+            .is_some_and(|exchange| exchange.bindings.contains(routing_key, &to, arguments));
+        if !bound {
+            return Ok(());
+        }
         if let Destination::Queue(queue) = &to
             && let Some(target) = self.queues.get(queue)
         {
