@@ -631,6 +631,24 @@ impl Engine {
                 return Ok(0);
             };
             target.check_access(queue, channel.connection)?;
+            // RabbitMQ 3.10 refuses either flag on a quorum queue, closing the connection.
+            let flag = match (if_unused, if_empty) {
+                (true, _) => Some("if-unused"),
+                (false, true) => Some("if-empty"),
+                (false, false) => None,
+            };
+            if let Some(flag) = flag
+                && target.args.queue_type == QueueType::Quorum
+            {
+                return Err(Fault::Connection(AmqpError::new(
+                    ReplyCode::NotImplemented,
+                    format!(
+                        "cannot delete queue '{queue}' in vhost '{}'. queue.delete operations \
+                         with {flag} flag set are not supported by quorum queues",
+                        crate::VHOST
+                    ),
+                )));
+            }
             if if_unused && target.consumer_count() > 0 {
                 return Err(Fault::channel(
                     ReplyCode::PreconditionFailed,
@@ -1254,9 +1272,22 @@ impl Engine {
         if source == DEFAULT_EXCHANGE {
             return Err(Fault::default_exchange());
         }
+        // RabbitMQ looks both ends up, the source first, and checks the queue's owner only
+        // once both exist (probed on 3.10).
+        match to {
+            Destination::Queue(queue) => check_name("queue name", queue)?,
+            Destination::Exchange(exchange) => {
+                check_name("exchange name", exchange)?;
+                if exchange == DEFAULT_EXCHANGE {
+                    return Err(Fault::default_exchange());
+                }
+            }
+        }
+        if !self.exchanges.contains_key(source) {
+            return Err(Fault::not_found_exchange(source));
+        }
         match to {
             Destination::Queue(queue) => {
-                check_name("queue name", queue)?;
                 let target = self
                     .queues
                     .get(queue)
@@ -1264,17 +1295,10 @@ impl Engine {
                 target.check_access(queue, connection)?;
             }
             Destination::Exchange(exchange) => {
-                check_name("exchange name", exchange)?;
-                if exchange == DEFAULT_EXCHANGE {
-                    return Err(Fault::default_exchange());
-                }
                 if !self.exchanges.contains_key(exchange) {
                     return Err(Fault::not_found_exchange(exchange));
                 }
             }
-        }
-        if !self.exchanges.contains_key(source) {
-            return Err(Fault::not_found_exchange(source));
         }
         Ok(())
     }

@@ -356,12 +356,13 @@ impl QueueArguments {
             }
         }
         if queue_type == QueueType::Quorum {
-            let property = if !options.durable {
-                Some("non-durable")
-            } else if options.exclusive {
-                Some("exclusive-queue")
-            } else if options.auto_delete {
+            // RabbitMQ 3.10's order and words (probed).
+            let property = if options.auto_delete {
                 Some("auto-delete")
+            } else if options.exclusive {
+                Some("exclusive-owner")
+            } else if !options.durable {
+                Some("non-durable")
             } else {
                 None
             };
