@@ -1226,6 +1226,12 @@ impl Engine {
             queue.last_used_ms = now_ms;
             return Ok(declare_ok(name, queue));
         }
+        // An exclusive queue is never durable: RabbitMQ drops the flag before anything else
+        // sees it (so redeclaring it either way is equivalent).
+        let options = QueueOptions {
+            durable: options.durable && !options.exclusive,
+            ..options
+        };
         let name = if name.is_empty() {
             smol_str::format_smolstr!("amq.gen-{}", next(&mut self.counters.queue_name))
         } else {

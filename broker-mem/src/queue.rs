@@ -118,28 +118,42 @@ pub struct QueueArguments {
     pub single_active_consumer: bool,
 }
 
-/// The arguments RabbitMQ 3.10 compares when a queue is declared again (others are ignored),
-/// in the order it compares them, so the first difference reported is the same (probed).
-const EQUIVALENCE_CHECKED: [&str; 19] = [
+/// The arguments RabbitMQ 3.10 compares when a classic queue is declared again (others are
+/// ignored), in the order it compares them, so the first difference reported is the same
+/// (probed).
+const CLASSIC_EQUIVALENCE_CHECKED: [&str; 13] = [
     "x-expires",
     "x-message-ttl",
     "x-dead-letter-exchange",
     "x-dead-letter-routing-key",
-    "x-dead-letter-strategy",
     "x-max-length",
     "x-max-length-bytes",
-    "x-max-in-memory-length",
-    "x-max-in-memory-bytes",
     "x-max-priority",
     "x-overflow",
     "x-queue-mode",
     "x-queue-version",
     "x-single-active-consumer",
     "x-queue-type",
-    "x-quorum-initial-group-size",
-    "x-queue-leader-locator",
-    "x-delivery-limit",
     "x-queue-master-locator",
+];
+
+/// The same for a quorum queue: its own arguments, in its own order (probed).
+const QUORUM_EQUIVALENCE_CHECKED: [&str; 15] = [
+    "x-dead-letter-exchange",
+    "x-dead-letter-routing-key",
+    "x-dead-letter-strategy",
+    "x-expires",
+    "x-max-length",
+    "x-max-length-bytes",
+    "x-max-in-memory-length",
+    "x-max-in-memory-bytes",
+    "x-overflow",
+    "x-single-active-consumer",
+    "x-queue-type",
+    "x-quorum-initial-group-size",
+    "x-delivery-limit",
+    "x-message-ttl",
+    "x-queue-leader-locator",
 ];
 
 /// Arguments RabbitMQ 3.10 refuses on a classic queue: they belong to quorum queues.
@@ -502,7 +516,13 @@ impl Queue {
         name: &str,
         arguments: &FieldTable,
     ) -> Result<(), Fault> {
-        for arg in EQUIVALENCE_CHECKED {
+        // Only the arguments of the existing queue's type count: a quorum queue redeclared
+        // with `x-max-priority` is equivalent, as in RabbitMQ.
+        let checked: &[&str] = match self.args.queue_type {
+            QueueType::Classic => &CLASSIC_EQUIVALENCE_CHECKED,
+            QueueType::Quorum => &QUORUM_EQUIVALENCE_CHECKED,
+        };
+        for &arg in checked {
             let received = arguments.get(arg);
             let current = self.arguments.get(arg);
             // No queue type is a classic queue: RabbitMQ accepts either for the other.

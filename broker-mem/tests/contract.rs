@@ -2134,6 +2134,33 @@ async fn redeclaring_compares_the_arguments_rabbitmq_compares_in_its_order(b: &m
                 "{prefix} 'x-queue-master-locator' for queue 'located' in vhost '/': received 'min-masters' but current is 'random'"
             ),
         ),
+        // Only the existing queue's type's arguments count, in that type's order.
+        (
+            "retyped",
+            durable,
+            table(&[("x-queue-type", s("quorum"))]),
+            table(&[("x-max-priority", i(3))]),
+            format!(
+                "{prefix} 'x-queue-type' for queue 'retyped' in vhost '/': received none but current is the value 'quorum' of type 'longstr'"
+            ),
+        ),
+        (
+            "quorum-order",
+            durable,
+            table(&[
+                ("x-queue-type", s("quorum")),
+                ("x-message-ttl", i(5)),
+                ("x-max-length", i(1)),
+            ]),
+            table(&[
+                ("x-queue-type", s("quorum")),
+                ("x-message-ttl", i(6)),
+                ("x-max-length", i(2)),
+            ]),
+            format!(
+                "{prefix} 'x-max-length' for queue 'quorum-order' in vhost '/': received '2' but current is '1'"
+            ),
+        ),
         (
             "versioned",
             transient,
@@ -2162,6 +2189,32 @@ async fn redeclaring_compares_the_arguments_rabbitmq_compares_in_its_order(b: &m
         let ch = b.channel(c).await;
         b.queue_delete(ch, queue, false, false).await.unwrap();
     }
+    // An exclusive queue is never durable, so the flag makes no difference to a redeclare.
+    let ch = b.channel(c).await;
+    let exclusive = QFlags {
+        exclusive: true,
+        ..QFlags::default()
+    };
+    let exclusive_durable = QFlags {
+        durable: true,
+        ..exclusive
+    };
+    b.queue_declare(ch, "mine", exclusive_durable, FieldTable::new())
+        .await
+        .unwrap();
+    b.queue_declare(ch, "mine", exclusive, FieldTable::new())
+        .await
+        .unwrap();
+    b.queue_delete(ch, "mine", false, false).await.unwrap();
+    // A quorum queue ignores a classic queue's argument on a redeclare.
+    let ch = b.channel(c).await;
+    let quorum = table(&[("x-queue-type", s("quorum"))]);
+    b.queue_declare(ch, "qq", durable, quorum).await.unwrap();
+    let prioritised = table(&[("x-queue-type", s("quorum")), ("x-max-priority", i(3))]);
+    b.queue_declare(ch, "qq", durable, prioritised)
+        .await
+        .unwrap();
+    b.queue_delete(ch, "qq", false, false).await.unwrap();
     // No x-queue-type is a classic queue, either way round.
     let ch = b.channel(c).await;
     let classic = table(&[("x-queue-type", s("classic"))]);
