@@ -1266,20 +1266,21 @@ impl Engine {
     }
 
     /// Checks that both ends of a binding exist and may be used by this connection.
-    fn check_binding_ends(
+    /// A bind's checks, in RabbitMQ 3.10's order (probed): names, both ends exist (the source
+    /// first), a headers exchange's `x-match`, then the queue's owner.
+    fn check_binding(
         &self,
         connection: ConnectionId,
         source: &str,
         to: &Destination,
         routing_key: &str,
+        arguments: &FieldTable,
     ) -> Result<(), Fault> {
         check_name("exchange name", source)?;
         check_name("routing key", routing_key)?;
         if source == DEFAULT_EXCHANGE {
             return Err(Fault::default_exchange());
         }
-        // RabbitMQ looks both ends up, the source first, and checks the queue's owner only
-        // once both exist (probed on 3.10).
         match to {
             Destination::Queue(queue) => check_name("queue name", queue)?,
             Destination::Exchange(exchange) => {
@@ -1292,19 +1293,29 @@ impl Engine {
         if !self.exchanges.contains_key(source) {
             return Err(Fault::not_found_exchange(source));
         }
-        match to {
-            Destination::Queue(queue) => {
-                let target = self
-                    .queues
+        let target = match to {
+            Destination::Queue(queue) => Some((
+                queue,
+                self.queues
                     .get(queue)
-                    .ok_or_else(|| Fault::not_found_queue(queue))?;
-                target.check_access(queue, connection)?;
-            }
+                    .ok_or_else(|| Fault::not_found_queue(queue))?,
+            )),
             Destination::Exchange(exchange) => {
                 if !self.exchanges.contains_key(exchange) {
                     return Err(Fault::not_found_exchange(exchange));
                 }
+                None
             }
+        };
+        if self
+            .exchanges
+            .get(source)
+            .is_some_and(|exchange| exchange.kind == ExchangeKind::Headers)
+        {
+            check_x_match(arguments)?;
+        }
+        if let Some((name, queue)) = target {
+            queue.check_access(name, connection)?;
         }
         Ok(())
     }
@@ -1317,14 +1328,7 @@ impl Engine {
         routing_key: &str,
         arguments: &FieldTable,
     ) -> Result<(), Fault> {
-        self.check_binding_ends(connection, source, &to, routing_key)?;
-        if self
-            .exchanges
-            .get(source)
-            .is_some_and(|exchange| exchange.kind == ExchangeKind::Headers)
-        {
-            check_x_match(arguments)?;
-        }
+        self.check_binding(connection, source, &to, routing_key, arguments)?;
         if self.bindings_total >= self.limits.bindings_max {
             return Err(Fault::channel(
                 ReplyCode::PreconditionFailed,

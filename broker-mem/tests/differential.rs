@@ -24,7 +24,7 @@ const QUEUES: [&str; 3] = ["q0", "q1", "q2"];
 /// The dead-letter target every dead-lettering queue kind names (declared at the start).
 const DEAD: &str = "dead";
 const EXCHANGES: [&str; 2] = ["x0", "x1"];
-const EXCHANGE_KINDS: [&str; 3] = ["direct", "fanout", "topic"];
+const EXCHANGE_KINDS: [&str; 4] = ["direct", "fanout", "topic", "headers"];
 /// Routing keys, the queue names among them (the default exchange routes by those).
 const KEYS: [&str; 6] = ["k0", "k1", "q0", "q1", "q2", "#"];
 const CONNECTIONS: usize = 2;
@@ -56,6 +56,30 @@ fn queue_arguments(kind: usize) -> FieldTable {
 }
 const QUEUE_KINDS: usize = 7;
 
+/// Binding arguments (a headers exchange matches on them; the others ignore them).
+fn binding_arguments(kind: usize) -> FieldTable {
+    match kind {
+        0 => FieldTable::new(),
+        1 => table(&[("x-match", s("all")), ("kind", s("a"))]),
+        2 => table(&[("x-match", s("any")), ("kind", s("b")), ("region", s("eu"))]),
+        _ => table(&[("x-match", s("bogus"))]),
+    }
+}
+const BINDING_KINDS: usize = 4;
+
+/// Message headers: none, one a binding matches, and one that adds `CC` routing keys.
+fn message_headers(kind: usize) -> Option<FieldTable> {
+    match kind {
+        0 => None,
+        1 => Some(table(&[("kind", s("a"))])),
+        _ => Some(table(&[
+            ("kind", s("b")),
+            ("CC", broker_mem::FieldValue::Array(vec![s("q1"), s("k1")])),
+        ])),
+    }
+}
+const HEADER_KINDS: usize = 3;
+
 #[derive(Debug, Clone)]
 enum Op {
     DeclareQueue {
@@ -69,6 +93,14 @@ enum Op {
         conn: usize,
         exchange: usize,
         kind: usize,
+        /// Name the other exchange as the alternate.
+        alternate: bool,
+    },
+    BindExchange {
+        conn: usize,
+        destination: usize,
+        source: usize,
+        key: usize,
     },
     DeleteExchange {
         conn: usize,
@@ -80,6 +112,7 @@ enum Op {
         queue: usize,
         exchange: usize,
         key: usize,
+        arguments: usize,
     },
     Unbind {
         conn: usize,
@@ -94,6 +127,7 @@ enum Op {
         key: usize,
         mandatory: bool,
         priority: u8,
+        headers: usize,
     },
     Get {
         conn: usize,
@@ -109,6 +143,9 @@ enum Op {
         nack: Option<bool>,
     },
     AckUnknown {
+        conn: usize,
+    },
+    Recover {
         conn: usize,
     },
     Purge {
@@ -140,22 +177,32 @@ fn op() -> impl Strategy<Value = Op> {
                 conn, queue, kind, durable, exclusive
             }),
         1 => (conn.clone(), exchange.clone(), 0..EXCHANGE_KINDS.len())
-            .prop_map(|(conn, exchange, kind)| Op::DeclareExchange { conn, exchange, kind }),
+            .prop_flat_map(|(conn, exchange, kind)| prop::bool::weighted(0.2).prop_map(move |alternate| {
+                Op::DeclareExchange { conn, exchange, kind, alternate }
+            })),
+        1 => (conn.clone(), exchange.clone(), exchange.clone(), key.clone())
+            .prop_map(|(conn, destination, source, key)| Op::BindExchange {
+                conn, destination, source, key
+            }),
         1 => (conn.clone(), exchange.clone(), any::<bool>())
             .prop_map(|(conn, exchange, if_unused)| Op::DeleteExchange { conn, exchange, if_unused }),
         2 => (conn.clone(), queue.clone(), exchange.clone(), key.clone())
-            .prop_map(|(conn, queue, exchange, key)| Op::Bind { conn, queue, exchange, key }),
+            .prop_flat_map(|(conn, queue, exchange, key)| (0..BINDING_KINDS).prop_map(move |arguments| {
+                Op::Bind { conn, queue, exchange, key, arguments }
+            })),
         1 => (conn.clone(), queue.clone(), exchange.clone(), key.clone())
             .prop_map(|(conn, queue, exchange, key)| Op::Unbind { conn, queue, exchange, key }),
         5 => (conn.clone(), prop::option::weighted(0.4, exchange), key, any::<bool>(), 0u8..5)
-            .prop_map(|(conn, exchange, key, mandatory, priority)| Op::Publish {
-                conn, exchange, key, mandatory, priority
-            }),
+            .prop_flat_map(|(conn, exchange, key, mandatory, priority)| (0..HEADER_KINDS)
+                .prop_map(move |headers| Op::Publish {
+                    conn, exchange, key, mandatory, priority, headers
+                })),
         4 => (conn.clone(), 0..QUEUES.len() + 1, any::<bool>())
             .prop_map(|(conn, queue, no_ack)| Op::Get { conn, queue, no_ack }),
         3 => (conn.clone(), any::<usize>(), any::<bool>(), prop::option::of(any::<bool>()))
             .prop_map(|(conn, pick, multiple, nack)| Op::Settle { conn, pick, multiple, nack }),
         1 => conn.clone().prop_map(|conn| Op::AckUnknown { conn }),
+        1 => conn.clone().prop_map(|conn| Op::Recover { conn }),
         1 => (conn.clone(), queue.clone()).prop_map(|(conn, queue)| Op::Purge { conn, queue }),
         1 => (conn.clone(), queue, any::<bool>(), any::<bool>())
             .prop_map(|(conn, queue, if_unused, if_empty)| Op::DeleteQueue {
@@ -229,6 +276,8 @@ async fn apply(b: &mut impl Amqp, slots: &mut [Slot], n: usize, op: &Op) -> Stri
     let conn = match *op {
         Op::DeclareQueue { conn, .. }
         | Op::DeclareExchange { conn, .. }
+        | Op::BindExchange { conn, .. }
+        | Op::Recover { conn }
         | Op::DeleteExchange { conn, .. }
         | Op::Bind { conn, .. }
         | Op::Unbind { conn, .. }
@@ -260,13 +309,41 @@ async fn apply(b: &mut impl Amqp, slots: &mut [Slot], n: usize, op: &Op) -> Stri
                 .await;
             (answer(&result), result.err().map(|r| r.code))
         }
-        Op::DeclareExchange { exchange, kind, .. } => {
+        Op::DeclareExchange {
+            exchange,
+            kind,
+            alternate,
+            ..
+        } => {
+            let arguments = if alternate {
+                let other = EXCHANGES[(exchange + 1) % EXCHANGES.len()];
+                table(&[("alternate-exchange", s(other))])
+            } else {
+                FieldTable::new()
+            };
             let result = b
                 .exchange_declare(
                     ch,
                     EXCHANGES[exchange],
                     EXCHANGE_KINDS[kind],
                     XFlags::default(),
+                    arguments,
+                )
+                .await;
+            (answer(&result), result.err().map(|r| r.code))
+        }
+        Op::BindExchange {
+            destination,
+            source,
+            key,
+            ..
+        } => {
+            let result = b
+                .exchange_bind(
+                    ch,
+                    EXCHANGES[destination],
+                    EXCHANGES[source],
+                    KEYS[key],
                     FieldTable::new(),
                 )
                 .await;
@@ -284,6 +361,7 @@ async fn apply(b: &mut impl Amqp, slots: &mut [Slot], n: usize, op: &Op) -> Stri
             queue,
             exchange,
             key,
+            arguments,
             ..
         } => {
             let result = b
@@ -292,7 +370,7 @@ async fn apply(b: &mut impl Amqp, slots: &mut [Slot], n: usize, op: &Op) -> Stri
                     QUEUES[queue],
                     EXCHANGES[exchange],
                     KEYS[key],
-                    FieldTable::new(),
+                    binding_arguments(arguments),
                 )
                 .await;
             (answer(&result), result.err().map(|r| r.code))
@@ -319,11 +397,13 @@ async fn apply(b: &mut impl Amqp, slots: &mut [Slot], n: usize, op: &Op) -> Stri
             key,
             mandatory,
             priority,
+            headers,
             ..
         } => {
             let exchange = exchange.map_or("", |x| EXCHANGES[x]);
             let properties = Properties {
                 priority: Some(priority),
+                headers: message_headers(headers),
                 ..Properties::default()
             };
             let body = format!("m{n}");
@@ -384,6 +464,13 @@ async fn apply(b: &mut impl Amqp, slots: &mut [Slot], n: usize, op: &Op) -> Stri
         Op::AckUnknown { .. } => {
             let unknown = 1_000;
             let result = b.ack(ch, unknown, false).await;
+            (answer(&result), result.err().map(|r| r.code))
+        }
+        Op::Recover { .. } => {
+            let result = b.recover(ch, true).await;
+            slots[conn].unacked.clear();
+            // The requeue happens in the background on RabbitMQ.
+            b.sleep_ms(SETTLE_MS).await;
             (answer(&result), result.err().map(|r| r.code))
         }
         Op::Purge { queue, .. } => {
