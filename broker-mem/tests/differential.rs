@@ -5,8 +5,10 @@
 //! nobody did, and proptest shrinks a difference to a short sequence to read.
 //!
 //! Only operations whose outcome RabbitMQ fixes are used: declares (queues of several kinds,
-//! some conflicting), binds, publishes with confirms, `basic.get`, acks, nacks and rejects,
-//! purges, deletes and closes, on two connections. No consumers and no TTLs: their timing is
+//! some conflicting; direct, fanout, topic and headers exchanges, some with an alternate),
+//! queue and exchange bindings (some with headers arguments), publishes with confirms (some
+//! mandatory, with priorities, headers and `CC`), `basic.get`, acks, nacks, `basic.recover`,
+//! transactions, purges, deletes and closes, on two connections. No consumers and no TTLs: their timing is
 //! RabbitMQ's, not the test's. RabbitMQ dead-letters and deletes exclusive queues
 //! asynchronously, so after an operation that may do either the RabbitMQ run waits a moment.
 //!
@@ -148,6 +150,16 @@ enum Op {
     Recover {
         conn: usize,
     },
+    /// Replace the slot's channel by a transactional one (the old one stays open).
+    TxSelect {
+        conn: usize,
+    },
+    TxCommit {
+        conn: usize,
+    },
+    TxRollback {
+        conn: usize,
+    },
     Purge {
         conn: usize,
         queue: usize,
@@ -203,6 +215,9 @@ fn op() -> impl Strategy<Value = Op> {
             .prop_map(|(conn, pick, multiple, nack)| Op::Settle { conn, pick, multiple, nack }),
         1 => conn.clone().prop_map(|conn| Op::AckUnknown { conn }),
         1 => conn.clone().prop_map(|conn| Op::Recover { conn }),
+        1 => conn.clone().prop_map(|conn| Op::TxSelect { conn }),
+        2 => conn.clone().prop_map(|conn| Op::TxCommit { conn }),
+        1 => conn.clone().prop_map(|conn| Op::TxRollback { conn }),
         1 => (conn.clone(), queue.clone()).prop_map(|(conn, queue)| Op::Purge { conn, queue }),
         1 => (conn.clone(), queue, any::<bool>(), any::<bool>())
             .prop_map(|(conn, queue, if_unused, if_empty)| Op::DeleteQueue {
@@ -278,6 +293,9 @@ async fn apply(b: &mut impl Amqp, slots: &mut [Slot], n: usize, op: &Op) -> Stri
         | Op::DeclareExchange { conn, .. }
         | Op::BindExchange { conn, .. }
         | Op::Recover { conn }
+        | Op::TxSelect { conn }
+        | Op::TxCommit { conn }
+        | Op::TxRollback { conn }
         | Op::DeleteExchange { conn, .. }
         | Op::Bind { conn, .. }
         | Op::Unbind { conn, .. }
@@ -471,6 +489,21 @@ async fn apply(b: &mut impl Amqp, slots: &mut [Slot], n: usize, op: &Op) -> Stri
             slots[conn].unacked.clear();
             // The requeue happens in the background on RabbitMQ.
             b.sleep_ms(SETTLE_MS).await;
+            (answer(&result), result.err().map(|r| r.code))
+        }
+        Op::TxSelect { .. } => {
+            slots[conn].ch = b.tx_channel(slots[conn].conn).await;
+            slots[conn].unacked.clear();
+            ("tx channel".to_owned(), None)
+        }
+        Op::TxCommit { .. } => {
+            let result = b.tx_commit(ch).await;
+            // Committed nacks may dead-letter, in the background on RabbitMQ.
+            b.sleep_ms(SETTLE_MS).await;
+            (answer(&result), result.err().map(|r| r.code))
+        }
+        Op::TxRollback { .. } => {
+            let result = b.tx_rollback(ch).await;
             (answer(&result), result.err().map(|r| r.code))
         }
         Op::Purge { queue, .. } => {

@@ -893,11 +893,15 @@ impl Amqp for Rabbit {
                 returned: returned(r),
                 acked: false,
             }),
-            // A transactional channel (`tx_channel`): no confirms.
-            Confirmation::NotRequested => Ok(Pub {
-                returned: None,
-                acked: false,
-            }),
+            // A transactional channel (`tx_channel`): no confirms, so a round trip reports a
+            // channel error the publish caused (a missing exchange).
+            Confirmation::NotRequested => {
+                self.sync(ch).await?;
+                Ok(Pub {
+                    returned: None,
+                    acked: false,
+                })
+            }
         }
     }
 
