@@ -1131,14 +1131,11 @@ impl Engine {
         if let Some(value) = arguments.get("alternate-exchange")
             && !matches!(value, FieldValue::String(_))
         {
-            return Err(Fault::channel(
-                ReplyCode::PreconditionFailed,
-                format!(
-                    "invalid type '{}' for arg 'alternate-exchange' in exchange '{name}' in \
-                     vhost '{}'",
-                    value.type_name(),
-                    crate::VHOST
-                ),
+            let owner = format!("exchange '{name}'");
+            return Err(Fault::exchange_arg_type(
+                "alternate-exchange",
+                &owner,
+                value,
             ));
         }
         if self.exchanges.len() >= self.limits.exchanges_max {

@@ -115,11 +115,16 @@ pub(crate) fn fit_reply_text(text: String) -> String {
     if text.len() <= SHORT_STRING_BYTES_MAX {
         return text;
     }
-    let mut end = SHORT_STRING_BYTES_MAX - 3;
+    format!("{}...", within(&text, SHORT_STRING_BYTES_MAX - 3))
+}
+
+/// The longest start of `text` of at most `bytes` bytes that ends on a character boundary.
+pub(crate) fn within(text: &str, bytes: usize) -> &str {
+    let mut end = bytes.min(text.len());
     while !text.is_char_boundary(end) {
         end -= 1;
     }
-    format!("{}...", &text[..end])
+    &text[..end]
 }
 
 /// What a client call can fail with.
@@ -175,6 +180,23 @@ pub(crate) enum Fault {
 impl Fault {
     pub(crate) fn channel(code: ReplyCode, text: impl Into<String>) -> Fault {
         Fault::Channel(AmqpError::new(code, text))
+    }
+
+    /// RabbitMQ's channel-level check of an argument that names an exchange (`alternate-exchange`,
+    /// `x-dead-letter-exchange`): not a string. `owner` is `queue 'q'` or `exchange 'x'`.
+    pub(crate) fn exchange_arg_type(
+        arg: &str,
+        owner: &str,
+        value: &crate::message::FieldValue,
+    ) -> Fault {
+        Fault::channel(
+            ReplyCode::PreconditionFailed,
+            format!(
+                "invalid type '{}' for arg '{arg}' in {owner} in vhost '{}'",
+                value.type_name(),
+                crate::VHOST
+            ),
+        )
     }
 
     pub(crate) fn not_found_exchange(name: &str) -> Fault {

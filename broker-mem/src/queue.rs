@@ -199,11 +199,12 @@ impl QueueArguments {
         if let Some(value) = arguments.get("x-dead-letter-exchange")
             && !matches!(value, FieldValue::String(_))
         {
-            return Err(refuse(format!(
-                "invalid type '{}' for arg 'x-dead-letter-exchange' in queue '{name}' in vhost '{}'",
-                value.type_name(),
-                crate::VHOST
-            )));
+            let owner = format!("queue '{name}'");
+            return Err(Fault::exchange_arg_type(
+                "x-dead-letter-exchange",
+                &owner,
+                value,
+            ));
         }
         let queue_type = match arguments.get("x-queue-type") {
             None => QueueType::Classic,

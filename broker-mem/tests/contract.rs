@@ -11,7 +11,7 @@
 mod harness;
 
 use broker_mem::{FieldTable, FieldValue, Properties};
-use harness::{Amqp, Next, QFlags, XFlags, i, s, table};
+use harness::{Amqp, Next, QFlags, XFlags, i, norm, s, table, vhost_of};
 
 /// Runs one test body on both brokers.
 macro_rules! contract {
@@ -437,24 +437,6 @@ async fn internal_exchange_refuses_publishes(b: &mut impl Amqp) {
             .replace("VHOST", &vhost_of(&refused.text))
     );
     assert!(!b.channel_open(ch).await);
-}
-
-/// RabbitMQ names the test's vhost in reply texts, broker-mem always `/`: compare texts with
-/// the vhost taken from the text itself.
-fn vhost_of(text: &str) -> String {
-    text.rsplit_once("in vhost '")
-        .map(|(_, rest)| format!("'{}'", rest.split('\'').next().unwrap_or_default()))
-        .unwrap_or_default()
-}
-
-/// A reply text with its vhost replaced by `/`.
-fn norm(text: &str) -> String {
-    let vhost = vhost_of(text);
-    if vhost.is_empty() {
-        text.to_owned()
-    } else {
-        text.replace(&format!("in vhost {vhost}"), "in vhost '/'")
-    }
 }
 
 async fn mandatory_unroutable_message_is_returned_before_the_ack(b: &mut impl Amqp) {

@@ -23,7 +23,7 @@
 mod harness;
 
 use broker_mem::{FieldTable, Properties};
-use harness::{Amqp, Ch, Conn, Mem, QFlags, R, Rabbit, Reply, XFlags, i, s, table};
+use harness::{Amqp, Ch, Conn, Mem, QFlags, R, Rabbit, Reply, XFlags, i, norm, s, table};
 use proptest::prelude::*;
 
 const QUEUES: [&str; 3] = ["q0", "q1", "q2"];
@@ -277,17 +277,6 @@ fn answer<T: std::fmt::Debug>(result: &R<T>) -> String {
             let text: String = norm(text).chars().take(TEXT_COMPARED_CHARS).collect();
             format!("{code} {text}")
         }
-    }
-}
-
-/// A reply text with the test's vhost replaced by `/` (broker-mem always says `/`).
-fn norm(text: &str) -> String {
-    match text.split_once("in vhost '") {
-        Some((_, rest)) => {
-            let vhost = rest.split('\'').next().unwrap_or_default();
-            text.replace(&format!("in vhost '{vhost}'"), "in vhost '/'")
-        }
-        None => text.to_owned(),
     }
 }
 

@@ -153,12 +153,5 @@ pub(crate) fn put_heartbeat(out: &mut Vec<u8>) {
 /// `text` cut to fit an AMQP short string (255 bytes) on a character boundary.
 pub(crate) fn short(text: &str) -> String {
     const SHORT_STRING_BYTES_MAX: usize = 255;
-    if text.len() <= SHORT_STRING_BYTES_MAX {
-        return text.to_owned();
-    }
-    let mut end = SHORT_STRING_BYTES_MAX;
-    while !text.is_char_boundary(end) {
-        end -= 1;
-    }
-    text[..end].to_owned()
+    crate::error::within(text, SHORT_STRING_BYTES_MAX).to_owned()
 }
