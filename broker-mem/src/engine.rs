@@ -1905,7 +1905,10 @@ impl Engine {
                 ),
             )));
         }
-        if queue.exclusive_consumer || (options.exclusive && queue.consumer_count() > 0) {
+        // RabbitMQ 3.10 (probed; still so in 3.13, rabbitmq-website#1973): a quorum queue
+        // ignores the consumer's `exclusive` flag, so neither side of the check applies.
+        let exclusive = options.exclusive && queue.args.queue_type != QueueType::Quorum;
+        if queue.exclusive_consumer || (exclusive && queue.consumer_count() > 0) {
             return Err(Fault::channel(
                 ReplyCode::AccessRefused,
                 format!(
@@ -1927,7 +1930,7 @@ impl Engine {
             state.consumers.insert(tag.clone(), consumer);
         }
         if let Some(queue) = self.queues.get_mut(&queue_name) {
-            queue.add_consumer((channel, tag.clone()), options.exclusive, priority);
+            queue.add_consumer((channel, tag.clone()), exclusive, priority);
         }
         self.mark(&queue_name);
         Ok(tag.to_string())
@@ -1976,6 +1979,8 @@ impl Engine {
         };
         state.last_delivery_tag += 1;
         let delivery_tag = state.last_delivery_tag;
+        // RabbitMQ 3.10 (probed): a quorum queue's `basic.get` names the count even on a
+        // first delivery (0), where a consumer's first delivery has no such header.
         let delivery = make_delivery(delivery_tag, &SmolStr::default(), &entry, quorum);
         if no_ack {
             self.held.release(&entry.message);
@@ -2252,7 +2257,8 @@ impl Engine {
                 .map(|position| delivery_faults.remove(position).1);
             channel.last_delivery_tag += 1;
             let delivery_tag = channel.last_delivery_tag;
-            let delivery = make_delivery(delivery_tag, &tag, &entry, quorum);
+            let count_header = quorum && entry.delivery_count > 0;
+            let delivery = make_delivery(delivery_tag, &tag, &entry, count_header);
             if fault == Some(DeliveryFault::Duplicate) {
                 let copy = Queued {
                     seq: next(&mut counters.message_seq),
@@ -2393,12 +2399,12 @@ impl Engine {
     }
 }
 
-/// A delivery of a queued message; quorum queues add `x-delivery-count` once it has come back.
+/// A delivery of a queued message; with `count_header`, a quorum queue's `x-delivery-count`.
 fn make_delivery(
     delivery_tag: u64,
     consumer_tag: &SmolStr,
     entry: &Queued,
-    quorum: bool,
+    count_header: bool,
 ) -> Delivery {
     let mut delivery = Delivery::new(
         delivery_tag,
@@ -2406,7 +2412,7 @@ fn make_delivery(
         &entry.message,
         entry.redelivered,
     );
-    if quorum && entry.delivery_count > 0 {
+    if count_header {
         let count = i64::try_from(entry.delivery_count).unwrap_or(i64::MAX);
         // Copy-on-write: the broker's copy of the properties stays as published.
         Arc::make_mut(&mut delivery.properties)

@@ -68,6 +68,7 @@ contract!(
     prefetch_is_per_consumer,
     global_prefetch_is_shared_by_the_channel,
     exclusive_consumer_keeps_others_out,
+    a_quorum_queue_ignores_consumer_exclusivity,
     basic_get_takes_one_message_with_the_count_left,
     ack_multiple_settles_every_tag_up_to_it,
     requeued_messages_go_back_to_their_original_position,
@@ -975,6 +976,21 @@ async fn quorum_queue_counts_deliveries_and_enforces_the_limit(b: &mut impl Amqp
     b.reject(ch, second.tag, true).await.unwrap();
     // Past the limit: dead-lettered, not redelivered.
     assert!(matches!(b.quiet(sub).await, Next::Empty));
+    // `basic.get` names the count even on a first delivery, where a consumer gets no header.
+    b.cancel(ch, sub).await.unwrap();
+    b.send(ch, "", "qq", "fresh").await;
+    let (fresh, _) = b.get(ch, "qq", false).await.unwrap().unwrap();
+    assert_eq!(fresh.header("x-delivery-count"), Some(&i(0)));
+    b.nack(ch, fresh.tag, false, true).await.unwrap();
+    let (again, _) = b.get(ch, "qq", true).await.unwrap().unwrap();
+    assert_eq!(
+        (
+            again.text(),
+            again.redelivered,
+            again.header("x-delivery-count")
+        ),
+        ("fresh".to_owned(), true, Some(&i(1)))
+    );
     let (dead, _) = b.get(ch, "dead", true).await.unwrap().unwrap();
     assert_eq!(dead.text(), "m");
     let reasons: Vec<_> = deaths(&dead)
@@ -1062,6 +1078,32 @@ async fn exclusive_consumer_keeps_others_out(b: &mut impl Amqp) {
             "ACCESS_REFUSED - queue 'q' in vhost '/' in exclusive use".to_owned()
         )
     );
+}
+
+/// RabbitMQ's quorum queues ignore a consumer's `exclusive` flag (rabbitmq-website#1973):
+/// both consumers are accepted, whichever came first, and share the messages round-robin.
+async fn a_quorum_queue_ignores_consumer_exclusivity(b: &mut impl Amqp) {
+    let c = b.connection().await;
+    let ch = b.channel(c).await;
+    let durable = QFlags {
+        durable: true,
+        ..QFlags::default()
+    };
+    let quorum = table(&[("x-queue-type", s("quorum"))]);
+    b.queue_declare(ch, "qq", durable, quorum).await.unwrap();
+    let first = b.consume(ch, "qq", "first", true, true).await.unwrap();
+    let other = b.channel(c).await;
+    let second = b.consume(other, "qq", "second", true, true).await.unwrap();
+    let third = b.consume(other, "qq", "third", true, false).await.unwrap();
+    for n in 0..3 {
+        b.send(ch, "", "qq", &n.to_string()).await;
+    }
+    let bodies = [
+        b.next(first).await.msg().text(),
+        b.next(second).await.msg().text(),
+        b.next(third).await.msg().text(),
+    ];
+    assert_eq!(bodies, ["0", "1", "2"]);
 }
 
 async fn basic_get_takes_one_message_with_the_count_left(b: &mut impl Amqp) {

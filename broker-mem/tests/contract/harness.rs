@@ -227,6 +227,9 @@ pub trait Amqp {
     async fn next(&mut self, sub: Sub) -> Next;
     /// The next delivery if one comes soon; used to assert that none does.
     async fn quiet(&mut self, sub: Sub) -> Next;
+    /// The next delivery if one comes within `wait_ms` on RabbitMQ (broker-mem's is there or
+    /// not: it delivered before the call that made the delivery returned).
+    async fn poll(&mut self, sub: Sub, wait_ms: u64) -> Next;
     async fn get(&mut self, ch: Ch, queue: &str, no_ack: bool) -> R<Option<(Msg, u32)>>;
     async fn ack(&mut self, ch: Ch, tag: u64, multiple: bool) -> R<()>;
     async fn nack(&mut self, ch: Ch, tag: u64, multiple: bool, requeue: bool) -> R<()>;
@@ -539,6 +542,10 @@ impl Amqp for Mem {
     }
 
     async fn quiet(&mut self, sub: Sub) -> Next {
+        self.next(sub).await
+    }
+
+    async fn poll(&mut self, sub: Sub, _wait_ms: u64) -> Next {
         self.next(sub).await
     }
 
@@ -952,6 +959,10 @@ impl Amqp for Rabbit {
 
     async fn quiet(&mut self, sub: Sub) -> Next {
         receive(&mut self.consumers[sub.0], SILENCE_MS).await
+    }
+
+    async fn poll(&mut self, sub: Sub, wait_ms: u64) -> Next {
+        receive(&mut self.consumers[sub.0], wait_ms).await
     }
 
     async fn get(&mut self, ch: Ch, queue: &str, no_ack: bool) -> R<Option<(Msg, u32)>> {
