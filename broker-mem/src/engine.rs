@@ -1685,16 +1685,9 @@ impl Engine {
             returned: false,
         });
         self.held.add(message);
-        let mut dropped = Vec::new();
-        // Bounded by the queue's length. Only `drop-head` drops: a quorum queue that refuses
-        // publishes may stand one message over its limit.
-        while queue.args.overflow == Overflow::DropHead && queue.over_limit() {
-            match queue.pop_ready() {
-                Some(head) => dropped.push(head),
-                None => break,
-            }
-        }
-        for head in dropped {
+        // Only `drop-head` drops: a quorum queue that refuses publishes may stand one
+        // message over its limit.
+        for head in queue.pop_over_limit() {
             self.dead_letter(queue_name, head, DeathReason::Maxlen);
         }
         self.mark(queue_name);
@@ -2154,8 +2147,14 @@ impl Engine {
                 };
                 if over_limit {
                     self.dead_letter(&name, entry, DeathReason::DeliveryLimit);
-                } else {
-                    queue.requeue(entry);
+                    return;
+                }
+                queue.requeue(entry);
+                // RabbitMQ 3.10 (probed): a requeue that takes the queue over its length
+                // limit drops (dead-letters) the head under `drop-head`; under
+                // `reject-publish` the queue stays over it.
+                for head in queue.pop_over_limit() {
+                    self.dead_letter(&name, head, DeathReason::Maxlen);
                 }
             }
         }

@@ -589,6 +589,20 @@ impl Queue {
         too_many || too_big
     }
 
+    /// The heads `drop-head` drops to bring the ready messages back within the length
+    /// limits, oldest first; none under `reject-publish` (which refuses publishes instead).
+    /// Bounded by the queue's length; allocates only when it drops something.
+    pub(crate) fn pop_over_limit(&mut self) -> Vec<Queued> {
+        let mut dropped = Vec::new();
+        while self.args.overflow == Overflow::DropHead && self.over_limit() {
+            match self.pop_ready() {
+                Some(head) => dropped.push(head),
+                None => break,
+            }
+        }
+        dropped
+    }
+
     /// The head, if it has expired at `now_ms`.
     pub(crate) fn pop_expired(&mut self, now_ms: u64) -> Option<Queued> {
         let expired = self

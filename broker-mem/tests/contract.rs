@@ -60,6 +60,7 @@ contract!(
     queue_ttl_expires_messages_into_the_dead_letter_exchange,
     per_message_expiration_expires_at_the_head,
     max_length_drops_the_head_and_dead_letters_it,
+    a_requeue_past_the_length_limit_drops_the_head_unless_publishes_are_refused,
     max_length_bytes_with_reject_publish_nacks_the_publisher,
     rejected_message_is_dead_lettered_with_x_death,
     dead_letter_routing_key_replaces_the_key,
@@ -853,6 +854,61 @@ async fn max_length_drops_the_head_and_dead_letters_it(b: &mut impl Amqp) {
     assert_eq!(msg.text(), "1");
     assert_eq!(deaths(&msg), [death(1, "maxlen", "q", "", &["q"])]);
     assert_eq!(b.drain(ch, "dead").await, ["2"]);
+}
+
+/// A requeue that takes a queue over `x-max-length` drops the head under `drop-head` (a
+/// classic queue's head is the requeued message, back in its place; a quorum queue's is the
+/// oldest waiting, the requeued one going to the back), and leaves a `reject-publish` queue
+/// over its limit.
+async fn a_requeue_past_the_length_limit_drops_the_head_unless_publishes_are_refused(
+    b: &mut impl Amqp,
+) {
+    let c = b.connection().await;
+    let ch = b.channel(c).await;
+    b.exchange(ch, "dlx", "fanout").await;
+    b.queue(ch, "dead").await;
+    b.bind(ch, "dead", "dlx", "").await;
+    let limited = |more: &[(&str, FieldValue)]| {
+        let mut args = table(&[("x-max-length", i(2)), ("x-dead-letter-exchange", s("dlx"))]);
+        for (key, value) in more {
+            args.insert((*key).into(), value.clone());
+        }
+        args
+    };
+    let durable = QFlags {
+        durable: true,
+        ..QFlags::default()
+    };
+    let queues = [
+        ("drop", limited(&[])),
+        ("keep", limited(&[("x-overflow", s("reject-publish"))])),
+        ("quorum", limited(&[("x-queue-type", s("quorum"))])),
+    ];
+    for (queue, args) in queues {
+        b.queue_declare(ch, queue, durable, args).await.unwrap();
+        b.send(ch, "", queue, &format!("{queue}-a")).await;
+        b.send(ch, "", queue, &format!("{queue}-b")).await;
+        let (first, _) = b.get(ch, queue, false).await.unwrap().unwrap();
+        b.send(ch, "", queue, &format!("{queue}-c")).await;
+        b.nack(ch, first.tag, false, true).await.unwrap();
+    }
+    assert_eq!(b.drain(ch, "drop").await, ["drop-b", "drop-c"]);
+    assert_eq!(b.drain(ch, "keep").await, ["keep-a", "keep-b", "keep-c"]);
+    assert_eq!(b.drain(ch, "quorum").await, ["quorum-c", "quorum-a"]);
+    // Dead-lettering is in the background on RabbitMQ.
+    assert_eq!(b.depth_becomes("dead", Some(2)).await, Some(2));
+    let mut dead = Vec::new();
+    while let Some((msg, _)) = b.get(ch, "dead", true).await.unwrap() {
+        let reason = deaths(&msg)[0].get("reason").cloned();
+        dead.push((msg.text(), reason));
+    }
+    assert_eq!(
+        dead,
+        [
+            ("drop-a".to_owned(), Some(s("maxlen"))),
+            ("quorum-b".to_owned(), Some(s("maxlen"))),
+        ]
+    );
 }
 
 async fn max_length_bytes_with_reject_publish_nacks_the_publisher(b: &mut impl Amqp) {

@@ -338,13 +338,20 @@ impl Model {
             returned: false,
         };
         self.insert(name, entry);
-        if queue == 0 {
-            while self.ready[name].len() > MAX_LENGTH {
-                let head = self.ready.get_mut(name).unwrap().pop_front().unwrap();
-                self.dead_letter(name, head, "maxlen");
-            }
-        }
+        self.drop_over_limit(name);
         (body, true)
+    }
+
+    /// `limited` is `drop-head`: past its length (after a publish or a requeue) its head is
+    /// dead-lettered.
+    fn drop_over_limit(&mut self, queue: &'static str) {
+        if queue != QUEUES[0] {
+            return;
+        }
+        while self.ready[queue].len() > MAX_LENGTH {
+            let head = self.ready.get_mut(queue).unwrap().pop_front().unwrap();
+            self.dead_letter(queue, head, "maxlen");
+        }
     }
 
     fn get(&mut self, lane: usize, queue: &'static str, no_ack: bool) -> Option<(Entry, u64, u32)> {
@@ -360,7 +367,8 @@ impl Model {
     }
 
     /// A message back from a consumer: `returned` when its channel closed, else nacked.
-    /// Classic queues put it where it was. The quorum queue counts it against the delivery
+    /// Classic queues put it where it was (and `limited` then drops its head if that takes it
+    /// over its length). The quorum queue counts it against the delivery
     /// limit, then puts a nacked one at the back and a returned one after earlier returns,
     /// ahead of everything else.
     fn requeue(&mut self, queue: &'static str, entry: Entry, returned: bool) {
@@ -379,6 +387,7 @@ impl Model {
             entry.returned = returned;
         }
         self.insert(queue, entry);
+        self.drop_over_limit(queue);
     }
 
     /// Into its place: higher priority first, then the quorum queue's returns, then enqueue
