@@ -121,7 +121,8 @@ enum Outcome {
     /// Nacked or rejected with requeue, or recovered (`basic.recover`).
     Requeue,
     /// In flight when its channel closed. A classic queue treats it as a requeue; a quorum
-    /// queue serves it before its other ready messages, where a requeue goes to the back.
+    /// queue serves it before its other ready messages, where a requeue goes to the back
+    /// (unless the queue has an `x-delivery-limit`: then it too is served first).
     Return,
 }
 
@@ -790,7 +791,8 @@ impl Engine {
     }
 
     /// `basic.nack`. Requeued messages go back with `redelivered`: to their original position
-    /// in a classic queue, to the back of a quorum queue (RabbitMQ 3.10);
+    /// in a classic queue, to the back of a quorum queue (RabbitMQ 3.10), or ahead of its other
+    /// ready messages when it has an `x-delivery-limit`;
     /// the others are dead-lettered (reason `rejected`) if their queue has a dead-letter
     /// exchange, else dropped.
     pub fn basic_nack(
@@ -2130,11 +2132,13 @@ impl Engine {
                         .delivery_limit
                         .is_some_and(|l| delivery_count > l);
                 // RabbitMQ 3.10 (probed): a classic queue puts the message back where it was;
-                // a quorum queue appends a nacked one to the back and serves one returned by
-                // a closed channel first, both in the order they come back.
+                // a quorum queue serves one returned by a closed channel first, and a nacked
+                // (or recovered) one too when it has an `x-delivery-limit`, else appends that
+                // to the back; in the order they come back.
                 let (seq, returned) = if quorum {
                     let seq = next(&mut self.counters.message_seq);
-                    (seq, outcome == Outcome::Return)
+                    let first = outcome == Outcome::Return || queue.args.delivery_limit.is_some();
+                    (seq, first)
                 } else {
                     (entry.seq, false)
                 };

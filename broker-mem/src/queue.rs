@@ -416,8 +416,9 @@ pub(crate) struct Queued {
     pub expires_at_ms: Option<u64>,
     /// Times it came back to the queue (quorum queues report it as `x-delivery-count`).
     pub delivery_count: u64,
-    /// Returned to a quorum queue because its channel closed: served before the other ready
-    /// messages, in the order returned (RabbitMQ 3.10's returns).
+    /// Returned to a quorum queue because its channel closed (or requeued to one with an
+    /// `x-delivery-limit`): served before the other ready messages, in the order returned
+    /// (RabbitMQ 3.10's returns).
     pub returned: bool,
 }
 

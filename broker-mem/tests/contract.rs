@@ -2095,8 +2095,10 @@ async fn queue_arguments_are_validated_in_rabbitmqs_order_with_its_texts(b: &mut
 }
 
 /// Where a message goes back to in a quorum queue (RabbitMQ 3.10, probed): a nack or reject
-/// with requeue, and `basic.recover`, append it to the back; a closed channel's messages are
-/// served first, in the order they came back. A classic queue puts both back where they were.
+/// with requeue, and `basic.recover`, append it to the back, unless the queue has an
+/// `x-delivery-limit`; a closed channel's messages (and with the limit, every requeued one)
+/// are served first, in the order they came back. A classic queue puts both back where they
+/// were.
 async fn quorum_queues_send_nacked_messages_back_and_serve_returns_first(b: &mut impl Amqp) {
     let durable = QFlags {
         durable: true,
@@ -2168,6 +2170,35 @@ async fn quorum_queues_send_nacked_messages_back_and_serve_returns_first(b: &mut
     for queue in ["qq", "cq"] {
         b.queue_delete(ch, queue, false, false).await.unwrap();
     }
+
+    // With an `x-delivery-limit`, a nack and a recover requeue like a close: first, in the
+    // order they come back.
+    let limited = table(&[("x-queue-type", s("quorum")), ("x-delivery-limit", i(5))]);
+    b.queue_declare(ch, "limited", durable, limited)
+        .await
+        .unwrap();
+    for text in texts("d") {
+        b.send(ch, "", "limited", &text).await;
+    }
+    let getter = b.channel(c).await;
+    let mut tags = Vec::new();
+    for _ in 0..4 {
+        let (msg, _) = b.get(getter, "limited", false).await.unwrap().unwrap();
+        tags.push(msg.tag);
+    }
+    b.nack(getter, tags[2], false, true).await.unwrap();
+    b.nack(getter, tags[0], false, true).await.unwrap();
+    b.recover(getter, true).await.unwrap();
+    let (head, _) = b.get(ch, "limited", true).await.unwrap().unwrap();
+    assert_eq!(
+        (
+            head.text(),
+            head.redelivered,
+            head.header("x-delivery-count")
+        ),
+        ("d2".to_owned(), true, Some(&i(1)))
+    );
+    assert_eq!(b.drain(ch, "limited").await, ["d0", "d1", "d3", "d4", "d5"]);
 }
 
 /// The arguments a redeclare compares (RabbitMQ 3.10, probed): quorum-only and classic-only

@@ -7,9 +7,10 @@
 //! a minimal one.
 //!
 //! The model covers one queue with `x-message-ttl`, `x-max-length` (drop-head) and a
-//! dead-letter exchange, one plain queue, a priority queue with a single active consumer, a
-//! quorum queue (a soft `reject-publish` length limit, `x-delivery-limit`, nacked messages to
-//! the back and a closed channel's returns first, as RabbitMQ 3.10 does them), and the
+//! dead-letter exchange, one plain queue, a priority queue with a single active consumer, two
+//! quorum queues (one with a soft `reject-publish` length limit and an `x-delivery-limit`,
+//! where nacked messages are served first as a closed channel's returns are; one without
+//! limits, where nacked messages go to the back; as RabbitMQ 3.10 does them), and the
 //! dead-letter queue; consumers (at most one per lane) with a prefetch and a consumer
 //! priority (`x-priority`), competing when two lanes consume the same queue (the highest
 //! priority with credit first, round-robin among equals; or taking turns as the single
@@ -34,10 +35,13 @@ const MAX_LENGTH: usize = 3;
 /// `x-max-priority` of queue 2; publishes carry priorities up to 4, so some are over it.
 const MAX_PRIORITY: u8 = 3;
 /// Queue 0 has the TTL, the length limit and the dead-letter exchange; queue 1 is plain;
-/// queue 2 is a priority queue with a single active consumer; queue 3 is a quorum queue.
-const QUEUES: [&str; 4] = ["limited", "plain", "ranked", "quorum"];
+/// queue 2 is a priority queue with a single active consumer; queue 3 is a quorum queue with
+/// a length limit and a delivery limit; queue 4 is a quorum queue without limits.
+const QUEUES: [&str; 5] = ["limited", "plain", "ranked", "quorum", "unlimited"];
 const RANKED: usize = 2;
 const QUORUM: usize = 3;
+/// A quorum queue without a delivery limit, where a nacked message goes to the back.
+const UNLIMITED: usize = 4;
 /// The quorum queue's `x-max-length` with `reject-publish`: soft, so it can hold one more.
 const QUORUM_MAX_LENGTH: usize = 2;
 /// The quorum queue's `x-delivery-limit`: past it a message is dropped (no dead-letter
@@ -133,7 +137,8 @@ struct Entry {
     death: Option<&'static str>,
     /// Times it came back to its queue (the quorum queue's delivery limit counts them).
     delivery_count: u64,
-    /// Returned to the quorum queue by a closed channel: served before the other messages.
+    /// Returned to a quorum queue by a closed channel (or requeued to the one with a delivery
+    /// limit): served before the other messages.
     returned: bool,
 }
 
@@ -230,7 +235,14 @@ impl Model {
     /// Dead-lettering feeds `dead`, so a second pass delivers what the first sent there.
     fn run(&mut self) {
         for _ in 0..2 {
-            for queue in [DEAD, QUEUES[0], QUEUES[1], QUEUES[RANKED], QUEUES[QUORUM]] {
+            for queue in [
+                DEAD,
+                QUEUES[0],
+                QUEUES[1],
+                QUEUES[RANKED],
+                QUEUES[QUORUM],
+                QUEUES[UNLIMITED],
+            ] {
                 if queue == QUEUES[0] {
                     self.expire_where(|at, now| at < now);
                 }
@@ -368,23 +380,25 @@ impl Model {
 
     /// A message back from a consumer: `returned` when its channel closed, else nacked.
     /// Classic queues put it where it was (and `limited` then drops its head if that takes it
-    /// over its length). The quorum queue counts it against the delivery
-    /// limit, then puts a nacked one at the back and a returned one after earlier returns,
-    /// ahead of everything else.
+    /// over its length). The quorum queues count it (`quorum` against its delivery limit),
+    /// then put a returned one after earlier returns, ahead of everything else, and so a
+    /// nacked one too where there is a delivery limit; `unlimited` puts a nacked one at the
+    /// back.
     fn requeue(&mut self, queue: &'static str, entry: Entry, returned: bool) {
         let mut entry = Entry {
             redelivered: true,
             ..entry
         };
-        if queue == QUEUES[QUORUM] {
+        if queue == QUEUES[QUORUM] || queue == QUEUES[UNLIMITED] {
+            let limited = queue == QUEUES[QUORUM];
             entry.delivery_count += 1;
-            if entry.delivery_count > DELIVERY_LIMIT {
+            if limited && entry.delivery_count > DELIVERY_LIMIT {
                 self.dead_letter(queue, entry, "delivery_limit");
                 return;
             }
             self.seq += 1;
             entry.seq = self.seq;
-            entry.returned = returned;
+            entry.returned = returned || limited;
         }
         self.insert(queue, entry);
         self.drop_over_limit(queue);
@@ -496,6 +510,15 @@ impl World {
         };
         engine
             .queue_declare_with(setup, QUEUES[QUORUM], durable, &args)
+            .unwrap();
+        let args: FieldTable = [(
+            "x-queue-type".to_owned(),
+            FieldValue::String("quorum".into()),
+        )]
+        .into_iter()
+        .collect();
+        engine
+            .queue_declare_with(setup, QUEUES[UNLIMITED], durable, &args)
             .unwrap();
         engine.close_channel(setup).unwrap();
         let lanes = [(); LANES].map(|()| engine.open_channel(connection).unwrap());
