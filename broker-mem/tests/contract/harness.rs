@@ -9,6 +9,7 @@
 
 #![allow(dead_code)] // Not every test binary uses every method.
 
+use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -18,7 +19,7 @@ use broker_mem::{
     Broker, ConsumeOptions, ExchangeKind, ExchangeOptions, FieldTable, FieldValue, Limits,
     Properties, PublishOptions, QueueOptions,
 };
-use futures::StreamExt as _;
+use futures::{FutureExt as _, Stream, StreamExt as _};
 use lapin::Confirmation;
 use lapin::options::{
     BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicGetOptions, BasicNackOptions,
@@ -632,7 +633,12 @@ impl Amqp for Mem {
 pub struct Rabbit {
     vhost: Option<RabbitVhost>,
     connections: Vec<lapin::Connection>,
+    /// Each connection's event stream: where lapin reports the reply a broker closed one of
+    /// its channels with (see `Rabbit::close_reason`).
+    events: Vec<Pin<Box<dyn Stream<Item = lapin::Event> + Send>>>,
     channels: Vec<lapin::Channel>,
+    /// The connection each channel is on.
+    channel_connections: Vec<usize>,
     consumers: Vec<lapin::Consumer>,
     /// For `depth`: a connection and channel no test closes (reopened after a 404).
     admin: Option<(lapin::Connection, lapin::Channel)>,
@@ -647,7 +653,9 @@ impl Rabbit {
         Some(Rabbit {
             vhost: Some(vhost),
             connections: Vec::new(),
+            events: Vec::new(),
             channels: Vec::new(),
+            channel_connections: Vec::new(),
             consumers: Vec::new(),
             admin: None,
         })
@@ -675,6 +683,32 @@ impl Rabbit {
 
     fn ch(&self, ch: Ch) -> &lapin::Channel {
         &self.channels[ch.0]
+    }
+
+    /// The reply the broker closed `ch` with, from its connection's events (drained of older
+    /// ones before the call that caused it): the newest that has arrived once one has, within
+    /// [`SILENCE_MS`].
+    async fn close_reason(&mut self, ch: Ch) -> Option<Reply> {
+        let events = &mut self.events[self.channel_connections[ch.0]];
+        let mut reason = None;
+        let deadline = tokio::time::Instant::now() + Duration::from_millis(SILENCE_MS);
+        while let Ok(Some(event)) = tokio::time::timeout_at(deadline, events.next()).await {
+            if let lapin::Event::Error(error) = event
+                && let lapin::ErrorKind::ProtocolError(_) = error.kind()
+            {
+                reason = Some(rabbit_reply(error));
+                // Anything newer is already queued: take it without waiting.
+                while let Some(Some(event)) = events.next().now_or_never() {
+                    if let lapin::Event::Error(error) = event
+                        && let lapin::ErrorKind::ProtocolError(_) = error.kind()
+                    {
+                        reason = Some(rabbit_reply(error));
+                    }
+                }
+                break;
+            }
+        }
+        reason
     }
 
     /// A round trip on the channel, so that an error caused by an earlier asynchronous method
@@ -712,6 +746,7 @@ fn rabbit_reply(error: lapin::Error) -> Reply {
 impl Amqp for Rabbit {
     async fn connection(&mut self) -> Conn {
         let connection = self.connect().await;
+        self.events.push(Box::pin(connection.events_listener()));
         self.connections.push(connection);
         Conn(self.connections.len() - 1)
     }
@@ -726,6 +761,7 @@ impl Amqp for Rabbit {
             .await
             .expect("confirm.select");
         self.channels.push(channel);
+        self.channel_connections.push(c.0);
         Ch(self.channels.len() - 1)
     }
 
@@ -889,6 +925,9 @@ impl Amqp for Rabbit {
         properties: Properties,
         body: &str,
     ) -> R<Pub> {
+        // Events of channels closed before are no answer to this publish.
+        let events = &mut self.events[self.channel_connections[ch.0]];
+        while events.next().now_or_never().flatten().is_some() {}
         let options = BasicPublishOptions {
             mandatory,
             ..Default::default()
@@ -919,9 +958,16 @@ impl Amqp for Rabbit {
                 acked: false,
             }),
             // A transactional channel (`tx_channel`): no confirms, so a round trip reports a
-            // channel error the publish caused (a missing exchange).
+            // channel error the publish caused (a missing exchange). If the broker's close
+            // overtook the round trip, lapin refuses it (code 0) and the reply is in the
+            // connection's events.
             Confirmation::NotRequested => {
-                self.sync(ch).await?;
+                if let Err(refused) = self.sync(ch).await {
+                    return Err(match refused.code {
+                        0 => self.close_reason(ch).await.unwrap_or(refused),
+                        _ => refused,
+                    });
+                }
                 Ok(Pub {
                     returned: None,
                     acked: false,
@@ -1037,6 +1083,7 @@ impl Amqp for Rabbit {
             .expect("channel.open");
         channel.tx_select().await.expect("tx.select");
         self.channels.push(channel);
+        self.channel_connections.push(c.0);
         Ch(self.channels.len() - 1)
     }
 
