@@ -1688,9 +1688,11 @@ impl Engine {
         });
         self.held.add(message);
         // Only `drop-head` drops: a quorum queue that refuses publishes may stand one
-        // message over its limit.
-        for head in queue.pop_over_limit() {
-            self.dead_letter(queue_name, head, DeathReason::Maxlen);
+        // message over its limit. Checked first: the usual publish drops nothing.
+        if queue.must_drop_head() {
+            for head in queue.pop_over_limit() {
+                self.dead_letter(queue_name, head, DeathReason::Maxlen);
+            }
         }
         self.mark(queue_name);
         true
@@ -2157,8 +2159,10 @@ impl Engine {
                 // RabbitMQ 3.10 (probed): a requeue that takes the queue over its length
                 // limit drops (dead-letters) the head under `drop-head`; under
                 // `reject-publish` the queue stays over it.
-                for head in queue.pop_over_limit() {
-                    self.dead_letter(&name, head, DeathReason::Maxlen);
+                if queue.must_drop_head() {
+                    for head in queue.pop_over_limit() {
+                        self.dead_letter(&name, head, DeathReason::Maxlen);
+                    }
                 }
             }
         }

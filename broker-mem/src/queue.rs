@@ -590,12 +590,17 @@ impl Queue {
         too_many || too_big
     }
 
-    /// The heads `drop-head` drops to bring the ready messages back within the length
-    /// limits, oldest first; none under `reject-publish` (which refuses publishes instead).
-    /// Bounded by the queue's length; allocates only when it drops something.
+    /// Whether `drop-head` must drop heads to bring the ready messages back within the length
+    /// limits (never under `reject-publish`, which refuses publishes instead).
+    pub(crate) fn must_drop_head(&self) -> bool {
+        self.args.overflow == Overflow::DropHead && self.over_limit()
+    }
+
+    /// The heads `drop-head` drops (see [`Queue::must_drop_head`]), oldest first. Bounded by
+    /// the queue's length.
     pub(crate) fn pop_over_limit(&mut self) -> Vec<Queued> {
         let mut dropped = Vec::new();
-        while self.args.overflow == Overflow::DropHead && self.over_limit() {
+        while self.must_drop_head() {
             match self.pop_ready() {
                 Some(head) => dropped.push(head),
                 None => break,
