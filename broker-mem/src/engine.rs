@@ -2156,10 +2156,11 @@ impl Engine {
                     return;
                 }
                 queue.requeue(entry);
-                // RabbitMQ 3.10 (probed): a requeue that takes the queue over its length
-                // limit drops (dead-letters) the head under `drop-head`; under
-                // `reject-publish` the queue stays over it.
-                if queue.must_drop_head() {
+                // Past the length limit, `drop-head` drops (RabbitMQ 3.10, probed): a classic
+                // queue at once for a nack or a recover, one message at a time in tag order;
+                // for a closed channel's messages, and in a quorum queue, `run_until_idle`
+                // drops once the whole batch is back.
+                if !quorum && outcome == Outcome::Requeue && queue.must_drop_head() {
                     for head in queue.pop_over_limit() {
                         self.dead_letter(&name, head, DeathReason::Maxlen);
                     }
@@ -2175,17 +2176,43 @@ impl Engine {
             let Some(queue) = self.dirty.pop_first() else {
                 return;
             };
-            // Looked up once: expiring and dispatching never remove a queue, so the index
-            // stays valid for all three steps.
-            let Some(index) = self.queues.get_index_of(&queue) else {
+            // Looked up once: dropping, expiring and dispatching never remove a queue, so the
+            // index stays valid for all the steps.
+            let Some((index, _, state)) = self.queues.get_full(&queue) else {
                 continue;
             };
+            // A requeue can leave a `drop-head` queue over its length limit (see `finish`;
+            // RabbitMQ 3.10, probed): a classic queue drops the head before it delivers; a
+            // quorum queue delivers first (the consumer that requeued may take one) and drops
+            // what is still over after.
+            let quorum = state.args.queue_type == QueueType::Quorum;
+            if !quorum {
+                self.drop_over_limit(index);
+            }
             self.expire(index, true);
             self.dispatch(index);
+            if quorum {
+                self.drop_over_limit(index);
+            }
             self.expire(index, false);
         }
         tracing::error!("run_until_idle did not reach idle; this is a bug");
         debug_assert!(false, "run_until_idle did not reach idle");
+    }
+
+    /// Dead-letters (reason `maxlen`) the heads a `drop-head` queue is over its length limit
+    /// by; nothing for a queue within it or one that refuses publishes instead.
+    fn drop_over_limit(&mut self, queue_index: usize) {
+        let Some((queue_name, queue)) = self.queues.get_index_mut(queue_index) else {
+            return;
+        };
+        if !queue.must_drop_head() {
+            return;
+        }
+        let queue_name = queue_name.clone();
+        for head in queue.pop_over_limit() {
+            self.dead_letter(&queue_name, head, DeathReason::Maxlen);
+        }
     }
 
     /// Drops (or dead-letters) expired messages at the head of a queue, as RabbitMQ does: only

@@ -61,6 +61,7 @@ contract!(
     per_message_expiration_expires_at_the_head,
     max_length_drops_the_head_and_dead_letters_it,
     a_requeue_past_the_length_limit_drops_the_head_unless_publishes_are_refused,
+    a_requeue_past_the_limit_drops_in_rabbitmqs_order_and_a_quorum_queue_delivers_first,
     max_length_bytes_with_reject_publish_nacks_the_publisher,
     rejected_message_is_dead_lettered_with_x_death,
     dead_letter_routing_key_replaces_the_key,
@@ -775,10 +776,15 @@ fn death(count: i64, reason: &str, queue: &str, exchange: &str, keys: &[&str]) -
     ])
 }
 
-async fn dead_letter_setup(b: &mut impl Amqp, ch: harness::Ch, queue: &str, mut args: FieldTable) {
+/// The fanout exchange `dlx` and the queue `dead` bound to it: where the tests dead-letter.
+async fn dead_letter_target(b: &mut impl Amqp, ch: harness::Ch) {
     b.exchange(ch, "dlx", "fanout").await;
     b.queue(ch, "dead").await;
     b.bind(ch, "dead", "dlx", "").await;
+}
+
+async fn dead_letter_setup(b: &mut impl Amqp, ch: harness::Ch, queue: &str, mut args: FieldTable) {
+    dead_letter_target(b, ch).await;
     args.insert("x-dead-letter-exchange".into(), s("dlx"));
     b.queue_declare(ch, queue, QFlags::default(), args)
         .await
@@ -865,9 +871,7 @@ async fn a_requeue_past_the_length_limit_drops_the_head_unless_publishes_are_ref
 ) {
     let c = b.connection().await;
     let ch = b.channel(c).await;
-    b.exchange(ch, "dlx", "fanout").await;
-    b.queue(ch, "dead").await;
-    b.bind(ch, "dead", "dlx", "").await;
+    dead_letter_target(b, ch).await;
     let limited = |more: &[(&str, FieldValue)]| {
         let mut args = table(&[("x-max-length", i(2)), ("x-dead-letter-exchange", s("dlx"))]);
         for (key, value) in more {
@@ -909,6 +913,82 @@ async fn a_requeue_past_the_length_limit_drops_the_head_unless_publishes_are_ref
             ("quorum-b".to_owned(), Some(s("maxlen"))),
         ]
     );
+}
+
+/// When a requeue leaves a `drop-head` queue over its length limit: a classic queue drops a
+/// nacked or recovered message's head at once, one message at a time in tag order, and a
+/// closed channel's after the whole batch is back, then delivers; a quorum queue first
+/// delivers to the consumer whose nack gave it credit, and drops only what is still over the
+/// limit after that (RabbitMQ 3.10, probed).
+async fn a_requeue_past_the_limit_drops_in_rabbitmqs_order_and_a_quorum_queue_delivers_first(
+    b: &mut impl Amqp,
+) {
+    let c = b.connection().await;
+    let ch = b.channel(c).await;
+    dead_letter_target(b, ch).await;
+    let durable = QFlags {
+        durable: true,
+        ..QFlags::default()
+    };
+    let limited = |kind: &str| {
+        table(&[
+            ("x-queue-type", s(kind)),
+            ("x-max-length", i(2)),
+            ("x-dead-letter-exchange", s("dlx")),
+        ])
+    };
+
+    // m1 is redelivered under a later tag than m2, so tag order is not queue order. A recover
+    // requeues and drops one message at a time, in tag order; a closed channel's messages go
+    // back together and the heads are dropped in queue order.
+    for (how, dropped) in [("recover", ["m2", "m1"]), ("close", ["m1", "m2"])] {
+        b.queue_declare(ch, how, durable, limited("classic"))
+            .await
+            .unwrap();
+        b.send(ch, "", how, "m1").await;
+        b.send(ch, "", how, "m2").await;
+        let getter = b.channel(c).await;
+        let (m1, _) = b.get(getter, how, false).await.unwrap().unwrap();
+        b.get(getter, how, false).await.unwrap().unwrap();
+        b.nack(getter, m1.tag, false, true).await.unwrap();
+        let (again, _) = b.get(getter, how, false).await.unwrap().unwrap();
+        assert_eq!((again.text(), again.redelivered), ("m1".to_owned(), true));
+        b.send(ch, "", how, "m3").await;
+        b.send(ch, "", how, "m4").await;
+        if how == "recover" {
+            b.recover(getter, true).await.unwrap();
+        } else {
+            b.close_channel(getter).await;
+        }
+        // Dead-lettering is in the background on RabbitMQ.
+        assert_eq!(b.depth_becomes("dead", Some(2)).await, Some(2), "{how}");
+        assert_eq!(b.drain(ch, how).await, ["m3", "m4"], "{how}");
+        assert_eq!(b.drain(ch, "dead").await, dropped, "{how}");
+    }
+
+    // A consumer with a prefetch of 1 holds `a`; `b` and `c` wait; it nacks `a`.
+    for kind in ["classic", "quorum"] {
+        b.queue_declare(ch, kind, durable, limited(kind))
+            .await
+            .unwrap();
+        let consuming = b.channel(c).await;
+        b.qos(consuming, 1, false).await.unwrap();
+        let sub = b.consume(consuming, kind, "c", false, false).await.unwrap();
+        for text in ["a", "b", "c"] {
+            b.send(ch, "", kind, text).await;
+        }
+        let held = b.next(sub).await.msg();
+        assert_eq!(held.text(), "a");
+        b.nack(consuming, held.tag, false, true).await.unwrap();
+        // The classic queue drops `a`, back at its head, then delivers `b`; the quorum
+        // queue delivers `b` from `[b, c, a]` and is then within its limit.
+        assert_eq!(b.next(sub).await.msg().text(), "b");
+        b.cancel(consuming, sub).await.unwrap();
+    }
+    assert_eq!(b.depth_becomes("dead", Some(1)).await, Some(1));
+    assert_eq!(b.drain(ch, "dead").await, ["a"]);
+    assert_eq!(b.drain(ch, "classic").await, ["c"]);
+    assert_eq!(b.drain(ch, "quorum").await, ["c", "a"]);
 }
 
 async fn max_length_bytes_with_reject_publish_nacks_the_publisher(b: &mut impl Amqp) {

@@ -64,6 +64,11 @@ fn queue_arguments(kind: usize) -> FieldTable {
         3 => table(&[("x-dead-letter-exchange", s("dlx"))]),
         4 => table(&[("x-max-priority", i(3))]),
         5 => table(&[("x-queue-type", s("quorum"))]),
+        6 => table(&[
+            ("x-queue-type", s("quorum")),
+            ("x-max-length", i(2)),
+            ("x-dead-letter-exchange", s("dlx")),
+        ]),
         _ => table(&[
             ("x-queue-type", s("quorum")),
             ("x-max-length", i(2)),
@@ -73,7 +78,7 @@ fn queue_arguments(kind: usize) -> FieldTable {
         ]),
     }
 }
-const QUEUE_KINDS: usize = 7;
+const QUEUE_KINDS: usize = 8;
 /// The kinds from here on are quorum queues.
 const QUORUM_KINDS_FROM: usize = 5;
 
@@ -690,6 +695,11 @@ async fn apply(b: &mut impl Amqp, slots: &mut [Slot], n: usize, op: &Op) -> Stri
             prefetch, global, ..
         } => {
             let result = b.qos(ch, prefetch, global).await;
+            // A per-channel prefetch applies to the consumers already there: more credit is
+            // used at once, in the background on RabbitMQ.
+            if global {
+                b.sleep_ms(settle_ms()).await;
+            }
             (answer(&result), result.err().map(|r| r.code))
         }
         Op::Consume {
