@@ -71,6 +71,7 @@ contract!(
     global_prefetch_is_shared_by_the_channel,
     exclusive_consumer_keeps_others_out,
     a_quorum_queue_ignores_consumer_exclusivity,
+    a_connection_error_returns_the_failing_channels_messages_first,
     basic_get_takes_one_message_with_the_count_left,
     ack_multiple_settles_every_tag_up_to_it,
     requeued_messages_go_back_to_their_original_position,
@@ -1214,6 +1215,39 @@ async fn exclusive_consumer_keeps_others_out(b: &mut impl Amqp) {
             "ACCESS_REFUSED - queue 'q' in vhost '/' in exclusive use".to_owned()
         )
     );
+}
+
+/// A connection error returns the messages of the channel that caused it first: a quorum
+/// queue serves that channel's returns before those of the connection's other channels
+/// (RabbitMQ 3.10, probed).
+async fn a_connection_error_returns_the_failing_channels_messages_first(b: &mut impl Amqp) {
+    let c = b.connection().await;
+    let ch = b.channel(c).await;
+    let durable = QFlags {
+        durable: true,
+        ..QFlags::default()
+    };
+    for queue in ["qq", "other"] {
+        let quorum = table(&[("x-queue-type", s("quorum"))]);
+        b.queue_declare(ch, queue, durable, quorum).await.unwrap();
+    }
+    for text in ["m0", "m1", "m2"] {
+        b.send(ch, "", "qq", text).await;
+    }
+    let doomed = b.connection().await;
+    let first = b.channel(doomed).await;
+    let second = b.channel(doomed).await;
+    b.get(first, "qq", false).await.unwrap().unwrap();
+    b.get(second, "qq", false).await.unwrap().unwrap();
+    // `if-unused` on a quorum queue is a connection error (540).
+    let error = b
+        .queue_delete(second, "other", true, false)
+        .await
+        .unwrap_err();
+    assert_eq!(error.code, 540);
+    // The returns are in the background on RabbitMQ.
+    assert_eq!(b.depth_becomes("qq", Some(3)).await, Some(3));
+    assert_eq!(b.drain(ch, "qq").await, ["m1", "m0", "m2"]);
 }
 
 /// RabbitMQ's quorum queues ignore a consumer's `exclusive` flag (rabbitmq-website#1973):
