@@ -650,16 +650,18 @@ impl Engine {
                     ),
                 )));
             }
-            if if_unused && target.consumer_count() > 0 {
-                return Err(Fault::channel(
-                    ReplyCode::PreconditionFailed,
-                    format!("queue '{queue}' in vhost '{}' in use", crate::VHOST),
-                ));
-            }
+            // RabbitMQ checks `if-empty` first (rabbit_amqqueue_process; the differential
+            // test found it).
             if if_empty && target.ready_len() > 0 {
                 return Err(Fault::channel(
                     ReplyCode::PreconditionFailed,
                     format!("queue '{queue}' in vhost '{}' not empty", crate::VHOST),
+                ));
+            }
+            if if_unused && target.consumer_count() > 0 {
+                return Err(Fault::channel(
+                    ReplyCode::PreconditionFailed,
+                    format!("queue '{queue}' in vhost '{}' in use", crate::VHOST),
                 ));
             }
             let count = u32::try_from(target.ready_len()).unwrap_or(u32::MAX);

@@ -451,6 +451,9 @@ pub(crate) struct Queue {
     /// When the queue was last used (declared, read with `basic.get`, or left by a consumer),
     /// on the engine's clock; with no consumers it expires `x-expires` after this.
     pub last_used_ms: u64,
+    /// A quorum `reject-publish` queue went over its limit and refuses publishes until its
+    /// ready messages fall to 80 % of it (see [`Queue::would_overflow`]).
+    refusing: bool,
 }
 
 impl Queue {
@@ -470,6 +473,7 @@ impl Queue {
             args,
             ready: VecDeque::new(),
             ready_bytes: 0,
+            refusing: false,
             unacked: 0,
             consumers: VecDeque::new(),
             exclusive_consumer: false,
@@ -560,11 +564,11 @@ impl Queue {
     /// Whether a queue that refuses messages at its limit (`reject-publish`) refuses one more
     /// of `body_bytes`. A classic queue refuses one that would pass `x-max-length` or
     /// `x-max-length-bytes`; a quorum queue's limit is soft in RabbitMQ 3.10 (probed): it
-    /// refuses only while it is already over a limit, so one message more gets in. Both count
-    /// ready messages only.
+    /// refuses only once it has gone over a limit (so one message more gets in), and until it
+    /// is back at 80 % of it. Both count ready messages only.
     pub(crate) fn would_overflow(&self, body_bytes: usize) -> bool {
         if self.args.queue_type == QueueType::Quorum {
-            return self.over_limit();
+            return self.refusing;
         }
         let too_many = self
             .args
@@ -642,6 +646,7 @@ impl Queue {
             self.ready_bytes += entry.message.body.len();
             self.ready.push_back(entry);
         }
+        self.note_length();
     }
 
     /// A message coming back from a consumer: to its place by [`Queue::order`]. The caller
@@ -649,6 +654,28 @@ impl Queue {
     /// a quorum queue gives it a new one (see `Engine::finish`).
     pub(crate) fn requeue(&mut self, entry: Queued) {
         self.insert_in_order(entry);
+        self.note_length();
+    }
+
+    /// RabbitMQ 3.10's soft limit of a quorum `reject-publish` queue (rabbit_fifo, probed):
+    /// over the limit after any change it starts refusing publishes, and it stops once its
+    /// ready messages (and bytes) are at most 80 % of the limit, rounded down.
+    fn note_length(&mut self) {
+        if self.args.queue_type != QueueType::Quorum
+            || self.args.overflow != Overflow::RejectPublish
+        {
+            return;
+        }
+        let below = |max: Option<u64>, now: usize| {
+            max.is_none_or(|max| now as u64 <= max.saturating_mul(4) / 5)
+        };
+        if self.over_limit() {
+            self.refusing = true;
+        } else if below(self.args.max_length, self.ready.len())
+            && below(self.args.max_length_bytes, self.ready_bytes)
+        {
+            self.refusing = false;
+        }
     }
 
     fn insert_in_order(&mut self, entry: Queued) {
@@ -678,12 +705,16 @@ impl Queue {
     pub(crate) fn pop_ready(&mut self) -> Option<Queued> {
         let entry = self.ready.pop_front()?;
         self.ready_bytes -= entry.message.body.len();
+        if self.refusing {
+            self.note_length();
+        }
         Some(entry)
     }
 
     /// Everything ready, for the queue's deletion or purge.
     pub(crate) fn drain_ready(&mut self) -> impl Iterator<Item = Queued> + '_ {
         self.ready_bytes = 0;
+        self.refusing = false;
         self.ready.drain(..)
     }
 

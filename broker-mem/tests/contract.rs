@@ -681,6 +681,26 @@ async fn delete_if_unused_and_if_empty_refuse_with_406(b: &mut impl Amqp) {
             "PRECONDITION_FAILED - queue 'q' in vhost '/' in use".to_owned()
         )
     );
+    // Both flags, both broken: `if-empty` is checked first.
+    let busy = b.channel(c).await;
+    b.queue(busy, "both").await;
+    b.qos(busy, 1, false).await.unwrap();
+    let _holder = b
+        .consume(busy, "both", "holder", false, false)
+        .await
+        .unwrap();
+    b.send(busy, "", "both", "held").await;
+    b.send(busy, "", "both", "ready").await;
+    assert_eq!(b.depth_becomes("both", Some(1)).await, Some(1));
+    let other = b.channel(c).await;
+    let error = b.queue_delete(other, "both", true, true).await.unwrap_err();
+    assert_eq!(
+        (error.code, norm(&error.text)),
+        (
+            406,
+            "PRECONDITION_FAILED - queue 'both' in vhost '/' not empty".to_owned()
+        )
+    );
     let other = b.channel(c).await;
     b.queue(other, "empty").await;
     b.send(other, "", "empty", "a").await;
@@ -2463,6 +2483,12 @@ async fn redeclaring_compares_the_arguments_rabbitmq_compares_in_its_order(b: &m
 /// Length limits on quorum queues (RabbitMQ 3.10, probed): `reject-publish` refuses only
 /// while the queue is already over its limit, so one message more gets in (ready messages
 /// count, unacked ones do not); `reject-publish-dlx` behaves as `drop-head`.
+/// Publishes `text` to `queue` through the default exchange: whether it was confirmed.
+async fn confirmed(b: &mut impl Amqp, ch: harness::Ch, queue: &str, text: &str) -> bool {
+    let published = b.publish(ch, "", queue, false, Properties::default(), text);
+    published.await.unwrap().acked
+}
+
 async fn quorum_queue_length_limits_are_soft_and_reject_publish_dlx_drops_the_head(
     b: &mut impl Amqp,
 ) {
@@ -2485,38 +2511,24 @@ async fn quorum_queue_length_limits_are_soft_and_reject_publish_dlx_drops_the_he
     b.queue_declare(ch, "soft", durable, soft).await.unwrap();
     let mut acked = Vec::new();
     for n in 0..2 {
-        let p = b
-            .publish(
-                ch,
-                "",
-                "soft",
-                false,
-                Properties::default(),
-                &format!("s{n}"),
-            )
-            .await
-            .unwrap();
-        acked.push(p.acked);
+        acked.push(confirmed(b, ch, "soft", &format!("s{n}")).await);
     }
     // An unacked message does not count against the limit.
     let getter = b.channel(c).await;
     b.get(getter, "soft", false).await.unwrap().unwrap();
     for n in 2..5 {
-        let p = b
-            .publish(
-                ch,
-                "",
-                "soft",
-                false,
-                Properties::default(),
-                &format!("s{n}"),
-            )
-            .await
-            .unwrap();
-        acked.push(p.acked);
+        acked.push(confirmed(b, ch, "soft", &format!("s{n}")).await);
     }
     assert_eq!(acked, [true, true, true, true, false]);
     assert_eq!(b.depth("soft").await, Some(3));
+    // Once over, it refuses until its ready messages are back at 80 % of the limit (1 of 2).
+    let mut acked = Vec::new();
+    for n in 5..7 {
+        b.get(getter, "soft", true).await.unwrap().unwrap();
+        acked.push(confirmed(b, ch, "soft", &format!("s{n}")).await);
+    }
+    assert_eq!(acked, [false, true]);
+    assert_eq!(b.depth("soft").await, Some(2));
     let bytes = quorum(&[
         ("x-max-length-bytes", i(10)),
         ("x-overflow", s("reject-publish")),

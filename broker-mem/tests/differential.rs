@@ -82,6 +82,17 @@ const QUEUE_KINDS: usize = 8;
 /// The kinds from here on are quorum queues.
 const QUORUM_KINDS_FROM: usize = 5;
 
+/// The queue kinds a focus declares. Consumers leave out the last, the quorum queue with an
+/// `x-delivery-limit`: RabbitMQ 3.10.8 gives a consumer two deliveries' credit back when a
+/// nack drops a message past the limit (probed: with a prefetch of 1 it then has two
+/// unacked), which broker-mem does not copy (see the README's differences).
+fn kinds(focus: Focus) -> std::ops::Range<usize> {
+    match focus {
+        Focus::Broad => 0..QUEUE_KINDS,
+        Focus::Consumers => 0..QUEUE_KINDS - 1,
+    }
+}
+
 /// Binding arguments (a headers exchange matches on them; the others ignore them).
 fn binding_arguments(kind: usize) -> FieldTable {
     match kind {
@@ -252,7 +263,7 @@ fn op(focus: Focus) -> impl Strategy<Value = Op> {
         Focus::Consumers => (0.1, 5),
     };
     prop_oneof![
-        w(3, 1) => (conn.clone(), queue.clone(), 0..QUEUE_KINDS, any::<bool>(), prop::bool::weighted(0.2))
+        w(3, 1) => (conn.clone(), queue.clone(), kinds(focus), any::<bool>(), prop::bool::weighted(0.2))
             .prop_flat_map(|(conn, queue, kind, durable, exclusive)| prop::bool::weighted(0.2)
                 .prop_map(move |auto_delete| Op::DeclareQueue {
                     conn, queue, kind, durable, exclusive, auto_delete
@@ -312,7 +323,7 @@ fn prelude(focus: Focus) -> impl Strategy<Value = Vec<Op>> {
         Focus::Broad => (0.75, 0.5),
         Focus::Consumers => (0.95, 0.9),
     };
-    let declares = prop::collection::vec((0..QUEUE_KINDS, any::<bool>()), QUEUES.len());
+    let declares = prop::collection::vec((kinds(focus), any::<bool>()), QUEUES.len());
     let consumer = (0..CONNECTIONS, 0..QUEUES.len(), 0u16..4);
     let consumers = match focus {
         Focus::Broad => 0..=1usize,

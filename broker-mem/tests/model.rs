@@ -162,6 +162,9 @@ struct Model {
     published: u64,
     /// Ready messages per queue (`QUEUES` then `DEAD`), in position order.
     ready: BTreeMap<&'static str, VecDeque<Entry>>,
+    /// The quorum queue went over its limit and refuses publishes until it is back at 80 %
+    /// of it (RabbitMQ 3.10's soft limit).
+    quorum_refusing: bool,
     /// Per lane: unacked by tag, with the queue it came from and the serial of the consumer
     /// it went to (0: `basic.get`); the last tag handed out.
     unacked: [BTreeMap<u64, (&'static str, Entry, u64)>; LANES],
@@ -222,6 +225,7 @@ impl Model {
                 lane
             };
             let entry = self.ready.get_mut(queue).unwrap().pop_front().unwrap();
+            self.note_quorum_length();
             self.last_tag[lane] += 1;
             let tag = self.last_tag[lane];
             let serial = self.consumers[lane].unwrap().serial;
@@ -332,7 +336,7 @@ impl Model {
         self.seq += 1;
         let body = format!("m{}", self.published);
         let name = QUEUES[queue];
-        if queue == QUORUM && self.ready[name].len() > QUORUM_MAX_LENGTH {
+        if queue == QUORUM && self.quorum_refusing {
             return (body, false);
         }
         let entry = Entry {
@@ -369,6 +373,7 @@ impl Model {
     fn get(&mut self, lane: usize, queue: &'static str, no_ack: bool) -> Option<(Entry, u64, u32)> {
         self.expire();
         let entry = self.ready.get_mut(queue).unwrap().pop_front()?;
+        self.note_quorum_length();
         let left = u32::try_from(self.ready[queue].len()).unwrap();
         self.last_tag[lane] += 1;
         let tag = self.last_tag[lane];
@@ -412,6 +417,18 @@ impl Model {
         let key = |e: &Entry| (std::cmp::Reverse(e.priority), !e.returned, e.seq);
         let position = ready.partition_point(|e| key(e) < key(&entry));
         ready.insert(position, entry);
+        self.note_quorum_length();
+    }
+
+    /// After every change of the quorum queue's length: over the limit it starts refusing
+    /// publishes; at 80 % of the limit (rounded down) or below it stops.
+    fn note_quorum_length(&mut self) {
+        let length = self.ready[QUEUES[QUORUM]].len();
+        if length > QUORUM_MAX_LENGTH {
+            self.quorum_refusing = true;
+        } else if length <= QUORUM_MAX_LENGTH * 4 / 5 {
+            self.quorum_refusing = false;
+        }
     }
 
     /// The tags a settle of `tag` covers.
@@ -671,6 +688,7 @@ impl World {
                     .unwrap()
                     .drain(..)
                     .count();
+                self.model.note_quorum_length();
                 let purged = self
                     .engine
                     .queue_purge(self.lanes[lane], QUEUES[queue])
