@@ -2190,14 +2190,16 @@ impl Engine {
             // A requeue can leave a `drop-head` queue over its length limit (see `finish`;
             // RabbitMQ 3.10, probed): a classic queue drops the head before it delivers; a
             // quorum queue delivers first (the consumer that requeued may take one) and drops
-            // what is still over after.
+            // what is still over after. (Delivering never takes a queue over; the usual queue
+            // is within its limit and skips both.)
             let quorum = state.args.queue_type == QueueType::Quorum;
-            if !quorum {
+            let over = state.must_drop_head();
+            if over && !quorum {
                 self.drop_over_limit(index);
             }
             self.expire(index, true);
             self.dispatch(index);
-            if quorum {
+            if over && quorum {
                 self.drop_over_limit(index);
             }
             self.expire(index, false);
