@@ -615,10 +615,7 @@ async fn redeclaring_with_other_flags_or_arguments_is_406(b: &mut impl Amqp) {
         "PRECONDITION_FAILED - inequivalent arg 'x-message-ttl' for queue 'q' in vhost '/': received none but current is the value '1000' of type 'long'"
     );
     let ch = b.channel(c).await;
-    let durable = QFlags {
-        durable: true,
-        ..QFlags::default()
-    };
+    let durable = DURABLE;
     let error = b
         .queue_declare(ch, "q", durable, table(&[("x-message-ttl", i(1000))]))
         .await
@@ -797,6 +794,20 @@ fn death(count: i64, reason: &str, queue: &str, exchange: &str, keys: &[&str]) -
     ])
 }
 
+/// Queue flags for a durable queue (quorum queues must be).
+const DURABLE: QFlags = QFlags {
+    durable: true,
+    exclusive: false,
+    auto_delete: false,
+    passive: false,
+};
+
+/// A durable quorum queue without other arguments.
+async fn quorum_queue(b: &mut impl Amqp, ch: harness::Ch, name: &str) {
+    let quorum = table(&[("x-queue-type", s("quorum"))]);
+    b.queue_declare(ch, name, DURABLE, quorum).await.unwrap();
+}
+
 /// The fanout exchange `dlx` and the queue `dead` bound to it: where the tests dead-letter.
 async fn dead_letter_target(b: &mut impl Amqp, ch: harness::Ch) {
     b.exchange(ch, "dlx", "fanout").await;
@@ -900,10 +911,7 @@ async fn a_requeue_past_the_length_limit_drops_the_head_unless_publishes_are_ref
         }
         args
     };
-    let durable = QFlags {
-        durable: true,
-        ..QFlags::default()
-    };
+    let durable = DURABLE;
     let queues = [
         ("drop", limited(&[])),
         ("keep", limited(&[("x-overflow", s("reject-publish"))])),
@@ -947,10 +955,7 @@ async fn a_requeue_past_the_limit_drops_in_rabbitmqs_order_and_a_quorum_queue_de
     let c = b.connection().await;
     let ch = b.channel(c).await;
     dead_letter_target(b, ch).await;
-    let durable = QFlags {
-        durable: true,
-        ..QFlags::default()
-    };
+    let durable = DURABLE;
     let limited = |kind: &str| {
         table(&[
             ("x-queue-type", s(kind)),
@@ -1117,10 +1122,7 @@ async fn quorum_queue_counts_deliveries_and_enforces_the_limit(b: &mut impl Amqp
         )
     );
     let ch = b.channel(c).await;
-    let durable = QFlags {
-        durable: true,
-        ..QFlags::default()
-    };
+    let durable = DURABLE;
     b.queue_declare(ch, "qq", durable, args).await.unwrap();
     b.send(ch, "", "qq", "m").await;
     let sub = b.consume(ch, "qq", "c", false, false).await.unwrap();
@@ -1243,13 +1245,8 @@ async fn exclusive_consumer_keeps_others_out(b: &mut impl Amqp) {
 async fn a_connection_error_returns_the_failing_channels_messages_first(b: &mut impl Amqp) {
     let c = b.connection().await;
     let ch = b.channel(c).await;
-    let durable = QFlags {
-        durable: true,
-        ..QFlags::default()
-    };
     for queue in ["qq", "other"] {
-        let quorum = table(&[("x-queue-type", s("quorum"))]);
-        b.queue_declare(ch, queue, durable, quorum).await.unwrap();
+        quorum_queue(b, ch, queue).await;
     }
     for text in ["m0", "m1", "m2"] {
         b.send(ch, "", "qq", text).await;
@@ -1275,12 +1272,7 @@ async fn a_connection_error_returns_the_failing_channels_messages_first(b: &mut 
 async fn a_quorum_queue_ignores_consumer_exclusivity(b: &mut impl Amqp) {
     let c = b.connection().await;
     let ch = b.channel(c).await;
-    let durable = QFlags {
-        durable: true,
-        ..QFlags::default()
-    };
-    let quorum = table(&[("x-queue-type", s("quorum"))]);
-    b.queue_declare(ch, "qq", durable, quorum).await.unwrap();
+    quorum_queue(b, ch, "qq").await;
     let first = b.consume(ch, "qq", "first", true, true).await.unwrap();
     let other = b.channel(c).await;
     let second = b.consume(other, "qq", "second", true, true).await.unwrap();
@@ -1647,10 +1639,7 @@ async fn priority_and_single_active_arguments_are_checked(b: &mut impl Amqp) {
     // RabbitMQ 3.10's quorum queues have no priorities, and no basic.get with a single active
     // consumer.
     let ch = b.channel(c).await;
-    let durable = QFlags {
-        durable: true,
-        ..QFlags::default()
-    };
+    let durable = DURABLE;
     let quorum = |extra: (&str, FieldValue)| table(&[("x-queue-type", s("quorum")), extra]);
     let prioritised = quorum(("x-max-priority", i(5)));
     assert_eq!(
@@ -1782,12 +1771,7 @@ async fn consumer_priorities_feed_the_highest_with_credit_first(b: &mut impl Amq
 async fn quorum_queues_refuse_a_consumer_under_global_qos(b: &mut impl Amqp) {
     let c = b.connection().await;
     let ch = b.channel(c).await;
-    let durable = QFlags {
-        durable: true,
-        ..QFlags::default()
-    };
-    let quorum = table(&[("x-queue-type", s("quorum"))]);
-    b.queue_declare(ch, "qq", durable, quorum).await.unwrap();
+    quorum_queue(b, ch, "qq").await;
     b.qos(ch, 5, true).await.unwrap();
     // 540, a connection error.
     let refused = b.consume(ch, "qq", "c", false, false).await;
@@ -2037,10 +2021,7 @@ async fn queue_arguments_are_validated_in_rabbitmqs_order_with_its_texts(b: &mut
         args
     };
     let classic = |pairs: &[(&str, FieldValue)]| table(pairs);
-    let durable = QFlags {
-        durable: true,
-        ..QFlags::default()
-    };
+    let durable = DURABLE;
     let transient = QFlags::default();
     let prefix = "PRECONDITION_FAILED - invalid arg";
     let refused: Vec<(QFlags, FieldTable, String)> = vec![
@@ -2234,10 +2215,7 @@ async fn queue_arguments_are_validated_in_rabbitmqs_order_with_its_texts(b: &mut
 /// are served first, in the order they came back. A classic queue puts both back where they
 /// were.
 async fn quorum_queues_send_nacked_messages_back_and_serve_returns_first(b: &mut impl Amqp) {
-    let durable = QFlags {
-        durable: true,
-        ..QFlags::default()
-    };
+    let durable = DURABLE;
     let c = b.connection().await;
     let ch = b.channel(c).await;
     for (queue, kind) in [("qq", "quorum"), ("cq", "classic")] {
@@ -2338,10 +2316,7 @@ async fn quorum_queues_send_nacked_messages_back_and_serve_returns_first(b: &mut
 /// The arguments a redeclare compares (RabbitMQ 3.10, probed): quorum-only and classic-only
 /// ones too, the first difference in RabbitMQ's order, and no queue type equal to `classic`.
 async fn redeclaring_compares_the_arguments_rabbitmq_compares_in_its_order(b: &mut impl Amqp) {
-    let durable = QFlags {
-        durable: true,
-        ..QFlags::default()
-    };
+    let durable = DURABLE;
     let transient = QFlags::default();
     let prefix = "PRECONDITION_FAILED - inequivalent arg";
     let c = b.connection().await;
@@ -2453,8 +2428,7 @@ async fn redeclaring_compares_the_arguments_rabbitmq_compares_in_its_order(b: &m
     b.queue_delete(ch, "mine", false, false).await.unwrap();
     // A quorum queue ignores a classic queue's argument on a redeclare.
     let ch = b.channel(c).await;
-    let quorum = table(&[("x-queue-type", s("quorum"))]);
-    b.queue_declare(ch, "qq", durable, quorum).await.unwrap();
+    quorum_queue(b, ch, "qq").await;
     let prioritised = table(&[("x-queue-type", s("quorum")), ("x-max-priority", i(3))]);
     b.queue_declare(ch, "qq", durable, prioritised)
         .await
@@ -2492,10 +2466,7 @@ async fn confirmed(b: &mut impl Amqp, ch: harness::Ch, queue: &str, text: &str) 
 async fn quorum_queue_length_limits_are_soft_and_reject_publish_dlx_drops_the_head(
     b: &mut impl Amqp,
 ) {
-    let durable = QFlags {
-        durable: true,
-        ..QFlags::default()
-    };
+    let durable = DURABLE;
     let c = b.connection().await;
     let ch = b.channel(c).await;
     b.exchange(ch, "dlx", "fanout").await;
