@@ -581,7 +581,8 @@ impl Channel {
     }
 
     /// `basic.qos`: the prefetch of consumers started on this channel from now on (per
-    /// consumer, as RabbitMQ does); 0 = unlimited.
+    /// consumer, as RabbitMQ does); 0 = unlimited. Lifts a global limit set before, as
+    /// RabbitMQ 3.10 does.
     pub fn basic_qos(&self, prefetch_count: u16) -> Result<(), Error> {
         self.broker
             .call(|engine| engine.basic_qos(self.id, prefetch_count))

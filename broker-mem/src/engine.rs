@@ -31,7 +31,7 @@ use crate::exchange::{
 use crate::limits::{
     FAULTS_ARMED_MAX, IDLE_ROUNDS_MAX, INTROSPECTION_LOG_MAX, Limits, NAME_BYTES_MAX,
 };
-use crate::lookup::{HandleMap, NameMap};
+use crate::lookup::{HandleMap, NameMap, hinted_index};
 use crate::message::{
     BccKeys, Confirm, DeadLettered, DeathReason, FieldTable, FieldValue, Message, Properties,
     PublishOptions, Published, REPLY_NO_ROUTE, Returned, add_death, header_routes, is_cycle,
@@ -42,9 +42,11 @@ use crate::queue::{
 };
 
 mod fault;
+mod route_memo;
 pub(crate) mod tx;
 
 use fault::{Delayed, DeliveryFault};
+use route_memo::RouteMemo;
 
 /// Why a consumer stopped receiving.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -170,8 +172,11 @@ pub struct Engine {
     delayed: Vec<Delayed>,
     /// Fault hooks against the next publish to an exchange (any channel): enqueue it or not.
     publish_faults: Vec<(String, bool)>,
-    /// The queues a publish routes to; kept between publishes so routing does not allocate.
-    route_scratch: Vec<SmolStr>,
+    /// Changes to what routing depends on (exchanges, queues, bindings) so far.
+    topology: u64,
+    /// The last header-less publish's route, valid while `topology` stands. Its vectors are
+    /// also where every publish routes to, so routing does not allocate.
+    route_memo: RouteMemo,
 }
 
 impl Default for Engine {
@@ -209,7 +214,8 @@ impl Engine {
             delivery_faults: Vec::new(),
             delayed: Vec::new(),
             publish_faults: Vec::new(),
-            route_scratch: Vec::new(),
+            topology: 0,
+            route_memo: RouteMemo::default(),
         }
     }
 
@@ -672,14 +678,15 @@ impl Engine {
 
     /// `basic.qos` with `global = false`: the prefetch of consumers started on this channel from
     /// now on (RabbitMQ's per-consumer semantics; existing consumers keep theirs). 0 means
-    /// unlimited.
+    /// unlimited. It also lifts a global limit set before (RabbitMQ 3.10).
     pub fn basic_qos(&mut self, channel: ChannelId, prefetch_count: u16) -> Result<(), Error> {
         self.basic_qos_with(channel, prefetch_count, false)
     }
 
     /// `basic.qos`. With `global = true`, RabbitMQ's channel-wide limit: at most
     /// `prefetch_count` unacked consumer deliveries on the channel, shared by all its consumers,
-    /// applied at once. Both limits can hold together.
+    /// applied at once. Both limits hold together when the per-consumer qos comes first: a
+    /// per-consumer qos after the global one lifts it, as in RabbitMQ 3.10 (probed).
     pub fn basic_qos_with(
         &mut self,
         channel: ChannelId,
@@ -690,12 +697,17 @@ impl Engine {
             if let Some(state) = engine.channels.get_mut(&channel) {
                 if global {
                     state.global_prefetch = prefetch_count;
-                    let queues: Vec<SmolStr> =
-                        state.consumers.values().map(|c| c.queue.clone()).collect();
-                    engine.dirty.extend(queues);
                 } else {
                     state.prefetch = prefetch_count;
+                    // RabbitMQ 3.10 (probed) lifts the channel's global limit on a per-consumer
+                    // qos, whatever its count: consumers under it get more, and a quorum queue
+                    // accepts a consumer again.
+                    state.global_prefetch = 0;
                 }
+                // Either may give the channel's consumers credit.
+                let queues: Vec<SmolStr> =
+                    state.consumers.values().map(|c| c.queue.clone()).collect();
+                engine.dirty.extend(queues);
             }
             Ok(())
         })
@@ -1159,6 +1171,7 @@ impl Engine {
         let mut exchange = Exchange::new(kind, options);
         exchange.alternate = Exchange::alternate_from(arguments);
         self.exchanges.insert(name.into(), exchange);
+        self.topology += 1;
         Ok(())
     }
 
@@ -1194,6 +1207,7 @@ impl Engine {
         let Some(exchange) = self.exchanges.shift_remove(name) else {
             return;
         };
+        self.topology += 1;
         self.bindings_total -= exchange.bindings.len();
         self.remove_bindings_to(&Destination::Exchange(name.into()));
     }
@@ -1203,8 +1217,12 @@ impl Engine {
         let mut emptied = Vec::new();
         for (exchange_name, exchange) in &mut self.exchanges {
             let removed = exchange.bindings.remove_destination(to);
+            if removed == 0 {
+                continue;
+            }
             self.bindings_total -= removed;
-            if removed > 0 && exchange.auto_delete && exchange.bindings.is_empty() {
+            self.topology += 1;
+            if exchange.auto_delete && exchange.bindings.is_empty() {
                 emptied.push(exchange_name.clone());
             }
         }
@@ -1267,6 +1285,8 @@ impl Engine {
         queue.last_used_ms = now_ms;
         let ok = declare_ok(&name, &queue);
         self.queues.insert(name, queue);
+        // The default exchange routes to it now.
+        self.topology += 1;
         Ok(ok)
     }
 
@@ -1347,6 +1367,7 @@ impl Engine {
             && exchange.bindings.insert(routing_key, to, arguments.clone())
         {
             self.bindings_total += 1;
+            self.topology += 1;
         }
         Ok(())
     }
@@ -1384,6 +1405,7 @@ impl Engine {
         };
         if exchange.bindings.remove(routing_key, &to, arguments) {
             self.bindings_total -= 1;
+            self.topology += 1;
             if exchange.auto_delete && exchange.bindings.is_empty() {
                 self.remove_exchange(source);
             }
@@ -1411,22 +1433,31 @@ impl Engine {
                 ),
             ));
         }
-        let (exchange_index, shared_name, exchange) = self
-            .exchanges
-            .get_full(exchange_name)
-            .ok_or_else(|| Fault::not_found_exchange(exchange_name))?;
-        // The exchange's own name, shared: the message keeps it without copying it.
-        let shared_name = shared_name.clone();
+        // A memoized route vouches for the exchange too: it exists and is not internal.
+        let memoized = properties.headers.is_none()
+            && self
+                .route_memo
+                .answers(self.topology, exchange_name, routing_key);
+        let (exchange_index, shared_name) = if memoized {
+            (None, self.route_memo.exchange.clone())
+        } else {
+            let (index, shared_name, exchange) = self
+                .exchanges
+                .get_full(exchange_name)
+                .ok_or_else(|| Fault::not_found_exchange(exchange_name))?;
+            if exchange.internal {
+                return Err(Fault::channel(
+                    ReplyCode::AccessRefused,
+                    format!(
+                        "cannot publish to internal exchange '{exchange_name}' in vhost '{}'",
+                        crate::VHOST
+                    ),
+                ));
+            }
+            // The exchange's own name, shared: the message keeps it without copying it.
+            (Some(index), shared_name.clone())
+        };
         let exchange_name = shared_name.as_str();
-        if exchange.internal {
-            return Err(Fault::channel(
-                ReplyCode::AccessRefused,
-                format!(
-                    "cannot publish to internal exchange '{exchange_name}' in vhost '{}'",
-                    crate::VHOST
-                ),
-            ));
-        }
         if let Some(claimed) = properties.user_id.as_deref() {
             let user = self
                 .connections
@@ -1486,42 +1517,74 @@ impl Engine {
                 .and_then(|(_, state)| state.nack_next_publish.take())
                 .or_else(|| self.take_publish_fault(exchange_name))
         };
-        let mut targets = std::mem::take(&mut self.route_scratch);
-        targets.clear();
-        self.route(
-            exchange_index,
-            routing_key,
-            extra_keys,
-            properties.headers.as_ref(),
-            &mut targets,
-        );
-        let message = Message::new(
-            shared_name.clone(),
-            routing_key.into(),
-            properties,
-            body,
-            bcc,
-        );
-        if in_tx {
-            // Routed now, enqueued at the commit; no confirm.
-            self.hold_publish(channel_index, targets.clone(), message, options)?;
-            self.route_scratch = targets;
-            return Ok(Published {
-                returned: None,
-                confirm: Confirm::Pending,
-            });
+        let mut route = std::mem::take(&mut self.route_memo);
+        match exchange_index {
+            None => self.check_memoized(&route),
+            Some(exchange_index) => {
+                route.topology = None;
+                route.queues.clear();
+                self.route(
+                    exchange_index,
+                    routing_key,
+                    extra_keys,
+                    properties.headers.as_ref(),
+                    &mut route.queues,
+                );
+                route.hints.clear();
+                route.hints.extend(
+                    (route.queues.iter())
+                        .map(|q| self.queues.get_index_of(q).unwrap_or(usize::MAX)),
+                );
+                if properties.headers.is_none() {
+                    route.topology = Some(self.topology);
+                    route.exchange = shared_name.clone();
+                    route.routing_key = routing_key.into();
+                }
+            }
         }
-        let published = self.enqueue_routed(&targets, message, options, fault, false);
-        self.route_scratch = targets;
-        Ok(published)
+        let routing_key = if route.topology.is_some() {
+            route.routing_key.clone()
+        } else {
+            routing_key.into()
+        };
+        let message = Message::new(shared_name, routing_key, properties, body, bcc);
+        let published = if in_tx {
+            // Routed now, enqueued at the commit; no confirm.
+            self.hold_publish(channel_index, route.queues.clone(), message, options)
+                .map(|()| Published {
+                    returned: None,
+                    confirm: Confirm::Pending,
+                })
+        } else {
+            Ok(self.enqueue_routed(&route.queues, &route.hints, message, options, fault, false))
+        };
+        self.route_memo = route;
+        published
+    }
+
+    /// Debug builds: routes a memoized publish again and checks the memo gave the same queues,
+    /// so a topology change that was not counted (see `RouteMemo`) fails the tests.
+    fn check_memoized(&self, route: &RouteMemo) {
+        if cfg!(debug_assertions) {
+            let exchange = self.exchanges.get_full(route.exchange.as_str());
+            let Some((index, _, exchange)) = exchange else {
+                panic!("memoized route to a missing exchange '{}'", route.exchange);
+            };
+            assert!(!exchange.internal, "memoized route to an internal exchange");
+            let mut queues = Vec::new();
+            self.route(index, &route.routing_key, &[], None, &mut queues);
+            assert_eq!(queues, route.queues, "memoized route is stale");
+        }
     }
 
     /// The second half of a publish: the message in every queue it was routed to, or the
     /// reasons it was not (returned, nacked).
     /// `admitted`: the held ceilings were already checked for it (a transaction's commit).
+    /// `hints`: where each target was in `queues` (see `hinted_index`); may be short or empty.
     fn enqueue_routed(
         &mut self,
         targets: &[SmolStr],
+        hints: &[usize],
         message: Message,
         options: PublishOptions,
         fault: Option<bool>,
@@ -1556,8 +1619,9 @@ impl Engine {
             };
         }
         let mut refused = Vec::new();
-        for name in targets {
-            if !self.enqueue(name, &message) {
+        for (at, name) in targets.iter().enumerate() {
+            let hint = hints.get(at).copied().unwrap_or(usize::MAX);
+            if !self.enqueue(name, hint, &message) {
                 refused.push(name.as_str());
             }
         }
@@ -1656,9 +1720,11 @@ impl Engine {
 
     /// Puts a copy of `message` in a queue, applying its TTL and length limit. False when the
     /// queue refused it (`reject-publish`).
-    fn enqueue(&mut self, queue_name: &SmolStr, message: &Message) -> bool {
+    /// `hint`: where the queue was in `queues` (see `hinted_index`), or anything.
+    fn enqueue(&mut self, queue_name: &SmolStr, hint: usize, message: &Message) -> bool {
         let now_ms = self.now_ms;
-        let Some(queue) = self.queues.get_mut(queue_name) else {
+        let found = hinted_index(&self.queues, hint, queue_name);
+        let Some((_, queue)) = found.and_then(|at| self.queues.get_index_mut(at)) else {
             return true;
         };
         if queue.would_overflow(message.body.len()) {
@@ -1798,7 +1864,7 @@ impl Engine {
         );
         for target in &targets {
             // A full reject-publish queue drops it: dead-lettering has no publisher to nack.
-            self.enqueue(target, &republished);
+            self.enqueue(target, usize::MAX, &republished);
         }
     }
 
@@ -2417,6 +2483,7 @@ impl Engine {
         let Some(mut queue) = self.queues.shift_remove(name) else {
             return;
         };
+        self.topology += 1;
         for entry in queue.drain_ready() {
             self.held.release(&entry.message);
         }

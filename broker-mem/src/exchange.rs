@@ -46,8 +46,8 @@ impl ExchangeKind {
 /// Flags of `exchange.declare`.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct ExchangeOptions {
-    /// Survives a broker restart (recorded and checked for equivalence; broker-mem has no
-    /// restart yet).
+    /// Survives a broker restart ([`crate::Broker::restart`]); checked for equivalence on a
+    /// redeclare.
     pub durable: bool,
     /// Deleted when its last binding is removed.
     pub auto_delete: bool,

@@ -69,6 +69,7 @@ contract!(
     competing_consumers_get_round_robin,
     prefetch_is_per_consumer,
     global_prefetch_is_shared_by_the_channel,
+    a_per_consumer_qos_lifts_the_global_limit,
     exclusive_consumer_keeps_others_out,
     a_quorum_queue_ignores_consumer_exclusivity,
     a_connection_error_returns_the_failing_channels_messages_first,
@@ -1218,6 +1219,35 @@ async fn global_prefetch_is_shared_by_the_channel(b: &mut impl Amqp) {
     b.ack(ch, first.tag, false).await.unwrap();
     assert_eq!(b.next(on_b).await.msg().text(), "b0");
     assert!(matches!(b.quiet(on_b).await, Next::Empty));
+}
+
+/// RabbitMQ 3.10 lifts a channel's global prefetch limit when the channel sets a per-consumer
+/// one, whatever its count (found by the differential test, probed).
+async fn a_per_consumer_qos_lifts_the_global_limit(b: &mut impl Amqp) {
+    let c = b.connection().await;
+    let ch = b.channel(c).await;
+    b.queue(ch, "q").await;
+    quorum_queue(b, ch, "qq").await;
+    for n in 0..4 {
+        b.send(ch, "", "q", &format!("m{n}")).await;
+    }
+    b.qos(ch, 1, true).await.unwrap();
+    let on_q = b.consume(ch, "q", "on-q", false, false).await.unwrap();
+    assert_eq!(b.next(on_q).await.msg().text(), "m0");
+    assert!(matches!(b.quiet(on_q).await, Next::Empty), "held at 1");
+    // The consumer's own prefetch stays unlimited: it gets the rest at once.
+    b.qos(ch, 2, false).await.unwrap();
+    for n in 1..4 {
+        assert_eq!(b.next(on_q).await.msg().text(), format!("m{n}"));
+    }
+    // And a quorum queue takes a consumer again, until the channel sets a global limit anew.
+    b.consume(ch, "qq", "on-qq", false, false).await.unwrap();
+    b.qos(ch, 1, true).await.unwrap();
+    let refused = b.consume(ch, "qq", "late", false, false).await;
+    assert_eq!(refused.map(drop).map_err(|r| r.code), Err(540));
+    let c = b.connection().await;
+    let ch = b.channel(c).await;
+    b.queue_delete(ch, "qq", false, false).await.unwrap();
 }
 
 async fn exclusive_consumer_keeps_others_out(b: &mut impl Amqp) {

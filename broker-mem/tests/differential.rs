@@ -706,11 +706,9 @@ async fn apply(b: &mut impl Amqp, slots: &mut [Slot], n: usize, op: &Op) -> Stri
             prefetch, global, ..
         } => {
             let result = b.qos(ch, prefetch, global).await;
-            // A per-channel prefetch applies to the consumers already there: more credit is
-            // used at once, in the background on RabbitMQ.
-            if global {
-                b.sleep_ms(settle_ms()).await;
-            }
+            // A per-channel prefetch applies to the consumers already there, and a per-consumer
+            // one lifts it: more credit is used at once, in the background on RabbitMQ.
+            b.sleep_ms(settle_ms()).await;
             (answer(&result), result.err().map(|r| r.code))
         }
         Op::Consume {

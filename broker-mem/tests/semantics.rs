@@ -110,6 +110,83 @@ fn unroutable_message_is_acked_and_dropped() {
     assert!(channel.is_open());
 }
 
+/// The engine reuses the last publish's route while the topology stands (see its
+/// `RouteMemo`): every kind of change between two identical publishes must show.
+#[test]
+fn routing_follows_every_topology_change_between_identical_publishes() {
+    let (broker, connection, channel) = setup();
+    let none = FieldTable::new();
+    let depths = |broker: &Broker| ["a", "b", "c", "d"].map(|q| broker.queue_depth(q));
+    let direct = ExchangeOptions::default();
+    channel
+        .exchange_declare("x", ExchangeKind::Direct, direct)
+        .unwrap();
+    declare_queue(&channel, "a");
+    channel.queue_bind("a", "x", "k").unwrap();
+    publish(&channel, "x", "k", "1");
+    assert_eq!(depths(&broker), [Some(1), None, None, None]);
+    // A binding added.
+    declare_queue(&channel, "b");
+    channel.queue_bind("b", "x", "k").unwrap();
+    publish(&channel, "x", "k", "2");
+    assert_eq!(depths(&broker), [Some(2), Some(1), None, None]);
+    // A binding removed.
+    channel.queue_unbind("a", "x", "k", &none).unwrap();
+    publish(&channel, "x", "k", "3");
+    assert_eq!(depths(&broker), [Some(2), Some(2), None, None]);
+    // A queue deleted, and one declared under the same name.
+    channel.queue_delete("b", false, false).unwrap();
+    publish(&channel, "x", "k", "4");
+    declare_queue(&channel, "b");
+    publish(&channel, "x", "k", "5");
+    assert_eq!(depths(&broker), [Some(2), Some(0), None, None]);
+    // An exchange-to-exchange binding, then a binding further down.
+    let fanout = ExchangeOptions {
+        auto_delete: true,
+        ..ExchangeOptions::default()
+    };
+    channel
+        .exchange_declare("y", ExchangeKind::Fanout, fanout)
+        .unwrap();
+    channel.exchange_bind("y", "x", "k", &none).unwrap();
+    declare_queue(&channel, "c");
+    publish(&channel, "x", "k", "6");
+    channel.queue_bind("c", "y", "").unwrap();
+    publish(&channel, "x", "k", "7");
+    assert_eq!(depths(&broker), [Some(2), Some(0), Some(1), None]);
+    // An exchange that loses its last binding goes (auto-delete), and its route with it.
+    channel.queue_delete("c", false, false).unwrap();
+    channel.exchange_unbind("y", "x", "k", &none).unwrap();
+    declare_queue(&channel, "c");
+    channel.queue_bind("c", "x", "k").unwrap();
+    publish(&channel, "x", "k", "8");
+    assert_eq!(depths(&broker), [Some(2), Some(0), Some(1), None]);
+    // The default exchange: a queue declared after a publish to its name, and deleted.
+    publish(&channel, "", "d", "9");
+    declare_queue(&channel, "d");
+    publish(&channel, "", "d", "10");
+    assert_eq!(depths(&broker), [Some(2), Some(0), Some(1), Some(1)]);
+    channel.queue_delete("d", false, false).unwrap();
+    publish(&channel, "", "d", "10a");
+    assert_eq!(broker.usage().messages, 3);
+    // The exchange deleted: 404; declared again as internal: 403.
+    publish(&channel, "x", "k", "10b");
+    channel.exchange_delete("x", false).unwrap();
+    let gone = channel.basic_publish("x", "k", Properties::default(), body("11"));
+    assert_eq!(gone.as_ref().map_err(code), Err(Some(404)));
+    let channel = connection.open_channel().unwrap();
+    publish(&channel, "", "c", "12");
+    let internal = ExchangeOptions {
+        internal: true,
+        ..ExchangeOptions::default()
+    };
+    channel
+        .exchange_declare("x", ExchangeKind::Direct, internal)
+        .unwrap();
+    let refused = channel.basic_publish("x", "k", Properties::default(), body("13"));
+    assert_eq!(refused.as_ref().map_err(code), Err(Some(403)));
+}
+
 #[test]
 fn topology_is_listed_sorted() {
     let (broker, _connection, channel) = setup();

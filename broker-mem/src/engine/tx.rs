@@ -103,7 +103,7 @@ impl Engine {
                 // reaches none comes back), as when RabbitMQ delivers at the commit.
                 targets.retain(|queue| engine.queues.contains_key(queue));
                 // Admitted as a whole above: no copy is refused one by one.
-                let published = engine.enqueue_routed(&targets, message, options, None, true);
+                let published = engine.enqueue_routed(&targets, &[], message, options, None, true);
                 returned.extend(published.returned.map(|back| *back));
             }
             for (_, unacked, outcome) in tx.settles {
