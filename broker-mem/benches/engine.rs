@@ -153,8 +153,22 @@ fn bench_in_process(c: &mut Criterion) {
         1,
         &["orders.*.created", "orders.#", "#.eu", "audit.*"],
     );
+    // One routing key over and over: after the first, each publish reuses the engine's
+    // memoized route (it keeps the last one while the topology stands).
     group.bench_function("topic_1_to_1_4_patterns", |b| {
         b.iter(|| topic.round("orders.42.created"))
+    });
+    // Two keys in turn: every publish misses the memo and walks the bindings.
+    let mut turn = false;
+    group.bench_function("topic_1_to_1_4_patterns_keys_alternating", |b| {
+        b.iter(|| {
+            turn = !turn;
+            topic.round(if turn {
+                "orders.42.created"
+            } else {
+                "orders.43.created"
+            })
+        })
     });
     group.finish();
 

@@ -1,9 +1,11 @@
-//! A fixed number of direct 1→1 (or, with `topic`, topic with four patterns) publish → deliver →
-//! ack rounds, for instruction-count profiling (`valgrind --tool=callgrind`), which is exact
-//! where wall-clock benches on a shared VM are not. The same shapes as the criterion bench.
+//! A fixed number of direct 1→1 (or, with `topic`, topic with four patterns; with
+//! `topic-alternating`, the same with two routing keys in turn, so that no publish reuses the
+//! engine's memoized route) publish → deliver → ack rounds, for instruction-count profiling
+//! (`valgrind --tool=callgrind`), which is exact where wall-clock benches on a shared VM are
+//! not. The same shapes as the criterion bench.
 //!
 //! `cargo build --release -p broker-mem --example profile_round`
-//! `valgrind --tool=callgrind target/release/examples/profile_round 100000 [topic]`
+//! `valgrind --tool=callgrind target/release/examples/profile_round 100000 [topic|topic-alternating]`
 
 use std::sync::Arc;
 
@@ -16,12 +18,19 @@ fn main() {
         .nth(1)
         .and_then(|n| n.parse().ok())
         .unwrap_or(100_000);
-    let topic = std::env::args().nth(2).as_deref() == Some("topic");
-    let (kind, keys, routing_key): (_, &[&str], _) = if topic {
-        let patterns = &["orders.*.created", "orders.#", "#.eu", "audit.*"];
-        (ExchangeKind::Topic, patterns, "orders.42.created")
-    } else {
-        (ExchangeKind::Direct, &["k"], "k")
+    let shape = std::env::args().nth(2).unwrap_or_default();
+    let (kind, keys, routing_keys): (_, &[&str], &[&str]) = match shape.as_str() {
+        "" => (ExchangeKind::Direct, &["k"], &["k"]),
+        "topic" | "topic-alternating" => {
+            let patterns = &["orders.*.created", "orders.#", "#.eu", "audit.*"];
+            let keys: &[&str] = if shape == "topic" {
+                &["orders.42.created"]
+            } else {
+                &["orders.42.created", "orders.43.created"]
+            };
+            (ExchangeKind::Topic, patterns, keys)
+        }
+        other => panic!("unknown shape '{other}': none, topic or topic-alternating"),
     };
     let broker = Broker::with_clock(Limits::default(), Arc::new(|| 0));
     let connection = broker.connect();
@@ -40,7 +49,8 @@ fn main() {
         .basic_consume("q", ConsumeOptions::default())
         .expect("consume");
     let body = Bytes::from_static(b"{\"analysisId\":\"0190f3a0-0000-7000\"}");
-    for _ in 0..rounds {
+    for round in 0..rounds {
+        let routing_key = routing_keys[round as usize % routing_keys.len()];
         channel
             .basic_publish("x", routing_key, Properties::default(), body.clone())
             .expect("publish");

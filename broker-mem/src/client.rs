@@ -88,6 +88,9 @@ struct Shared {
 impl Shared {
     /// Forwards the engine's events to the consumers' flume channels.
     fn flush(&mut self) {
+        if !self.engine.has_events() {
+            return;
+        }
         let Shared {
             engine,
             outlets,

@@ -229,6 +229,12 @@ impl Engine {
         std::mem::take(&mut self.events)
     }
 
+    /// Whether there are events to take (most calls make none: a publish without a waiting
+    /// consumer, an ack).
+    pub fn has_events(&self) -> bool {
+        !self.events.is_empty()
+    }
+
     /// Drains the events produced since the last call, oldest first, keeping the outbox's
     /// capacity (no allocation per call, unlike [`Engine::take_events`]).
     pub fn drain_events(&mut self) -> std::vec::Drain<'_, Event> {
@@ -854,7 +860,7 @@ impl Engine {
             };
             let unacked: Vec<Unacked> = state.unacked.take_all().collect();
             for delivery in unacked {
-                engine.finish(channel, delivery, Outcome::Requeue);
+                engine.finish(channel, usize::MAX, delivery, Outcome::Requeue);
             }
             Ok(())
         })
@@ -2139,7 +2145,7 @@ impl Engine {
         // The usual case, one delivery outside a transaction, allocates nothing.
         if !multiple && !in_tx {
             let unacked = state.unacked.remove(&delivery_tag).ok_or_else(unknown)?;
-            self.finish(channel, unacked, outcome);
+            self.finish(channel, channel_index, unacked, outcome);
             return Ok(());
         }
         let settled = state
@@ -2150,7 +2156,7 @@ impl Engine {
             return self.hold_settles(channel_index, settled, outcome);
         }
         for (_, unacked) in settled {
-            self.finish(channel, unacked, outcome);
+            self.finish(channel, channel_index, unacked, outcome);
         }
         Ok(())
     }
@@ -2159,8 +2165,16 @@ impl Engine {
     /// consumer and channel get the credit back, its queue counts one unacked less, and the
     /// message is forgotten, dead-lettered or requeued (see `Outcome`). Marks the
     /// queues that may now deliver.
-    fn finish(&mut self, channel: ChannelId, unacked: Unacked, outcome: Outcome) {
-        if let Some(state) = self.channels.get_mut(&channel) {
+    /// `channel_hint`: where the channel is in `channels` (see `hinted_index`), or anything.
+    fn finish(
+        &mut self,
+        channel: ChannelId,
+        channel_hint: usize,
+        unacked: Unacked,
+        outcome: Outcome,
+    ) {
+        let found = hinted_index(&self.channels, channel_hint, &channel);
+        if let Some((_, state)) = found.and_then(|at| self.channels.get_index_mut(at)) {
             if unacked.consumer_serial != 0 {
                 state.consumer_unacked -= 1;
                 if state.global_prefetch > 0 {
@@ -2439,7 +2453,7 @@ impl Engine {
             ));
         }
         for delivery in unacked {
-            self.finish(channel, delivery, Outcome::Return);
+            self.finish(channel, usize::MAX, delivery, Outcome::Return);
         }
         for queue in &orphaned {
             self.delete_queue(queue);

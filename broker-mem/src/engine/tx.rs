@@ -107,7 +107,7 @@ impl Engine {
                 returned.extend(published.returned.map(|back| *back));
             }
             for (_, unacked, outcome) in tx.settles {
-                engine.finish(channel, unacked, outcome);
+                engine.finish(channel, usize::MAX, unacked, outcome);
             }
             Ok(returned)
         })
