@@ -1983,7 +1983,10 @@ impl Engine {
         // RabbitMQ 3.10 (probed; still so in 3.13, rabbitmq-website#1973): a quorum queue
         // ignores the consumer's `exclusive` flag, so neither side of the check applies.
         let exclusive = options.exclusive && queue.args.queue_type != QueueType::Quorum;
-        if queue.exclusive_consumer || (exclusive && queue.consumer_count() > 0) {
+        // A classic single-active-consumer queue refuses every exclusive consumer, even the
+        // first (RabbitMQ 3.10's `exclusive_consume_unavailable`, probed).
+        let refused = queue.args.single_active_consumer || queue.consumer_count() > 0;
+        if queue.exclusive_consumer || (exclusive && refused) {
             return Err(Fault::channel(
                 ReplyCode::AccessRefused,
                 format!(

@@ -88,6 +88,7 @@ contract!(
     redeclaring_an_exchange_with_another_alternate_is_406,
     nack_multiple_requeues_in_order_and_auto_ack_ignores_prefetch,
     single_active_consumer_takes_everything_until_it_goes,
+    a_single_active_consumer_queue_refuses_exclusive_consumers,
     priority_queue_delivers_higher_priorities_first,
     queue_expires_when_unused,
     priority_and_single_active_arguments_are_checked,
@@ -1577,6 +1578,34 @@ async fn single_active_consumer_takes_everything_until_it_goes(b: &mut impl Amqp
     b.cancel(second, two).await.unwrap();
     b.send(second, "", "q", "5").await;
     assert_eq!(b.next(three).await.msg().text(), "5");
+}
+
+/// Even with no consumer yet (RabbitMQ 3.10's `exclusive_consume_unavailable`; found by the
+/// differential test, probed). A quorum queue ignores the flag, single active consumer or not.
+async fn a_single_active_consumer_queue_refuses_exclusive_consumers(b: &mut impl Amqp) {
+    let c = b.connection().await;
+    let ch = b.channel(c).await;
+    let sac = || table(&[("x-single-active-consumer", FieldValue::Bool(true))]);
+    b.queue_declare(ch, "q", QFlags::default(), sac())
+        .await
+        .unwrap();
+    let error = b.consume(ch, "q", "only", false, true).await.unwrap_err();
+    assert_eq!(
+        (error.code, norm(&error.text)),
+        (
+            403,
+            "ACCESS_REFUSED - queue 'q' in vhost '/' in exclusive use".to_owned()
+        )
+    );
+    let ch = b.channel(c).await;
+    let plain = b.consume(ch, "q", "plain", false, false).await.unwrap();
+    b.send(ch, "", "q", "m").await;
+    assert_eq!(b.next(plain).await.msg().text(), "m");
+    let mut quorum = sac();
+    quorum.insert("x-queue-type".into(), s("quorum"));
+    b.queue_declare(ch, "qq", DURABLE, quorum).await.unwrap();
+    b.consume(ch, "qq", "exclusive", false, true).await.unwrap();
+    b.queue_delete(ch, "qq", false, false).await.unwrap();
 }
 
 async fn priority_queue_delivers_higher_priorities_first(b: &mut impl Amqp) {

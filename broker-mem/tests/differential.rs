@@ -25,7 +25,7 @@
 #[path = "contract/harness.rs"]
 mod harness;
 
-use broker_mem::{FieldTable, Properties};
+use broker_mem::{FieldTable, FieldValue, Properties};
 use harness::{
     Amqp, Ch, Conn, Mem, Msg, Next, QFlags, R, Rabbit, Reply, Sub, XFlags, i, norm, s, table,
 };
@@ -63,8 +63,9 @@ fn queue_arguments(kind: usize) -> FieldTable {
         2 => table(&[("x-max-length", i(2)), ("x-overflow", s("reject-publish"))]),
         3 => table(&[("x-dead-letter-exchange", s("dlx"))]),
         4 => table(&[("x-max-priority", i(3))]),
-        5 => table(&[("x-queue-type", s("quorum"))]),
-        6 => table(&[
+        5 => table(&[("x-single-active-consumer", FieldValue::Bool(true))]),
+        6 => table(&[("x-queue-type", s("quorum"))]),
+        7 => table(&[
             ("x-queue-type", s("quorum")),
             ("x-max-length", i(2)),
             ("x-dead-letter-exchange", s("dlx")),
@@ -78,9 +79,9 @@ fn queue_arguments(kind: usize) -> FieldTable {
         ]),
     }
 }
-const QUEUE_KINDS: usize = 8;
+const QUEUE_KINDS: usize = 9;
 /// The kinds from here on are quorum queues.
-const QUORUM_KINDS_FROM: usize = 5;
+const QUORUM_KINDS_FROM: usize = 6;
 
 /// The queue kinds a focus declares. Consumers leave out the last, the quorum queue with an
 /// `x-delivery-limit`: RabbitMQ 3.10.8 gives a consumer two deliveries' credit back when a
@@ -111,7 +112,7 @@ fn message_headers(kind: usize) -> Option<FieldTable> {
         1 => Some(table(&[("kind", s("a"))])),
         _ => Some(table(&[
             ("kind", s("b")),
-            ("CC", broker_mem::FieldValue::Array(vec![s("q1"), s("k1")])),
+            ("CC", FieldValue::Array(vec![s("q1"), s("k1")])),
         ])),
     }
 }
@@ -195,6 +196,8 @@ enum Op {
         queue: usize,
         no_ack: bool,
         exclusive: bool,
+        /// The consumer's `x-priority`; 0: none given.
+        priority: i8,
     },
     /// What one of the consumers (of any connection) was delivered: the next delivery, or
     /// all of them.
@@ -297,8 +300,8 @@ fn op(focus: Focus) -> impl Strategy<Value = Op> {
         w(1, 1) => conn.clone().prop_map(|conn| Op::AckUnknown { conn }),
         w(1, 2) => (conn.clone(), 0u16..4, prop::bool::weighted(0.25))
             .prop_map(|(conn, prefetch, global)| Op::Qos { conn, prefetch, global }),
-        w(3, 4) => (conn.clone(), 0..QUEUES.len() + 1, prop::bool::weighted(0.25), prop::bool::weighted(0.15))
-            .prop_map(|(conn, queue, no_ack, exclusive)| Op::Consume { conn, queue, no_ack, exclusive }),
+        w(3, 4) => (conn.clone(), 0..QUEUES.len() + 1, prop::bool::weighted(0.25), prop::bool::weighted(0.15), prop_oneof![4 => Just(0i8), 1 => -1i8..=2])
+            .prop_map(|(conn, queue, no_ack, exclusive, priority)| Op::Consume { conn, queue, no_ack, exclusive, priority }),
         w(4, 10) => (any::<usize>(), any::<bool>()).prop_map(|(pick, all)| Op::Take { pick, all }),
         w(1, 2) => any::<usize>().prop_map(|pick| Op::Cancel { pick }),
         w(1, 2) => conn.clone().prop_map(|conn| Op::Recover { conn }),
@@ -359,6 +362,7 @@ fn prelude(focus: Focus) -> impl Strategy<Value = Vec<Op>> {
                     queue,
                     no_ack: false,
                     exclusive: false,
+                    priority: 0,
                 });
             }
             ops
@@ -715,6 +719,7 @@ async fn apply(b: &mut impl Amqp, slots: &mut [Slot], n: usize, op: &Op) -> Stri
             queue,
             no_ack,
             exclusive,
+            priority,
             ..
         } => {
             let name = QUEUES.get(queue).copied().unwrap_or(DEAD);
@@ -727,7 +732,13 @@ async fn apply(b: &mut impl Amqp, slots: &mut [Slot], n: usize, op: &Op) -> Stri
             }
             // Tags are the test's: RabbitMQ's own (`amq.ctag-…`) are random.
             let tag = format!("c{n}");
-            let result = b.consume(ch, name, &tag, no_ack, exclusive).await;
+            let args = match priority {
+                0 => FieldTable::new(),
+                p => table(&[("x-priority", i(i64::from(p)))]),
+            };
+            let result = b
+                .consume_with(ch, name, &tag, no_ack, exclusive, args)
+                .await;
             // What was ready is delivered at once, in the background on RabbitMQ.
             b.sleep_ms(settle_ms()).await;
             let line = answer(&result.clone().map(|_| ()));
