@@ -699,7 +699,10 @@ impl Channel {
     }
 
     /// `tx.commit`: the held publishes are enqueued, then the held settles applied. Returns
-    /// the mandatory messages no queue took.
+    /// the mandatory messages no queue took. When a queue refuses one of the publishes (its
+    /// `reject-publish` limit), the rest is still done and the commit fails with 406
+    /// `partial tx completion`, closing the channel, as in RabbitMQ; [`Broker::returned`]
+    /// then has that commit's returns.
     pub fn tx_commit(&self) -> Result<Vec<Returned>, Error> {
         self.broker.call(|engine| engine.tx_commit(self.id))
     }

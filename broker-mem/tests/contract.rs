@@ -100,6 +100,7 @@ contract!(
     dead_lettering_reroutes_by_cc_unless_the_queue_names_a_key,
     dead_lettering_reroutes_by_bcc_too,
     transactions_hold_publishes_until_commit_and_drop_them_on_rollback,
+    a_commit_a_queue_refuses_in_part_does_the_rest_and_closes_the_channel,
     transactional_settles_apply_at_commit_and_return_on_rollback,
     queue_arguments_are_validated_in_rabbitmqs_order_with_its_texts,
     quorum_queues_send_nacked_messages_back_and_serve_returns_first,
@@ -2003,6 +2004,45 @@ async fn transactions_hold_publishes_until_commit_and_drop_them_on_rollback(b: &
     assert_eq!(code(b.tx_commit(ch).await), Err(406));
     let ch = b.channel(c).await;
     assert_eq!(code(b.tx_rollback(ch).await), Err(406));
+}
+
+/// RabbitMQ 3.10 (found by the differential test, probed): the other publishes and the
+/// settles are done, the refused message is dead-lettered where its queue says so, and the
+/// commit is a 406 that closes the channel (requeueing what it still had unacked).
+async fn a_commit_a_queue_refuses_in_part_does_the_rest_and_closes_the_channel(b: &mut impl Amqp) {
+    let c = b.connection().await;
+    let ch = b.channel(c).await;
+    dead_letter_target(b, ch).await;
+    let limited = table(&[
+        ("x-max-length", i(1)),
+        ("x-overflow", s("reject-publish-dlx")),
+        ("x-dead-letter-exchange", s("dlx")),
+    ]);
+    b.queue_declare(ch, "limited", QFlags::default(), limited)
+        .await
+        .unwrap();
+    b.queue(ch, "work").await;
+    b.queue(ch, "other").await;
+    b.send(ch, "", "work", "w1").await;
+    b.send(ch, "", "work", "w2").await;
+    let tx = b.tx_channel(c).await;
+    let (w1, _) = b.get(tx, "work", false).await.unwrap().unwrap();
+    let _w2 = b.get(tx, "work", false).await.unwrap().unwrap();
+    b.ack(tx, w1.tag, false).await.unwrap();
+    send_in_tx(b, tx, "limited", "a").await;
+    send_in_tx(b, tx, "limited", "b").await;
+    send_in_tx(b, tx, "other", "after").await;
+    let error = b.tx_commit(tx).await.unwrap_err();
+    assert_eq!(
+        (error.code, error.text.as_str()),
+        (406, "PRECONDITION_FAILED - partial tx completion")
+    );
+    assert_eq!(b.depth_becomes("work", Some(1)).await, Some(1));
+    assert_eq!(b.drain(ch, "work").await, ["w2"]);
+    assert_eq!(b.drain(ch, "limited").await, ["a"]);
+    assert_eq!(b.drain(ch, "other").await, ["after"]);
+    assert_eq!(b.depth_becomes("dead", Some(1)).await, Some(1));
+    assert_eq!(b.drain(ch, "dead").await, ["b"]);
 }
 
 async fn transactional_settles_apply_at_commit_and_return_on_rollback(b: &mut impl Amqp) {

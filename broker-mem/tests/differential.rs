@@ -64,11 +64,21 @@ fn queue_arguments(kind: usize) -> FieldTable {
         3 => table(&[("x-dead-letter-exchange", s("dlx"))]),
         4 => table(&[("x-max-priority", i(3))]),
         5 => table(&[("x-single-active-consumer", FieldValue::Bool(true))]),
-        6 => table(&[("x-queue-type", s("quorum"))]),
-        7 => table(&[
+        // Bodies are 2 or 3 bytes: two messages fit.
+        6 => table(&[
+            ("x-max-length-bytes", i(5)),
+            ("x-overflow", s("reject-publish-dlx")),
+            ("x-dead-letter-exchange", s("dlx")),
+        ]),
+        7 => table(&[("x-queue-type", s("quorum"))]),
+        8 => table(&[
             ("x-queue-type", s("quorum")),
             ("x-max-length", i(2)),
             ("x-dead-letter-exchange", s("dlx")),
+        ]),
+        9 => table(&[
+            ("x-queue-type", s("quorum")),
+            ("x-single-active-consumer", FieldValue::Bool(true)),
         ]),
         _ => table(&[
             ("x-queue-type", s("quorum")),
@@ -79,9 +89,9 @@ fn queue_arguments(kind: usize) -> FieldTable {
         ]),
     }
 }
-const QUEUE_KINDS: usize = 9;
+const QUEUE_KINDS: usize = 11;
 /// The kinds from here on are quorum queues.
-const QUORUM_KINDS_FROM: usize = 6;
+const QUORUM_KINDS_FROM: usize = 7;
 
 /// The queue kinds a focus declares. Consumers leave out the last, the quorum queue with an
 /// `x-delivery-limit`: RabbitMQ 3.10.8 gives a consumer two deliveries' credit back when a

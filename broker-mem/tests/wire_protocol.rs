@@ -736,3 +736,74 @@ impl Raw {
         (ack.delivery_tag, ack.multiple)
     }
 }
+
+/// A publish's frames on channel 1: one-byte body.
+fn publish_frames(routing_key: &str, mandatory: bool) -> Vec<u8> {
+    let publish = basic::AMQPMethod::Publish(basic::Publish {
+        exchange: "".into(),
+        routing_key: routing_key.into(),
+        mandatory,
+        immediate: false,
+    });
+    let mut frames = method(1, AMQPClass::Basic(publish));
+    let header = AMQPContentHeader {
+        class_id: 60,
+        body_size: 1,
+        properties: BasicProperties::default(),
+    };
+    frames.extend(encode(&AMQPFrame::Header(1, header)));
+    frames.extend(encode(&AMQPFrame::Body(1, b"x".to_vec())));
+    frames
+}
+
+/// A commit a queue refuses in part (RabbitMQ 3.10's `partial tx completion`): the mandatory
+/// message no queue took comes back first, then the channel closes with 406.
+#[tokio::test]
+async fn a_partly_refused_commit_sends_its_returns_then_closes_the_channel() {
+    let broker = Broker::new();
+    let setup = broker.connect();
+    let limited = [
+        ("x-max-length".into(), broker_mem::FieldValue::I64(1)),
+        (
+            "x-overflow".into(),
+            broker_mem::FieldValue::String("reject-publish".into()),
+        ),
+    ]
+    .into_iter()
+    .collect();
+    setup
+        .open_channel()
+        .unwrap()
+        .queue_declare_with("limited", QueueOptions::default(), &limited)
+        .unwrap();
+    let server = WireServer::new(broker.clone(), WireConfig::default());
+    let mut raw = Raw::open(&server, "guest", 0).await;
+    let select =
+        amq_protocol::protocol::tx::AMQPMethod::Select(amq_protocol::protocol::tx::Select {});
+    raw.send(method(1, AMQPClass::Tx(select))).await;
+    assert!(matches!(
+        raw.recv().await,
+        Some(AMQPFrame::Method(1, AMQPClass::Tx(_)))
+    ));
+    raw.send(publish_frames("limited", false)).await;
+    raw.send(publish_frames("limited", false)).await;
+    raw.send(publish_frames("nowhere", true)).await;
+    let commit =
+        amq_protocol::protocol::tx::AMQPMethod::Commit(amq_protocol::protocol::tx::Commit {});
+    raw.send(method(1, AMQPClass::Tx(commit))).await;
+    let Some(AMQPFrame::Method(1, AMQPClass::Basic(basic::AMQPMethod::Return(back)))) =
+        raw.recv().await
+    else {
+        panic!("expected the basic.return first");
+    };
+    assert_eq!(
+        (back.reply_code, back.routing_key.as_str()),
+        (312, "nowhere")
+    );
+    let (code, text) = raw.channel_close_code().await.unwrap();
+    assert_eq!(
+        (code, text.as_str()),
+        (406, "PRECONDITION_FAILED - partial tx completion")
+    );
+    assert_eq!(broker.queue_depth("limited"), Some(1));
+}

@@ -4,7 +4,9 @@
 //! applied only at the commit, so the consumer's prefetch credit comes back then. A rollback
 //! drops the publishes and puts the settled deliveries back among the channel's unacked ones;
 //! a close rolls back, then requeues as any close does. Commit applies the publishes first,
-//! then the settles, each in the order they came.
+//! then the settles, each in the order they came. A queue that refuses one of the publishes
+//! (`reject-publish`) does not stop the rest; the commit then fails with RabbitMQ's 406
+//! `partial tx completion`, which closes the channel.
 
 use smol_str::SmolStr;
 
@@ -13,7 +15,7 @@ use crate::channel::ChannelId;
 use crate::delivery::Unacked;
 use crate::error::{Error, Fault, ReplyCode};
 use crate::limits::TX_PENDING_MAX;
-use crate::message::{Message, PublishOptions, Returned};
+use crate::message::{Confirm, Message, PublishOptions, Returned};
 
 /// What a transaction holds until its commit.
 #[derive(Debug, Default)]
@@ -77,8 +79,23 @@ impl Engine {
     /// rejects, in order; the channel stays transactional. Returns the mandatory messages no
     /// queue took, which RabbitMQ sends back (`basic.return`) before `tx.commit-ok`. 406 on a
     /// channel that is not transactional. If the broker cannot hold the publishes, the commit
-    /// is refused with 406 and nothing is enqueued.
+    /// is refused with 406 and nothing is enqueued. If a queue refuses one of them
+    /// (`reject-publish`, `reject-publish-dlx`), everything else is done and the commit is a
+    /// 406 `partial tx completion` that closes the channel (RabbitMQ 3.10, probed); that
+    /// commit's returns are then only in [`Engine::returned`].
     pub fn tx_commit(&mut self, channel: ChannelId) -> Result<Vec<Returned>, Error> {
+        let mut returned = Vec::new();
+        self.tx_commit_returning(channel, &mut returned)
+            .map(|()| returned)
+    }
+
+    /// [`Engine::tx_commit`], handing the returns over even when the commit fails part way:
+    /// the wire server sends them before the `channel.close`, as RabbitMQ does.
+    pub(crate) fn tx_commit_returning(
+        &mut self,
+        channel: ChannelId,
+        returned: &mut Vec<Returned>,
+    ) -> Result<(), Error> {
         self.run(channel, |engine| {
             let Some(state) = engine.channels.get_mut(&channel) else {
                 return Err(Fault::Invalid(format!("{channel} is not open")));
@@ -97,7 +114,7 @@ impl Engine {
                     format!("cannot commit: {reason}"),
                 ));
             }
-            let mut returned = Vec::new();
+            let mut refused = false;
             for (mut targets, message, options) in tx.publishes {
                 // Queues deleted since the publish take nothing (and a mandatory message that
                 // reaches none comes back), as when RabbitMQ delivers at the commit.
@@ -105,11 +122,19 @@ impl Engine {
                 // Admitted as a whole above: no copy is refused one by one.
                 let published = engine.enqueue_routed(&targets, &[], message, options, None, true);
                 returned.extend(published.returned.map(|back| *back));
+                // Admitted, without a fault hook: only a queue's limit nacks here.
+                refused |= matches!(published.confirm, Confirm::Nack { .. });
             }
             for (_, unacked, outcome) in tx.settles {
                 engine.finish(channel, usize::MAX, unacked, outcome);
             }
-            Ok(returned)
+            if refused {
+                return Err(Fault::channel(
+                    ReplyCode::PreconditionFailed,
+                    "partial tx completion".to_owned(),
+                ));
+            }
+            Ok(())
         })
     }
 

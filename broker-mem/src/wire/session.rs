@@ -648,18 +648,26 @@ impl<S: AsyncRead + AsyncWrite + Send> Session<S> {
                 Ok(())
             }
             tx::AMQPMethod::Commit(_) => {
-                let Some(returned) =
-                    self.engine(number, class, |engine, id| engine.tx_commit(id))?
-                else {
-                    return Ok(());
-                };
+                // The returns go out first, also when the commit then fails part way (a queue
+                // refused a publish): RabbitMQ sends them as it delivers, before the close.
+                let mut returned = Vec::new();
+                let committed = self.engine(number, class, |engine, id| {
+                    Ok(engine.tx_commit_returning(id, &mut returned))
+                })?;
                 for back in &returned {
                     self.send_return(number, back);
                 }
-                self.send(
-                    number,
-                    AMQPClass::Tx(tx::AMQPMethod::CommitOk(tx::CommitOk {})),
-                );
+                match committed {
+                    None => {}
+                    Some(Ok(())) => self.send(
+                        number,
+                        AMQPClass::Tx(tx::AMQPMethod::CommitOk(tx::CommitOk {})),
+                    ),
+                    // Answered as any failed call is: the channel closes with the reply.
+                    Some(Err(error)) => {
+                        self.engine(number, class, |_, _| Err::<(), _>(error))?;
+                    }
+                }
                 Ok(())
             }
             tx::AMQPMethod::Rollback(_) => {
