@@ -92,8 +92,8 @@ impl AmqpError {
     }
 
     /// The reply text exactly as RabbitMQ sends it on the wire: `NOT_FOUND - no exchange ...`,
-    /// or the bare name when there is no explanation (RabbitMQ's `INTERNAL_ERROR`), cut as
-    /// [`fit_reply_text`] cuts it.
+    /// or the bare name when there is no explanation (RabbitMQ's `INTERNAL_ERROR`), cut to
+    /// the 255 bytes of an AMQP short string as RabbitMQ cuts it (252 and `...`).
     pub fn reply_text(&self) -> String {
         if self.text.is_empty() {
             return self.code.name().to_owned();

@@ -106,7 +106,7 @@ impl Engine {
     }
 
     /// The broker closes a channel (`channel.close` from the server) with this reply: its
-    /// unacked deliveries are requeued, later calls on it get [`Error::ChannelClosed`].
+    /// unacked deliveries are requeued, later calls on it get [`Error::ChannelClosed`](crate::Error::ChannelClosed).
     pub fn force_close_channel(&mut self, channel: ChannelId, code: ReplyCode, text: &str) {
         if self.channel_status(channel).is_err() {
             return;
@@ -128,7 +128,7 @@ impl Engine {
 
     /// The broker closes a connection with this reply (320 CONNECTION_FORCED, say): every
     /// channel's unacked deliveries are requeued, its exclusive queues deleted, later calls get
-    /// [`Error::ConnectionClosed`].
+    /// [`Error::ConnectionClosed`](crate::Error::ConnectionClosed).
     pub fn force_close_connection(
         &mut self,
         connection: ConnectionId,
