@@ -1,5 +1,5 @@
 //! GraphQL subscriptions over WebSocket, `graphql-transport-ws` protocol (the modern one; see
-//! https://github.com/enisdenjo/graphql-ws/blob/master/PROTOCOL.md).
+//! <https://github.com/enisdenjo/graphql-ws/blob/master/PROTOCOL.md>).
 
 use futures::{SinkExt, StreamExt};
 use serde_json::{Value, json};
