@@ -70,13 +70,18 @@ fn queue_arguments(kind: usize) -> FieldTable {
             ("x-overflow", s("reject-publish-dlx")),
             ("x-dead-letter-exchange", s("dlx")),
         ]),
-        7 => table(&[("x-queue-type", s("quorum"))]),
-        8 => table(&[
+        // Delivered only to a consumer that can take it at once; else dead-lettered.
+        7 => table(&[
+            ("x-message-ttl", i(0)),
+            ("x-dead-letter-exchange", s("dlx")),
+        ]),
+        8 => table(&[("x-queue-type", s("quorum"))]),
+        9 => table(&[
             ("x-queue-type", s("quorum")),
             ("x-max-length", i(2)),
             ("x-dead-letter-exchange", s("dlx")),
         ]),
-        9 => table(&[
+        10 => table(&[
             ("x-queue-type", s("quorum")),
             ("x-single-active-consumer", FieldValue::Bool(true)),
         ]),
@@ -89,9 +94,9 @@ fn queue_arguments(kind: usize) -> FieldTable {
         ]),
     }
 }
-const QUEUE_KINDS: usize = 11;
+const QUEUE_KINDS: usize = 12;
 /// The kinds from here on are quorum queues.
-const QUORUM_KINDS_FROM: usize = 7;
+const QUORUM_KINDS_FROM: usize = 8;
 
 /// The queue kinds a focus declares. Consumers leave out the last, the quorum queue with an
 /// `x-delivery-limit`: RabbitMQ 3.10.8 gives a consumer two deliveries' credit back when a
