@@ -149,6 +149,8 @@ enum Op {
         kind: usize,
         /// Name the other exchange as the alternate.
         alternate: bool,
+        /// 0: plain; 1: auto-delete; 2: internal.
+        flags: usize,
     },
     BindExchange {
         conn: usize,
@@ -287,9 +289,8 @@ fn op(focus: Focus) -> impl Strategy<Value = Op> {
                     conn, queue, kind, durable, exclusive, auto_delete
                 })),
         w(1, 1) => (conn.clone(), exchange.clone(), 0..EXCHANGE_KINDS.len())
-            .prop_flat_map(|(conn, exchange, kind)| prop::bool::weighted(0.2).prop_map(move |alternate| {
-                Op::DeclareExchange { conn, exchange, kind, alternate }
-            })),
+            .prop_flat_map(|(conn, exchange, kind)| (prop::bool::weighted(0.2), prop_oneof![6 => Just(0usize), 2 => Just(1usize), 1 => Just(2usize)])
+                .prop_map(move |(alternate, flags)| Op::DeclareExchange { conn, exchange, kind, alternate, flags })),
         w(1, 1) => (conn.clone(), exchange.clone(), exchange.clone(), key.clone())
             .prop_map(|(conn, destination, source, key)| Op::BindExchange {
                 conn, destination, source, key
@@ -578,8 +579,14 @@ async fn apply(b: &mut impl Amqp, slots: &mut [Slot], n: usize, op: &Op) -> Stri
             exchange,
             kind,
             alternate,
+            flags,
             ..
         } => {
+            let flags = XFlags {
+                auto_delete: flags == 1,
+                internal: flags == 2,
+                ..XFlags::default()
+            };
             let arguments = if alternate {
                 let other = EXCHANGES[(exchange + 1) % EXCHANGES.len()];
                 table(&[("alternate-exchange", s(other))])
@@ -591,7 +598,7 @@ async fn apply(b: &mut impl Amqp, slots: &mut [Slot], n: usize, op: &Op) -> Stri
                     ch,
                     EXCHANGES[exchange],
                     EXCHANGE_KINDS[kind],
-                    XFlags::default(),
+                    flags,
                     arguments,
                 )
                 .await;
