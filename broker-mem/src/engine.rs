@@ -2049,9 +2049,15 @@ impl Engine {
         let Some(entry) = queue.pop_ready() else {
             return Ok(None);
         };
-        let message_count = u32::try_from(queue.ready_len()).unwrap_or(u32::MAX);
         let queue_id = queue.id;
         let quorum = queue.args.queue_type == QueueType::Quorum;
+        // RabbitMQ drops the heads that expired behind it before it counts what is left.
+        self.expire(index, false);
+        let left = self
+            .queues
+            .get_index(index)
+            .map_or(0, |(_, q)| q.ready_len());
+        let message_count = u32::try_from(left).unwrap_or(u32::MAX);
         let Some(state) = self.channels.get_mut(&channel) else {
             return Err(Fault::Invalid(format!("{channel} is not open")));
         };
@@ -2176,6 +2182,8 @@ impl Engine {
         unacked: Unacked,
         outcome: Outcome,
     ) {
+        // Whether this settle gives a consumer that had no credit some back.
+        let mut unblocked = false;
         let found = hinted_index(&self.channels, channel_hint, &channel);
         if let Some((_, state)) = found.and_then(|at| self.channels.get_index_mut(at)) {
             if unacked.consumer_serial != 0 {
@@ -2191,12 +2199,14 @@ impl Engine {
                 .get_mut(&unacked.consumer_tag)
                 .filter(|consumer| consumer.serial == unacked.consumer_serial);
             if let Some(consumer) = consumer {
+                unblocked = !consumer.has_credit();
                 consumer.unacked -= 1;
             }
         }
         let Unacked {
             queue: name,
             queue_id,
+            consumer_tag,
             entry,
             ..
         } = unacked;
@@ -2206,6 +2216,9 @@ impl Engine {
             return;
         };
         queue.unacked -= 1;
+        if unblocked && queue.args.queue_type == QueueType::Quorum {
+            queue.rejoin_at_back(&(channel, consumer_tag));
+        }
         // The consumer's credit came back: dispatch, if there is something to dispatch.
         let back = matches!(outcome, Outcome::Requeue | Outcome::Return);
         if (queue.ready_len() > 0 || back) && !self.dirty.contains(&name) {
@@ -2285,7 +2298,11 @@ impl Engine {
             if over && quorum {
                 self.drop_over_limit(index);
             }
-            self.expire(index, false);
+            // Dispatch stops at a head that expired by now (RabbitMQ drops expired heads after
+            // every message it hands out); drop it and go on. Each turn drops one or more.
+            while self.expire(index, false) {
+                self.dispatch(index);
+            }
         }
         tracing::error!("run_until_idle did not reach idle; this is a bug");
         debug_assert!(false, "run_until_idle did not reach idle");
@@ -2309,8 +2326,8 @@ impl Engine {
     /// Drops (or dead-letters) expired messages at the head of a queue, as RabbitMQ does: only
     /// the head is checked, so an expired message behind a live one waits. With `strictly`,
     /// a message expiring at this very millisecond is kept, so a TTL of 0 still reaches a
-    /// consumer that can take it at once.
-    fn expire(&mut self, queue_index: usize, strictly: bool) {
+    /// consumer that can take it at once. True when it dropped something.
+    fn expire(&mut self, queue_index: usize, strictly: bool) -> bool {
         let now_ms = self.now_ms;
         let cutoff = if strictly {
             now_ms.saturating_sub(1)
@@ -2318,24 +2335,29 @@ impl Engine {
             now_ms
         };
         if strictly && now_ms == 0 {
-            return;
+            return false;
         }
+        let mut dropped = false;
         // Bounded by the queue's length.
         loop {
             let Some((queue_name, queue)) = self.queues.get_index_mut(queue_index) else {
-                return;
+                return dropped;
             };
             let Some(head) = queue.pop_expired(cutoff) else {
-                return;
+                return dropped;
             };
             let queue_name = queue_name.clone();
             self.dead_letter(&queue_name, head, DeathReason::Expired);
+            dropped = true;
         }
     }
 
     /// Hands ready messages of a queue to its consumers, round-robin among those with prefetch
-    /// credit (per consumer and per channel), until the queue is empty or every consumer is
-    /// blocked. Each turn delivers one message, so the loop is bounded by the queue's length.
+    /// credit (per consumer and per channel), until the queue is empty, every consumer is
+    /// blocked, or (after the first) the head has expired by now: RabbitMQ drops expired heads
+    /// after every message it hands out, so only a message delivered first, as it arrives,
+    /// goes out at its very expiry (a TTL of 0). Each turn delivers one message, so the loop
+    /// is bounded by the queue's length.
     fn dispatch(&mut self, queue_index: usize) {
         let Engine {
             queues,
@@ -2352,7 +2374,11 @@ impl Engine {
             return;
         };
         let quorum = queue.args.queue_type == QueueType::Quorum;
+        let mut delivered = false;
         while queue.ready_len() > 0 {
+            if delivered && queue.head_expired(*now_ms) {
+                break;
+            }
             // The consumer's channel and its record by index, found while checking credit, so
             // they are hashed once per delivery (nothing is removed in between).
             let with_credit = |(channel, tag): &(ChannelId, SmolStr)| {
@@ -2376,6 +2402,7 @@ impl Engine {
             let Some(entry) = queue.pop_ready() else {
                 break;
             };
+            delivered = true;
             let fault = delivery_faults
                 .iter()
                 .position(|(q, _)| q == queue_name)

@@ -615,11 +615,18 @@ impl Queue {
 
     /// The head, if it has expired at `now_ms`.
     pub(crate) fn pop_expired(&mut self, now_ms: u64) -> Option<Queued> {
-        let expired = self
-            .ready
+        if self.head_expired(now_ms) {
+            self.pop_ready()
+        } else {
+            None
+        }
+    }
+
+    /// Whether the head expires at or before `now_ms`.
+    pub(crate) fn head_expired(&self, now_ms: u64) -> bool {
+        self.ready
             .front()
-            .is_some_and(|head| head.expires_at_ms.is_some_and(|at| at <= now_ms));
-        if expired { self.pop_ready() } else { None }
+            .is_some_and(|head| head.expires_at_ms.is_some_and(|at| at <= now_ms))
     }
 
     pub(crate) fn consumer_count(&self) -> usize {
@@ -736,6 +743,17 @@ impl Queue {
         self.consumers.retain(|(k, _)| k != key);
         if self.consumers.is_empty() {
             self.exclusive_consumer = false;
+        }
+    }
+
+    /// Sends a consumer to the back of the round-robin: a quorum queue's consumer that ran out
+    /// of credit left rabbit_fifo's service queue, and rejoins it at the end when a settle
+    /// gives it credit back (RabbitMQ 3.10, probed; a classic queue's keeps its turn).
+    pub(crate) fn rejoin_at_back(&mut self, key: &ConsumerKey) {
+        if let Some(at) = self.consumers.iter().position(|(k, _)| k == key)
+            && let Some(entry) = self.consumers.remove(at)
+        {
+            self.consumers.push_back(entry);
         }
     }
 

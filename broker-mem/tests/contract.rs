@@ -59,6 +59,7 @@ contract!(
     exchange_delete_if_unused_and_missing,
     queue_ttl_expires_messages_into_the_dead_letter_exchange,
     per_message_expiration_expires_at_the_head,
+    an_expired_message_behind_a_delivered_one_is_dropped_not_delivered,
     max_length_drops_the_head_and_dead_letters_it,
     a_requeue_past_the_length_limit_drops_the_head_unless_publishes_are_refused,
     a_requeue_past_the_limit_drops_in_rabbitmqs_order_and_a_quorum_queue_delivers_first,
@@ -67,6 +68,7 @@ contract!(
     dead_letter_routing_key_replaces_the_key,
     quorum_queue_counts_deliveries_and_enforces_the_limit,
     competing_consumers_get_round_robin,
+    a_quorum_consumer_given_credit_back_rejoins_the_round_robin_at_the_back,
     prefetch_is_per_consumer,
     global_prefetch_is_shared_by_the_channel,
     a_per_consumer_qos_lifts_the_global_limit,
@@ -1249,6 +1251,81 @@ async fn a_per_consumer_qos_lifts_the_global_limit(b: &mut impl Amqp) {
     assert_eq!(refused.map(drop).map_err(|r| r.code), Err(540));
     let c = b.connection().await;
     let ch = b.channel(c).await;
+    b.queue_delete(ch, "qq", false, false).await.unwrap();
+}
+
+/// RabbitMQ drops expired heads after every message it hands out, so a message that expired
+/// behind another is dropped (here dead-lettered) when it comes to the head, not delivered
+/// next (found by the differential test, with `expiration: 0`).
+async fn an_expired_message_behind_a_delivered_one_is_dropped_not_delivered(b: &mut impl Amqp) {
+    let c = b.connection().await;
+    let ch = b.channel(c).await;
+    dead_letter_target(b, ch).await;
+    let args = table(&[("x-dead-letter-exchange", s("dlx"))]);
+    b.queue_declare(ch, "q", QFlags::default(), args)
+        .await
+        .unwrap();
+    b.send(ch, "", "q", "first").await;
+    let expiring = Properties {
+        expiration: Some("0".into()),
+        ..Properties::default()
+    };
+    b.publish(ch, "", "q", false, expiring, "second")
+        .await
+        .unwrap();
+    let sub = b.consume(ch, "q", "c", false, false).await.unwrap();
+    assert_eq!(b.next(sub).await.msg().text(), "first");
+    assert!(matches!(b.quiet(sub).await, Next::Empty));
+    assert_eq!(b.depth_becomes("dead", Some(1)).await, Some(1));
+    assert_eq!(b.depth("q").await, Some(0));
+    // `basic.get` too: the count left is taken after the expired head is gone.
+    b.queue(ch, "g").await;
+    b.send(ch, "", "g", "first").await;
+    let expiring = Properties {
+        expiration: Some("0".into()),
+        ..Properties::default()
+    };
+    b.publish(ch, "", "g", false, expiring, "second")
+        .await
+        .unwrap();
+    let (got, left) = b.get(ch, "g", true).await.unwrap().unwrap();
+    assert_eq!((got.text().as_str(), left), ("first", 0));
+}
+
+/// A classic queue's consumer that ran out of credit keeps its turn; a quorum queue's leaves
+/// rabbit_fifo's service queue and rejoins it at the back when a settle gives it credit back
+/// (found by the consumer differential test, probed).
+async fn a_quorum_consumer_given_credit_back_rejoins_the_round_robin_at_the_back(
+    b: &mut impl Amqp,
+) {
+    let c = b.connection().await;
+    let ch = b.channel(c).await;
+    b.queue(ch, "cq").await;
+    quorum_queue(b, ch, "qq").await;
+    for (queue, next) in [("cq", "a"), ("qq", "b")] {
+        b.qos(ch, 1, false).await.unwrap();
+        let a = b
+            .consume(ch, queue, &format!("{queue}-a"), false, false)
+            .await
+            .unwrap();
+        b.qos(ch, 2, false).await.unwrap();
+        let bb = b
+            .consume(ch, queue, &format!("{queue}-b"), false, false)
+            .await
+            .unwrap();
+        b.send(ch, "", queue, "m1").await;
+        let m1 = b.next(a).await.msg();
+        b.send(ch, "", queue, "m2").await;
+        let m2 = b.next(bb).await.msg();
+        assert_eq!((m1.text(), m2.text()), ("m1".into(), "m2".into()));
+        b.ack(ch, m2.tag, true).await.unwrap();
+        b.send(ch, "", queue, "m3").await;
+        let (to, other) = if next == "a" { (a, bb) } else { (bb, a) };
+        assert_eq!(b.next(to).await.msg().text(), "m3", "{queue}");
+        assert!(matches!(b.quiet(other).await, Next::Empty), "{queue}");
+        b.cancel(ch, a).await.unwrap();
+        b.cancel(ch, bb).await.unwrap();
+    }
     b.queue_delete(ch, "qq", false, false).await.unwrap();
 }
 

@@ -184,6 +184,8 @@ enum Op {
         mandatory: bool,
         priority: u8,
         headers: usize,
+        /// `expiration: 0`: delivered only to a consumer that can take it at once.
+        expires: bool,
     },
     Get {
         conn: usize,
@@ -305,9 +307,13 @@ fn op(focus: Focus) -> impl Strategy<Value = Op> {
             .prop_map(|(conn, queue, exchange, key)| Op::Unbind { conn, queue, exchange, key }),
         // Many publishes name a queue (the default exchange routes by it).
         w(7, 10) => (conn.clone(), prop::option::weighted(via_exchange, exchange), prop_oneof![to_queue => 2..5usize, 1 => key], any::<bool>(), 0u8..5)
-            .prop_flat_map(|(conn, exchange, key, mandatory, priority)| (0..HEADER_KINDS)
-                .prop_map(move |headers| Op::Publish {
-                    conn, exchange, key, mandatory, priority, headers
+            .prop_flat_map(|(conn, exchange, key, mandatory, priority)| (0..HEADER_KINDS, prop::bool::weighted(0.15))
+                .prop_map(move |(headers, expires)| {
+                    // An expiring message goes to one queue at most (the default exchange,
+                    // no `CC`): copies expiring in several queues at once are dead-lettered
+                    // in an order RabbitMQ's queue processes race for.
+                    let (exchange, headers) = if expires { (None, 0) } else { (exchange, headers) };
+                    Op::Publish { conn, exchange, key, mandatory, priority, headers, expires }
                 })),
         w(4, 2) => (conn.clone(), 0..QUEUES.len() + 1, any::<bool>())
             .prop_map(|(conn, queue, no_ack)| Op::Get { conn, queue, no_ack }),
@@ -670,12 +676,14 @@ async fn apply(b: &mut impl Amqp, slots: &mut [Slot], n: usize, op: &Op) -> Stri
             mandatory,
             priority,
             headers,
+            expires,
             ..
         } => {
             let exchange = exchange.map_or("", |x| EXCHANGES[x]);
             let properties = Properties {
                 priority: Some(priority),
                 headers: message_headers(headers),
+                expiration: expires.then(|| "0".to_owned()),
                 ..Properties::default()
             };
             let body = format!("m{n}");

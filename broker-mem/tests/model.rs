@@ -199,7 +199,8 @@ impl Model {
     }
 
     /// Round-robin among the queue's consumers of the highest priority that have credit; a
-    /// consumer without credit keeps its turn. The priority queue has a single active
+    /// consumer without credit keeps its turn (on a quorum queue it goes to the back when a
+    /// settle gives it credit again: see `settle`). The priority queue has a single active
     /// consumer: the earliest registered, credit or not, whatever its priority.
     fn dispatch(&mut self, queue: &'static str) {
         while !self.ready[queue].is_empty() {
@@ -442,7 +443,19 @@ impl Model {
 
     fn settle(&mut self, lane: usize, tags: &[u64], outcome: Option<bool>) {
         for tag in tags {
-            let (queue, entry, _) = self.unacked[lane].remove(tag).unwrap();
+            let blocked = !self.has_credit(lane);
+            let (queue, entry, serial) = self.unacked[lane].remove(tag).unwrap();
+            // A quorum queue's consumer that gets credit back rejoins the round-robin at the
+            // back (rabbit_fifo's service queue); a classic queue's keeps its turn.
+            let current = self.consumers[lane].is_some_and(|c| c.serial == serial);
+            let quorum = queue == QUEUES[QUORUM] || queue == QUEUES[UNLIMITED];
+            if blocked && current && quorum {
+                let rotation = self.rotation.get_mut(queue).unwrap();
+                if let Some(at) = rotation.iter().position(|&l| l == lane) {
+                    rotation.remove(at);
+                    rotation.push_back(lane);
+                }
+            }
             match outcome {
                 None => {}
                 Some(true) => self.requeue(queue, entry, false),
