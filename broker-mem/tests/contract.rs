@@ -1270,7 +1270,7 @@ async fn an_expired_message_behind_a_delivered_one_is_dropped_not_delivered(b: &
         expiration: Some("0".into()),
         ..Properties::default()
     };
-    b.publish(ch, "", "q", false, expiring, "second")
+    b.publish(ch, "", "q", false, expiring.clone(), "second")
         .await
         .unwrap();
     let sub = b.consume(ch, "q", "c", false, false).await.unwrap();
@@ -1281,10 +1281,6 @@ async fn an_expired_message_behind_a_delivered_one_is_dropped_not_delivered(b: &
     // `basic.get` too: the count left is taken after the expired head is gone.
     b.queue(ch, "g").await;
     b.send(ch, "", "g", "first").await;
-    let expiring = Properties {
-        expiration: Some("0".into()),
-        ..Properties::default()
-    };
     b.publish(ch, "", "g", false, expiring, "second")
         .await
         .unwrap();

@@ -705,24 +705,9 @@ async fn publishes_confirmed_together_get_one_ack_with_multiple() {
 /// `count` publishes of a one-byte body to the default exchange with a key no queue has, as
 /// the frames of one write.
 fn unroutable_publishes(count: usize) -> Vec<u8> {
-    let mut frames = Vec::new();
-    for _ in 0..count {
-        let publish = basic::AMQPMethod::Publish(basic::Publish {
-            exchange: "".into(),
-            routing_key: "nowhere".into(),
-            mandatory: false,
-            immediate: false,
-        });
-        frames.extend(method(1, AMQPClass::Basic(publish)));
-        let header = AMQPContentHeader {
-            class_id: 60,
-            body_size: 1,
-            properties: BasicProperties::default(),
-        };
-        frames.extend(encode(&AMQPFrame::Header(1, header)));
-        frames.extend(encode(&AMQPFrame::Body(1, b"x".to_vec())));
-    }
-    frames
+    (0..count)
+        .flat_map(|_| publish_frames("nowhere", false))
+        .collect()
 }
 
 impl Raw {
@@ -737,7 +722,7 @@ impl Raw {
     }
 }
 
-/// A publish's frames on channel 1: one-byte body.
+/// A publish's frames on channel 1, to the default exchange: a one-byte body.
 fn publish_frames(routing_key: &str, mandatory: bool) -> Vec<u8> {
     let publish = basic::AMQPMethod::Publish(basic::Publish {
         exchange: "".into(),

@@ -650,25 +650,24 @@ impl<S: AsyncRead + AsyncWrite + Send> Session<S> {
             tx::AMQPMethod::Commit(_) => {
                 // The returns go out first, also when the commit then fails part way (a queue
                 // refused a publish): RabbitMQ sends them as it delivers, before the close.
+                let Some(id) = self.channels.get(&number).map(|c| c.id) else {
+                    return Ok(());
+                };
                 let mut returned = Vec::new();
-                let committed = self.engine(number, class, |engine, id| {
-                    Ok(engine.tx_commit_returning(id, &mut returned))
-                })?;
+                let committed = self
+                    .broker
+                    .with_engine(|engine| engine.tx_commit_returning(id, &mut returned));
                 for back in &returned {
                     self.send_return(number, back);
                 }
                 match committed {
-                    None => {}
-                    Some(Ok(())) => self.send(
-                        number,
-                        AMQPClass::Tx(tx::AMQPMethod::CommitOk(tx::CommitOk {})),
-                    ),
-                    // Answered as any failed call is: the channel closes with the reply.
-                    Some(Err(error)) => {
-                        self.engine(number, class, |_, _| Err::<(), _>(error))?;
+                    Ok(()) => {
+                        let ok = tx::CommitOk {};
+                        self.send(number, AMQPClass::Tx(tx::AMQPMethod::CommitOk(ok)));
+                        Ok(())
                     }
+                    Err(error) => self.refused(number, id, class, error),
                 }
-                Ok(())
             }
             tx::AMQPMethod::Rollback(_) => {
                 if self
@@ -1206,8 +1205,6 @@ impl<S: AsyncRead + AsyncWrite + Send> Session<S> {
         Ok(())
     }
 
-    /// Runs one engine method for channel `number`; a refusal closes the channel (soft) and
-    /// gives `Ok(None)`, or closes the connection (hard) and gives `Err`.
     /// `basic.return` with the message's content.
     fn send_return(&mut self, number: u16, returned: &Returned) {
         let back = basic::Return {
@@ -1220,6 +1217,8 @@ impl<S: AsyncRead + AsyncWrite + Send> Session<S> {
         self.send_content(number, &returned.properties, &returned.body);
     }
 
+    /// Runs one engine method for channel `number`; a refusal closes the channel (soft) and
+    /// gives `Ok(None)`, or closes the connection (hard) and gives `Err`.
     fn engine<T>(
         &mut self,
         number: u16,
@@ -1229,10 +1228,24 @@ impl<S: AsyncRead + AsyncWrite + Send> Session<S> {
         let Some(id) = self.channels.get(&number).map(|c| c.id) else {
             return Ok(None);
         };
-        let (class_id, method_id) = (class.get_amqp_class_id(), class.get_amqp_method_id());
         match self.broker.with_engine(|engine| call(engine, id)) {
             Ok(value) => Ok(Some(value)),
-            Err(Error::Channel(reply)) => {
+            Err(error) => self.refused(number, id, class, error).map(|()| None),
+        }
+    }
+
+    /// Answers an engine refusal of a method on channel `number` (engine channel `id`): a
+    /// soft one closes the channel, a hard one is the `Err` that closes the connection.
+    fn refused(
+        &mut self,
+        number: u16,
+        id: ChannelId,
+        class: &AMQPClass,
+        error: Error,
+    ) -> Result<(), Hard> {
+        let (class_id, method_id) = (class.get_amqp_class_id(), class.get_amqp_method_id());
+        match error {
+            Error::Channel(reply) => {
                 self.close_channel_with(
                     number,
                     reply.code.code(),
@@ -1240,22 +1253,22 @@ impl<S: AsyncRead + AsyncWrite + Send> Session<S> {
                     class_id,
                     method_id,
                 );
-                Ok(None)
+                Ok(())
             }
-            Err(Error::Invalid(text)) => {
+            Error::Invalid(text) => {
                 // A client library would have refused this; on the wire it is a 406.
                 let _ = self.broker.with_engine(|engine| engine.close_channel(id));
                 let text = format!("PRECONDITION_FAILED - {text}");
                 self.close_channel_with(number, 406, text, class_id, method_id);
-                Ok(None)
+                Ok(())
             }
-            Err(Error::Connection(reply)) => Err(Hard {
+            Error::Connection(reply) => Err(Hard {
                 code: reply.code.code(),
                 text: reply.reply_text(),
                 class_id,
                 method_id,
             }),
-            Err(Error::ChannelClosed(reply)) => {
+            Error::ChannelClosed(reply) => {
                 // The broker closed the channel on its own (a fault hook, the consumer timeout)
                 // while this method was on its way: the client hears that close, as from
                 // RabbitMQ, and the method is dropped. Its `ChannelClosed` event, still to
@@ -1263,9 +1276,9 @@ impl<S: AsyncRead + AsyncWrite + Send> Session<S> {
                 if self.channels.get(&number).is_some_and(|c| !c.closing) {
                     self.close_channel_with(number, reply.code.code(), reply.reply_text(), 0, 0);
                 }
-                Ok(None)
+                Ok(())
             }
-            Err(other) => Err(Hard {
+            other => Err(Hard {
                 code: 541,
                 text: format!("INTERNAL_ERROR - {other}"),
                 class_id,
