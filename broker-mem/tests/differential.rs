@@ -70,18 +70,13 @@ fn queue_arguments(kind: usize) -> FieldTable {
             ("x-overflow", s("reject-publish-dlx")),
             ("x-dead-letter-exchange", s("dlx")),
         ]),
-        // Delivered only to a consumer that can take it at once; else dead-lettered.
-        7 => table(&[
-            ("x-message-ttl", i(0)),
-            ("x-dead-letter-exchange", s("dlx")),
-        ]),
-        8 => table(&[("x-queue-type", s("quorum"))]),
-        9 => table(&[
+        7 => table(&[("x-queue-type", s("quorum"))]),
+        8 => table(&[
             ("x-queue-type", s("quorum")),
             ("x-max-length", i(2)),
             ("x-dead-letter-exchange", s("dlx")),
         ]),
-        10 => table(&[
+        9 => table(&[
             ("x-queue-type", s("quorum")),
             ("x-single-active-consumer", FieldValue::Bool(true)),
         ]),
@@ -94,9 +89,9 @@ fn queue_arguments(kind: usize) -> FieldTable {
         ]),
     }
 }
-const QUEUE_KINDS: usize = 12;
+const QUEUE_KINDS: usize = 11;
 /// The kinds from here on are quorum queues.
-const QUORUM_KINDS_FROM: usize = 8;
+const QUORUM_KINDS_FROM: usize = 7;
 
 /// The classic single-active-consumer kind.
 const SINGLE_ACTIVE_KIND: usize = 5;
