@@ -83,6 +83,9 @@ struct Shared {
     /// Connections served by someone else (the wire server): every event of their channels goes
     /// to their tap instead of an outlet.
     taps: HandleMap<ConnectionId, flume::Sender<Event>>,
+    /// The time keeper's doorbell, if one keeps this broker's time (see
+    /// [`Broker::deadline_bell`]): rung when a call sets an earlier deadline.
+    deadline_bell: Option<flume::Sender<()>>,
 }
 
 impl Shared {
@@ -166,6 +169,7 @@ impl Broker {
             outlets: HandleMap::default(),
             last_consumer_id: 0,
             taps: HandleMap::default(),
+            deadline_bell: None,
         };
         Broker {
             shared: Arc::new(Mutex::new(shared)),
@@ -181,6 +185,29 @@ impl Broker {
     /// The engine's time, in milliseconds.
     pub fn now_ms(&self) -> u64 {
         self.call(|engine| engine.now_ms())
+    }
+
+    /// How long, in clock milliseconds, until the broker has something to do by itself (a
+    /// TTL, `x-expires`, a consumer timeout, a delayed delivery; [`Engine::next_due_ms`]):
+    /// a [`Broker::tick`] then does it. None: nothing until a call. For a time keeper, with
+    /// [`Broker::deadline_bell`]; it scans every queue and channel.
+    pub fn next_deadline_in_ms(&self) -> Option<u64> {
+        self.call(|engine| {
+            let now_ms = engine.now_ms();
+            engine
+                .next_due_ms()
+                .map(|due_ms| due_ms.saturating_sub(now_ms))
+        })
+    }
+
+    /// A doorbell for this broker's time keeper: it rings when a call sets a deadline earlier
+    /// than the one [`Broker::next_deadline_in_ms`] last reported (a message with a shorter
+    /// TTL, say), so the keeper never sleeps past one. One keeper per broker: a second bell
+    /// replaces the first.
+    pub fn deadline_bell(&self) -> flume::Receiver<()> {
+        let (ring, bell) = flume::bounded(1);
+        self.lock().deadline_bell = Some(ring);
+        bell
     }
 
     /// Restarts the broker (see [`Engine::restart`]): every connection is closed with 320,
@@ -354,6 +381,17 @@ impl Broker {
         shared.engine.advance_to(now_ms);
         let value = f(&mut shared);
         shared.flush();
+        let Shared {
+            engine,
+            deadline_bell,
+            ..
+        } = &mut *shared;
+        if let Some(ring) = deadline_bell
+            && engine.take_alarm()
+        {
+            // Full: it is already ringing.
+            let _ = ring.try_send(());
+        }
         value
     }
 }

@@ -41,10 +41,12 @@ use crate::queue::{
     Queued,
 };
 
+mod clock;
 mod fault;
 mod route_memo;
 pub(crate) mod tx;
 
+use clock::Alarm;
 use fault::{Delayed, DeliveryFault};
 use route_memo::RouteMemo;
 
@@ -177,6 +179,8 @@ pub struct Engine {
     /// The last header-less publish's route, valid while `topology` stands. Its vectors are
     /// also where every publish routes to, so routing does not allocate.
     route_memo: RouteMemo,
+    /// Deadlines set since the time keeper last asked (see `clock`).
+    alarm: Alarm,
 }
 
 impl Default for Engine {
@@ -216,6 +220,7 @@ impl Engine {
             publish_faults: Vec::new(),
             topology: 0,
             route_memo: RouteMemo::default(),
+            alarm: Alarm::default(),
         }
     }
 
@@ -1289,6 +1294,9 @@ impl Engine {
         let id = next(&mut self.counters.queue_id);
         let mut queue = Queue::new(id, options, owner, arguments.clone(), args);
         queue.last_used_ms = now_ms;
+        if let Some(at) = queue.unused_expires_at_ms() {
+            self.alarm.note(at);
+        }
         let ok = declare_ok(&name, &queue);
         self.queues.insert(name, queue);
         // The default exchange routes to it now.
@@ -1756,11 +1764,15 @@ impl Engine {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
         };
+        let expires_at_ms = ttl_ms.map(|ttl| now_ms.saturating_add(ttl));
+        if let Some(at) = expires_at_ms {
+            self.alarm.note(at.saturating_add(1));
+        }
         queue.enqueue(Queued {
             seq: next(&mut self.counters.message_seq),
             message: message.clone(),
             redelivered: false,
-            expires_at_ms: ttl_ms.map(|ttl| now_ms.saturating_add(ttl)),
+            expires_at_ms,
             delivery_count: 0,
             returned: false,
         });
@@ -2053,10 +2065,13 @@ impl Engine {
         let quorum = queue.args.queue_type == QueueType::Quorum;
         // RabbitMQ drops the heads that expired behind it before it counts what is left.
         self.expire(index, false);
-        let left = self
+        let (left, head_expires_at_ms) = self
             .queues
             .get_index(index)
-            .map_or(0, |(_, q)| q.ready_len());
+            .map_or((0, None), |(_, q)| (q.ready_len(), q.head_expires_at_ms()));
+        if let Some(at) = head_expires_at_ms {
+            self.alarm.note(at.saturating_add(1));
+        }
         let message_count = u32::try_from(left).unwrap_or(u32::MAX);
         let Some(state) = self.channels.get_mut(&channel) else {
             return Err(Fault::Invalid(format!("{channel} is not open")));
@@ -2080,6 +2095,12 @@ impl Engine {
                 delivered_at_ms: self.now_ms,
                 entry,
             };
+            if let Some(timeout_ms) = self.limits.consumer_timeout_ms
+                && state.unacked.is_empty()
+            {
+                self.alarm
+                    .note(self.now_ms.saturating_add(timeout_ms).saturating_add(1));
+            }
             state.unacked.insert(delivery_tag, unacked);
         }
         Ok(Some(GetOk {
@@ -2114,13 +2135,18 @@ impl Engine {
         let consumer_tag = SmolStr::from(consumer_tag);
         let now_ms = self.now_ms;
         let mut hand_over = false;
+        let mut unused_expires_at_ms = None;
         let orphaned = self.queues.get_mut(queue_name).and_then(|queue| {
             queue.remove_consumer(&(channel, consumer_tag.clone()));
             queue.last_used_ms = now_ms;
+            unused_expires_at_ms = queue.unused_expires_at_ms();
             // With a single active consumer the next one may now take what was waiting.
             hand_over = queue.args.single_active_consumer && queue.ready_len() > 0;
             (queue.auto_delete && queue.consumer_count() == 0).then(|| SmolStr::from(queue_name))
         });
+        if let Some(at) = unused_expires_at_ms {
+            self.alarm.note(at);
+        }
         if hand_over {
             self.dirty.insert(SmolStr::from(queue_name));
         }
@@ -2257,6 +2283,9 @@ impl Engine {
                     self.dead_letter(&name, entry, DeathReason::DeliveryLimit);
                     return;
                 }
+                if let Some(at) = entry.expires_at_ms {
+                    self.alarm.note(at.saturating_add(1));
+                }
                 queue.requeue(entry);
                 // Past the length limit, `drop-head` drops (RabbitMQ 3.10, probed): a classic
                 // queue at once for a nack or a recover, one message at a time in tag order;
@@ -2302,6 +2331,14 @@ impl Engine {
             // every message it hands out); drop it and go on. Each turn drops one or more.
             while self.expire(index, false) {
                 self.dispatch(index);
+            }
+            // Its head may be one that had waited behind others; its TTL is a deadline now.
+            if let Some(at) = self
+                .queues
+                .get_index(index)
+                .and_then(|(_, q)| q.head_expires_at_ms())
+            {
+                self.alarm.note(at.saturating_add(1));
             }
         }
         tracing::error!("run_until_idle did not reach idle; this is a bug");
@@ -2368,6 +2405,8 @@ impl Engine {
             delayed,
             counters,
             now_ms,
+            limits,
+            alarm,
             ..
         } = self;
         let Some((queue_name, queue)) = queues.get_index_mut(queue_index) else {
@@ -2436,6 +2475,12 @@ impl Engine {
                     delivered_at_ms: *now_ms,
                     entry,
                 };
+                // The channel's oldest unacked delivery sets its consumer timeout.
+                if let Some(timeout_ms) = limits.consumer_timeout_ms
+                    && channel.unacked.is_empty()
+                {
+                    alarm.note(now_ms.saturating_add(timeout_ms).saturating_add(1));
+                }
                 channel.unacked.insert(delivery_tag, unacked);
             }
             match fault {
@@ -2447,6 +2492,7 @@ impl Engine {
                     );
                 }
                 Some(DeliveryFault::Delay(delay_ms)) if delayed.len() < FAULTS_ARMED_MAX => {
+                    alarm.note(now_ms.saturating_add(delay_ms));
                     delayed.push(Delayed {
                         due_ms: now_ms.saturating_add(delay_ms),
                         channel: channel_id,

@@ -636,11 +636,22 @@ impl Queue {
     /// Whether `x-expires` has run out at `now_ms`: no consumers since the last use, for that
     /// long.
     pub(crate) fn unused_expired(&self, now_ms: u64) -> bool {
-        self.consumers.is_empty()
-            && self
-                .args
-                .expires_ms
-                .is_some_and(|expires| now_ms >= self.last_used_ms.saturating_add(expires))
+        self.unused_expires_at_ms().is_some_and(|at| now_ms >= at)
+    }
+
+    /// When `x-expires` runs out if nothing uses the queue before: None while it has
+    /// consumers, or without the argument.
+    pub(crate) fn unused_expires_at_ms(&self) -> Option<u64> {
+        if !self.consumers.is_empty() {
+            return None;
+        }
+        let expires = self.args.expires_ms?;
+        Some(self.last_used_ms.saturating_add(expires))
+    }
+
+    /// When the head expires, if it has a TTL.
+    pub(crate) fn head_expires_at_ms(&self) -> Option<u64> {
+        self.ready.front()?.expires_at_ms
     }
 
     /// A newly published message: the newest, so it goes to the back (of its priority, in a
@@ -740,9 +751,31 @@ impl Queue {
     }
 
     pub(crate) fn remove_consumer(&mut self, key: &ConsumerKey) {
+        let was_active = self.consumers.front().is_some_and(|(k, _)| k == key);
         self.consumers.retain(|(k, _)| k != key);
         if self.consumers.is_empty() {
             self.exclusive_consumer = false;
+        }
+        // The front is the single active consumer. When it goes, a classic queue hands over to
+        // the highest `x-priority` left, the earliest registered among equals (RabbitMQ 3.10's
+        // rabbit_queue_consumers:get_consumer, probed); a quorum queue to the earliest
+        // registered, whatever its priority (rabbit_fifo's waiting list, probed).
+        if was_active
+            && self.args.single_active_consumer
+            && self.args.queue_type == QueueType::Classic
+        {
+            let mut next: Option<(usize, i64)> = None;
+            for (position, (_, priority)) in self.consumers.iter().enumerate() {
+                if next.is_none_or(|(_, best)| *priority > best) {
+                    next = Some((position, *priority));
+                }
+            }
+            if let Some((position, _)) = next
+                && position > 0
+                && let Some(entry) = self.consumers.remove(position)
+            {
+                self.consumers.push_front(entry);
+            }
         }
     }
 
@@ -766,9 +799,9 @@ impl Queue {
     /// it then moves to the back. Consumers without credit keep their turn. None when every
     /// consumer is blocked.
     ///
-    /// With a single active consumer there is no round-robin: only the earliest registered
-    /// consumer is offered messages (the list is never rotated, so when it goes, the next
-    /// earliest is first).
+    /// With a single active consumer there is no round-robin: only the front one, the active
+    /// consumer, is offered messages (the list is never rotated; `remove_consumer` puts its
+    /// successor at the front).
     pub(crate) fn next_consumer<T>(
         &mut self,
         with_credit: impl Fn(&ConsumerKey) -> Option<T>,

@@ -25,6 +25,15 @@ macro_rules! contract {
             }
 
             #[tokio::test]
+            async fn broker_mem_wire() {
+                let mut broker = super::harness::Rabbit::wire().await;
+                super::$name(&mut broker).await;
+                let engine = broker.wired_broker().expect("a wire run").clone();
+                broker.finish().await;
+                engine.check_invariants().expect("broker-mem bookkeeping");
+            }
+
+            #[tokio::test]
             async fn rabbitmq() {
                 let Some(mut broker) = super::harness::Rabbit::create(stringify!($name)).await
                 else {
@@ -91,6 +100,7 @@ contract!(
     nack_multiple_requeues_in_order_and_auto_ack_ignores_prefetch,
     single_active_consumer_takes_everything_until_it_goes,
     a_single_active_consumer_queue_refuses_exclusive_consumers,
+    the_next_single_active_consumer_is_chosen_by_priority_on_a_classic_queue,
     priority_queue_delivers_higher_priorities_first,
     queue_expires_when_unused,
     priority_and_single_active_arguments_are_checked,
@@ -1679,6 +1689,57 @@ async fn a_single_active_consumer_queue_refuses_exclusive_consumers(b: &mut impl
     quorum.insert("x-queue-type".into(), s("quorum"));
     b.queue_declare(ch, "qq", DURABLE, quorum).await.unwrap();
     b.consume(ch, "qq", "exclusive", false, true).await.unwrap();
+    b.queue_delete(ch, "qq", false, false).await.unwrap();
+}
+
+/// When the active consumer goes, a classic queue makes the highest `x-priority` left active
+/// (RabbitMQ 3.10's rabbit_queue_consumers:get_consumer), a quorum queue the earliest
+/// registered whatever its priority (rabbit_fifo's waiting list). Found by the differential
+/// test, probed. The queue is empty at the cancel: with a message waiting, 3.10 does not hand
+/// it over (see the README's differences).
+async fn the_next_single_active_consumer_is_chosen_by_priority_on_a_classic_queue(
+    b: &mut impl Amqp,
+) {
+    let c = b.connection().await;
+    let ch = b.channel(c).await;
+    let sac = table(&[("x-single-active-consumer", FieldValue::Bool(true))]);
+    b.queue_declare(ch, "q", QFlags::default(), sac.clone())
+        .await
+        .unwrap();
+    let mut quorum = sac;
+    quorum.insert("x-queue-type".into(), s("quorum"));
+    b.queue_declare(ch, "qq", DURABLE, quorum).await.unwrap();
+    let priority = |p: i64| table(&[("x-priority", i(p))]);
+    for (queue, successor) in [("q", "high"), ("qq", "second")] {
+        let ch = b.channel(c).await;
+        let first = b
+            .consume_with(ch, queue, "first", false, false, priority(0))
+            .await
+            .unwrap();
+        let second = b
+            .consume_with(ch, queue, "second", false, false, priority(0))
+            .await
+            .unwrap();
+        let high = b
+            .consume_with(ch, queue, "high", false, false, priority(5))
+            .await
+            .unwrap();
+        // The first registered is active, whatever the priorities of those after it.
+        b.send(ch, "", queue, "before").await;
+        let msg = b.next(first).await.msg();
+        assert_eq!(msg.text(), "before");
+        b.ack(ch, msg.tag, false).await.unwrap();
+        b.cancel(ch, first).await.unwrap();
+        b.send(ch, "", queue, "after").await;
+        let (taker, idle) = if successor == "high" {
+            (high, second)
+        } else {
+            (second, high)
+        };
+        assert_eq!(b.next(taker).await.msg().text(), "after", "{queue}");
+        assert!(matches!(b.quiet(idle).await, Next::Empty), "{queue}");
+        b.close_channel(ch).await;
+    }
     b.queue_delete(ch, "qq", false, false).await.unwrap();
 }
 

@@ -25,6 +25,8 @@
 #[path = "contract/harness.rs"]
 mod harness;
 
+use std::collections::BTreeSet;
+
 use broker_mem::{FieldTable, FieldValue, Properties};
 use harness::{
     Amqp, Ch, Conn, Mem, Msg, Next, QFlags, R, Rabbit, Reply, Sub, XFlags, i, norm, s, table,
@@ -99,17 +101,11 @@ const SINGLE_ACTIVE_KIND: usize = 5;
 /// The queue kinds a focus declares. Consumers leave out the last, the quorum queue with an
 /// `x-delivery-limit`: RabbitMQ 3.10.8 gives a consumer two deliveries' credit back when a
 /// nack drops a message past the limit (probed: with a prefetch of 1 it then has two
-/// unacked), which broker-mem does not copy (see the README's differences). They also leave
-/// out the classic single-active-consumer queue, for an open question: after the active
-/// consumer is cancelled RabbitMQ serves the next one only at the queue's next event
-/// (probed), and in one shrunk case a `basic.recover` then delivered nothing within the
-/// settle time where broker-mem delivered the waiting message (not yet understood).
+/// unacked), which broker-mem does not copy (see the README's differences).
 fn kinds(focus: Focus) -> impl Strategy<Value = usize> + Clone {
     let kinds: Vec<usize> = match focus {
         Focus::Broad => (0..QUEUE_KINDS).collect(),
-        Focus::Consumers => (0..QUEUE_KINDS - 1)
-            .filter(|&kind| kind != SINGLE_ACTIVE_KIND)
-            .collect(),
+        Focus::Consumers => (0..QUEUE_KINDS - 1).collect(),
     };
     prop::sample::select(kinds)
 }
@@ -451,9 +447,10 @@ async fn transcript(b: &mut impl Amqp, ops: &[Op]) -> Vec<String> {
     b.exchange(setup, "dlx", "fanout").await;
     b.queue(setup, DEAD).await;
     b.bind(setup, DEAD, "dlx", "").await;
+    let mut single_active = BTreeSet::new();
     let mut lines = Vec::new();
     for (n, op) in ops.iter().enumerate() {
-        let line = apply(b, &mut slots, n, op).await;
+        let line = apply(b, &mut slots, &mut single_active, n, op).await;
         lines.push(format!("{n}: {op:?} -> {line}"));
     }
     lines
@@ -538,7 +535,15 @@ fn closes_connection(code: u16) -> bool {
     matches!(code, 320 | 402 | 501..=506 | 530 | 540 | 541)
 }
 
-async fn apply(b: &mut impl Amqp, slots: &mut [Slot], n: usize, op: &Op) -> String {
+/// `single_active`: the queues last declared as the classic single-active-consumer kind
+/// (a deleted one may stay in it).
+async fn apply(
+    b: &mut impl Amqp,
+    slots: &mut [Slot],
+    single_active: &mut BTreeSet<&'static str>,
+    n: usize,
+    op: &Op,
+) -> String {
     let conn = match *op {
         Op::Take { pick, .. } | Op::Cancel { pick } => match consumer_at(slots, pick) {
             Some((conn, _)) => conn,
@@ -584,6 +589,13 @@ async fn apply(b: &mut impl Amqp, slots: &mut [Slot], n: usize, op: &Op) -> Stri
             let result = b
                 .queue_declare(ch, QUEUES[queue], flags, queue_arguments(kind))
                 .await;
+            if result.is_ok() {
+                if kind == SINGLE_ACTIVE_KIND {
+                    single_active.insert(QUEUES[queue]);
+                } else {
+                    single_active.remove(QUEUES[queue]);
+                }
+            }
             (answer(&result), result.err().map(|r| r.code))
         }
         Op::DeclareExchange {
@@ -801,6 +813,14 @@ async fn apply(b: &mut impl Amqp, slots: &mut [Slot], n: usize, op: &Op) -> Stri
             let Some((_, index)) = consumer_at(slots, pick) else {
                 return "no consumer".to_owned();
             };
+            // RabbitMQ 3.10 does not hand a classic single-active-consumer queue's waiting
+            // messages to the next consumer at a cancel, and the next publish then crashes the
+            // queue (rabbitmq-server#5460); broker-mem hands over at once, as fixed versions do.
+            // Not compared: the README lists it.
+            let queue = slots[conn].consumers[index].queue;
+            if single_active.contains(queue) && b.depth(queue).await.is_some_and(|d| d > 0) {
+                return "skipped: the cancel would hit rabbitmq-server#5460".to_owned();
+            }
             // Forgotten: what it was delivered stays unacked on the channel (in the client's
             // buffer), and what it is still sent after the cancel is the client library's.
             let consumer = slots[conn].consumers.remove(index);

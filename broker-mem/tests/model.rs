@@ -201,7 +201,8 @@ impl Model {
     /// Round-robin among the queue's consumers of the highest priority that have credit; a
     /// consumer without credit keeps its turn (on a quorum queue it goes to the back when a
     /// settle gives it credit again: see `settle`). The priority queue has a single active
-    /// consumer: the earliest registered, credit or not, whatever its priority.
+    /// consumer: the first registered, credit or not, whatever its priority; when it goes, the
+    /// highest priority left (see `detach`).
     fn dispatch(&mut self, queue: &'static str) {
         while !self.ready[queue].is_empty() {
             let rotation = &self.rotation[queue];
@@ -279,10 +280,21 @@ impl Model {
 
     fn detach(&mut self, lane: usize) {
         if let Some(consumer) = self.consumers[lane].take() {
-            self.rotation
-                .get_mut(consumer.queue)
-                .unwrap()
-                .retain(|l| *l != lane);
+            let rotation = self.rotation.get_mut(consumer.queue).unwrap();
+            let was_active = rotation.front() == Some(&lane);
+            rotation.retain(|l| *l != lane);
+            // The single active consumer's successor: the highest priority left, the earliest
+            // registered among equals (a classic queue, as RabbitMQ 3.10 picks it). With two
+            // lanes there is at most one left, but the rule is the engine's.
+            if was_active && consumer.queue == QUEUES[RANKED] {
+                let priority = |lane: &usize| self.consumers[*lane].unwrap().priority;
+                let highest = rotation.iter().map(priority).max();
+                if let Some(at) = rotation.iter().position(|l| Some(priority(l)) == highest)
+                    && let Some(next) = rotation.remove(at)
+                {
+                    rotation.push_front(next);
+                }
+            }
         }
     }
 

@@ -760,3 +760,153 @@ async fn a_consumer_timeout_met_by_a_late_ack_closes_the_channel_not_the_connect
     assert_eq!(broker.queue_depth("q"), Some(1), "the message is back");
     connection.close(200, "bye".into()).await.unwrap();
 }
+
+/// The server keeps the broker's time: messages expire into the dead-letter exchange when
+/// their TTL runs out though no client calls, and a publish with an earlier deadline than the
+/// one the server sleeps until wakes it (the second message, with the shorter TTL, is
+/// dead-lettered first; were the server to sleep on until the first's expiry, both would go
+/// then, the first queue's first).
+#[tokio::test]
+async fn ttls_run_out_on_time_with_no_client_calling() {
+    let broker = Broker::new();
+    let url = serve(broker.clone(), WireConfig::default()).await;
+    let connection = connect(&url).await;
+    let channel = connection.create_channel().await.unwrap();
+    channel
+        .exchange_declare(
+            "dlx".into(),
+            ExchangeKind::Fanout,
+            ExchangeDeclareOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
+    let mut dead_letters = FieldTable::default();
+    dead_letters.insert(
+        "x-dead-letter-exchange".into(),
+        lapin::types::AMQPValue::LongString("dlx".into()),
+    );
+    for (queue, arguments) in [
+        ("dead", FieldTable::default()),
+        ("a-slow", dead_letters.clone()),
+        ("b-fast", dead_letters),
+    ] {
+        channel
+            .queue_declare(queue.into(), QueueDeclareOptions::default(), arguments)
+            .await
+            .unwrap();
+    }
+    channel
+        .queue_bind(
+            "dead".into(),
+            "dlx".into(),
+            "".into(),
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
+    let mut dead = channel
+        .basic_consume(
+            "dead".into(),
+            "c".into(),
+            BasicConsumeOptions {
+                no_ack: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
+    let publish = |queue: &'static str, expiration: &'static str| {
+        let channel = channel.clone();
+        async move {
+            channel
+                .basic_publish(
+                    "".into(),
+                    queue.into(),
+                    BasicPublishOptions::default(),
+                    queue.as_bytes(),
+                    BasicProperties::default().with_expiration(expiration.into()),
+                )
+                .await
+                .unwrap();
+        }
+    };
+    publish("a-slow", "1500").await;
+    // Time for the server to take the first deadline as the next one and go to sleep.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    publish("b-fast", "100").await;
+    let mut got = Vec::new();
+    for _ in 0..2 {
+        let delivery = tokio::time::timeout(WAIT, dead.next())
+            .await
+            .expect("a dead letter in time")
+            .expect("a delivery")
+            .expect("no error");
+        got.push(String::from_utf8(delivery.data).unwrap());
+    }
+    assert_eq!(got, ["b-fast", "a-slow"]);
+    let expired = broker
+        .dead_lettered()
+        .iter()
+        .map(|d| d.reason.as_str())
+        .collect::<Vec<_>>();
+    assert_eq!(expired, ["expired", "expired"]);
+    connection.close(200, "bye".into()).await.unwrap();
+}
+
+/// Likewise the consumer timeout: a channel sitting on an unacked delivery past it is closed
+/// with nothing else happening.
+#[tokio::test]
+async fn the_consumer_timeout_closes_an_idle_channel_on_time() {
+    let limits = broker_mem::Limits {
+        consumer_timeout_ms: Some(300),
+        ..broker_mem::Limits::default()
+    };
+    let broker = Broker::with_limits(limits);
+    let url = serve(broker.clone(), WireConfig::default()).await;
+    let connection = connect(&url).await;
+    let channel = connection.create_channel().await.unwrap();
+    channel
+        .queue_declare(
+            "q".into(),
+            QueueDeclareOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
+    channel
+        .basic_publish(
+            "".into(),
+            "q".into(),
+            BasicPublishOptions::default(),
+            b"held",
+            BasicProperties::default(),
+        )
+        .await
+        .unwrap();
+    let mut consumer = channel
+        .basic_consume(
+            "q".into(),
+            "c".into(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
+    let _held = tokio::time::timeout(WAIT, consumer.next())
+        .await
+        .expect("a delivery in time")
+        .expect("a delivery")
+        .expect("no error");
+    let ended = tokio::time::timeout(WAIT, consumer.next()).await;
+    assert!(
+        matches!(ended, Ok(None) | Ok(Some(Err(_)))),
+        "the consumer ended: {ended:?}"
+    );
+    assert!(!channel.status().connected());
+    assert!(connection.status().connected(), "only the channel closes");
+    assert_eq!(broker.queue_depth("q"), Some(1), "the message is back");
+    connection.close(200, "bye".into()).await.unwrap();
+}

@@ -10,10 +10,13 @@
 //! the same queues.
 //!
 //! Time is `tokio::time` only (simulated under turmoil), there are no threads, and every map is
-//! ordered, so a seeded simulation that runs this server is deterministic.
+//! ordered, so a seeded simulation that runs this server is deterministic. The server keeps
+//! the broker's time ([`WireServer::keep_time`]): TTLs and other deadlines act when they are
+//! due, not at the next client's call.
 //!
-//! Not served (the engine has no such operation): `basic.recover`/`recover-async` and `tx.*`,
-//! which close the connection with 540 NOT_IMPLEMENTED.
+//! Served: the methods of the connection, channel, exchange, queue, basic, confirm and tx
+//! classes; `channel.flow` with `active=false` and a publish with `immediate` get RabbitMQ
+//! 3.10's 540 NOT_IMPLEMENTED, which closes the connection.
 //!
 //! ```no_run
 //! # async fn demo() -> std::io::Result<()> {
@@ -158,10 +161,51 @@ impl WireServer {
         session::run(self, stream, over_limit).await
     }
 
-    /// Accepts connections on a tokio TCP listener forever, serving each in a task of its own.
-    pub async fn serve_tcp(self, listener: tokio::net::TcpListener) -> io::Result<()> {
+    /// Keeps the broker's time as RabbitMQ's timers do: messages expire (and are
+    /// dead-lettered), unused queues go (`x-expires`), channels past the consumer timeout
+    /// close and delayed deliveries arrive when they are due, though no client calls. The
+    /// broker acts only inside calls, so without this a consumer waiting for a dead-lettered
+    /// message would wait for someone else's call. [`WireServer::serve_tcp`] runs it; run it
+    /// beside [`WireServer::serve_connection`] on another transport, unless something else
+    /// ticks the broker (a simulation's driver). Sleeps in `tokio::time`, so simulated time
+    /// drives it under turmoil. Never returns.
+    pub async fn keep_time(&self) {
+        let bell = self.broker.deadline_bell();
         loop {
-            let (stream, peer) = match listener.accept().await {
+            // Emptied first: a ring after this is about a deadline the reading below may miss.
+            while bell.try_recv().is_ok() {}
+            let wait_ms = self.broker.next_deadline_in_ms();
+            let rung = match wait_ms {
+                // At least 1 ms: a tick acts only once the clock has moved.
+                Some(wait_ms) => {
+                    let wait = Duration::from_millis(wait_ms.max(1));
+                    tokio::time::timeout(wait, bell.recv_async()).await.ok()
+                }
+                None => Some(bell.recv_async().await),
+            };
+            if let Some(Err(flume::RecvError::Disconnected)) = rung {
+                // Another keeper replaced this one's bell: it keeps the time now.
+                return;
+            }
+            self.broker.tick();
+        }
+    }
+
+    /// Accepts connections on a tokio TCP listener forever, serving each in a task of its own,
+    /// and keeps the broker's time ([`WireServer::keep_time`]).
+    pub async fn serve_tcp(self, listener: tokio::net::TcpListener) -> io::Result<()> {
+        let keeper = self.keep_time();
+        tokio::pin!(keeper);
+        let mut keeping = true;
+        loop {
+            let accepted = tokio::select! {
+                () = &mut keeper, if keeping => {
+                    keeping = false;
+                    continue;
+                }
+                accepted = listener.accept() => accepted,
+            };
+            let (stream, peer) = match accepted {
                 Ok(accepted) => accepted,
                 Err(error) => {
                     // As axum does: an accept error concerns one connection; keep serving.

@@ -15,6 +15,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use broker_mem::wire::convert::{properties_in, properties_out, table_out};
+use broker_mem::wire::{WireConfig, WireServer};
 use broker_mem::{
     Broker, ConsumeOptions, ExchangeKind, ExchangeOptions, FieldTable, FieldValue, Limits,
     Properties, PublishOptions, QueueOptions,
@@ -629,9 +630,14 @@ impl Amqp for Mem {
 
 // ------------------------------------------------------------------------------ RabbitMQ
 
-/// lapin on a RabbitMQ vhost of the test's own.
+/// lapin on a RabbitMQ vhost of the test's own, or ([`Rabbit::wire`]) on broker-mem's wire
+/// server.
 pub struct Rabbit {
+    /// Where lapin connects.
+    url: String,
     vhost: Option<RabbitVhost>,
+    /// On broker-mem's wire server: its broker, and the clock `sleep_ms` moves.
+    wired: Option<(Broker, Arc<AtomicU64>)>,
     connections: Vec<lapin::Connection>,
     /// Each connection's event stream: where lapin reports the reply a broker closed one of
     /// its channels with (see `Rabbit::close_reason`).
@@ -651,7 +657,9 @@ impl Rabbit {
             .await
             .expect("create the test's vhost")?;
         Some(Rabbit {
+            url: vhost.amqp_url().to_owned(),
             vhost: Some(vhost),
+            wired: None,
             connections: Vec::new(),
             events: Vec::new(),
             channels: Vec::new(),
@@ -659,6 +667,35 @@ impl Rabbit {
             consumers: Vec::new(),
             admin: None,
         })
+    }
+
+    /// lapin, the same client code, on broker-mem's wire server (an ephemeral loopback port)
+    /// over a broker with an injected clock, as [`Mem`] has: the suite's third run, which
+    /// checks the AMQP mapping of everything the in-process run checks.
+    pub async fn wire() -> Rabbit {
+        let mem = Mem::new();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind a loopback port");
+        let port = listener.local_addr().expect("local address").port();
+        let server = WireServer::new(mem.broker.clone(), WireConfig::default());
+        tokio::spawn(server.serve_tcp(listener));
+        Rabbit {
+            url: format!("amqp://guest:guest@127.0.0.1:{port}/%2f"),
+            vhost: None,
+            wired: Some((mem.broker, mem.clock_ms)),
+            connections: Vec::new(),
+            events: Vec::new(),
+            channels: Vec::new(),
+            channel_connections: Vec::new(),
+            consumers: Vec::new(),
+            admin: None,
+        }
+    }
+
+    /// The broker behind the wire server, for [`Rabbit::wire`].
+    pub fn wired_broker(&self) -> Option<&Broker> {
+        self.wired.as_ref().map(|(broker, _)| broker)
     }
 
     /// Closes every connection and deletes the vhost.
@@ -675,8 +712,7 @@ impl Rabbit {
     }
 
     async fn connect(&self) -> lapin::Connection {
-        let url = self.vhost.as_ref().expect("vhost").amqp_url();
-        lapin::Connection::connect(url, lapin::ConnectionProperties::default())
+        lapin::Connection::connect(&self.url, lapin::ConnectionProperties::default())
             .await
             .expect("connect to RabbitMQ")
     }
@@ -1096,7 +1132,13 @@ impl Amqp for Rabbit {
     }
 
     async fn sleep_ms(&mut self, ms: u64) {
-        tokio::time::sleep(Duration::from_millis(ms)).await;
+        match &self.wired {
+            Some((broker, clock_ms)) => {
+                clock_ms.fetch_add(ms, Ordering::SeqCst);
+                broker.tick();
+            }
+            None => tokio::time::sleep(Duration::from_millis(ms)).await,
+        }
     }
 
     async fn depth(&mut self, queue: &str) -> Option<u32> {
