@@ -167,6 +167,13 @@ impl Engine {
         for (tag, unacked, _) in tx.settles {
             state.unacked.restore(tag, unacked);
         }
+        // The oldest delivery may be older again: its consumer timeout is a deadline again.
+        if let Some(timeout_ms) = self.limits.consumer_timeout_ms
+            && let Some((_, oldest)) = state.unacked.iter().next()
+        {
+            let at = oldest.delivered_at_ms.saturating_add(timeout_ms);
+            self.alarm.note(at.saturating_add(1));
+        }
     }
 
     /// Holds a routed publish in the channel's transaction.
