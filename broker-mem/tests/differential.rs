@@ -17,10 +17,12 @@
 //! test's. RabbitMQ delivers, dead-letters, requeues on a close and deletes exclusive and
 //! auto-delete queues in the background, so after an operation that may do any of these the
 //! RabbitMQ run waits a moment, and a run that differs is repeated before the difference
-//! counts.
+//! counts. Each sequence also runs through lapin on broker-mem's wire server, whose
+//! transcript must be the in-process one.
 //!
 //! Cases: `WARREN_DIFFERENTIAL_CASES` (default 24; each creates a vhost). Without a reachable
-//! RabbitMQ the test prints `SKIPPED` and passes, unless `WARREN_REQUIRE_RABBITMQ=1`.
+//! RabbitMQ the test compares only broker-mem in process and over the wire, and prints
+//! `SKIPPED` for RabbitMQ, unless `WARREN_REQUIRE_RABBITMQ=1`.
 
 #[path = "contract/harness.rs"]
 mod harness;
@@ -923,19 +925,30 @@ fn cases() -> u32 {
         .unwrap_or(24)
 }
 
-/// Runs `ops` on broker-mem and on RabbitMQ (in a vhost named after `test`, so the tests can
-/// run side by side) and fails on the first line that differs.
+/// Runs `ops` on broker-mem (in process, and through lapin on its wire server) and on
+/// RabbitMQ (in a vhost named after `test`, so the tests can run side by side) and fails on
+/// the first line that differs.
 fn check(test: &str, ops: &[Op]) -> Result<(), TestCaseError> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .expect("tokio runtime");
-    let (mem, rabbit) = runtime.block_on(async {
+    let (mem, wire, rabbit) = runtime.block_on(async {
         let mut mem = Mem::new();
         let mem_lines = transcript(&mut mem, ops).await;
         mem.broker
             .check_invariants()
             .expect("broker-mem bookkeeping");
+        // The same broker behind its wire server, driven through lapin as RabbitMQ is: the
+        // AMQP mapping must change nothing.
+        let mut wire = Rabbit::wire().await;
+        let Ok(wire_lines) = tokio::time::timeout(RUN_TIMEOUT, transcript(&mut wire, ops)).await
+        else {
+            panic!("the run on broker-mem's wire server took over {RUN_TIMEOUT:?}");
+        };
+        let wired = wire.wired_broker().expect("a wire run").clone();
+        wire.finish().await;
+        wired.check_invariants().expect("broker-mem bookkeeping");
         // RabbitMQ's background work (delivering, dead-lettering, requeues on close) can
         // outlast the pause after an operation on a loaded machine: a run that differs is
         // repeated, and only a difference RabbitMQ gives every time counts.
@@ -956,8 +969,17 @@ fn check(test: &str, ops: &[Op]) -> Result<(), TestCaseError> {
                 break;
             }
         }
-        (mem_lines, rabbit_lines)
+        (mem_lines, wire_lines, rabbit_lines)
     });
+    let first_difference = mem.iter().zip(&wire).find(|(mem, wire)| mem != wire);
+    if let Some((mem, wire)) = first_difference {
+        prop_assert_eq!(
+            mem,
+            wire,
+            "broker-mem in process (left) and over the wire (right) differ"
+        );
+    }
+    prop_assert_eq!(&mem, &wire);
     let Some(rabbit) = rabbit else {
         return Ok(());
     };
