@@ -7,6 +7,7 @@ use std::fmt;
 use crate::connection::ConnectionId;
 use crate::consumer::ConsumerState;
 use crate::delivery::{Unacked, UnackedDeliveries};
+use crate::engine::reply_to::ReplyConsumer;
 use crate::engine::tx::Transaction;
 use crate::error::AmqpError;
 use crate::lookup::NameMap;
@@ -56,6 +57,8 @@ pub(crate) struct ChannelState {
     pub consumers: NameMap<ConsumerState>,
     /// `tx.select`: the open transaction (empty after each commit or rollback).
     pub tx: Option<Transaction>,
+    /// Its direct reply-to consumer, also among `consumers` (see `engine::reply_to`).
+    pub reply_consumer: Option<ReplyConsumer>,
 }
 
 impl ChannelState {
@@ -85,6 +88,7 @@ impl ChannelState {
             unacked: UnackedDeliveries::default(),
             consumers: NameMap::default(),
             tx: None,
+            reply_consumer: None,
         }
     }
 }

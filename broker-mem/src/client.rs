@@ -89,8 +89,15 @@ struct Shared {
 }
 
 impl Shared {
-    /// Forwards the engine's events to the consumers' flume channels.
+    /// Forwards the engine's events to the consumers' flume channels, and rings the time
+    /// keeper's bell if the call set an earlier deadline. Every engine call ends with this.
     fn flush(&mut self) {
+        if let Some(ring) = &self.deadline_bell
+            && self.engine.take_alarm()
+        {
+            // Full: it is already ringing.
+            let _ = ring.try_send(());
+        }
         if !self.engine.has_events() {
             return;
         }
@@ -381,17 +388,6 @@ impl Broker {
         shared.engine.advance_to(now_ms);
         let value = f(&mut shared);
         shared.flush();
-        let Shared {
-            engine,
-            deadline_bell,
-            ..
-        } = &mut *shared;
-        if let Some(ring) = deadline_bell
-            && engine.take_alarm()
-        {
-            // Full: it is already ringing.
-            let _ = ring.try_send(());
-        }
         value
     }
 }

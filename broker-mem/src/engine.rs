@@ -43,11 +43,13 @@ use crate::queue::{
 
 mod clock;
 mod fault;
+pub(crate) mod reply_to;
 mod route_memo;
 pub(crate) mod tx;
 
 use clock::Alarm;
 use fault::{Delayed, DeliveryFault};
+use reply_to::{REPLY_TO, is_reply_name};
 use route_memo::RouteMemo;
 
 /// Why a consumer stopped receiving.
@@ -181,6 +183,8 @@ pub struct Engine {
     route_memo: RouteMemo,
     /// Deadlines set since the time keeper last asked (see `clock`).
     alarm: Alarm,
+    /// Direct reply-to: the channel each live reply name belongs to (see `reply_to`).
+    reply_channels: NameMap<ChannelId>,
 }
 
 impl Default for Engine {
@@ -221,6 +225,7 @@ impl Engine {
             topology: 0,
             route_memo: RouteMemo::default(),
             alarm: Alarm::default(),
+            reply_channels: NameMap::default(),
         }
     }
 
@@ -1053,10 +1058,16 @@ impl Engine {
                         consumer.unacked
                     ));
                 }
-                let listed = self
-                    .queues
-                    .get(&consumer.queue)
-                    .is_some_and(|q| q.consumers().any(|(c, t)| c == id && t == tag));
+                // A reply consumer is listed by the reply names instead of a queue.
+                let listed = if consumer.queue == REPLY_TO {
+                    channel.reply_consumer.as_ref().is_some_and(|reply| {
+                        reply.tag == *tag && self.reply_channels.get(&reply.name) == Some(id)
+                    })
+                } else {
+                    self.queues
+                        .get(&consumer.queue)
+                        .is_some_and(|q| q.consumers().any(|(c, t)| c == id && t == tag))
+                };
                 if !listed {
                     return Err(format!(
                         "consumer '{tag}' on {id} is not listed by its queue"
@@ -1250,6 +1261,9 @@ impl Engine {
         arguments: &FieldTable,
     ) -> Result<QueueDeclareOk, Fault> {
         check_name("queue name", name)?;
+        if let Some(answer) = self.declare_reply_to(name) {
+            return answer;
+        }
         let now_ms = self.now_ms;
         if options.passive {
             let queue = self
@@ -1472,6 +1486,7 @@ impl Engine {
             (Some(index), shared_name.clone())
         };
         let exchange_name = shared_name.as_str();
+        let properties = self.address_reply_to(channel_index, properties)?;
         if let Some(claimed) = properties.user_id.as_deref() {
             let user = self
                 .connections
@@ -1562,6 +1577,14 @@ impl Engine {
             routing_key.into()
         };
         let message = Message::new(shared_name, routing_key, properties, body, bcc);
+        // Direct replies: the default exchange hands them over as it routes, whatever becomes
+        // of the publish, and no queue counts as reached (see `reply_to`).
+        if message.exchange.is_empty() {
+            let keys = std::iter::once(&message.routing_key).chain(extra_keys);
+            for key in keys.filter(|key| is_reply_name(key)) {
+                self.deliver_reply(key, &message);
+            }
+        }
         let published = if in_tx {
             // Routed now, enqueued at the commit; no confirm.
             self.hold_publish(channel_index, route.queues.clone(), message, options)
@@ -1920,6 +1943,9 @@ impl Engine {
     ) -> Result<String, Fault> {
         check_name("queue name", queue_name)?;
         check_name("consumer tag", &options.consumer_tag)?;
+        if queue_name == REPLY_TO {
+            return self.consume_reply_to(channel, &options);
+        }
         let (queue_name, queue) = self
             .queues
             .get_key_value(queue_name)
@@ -2133,6 +2159,9 @@ impl Engine {
         reason: ConsumerEnd,
     ) -> Option<SmolStr> {
         let consumer_tag = SmolStr::from(consumer_tag);
+        if queue_name == REPLY_TO {
+            self.forget_reply_consumer(channel);
+        }
         let now_ms = self.now_ms;
         let mut hand_over = false;
         let mut unused_expires_at_ms = None;

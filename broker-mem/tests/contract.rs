@@ -121,6 +121,8 @@ contract!(
     system_exchanges_argument_types_and_auto_delete_exchanges,
     expiration_is_read_as_rabbitmq_reads_it,
     another_connection_may_publish_to_an_exclusive_queue_but_not_touch_it,
+    direct_reply_to_carries_replies_to_the_requesting_channel,
+    direct_reply_to_refuses_what_rabbitmq_refuses,
 );
 
 async fn nack_multiple_requeues_in_order_and_auto_ack_ignores_prefetch(b: &mut impl Amqp) {
@@ -3030,4 +3032,201 @@ async fn another_connection_may_publish_to_an_exclusive_queue_but_not_touch_it(b
     for exchange in ["fan", "spare"] {
         b.exchange_delete(ch, exchange, false).await.unwrap();
     }
+}
+
+const REPLY_TO: &str = "amq.rabbitmq.reply-to";
+
+fn asking(reply_to: &str, correlation: &str) -> Properties {
+    Properties {
+        reply_to: Some(reply_to.into()),
+        correlation_id: Some(correlation.into()),
+        ..Properties::default()
+    }
+}
+
+/// RabbitMQ's direct reply-to, as RPC clients (NestJS's, for one) use it: a no-ack consumer on
+/// the pseudo-queue, requests whose `reply_to` the broker rewrites to a name of that channel's
+/// own, and replies published to that name on the default exchange, which reach the consumer
+/// without any queue (so a mandatory reply is also returned, unroutable). Probed on 3.10.8.
+async fn direct_reply_to_carries_replies_to_the_requesting_channel(b: &mut impl Amqp) {
+    let c = b.connection().await;
+    let client = b.channel(c).await;
+    let server_connection = b.connection().await;
+    let server = b.channel(server_connection).await;
+    b.queue(server, "rpc").await;
+    let replies = b
+        .consume(client, REPLY_TO, "replies", true, false)
+        .await
+        .unwrap();
+    let request = b
+        .publish(client, "", "rpc", false, asking(REPLY_TO, "1"), "ask")
+        .await
+        .unwrap();
+    assert!(request.acked);
+    let (msg, _) = b
+        .get(server, "rpc", true)
+        .await
+        .unwrap()
+        .expect("the request");
+    let reply_name = msg.properties.reply_to.clone().expect("a reply-to");
+    assert!(
+        reply_name.starts_with("amq.rabbitmq.reply-to.") && reply_name.len() > REPLY_TO.len() + 1,
+        "{reply_name}"
+    );
+    assert_eq!(msg.properties.correlation_id.as_deref(), Some("1"));
+    // The pseudo-queue and the reply name answer a declare as a queue with one consumer.
+    let declared = b
+        .queue_declare(server, REPLY_TO, QFlags::default(), FieldTable::new())
+        .await
+        .unwrap();
+    assert_eq!(declared, (REPLY_TO.to_owned(), 0, 1));
+    let passive = QFlags {
+        passive: true,
+        ..QFlags::default()
+    };
+    let declared = b
+        .queue_declare(server, &reply_name, passive, FieldTable::new())
+        .await
+        .unwrap();
+    assert_eq!(declared, (reply_name.clone(), 0, 1));
+
+    let reply = Properties {
+        correlation_id: Some("1".into()),
+        ..Properties::default()
+    };
+    let published = b
+        .publish(server, "", &reply_name, false, reply.clone(), "answer")
+        .await
+        .unwrap();
+    assert_eq!(
+        published,
+        harness::Pub {
+            returned: None,
+            acked: true
+        }
+    );
+    let answer = b.next(replies).await.msg();
+    assert_eq!(answer.text(), "answer");
+    assert_eq!(answer.properties.correlation_id.as_deref(), Some("1"));
+    assert_eq!(
+        (answer.exchange.as_str(), answer.routing_key.as_str()),
+        ("", reply_name.as_str())
+    );
+    // The channel's next delivery tag, not taken: the channel has delivered nothing else.
+    assert_eq!((answer.tag, answer.redelivered), (1, false));
+    let answer = b.next(replies).await;
+    assert!(matches!(answer, Next::Empty), "one reply, once: {answer:?}");
+    // Mandatory: no queue took it, so it comes back; and the consumer has it all the same.
+    let published = b
+        .publish(server, "", &reply_name, true, reply.clone(), "again")
+        .await
+        .unwrap();
+    assert_eq!(published.returned.map(|(code, _)| code), Some(312));
+    assert_eq!(b.next(replies).await.msg().text(), "again");
+    // A `CC` header reaches it too, with the message's own routing key.
+    let cc = Properties {
+        headers: Some(table(&[("CC", FieldValue::Array(vec![s(&reply_name)]))])),
+        ..Properties::default()
+    };
+    b.publish(server, "", "nowhere", false, cc, "copied")
+        .await
+        .unwrap();
+    let copied = b.next(replies).await.msg();
+    assert_eq!(
+        (copied.text(), copied.routing_key),
+        ("copied".to_owned(), "nowhere".to_owned())
+    );
+    // A name no channel has: dropped, confirmed all the same. Through another exchange the
+    // name means nothing.
+    let unknown = format!("{REPLY_TO}.unknown");
+    let published = b
+        .publish(server, "", &unknown, false, reply.clone(), "lost")
+        .await
+        .unwrap();
+    assert_eq!(
+        published,
+        harness::Pub {
+            returned: None,
+            acked: true
+        }
+    );
+    let published = b
+        .publish(server, "amq.direct", &reply_name, true, reply, "routed")
+        .await
+        .unwrap();
+    assert_eq!(published.returned.map(|(code, _)| code), Some(312));
+    assert!(matches!(b.quiet(replies).await, Next::Empty));
+    let error = b
+        .queue_declare(server, &unknown, passive, FieldTable::new())
+        .await
+        .unwrap_err();
+    assert_eq!(error.code, 404);
+    // When the requesting channel closes, its name is gone.
+    b.close_channel(client).await;
+    let server = b.channel(server_connection).await;
+    let error = b
+        .queue_declare(server, &reply_name, passive, FieldTable::new())
+        .await
+        .unwrap_err();
+    assert_eq!(error.code, 404);
+}
+
+async fn direct_reply_to_refuses_what_rabbitmq_refuses(b: &mut impl Amqp) {
+    let c = b.connection().await;
+    let ch = b.channel(c).await;
+    b.queue(ch, "rpc").await;
+    // Replies are never acked.
+    let error = b
+        .consume(ch, REPLY_TO, "acking", false, false)
+        .await
+        .unwrap_err();
+    assert_eq!(
+        (error.code, error.text.as_str()),
+        (
+            406,
+            "PRECONDITION_FAILED - reply consumer cannot acknowledge"
+        )
+    );
+    // A request that asks for a reply needs the channel's reply consumer.
+    let ch = b.channel(c).await;
+    let error = b
+        .publish(ch, "", "rpc", false, asking(REPLY_TO, "1"), "ask")
+        .await
+        .unwrap_err();
+    assert_eq!(
+        (error.code, error.text.as_str()),
+        (
+            406,
+            "PRECONDITION_FAILED - fast reply consumer does not exist"
+        )
+    );
+    assert_eq!(
+        b.depth("rpc").await,
+        Some(0),
+        "the request was not enqueued"
+    );
+    // One per channel.
+    let ch = b.channel(c).await;
+    let replies = b.consume(ch, REPLY_TO, "one", true, false).await.unwrap();
+    let error = b
+        .consume(ch, REPLY_TO, "two", true, false)
+        .await
+        .unwrap_err();
+    assert_eq!(
+        (error.code, error.text.as_str()),
+        (406, "PRECONDITION_FAILED - reply consumer already set")
+    );
+    // After a cancel the channel has none again.
+    let ch = b.channel(c).await;
+    let replies_before = b.consume(ch, REPLY_TO, "once", true, false).await.unwrap();
+    b.publish(ch, "", "rpc", false, asking(REPLY_TO, "2"), "ask")
+        .await
+        .unwrap();
+    b.cancel(ch, replies_before).await.unwrap();
+    let error = b
+        .publish(ch, "", "rpc", false, asking(REPLY_TO, "3"), "ask")
+        .await
+        .unwrap_err();
+    assert_eq!(error.code, 406);
+    let _ = replies;
 }

@@ -1530,7 +1530,7 @@ fn method_name(class: &AMQPClass) -> String {
 fn start() -> connection::Start {
     let mut capabilities = AmqpTable::default();
     // RabbitMQ 3.10 announces all of these as true; broker-mem says false for what it does not
-    // do (no memory alarms to block publishers, no `amq.rabbitmq.reply-to`).
+    // do (no memory alarms to block publishers).
     for capability in [
         "publisher_confirms",
         "exchange_exchange_bindings",
@@ -1539,12 +1539,11 @@ fn start() -> connection::Start {
         "consumer_priorities",
         "authentication_failure_close",
         "per_consumer_qos",
+        "direct_reply_to",
     ] {
         capabilities.insert(capability.into(), AMQPValue::Boolean(true));
     }
-    for capability in ["connection.blocked", "direct_reply_to"] {
-        capabilities.insert(capability.into(), AMQPValue::Boolean(false));
-    }
+    capabilities.insert("connection.blocked".into(), AMQPValue::Boolean(false));
     let mut properties = AmqpTable::default();
     properties.insert("product".into(), AMQPValue::LongString("broker-mem".into()));
     properties.insert(
