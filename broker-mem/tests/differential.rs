@@ -9,9 +9,10 @@
 //! Only operations whose outcome RabbitMQ fixes are used: declares (queues of several kinds,
 //! some conflicting, exclusive or auto-delete; direct, fanout, topic and headers exchanges,
 //! some with an alternate), queue and exchange bindings (some with headers arguments),
-//! publishes with confirms (some mandatory, with priorities, headers and `CC`), `basic.get`,
-//! `basic.qos` (per consumer and per channel), consumers (some exclusive, some no-ack) and
-//! taking what they were delivered, cancels, acks, nacks, `basic.recover`, transactions,
+//! publishes with confirms (some mandatory, with priorities, headers and `CC`, some asking
+//! for a direct reply), direct replies, `basic.get`, `basic.qos` (per consumer and per
+//! channel), consumers (some exclusive, some no-ack, some on direct reply-to's pseudo-queue)
+//! and taking what they were delivered, cancels, acks, nacks, `basic.recover`, transactions,
 //! purges, deletes and closes, on two connections. So prefetch, round-robin, requeue and
 //! redelivery are compared delivery by delivery. No TTLs: their timing is RabbitMQ's, not the
 //! test's. RabbitMQ delivers, dead-letters, requeues on a close and deletes exclusive and
@@ -27,7 +28,7 @@
 #[path = "contract/harness.rs"]
 mod harness;
 
-use std::collections::BTreeSet;
+use std::collections::BTreeMap;
 
 use broker_mem::{FieldTable, FieldValue, Properties};
 use harness::{
@@ -38,6 +39,9 @@ use proptest::prelude::*;
 const QUEUES: [&str; 3] = ["q0", "q1", "q2"];
 /// The dead-letter target every dead-lettering queue kind names (declared at the start).
 const DEAD: &str = "dead";
+/// Direct reply-to's pseudo-queue, and how the reply names it hands out start.
+const REPLY_TO: &str = "amq.rabbitmq.reply-to";
+const REPLY_NAME_PREFIX: &str = "amq.rabbitmq.reply-to.";
 const EXCHANGES: [&str; 2] = ["x0", "x1"];
 const EXCHANGE_KINDS: [&str; 4] = ["direct", "fanout", "topic", "headers"];
 /// Routing keys, the queue names among them (the default exchange routes by those).
@@ -66,7 +70,7 @@ fn queue_arguments(kind: usize) -> FieldTable {
         1 => table(&[("x-max-length", i(2)), ("x-dead-letter-exchange", s("dlx"))]),
         2 => table(&[("x-max-length", i(2)), ("x-overflow", s("reject-publish"))]),
         3 => table(&[("x-dead-letter-exchange", s("dlx"))]),
-        4 => table(&[("x-max-priority", i(3))]),
+        PRIORITY_KIND => table(&[("x-max-priority", i(3))]),
         5 => table(&[("x-single-active-consumer", FieldValue::Bool(true))]),
         // Bodies are 2 or 3 bytes: two messages fit.
         6 => table(&[
@@ -97,6 +101,8 @@ const QUEUE_KINDS: usize = 11;
 /// The kinds from here on are quorum queues.
 const QUORUM_KINDS_FROM: usize = 7;
 
+/// The priority queue kind.
+const PRIORITY_KIND: usize = 4;
 /// The classic single-active-consumer kind.
 const SINGLE_ACTIVE_KIND: usize = 5;
 
@@ -189,6 +195,17 @@ enum Op {
         headers: usize,
         /// `expiration: 0`: delivered only to a consumer that can take it at once.
         expires: bool,
+        /// `reply_to: amq.rabbitmq.reply-to`: a request that wants a direct reply.
+        ask: bool,
+    },
+    /// An RPC server's turn: `basic.get` (no-ack) from a queue and, when that is a request,
+    /// a direct reply (to the default exchange, routed by its reply name); otherwise a reply
+    /// to one of the reply names requests carried so far, if any.
+    Reply {
+        conn: usize,
+        queue: usize,
+        pick: usize,
+        mandatory: bool,
     },
     Get {
         conn: usize,
@@ -214,7 +231,7 @@ enum Op {
     },
     Consume {
         conn: usize,
-        /// `QUEUES.len()`: the dead-letter queue.
+        /// `QUEUES.len()`: the dead-letter queue; one more: direct reply-to's pseudo-queue.
         queue: usize,
         no_ack: bool,
         exclusive: bool,
@@ -310,14 +327,16 @@ fn op(focus: Focus) -> impl Strategy<Value = Op> {
             .prop_map(|(conn, queue, exchange, key)| Op::Unbind { conn, queue, exchange, key }),
         // Many publishes name a queue (the default exchange routes by it).
         w(7, 10) => (conn.clone(), prop::option::weighted(via_exchange, exchange), prop_oneof![to_queue => 2..5usize, 1 => key], any::<bool>(), 0u8..5)
-            .prop_flat_map(|(conn, exchange, key, mandatory, priority)| (0..HEADER_KINDS, prop::bool::weighted(0.15))
-                .prop_map(move |(headers, expires)| {
+            .prop_flat_map(|(conn, exchange, key, mandatory, priority)| (0..HEADER_KINDS, prop::bool::weighted(0.15), prop::bool::weighted(0.3))
+                .prop_map(move |(headers, expires, ask)| {
                     // An expiring message goes to one queue at most (the default exchange,
                     // no `CC`): copies expiring in several queues at once are dead-lettered
                     // in an order RabbitMQ's queue processes race for.
                     let (exchange, headers) = if expires { (None, 0) } else { (exchange, headers) };
-                    Op::Publish { conn, exchange, key, mandatory, priority, headers, expires }
+                    Op::Publish { conn, exchange, key, mandatory, priority, headers, expires, ask }
                 })),
+        w(1, 3) => (conn.clone(), 0..QUEUES.len(), any::<usize>(), prop::bool::weighted(0.25))
+            .prop_map(|(conn, queue, pick, mandatory)| Op::Reply { conn, queue, pick, mandatory }),
         w(4, 2) => (conn.clone(), 0..QUEUES.len() + 1, any::<bool>())
             .prop_map(|(conn, queue, no_ack)| Op::Get { conn, queue, no_ack }),
         w(3, 6) => (conn.clone(), any::<usize>(), any::<bool>(), prop::option::of(any::<bool>()))
@@ -325,8 +344,12 @@ fn op(focus: Focus) -> impl Strategy<Value = Op> {
         w(1, 1) => conn.clone().prop_map(|conn| Op::AckUnknown { conn }),
         w(1, 2) => (conn.clone(), 0u16..4, prop::bool::weighted(0.25))
             .prop_map(|(conn, prefetch, global)| Op::Qos { conn, prefetch, global }),
-        w(3, 4) => (conn.clone(), 0..QUEUES.len() + 1, prop::bool::weighted(0.25), prop::bool::weighted(0.15), prop_oneof![4 => Just(0i8), 1 => -1i8..=2])
-            .prop_map(|(conn, queue, no_ack, exclusive, priority)| Op::Consume { conn, queue, no_ack, exclusive, priority }),
+        w(3, 4) => (conn.clone(), 0..QUEUES.len() + 2, prop::bool::weighted(0.25), prop::bool::weighted(0.15), prop_oneof![4 => Just(0i8), 1 => -1i8..=2])
+            .prop_map(|(conn, queue, no_ack, exclusive, priority)| {
+                // Reply consumers must be no-ack: mostly they are, to get replies.
+                let no_ack = no_ack || (queue == QUEUES.len() + 1 && !exclusive);
+                Op::Consume { conn, queue, no_ack, exclusive, priority }
+            }),
         w(4, 10) => (any::<usize>(), any::<bool>()).prop_map(|(pick, all)| Op::Take { pick, all }),
         w(1, 2) => any::<usize>().prop_map(|pick| Op::Cancel { pick }),
         w(1, 2) => conn.clone().prop_map(|conn| Op::Recover { conn }),
@@ -357,11 +380,15 @@ fn prelude(focus: Focus) -> impl Strategy<Value = Vec<Op>> {
         Focus::Broad => 0..=1usize,
         Focus::Consumers => 1..=3usize,
     };
+    // Some runs have a direct reply-to consumer from the start, so that requests asking for
+    // a reply get through and replies have somewhere to go.
+    let replies = prop::collection::vec(prop::bool::weighted(0.5), CONNECTIONS);
     (
         prop::option::weighted(declared, declares),
         prop::option::weighted(consumed, prop::collection::vec(consumer, consumers)),
+        replies,
     )
-        .prop_map(|(kinds, consumers)| {
+        .prop_map(|(kinds, consumers, replies)| {
             let mut ops: Vec<Op> = kinds
                 .unwrap_or_default()
                 .into_iter()
@@ -386,6 +413,15 @@ fn prelude(focus: Focus) -> impl Strategy<Value = Vec<Op>> {
                     conn,
                     queue,
                     no_ack: false,
+                    exclusive: false,
+                    priority: 0,
+                });
+            }
+            for conn in (0..CONNECTIONS).filter(|conn| replies[*conn]) {
+                ops.push(Op::Consume {
+                    conn,
+                    queue: QUEUES.len() + 1,
+                    no_ack: true,
                     exclusive: false,
                     priority: 0,
                 });
@@ -449,10 +485,10 @@ async fn transcript(b: &mut impl Amqp, ops: &[Op]) -> Vec<String> {
     b.exchange(setup, "dlx", "fanout").await;
     b.queue(setup, DEAD).await;
     b.bind(setup, DEAD, "dlx", "").await;
-    let mut single_active = BTreeSet::new();
+    let mut seen = Seen::default();
     let mut lines = Vec::new();
     for (n, op) in ops.iter().enumerate() {
-        let line = apply(b, &mut slots, &mut single_active, n, op).await;
+        let line = apply(b, &mut slots, &mut seen, n, op).await;
         lines.push(format!("{n}: {op:?} -> {line}"));
     }
     lines
@@ -475,20 +511,36 @@ fn message_line(msg: &Msg) -> String {
     let death = msg
         .header("x-first-death-reason")
         .zip(msg.header("x-first-death-queue"));
+    // Each broker makes its own reply names.
+    let named = |name: &str| {
+        if name.starts_with(REPLY_NAME_PREFIX) {
+            "<reply name>".to_owned()
+        } else {
+            name.to_owned()
+        }
+    };
     format!(
-        "{} tag {} redelivered {} exchange {:?} key {:?} delivery-count {:?} death {death:?}",
+        "{} tag {} redelivered {} exchange {:?} key {:?} reply-to {:?} delivery-count {:?} \
+         death {death:?}",
         msg.text(),
         msg.tag,
         msg.redelivered,
         msg.exchange,
-        msg.routing_key,
+        named(&msg.routing_key),
+        msg.properties.reply_to.as_deref().map(named),
         msg.header("x-delivery-count"),
     )
 }
 
 /// Takes what a consumer was delivered (one, or with `all` every one until none comes within
 /// the settle pause) as a line, recording the tags to settle.
-async fn take(b: &mut impl Amqp, slot: &mut Slot, index: usize, all: bool) -> String {
+async fn take(
+    b: &mut impl Amqp,
+    slot: &mut Slot,
+    seen: &mut Seen,
+    index: usize,
+    all: bool,
+) -> String {
     let consumer = &slot.consumers[index];
     let mut taken = Vec::new();
     let mut ended = false;
@@ -498,6 +550,7 @@ async fn take(b: &mut impl Amqp, slot: &mut Slot, index: usize, all: bool) -> St
                 if !consumer.no_ack {
                     slot.unacked.push(msg.tag);
                 }
+                seen.note(&msg);
                 taken.push(message_line(&msg));
             }
             Next::Empty => {
@@ -537,12 +590,32 @@ fn closes_connection(code: u16) -> bool {
     matches!(code, 320 | 402 | 501..=506 | 530 | 540 | 541)
 }
 
-/// `single_active`: the queues last declared as the classic single-active-consumer kind
-/// (a deleted one may stay in it).
+/// What a run has seen so far that later operations depend on.
+#[derive(Default)]
+struct Seen {
+    /// The kind each queue was last declared as (a deleted one may stay in it).
+    kinds: BTreeMap<&'static str, usize>,
+    /// The reply names requests carried, in the order they were first seen (each broker
+    /// makes its own names; the order is the same).
+    reply_names: Vec<String>,
+}
+
+impl Seen {
+    /// Notes the reply name a delivered or got message carries, if any.
+    fn note(&mut self, msg: &Msg) {
+        if let Some(name) = msg.properties.reply_to.as_deref()
+            && name.starts_with(REPLY_NAME_PREFIX)
+            && !self.reply_names.iter().any(|seen| seen == name)
+        {
+            self.reply_names.push(name.to_owned());
+        }
+    }
+}
+
 async fn apply(
     b: &mut impl Amqp,
     slots: &mut [Slot],
-    single_active: &mut BTreeSet<&'static str>,
+    seen: &mut Seen,
     n: usize,
     op: &Op,
 ) -> String {
@@ -562,6 +635,7 @@ async fn apply(
         | Op::Bind { conn, .. }
         | Op::Unbind { conn, .. }
         | Op::Publish { conn, .. }
+        | Op::Reply { conn, .. }
         | Op::Get { conn, .. }
         | Op::Settle { conn, .. }
         | Op::AckUnknown { conn }
@@ -592,11 +666,7 @@ async fn apply(
                 .queue_declare(ch, QUEUES[queue], flags, queue_arguments(kind))
                 .await;
             if result.is_ok() {
-                if kind == SINGLE_ACTIVE_KIND {
-                    single_active.insert(QUEUES[queue]);
-                } else {
-                    single_active.remove(QUEUES[queue]);
-                }
+                seen.kinds.insert(QUEUES[queue], kind);
             }
             (answer(&result), result.err().map(|r| r.code))
         }
@@ -696,13 +766,23 @@ async fn apply(
             priority,
             headers,
             expires,
+            ask,
             ..
         } => {
             let exchange = exchange.map_or("", |x| EXCHANGES[x]);
+            // Only a channel with a reply consumer asks (a request without one is a 406 that
+            // closes the channel, which the contract suite covers).
+            let ask = ask && slots[conn].consumers.iter().any(|c| c.queue == REPLY_TO);
+            // Not into a priority queue: there an expiring message goes ahead of others, where
+            // RabbitMQ 3.10 arms no TTL timer for it, so it stays (purge and declare count it)
+            // and a `basic.get` even hands it out, expired (probed); broker-mem drops it as its
+            // TTL runs out (the README's differences).
+            let expires = expires && seen.kinds.get(KEYS[key]) != Some(&PRIORITY_KIND);
             let properties = Properties {
                 priority: Some(priority),
                 headers: message_headers(headers),
                 expiration: expires.then(|| "0".to_owned()),
+                reply_to: ask.then(|| REPLY_TO.to_owned()),
                 ..Properties::default()
             };
             let body = format!("m{n}");
@@ -713,6 +793,45 @@ async fn apply(
             b.sleep_ms(settle_ms()).await;
             (answer(&result), result.err().map(|r| r.code))
         }
+        Op::Reply {
+            queue,
+            pick,
+            mandatory,
+            ..
+        } => match b.get(ch, QUEUES[queue], true).await {
+            Err(reply) => (answer(&Err::<(), _>(reply.clone())), Some(reply.code)),
+            Ok(got) => {
+                let request = match &got {
+                    Some((msg, _)) => {
+                        seen.note(msg);
+                        format!("got {}", message_line(msg))
+                    }
+                    None => "empty".to_owned(),
+                };
+                let asked = got.and_then(|(msg, _)| msg.properties.reply_to);
+                let name = asked
+                    .filter(|name| name.starts_with(REPLY_NAME_PREFIX))
+                    .or_else(|| {
+                        let names = &seen.reply_names;
+                        (!names.is_empty()).then(|| names[pick % names.len()].clone())
+                    });
+                match name {
+                    None => (format!("{request}; no reply name"), None),
+                    Some(name) => {
+                        let body = format!("m{n}");
+                        let result = b
+                            .publish(ch, "", &name, mandatory, Properties::default(), &body)
+                            .await;
+                        // Handed over in the background on RabbitMQ.
+                        b.sleep_ms(settle_ms()).await;
+                        (
+                            format!("{request}; replied {}", answer(&result)),
+                            result.err().map(|r| r.code),
+                        )
+                    }
+                }
+            }
+        },
         Op::Get { queue, no_ack, .. } => {
             let name = QUEUES.get(queue).copied().unwrap_or(DEAD);
             let result = b.get(ch, name, no_ack).await;
@@ -721,6 +840,7 @@ async fn apply(
                     if !no_ack {
                         slots[conn].unacked.push(msg.tag);
                     }
+                    seen.note(msg);
                     format!("got {} left {count}", message_line(msg))
                 }
                 other => answer(other),
@@ -771,12 +891,19 @@ async fn apply(
             priority,
             ..
         } => {
-            let name = QUEUES.get(queue).copied().unwrap_or(DEAD);
+            let name = match queue {
+                q if q < QUEUES.len() => QUEUES[q],
+                q if q == QUEUES.len() => DEAD,
+                _ => REPLY_TO,
+            };
             // One queue's consumers per channel: when one publish (or requeue) reaches several
             // queues with consumers on one channel, the order their deliveries take (and so
             // the delivery tags) is a race between RabbitMQ's queue processes (probed: mostly
             // reverse name order, not always), where broker-mem's is fixed.
-            if let Some(other) = slots[conn].consumers.iter().find(|c| c.queue != name) {
+            // A reply consumer races with nothing: only a reply, in an operation of its own,
+            // reaches it.
+            let racing = |queue: &str| queue != name && queue != REPLY_TO && name != REPLY_TO;
+            if let Some(other) = slots[conn].consumers.iter().find(|c| racing(c.queue)) {
                 return format!("skipped: this channel consumes from {}", other.queue);
             }
             // Tags are the test's: RabbitMQ's own (`amq.ctag-…`) are random.
@@ -809,7 +936,7 @@ async fn apply(
             let Some((_, index)) = consumer_at(slots, pick) else {
                 return "no consumer".to_owned();
             };
-            return take(b, &mut slots[conn], index, all).await;
+            return take(b, &mut slots[conn], seen, index, all).await;
         }
         Op::Cancel { pick } => {
             let Some((_, index)) = consumer_at(slots, pick) else {
@@ -820,7 +947,8 @@ async fn apply(
             // queue (rabbitmq-server#5460); broker-mem hands over at once, as fixed versions do.
             // Not compared: the README lists it.
             let queue = slots[conn].consumers[index].queue;
-            if single_active.contains(queue) && b.depth(queue).await.is_some_and(|d| d > 0) {
+            let single_active = seen.kinds.get(queue) == Some(&SINGLE_ACTIVE_KIND);
+            if single_active && b.depth(queue).await.is_some_and(|d| d > 0) {
                 return "skipped: the cancel would hit rabbitmq-server#5460".to_owned();
             }
             // Forgotten: what it was delivered stays unacked on the channel (in the client's
@@ -841,7 +969,7 @@ async fn apply(
             let mut drained = Vec::new();
             // Last first: a consumer found ended is removed.
             for index in (0..slots[conn].consumers.len()).rev() {
-                drained.push(take(b, &mut slots[conn], index, true).await);
+                drained.push(take(b, &mut slots[conn], seen, index, true).await);
             }
             let result = b.recover(ch, true).await;
             slots[conn].unacked.clear();
