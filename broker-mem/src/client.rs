@@ -195,7 +195,7 @@ impl Broker {
     }
 
     /// How long, in clock milliseconds, until the broker has something to do by itself (a
-    /// TTL, `x-expires`, a consumer timeout, a delayed delivery; [`Engine::next_due_ms`]):
+    /// TTL, `x-expires`, a consumer timeout, a delayed delivery):
     /// a [`Broker::tick`] then does it. None: nothing until a call. For a time keeper, with
     /// [`Broker::deadline_bell`]; it scans every queue and channel.
     pub fn next_deadline_in_ms(&self) -> Option<u64> {

@@ -1075,6 +1075,16 @@ impl Engine {
                 }
             }
         }
+        for (name, id) in &self.reply_channels {
+            let owned = self.channels.get(id).is_some_and(|channel| {
+                (channel.reply_consumer.as_ref()).is_some_and(|reply| reply.name == *name)
+            });
+            if !owned {
+                return Err(format!(
+                    "reply name '{name}' points at {id}, which has no such consumer"
+                ));
+            }
+        }
         let bindings = self
             .exchanges
             .values()
@@ -1579,10 +1589,12 @@ impl Engine {
         let message = Message::new(shared_name, routing_key, properties, body, bcc);
         // Direct replies: the default exchange hands them over as it routes, whatever becomes
         // of the publish, and no queue counts as reached (see `reply_to`).
+        // Each name once, in order, however many keys name it (RabbitMQ's `lists:usort`).
         if message.exchange.is_empty() {
             let keys = std::iter::once(&message.routing_key).chain(extra_keys);
-            for key in keys.filter(|key| is_reply_name(key)) {
-                self.deliver_reply(key, &message);
+            let names: BTreeSet<&SmolStr> = keys.filter(|key| is_reply_name(key)).collect();
+            for name in names {
+                self.deliver_reply(name, &message);
             }
         }
         let published = if in_tx {

@@ -783,6 +783,10 @@ impl Queue {
     /// of credit left rabbit_fifo's service queue, and rejoins it at the end when a settle
     /// gives it credit back (RabbitMQ 3.10, probed; a classic queue's keeps its turn).
     pub(crate) fn rejoin_at_back(&mut self, key: &ConsumerKey) {
+        // A single active consumer has no round-robin to rejoin: it stays active (probed).
+        if self.args.single_active_consumer {
+            return;
+        }
         if let Some(at) = self.consumers.iter().position(|(k, _)| k == key)
             && let Some(entry) = self.consumers.remove(at)
         {

@@ -25,6 +25,12 @@ impl Alarm {
             self.rang = true;
         }
     }
+
+    /// Deadlines may have moved in ways not worth tracking one by one (a restart): the
+    /// keeper looks again.
+    pub(super) fn ring(&mut self) {
+        self.rang = true;
+    }
 }
 
 impl Engine {
@@ -32,8 +38,9 @@ impl Engine {
     /// head's TTL, an unused queue's `x-expires`, a channel's consumer timeout, a delayed
     /// delivery (fault hook). None: nothing happens until a call. A tick at that reading
     /// does it. [`Engine::take_alarm`] then reports calls that set an earlier one.
-    /// Scans every queue and channel: for the time keeper, not for every call.
-    pub fn next_due_ms(&mut self) -> Option<u64> {
+    /// Scans every queue and channel: for the time keeper (through
+    /// [`crate::Broker::next_deadline_in_ms`]), not for every call; it also resets the alarm.
+    pub(crate) fn next_due_ms(&mut self) -> Option<u64> {
         let delayed = self.delayed.iter().map(|d| d.due_ms);
         // A head is dropped once the clock is past its expiry (at its very millisecond it can
         // still be delivered; see `expire`).
@@ -72,7 +79,7 @@ impl Engine {
 
     /// Whether a call since the last [`Engine::next_due_ms`] set an earlier deadline than it
     /// reported; clears the flag.
-    pub fn take_alarm(&mut self) -> bool {
+    pub(crate) fn take_alarm(&mut self) -> bool {
         std::mem::take(&mut self.alarm.rang)
     }
 }

@@ -181,6 +181,9 @@ impl Engine {
                 self.held.release(&lost.message);
             }
         }
+        // Heads changed (transient messages ahead of persistent ones are gone): the time
+        // keeper looks again.
+        self.alarm.ring();
         let transient: Vec<SmolStr> = self
             .exchanges
             .iter()

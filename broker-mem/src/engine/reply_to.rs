@@ -72,7 +72,13 @@ impl Engine {
             ));
         }
         let tag = if options.consumer_tag.is_empty() {
-            smol_str::format_smolstr!("amq.ctag-{}", next(&mut self.counters.consumer_tag))
+            loop {
+                let tag =
+                    smol_str::format_smolstr!("amq.ctag-{}", next(&mut self.counters.consumer_tag));
+                if !state.consumers.contains_key(&tag) {
+                    break tag;
+                }
+            }
         } else {
             SmolStr::from(&options.consumer_tag)
         };

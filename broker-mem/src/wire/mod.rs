@@ -168,7 +168,8 @@ impl WireServer {
     /// message would wait for someone else's call. [`WireServer::serve_tcp`] runs it; run it
     /// beside [`WireServer::serve_connection`] on another transport, unless something else
     /// ticks the broker (a simulation's driver). Sleeps in `tokio::time`, so simulated time
-    /// drives it under turmoil. Never returns.
+    /// drives it under turmoil. Returns only if another keeper takes over the broker
+    /// ([`Broker::deadline_bell`]: one per broker).
     pub async fn keep_time(&self) {
         let bell = self.broker.deadline_bell();
         loop {
@@ -199,6 +200,8 @@ impl WireServer {
         let mut keeping = true;
         loop {
             let accepted = tokio::select! {
+                // Polled in order, not by the runtime's random pick: a seeded run stays one.
+                biased;
                 () = &mut keeper, if keeping => {
                     keeping = false;
                     continue;
