@@ -735,10 +735,23 @@ impl Channel {
     /// `tx.commit`: the held publishes are enqueued, then the held settles applied. Returns
     /// the mandatory messages no queue took. When a queue refuses one of the publishes (its
     /// `reject-publish` limit), the rest is still done and the commit fails with 406
-    /// `partial tx completion`, closing the channel, as in RabbitMQ; [`Broker::returned`]
-    /// then has that commit's returns.
+    /// `partial tx completion`, closing the channel, as in RabbitMQ; that commit's returns
+    /// are then only in [`Broker::returned`], or beside the error from
+    /// [`Channel::tx_commit_with_returns`].
     pub fn tx_commit(&self) -> Result<Vec<Returned>, Error> {
         self.broker.call(|engine| engine.tx_commit(self.id))
+    }
+
+    /// [`Channel::tx_commit`], with the mandatory messages no queue took handed back however
+    /// the commit ends: a commit that fails part way (406 `partial tx completion`) has done
+    /// its other publishes, and these are their returns (over the wire, the `basic.return`s
+    /// RabbitMQ sends before its `channel.close`).
+    pub fn tx_commit_with_returns(&self) -> (Vec<Returned>, Result<(), Error>) {
+        let mut returned = Vec::new();
+        let outcome = self
+            .broker
+            .call(|engine| engine.tx_commit_returning(self.id, &mut returned));
+        (returned, outcome)
     }
 
     /// `tx.rollback`: the held publishes are dropped, the held settles undone (those

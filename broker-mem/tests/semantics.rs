@@ -1102,6 +1102,36 @@ fn a_transaction_counts_against_the_held_ceilings_at_publish_and_at_commit() {
 }
 
 #[test]
+fn a_commit_that_fails_part_way_hands_back_its_returns_beside_the_error() {
+    let (broker, _connection, channel) = setup();
+    let refusing = FieldTable::from([
+        ("x-max-length".to_owned(), FieldValue::I64(0)),
+        (
+            "x-overflow".to_owned(),
+            FieldValue::String("reject-publish".to_owned()),
+        ),
+    ]);
+    channel
+        .queue_declare_with("full", QueueOptions::default(), &refusing)
+        .unwrap();
+    declare_queue(&channel, "q");
+    channel.tx_select().unwrap();
+    let mandatory = broker_mem::PublishOptions { mandatory: true };
+    for key in ["q", "nowhere", "full"] {
+        channel
+            .basic_publish_with("", key, mandatory, Properties::default(), body(key))
+            .unwrap();
+    }
+    let (returned, outcome) = channel.tx_commit_with_returns();
+    assert_eq!(outcome.map_err(|e| code(&e)), Err(Some(406)));
+    let keys: Vec<&str> = returned.iter().map(|r| r.routing_key.as_str()).collect();
+    assert_eq!(keys, ["nowhere"]);
+    assert_eq!(broker.queue_depth("q"), Some(1), "the rest was done");
+    assert!(!channel.is_open());
+    broker.check_invariants().unwrap();
+}
+
+#[test]
 fn a_transaction_holds_at_most_tx_pending_max() {
     let (broker, _connection, channel) = setup();
     declare_queue(&channel, "q");
