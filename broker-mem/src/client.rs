@@ -65,7 +65,8 @@ impl Default for Broker {
     }
 }
 
-/// Where a consumer's deliveries go.
+/// Where a consumer's deliveries go: the engine sends most straight into `sender` (see
+/// [`Engine::attach_outlet`]); [`Shared::flush`] forwards the rest.
 struct Outlet {
     sender: flume::Sender<Delivery>,
     /// A second end of the same flume channel, to take back deliveries whose channel closed:
@@ -652,6 +653,9 @@ impl Channel {
                     Some(window) => flume::bounded(window),
                     None => flume::unbounded(),
                 };
+                // Deliveries the consume made are in the outbox; the flush below forwards
+                // them, ahead of every later one, which the engine sends straight here.
+                shared.engine.attach_outlet(self.id, &tag, sender.clone());
                 shared.last_consumer_id += 1;
                 let consumer_id = shared.last_consumer_id;
                 let outlet = Outlet {
@@ -706,15 +710,17 @@ impl Channel {
     /// and get 406 when acking them.
     pub fn basic_recover(&self, requeue: bool) -> Result<(), Error> {
         self.broker.call_shared(|shared| {
-            let result = shared.engine.basic_recover(self.id, requeue);
-            if result.is_ok() {
+            // Emptied first: the recover redelivers at once, straight into these buffers. On an
+            // open channel the recover either requeues them or (requeue = false) closes the
+            // connection, which requeues them too.
+            if shared.engine.channel_status(self.id).is_ok() {
                 for ((channel, _), outlet) in &shared.outlets {
                     if *channel == self.id && !outlet.no_ack {
                         outlet.receiver.drain();
                     }
                 }
             }
-            result
+            shared.engine.basic_recover(self.id, requeue)
         })
     }
 

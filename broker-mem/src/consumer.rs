@@ -6,6 +6,8 @@
 
 use smol_str::SmolStr;
 
+use crate::delivery::Delivery;
+
 use crate::limits::NO_ACK_BUFFER_MAX;
 use crate::message::FieldTable;
 
@@ -37,6 +39,11 @@ pub(crate) struct ConsumerState {
     /// `no_ack` deliveries handed over and not yet taken by the client (see
     /// [`NO_ACK_BUFFER_MAX`]).
     pub buffered: usize,
+    /// The in-process client's buffer for this consumer, once it attached one
+    /// ([`Engine::attach_outlet`](crate::engine::Engine)): deliveries go straight into it
+    /// instead of through the event outbox, which saves a lookup and two moves per delivery.
+    /// Its capacity is the consumer's window, so a send within credit cannot fail.
+    pub outlet: Option<flume::Sender<Delivery>>,
 }
 
 impl ConsumerState {

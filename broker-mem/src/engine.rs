@@ -4,7 +4,8 @@
 //! consume, ack, nack, reject, a close, a clock advance) marks the queues it touched and, before
 //! it returns, runs them until idle: expired heads are dropped or dead-lettered, ready messages
 //! are dispatched to consumers with credit. Deliveries are left in an outbox
-//! ([`Engine::take_events`]). There are no timers and no background work: time is an input
+//! ([`Engine::take_events`]), or handed straight to a consumer's buffer when the in-process
+//! client attached one ([`Engine::attach_outlet`]). There are no timers and no background work: time is an input
 //! ([`Engine::advance_to`]), so the same calls always produce the same events.
 //!
 //! Each fallible method first checks the channel is open, then validates everything before it
@@ -277,10 +278,12 @@ impl Engine {
                 c.closed.is_none() && c.unacked.contains_key(&delayed.delivery.delivery_tag)
             });
             if live {
-                self.events.push(Event::Deliver {
-                    channel: delayed.channel,
-                    delivery: delayed.delivery,
-                });
+                let outlet = self
+                    .channels
+                    .get(&delayed.channel)
+                    .and_then(|c| c.consumers.get(&delayed.delivery.consumer_tag))
+                    .and_then(|c| c.outlet.as_ref());
+                emit(&mut self.events, outlet, delayed.channel, delayed.delivery);
             }
         }
         self.close_timed_out_channels();
@@ -1101,6 +1104,24 @@ impl Engine {
 
     /// How many deliveries can wait in a consumer's buffer at once (None: unlimited). The
     /// in-process client sizes its flume channels with it.
+    /// Sends the consumer's deliveries from now on straight into `outlet` (the in-process
+    /// client's buffer, whose capacity must be the consumer's window) instead of the outbox.
+    /// Deliveries already in the outbox stay there: the client forwards them first.
+    pub(crate) fn attach_outlet(
+        &mut self,
+        channel: ChannelId,
+        consumer_tag: &str,
+        outlet: flume::Sender<Delivery>,
+    ) {
+        let consumer = self
+            .channels
+            .get_mut(&channel)
+            .and_then(|state| state.consumers.get_mut(consumer_tag));
+        if let Some(consumer) = consumer {
+            consumer.outlet = Some(outlet);
+        }
+    }
+
     pub(crate) fn consumer_window(&self, channel: ChannelId, consumer_tag: &str) -> Option<usize> {
         self.channels
             .get(&channel)?
@@ -1772,8 +1793,10 @@ impl Engine {
     /// `hint`: where the queue was in `queues` (see `hinted_index`), or anything.
     fn enqueue(&mut self, queue_name: &SmolStr, hint: usize, message: &Message) -> bool {
         let now_ms = self.now_ms;
-        let found = hinted_index(&self.queues, hint, queue_name);
-        let Some((_, queue)) = found.and_then(|at| self.queues.get_index_mut(at)) else {
+        let Some(at) = hinted_index(&self.queues, hint, queue_name) else {
+            return true;
+        };
+        let Some((_, queue)) = self.queues.get_index_mut(at) else {
             return true;
         };
         if queue.would_overflow(message.body.len()) {
@@ -1819,7 +1842,7 @@ impl Engine {
                 self.dead_letter(queue_name, head, DeathReason::Maxlen);
             }
         }
-        self.mark(queue_name);
+        self.dirty.insert_hinted(queue_name.clone(), at);
         true
     }
 
@@ -2053,6 +2076,7 @@ impl Engine {
             prefetch: state.prefetch,
             unacked: 0,
             buffered: 0,
+            outlet: None,
         };
         if let Some(state) = self.channels.get_mut(&channel) {
             state.consumers.insert(tag.clone(), consumer);
@@ -2345,12 +2369,15 @@ impl Engine {
     /// queue's work can mark others (dead-lettering), so this loops until none is marked.
     fn run_until_idle(&mut self) {
         for _ in 0..IDLE_ROUNDS_MAX {
-            let Some(queue) = self.dirty.pop_first() else {
+            let Some((queue, hint)) = self.dirty.pop_first() else {
                 return;
             };
             // Looked up once: dropping, expiring and dispatching never remove a queue, so the
             // index stays valid for all the steps.
-            let Some((index, _, state)) = self.queues.get_full(&queue) else {
+            let found = hinted_index(&self.queues, hint, &queue);
+            let Some((index, (_, state))) =
+                found.and_then(|at| Some((at, self.queues.get_index(at)?)))
+            else {
                 continue;
             };
             // A requeue can leave a `drop-head` queue over its length limit (see `finish`;
@@ -2540,10 +2567,7 @@ impl Engine {
                         delivery,
                     });
                 }
-                _ => events.push(Event::Deliver {
-                    channel: channel_id,
-                    delivery,
-                }),
+                _ => emit(events, consumer.outlet.as_ref(), channel_id, delivery),
             }
         }
     }
@@ -2636,6 +2660,26 @@ impl Engine {
 
     fn all_unacked(&self) -> impl Iterator<Item = (&u64, &Unacked)> {
         self.channels.values().flat_map(ChannelState::all_unacked)
+    }
+}
+
+/// Hands a delivery to its consumer: straight into the in-process client's buffer when it
+/// attached one, else into the outbox (for the wire server's tap, or the client's flush).
+fn emit(
+    events: &mut Vec<Event>,
+    outlet: Option<&flume::Sender<Delivery>>,
+    channel: ChannelId,
+    delivery: Delivery,
+) {
+    match outlet {
+        Some(outlet) => {
+            // Cannot be full: the engine delivers only within the consumer's window, which is
+            // the buffer's capacity. Cannot be disconnected: the client keeps a receiving end
+            // until the consumer has ended.
+            let sent = outlet.try_send(delivery);
+            debug_assert!(sent.is_ok(), "consumer buffer overflow: {sent:?}");
+        }
+        None => events.push(Event::Deliver { channel, delivery }),
     }
 }
 

@@ -885,10 +885,12 @@ fn describe_values(
 /// A small set of queue names in name order: the queues a call has marked for expiry and
 /// dispatch. A publish marks one or a few and the run-until-idle loop empties it before the
 /// call returns, so a sorted vector (which keeps its capacity) beats a `BTreeSet` (a node
-/// allocated and freed, and more comparisons, on every publish).
+/// allocated and freed, and more comparisons, on every publish). Each name may carry where
+/// the queue was in the engine's map (a hint, see `hinted_index`), so that the loop need not
+/// hash the name again.
 #[derive(Debug, Default)]
 pub(crate) struct QueueSet {
-    names: Vec<SmolStr>,
+    names: Vec<(SmolStr, usize)>,
 }
 
 impl QueueSet {
@@ -897,8 +899,13 @@ impl QueueSet {
     }
 
     pub(crate) fn insert(&mut self, name: SmolStr) {
+        self.insert_hinted(name, usize::MAX);
+    }
+
+    /// Inserts `name` with the queue's index in the engine's map as a hint.
+    pub(crate) fn insert_hinted(&mut self, name: SmolStr, hint: usize) {
         if let Err(at) = self.position(&name) {
-            self.names.insert(at, name);
+            self.names.insert(at, (name, hint));
         }
     }
 
@@ -908,13 +915,14 @@ impl QueueSet {
         }
     }
 
-    /// The first name in order, taken out.
-    pub(crate) fn pop_first(&mut self) -> Option<SmolStr> {
+    /// The first name in order, with its hint, taken out.
+    pub(crate) fn pop_first(&mut self) -> Option<(SmolStr, usize)> {
         (!self.names.is_empty()).then(|| self.names.remove(0))
     }
 
     fn position(&self, name: &str) -> Result<usize, usize> {
-        self.names.binary_search_by(|held| held.as_str().cmp(name))
+        self.names
+            .binary_search_by(|(held, _)| held.as_str().cmp(name))
     }
 }
 

@@ -12,7 +12,7 @@
 
 use smol_str::SmolStr;
 
-use super::{Engine, Event, Fault, next};
+use super::{Engine, Fault, next};
 use crate::channel::ChannelId;
 use crate::consumer::{ConsumeOptions, ConsumerState};
 use crate::delivery::Delivery;
@@ -97,6 +97,7 @@ impl Engine {
                 prefetch: 0,
                 unacked: 0,
                 buffered: 0,
+                outlet: None,
             },
         );
         state.reply_consumer = Some(ReplyConsumer {
@@ -170,7 +171,12 @@ impl Engine {
         // RabbitMQ 3.10 (probed): the channel's next delivery tag, which stays the next.
         let delivery_tag = state.last_delivery_tag + 1;
         let delivery = Delivery::new(delivery_tag, &reply.tag, message, false);
-        self.events.push(Event::Deliver { channel, delivery });
+        super::emit(
+            &mut self.events,
+            consumer.outlet.as_ref(),
+            channel,
+            delivery,
+        );
     }
 
     /// `queue.declare` of the pseudo-queue or of a reply name, passive or not: a queue with
