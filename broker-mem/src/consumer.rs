@@ -40,9 +40,9 @@ pub(crate) struct ConsumerState {
     /// [`NO_ACK_BUFFER_MAX`]).
     pub buffered: usize,
     /// The in-process client's buffer for this consumer, once it attached one
-    /// ([`Engine::attach_outlet`](crate::engine::Engine)): deliveries go straight into it
-    /// instead of through the event outbox, which saves a lookup and two moves per delivery.
-    /// Its capacity is the consumer's window, so a send within credit cannot fail.
+    /// (`Engine::attach_outlet`): deliveries go straight into it instead of through the event
+    /// outbox, which saves a lookup and two moves per delivery. Its capacity is the consumer's
+    /// window, so a send within credit cannot fail.
     pub outlet: Option<flume::Sender<Delivery>>,
 }
 

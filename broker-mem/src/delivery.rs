@@ -133,6 +133,11 @@ impl<T> UnackedDeliveries<T> {
         self.live += 1;
     }
 
+    /// The delivery under a tag, if it is unsettled.
+    pub(crate) fn get(&self, delivery_tag: u64) -> Option<&T> {
+        self.entries.get(self.position(delivery_tag)?)?.1.as_ref()
+    }
+
     pub(crate) fn contains_key(&self, delivery_tag: &u64) -> bool {
         self.position(*delivery_tag)
             .is_some_and(|at| self.entries[at].1.is_some())

@@ -5,8 +5,8 @@
 //! it returns, runs them until idle: expired heads are dropped or dead-lettered, ready messages
 //! are dispatched to consumers with credit. Deliveries are left in an outbox
 //! ([`Engine::take_events`]), or handed straight to a consumer's buffer when the in-process
-//! client attached one ([`Engine::attach_outlet`]). There are no timers and no background work: time is an input
-//! ([`Engine::advance_to`]), so the same calls always produce the same events.
+//! client attached one (`Engine::attach_outlet`). There are no timers and no background work:
+//! time is an input ([`Engine::advance_to`]), so the same calls always produce the same events.
 //!
 //! Each fallible method first checks the channel is open, then validates everything before it
 //! changes anything: a refused call changes nothing except closing its channel (or connection),
@@ -278,18 +278,41 @@ impl Engine {
         (due, self.delayed) = std::mem::take(&mut self.delayed)
             .into_iter()
             .partition(|d| d.due_ms <= now_ms);
-        for delayed in due {
-            // Only if still in flight: a channel close requeued it in the meantime.
-            let live = self.channels.get(&delayed.channel).is_some_and(|c| {
-                c.closed.is_none() && c.unacked.contains_key(&delayed.delivery.delivery_tag)
-            });
-            if live {
-                let outlet = self
-                    .channels
-                    .get(&delayed.channel)
-                    .and_then(|c| c.consumers.get(&delayed.delivery.consumer_tag))
-                    .and_then(|c| c.outlet.as_ref());
-                emit(&mut self.events, outlet, delayed.channel, delayed.delivery);
+        for Delayed {
+            channel,
+            consumer_serial,
+            no_ack,
+            delivery,
+            ..
+        } in due
+        {
+            // Its channel closed on the way: an acked-mode delivery was requeued then, a no-ack
+            // one is lost, as over a broken connection.
+            let Some(state) = self.channels.get(&channel).filter(|c| c.closed.is_none()) else {
+                continue;
+            };
+            // An acked-mode delivery must still be unsettled: a recover requeues it on the way.
+            let in_flight = no_ack
+                || (state.unacked.get(delivery.delivery_tag))
+                    .is_some_and(|unacked| unacked.consumer_serial == consumer_serial);
+            let consumer = (state.consumers.get(&delivery.consumer_tag))
+                .filter(|consumer| consumer.serial == consumer_serial);
+            match consumer {
+                Some(consumer) if in_flight => {
+                    emit(
+                        &mut self.events,
+                        consumer.outlet.as_ref(),
+                        channel,
+                        delivery,
+                    );
+                }
+                // Its consumer was cancelled on the way (a later one with the same tag is
+                // another consumer): no one takes it. An acked-mode delivery stays unacked on
+                // the channel until it is settled or the channel closes; a no-ack one is lost.
+                _ => {
+                    let delivery_tag = delivery.delivery_tag;
+                    tracing::debug!(%channel, delivery_tag, "delayed delivery dropped: its consumer is gone or it was settled");
+                }
             }
         }
         self.close_timed_out_channels();
@@ -1121,8 +1144,6 @@ impl Engine {
         Ok(())
     }
 
-    /// How many deliveries can wait in a consumer's buffer at once (None: unlimited). The
-    /// in-process client sizes its flume channels with it.
     /// Sends the consumer's deliveries from now on straight into `outlet` (the in-process
     /// client's buffer, whose capacity must be the consumer's window) instead of the outbox.
     /// Deliveries already in the outbox stay there: the client forwards them first.
@@ -1141,6 +1162,8 @@ impl Engine {
         }
     }
 
+    /// How many deliveries can wait in a consumer's buffer at once (None: unlimited). The
+    /// in-process client sizes its flume channels with it.
     pub(crate) fn consumer_window(&self, channel: ChannelId, consumer_tag: &str) -> Option<usize> {
         self.channels
             .get(&channel)?
@@ -2588,6 +2611,8 @@ impl Engine {
                     delayed.push(Delayed {
                         due_ms: now_ms.saturating_add(delay_ms),
                         channel: channel_id,
+                        consumer_serial: consumer.serial,
+                        no_ack: consumer.no_ack,
                         delivery,
                     });
                 }

@@ -178,6 +178,60 @@ fn a_delayed_delivery_arrives_when_the_clock_gets_there() {
 }
 
 #[test]
+fn a_delayed_delivery_to_a_no_ack_consumer_arrives_too() {
+    let (broker, now_ms) = clocked();
+    let connection = broker.connect();
+    let channel = connection.open_channel().unwrap();
+    channel.queue_declare("q", QueueOptions::default()).unwrap();
+    publish(&channel, "q", "late", false);
+    broker.delay_next_delivery("q", 500);
+    let options = ConsumeOptions {
+        no_ack: true,
+        ..ConsumeOptions::default()
+    };
+    let consumer = channel.basic_consume("q", options).unwrap();
+    assert_eq!(consumer.try_recv().unwrap_err(), TryRecvError::Empty);
+    now_ms.store(500, Ordering::SeqCst);
+    broker.tick();
+    assert_eq!(text(&consumer.try_recv().unwrap().body), "late");
+    // Settled when it was sent: nothing is held, and the consumer's buffer has room again.
+    assert_eq!(broker.usage().messages, 0);
+    broker.check_invariants().unwrap();
+}
+
+/// A delivery still on its way when its consumer is cancelled is not handed to anyone (a
+/// later consumer reusing the tag included): it stays unacked on the channel, and the
+/// channel's close requeues it, as RabbitMQ does with a delivery whose consumer is gone.
+#[test]
+fn a_delayed_delivery_whose_consumer_was_cancelled_waits_for_the_channel_to_close() {
+    let (broker, now_ms) = clocked();
+    let connection = broker.connect();
+    let channel = connection.open_channel().unwrap();
+    channel.queue_declare("q", QueueOptions::default()).unwrap();
+    publish(&channel, "q", "late", false);
+    broker.delay_next_delivery("q", 500);
+    let options = ConsumeOptions {
+        consumer_tag: "c".to_owned(),
+        ..ConsumeOptions::default()
+    };
+    let cancelled = channel.basic_consume("q", options.clone()).unwrap();
+    drop(cancelled);
+    channel
+        .queue_declare("other", QueueOptions::default())
+        .unwrap();
+    let successor = channel.basic_consume("other", options).unwrap();
+    now_ms.store(500, Ordering::SeqCst);
+    broker.tick();
+    assert_eq!(successor.try_recv().unwrap_err(), TryRecvError::Empty);
+    assert_eq!(broker.unacked_count("q"), Some(1));
+    broker.check_invariants().unwrap();
+    drop(successor);
+    drop(channel);
+    assert_eq!(broker.queue_depth("q"), Some(1));
+    assert_eq!(broker.unacked_count("q"), Some(0));
+}
+
+#[test]
 fn a_nacked_confirm_enqueues_nothing_or_everything_as_asked() {
     let broker = Broker::new();
     let connection = broker.connect();

@@ -29,6 +29,10 @@ pub(super) enum DeliveryFault {
 pub(super) struct Delayed {
     pub(super) due_ms: u64,
     pub(super) channel: ChannelId,
+    /// The consumer it was made for (a later one may reuse the tag), and whether it was
+    /// settled as it was sent (no-ack: it is not among the channel's unacked deliveries).
+    pub(super) consumer_serial: u64,
+    pub(super) no_ack: bool,
     pub(super) delivery: Delivery,
 }
 
