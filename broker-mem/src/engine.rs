@@ -2600,6 +2600,11 @@ impl Engine {
             }
             match fault {
                 Some(DeliveryFault::Drop) => {
+                    // A no-ack delivery was settled as it was sent; lost, it takes no place in
+                    // the consumer's buffer.
+                    if consumer.no_ack {
+                        consumer.buffered -= 1;
+                    }
                     tracing::debug!(
                         queue = %queue_name,
                         delivery_tag,

@@ -231,6 +231,29 @@ fn a_delayed_delivery_whose_consumer_was_cancelled_waits_for_the_channel_to_clos
     assert_eq!(broker.unacked_count("q"), Some(0));
 }
 
+/// A no-ack delivery lost on its way was settled as it was sent: it must not keep a place in
+/// the consumer's buffer, which would then hold one delivery fewer for good.
+#[test]
+fn a_dropped_no_ack_delivery_leaves_the_consumers_buffer_whole() {
+    let broker = Broker::new();
+    let connection = broker.connect();
+    let channel = connection.open_channel().unwrap();
+    channel.queue_declare("q", QueueOptions::default()).unwrap();
+    broker.drop_next_delivery("q");
+    let options = ConsumeOptions {
+        no_ack: true,
+        ..ConsumeOptions::default()
+    };
+    let consumer = channel.basic_consume("q", options).unwrap();
+    publish(&channel, "q", "lost", false);
+    for n in 0..broker_mem::NO_ACK_BUFFER_MAX {
+        publish(&channel, "q", &n.to_string(), false);
+    }
+    assert_eq!(consumer.buffered(), broker_mem::NO_ACK_BUFFER_MAX);
+    assert_eq!(broker.queue_depth("q"), Some(0));
+    broker.check_invariants().unwrap();
+}
+
 #[test]
 fn a_nacked_confirm_enqueues_nothing_or_everything_as_asked() {
     let broker = Broker::new();
