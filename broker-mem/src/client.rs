@@ -9,6 +9,7 @@
 //! had not acked.
 
 use std::fmt;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use bytes::Bytes;
@@ -65,8 +66,9 @@ impl Default for Broker {
     }
 }
 
-/// Where a consumer's deliveries go: the engine sends most straight into `sender` (see
-/// [`Engine::attach_outlet`]); [`Shared::flush`] forwards the rest.
+/// A live consumer's buffer. The engine sends deliveries straight into it (see
+/// `Engine::basic_consume_into`); `sender` is for [`Shared::flush`], which forwards any
+/// delivery event of a consumer that is not a tapped connection's.
 struct Outlet {
     sender: flume::Sender<Delivery>,
     /// A second end of the same flume channel, to take back deliveries whose channel closed:
@@ -128,10 +130,9 @@ impl Shared {
                         debug_assert!(false, "delivery to an unknown consumer");
                         continue;
                     };
-                    // Cannot be full: the engine delivers only within the consumer's window,
-                    // which is the flume channel's capacity.
-                    let sent = outlet.sender.try_send(delivery);
-                    debug_assert!(sent.is_ok(), "consumer buffer overflow: {sent:?}");
+                    // Unbounded; the engine keeps it within its ceiling.
+                    let sent = outlet.sender.send(delivery);
+                    debug_assert!(sent.is_ok(), "consumer buffer gone: {sent:?}");
                 }
                 Event::ConsumerEnded {
                     channel,
@@ -645,17 +646,20 @@ impl Channel {
     pub fn basic_consume(&self, queue: &str, options: ConsumeOptions) -> Result<Consumer, Error> {
         let no_ack = options.no_ack;
         let mut shared = self.broker.lock();
+        // Unbounded: the engine keeps it within `CONSUMER_BUFFER_MAX` (and, as long as the
+        // client settles only what it has taken, within the consumer's prefetch).
+        let (sender, receiver) = flume::unbounded();
+        let starved = Arc::new(AtomicBool::new(false));
         let consumer = shared
             .engine
-            .basic_consume(self.id, queue, options)
+            .basic_consume_into(
+                self.id,
+                queue,
+                options,
+                sender.clone(),
+                Arc::clone(&starved),
+            )
             .map(|tag| {
-                let (sender, receiver) = match shared.engine.consumer_window(self.id, &tag) {
-                    Some(window) => flume::bounded(window),
-                    None => flume::unbounded(),
-                };
-                // Deliveries the consume made are in the outbox; the flush below forwards
-                // them, ahead of every later one, which the engine sends straight here.
-                shared.engine.attach_outlet(self.id, &tag, sender.clone());
                 shared.last_consumer_id += 1;
                 let consumer_id = shared.last_consumer_id;
                 let outlet = Outlet {
@@ -673,9 +677,9 @@ impl Channel {
                     consumer_id,
                     no_ack,
                     receiver,
+                    starved,
                 }
             });
-        // Only now that the outlet exists: the consume may have dispatched at once.
         shared.flush();
         consumer
     }
@@ -707,7 +711,8 @@ impl Channel {
     /// back to its queue and is delivered again under a new tag. Deliveries still waiting in
     /// this channel's consumer buffers are taken back first (their tags are void and their
     /// messages requeued), as a channel close does; over AMQP a client would still see them
-    /// and get 406 when acking them.
+    /// and get 406 when acking them. A consumer already cancelled keeps what its buffer holds,
+    /// as an AMQP client does: acking those after the recover is that 406.
     pub fn basic_recover(&self, requeue: bool) -> Result<(), Error> {
         self.broker.call_shared(|shared| {
             // Emptied first: the recover redelivers at once, straight into these buffers. On an
@@ -819,6 +824,8 @@ pub struct Consumer {
     consumer_id: u64,
     no_ack: bool,
     receiver: flume::Receiver<Delivery>,
+    /// Set by the engine when this consumer's buffer was full and a delivery waited for room.
+    starved: Arc<AtomicBool>,
 }
 
 impl fmt::Debug for Consumer {
@@ -876,14 +883,23 @@ impl Consumer {
             .is_some_and(|outlet| outlet.consumer_id == self.consumer_id)
     }
 
-    /// An auto-ack delivery left the buffer: room for one more.
+    /// A delivery left the buffer: an auto-ack consumer has room for one more, and a consumer
+    /// whose buffer was full has room again. (Anything else takes without a call.)
     fn taken(&self) {
-        if !self.no_ack {
+        // A plain load when not set: the usual take costs no call on the broker.
+        let starved = self.starved.load(Ordering::Acquire);
+        if !self.no_ack && !starved {
             return;
         }
         let mut shared = self.broker.lock();
         if self.is_current(&shared) {
-            shared.engine.deliveries_taken(self.channel, &self.tag, 1);
+            if self.no_ack {
+                shared.engine.deliveries_taken(self.channel, &self.tag, 1);
+            }
+            if starved {
+                self.starved.store(false, Ordering::Release);
+                (shared.engine).consumer_buffer_drained(self.channel, &self.tag);
+            }
             shared.flush();
         }
     }

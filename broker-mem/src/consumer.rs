@@ -4,11 +4,13 @@
 //! and only to consumers started after it; so the prefetch is copied into the consumer when it
 //! starts.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
 use smol_str::SmolStr;
 
 use crate::delivery::Delivery;
-
-use crate::limits::NO_ACK_BUFFER_MAX;
+use crate::limits::{CONSUMER_BUFFER_MAX, NO_ACK_BUFFER_MAX};
 use crate::message::FieldTable;
 
 /// Flags and arguments of `basic.consume`.
@@ -39,11 +41,58 @@ pub(crate) struct ConsumerState {
     /// `no_ack` deliveries handed over and not yet taken by the client (see
     /// [`NO_ACK_BUFFER_MAX`]).
     pub buffered: usize,
-    /// The in-process client's buffer for this consumer, once it attached one
-    /// (`Engine::attach_outlet`): deliveries go straight into it instead of through the event
-    /// outbox, which saves a lookup and two moves per delivery. Its capacity is the consumer's
-    /// window, so a send within credit cannot fail.
-    pub outlet: Option<flume::Sender<Delivery>>,
+    /// The in-process client's buffer for this consumer (`Engine::basic_consume_into`):
+    /// deliveries go straight into it instead of through the event outbox, which saves a
+    /// lookup and two moves per delivery.
+    pub outlet: Option<ConsumerOutlet>,
+}
+
+/// The engine's end of an in-process consumer's buffer: an unbounded flume channel that the
+/// engine keeps within [`CONSUMER_BUFFER_MAX`] (credit alone does not bound it: see there).
+#[derive(Debug)]
+pub(crate) struct ConsumerOutlet {
+    sender: flume::Sender<Delivery>,
+    /// How many deliveries the buffer holds at most: the client takes without telling the
+    /// engine, so this is counted up per send and read back from the buffer (which takes its
+    /// lock) only when it reaches the ceiling.
+    held_at_most: usize,
+    /// Set when the buffer was full and the consumer was passed over: the client's next take
+    /// calls the broker (`Engine::consumer_buffer_drained`) so that deliveries go on.
+    starved: Arc<AtomicBool>,
+}
+
+impl ConsumerOutlet {
+    pub(crate) fn new(sender: flume::Sender<Delivery>, starved: Arc<AtomicBool>) -> Self {
+        let held_at_most = sender.len();
+        ConsumerOutlet {
+            sender,
+            held_at_most,
+            starved,
+        }
+    }
+
+    /// Whether the buffer can take one more; if not, the consumer is marked starved.
+    pub(crate) fn has_room(&self) -> bool {
+        if self.held_at_most < CONSUMER_BUFFER_MAX {
+            return true;
+        }
+        let room = self.sender.len() < CONSUMER_BUFFER_MAX;
+        if !room {
+            self.starved.store(true, Ordering::Release);
+        }
+        room
+    }
+
+    pub(crate) fn send(&mut self, delivery: Delivery) {
+        if self.held_at_most >= CONSUMER_BUFFER_MAX {
+            self.held_at_most = self.sender.len();
+        }
+        self.held_at_most += 1;
+        // Cannot fail: unbounded, and the client keeps a receiving end until the consumer
+        // has ended.
+        let sent = self.sender.send(delivery);
+        debug_assert!(sent.is_ok(), "consumer buffer gone: {sent:?}");
+    }
 }
 
 impl ConsumerState {
@@ -56,16 +105,9 @@ impl ConsumerState {
         }
     }
 
-    /// The most deliveries that can be waiting in this consumer's buffer at once; None when
-    /// unlimited (manual acks with prefetch 0, bounded instead by the broker's held-messages
-    /// ceiling).
-    pub(crate) fn window(&self) -> Option<usize> {
-        if self.no_ack {
-            Some(NO_ACK_BUFFER_MAX)
-        } else if self.prefetch == 0 {
-            None
-        } else {
-            Some(usize::from(self.prefetch))
-        }
+    /// Whether a delivery can go to this consumer now: it has credit, and its in-process
+    /// buffer, if any, has room.
+    pub(crate) fn can_take(&self) -> bool {
+        self.has_credit() && self.outlet.as_ref().is_none_or(ConsumerOutlet::has_room)
     }
 }

@@ -5,7 +5,7 @@
 //! it returns, runs them until idle: expired heads are dropped or dead-lettered, ready messages
 //! are dispatched to consumers with credit. Deliveries are left in an outbox
 //! ([`Engine::take_events`]), or handed straight to a consumer's buffer when the in-process
-//! client attached one (`Engine::attach_outlet`). There are no timers and no background work:
+//! client gave one (`Engine::basic_consume_into`). There are no timers and no background work:
 //! time is an input ([`Engine::advance_to`]), so the same calls always produce the same events.
 //!
 //! Each fallible method first checks the channel is open, then validates everything before it
@@ -15,7 +15,7 @@
 
 use std::collections::{BTreeSet, VecDeque};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 use bytes::Bytes;
 use smol_str::SmolStr;
@@ -23,7 +23,7 @@ use smol_str::SmolStr;
 use crate::binding::{BindingInfo, Destination, ExchangeBindingInfo};
 use crate::channel::{ChannelId, ChannelState};
 use crate::connection::{ConnectionId, ConnectionState};
-use crate::consumer::{ConsumeOptions, ConsumerState};
+use crate::consumer::{ConsumeOptions, ConsumerOutlet, ConsumerState};
 use crate::delivery::{Delivery, GetOk, Unacked};
 use crate::error::{AmqpError, Error, Fault, ReplyCode};
 use crate::exchange::{
@@ -288,20 +288,25 @@ impl Engine {
         {
             // Its channel closed on the way: an acked-mode delivery was requeued then, a no-ack
             // one is lost, as over a broken connection.
-            let Some(state) = self.channels.get(&channel).filter(|c| c.closed.is_none()) else {
+            let Some(state) = self
+                .channels
+                .get_mut(&channel)
+                .filter(|c| c.closed.is_none())
+            else {
                 continue;
             };
             // An acked-mode delivery must still be unsettled: a recover requeues it on the way.
             let in_flight = no_ack
                 || (state.unacked.get(delivery.delivery_tag))
                     .is_some_and(|unacked| unacked.consumer_serial == consumer_serial);
-            let consumer = (state.consumers.get(&delivery.consumer_tag))
+            let consumer = (state.consumers.get_mut(&delivery.consumer_tag))
                 .filter(|consumer| consumer.serial == consumer_serial);
             match consumer {
+                // Admitted when it was made: it does not wait for room in the buffer.
                 Some(consumer) if in_flight => {
                     emit(
                         &mut self.events,
-                        consumer.outlet.as_ref(),
+                        consumer.outlet.as_mut(),
                         channel,
                         delivery,
                     );
@@ -829,7 +834,28 @@ impl Engine {
         queue: &str,
         options: ConsumeOptions,
     ) -> Result<String, Error> {
-        self.run(channel, |engine| engine.consume(channel, queue, options))
+        self.run(channel, |engine| {
+            engine.consume(channel, queue, options, None)
+        })
+    }
+
+    /// [`Engine::basic_consume`] for the in-process client: the consumer's deliveries go
+    /// straight into `buffer` (an unbounded flume channel, kept within
+    /// [`CONSUMER_BUFFER_MAX`](crate::CONSUMER_BUFFER_MAX)) instead of the outbox, from the
+    /// first. `starved` is set when the buffer is full and the consumer passed over; the
+    /// client then calls [`Engine::consumer_buffer_drained`] at its next take.
+    pub(crate) fn basic_consume_into(
+        &mut self,
+        channel: ChannelId,
+        queue: &str,
+        options: ConsumeOptions,
+        buffer: flume::Sender<Delivery>,
+        starved: Arc<AtomicBool>,
+    ) -> Result<String, Error> {
+        let outlet = ConsumerOutlet::new(buffer, starved);
+        self.run(channel, |engine| {
+            engine.consume(channel, queue, options, Some(outlet))
+        })
     }
 
     /// `basic.get`: the queue's next ready message, or None (`basic.get-empty`). Prefetch does
@@ -1144,32 +1170,17 @@ impl Engine {
         Ok(())
     }
 
-    /// Sends the consumer's deliveries from now on straight into `outlet` (the in-process
-    /// client's buffer, whose capacity must be the consumer's window) instead of the outbox.
-    /// Deliveries already in the outbox stay there: the client forwards them first.
-    pub(crate) fn attach_outlet(
-        &mut self,
-        channel: ChannelId,
-        consumer_tag: &str,
-        outlet: flume::Sender<Delivery>,
-    ) {
+    /// A consumer whose buffer was full has taken from it: what waited for room goes on.
+    pub(crate) fn consumer_buffer_drained(&mut self, channel: ChannelId, consumer_tag: &str) {
         let consumer = self
             .channels
-            .get_mut(&channel)
-            .and_then(|state| state.consumers.get_mut(consumer_tag));
+            .get(&channel)
+            .and_then(|state| state.consumers.get(consumer_tag));
         if let Some(consumer) = consumer {
-            consumer.outlet = Some(outlet);
+            let queue = consumer.queue.clone();
+            self.dirty.insert(queue);
+            self.run_until_idle();
         }
-    }
-
-    /// How many deliveries can wait in a consumer's buffer at once (None: unlimited). The
-    /// in-process client sizes its flume channels with it.
-    pub(crate) fn consumer_window(&self, channel: ChannelId, consumer_tag: &str) -> Option<usize> {
-        self.channels
-            .get(&channel)?
-            .consumers
-            .get(consumer_tag)?
-            .window()
     }
 
     // ---------------------------------------------------------------- validation and effects
@@ -2022,11 +2033,12 @@ impl Engine {
         channel: ChannelId,
         queue_name: &str,
         options: ConsumeOptions,
+        outlet: Option<ConsumerOutlet>,
     ) -> Result<String, Fault> {
         check_name("queue name", queue_name)?;
         check_name("consumer tag", &options.consumer_tag)?;
         if queue_name == REPLY_TO {
-            return self.consume_reply_to(channel, &options);
+            return self.consume_reply_to(channel, &options, outlet);
         }
         let (queue_name, queue) = self
             .queues
@@ -2123,7 +2135,7 @@ impl Engine {
             prefetch: state.prefetch,
             unacked: 0,
             buffered: 0,
-            outlet: None,
+            outlet,
         };
         if let Some(state) = self.channels.get_mut(&channel) {
             state.consumers.insert(tag.clone(), consumer);
@@ -2172,12 +2184,20 @@ impl Engine {
         };
         let queue_id = queue.id;
         let quorum = queue.args.queue_type == QueueType::Quorum;
-        // RabbitMQ drops the heads that expired behind it before it counts what is left.
+        let left_with_expired = queue.ready_len();
+        // RabbitMQ drops the heads that expired behind it before it counts what is left; a
+        // quorum queue's manual-ack get counts first, and drops them right after (3.10.8,
+        // probed: the next look finds them gone).
         self.expire(index, false);
         let (left, head_expires_at_ms) = self
             .queues
             .get_index(index)
             .map_or((0, None), |(_, q)| (q.ready_len(), q.head_expires_at_ms()));
+        let left = if quorum && !no_ack {
+            left_with_expired
+        } else {
+            left
+        };
         if let Some(at) = head_expires_at_ms {
             self.alarm.note(at.saturating_add(1));
         }
@@ -2538,8 +2558,7 @@ impl Engine {
             let with_credit = |(channel, tag): &(ChannelId, SmolStr)| {
                 let (channel_index, _, state) = channels.get_full(channel)?;
                 let (consumer_index, _, consumer) = state.consumers.get_full(tag)?;
-                let credit =
-                    consumer.has_credit() && (consumer.no_ack || state.has_global_credit());
+                let credit = consumer.can_take() && (consumer.no_ack || state.has_global_credit());
                 credit.then_some((channel_index, consumer_index))
             };
             let Some(((channel_id, tag), (channel_index, consumer_index))) =
@@ -2621,7 +2640,7 @@ impl Engine {
                         delivery,
                     });
                 }
-                _ => emit(events, consumer.outlet.as_ref(), channel_id, delivery),
+                _ => emit(events, consumer.outlet.as_mut(), channel_id, delivery),
             }
         }
     }
@@ -2721,18 +2740,12 @@ impl Engine {
 /// attached one, else into the outbox (for the wire server's tap, or the client's flush).
 fn emit(
     events: &mut Vec<Event>,
-    outlet: Option<&flume::Sender<Delivery>>,
+    outlet: Option<&mut ConsumerOutlet>,
     channel: ChannelId,
     delivery: Delivery,
 ) {
     match outlet {
-        Some(outlet) => {
-            // Cannot be full: the engine delivers only within the consumer's window, which is
-            // the buffer's capacity. Cannot be disconnected: the client keeps a receiving end
-            // until the consumer has ended.
-            let sent = outlet.try_send(delivery);
-            debug_assert!(sent.is_ok(), "consumer buffer overflow: {sent:?}");
-        }
+        Some(outlet) => outlet.send(delivery),
         None => events.push(Event::Deliver { channel, delivery }),
     }
 }

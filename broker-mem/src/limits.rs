@@ -40,6 +40,14 @@ pub const NAME_BYTES_MAX: usize = 255;
 /// a whole queue into memory.
 pub const NO_ACK_BUFFER_MAX: usize = 1_024;
 
+/// Deliveries waiting in one in-process consumer's buffer, taken or not settled. Prefetch
+/// credit keeps a buffer within the consumer's window as long as the client settles only what
+/// it has taken; a client that settles deliveries still waiting (a multiple ack from another
+/// consumer on the channel, an ack of tag 0) gets credit back for them, and its buffer grows
+/// past the window, as a RabbitMQ client's does. Past this ceiling the consumer gets nothing
+/// more until it takes from its buffer. Also the ceiling of a prefetch-0 consumer.
+pub const CONSUMER_BUFFER_MAX: usize = 65_536;
+
 /// How long a delivery may stay unacked before the broker closes its channel (406), as
 /// RabbitMQ's `consumer_timeout` (30 minutes by default since 3.8.15).
 pub const CONSUMER_TIMEOUT_MS: u64 = 30 * 60 * 1000;

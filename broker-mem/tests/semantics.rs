@@ -1215,3 +1215,76 @@ fn channels_open_under_the_clients_number_or_the_lowest_free_one() {
         Err(Error::Closed)
     ));
 }
+
+// ------------------------------------------------------------ settling what is still buffered
+
+/// A client may settle deliveries its consumer has not taken from its buffer yet (a nack or
+/// ack of tag 0, "all outstanding"): they are settled, the consumer gets the credit back and
+/// more deliveries follow, behind the ones still waiting, as a RabbitMQ client sees them.
+/// Nothing is lost, and a later ack of a stale tag is the usual 406.
+#[test]
+fn settling_deliveries_still_buffered_gives_credit_back_and_loses_nothing() {
+    let (broker, _connection, channel) = setup();
+    declare_queue(&channel, "q");
+    channel.basic_qos(1).unwrap();
+    let consumer = consume(&channel, "q");
+    publish(&channel, "", "q", "m1");
+    assert_eq!(consumer.buffered(), 1);
+    // Tag 1 is still in the buffer: requeued, and redelivered at once as tag 2.
+    channel.basic_nack(0, true, true).unwrap();
+    let deliveries = drain(&consumer);
+    let seen: Vec<(u64, bool)> = (deliveries.iter())
+        .map(|d| (d.delivery_tag, d.redelivered))
+        .collect();
+    assert_eq!(seen, [(1, false), (2, true)]);
+    assert_eq!(texts(&deliveries), ["m1", "m1"]);
+    channel.basic_ack(2, false).unwrap();
+    assert_eq!(broker.queue_depth("q"), Some(0));
+    assert_eq!(broker.unacked_count("q"), Some(0));
+    broker.check_invariants().unwrap();
+    assert_eq!(code(&channel.basic_ack(1, false).unwrap_err()), Some(406));
+}
+
+/// The same through another consumer: a multiple ack on a channel settles every consumer's
+/// deliveries up to the tag, taken or not.
+#[test]
+fn a_multiple_ack_through_one_consumer_frees_anothers_buffered_credit() {
+    let (broker, _connection, channel) = setup();
+    declare_queue(&channel, "a");
+    declare_queue(&channel, "b");
+    channel.basic_qos(1).unwrap();
+    let on_a = consume(&channel, "a");
+    let on_b = consume(&channel, "b");
+    publish(&channel, "", "b", "b1");
+    publish(&channel, "", "a", "a1");
+    let taken = on_a.try_recv().unwrap();
+    channel.basic_ack(taken.delivery_tag, true).unwrap();
+    publish(&channel, "", "b", "b2");
+    publish(&channel, "", "b", "b3");
+    assert_eq!(texts(&drain(&on_b)), ["b1", "b2"]);
+    assert_eq!(broker.queue_depth("b"), Some(1));
+    assert_eq!(broker.unacked_count("b"), Some(1));
+    broker.check_invariants().unwrap();
+}
+
+/// However a client settles, a consumer's buffer holds at most `CONSUMER_BUFFER_MAX`
+/// deliveries (here a prefetch-0 consumer, which credit does not limit at all): the rest wait
+/// in the queue, and go on as soon as the consumer takes from its buffer, with no other call.
+#[test]
+fn a_full_consumer_buffer_holds_deliveries_back_until_the_consumer_takes_one() {
+    let max = broker_mem::CONSUMER_BUFFER_MAX;
+    let (broker, _connection, channel) = setup();
+    declare_queue(&channel, "q");
+    let consumer = consume(&channel, "q");
+    for n in 0..max + 2 {
+        publish(&channel, "", "q", &n.to_string());
+    }
+    assert_eq!(consumer.buffered(), max);
+    assert_eq!(broker.queue_depth("q"), Some(2));
+    let first = consumer.try_recv().unwrap();
+    assert_eq!(texts(&[first]), ["0"]);
+    assert_eq!(consumer.buffered(), max);
+    assert_eq!(broker.queue_depth("q"), Some(1));
+    assert_eq!(broker.unacked_count("q"), Some(max + 1));
+    broker.check_invariants().unwrap();
+}

@@ -14,7 +14,7 @@ use smol_str::SmolStr;
 
 use super::{Engine, Fault, next};
 use crate::channel::ChannelId;
-use crate::consumer::{ConsumeOptions, ConsumerState};
+use crate::consumer::{ConsumeOptions, ConsumerOutlet, ConsumerState};
 use crate::delivery::Delivery;
 use crate::error::{AmqpError, ReplyCode};
 use crate::limits::NO_ACK_BUFFER_MAX;
@@ -46,6 +46,7 @@ impl Engine {
         &mut self,
         channel: ChannelId,
         options: &ConsumeOptions,
+        outlet: Option<ConsumerOutlet>,
     ) -> Result<String, Fault> {
         let Some(state) = self.channels.get(&channel) else {
             return Err(Fault::Invalid(format!("{channel} is not open")));
@@ -97,7 +98,7 @@ impl Engine {
                 prefetch: 0,
                 unacked: 0,
                 buffered: 0,
-                outlet: None,
+                outlet,
             },
         );
         state.reply_consumer = Some(ReplyConsumer {
@@ -173,7 +174,7 @@ impl Engine {
         let delivery = Delivery::new(delivery_tag, &reply.tag, message, false);
         super::emit(
             &mut self.events,
-            consumer.outlet.as_ref(),
+            consumer.outlet.as_mut(),
             channel,
             delivery,
         );
