@@ -1378,6 +1378,9 @@ impl<S: AsyncRead + AsyncWrite + Send> Session<S> {
                 consumer_tag,
                 reason,
             } => {
+                // Its deliveries not reported yet are nothing to a later consumer that reuses
+                // the tag (a pipelined cancel and consume), whose room they must not make.
+                (self.taken).retain(|(c, tag)| *c != channel || *tag != consumer_tag);
                 let Some(&number) = self.numbers.get(&channel) else {
                     return;
                 };
