@@ -66,11 +66,9 @@ impl Default for Broker {
     }
 }
 
-/// A live consumer's buffer. The engine sends deliveries straight into it (see
-/// `Engine::basic_consume_into`); `sender` is for [`Shared::flush`], which forwards any
-/// delivery event of a consumer that is not a tapped connection's.
+/// A live consumer's buffer, which the engine sends deliveries straight into (see
+/// `Engine::basic_consume_into`).
 struct Outlet {
-    sender: flume::Sender<Delivery>,
     /// A second end of the same flume channel, to take back deliveries whose channel closed:
     /// they have been requeued, and offering them to the consumer too would duplicate them.
     receiver: flume::Receiver<Delivery>,
@@ -123,16 +121,13 @@ impl Shared {
                 continue;
             }
             match event {
+                // An in-process consumer's deliveries never come this way (the engine sends
+                // them into its buffer); only a consumer started on the engine directly,
+                // which no buffer awaits.
                 Event::Deliver { channel, delivery } => {
-                    let key = (channel, delivery.consumer_tag.clone());
-                    let Some(outlet) = outlets.get(&key) else {
-                        tracing::error!(%channel, consumer = %key.1, "delivery to an unknown consumer");
-                        debug_assert!(false, "delivery to an unknown consumer");
-                        continue;
-                    };
-                    // Unbounded; the engine keeps it within its ceiling.
-                    let sent = outlet.sender.send(delivery);
-                    debug_assert!(sent.is_ok(), "consumer buffer gone: {sent:?}");
+                    let consumer = delivery.consumer_tag;
+                    tracing::error!(%channel, %consumer, "delivery to a consumer with no buffer");
+                    debug_assert!(false, "delivery to a consumer with no buffer");
                 }
                 Event::ConsumerEnded {
                     channel,
@@ -652,18 +647,11 @@ impl Channel {
         let starved = Arc::new(AtomicBool::new(false));
         let consumer = shared
             .engine
-            .basic_consume_into(
-                self.id,
-                queue,
-                options,
-                sender.clone(),
-                Arc::clone(&starved),
-            )
+            .basic_consume_into(self.id, queue, options, sender, Arc::clone(&starved))
             .map(|tag| {
                 shared.last_consumer_id += 1;
                 let consumer_id = shared.last_consumer_id;
                 let outlet = Outlet {
-                    sender,
                     receiver: receiver.clone(),
                     consumer_id,
                     no_ack,

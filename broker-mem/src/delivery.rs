@@ -139,8 +139,7 @@ impl<T> UnackedDeliveries<T> {
     }
 
     pub(crate) fn contains_key(&self, delivery_tag: &u64) -> bool {
-        self.position(*delivery_tag)
-            .is_some_and(|at| self.entries[at].1.is_some())
+        self.get(*delivery_tag).is_some()
     }
 
     /// Takes one delivery out.

@@ -160,43 +160,31 @@ fn a_duplicated_delivery_arrives_twice_the_second_time_redelivered() {
     broker.check_invariants().unwrap();
 }
 
+/// With manual acks and without: a no-ack delivery is settled when it is sent, so once it
+/// arrives nothing is held and the consumer's buffer has room again.
 #[test]
 fn a_delayed_delivery_arrives_when_the_clock_gets_there() {
-    let (broker, now_ms) = clocked();
-    let connection = broker.connect();
-    let channel = connection.open_channel().unwrap();
-    channel.queue_declare("q", QueueOptions::default()).unwrap();
-    publish(&channel, "q", "late", false);
-    broker.delay_next_delivery("q", 500);
-    let consumer = channel
-        .basic_consume("q", ConsumeOptions::default())
-        .unwrap();
-    assert_eq!(consumer.try_recv().unwrap_err(), TryRecvError::Empty);
-    now_ms.store(500, Ordering::SeqCst);
-    broker.tick();
-    assert_eq!(text(&consumer.try_recv().unwrap().body), "late");
-}
-
-#[test]
-fn a_delayed_delivery_to_a_no_ack_consumer_arrives_too() {
-    let (broker, now_ms) = clocked();
-    let connection = broker.connect();
-    let channel = connection.open_channel().unwrap();
-    channel.queue_declare("q", QueueOptions::default()).unwrap();
-    publish(&channel, "q", "late", false);
-    broker.delay_next_delivery("q", 500);
-    let options = ConsumeOptions {
-        no_ack: true,
-        ..ConsumeOptions::default()
-    };
-    let consumer = channel.basic_consume("q", options).unwrap();
-    assert_eq!(consumer.try_recv().unwrap_err(), TryRecvError::Empty);
-    now_ms.store(500, Ordering::SeqCst);
-    broker.tick();
-    assert_eq!(text(&consumer.try_recv().unwrap().body), "late");
-    // Settled when it was sent: nothing is held, and the consumer's buffer has room again.
-    assert_eq!(broker.usage().messages, 0);
-    broker.check_invariants().unwrap();
+    for no_ack in [false, true] {
+        let (broker, now_ms) = clocked();
+        let connection = broker.connect();
+        let channel = connection.open_channel().unwrap();
+        channel.queue_declare("q", QueueOptions::default()).unwrap();
+        publish(&channel, "q", "late", false);
+        broker.delay_next_delivery("q", 500);
+        let options = ConsumeOptions {
+            no_ack,
+            ..ConsumeOptions::default()
+        };
+        let consumer = channel.basic_consume("q", options).unwrap();
+        assert_eq!(consumer.try_recv().unwrap_err(), TryRecvError::Empty);
+        now_ms.store(500, Ordering::SeqCst);
+        broker.tick();
+        assert_eq!(text(&consumer.try_recv().unwrap().body), "late");
+        if no_ack {
+            assert_eq!(broker.usage().messages, 0);
+            broker.check_invariants().unwrap();
+        }
+    }
 }
 
 /// A delivery still on its way when its consumer is cancelled is not handed to anyone (a
