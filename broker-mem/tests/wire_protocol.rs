@@ -504,6 +504,63 @@ async fn soft_errors_close_only_the_channel() {
     );
 }
 
+/// A client's `channel.close` that crosses the server's (pipelined right after a method that
+/// fails, as pika and lapin do on a close) is answered with close-ok, and the channel waits
+/// for the client's close-ok to the server's close before it is gone, as RabbitMQ's does
+/// (rabbit_channel: a close on a closing channel gets close-ok, the close-ok stops it). The
+/// connection and its other channels go on.
+#[tokio::test(start_paused = true)]
+async fn a_channel_close_that_crosses_the_servers_closes_only_the_channel() {
+    let broker = Broker::new();
+    let server = WireServer::new(broker.clone(), WireConfig::default());
+    let mut raw = Raw::open(&server, "guest", 0).await;
+    let declare = queue::AMQPMethod::Declare(queue::Declare {
+        queue: "missing".into(),
+        passive: true,
+        durable: false,
+        exclusive: false,
+        auto_delete: false,
+        nowait: false,
+        arguments: FieldTable::default(),
+    });
+    raw.send(method(1, AMQPClass::Queue(declare))).await;
+    let close = channel::Close {
+        reply_code: 200,
+        reply_text: "bye".into(),
+        class_id: 0,
+        method_id: 0,
+    };
+    raw.send(method(
+        1,
+        AMQPClass::Channel(channel::AMQPMethod::Close(close)),
+    ))
+    .await;
+    let (code, _) = raw.channel_close_code().await.unwrap();
+    assert_eq!(code, 404);
+    assert!(matches!(
+        raw.recv().await,
+        Some(AMQPFrame::Method(
+            1,
+            AMQPClass::Channel(channel::AMQPMethod::CloseOk(_))
+        ))
+    ));
+    // The client answers the server's close, as clients do: no connection error.
+    raw.send(method(
+        1,
+        AMQPClass::Channel(channel::AMQPMethod::CloseOk(channel::CloseOk {})),
+    ))
+    .await;
+    raw.send(method(
+        1,
+        AMQPClass::Channel(channel::AMQPMethod::Open(channel::Open {})),
+    ))
+    .await;
+    match raw.recv().await {
+        Some(AMQPFrame::Method(1, AMQPClass::Channel(channel::AMQPMethod::OpenOk(_)))) => {}
+        other => panic!("expected channel.open-ok on channel 1, got {other:?}"),
+    }
+}
+
 #[tokio::test(start_paused = true)]
 async fn connections_past_the_limit_are_refused_with_530() {
     let config = WireConfig {

@@ -550,12 +550,13 @@ impl<S: AsyncRead + AsyncWrite + Send> Session<S> {
         };
         if chan.closing {
             match class {
+                // The client's close crossed ours: answer it, and wait for its close-ok to
+                // ours (which clients send) before the channel is gone, as RabbitMQ does.
                 AMQPClass::Channel(channel::AMQPMethod::Close(_)) => {
                     self.send(
                         number,
                         AMQPClass::Channel(channel::AMQPMethod::CloseOk(channel::CloseOk {})),
                     );
-                    self.release(number);
                 }
                 AMQPClass::Channel(channel::AMQPMethod::CloseOk(_)) => self.release(number),
                 _ => {}
