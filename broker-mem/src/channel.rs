@@ -4,6 +4,8 @@
 
 use std::fmt;
 
+use smol_str::SmolStr;
+
 use crate::connection::ConnectionId;
 use crate::consumer::ConsumerState;
 use crate::delivery::{Unacked, UnackedDeliveries};
@@ -59,6 +61,9 @@ pub(crate) struct ChannelState {
     pub tx: Option<Transaction>,
     /// Its direct reply-to consumer, also among `consumers` (see `engine::reply_to`).
     pub reply_consumer: Option<ReplyConsumer>,
+    /// The quorum `reject-publish` queues it has published to, each once: they know it as a
+    /// publisher (see `Queue::would_overflow`) and forget it when it closes.
+    pub known_by: Vec<SmolStr>,
 }
 
 impl ChannelState {
@@ -89,6 +94,7 @@ impl ChannelState {
             consumers: NameMap::default(),
             tx: None,
             reply_consumer: None,
+            known_by: Vec::new(),
         }
     }
 }

@@ -2,9 +2,10 @@
 //! [`Consumer`]s, shaped like an AMQP client library but calling the engine directly.
 //!
 //! The engine sits behind a std `Mutex` held only for the duration of one synchronous call,
-//! never across an await. After every call the client forwards the engine's events: deliveries
-//! go into the consumer's flume channel, whose capacity is the consumer's prefetch, so a
-//! consumer's buffer can never hold more than its prefetch allows; a consumer's end closes its
+//! never across an await. The engine sends each delivery straight into its consumer's flume
+//! channel as it makes it (`Engine::basic_consume_into`); prefetch credit bounds what a
+//! consumer holds, and the engine keeps every buffer within `CONSUMER_BUFFER_MAX` besides.
+//! After every call the client forwards the engine's other events: a consumer's end closes its
 //! flume channel. Dropping a `Channel` or `Connection` closes it, which requeues everything it
 //! had not acked.
 

@@ -1682,7 +1682,7 @@ impl Engine {
                     confirm: Confirm::Pending,
                 })
         } else {
-            Ok(self.enqueue_routed(&queues, &hints, message, options, fault, false))
+            Ok(self.enqueue_routed(channel, &queues, &hints, message, options, fault, false))
         };
         self.route_memo.queues = queues;
         self.route_memo.hints = hints;
@@ -1705,12 +1705,14 @@ impl Engine {
         }
     }
 
-    /// The second half of a publish: the message in every queue it was routed to, or the
-    /// reasons it was not (returned, nacked).
+    /// The second half of a publish on `channel`: the message in every queue it was routed
+    /// to, or the reasons it was not (returned, nacked).
     /// `admitted`: the held ceilings were already checked for it (a transaction's commit).
     /// `hints`: where each target was in `queues` (see `hinted_index`); may be short or empty.
+    #[allow(clippy::too_many_arguments)] // one caller in the engine, one in tx; all needed
     fn enqueue_routed(
         &mut self,
+        channel: ChannelId,
         targets: &[SmolStr],
         hints: &[usize],
         message: Message,
@@ -1749,7 +1751,7 @@ impl Engine {
         let mut refused = Vec::new();
         for (at, name) in targets.iter().enumerate() {
             let hint = hints.get(at).copied().unwrap_or(usize::MAX);
-            if !self.enqueue(name, hint, &message) {
+            if !self.enqueue(name, hint, &message, Some(channel)) {
                 refused.push(name.as_str());
             }
         }
@@ -1849,7 +1851,14 @@ impl Engine {
     /// Puts a copy of `message` in a queue, applying its TTL and length limit. False when the
     /// queue refused it (`reject-publish`).
     /// `hint`: where the queue was in `queues` (see `hinted_index`), or anything.
-    fn enqueue(&mut self, queue_name: &SmolStr, hint: usize, message: &Message) -> bool {
+    /// `publisher`: the channel that published it; None when it is dead-lettered.
+    fn enqueue(
+        &mut self,
+        queue_name: &SmolStr,
+        hint: usize,
+        message: &Message,
+        publisher: Option<ChannelId>,
+    ) -> bool {
         let now_ms = self.now_ms;
         let Some(at) = hinted_index(&self.queues, hint, queue_name) else {
             return true;
@@ -1857,7 +1866,21 @@ impl Engine {
         let Some((_, queue)) = self.queues.get_index_mut(at) else {
             return true;
         };
-        if queue.would_overflow(message.body.len()) {
+        if let Some(channel) = publisher
+            && queue.is_new_publisher(channel)
+        {
+            // The queue is about to know the channel: the channel remembers it, to be
+            // forgotten on its close.
+            if let Some(state) = self.channels.get_mut(&channel)
+                && !state.known_by.contains(queue_name)
+            {
+                state.known_by.push(queue_name.clone());
+            }
+        }
+        let Some((_, queue)) = self.queues.get_index_mut(at) else {
+            return true;
+        };
+        if queue.would_overflow(publisher, message.body.len()) {
             match queue.args.overflow {
                 Overflow::DropHead => {}
                 Overflow::RejectPublish => return false,
@@ -1998,7 +2021,7 @@ impl Engine {
         );
         for target in &targets {
             // A full reject-publish queue drops it: dead-lettering has no publisher to nack.
-            self.enqueue(target, usize::MAX, &republished);
+            self.enqueue(target, usize::MAX, &republished, None);
         }
     }
 
@@ -2558,7 +2581,11 @@ impl Engine {
             let with_credit = |(channel, tag): &(ChannelId, SmolStr)| {
                 let (channel_index, _, state) = channels.get_full(channel)?;
                 let (consumer_index, _, consumer) = state.consumers.get_full(tag)?;
-                let credit = consumer.can_take() && (consumer.no_ack || state.has_global_credit());
+                // A quorum queue's consumers take credit from the queue, not from the
+                // channel's limiter (RabbitMQ 3.10, probed): a global qos set after they
+                // started does not hold them back.
+                let credit =
+                    consumer.can_take() && (consumer.no_ack || quorum || state.has_global_credit());
                 credit.then_some((channel_index, consumer_index))
             };
             let Some(((channel_id, tag), (channel_index, consumer_index))) =
@@ -2657,6 +2684,11 @@ impl Engine {
         };
         let consumers = std::mem::take(&mut state.consumers);
         let unacked: Vec<Unacked> = state.unacked.take_all().collect();
+        for queue in std::mem::take(&mut state.known_by) {
+            if let Some(queue) = self.queues.get_mut(&queue) {
+                queue.forget_publisher(channel);
+            }
+        }
         let mut orphaned = BTreeSet::new();
         for (tag, consumer) in consumers {
             orphaned.extend(self.detach(

@@ -21,8 +21,9 @@
 //!   for byte.
 //! - [`Broker`] wraps the engine in an `Arc<Mutex<_>>` (never held across an await) and hands
 //!   out [`Connection`]s, [`Channel`]s and [`Consumer`]s; deliveries reach consumers through
-//!   bounded flume channels. Its time comes from a caller's clock ([`Broker::with_clock`]); the
-//!   system clock is the default only for real mode ([`real_clock_ms`]). Dispatch is
+//!   flume channels that prefetch credit and [`CONSUMER_BUFFER_MAX`] bound. Its time comes
+//!   from a caller's clock ([`Broker::with_clock`]); the system clock is the default only for
+//!   real mode ([`real_clock_ms`]). Dispatch is
 //!   synchronous, so when a call returns, every delivery it made possible is already in its
 //!   consumer's buffer.
 //!

@@ -16,6 +16,7 @@ use crate::channel::ChannelId;
 use crate::connection::ConnectionId;
 use crate::error::{AmqpError, Fault, ReplyCode};
 use crate::exchange::bool_str;
+use crate::lookup::HandleMap;
 use crate::message::{EXPIRY_MS_MAX, FieldTable, FieldValue, Message, erlang_string};
 
 /// Flags of `queue.declare`.
@@ -451,8 +452,14 @@ pub(crate) struct Queue {
     /// When the queue was last used (declared, read with `basic.get`, or left by a consumer),
     /// on the engine's clock; with no consumers it expires `x-expires` after this.
     pub last_used_ms: u64,
-    /// A quorum `reject-publish` queue went over its limit and refuses publishes until its
-    /// ready messages fall to 80 % of it (see [`Queue::would_overflow`]).
+    /// A quorum `reject-publish` queue's publishers (RabbitMQ's enqueuers: each channel that
+    /// has published to it and is still open), each with whether it has been told to stop:
+    /// the queue refuses one publisher and takes from another (see [`Queue::would_overflow`]).
+    /// At most one entry per open channel: a channel's close forgets it
+    /// ([`Queue::forget_publisher`]).
+    publishers: HandleMap<ChannelId, bool>,
+    /// Whether any of `publishers` has been told to stop (so that taking a message looks at
+    /// the limit only then).
     refusing: bool,
 }
 
@@ -473,6 +480,7 @@ impl Queue {
             args,
             ready: VecDeque::new(),
             ready_bytes: 0,
+            publishers: HandleMap::default(),
             refusing: false,
             unacked: 0,
             consumers: VecDeque::new(),
@@ -562,13 +570,35 @@ impl Queue {
     }
 
     /// Whether a queue that refuses messages at its limit (`reject-publish`) refuses one more
-    /// of `body_bytes`. A classic queue refuses one that would pass `x-max-length` or
-    /// `x-max-length-bytes`; a quorum queue's limit is soft in RabbitMQ 3.10 (probed): it
-    /// refuses only once it has gone over a limit (so one message more gets in), and until it
-    /// is back at 80 % of it. Both count ready messages only.
-    pub(crate) fn would_overflow(&self, body_bytes: usize) -> bool {
+    /// of `body_bytes` from `publisher` (None: dead-lettered into it). A classic queue refuses
+    /// one that would pass `x-max-length` or `x-max-length-bytes`, whoever sends it. Both
+    /// count ready messages only.
+    ///
+    /// A quorum queue's limit is soft, and it refuses publishers one by one (RabbitMQ 3.10,
+    /// rabbit_fifo and rabbit_fifo_client, probed on 3.10.8): when it goes over a limit, every
+    /// channel that has published to it is told to stop (so one message more gets in), and
+    /// once its ready messages are back at 80 % of the limit they are all told to go on. A
+    /// channel's first publish to it asks, and is refused only while the queue is over the
+    /// limit, not on the way down to 80 %. Dead-lettered messages never ask: they always get in.
+    pub(crate) fn would_overflow(
+        &mut self,
+        publisher: Option<ChannelId>,
+        body_bytes: usize,
+    ) -> bool {
         if self.args.queue_type == QueueType::Quorum {
-            return self.refusing;
+            if self.args.overflow != Overflow::RejectPublish {
+                return false;
+            }
+            let Some(channel) = publisher else {
+                return false;
+            };
+            if let Some(&stopped) = self.publishers.get(&channel) {
+                return stopped;
+            }
+            let stopped = self.over_limit();
+            self.publishers.insert(channel, stopped);
+            self.refusing |= stopped;
+            return stopped;
         }
         let too_many = self
             .args
@@ -676,8 +706,9 @@ impl Queue {
     }
 
     /// RabbitMQ 3.10's soft limit of a quorum `reject-publish` queue (rabbit_fifo, probed):
-    /// over the limit after any change it starts refusing publishes, and it stops once its
-    /// ready messages (and bytes) are at most 80 % of the limit, rounded down.
+    /// over the limit after any change, every publisher it knows is told to stop; once its
+    /// ready messages (and bytes) are at most 80 % of the limit, rounded down, they are all
+    /// told to go on (see [`Queue::would_overflow`]).
     fn note_length(&mut self) {
         if self.args.queue_type != QueueType::Quorum
             || self.args.overflow != Overflow::RejectPublish
@@ -688,12 +719,34 @@ impl Queue {
             max.is_none_or(|max| now as u64 <= max.saturating_mul(4) / 5)
         };
         if self.over_limit() {
-            self.refusing = true;
-        } else if below(self.args.max_length, self.ready.len())
+            self.tell_publishers(true);
+        } else if self.refusing
+            && below(self.args.max_length, self.ready.len())
             && below(self.args.max_length_bytes, self.ready_bytes)
         {
-            self.refusing = false;
+            self.tell_publishers(false);
         }
+    }
+
+    /// Tells every publisher of a quorum `reject-publish` queue to stop, or to go on.
+    fn tell_publishers(&mut self, stop: bool) {
+        for stopped in self.publishers.values_mut() {
+            *stopped = stop;
+        }
+        self.refusing = stop;
+    }
+
+    /// Whether this queue keeps a record of its publishers (a quorum `reject-publish`
+    /// queue), and has none of `channel` yet.
+    pub(crate) fn is_new_publisher(&self, channel: ChannelId) -> bool {
+        self.args.queue_type == QueueType::Quorum
+            && self.args.overflow == Overflow::RejectPublish
+            && !self.publishers.contains_key(&channel)
+    }
+
+    /// A channel that closed: a later channel is a new publisher.
+    pub(crate) fn forget_publisher(&mut self, channel: ChannelId) {
+        self.publishers.shift_remove(&channel);
     }
 
     fn insert_in_order(&mut self, entry: Queued) {
@@ -732,7 +785,7 @@ impl Queue {
     /// Everything ready, for the queue's deletion or purge.
     pub(crate) fn drain_ready(&mut self) -> impl Iterator<Item = Queued> + '_ {
         self.ready_bytes = 0;
-        self.refusing = false;
+        self.tell_publishers(false);
         self.ready.drain(..)
     }
 

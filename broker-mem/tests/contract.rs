@@ -107,7 +107,7 @@ contract!(
     priority_and_single_active_arguments_are_checked,
     headers_exchange_with_x_matches_x_headers_too,
     consumer_priorities_feed_the_highest_with_credit_first,
-    quorum_queues_refuse_a_consumer_under_global_qos,
+    quorum_queues_refuse_a_consumer_under_global_qos_and_ignore_one_set_later,
     cc_and_bcc_headers_add_routing_keys,
     a_cc_route_keeps_a_message_from_the_alternate_exchange,
     dead_lettering_reroutes_by_cc_unless_the_queue_names_a_key,
@@ -119,6 +119,7 @@ contract!(
     quorum_queues_send_nacked_messages_back_and_serve_returns_first,
     redeclaring_compares_the_arguments_rabbitmq_compares_in_its_order,
     quorum_queue_length_limits_are_soft_and_reject_publish_dlx_drops_the_head,
+    a_full_quorum_queue_stops_the_publishers_it_knows_and_asks_about_new_ones,
     system_exchanges_argument_types_and_auto_delete_exchanges,
     expiration_is_read_as_rabbitmq_reads_it,
     another_connection_may_publish_to_an_exclusive_queue_but_not_touch_it,
@@ -2001,7 +2002,9 @@ async fn consumer_priorities_feed_the_highest_with_credit_first(b: &mut impl Amq
     assert_eq!(refused.map(drop).map_err(|r| r.code), Err(406));
 }
 
-async fn quorum_queues_refuse_a_consumer_under_global_qos(b: &mut impl Amqp) {
+async fn quorum_queues_refuse_a_consumer_under_global_qos_and_ignore_one_set_later(
+    b: &mut impl Amqp,
+) {
     let c = b.connection().await;
     let ch = b.channel(c).await;
     quorum_queue(b, ch, "qq").await;
@@ -2009,8 +2012,20 @@ async fn quorum_queues_refuse_a_consumer_under_global_qos(b: &mut impl Amqp) {
     // 540, a connection error.
     let refused = b.consume(ch, "qq", "c", false, false).await;
     assert_eq!(refused.map(drop).map_err(|r| r.code), Err(540));
+    // A consumer that started before the global qos is not held back by it: a quorum queue's
+    // consumers take credit from the queue, not from the channel's limiter.
     let c = b.connection().await;
     let ch = b.channel(c).await;
+    let sub = b.consume(ch, "qq", "c", false, false).await.unwrap();
+    b.qos(ch, 1, true).await.unwrap();
+    for n in 0..2 {
+        b.send(ch, "", "qq", &format!("m{n}")).await;
+    }
+    let texts = [
+        b.next(sub).await.msg().text(),
+        b.next(sub).await.msg().text(),
+    ];
+    assert_eq!(texts, ["m0", "m1"]);
     b.queue_delete(ch, "qq", false, false).await.unwrap();
 }
 
@@ -2733,6 +2748,66 @@ async fn redeclaring_compares_the_arguments_rabbitmq_compares_in_its_order(b: &m
 async fn confirmed(b: &mut impl Amqp, ch: harness::Ch, queue: &str, text: &str) -> bool {
     let published = b.publish(ch, "", queue, false, Properties::default(), text);
     published.await.unwrap().acked
+}
+
+/// RabbitMQ 3.10 (rabbit_fifo, probed on 3.10.8): a quorum `reject-publish` queue tells the
+/// channels that have published to it to stop when it goes over its limit, and to go on at
+/// 80 % of it; a channel's first publish asks, and is refused only while the queue is over.
+async fn a_full_quorum_queue_stops_the_publishers_it_knows_and_asks_about_new_ones(
+    b: &mut impl Amqp,
+) {
+    let c = b.connection().await;
+    let first = b.channel(c).await;
+    let limited = table(&[
+        ("x-queue-type", s("quorum")),
+        ("x-max-length", i(2)),
+        ("x-overflow", s("reject-publish")),
+    ]);
+    b.queue_declare(first, "full", DURABLE, limited)
+        .await
+        .unwrap();
+    let mut acked = Vec::new();
+    for n in 0..4 {
+        acked.push(confirmed(b, first, "full", &format!("a{n}")).await);
+    }
+    assert_eq!(acked, [true, true, true, false]);
+    // Back at the limit, not yet at 80 % of it: the first channel stays stopped; a channel
+    // that never published here gets in, and takes the queue over again, which stops both.
+    let other = b.connection().await;
+    let second = b.channel(other).await;
+    b.get(second, "full", true).await.unwrap().unwrap();
+    let acked = [
+        confirmed(b, first, "full", "a4").await,
+        confirmed(b, second, "full", "b0").await,
+        confirmed(b, second, "full", "b1").await,
+        confirmed(b, first, "full", "a5").await,
+    ];
+    assert_eq!(acked, [false, true, false, false]);
+    assert_eq!(b.depth("full").await, Some(3));
+    // A dead-lettered message never asks: it gets in over the limit.
+    let to_full = table(&[
+        ("x-dead-letter-exchange", s("")),
+        ("x-dead-letter-routing-key", s("full")),
+    ]);
+    b.queue_declare(first, "source", QFlags::default(), to_full)
+        .await
+        .unwrap();
+    b.send(first, "", "source", "dead").await;
+    let (message, _) = b.get(first, "source", false).await.unwrap().unwrap();
+    b.reject(first, message.tag, false).await.unwrap();
+    assert_eq!(b.depth_becomes("full", Some(4)).await, Some(4));
+    // A closed channel is forgotten: the next one on its connection asks again.
+    b.close_channel(second).await;
+    for _ in 0..2 {
+        b.get(first, "full", true).await.unwrap().unwrap();
+    }
+    let third = b.channel(other).await;
+    let acked = [
+        confirmed(b, first, "full", "a6").await,
+        confirmed(b, third, "full", "c0").await,
+    ];
+    assert_eq!(acked, [false, true]);
+    assert_eq!(b.depth("full").await, Some(3));
 }
 
 async fn quorum_queue_length_limits_are_soft_and_reject_publish_dlx_drops_the_head(

@@ -162,9 +162,11 @@ struct Model {
     published: u64,
     /// Ready messages per queue (`QUEUES` then `DEAD`), in position order.
     ready: BTreeMap<&'static str, VecDeque<Entry>>,
-    /// The quorum queue went over its limit and refuses publishes until it is back at 80 %
-    /// of it (RabbitMQ 3.10's soft limit).
-    quorum_refusing: bool,
+    /// Whether the publishing lane (lane 0) has been told to stop publishing to the quorum
+    /// queue, which told it so when it went over its limit and tells it to go on at 80 % of it
+    /// (RabbitMQ 3.10's soft limit); None until the lane's first publish there since it
+    /// opened, which is refused only while the queue is over the limit.
+    quorum_publisher_stopped: Option<bool>,
     /// Per lane: unacked by tag, with the queue it came from and the serial of the consumer
     /// it went to (0: `basic.get`); the last tag handed out.
     unacked: [BTreeMap<u64, (&'static str, Entry, u64)>; LANES],
@@ -349,8 +351,11 @@ impl Model {
         self.seq += 1;
         let body = format!("m{}", self.published);
         let name = QUEUES[queue];
-        if queue == QUORUM && self.quorum_refusing {
-            return (body, false);
+        if queue == QUORUM {
+            let over = self.ready[QUEUES[QUORUM]].len() > QUORUM_MAX_LENGTH;
+            if *self.quorum_publisher_stopped.get_or_insert(over) {
+                return (body, false);
+            }
         }
         let entry = Entry {
             seq: self.seq,
@@ -433,14 +438,16 @@ impl Model {
         self.note_quorum_length();
     }
 
-    /// After every change of the quorum queue's length: over the limit it starts refusing
-    /// publishes; at 80 % of the limit (rounded down) or below it stops.
+    /// After every change of the quorum queue's length: over the limit it tells its publisher
+    /// to stop; at 80 % of the limit (rounded down) or below, to go on.
     fn note_quorum_length(&mut self) {
         let length = self.ready[QUEUES[QUORUM]].len();
-        if length > QUORUM_MAX_LENGTH {
-            self.quorum_refusing = true;
-        } else if length <= QUORUM_MAX_LENGTH * 4 / 5 {
-            self.quorum_refusing = false;
+        if let Some(stopped) = self.quorum_publisher_stopped.as_mut() {
+            if length > QUORUM_MAX_LENGTH {
+                *stopped = true;
+            } else if length <= QUORUM_MAX_LENGTH * 4 / 5 {
+                *stopped = false;
+            }
         }
     }
 
@@ -486,6 +493,10 @@ impl Model {
             self.requeue(queue, entry, true);
         }
         self.last_tag[lane] = 0;
+        if lane == 0 {
+            // The next channel is a new publisher to the quorum queue.
+            self.quorum_publisher_stopped = None;
+        }
         self.run();
     }
 }

@@ -120,7 +120,8 @@ impl Engine {
                 // reaches none comes back), as when RabbitMQ delivers at the commit.
                 targets.retain(|queue| engine.queues.contains_key(queue));
                 // Admitted as a whole above: no copy is refused one by one.
-                let published = engine.enqueue_routed(&targets, &[], message, options, None, true);
+                let published =
+                    engine.enqueue_routed(channel, &targets, &[], message, options, None, true);
                 returned.extend(published.returned.map(|back| *back));
                 // Admitted, without a fault hook: only a queue's limit nacks here.
                 refused |= matches!(published.confirm, Confirm::Nack { .. });
