@@ -114,6 +114,7 @@ impl Shared {
                 Event::Deliver { channel, .. }
                 | Event::ConsumerEnded { channel, .. }
                 | Event::ChannelClosed { channel, .. } => channel.connection(),
+                Event::ConnectionClosed { connection, .. } => *connection,
             };
             if let Some(tap) = taps.get(&connection) {
                 // Unbounded: deliveries are bounded by prefetch credit (and the held ceilings),
@@ -146,6 +147,9 @@ impl Shared {
                 // The channel's consumers ended with it (above); its next call reports why.
                 Event::ChannelClosed { channel, reason } => {
                     tracing::debug!(%channel, %reason, "channel closed by the broker");
+                }
+                Event::ConnectionClosed { connection, reason } => {
+                    tracing::debug!(?connection, %reason, "connection closed by the broker");
                 }
             }
         }

@@ -84,6 +84,14 @@ pub enum Event {
         /// The reply it was closed with.
         reason: AmqpError,
     },
+    /// The broker closed a connection on its own: a fault hook, or a restart. Over AMQP it is
+    /// a `connection.close` to the client.
+    ConnectionClosed {
+        /// The connection.
+        connection: ConnectionId,
+        /// The reply it was closed with.
+        reason: AmqpError,
+    },
     /// A consumer will receive nothing more.
     ConsumerEnded {
         /// The consumer's channel.

@@ -346,6 +346,47 @@ fn a_restart_keeps_durable_queues_with_persistent_messages_only() {
     broker.check_invariants().unwrap();
 }
 
+/// A restart closes every connection before it dispatches anything: what one connection held
+/// unacked goes back to its durable queue, not to a no-ack consumer of a connection that was
+/// still to close (which would take it for good, where RabbitMQ recovers it).
+#[test]
+fn a_restart_keeps_what_was_unacked_even_with_a_no_ack_consumer_open() {
+    let broker = Broker::new();
+    let holder = broker.connect();
+    let holding = holder.open_channel().unwrap();
+    let durable = QueueOptions {
+        durable: true,
+        ..QueueOptions::default()
+    };
+    holding.queue_declare("kept", durable).unwrap();
+    let consumer = holding
+        .basic_consume("kept", ConsumeOptions::default())
+        .unwrap();
+    publish(&holding, "kept", "held", true);
+    let held = consumer.try_recv().unwrap();
+    assert_eq!(text(&held.body), "held");
+    let taker = broker.connect();
+    let taking = taker.open_channel().unwrap();
+    let no_ack = ConsumeOptions {
+        no_ack: true,
+        ..ConsumeOptions::default()
+    };
+    let greedy = taking.basic_consume("kept", no_ack).unwrap();
+
+    broker.restart();
+
+    assert!(greedy.try_recv().is_err(), "a no-ack consumer took it");
+    assert_eq!(broker.queue_depth("kept"), Some(1));
+    let connection = broker.connect();
+    let channel = connection.open_channel().unwrap();
+    let ok = channel.basic_get("kept", true).unwrap().unwrap();
+    assert_eq!(
+        (text(&ok.delivery.body), ok.delivery.redelivered),
+        ("held".to_owned(), true)
+    );
+    broker.check_invariants().unwrap();
+}
+
 #[test]
 fn nack_next_publish_to_an_exchange_nacks_only_that_publish_on_any_channel() {
     let broker = Broker::new();

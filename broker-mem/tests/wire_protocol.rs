@@ -561,6 +561,96 @@ async fn a_channel_close_that_crosses_the_servers_closes_only_the_channel() {
     }
 }
 
+/// A connection the broker closes on its own (a restart, `force_close_connection`) gets a
+/// `connection.close` at once, as RabbitMQ's clients do, so they can reconnect.
+#[tokio::test(start_paused = true)]
+async fn a_restart_closes_wire_connections_with_320() {
+    let broker = Broker::new();
+    let server = WireServer::new(broker.clone(), WireConfig::default());
+    let mut raw = Raw::open(&server, "guest", 0).await;
+    broker.restart();
+    match raw.recv().await {
+        Some(AMQPFrame::Method(0, AMQPClass::Connection(connection::AMQPMethod::Close(close)))) => {
+            assert_eq!(close.reply_code, 320);
+            assert_eq!(
+                close.reply_text.as_str(),
+                "CONNECTION_FORCED - broker forced connection closure with reason 'shutdown'"
+            );
+        }
+        other => panic!("expected connection.close, got {other:?}"),
+    }
+    raw.send(method(
+        0,
+        AMQPClass::Connection(connection::AMQPMethod::CloseOk(connection::CloseOk {})),
+    ))
+    .await;
+    assert!(raw.recv().await.is_none(), "the connection ends");
+}
+
+/// A delivery the engine made before the client's next method reaches the client before that
+/// method's answer: a consumer is never told `cancel-ok` ahead of a delivery made while it
+/// was still consuming (RabbitMQ's channel writes them in the order they happened). Several
+/// rounds, because the server's select would pick either first when both are ready.
+#[tokio::test(start_paused = true)]
+async fn a_delivery_made_before_a_cancel_is_written_before_its_cancel_ok() {
+    let broker = Broker::new();
+    let publisher = broker.connect();
+    let publishing = publisher.open_channel().unwrap();
+    publishing
+        .queue_declare("work", QueueOptions::default())
+        .unwrap();
+    let server = WireServer::new(broker.clone(), WireConfig::default());
+    let mut raw = Raw::open(&server, "guest", 0).await;
+    for round in 0..8 {
+        let tag = format!("c{round}");
+        raw.send(consume(&tag)).await;
+        assert!(matches!(
+            raw.recv().await,
+            Some(AMQPFrame::Method(
+                1,
+                AMQPClass::Basic(basic::AMQPMethod::ConsumeOk(_))
+            ))
+        ));
+        // Delivered within the publish: the delivery waits in the session's tap.
+        publishing
+            .basic_publish("", "work", Properties::default(), Bytes::from("job"))
+            .unwrap();
+        let cancel = basic::Cancel {
+            consumer_tag: tag.as_str().into(),
+            nowait: false,
+        };
+        raw.send(method(
+            1,
+            AMQPClass::Basic(basic::AMQPMethod::Cancel(cancel)),
+        ))
+        .await;
+        match raw.recv().await {
+            Some(AMQPFrame::Method(1, AMQPClass::Basic(basic::AMQPMethod::Deliver(d)))) => {
+                assert_eq!(d.consumer_tag.as_str(), tag);
+                // Its content header and body, then the cancel-ok.
+                assert!(matches!(raw.recv().await, Some(AMQPFrame::Header(1, _))));
+                assert!(matches!(raw.recv().await, Some(AMQPFrame::Body(1, _))));
+            }
+            other => panic!("round {round}: expected the delivery first, got {other:?}"),
+        }
+        assert!(matches!(
+            raw.recv().await,
+            Some(AMQPFrame::Method(
+                1,
+                AMQPClass::Basic(basic::AMQPMethod::CancelOk(_))
+            ))
+        ));
+        // Settled, so that the next round's consumer has credit.
+        let ack = basic::Ack {
+            delivery_tag: round + 1,
+            multiple: false,
+        };
+        raw.send(method(1, AMQPClass::Basic(basic::AMQPMethod::Ack(ack))))
+            .await;
+    }
+    drop(publisher);
+}
+
 #[tokio::test(start_paused = true)]
 async fn connections_past_the_limit_are_refused_with_530() {
     let config = WireConfig {

@@ -139,6 +139,20 @@ impl Engine {
         code: ReplyCode,
         text: &str,
     ) {
+        self.close_connection_by_broker(connection, code, text);
+        self.run_until_idle();
+    }
+
+    /// Closes a connection from the broker's side, without dispatching what its close
+    /// requeued (the caller runs the queues): requeues what its channels had in flight,
+    /// deletes its exclusive queues, keeps the reason for the client's next call, and tells
+    /// the client ([`Event::ConnectionClosed`]).
+    fn close_connection_by_broker(
+        &mut self,
+        connection: ConnectionId,
+        code: ReplyCode,
+        text: &str,
+    ) {
         if self
             .connections
             .get(&connection)
@@ -147,10 +161,12 @@ impl Engine {
             return;
         }
         self.shut_connection(connection);
+        let reason = AmqpError::new(code, text);
         if let Some(state) = self.connections.get_mut(&connection) {
-            state.closed = Some(AmqpError::new(code, text));
+            state.closed = Some(reason.clone());
         }
-        self.run_until_idle();
+        self.events
+            .push(Event::ConnectionClosed { connection, reason });
     }
 
     /// A broker restart, as RabbitMQ does it: every connection is closed (320
@@ -159,9 +175,12 @@ impl Engine {
     /// marked redelivered), bindings survive when both ends do. Armed faults and delayed
     /// deliveries are lost. The clock keeps running.
     pub fn restart(&mut self) {
+        // Every connection goes before anything is dispatched again: what one connection's
+        // close requeues must not reach a consumer of a connection that is still to close
+        // (a no-ack consumer would take it for good).
         let connections: Vec<ConnectionId> = self.connections.keys().copied().collect();
         for connection in connections {
-            self.force_close_connection(
+            self.close_connection_by_broker(
                 connection,
                 ReplyCode::ConnectionForced,
                 "broker forced connection closure with reason 'shutdown'",
@@ -197,5 +216,6 @@ impl Engine {
         for exchange in &transient {
             self.remove_exchange(exchange);
         }
+        self.run_until_idle();
     }
 }

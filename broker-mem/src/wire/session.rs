@@ -389,6 +389,12 @@ impl<S: AsyncRead + AsyncWrite + Send> Session<S> {
             match step {
                 Step::Frame(Ok(frame)) => {
                     self.last_read = Instant::now(); // allow-nondeterminism: tokio::time::Instant, simulated under turmoil
+                    // What the engine did before this frame goes out before its answer (a
+                    // delivery made before a cancel is written before the cancel-ok, as
+                    // RabbitMQ's channel writes them).
+                    if let Some(hard) = self.drain_tap(tap) {
+                        return Err(self.close_with(frames, hard).await);
+                    }
                     if let Err(hard) = self.on_frame(frame) {
                         return Err(self.close_with(frames, hard).await);
                     }
@@ -401,13 +407,17 @@ impl<S: AsyncRead + AsyncWrite + Send> Session<S> {
                     return Err(self.close_with(frames, Hard::new(bad.code, bad.text)).await);
                 }
                 Step::Frame(Err(stop)) => return Err(stop_error(stop)),
-                Step::Event(Some(event)) => self.on_event(event),
+                Step::Event(Some(event)) => {
+                    if let Some(hard) = self.on_event(event) {
+                        return Err(self.close_with(frames, hard).await);
+                    }
+                }
                 // Only the registration removes the tap, and it outlives this loop.
                 Step::Event(None) => return Ok(()),
                 Step::Timer => self.on_timer()?,
             }
-            while let Some(event) = tap.try_recv() {
-                self.on_event(event);
+            if let Some(hard) = self.drain_tap(tap) {
+                return Err(self.close_with(frames, hard).await);
             }
             if !frames.has_frame(self.frame_max_bytes) || self.out.len() > OUT_FLUSH_BYTES {
                 self.flush().await?;
@@ -1339,16 +1349,24 @@ impl<S: AsyncRead + AsyncWrite + Send> Session<S> {
 
     // ------------------------------------------------------------------ engine events
 
-    fn on_event(&mut self, event: Event) {
+    /// Writes every engine event waiting in the tap (see [`Session::on_event`]).
+    fn drain_tap(&mut self, tap: &Tap) -> Option<Hard> {
+        while let Some(event) = tap.try_recv() {
+            if let Some(hard) = self.on_event(event) {
+                return Some(hard);
+            }
+        }
+        None
+    }
+
+    /// Writes what an engine event means for the client; a connection the broker closed is
+    /// returned, for the caller to close.
+    fn on_event(&mut self, event: Event) -> Option<Hard> {
         match event {
             Event::Deliver { channel, delivery } => {
-                let Some(&number) = self.numbers.get(&channel) else {
-                    // Its channel closed meanwhile; the engine requeued it.
-                    return;
-                };
-                let Some(chan) = self.channels.get(&number).filter(|c| !c.closing) else {
-                    return;
-                };
+                // None: its channel closed meanwhile; the engine requeued it.
+                let &number = self.numbers.get(&channel)?;
+                let chan = self.channels.get(&number).filter(|c| !c.closing)?;
                 if chan.consumers.get(delivery.consumer_tag.as_str()) == Some(&true) {
                     self.taken.push((channel, delivery.consumer_tag.clone()));
                 }
@@ -1366,9 +1384,7 @@ impl<S: AsyncRead + AsyncWrite + Send> Session<S> {
                 self.send_content(number, &delivery.properties, &delivery.body);
             }
             Event::ChannelClosed { channel, reason } => {
-                let Some(&number) = self.numbers.get(&channel) else {
-                    return;
-                };
+                let &number = self.numbers.get(&channel)?;
                 if self.channels.get(&number).is_some_and(|c| !c.closing) {
                     // Class and method 0: no method of the client's caused it.
                     self.close_channel_with(number, reason.code.code(), reason.reply_text(), 0, 0);
@@ -1382,12 +1398,8 @@ impl<S: AsyncRead + AsyncWrite + Send> Session<S> {
                 // Its deliveries not reported yet are nothing to a later consumer that reuses
                 // the tag (a pipelined cancel and consume), whose room they must not make.
                 (self.taken).retain(|(c, tag)| *c != channel || *tag != consumer_tag);
-                let Some(&number) = self.numbers.get(&channel) else {
-                    return;
-                };
-                let Some(chan) = self.channels.get_mut(&number).filter(|c| !c.closing) else {
-                    return;
-                };
+                let &number = self.numbers.get(&channel)?;
+                let chan = self.channels.get_mut(&number).filter(|c| !c.closing)?;
                 let known = chan.consumers.remove(consumer_tag.as_str()).is_some();
                 if known && reason == ConsumerEnd::QueueDeleted {
                     // consumer_cancel_notify: the broker tells the client its consumer is gone.
@@ -1398,7 +1410,11 @@ impl<S: AsyncRead + AsyncWrite + Send> Session<S> {
                     self.send(number, AMQPClass::Basic(basic::AMQPMethod::Cancel(cancel)));
                 }
             }
+            Event::ConnectionClosed { reason, .. } => {
+                return Some(Hard::new(reason.code.code(), reason.reply_text()));
+            }
         }
+        None
     }
 
     /// Tells the engine the `no_ack` deliveries written so far have left (TCP back-pressure
