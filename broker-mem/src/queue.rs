@@ -447,6 +447,10 @@ pub(crate) struct Queue {
     /// Round-robin order: the front is the next consumer offered a message.
     /// With each consumer's `x-priority`.
     consumers: VecDeque<(ConsumerKey, i64)>,
+    /// A classic queue's consumers that were offered a message without credit to take it
+    /// (RabbitMQ's blocked consumers, rabbit_queue_consumers): they have left the round-robin
+    /// and rejoin it at the back once they have credit again (see [`Queue::next_consumer`]).
+    blocked: Vec<ConsumerKey>,
     /// Whether the consumer (at most one then) asked for exclusive use.
     pub exclusive_consumer: bool,
     /// When the queue was last used (declared, read with `basic.get`, or left by a consumer),
@@ -484,6 +488,7 @@ impl Queue {
             refusing: false,
             unacked: 0,
             consumers: VecDeque::new(),
+            blocked: Vec::new(),
             exclusive_consumer: false,
             last_used_ms: 0,
         }
@@ -806,6 +811,7 @@ impl Queue {
     pub(crate) fn remove_consumer(&mut self, key: &ConsumerKey) {
         let was_active = self.consumers.front().is_some_and(|(k, _)| k == key);
         self.consumers.retain(|(k, _)| k != key);
+        self.blocked.retain(|k| k != key);
         if self.consumers.is_empty() {
             self.exclusive_consumer = false;
         }
@@ -834,7 +840,8 @@ impl Queue {
 
     /// Sends a consumer to the back of the round-robin: a quorum queue's consumer that ran out
     /// of credit left rabbit_fifo's service queue, and rejoins it at the end when a settle
-    /// gives it credit back (RabbitMQ 3.10, probed; a classic queue's keeps its turn).
+    /// gives it credit back (RabbitMQ 3.10, probed; a classic queue's keeps its turn unless it
+    /// was offered a message meanwhile: see [`Queue::next_consumer`]).
     pub(crate) fn rejoin_at_back(&mut self, key: &ConsumerKey) {
         // A single active consumer has no round-robin to rejoin: it stays active (probed).
         if self.args.single_active_consumer {
@@ -853,8 +860,14 @@ impl Queue {
 
     /// The next consumer for which `with_credit` answers (it has credit), with that answer:
     /// of the highest `x-priority` among those with credit, the first in round-robin order;
-    /// it then moves to the back. Consumers without credit keep their turn. None when every
-    /// consumer is blocked.
+    /// it then moves to the back. None when every consumer is blocked.
+    ///
+    /// On a classic queue, as in RabbitMQ 3.10 (rabbit_queue_consumers, probed): a consumer
+    /// offered the message before the one that takes it (a higher priority, or its turn came
+    /// first) and without credit is blocked, and rejoins the round-robin at the back when it
+    /// has credit again (seen here, at the next offer). One that ran out of credit but was
+    /// never offered a message meanwhile keeps its turn. (A quorum queue's consumer rejoins
+    /// at the back whenever a settle gives it credit back: see `rejoin_at_back`.)
     ///
     /// With a single active consumer there is no round-robin: only the front one, the active
     /// consumer, is offered messages (the list is never rotated; `remove_consumer` puts its
@@ -863,20 +876,51 @@ impl Queue {
         &mut self,
         with_credit: impl Fn(&ConsumerKey) -> Option<T>,
     ) -> Option<(ConsumerKey, T)> {
+        let classic = self.args.queue_type == QueueType::Classic;
+        if classic && !self.blocked.is_empty() {
+            self.unblock_with_credit(&with_credit);
+        }
         if self.args.single_active_consumer || self.consumers.len() == 1 {
-            // The front one or none; with one consumer there is no turn to pass on either.
+            // The front one or none; with one consumer there is no turn to pass on either
+            // (but a blocked one is behind any that joins before it has credit again).
             let (first, _) = self.consumers.front()?;
-            return Some((first.clone(), with_credit(first)?));
+            let Some(found) = with_credit(first) else {
+                if classic && !self.args.single_active_consumer && !self.blocked.contains(first) {
+                    self.blocked.push(first.clone());
+                }
+                return None;
+            };
+            return Some((first.clone(), found));
         }
         // Credit is asked only of a consumer that would beat the best so far, so with equal
         // priorities (the usual case) this stops asking at the first with credit.
         let mut best: Option<(usize, i64, T)> = None;
+        // Those asked in vain, by position and priority (allocates only when there are any).
+        let mut refused: Vec<(usize, i64)> = Vec::new();
         for (position, (key, priority)) in self.consumers.iter().enumerate() {
             if best.as_ref().is_some_and(|(_, best, _)| best >= priority) {
                 continue;
             }
-            if let Some(found) = with_credit(key) {
-                best = Some((position, *priority, found));
+            match with_credit(key) {
+                Some(found) => best = Some((position, *priority, found)),
+                None => refused.push((position, *priority)),
+            }
+        }
+        if classic && !refused.is_empty() {
+            let chosen = best
+                .as_ref()
+                .map(|(position, priority, _)| (*position, *priority));
+            for (position, priority) in refused {
+                let offered_first = chosen.is_none_or(|(chosen_at, chosen_priority)| {
+                    priority > chosen_priority
+                        || (priority == chosen_priority && position < chosen_at)
+                });
+                if let Some((key, _)) = self.consumers.get(position)
+                    && offered_first
+                    && !self.blocked.contains(key)
+                {
+                    self.blocked.push(key.clone());
+                }
             }
         }
         let (position, _, found) = best?;
@@ -888,6 +932,24 @@ impl Queue {
         }
         let (key, _) = self.consumers.back()?;
         Some((key.clone(), found))
+    }
+
+    /// Blocked consumers that have credit again rejoin the round-robin at the back, in the
+    /// order they were blocked.
+    fn unblock_with_credit<T>(&mut self, with_credit: &impl Fn(&ConsumerKey) -> Option<T>) {
+        let mut at = 0;
+        while at < self.blocked.len() {
+            if with_credit(&self.blocked[at]).is_none() {
+                at += 1;
+                continue;
+            }
+            let key = self.blocked.remove(at);
+            if let Some(position) = self.consumers.iter().position(|(k, _)| *k == key)
+                && let Some(entry) = self.consumers.remove(position)
+            {
+                self.consumers.push_back(entry);
+            }
+        }
     }
 
     pub(crate) fn info(&self, name: &str) -> QueueInfo {

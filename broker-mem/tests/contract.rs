@@ -88,6 +88,8 @@ contract!(
     ack_multiple_settles_every_tag_up_to_it,
     requeued_messages_go_back_to_their_original_position,
     recover_requeues_every_unacked_delivery_of_the_channel,
+    a_channel_returns_each_consumers_messages_in_its_own_batch,
+    a_classic_queue_sends_a_consumer_it_found_without_credit_to_the_back,
     unknown_or_double_ack_is_406_and_closes_the_channel,
     closing_a_channel_requeues_but_cancel_does_not,
     closing_a_connection_requeues,
@@ -1303,7 +1305,9 @@ async fn an_expired_message_behind_a_delivered_one_is_dropped_not_delivered(b: &
     assert_eq!((got.text().as_str(), left), ("first", 0));
 }
 
-/// A classic queue's consumer that ran out of credit keeps its turn; a quorum queue's leaves
+/// A classic queue's consumer that ran out of credit keeps its turn (unless a message was
+/// offered to it meanwhile: see
+/// `a_classic_queue_sends_a_consumer_it_found_without_credit_to_the_back`); a quorum queue's leaves
 /// rabbit_fifo's service queue and rejoins it at the back when a settle gives it credit back
 /// (found by the consumer differential test, probed).
 async fn a_quorum_consumer_given_credit_back_rejoins_the_round_robin_at_the_back(
@@ -1470,6 +1474,99 @@ async fn requeued_messages_go_back_to_their_original_position(b: &mut impl Amqp)
         .map(|(t, r)| (t.to_owned(), r))
         .collect();
     assert_eq!(got, expected);
+}
+
+/// RabbitMQ's channel settles a `basic.recover` or a multiple nack in batches, one per queue
+/// and consumer tag (rabbit_channel's foreach_per_queue), and the queue runs after each: with
+/// two consumers on one queue, the first consumer's messages are redelivered round-robin
+/// before the second's come back.
+async fn a_channel_returns_each_consumers_messages_in_its_own_batch(b: &mut impl Amqp) {
+    let c = b.connection().await;
+    let ch = b.channel(c).await;
+    b.queue(ch, "q").await;
+    let first = b.consume(ch, "q", "a", false, false).await.unwrap();
+    let second = b.consume(ch, "q", "b", false, false).await.unwrap();
+    for n in 0..4 {
+        b.send(ch, "", "q", &format!("m{n}")).await;
+    }
+    async fn two(b: &mut impl Amqp, sub: harness::Sub) -> Vec<(String, bool, u64)> {
+        let mut got = Vec::new();
+        for _ in 0..2 {
+            let m = b.next(sub).await.msg();
+            got.push((m.text(), m.redelivered, m.tag));
+        }
+        got
+    }
+    let texts = |got: &[(String, bool, u64)]| -> Vec<String> {
+        got.iter().map(|(text, _, _)| text.clone()).collect()
+    };
+    let (a, s) = (two(b, first).await, two(b, second).await);
+    assert_eq!(
+        (texts(&a), texts(&s)),
+        (
+            vec!["m0".to_owned(), "m2".to_owned()],
+            vec!["m1".to_owned(), "m3".to_owned()]
+        )
+    );
+    // Batch "a" (m0, m2) goes back and out first: m0 to a, m2 to b; then batch "b" (m1, m3):
+    // m1 to a, m3 to b.
+    b.recover(ch, true).await.unwrap();
+    let (a, s) = (two(b, first).await, two(b, second).await);
+    assert_eq!(
+        (texts(&a), texts(&s)),
+        (
+            vec!["m0".to_owned(), "m1".to_owned()],
+            vec!["m2".to_owned(), "m3".to_owned()]
+        )
+    );
+    assert!(a.iter().chain(&s).all(|(_, redelivered, _)| *redelivered));
+    // The same for a multiple nack that requeues: batch "a" (m0, m1), then batch "b" (m2, m3).
+    let last = a.iter().chain(&s).map(|(_, _, tag)| *tag).max().unwrap();
+    b.nack(ch, last, true, true).await.unwrap();
+    let (a, s) = (two(b, first).await, two(b, second).await);
+    assert_eq!(
+        (texts(&a), texts(&s)),
+        (
+            vec!["m0".to_owned(), "m2".to_owned()],
+            vec!["m1".to_owned(), "m3".to_owned()]
+        )
+    );
+    let last = a.iter().chain(&s).map(|(_, _, tag)| *tag).max().unwrap();
+    b.ack(ch, last, true).await.unwrap();
+    assert_eq!(b.depth_becomes("q", Some(0)).await, Some(0));
+}
+
+/// A classic queue's consumer offered a message while it had no credit is blocked, and
+/// rejoins the round-robin at the back once it has credit again (rabbit_queue_consumers);
+/// one that was never offered a message while it had none keeps its turn.
+async fn a_classic_queue_sends_a_consumer_it_found_without_credit_to_the_back(b: &mut impl Amqp) {
+    let c = b.connection().await;
+    let ch = b.channel(c).await;
+    b.queue(ch, "q").await;
+    b.qos(ch, 1, false).await.unwrap();
+    let small = b.consume(ch, "q", "a", false, false).await.unwrap();
+    b.qos(ch, 3, false).await.unwrap();
+    let large = b.consume(ch, "q", "b", false, false).await.unwrap();
+    for n in 0..3 {
+        b.send(ch, "", "q", &format!("m{n}")).await;
+    }
+    // m0 to a, m1 to b, then m2 is offered to a first, which has no credit: blocked.
+    assert_eq!(b.next(small).await.msg().text(), "m0");
+    let texts = [
+        b.next(large).await.msg().text(),
+        b.next(large).await.msg().text(),
+    ];
+    assert_eq!(texts, ["m1", "m2"]);
+    // The recover returns a's batch (m0) first: a has credit again and rejoins behind b, which
+    // takes m0; then b's batch (m1, m2): m1 to a, m2 to b.
+    b.recover(ch, true).await.unwrap();
+    assert_eq!(b.next(small).await.msg().text(), "m1");
+    let texts = [
+        b.next(large).await.msg().text(),
+        b.next(large).await.msg().text(),
+    ];
+    assert_eq!(texts, ["m0", "m2"]);
+    assert!(matches!(b.quiet(small).await, Next::Empty));
 }
 
 async fn recover_requeues_every_unacked_delivery_of_the_channel(b: &mut impl Amqp) {

@@ -174,6 +174,9 @@ struct Model {
     consumers: [Option<ModelConsumer>; LANES],
     /// Per queue, the consuming lanes in round-robin order (the front is offered next).
     rotation: BTreeMap<&'static str, VecDeque<usize>>,
+    /// Per classic queue, the lanes offered a message without credit, in the order they were
+    /// blocked: they rejoin the round-robin at the back once they have credit again.
+    blocked: BTreeMap<&'static str, Vec<usize>>,
     serial: u64,
     /// Deliveries made during the current step, per lane.
     delivered: [Vec<Seen>; LANES],
@@ -200,13 +203,27 @@ impl Model {
         held < consumer.prefetch
     }
 
-    /// Round-robin among the queue's consumers of the highest priority that have credit; a
-    /// consumer without credit keeps its turn (on a quorum queue it goes to the back when a
-    /// settle gives it credit again: see `settle`). The priority queue has a single active
-    /// consumer: the first registered, credit or not, whatever its priority; when it goes, the
-    /// highest priority left (see `detach`).
+    /// Round-robin among the queue's consumers of the highest priority that have credit. A
+    /// consumer without credit keeps its turn, except that on a classic queue one offered the
+    /// message before the one that takes it (higher priority, or its turn first) is blocked,
+    /// and rejoins at the back once it has credit (on a quorum queue a consumer goes to the
+    /// back when a settle gives it credit again: see `settle`). The priority queue has a
+    /// single active consumer: the first registered, credit or not, whatever its priority;
+    /// when it goes, the highest priority left (see `detach`).
     fn dispatch(&mut self, queue: &'static str) {
+        let classic = [DEAD, QUEUES[0], QUEUES[1]].contains(&queue);
         while !self.ready[queue].is_empty() {
+            if classic {
+                let blocked = self.blocked.entry(queue).or_default().clone();
+                for lane in blocked {
+                    if self.has_credit(lane) {
+                        self.blocked.get_mut(queue).unwrap().retain(|l| *l != lane);
+                        let rotation = self.rotation.get_mut(queue).unwrap();
+                        rotation.retain(|l| *l != lane);
+                        rotation.push_back(lane);
+                    }
+                }
+            }
             let rotation = &self.rotation[queue];
             let lane = if queue == QUEUES[RANKED] {
                 match rotation.front() {
@@ -216,13 +233,33 @@ impl Model {
             } else {
                 let priority = |lane: usize| self.consumers[lane].unwrap().priority;
                 let with_credit = rotation.iter().filter(|lane| self.has_credit(**lane));
-                let Some(highest) = with_credit.map(|lane| priority(*lane)).max() else {
+                let highest = with_credit.map(|lane| priority(*lane)).max();
+                let position = highest.and_then(|highest| {
+                    (rotation.iter())
+                        .position(|lane| priority(*lane) == highest && self.has_credit(*lane))
+                });
+                if classic {
+                    // Offered first: a higher priority, or the same with its turn first.
+                    let offered_first: Vec<usize> = (rotation.iter().enumerate())
+                        .filter(|(at, lane)| match (highest, position) {
+                            (Some(highest), Some(chosen)) => {
+                                priority(**lane) > highest
+                                    || (priority(**lane) == highest && *at < chosen)
+                            }
+                            _ => true,
+                        })
+                        .map(|(_, lane)| *lane)
+                        .collect();
+                    let blocked = self.blocked.get_mut(queue).unwrap();
+                    for lane in offered_first {
+                        if !blocked.contains(&lane) {
+                            blocked.push(lane);
+                        }
+                    }
+                }
+                let Some(position) = position else {
                     return;
                 };
-                let position = rotation
-                    .iter()
-                    .position(|lane| priority(*lane) == highest && self.has_credit(*lane))
-                    .unwrap();
                 let rotation = self.rotation.get_mut(queue).unwrap();
                 let lane = rotation.remove(position).unwrap();
                 rotation.push_back(lane);
@@ -285,6 +322,9 @@ impl Model {
             let rotation = self.rotation.get_mut(consumer.queue).unwrap();
             let was_active = rotation.front() == Some(&lane);
             rotation.retain(|l| *l != lane);
+            if let Some(blocked) = self.blocked.get_mut(consumer.queue) {
+                blocked.retain(|l| *l != lane);
+            }
             // The single active consumer's successor: the highest priority left, the earliest
             // registered among equals (a classic queue, as RabbitMQ 3.10 picks it). With two
             // lanes there is at most one left, but the rule is the engine's.
@@ -465,7 +505,8 @@ impl Model {
             let blocked = !self.has_credit(lane);
             let (queue, entry, serial) = self.unacked[lane].remove(tag).unwrap();
             // A quorum queue's consumer that gets credit back rejoins the round-robin at the
-            // back (rabbit_fifo's service queue); a classic queue's keeps its turn.
+            // back (rabbit_fifo's service queue); a classic queue's keeps its turn unless it
+            // was offered a message meanwhile (see `dispatch`).
             let current = self.consumers[lane].is_some_and(|c| c.serial == serial);
             let quorum = queue == QUEUES[QUORUM] || queue == QUEUES[UNLIMITED];
             if blocked && current && quorum {
