@@ -220,8 +220,8 @@ impl Broker {
     }
 
     /// Restarts the broker (see [`Engine::restart`]): every connection is closed with 320,
-    /// transient queues, exchanges and messages are lost, durable queues keep persistent
-    /// messages.
+    /// transient queues, exchanges and messages are lost, durable classic queues keep their
+    /// persistent messages, quorum queues all of theirs.
     pub fn restart(&self) {
         self.call(Engine::restart);
     }

@@ -346,6 +346,37 @@ fn a_restart_keeps_durable_queues_with_persistent_messages_only() {
     broker.check_invariants().unwrap();
 }
 
+/// A quorum queue keeps every message through a restart, transient ones too: they all went
+/// through its log (RabbitMQ 3.10, probed by restarting the node).
+#[test]
+fn a_restart_keeps_a_quorum_queues_transient_messages_too() {
+    let broker = Broker::new();
+    let connection = broker.connect();
+    let channel = connection.open_channel().unwrap();
+    let mut arguments = FieldTable::new();
+    arguments.insert("x-queue-type".into(), FieldValue::String("quorum".into()));
+    let durable = QueueOptions {
+        durable: true,
+        ..QueueOptions::default()
+    };
+    channel
+        .queue_declare_with("replicated", durable, &arguments)
+        .unwrap();
+    publish(&channel, "replicated", "transient", false);
+    publish(&channel, "replicated", "persistent", true);
+
+    broker.restart();
+
+    let connection = broker.connect();
+    let channel = connection.open_channel().unwrap();
+    let mut kept = Vec::new();
+    while let Some(ok) = channel.basic_get("replicated", true).unwrap() {
+        kept.push(text(&ok.delivery.body));
+    }
+    assert_eq!(kept, ["transient", "persistent"]);
+    broker.check_invariants().unwrap();
+}
+
 /// A restart closes every connection before it dispatches anything: what one connection held
 /// unacked goes back to its durable queue, not to a no-ack consumer of a connection that was
 /// still to close (which would take it for good, where RabbitMQ recovers it).

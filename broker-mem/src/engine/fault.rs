@@ -12,6 +12,7 @@ use crate::connection::ConnectionId;
 use crate::delivery::Delivery;
 use crate::error::{AmqpError, ReplyCode};
 use crate::limits::FAULTS_ARMED_MAX;
+use crate::queue::QueueType;
 
 /// A fault armed against a queue's next delivery.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -170,8 +171,8 @@ impl Engine {
     }
 
     /// A broker restart, as RabbitMQ does it: every connection is closed (320
-    /// CONNECTION_FORCED), transient exchanges and queues are gone, durable queues keep only
-    /// their persistent (`delivery_mode = 2`) messages (those that had been delivered come back
+    /// CONNECTION_FORCED), transient exchanges and queues are gone, durable classic queues keep
+    /// only their persistent (`delivery_mode = 2`) messages, quorum queues all of theirs (those that had been delivered come back
     /// marked redelivered), bindings survive when both ends do. Armed faults and delayed
     /// deliveries are lost. The clock keeps running.
     pub fn restart(&mut self) {
@@ -200,7 +201,10 @@ impl Engine {
         for queue in self.queues.values_mut() {
             // A recovered queue's `x-expires` time starts again, as in RabbitMQ.
             queue.last_used_ms = self.now_ms;
-            for lost in queue.retain_ready(|entry| entry.message.persistent()) {
+            // A quorum queue keeps every message, whatever its delivery mode: all of them went
+            // through its Raft log (RabbitMQ 3.10, probed with a restart of the node).
+            let quorum = queue.args.queue_type == QueueType::Quorum;
+            for lost in queue.retain_ready(|entry| quorum || entry.message.persistent()) {
                 self.held.release(&lost.message);
             }
         }
