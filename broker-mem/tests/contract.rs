@@ -116,6 +116,7 @@ contract!(
     dead_lettering_reroutes_by_bcc_too,
     transactions_hold_publishes_until_commit_and_drop_them_on_rollback,
     a_commit_a_queue_refuses_in_part_does_the_rest_and_closes_the_channel,
+    a_commit_delivers_its_publishes_one_by_one_and_expired_ones_take_no_room,
     transactional_settles_apply_at_commit_and_return_on_rollback,
     queue_arguments_are_validated_in_rabbitmqs_order_with_its_texts,
     quorum_queues_send_nacked_messages_back_and_serve_returns_first,
@@ -2294,6 +2295,35 @@ async fn transactions_hold_publishes_until_commit_and_drop_them_on_rollback(b: &
 /// RabbitMQ 3.10 (found by the differential test, probed): the other publishes and the
 /// settles are done, the refused message is dead-lettered where its queue says so, and the
 /// commit is a 406 that closes the channel (requeueing what it still had unacked).
+/// A commit's publishes reach each queue one by one, as single publishes do: a message that
+/// expires at once (`expiration: 0`, no consumer) is dropped before the next asks for room,
+/// so a byte limit that two such messages would pass together refuses neither.
+async fn a_commit_delivers_its_publishes_one_by_one_and_expired_ones_take_no_room(
+    b: &mut impl Amqp,
+) {
+    let c = b.connection().await;
+    let ch = b.channel(c).await;
+    let limited = table(&[
+        ("x-max-length-bytes", i(5)),
+        ("x-overflow", s("reject-publish")),
+    ]);
+    b.queue_declare(ch, "limited", QFlags::default(), limited)
+        .await
+        .unwrap();
+    let tx = b.tx_channel(c).await;
+    let expiring = Properties {
+        expiration: Some("0".to_owned()),
+        ..Properties::default()
+    };
+    for body in ["one", "two"] {
+        b.publish(tx, "", "limited", false, expiring.clone(), body)
+            .await
+            .unwrap();
+    }
+    b.tx_commit(tx).await.unwrap();
+    assert_eq!(b.depth_becomes("limited", Some(0)).await, Some(0));
+}
+
 async fn a_commit_a_queue_refuses_in_part_does_the_rest_and_closes_the_channel(b: &mut impl Amqp) {
     let c = b.connection().await;
     let ch = b.channel(c).await;

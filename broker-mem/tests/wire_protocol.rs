@@ -315,6 +315,12 @@ async fn hard_errors_close_the_connection_with_rabbitmq_codes() {
         .await;
     assert_eq!(raw.connection_close_code().await, Some(504));
 
+    // A basic method on channel 0: 504 too, as RabbitMQ's reader answers any method out of
+    // place on channel 0 ("unexpected method in connection state running").
+    let mut raw = Raw::open(&server, "guest", 0).await;
+    raw.send(consume("c").tap_channel(0)).await;
+    assert_eq!(raw.connection_close_code().await, Some(504));
+
     // A channel beyond channel_max (16 negotiated): 530 NOT_ALLOWED.
     let mut raw = Raw::open(&server, "guest", 0).await;
     raw.send(method(
@@ -649,6 +655,65 @@ async fn a_delivery_made_before_a_cancel_is_written_before_its_cancel_ok() {
             .await;
     }
     drop(publisher);
+}
+
+/// `tune-ok` values outside the server's are refused with 530, as RabbitMQ's reader refuses
+/// them (a frame_max below 4096, or 0 or above the server's: "no limit" is not negotiable).
+#[tokio::test(start_paused = true)]
+async fn tune_ok_values_outside_the_servers_are_refused_with_530() {
+    let server = WireServer::new(Broker::new(), WireConfig::default());
+    for (frame_max, channel_max, expected) in [
+        (
+            100,
+            16,
+            "NOT_ALLOWED - negotiated frame_max = 100 is lower than the minimum allowed value (4096)",
+        ),
+        (
+            0,
+            16,
+            "NOT_ALLOWED - negotiated frame_max = 0 is higher than the maximum allowed value (131072)",
+        ),
+        (
+            4096,
+            0,
+            "NOT_ALLOWED - negotiated channel_max = 0 (no limit) is higher than the maximum allowed value (2047)",
+        ),
+    ] {
+        let mut raw = Raw::start(&server);
+        raw.write(HEADER).await;
+        raw.recv().await.expect("connection.start");
+        let start_ok = connection::StartOk {
+            client_properties: FieldTable::default(),
+            mechanism: "PLAIN".into(),
+            response: LongString::from("\0guest\0guest"),
+            locale: "en_US".into(),
+        };
+        raw.send(method(
+            0,
+            AMQPClass::Connection(connection::AMQPMethod::StartOk(start_ok)),
+        ))
+        .await;
+        raw.recv().await.expect("connection.tune");
+        let tune_ok = connection::TuneOk {
+            channel_max,
+            frame_max,
+            heartbeat: 0,
+        };
+        raw.send(method(
+            0,
+            AMQPClass::Connection(connection::AMQPMethod::TuneOk(tune_ok)),
+        ))
+        .await;
+        match raw.recv().await {
+            Some(AMQPFrame::Method(0, AMQPClass::Connection(connection::AMQPMethod::Close(c)))) => {
+                assert_eq!((c.reply_code, c.reply_text.as_str()), (530, expected));
+                assert_eq!((c.class_id, c.method_id), (10, 30), "names connection.tune");
+            }
+            other => {
+                panic!("expected connection.close for {frame_max}/{channel_max}, got {other:?}")
+            }
+        }
+    }
 }
 
 #[tokio::test(start_paused = true)]

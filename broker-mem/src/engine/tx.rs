@@ -125,6 +125,10 @@ impl Engine {
                 returned.extend(published.returned.map(|back| *back));
                 // Admitted, without a fault hook: only a queue's limit nacks here.
                 refused |= matches!(published.confirm, Confirm::Nack { .. });
+                // Each queue takes the commit's publishes one by one, delivering and dropping
+                // expired heads after each, as for any publish: a message that expires at once
+                // is gone before the next one asks for room.
+                engine.run_until_idle();
             }
             for (_, unacked, outcome) in tx.settles {
                 engine.finish(channel, usize::MAX, unacked, outcome);

@@ -269,7 +269,7 @@ impl<S: AsyncRead + AsyncWrite + Send> Session<S> {
 
         let start_ok = match self.handshake_method(frames).await? {
             connection::AMQPMethod::StartOk(start_ok) => start_ok,
-            other => return self.refuse(frames, unexpected(&other)).await,
+            other => return self.refuse(frames, unexpected(&other, "starting")).await,
         };
         let Some(user) = authenticate(&self.config.users, &start_ok) else {
             let text = format!(
@@ -295,27 +295,36 @@ impl<S: AsyncRead + AsyncWrite + Send> Session<S> {
         self.flush().await?;
         let tune_ok = match self.handshake_method(frames).await? {
             connection::AMQPMethod::TuneOk(tune_ok) => tune_ok,
-            other => return self.refuse(frames, unexpected(&other)).await,
+            other => return self.refuse(frames, unexpected(&other, "tuning")).await,
         };
+        let frame_max = negotiated(
+            "frame_max",
+            FRAME_MIN_BYTES,
+            self.frame_max_bytes,
+            tune_ok.frame_max,
+        );
+        let channel_max = negotiated(
+            "channel_max",
+            1,
+            u32::from(self.channel_max),
+            u32::from(tune_ok.channel_max),
+        );
+        if let Some(refused) = frame_max.or(channel_max) {
+            return self.refuse(frames, refused).await;
+        }
+        // Both within the server's (checked above): the client's values stand.
         if tune_ok.frame_max != 0 {
-            if tune_ok.frame_max < FRAME_MIN_BYTES {
-                let text = format!(
-                    "NOT_ALLOWED - frame_max={} < {FRAME_MIN_BYTES} min size",
-                    tune_ok.frame_max
-                );
-                return self.refuse(frames, Hard::new(530, text)).await;
-            }
-            self.frame_max_bytes = self.frame_max_bytes.min(tune_ok.frame_max);
+            self.frame_max_bytes = tune_ok.frame_max;
         }
         if tune_ok.channel_max != 0 {
-            self.channel_max = self.channel_max.min(tune_ok.channel_max);
+            self.channel_max = tune_ok.channel_max;
         }
         self.heartbeat =
             (tune_ok.heartbeat > 0).then(|| Duration::from_secs(u64::from(tune_ok.heartbeat)));
 
         let open = match self.handshake_method(frames).await? {
             connection::AMQPMethod::Open(open) => open,
-            other => return self.refuse(frames, unexpected(&other)).await,
+            other => return self.refuse(frames, unexpected(&other, "opening")).await,
         };
         let vhost = open.virtual_host.as_str();
         if vhost != crate::VHOST {
@@ -506,9 +515,11 @@ impl<S: AsyncRead + AsyncWrite + Send> Session<S> {
             AMQPFrame::Method(0, AMQPClass::Connection(method)) => {
                 self.on_connection_method(method)
             }
+            // RabbitMQ's reader takes any method on channel 0 for a connection method, and
+            // finds it out of place (rabbit_reader:handle_method0).
             AMQPFrame::Method(0, class) => Err(Hard::new(
-                503,
-                "COMMAND_INVALID - only connection methods may use channel 0",
+                504,
+                "CHANNEL_ERROR - unexpected method in connection state running",
             )
             .during(&class)),
             AMQPFrame::Method(number, class) => self.on_method(number, class),
@@ -541,7 +552,7 @@ impl<S: AsyncRead + AsyncWrite + Send> Session<S> {
                 Ok(())
             }
             connection::AMQPMethod::Blocked(_) | connection::AMQPMethod::Unblocked(_) => Ok(()),
-            other => Err(unexpected(&other)),
+            other => Err(unexpected(&other, "running")),
         }
     }
 
@@ -1515,14 +1526,37 @@ fn stop_error(stop: Stop) -> WireError {
     }
 }
 
-fn unexpected(method: &connection::AMQPMethod) -> Hard {
+/// A `tune-ok` value the server refuses, as RabbitMQ's reader does
+/// (rabbit_reader:validate_negotiated_integer_value): below `min`, or (when the server has a
+/// limit) 0 or above the server's value. 530, naming `connection.tune`.
+fn negotiated(field: &str, min: u32, server: u32, client: u32) -> Option<Hard> {
+    let tune = AMQPClass::Connection(connection::AMQPMethod::Tune(connection::Tune::default()));
+    let text = if client != 0 && client < min {
+        format!(
+            "NOT_ALLOWED - negotiated {field} = {client} is lower than the minimum allowed value ({min})"
+        )
+    } else if server != 0 && (client == 0 || client > server) {
+        let detail = if field == "channel_max" && client == 0 {
+            " (no limit)"
+        } else {
+            ""
+        };
+        format!(
+            "NOT_ALLOWED - negotiated {field} = {client}{detail} is higher than the maximum allowed value ({server})"
+        )
+    } else {
+        return None;
+    };
+    Some(Hard::new(530, text).during(&tune))
+}
+
+/// A connection method out of place in `state` (RabbitMQ's connection states: starting,
+/// tuning, opening, running): 504, as rabbit_reader:handle_method0 answers it.
+fn unexpected(method: &connection::AMQPMethod, state: &str) -> Hard {
     let class = AMQPClass::Connection(method.clone());
     Hard::new(
-        503,
-        format!(
-            "COMMAND_INVALID - unexpected method connection.{}",
-            method_name(&class)
-        ),
+        504,
+        format!("CHANNEL_ERROR - unexpected method in connection state {state}"),
     )
     .during(&class)
 }
