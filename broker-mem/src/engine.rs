@@ -13,7 +13,7 @@
 //! which requeues what that channel had in flight. So a channel error never loses or duplicates
 //! a message.
 
-use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::collections::{BTreeSet, VecDeque};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
@@ -1872,20 +1872,15 @@ impl Engine {
         let Some((_, queue)) = self.queues.get_index_mut(at) else {
             return true;
         };
+        // The queue is about to know the channel: the channel remembers it, to be forgotten
+        // on its close.
         if let Some(channel) = publisher
             && queue.is_new_publisher(channel)
+            && let Some(state) = self.channels.get_mut(&channel)
+            && !state.known_by.contains(queue_name)
         {
-            // The queue is about to know the channel: the channel remembers it, to be
-            // forgotten on its close.
-            if let Some(state) = self.channels.get_mut(&channel)
-                && !state.known_by.contains(queue_name)
-            {
-                state.known_by.push(queue_name.clone());
-            }
+            state.known_by.push(queue_name.clone());
         }
-        let Some((_, queue)) = self.queues.get_index_mut(at) else {
-            return true;
-        };
         if queue.would_overflow(publisher, message.body.len()) {
             match queue.args.overflow {
                 Overflow::DropHead => {}
@@ -2351,7 +2346,7 @@ impl Engine {
         if in_tx {
             return self.hold_settles(channel_index, settled, outcome);
         }
-        let settled = settled.into_iter().map(|(_, unacked)| unacked);
+        let settled = settled.into_iter().map(|(_, unacked)| unacked).collect();
         self.finish_in_batches(channel, channel_index, settled, outcome);
         Ok(())
     }
@@ -2366,23 +2361,21 @@ impl Engine {
         &mut self,
         channel: ChannelId,
         channel_hint: usize,
-        settled: impl IntoIterator<Item = Unacked>,
+        mut settled: Vec<Unacked>,
         outcome: Outcome,
     ) {
-        let mut batches: BTreeMap<(SmolStr, SmolStr), Vec<Unacked>> = BTreeMap::new();
+        // A stable sort: each batch keeps its tag order.
+        settled.sort_by(|a, b| (&a.queue, &a.consumer_tag).cmp(&(&b.queue, &b.consumer_tag)));
+        let mut batch: Option<(SmolStr, SmolStr)> = None;
         for unacked in settled {
             let key = (unacked.queue.clone(), unacked.consumer_tag.clone());
-            batches.entry(key).or_default().push(unacked);
-        }
-        let last = batches.len().saturating_sub(1);
-        for (at, batch) in batches.into_values().enumerate() {
-            for unacked in batch {
-                self.finish(channel, channel_hint, unacked, outcome);
-            }
-            // The last batch's queue runs with the rest of the call's work.
-            if at < last {
+            // A new batch: the last one's queue runs first. (The last batch's runs with the
+            // rest of the call's work.)
+            if batch.as_ref().is_some_and(|last| *last != key) {
                 self.run_until_idle();
             }
+            batch = Some(key);
+            self.finish(channel, channel_hint, unacked, outcome);
         }
     }
 

@@ -45,8 +45,8 @@ impl Raw {
         }
     }
 
-    /// Header, start-ok, tune-ok (with `heartbeat_s`), open; channel 1 open.
-    async fn open(server: &WireServer, password: &str, heartbeat_s: u16) -> Raw {
+    /// Header and start-ok: the server's next frame is `connection.tune`, or its refusal.
+    async fn started(server: &WireServer, password: &str) -> Raw {
         let mut raw = Raw::start(server);
         raw.write(HEADER).await;
         assert!(matches!(
@@ -67,6 +67,12 @@ impl Raw {
             AMQPClass::Connection(connection::AMQPMethod::StartOk(start_ok)),
         ))
         .await;
+        raw
+    }
+
+    /// Header, start-ok, tune-ok (with `heartbeat_s`), open; channel 1 open.
+    async fn open(server: &WireServer, password: &str, heartbeat_s: u16) -> Raw {
+        let mut raw = Raw::started(server, password).await;
         match raw.recv().await {
             Some(AMQPFrame::Method(0, AMQPClass::Connection(connection::AMQPMethod::Tune(_)))) => {}
             other => return raw.refused(other),
@@ -679,20 +685,7 @@ async fn tune_ok_values_outside_the_servers_are_refused_with_530() {
             "NOT_ALLOWED - negotiated channel_max = 0 (no limit) is higher than the maximum allowed value (2047)",
         ),
     ] {
-        let mut raw = Raw::start(&server);
-        raw.write(HEADER).await;
-        raw.recv().await.expect("connection.start");
-        let start_ok = connection::StartOk {
-            client_properties: FieldTable::default(),
-            mechanism: "PLAIN".into(),
-            response: LongString::from("\0guest\0guest"),
-            locale: "en_US".into(),
-        };
-        raw.send(method(
-            0,
-            AMQPClass::Connection(connection::AMQPMethod::StartOk(start_ok)),
-        ))
-        .await;
+        let mut raw = Raw::started(&server, "guest").await;
         raw.recv().await.expect("connection.tune");
         let tune_ok = connection::TuneOk {
             channel_max,
