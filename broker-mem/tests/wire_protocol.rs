@@ -5,7 +5,7 @@
 
 use std::time::Duration;
 
-use amq_protocol::frame::{AMQPContentHeader, AMQPFrame, WriteContext, gen_frame, parse_frame};
+use amq_protocol::frame::{AMQPContentHeader, AMQPFrame};
 use amq_protocol::protocol::{AMQPClass, BasicProperties, basic, channel, connection, queue};
 use amq_protocol::types::{FieldTable, LongString};
 use broker_mem::wire::{WireConfig, WireServer};
@@ -16,11 +16,9 @@ use tokio::task::JoinHandle;
 
 const HEADER: &[u8] = b"AMQP\x00\x00\x09\x01";
 
-fn encode(frame: &AMQPFrame) -> Vec<u8> {
-    gen_frame(frame)(WriteContext::from(Vec::new()))
-        .expect("encode")
-        .write
-}
+#[path = "support/frames.rs"]
+mod frames;
+use frames::encode;
 
 fn method(channel: u16, class: AMQPClass) -> Vec<u8> {
     encode(&AMQPFrame::Method(channel, class))
@@ -135,19 +133,7 @@ impl Raw {
 
     /// The next frame, or None at EOF (or after 60 s of simulated silence).
     async fn recv(&mut self) -> Option<AMQPFrame> {
-        loop {
-            if let Ok((rest, frame)) = parse_frame(&self.buffer[..]) {
-                let used = self.buffer.len() - rest.len();
-                self.buffer.drain(..used);
-                return Some(frame);
-            }
-            let mut chunk = vec![0; 65536];
-            let read = tokio::time::timeout(Duration::from_secs(60), self.stream.read(&mut chunk));
-            match read.await {
-                Ok(Ok(n)) if n > 0 => self.buffer.extend_from_slice(&chunk[..n]),
-                _ => return None,
-            }
-        }
+        frames::next_frame(&mut self.stream, &mut self.buffer, Duration::from_secs(60)).await
     }
 
     /// Skips heartbeats and deliveries until a connection.close; returns its code.
@@ -172,25 +158,37 @@ impl Raw {
     }
 }
 
+/// A broker whose queue "work" holds three small jobs.
 fn broker_with_work() -> Broker {
+    broker_with_bodies((0..3).map(|n| Bytes::from(format!("job-{n}"))))
+}
+
+/// A broker whose queue "work" holds these bodies.
+fn broker_with_bodies(bodies: impl IntoIterator<Item = Bytes>) -> Broker {
     let broker = Broker::new();
     let connection = broker.connect();
     let channel = connection.open_channel().unwrap();
     channel
         .queue_declare("work", QueueOptions::default())
         .unwrap();
-    for n in 0..3 {
+    for body in bodies {
         channel
-            .basic_publish(
-                "",
-                "work",
-                Properties::default(),
-                Bytes::from(format!("job-{n}")),
-            )
+            .basic_publish("", "work", Properties::default(), body)
             .unwrap();
     }
     std::mem::forget(connection); // keep the in-process side open (no exclusive queues).
     broker
+}
+
+/// A `channel.flow` whose frame ends in 0 instead of 0xCE.
+fn with_a_bad_end_byte() -> Vec<u8> {
+    let mut frame = method(
+        1,
+        AMQPClass::Channel(channel::AMQPMethod::Flow(channel::Flow { active: true })),
+    );
+    let last = frame.len() - 1;
+    frame[last] = 0;
+    frame
 }
 
 fn consume(tag: &str) -> Vec<u8> {
@@ -348,13 +346,7 @@ async fn hard_errors_close_the_connection_with_rabbitmq_codes() {
 
     // A bad frame-end byte: 501.
     let mut raw = Raw::open(&server, "guest", 0).await;
-    let mut frame = method(
-        1,
-        AMQPClass::Channel(channel::AMQPMethod::Flow(channel::Flow { active: true })),
-    );
-    let last = frame.len() - 1;
-    frame[last] = 0;
-    raw.send(frame).await;
+    raw.send(with_a_bad_end_byte()).await;
     assert_eq!(raw.connection_close_code().await, Some(501));
 
     // What RabbitMQ does not implement, broker-mem neither: 540. basic.qos with a prefetch
@@ -597,6 +589,77 @@ async fn a_restart_closes_wire_connections_with_320() {
     ))
     .await;
     assert!(raw.recv().await.is_none(), "the connection ends");
+}
+
+/// After a frame that loses the framing (here a wrong end byte), the server cannot read the
+/// peer's `close-ok`, but it keeps reading (and dropping) what the peer sends until the peer
+/// hangs up or the close times out, as RabbitMQ waits before it hangs up: closing with the
+/// peer's bytes unread would reset the connection, and a peer still writing could lose the
+/// `connection.close` sent to it. After a frame that was read whole, the close-ok is found.
+#[tokio::test(start_paused = true)]
+async fn after_a_frame_error_the_server_reads_on_until_the_peer_hangs_up() {
+    let server = WireServer::new(Broker::new(), WireConfig::default());
+    let mut raw = Raw::open(&server, "guest", 0).await;
+    raw.send(with_a_bad_end_byte()).await;
+    assert_eq!(raw.connection_close_code().await, Some(501));
+    for _ in 0..4 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let written = raw.stream.write_all(&[0xAB; 4096]).await;
+        assert!(
+            written.is_ok(),
+            "the server hung up on a peer still writing"
+        );
+    }
+    drop(raw.stream);
+    let ended = raw.server.await.expect("server task");
+    assert!(
+        matches!(
+            ended,
+            Err(broker_mem::wire::WireError::Closed { code: 501, .. })
+        ),
+        "{ended:?}"
+    );
+
+    // A heartbeat on channel 1 is read whole: the close-ok after it ends the connection.
+    let mut raw = Raw::open(&server, "guest", 0).await;
+    raw.send(vec![8, 0, 1, 0, 0, 0, 0, 0xCE]).await;
+    assert_eq!(raw.connection_close_code().await, Some(505));
+    raw.send(method(
+        0,
+        AMQPClass::Connection(connection::AMQPMethod::CloseOk(connection::CloseOk {})),
+    ))
+    .await;
+    assert!(
+        raw.recv().await.is_none(),
+        "the connection ends at the close-ok"
+    );
+}
+
+/// A peer that stops reading while the server writes to it is closed after the send timeout
+/// (RabbitMQ's `send_timeout`, 15 s), and the deliveries it held are requeued: without it the
+/// session would wait on the write for ever, heartbeats or not.
+#[tokio::test(start_paused = true)]
+async fn a_peer_that_stops_reading_is_closed_after_the_send_timeout() {
+    // 3 MiB of deliveries against the 1 MiB the test's pipe holds.
+    let broker = broker_with_bodies((0..30).map(|_| Bytes::from(vec![7; 100_000])));
+    let server = WireServer::new(broker.clone(), WireConfig::default());
+    let mut raw = Raw::open(&server, "guest", 60).await;
+    raw.send(consume("c")).await;
+    let started = tokio::time::Instant::now();
+    let ended = tokio::time::timeout(Duration::from_secs(120), raw.server)
+        .await
+        .expect("the server gave up on the write");
+    match ended.expect("server task") {
+        Err(broker_mem::wire::WireError::Io(error)) => {
+            assert_eq!(error.kind(), std::io::ErrorKind::TimedOut, "{error}");
+        }
+        other => panic!("expected a send timeout, got {other:?}"),
+    }
+    assert_eq!(
+        started.elapsed().as_secs(),
+        broker_mem::wire::SEND_TIMEOUT_MS / 1_000
+    );
+    assert_eq!(broker.queue_depth("work"), Some(30), "all requeued");
 }
 
 /// A delivery the engine made before the client's next method reaches the client before that

@@ -4,7 +4,7 @@
 //! Method and content-header frames go through amq-protocol's parser; body and heartbeat frames
 //! are cut out by hand, because they are the bulk of the traffic and need no parsing.
 
-use amq_protocol::frame::{AMQPFrame, WriteContext, gen_frame, parse_frame};
+use amq_protocol::frame::{AMQPContentHeader, AMQPFrame, WriteContext, gen_frame, parse_frame};
 use amq_protocol::protocol::constants::{
     FRAME_BODY, FRAME_END, FRAME_HEADER, FRAME_HEARTBEAT, FRAME_METHOD,
 };
@@ -19,24 +19,50 @@ pub(crate) const FRAME_OVERHEAD_BYTES: usize = FRAME_HEADER_BYTES + 1;
 /// A frame as the session handles it.
 #[derive(Debug)]
 pub(crate) enum Inbound {
-    /// A method or content header, parsed.
+    /// A method, parsed.
     Frame(Box<AMQPFrame>),
+    /// A content header. Whether it counts as one depends on the channel's state, as in
+    /// RabbitMQ's command assembler, so the session judges it: see [`HeaderFrame`].
+    Header(Box<HeaderFrame>),
     /// A content body (not copied into an `AMQPFrame`).
     Body(u16, Vec<u8>),
     /// A heartbeat on channel 0.
     Heartbeat,
 }
 
-/// What made a frame unacceptable: a hard error code (501 FRAME_ERROR, 502 SYNTAX_ERROR) and
-/// why.
+/// A content-header frame as RabbitMQ's assembler reads it: class and weight first, the
+/// properties only when the content is complete.
+#[derive(Debug)]
+pub(crate) struct HeaderFrame {
+    pub channel: u16,
+    pub class_id: u16,
+    /// RabbitMQ takes a header with any weight but 0 for some other frame.
+    pub weight: u16,
+    /// None when the properties do not parse: RabbitMQ answers that with 541 INTERNAL_ERROR.
+    pub header: Option<AMQPContentHeader>,
+}
+
+/// What made a frame unacceptable: a hard error code (501 FRAME_ERROR, 505 UNEXPECTED_FRAME,
+/// 540 NOT_IMPLEMENTED) with RabbitMQ's text.
 #[derive(Debug)]
 pub(crate) struct BadFrame {
     pub code: u16,
     pub text: String,
+    /// The bad frame's length when it was read whole: the reader skips it and can still find
+    /// the peer's `close-ok`. None when the framing itself is lost (a size over `frame_max`, a
+    /// wrong end byte).
+    pub skip: Option<usize>,
+    /// The class and method ids the close names: those of a method whose arguments do not
+    /// decode, else 0.
+    pub during: (u16, u16),
 }
 
 /// Takes one frame from the front of `buffer`. `Ok(None)` means more bytes are needed; the
-/// `usize` is how many bytes the frame used. Never asks for more than `frame_max_bytes`.
+/// `usize` is how many bytes the frame used. Never asks for more than `frame_max_bytes` plus
+/// the frame's overhead.
+///
+/// Checks in RabbitMQ's order (rabbit_reader): the size against `frame_max` as soon as the
+/// header is in, then (with the whole frame in) the end byte, then the type and payload.
 pub(crate) fn take_frame(
     buffer: &[u8],
     frame_max_bytes: u32,
@@ -47,47 +73,38 @@ pub(crate) fn take_frame(
     let kind = buffer[0];
     let channel = u16::from_be_bytes([buffer[1], buffer[2]]);
     let size = u32::from_be_bytes([buffer[3], buffer[4], buffer[5], buffer[6]]);
-    if !matches!(
-        kind,
-        FRAME_METHOD | FRAME_HEADER | FRAME_BODY | FRAME_HEARTBEAT
-    ) {
-        return Err(BadFrame {
-            code: 501,
-            text: format!("FRAME_ERROR - unknown frame type {kind}"),
-        });
-    }
-    let payload_max = frame_max_bytes as usize - FRAME_OVERHEAD_BYTES;
-    if size as usize > payload_max {
-        return Err(BadFrame {
-            code: 501,
-            text: format!(
-                "FRAME_ERROR - frame of {size} payload bytes exceeds the negotiated frame_max of {frame_max_bytes} bytes"
-            ),
-        });
+    // RabbitMQ takes payloads up to frame_max itself, not frame_max less the overhead: its
+    // "fudge" for clients that count the overhead in (?FRAME_SIZE_FUDGE).
+    if size > frame_max_bytes {
+        let reason = format!(
+            "{{frame_too_large,{size},{}}}",
+            frame_max_bytes as usize - FRAME_OVERHEAD_BYTES
+        );
+        return Err(frame_error(kind, &[], &reason, None));
     }
     let total = FRAME_OVERHEAD_BYTES + size as usize;
     if buffer.len() < total {
         return Ok(None);
     }
-    if buffer[total - 1] != FRAME_END {
-        return Err(BadFrame {
-            code: 501,
-            text: format!(
-                "FRAME_ERROR - frame end byte is {:#04x}, expected {FRAME_END:#04x}",
-                buffer[total - 1]
-            ),
-        });
-    }
     let payload = &buffer[FRAME_HEADER_BYTES..total - 1];
+    if buffer[total - 1] != FRAME_END {
+        let reason = format!("{{invalid_frame_end_marker,{}}}", buffer[total - 1]);
+        return Err(frame_error(kind, payload, &reason, None));
+    }
+    let unknown = || frame_error(kind, payload, "unknown_frame", Some(total));
     let inbound = match kind {
         FRAME_BODY => Inbound::Body(channel, payload.to_vec()),
+        FRAME_HEARTBEAT if !payload.is_empty() => return Err(unknown()),
         FRAME_HEARTBEAT if channel == 0 => Inbound::Heartbeat,
         FRAME_HEARTBEAT => {
             return Err(BadFrame {
-                code: 501,
-                text: format!("FRAME_ERROR - heartbeat on channel {channel}"),
+                code: 505,
+                text: format!("UNEXPECTED_FRAME - type {kind}, all octets = <<>>"),
+                skip: Some(total),
+                during: (0, 0),
             });
         }
+        FRAME_METHOD if payload.len() < METHOD_IDS_BYTES => return Err(unknown()),
         FRAME_METHOD if prefetch_size(payload).is_some_and(|size| size != 0) => {
             // amq-protocol's parser drops basic.qos's prefetch-size; RabbitMQ refuses any but
             // 0 with a connection error, so it is read here, before parsing.
@@ -95,24 +112,104 @@ pub(crate) fn take_frame(
             return Err(BadFrame {
                 code: 540,
                 text: format!("NOT_IMPLEMENTED - prefetch_size!=0 ({size})"),
+                skip: Some(total),
+                during: (0, 0),
             });
         }
-        _ => match parse_frame(&buffer[..total]) {
+        FRAME_METHOD => match parse_frame(&buffer[..total]) {
             Ok((_, frame)) => Inbound::Frame(Box::new(frame)),
-            Err(error) => {
+            // Arguments that do not decode, or (where RabbitMQ's reader crashes and drops the
+            // connection) class and method ids that name no method.
+            Err(_) => {
                 return Err(BadFrame {
-                    code: 502,
+                    code: 501,
                     text: format!(
-                        "SYNTAX_ERROR - cannot parse frame on channel {channel}: {error}"
-                    )
-                    .chars()
-                    .take(200)
-                    .collect(),
+                        "FRAME_ERROR - cannot decode {}",
+                        erlang_bytes(&payload[METHOD_IDS_BYTES..])
+                    ),
+                    skip: Some(total),
+                    during: (
+                        u16::from_be_bytes([payload[0], payload[1]]),
+                        u16::from_be_bytes([payload[2], payload[3]]),
+                    ),
                 });
             }
         },
+        FRAME_HEADER if payload.len() < HEADER_FIXED_BYTES => return Err(unknown()),
+        FRAME_HEADER => {
+            let header = match parse_frame(&buffer[..total]) {
+                Ok((_, AMQPFrame::Header(_, header))) => Some(header),
+                _ => None,
+            };
+            Inbound::Header(Box::new(HeaderFrame {
+                channel,
+                class_id: u16::from_be_bytes([payload[0], payload[1]]),
+                weight: u16::from_be_bytes([payload[2], payload[3]]),
+                header,
+            }))
+        }
+        _ => return Err(unknown()),
     };
     Ok(Some((inbound, total)))
+}
+
+/// A method payload's class and method ids.
+const METHOD_IDS_BYTES: usize = 4;
+/// A content header's class, weight and body size.
+const HEADER_FIXED_BYTES: usize = 12;
+
+/// RabbitMQ's 501 for a frame it cannot take (rabbit_reader:frame_error): the frame's type,
+/// its payload (the first 16 bytes of it) as Erlang prints a binary, and the reason.
+fn frame_error(kind: u8, payload: &[u8], reason: &str, skip: Option<usize>) -> BadFrame {
+    const SNIPPET_BYTES: usize = 16;
+    let (which, snippet) = if payload.len() <= SNIPPET_BYTES {
+        ("all", payload)
+    } else {
+        ("first 16", &payload[..SNIPPET_BYTES])
+    };
+    BadFrame {
+        code: 501,
+        text: format!(
+            "FRAME_ERROR - type {kind}, {which} octets = {}: {reason}",
+            erlang_binary(snippet)
+        ),
+        skip,
+        during: (0, 0),
+    }
+}
+
+/// A binary as Erlang's `~tp` prints it: `<<"text">>` when every byte is printable Latin-1
+/// (with Erlang's escapes), `<<1,2,3>>` otherwise. RabbitMQ sends the Latin-1 bytes as they
+/// are; a reply text here must be UTF-8, so where they are not, the byte list stands in.
+fn erlang_binary(bytes: &[u8]) -> String {
+    let printable = |b: u8| matches!(b, 32..=126 | 160..=255 | 8..=13 | 27);
+    if bytes.is_empty() || !bytes.iter().all(|&b| printable(b)) {
+        return erlang_bytes(bytes);
+    }
+    let mut text = b"<<\"".to_vec();
+    for &byte in bytes {
+        let escaped: &[u8] = match byte {
+            b'"' => b"\\\"",
+            b'\\' => b"\\\\",
+            b'\n' => b"\\n",
+            b'\r' => b"\\r",
+            b'\t' => b"\\t",
+            11 => b"\\v",
+            8 => b"\\b",
+            12 => b"\\f",
+            27 => b"\\e",
+            _ => std::slice::from_ref(&byte),
+        };
+        text.extend_from_slice(escaped);
+    }
+    text.extend_from_slice(b"\">>");
+    String::from_utf8(text).unwrap_or_else(|_| erlang_bytes(bytes))
+}
+
+/// A binary as Erlang's `~w` prints it: `<<1,2,3>>`.
+fn erlang_bytes(bytes: &[u8]) -> String {
+    let list: Vec<String> = bytes.iter().map(u8::to_string).collect();
+    format!("<<{}>>", list.join(","))
 }
 
 /// The prefetch-size of a `basic.qos` method payload (class 60, method 10); None for any
@@ -154,4 +251,113 @@ pub(crate) fn put_heartbeat(out: &mut Vec<u8>) {
 pub(crate) fn short(text: &str) -> String {
     const SHORT_STRING_BYTES_MAX: usize = 255;
     crate::error::within(text, SHORT_STRING_BYTES_MAX).to_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Each text as RabbitMQ 3.10 sent it for the same payload (probed over a raw socket).
+    #[test]
+    fn payloads_print_as_rabbitmq_prints_them() {
+        let unknown = |payload: &[u8]| frame_error(9, payload, "unknown_frame", None).text;
+        assert_eq!(
+            unknown(b"ab"),
+            "FRAME_ERROR - type 9, all octets = <<\"ab\">>: unknown_frame"
+        );
+        assert_eq!(
+            unknown(b""),
+            "FRAME_ERROR - type 9, all octets = <<>>: unknown_frame"
+        );
+        assert_eq!(
+            unknown(&[1, 2]),
+            "FRAME_ERROR - type 9, all octets = <<1,2>>: unknown_frame"
+        );
+        assert_eq!(
+            unknown(b"\n\t\"\\A"),
+            r#"FRAME_ERROR - type 9, all octets = <<"\n\t\"\\A">>: unknown_frame"#
+        );
+        assert_eq!(
+            unknown(&[27, 11, 12, 8]),
+            r#"FRAME_ERROR - type 9, all octets = <<"\e\v\f\b">>: unknown_frame"#
+        );
+        assert_eq!(
+            unknown(&[127]),
+            "FRAME_ERROR - type 9, all octets = <<127>>: unknown_frame"
+        );
+        // Latin-1 bytes go as they are, when they happen to be UTF-8 ("é" is C3 A9)...
+        assert_eq!(
+            unknown("é".as_bytes()),
+            "FRAME_ERROR - type 9, all octets = <<\"é\">>: unknown_frame"
+        );
+        // ...and "€" (E2 82 AC) is not printable Latin-1 (0x82 is a control).
+        assert_eq!(
+            unknown("€".as_bytes()),
+            "FRAME_ERROR - type 9, all octets = <<226,130,172>>: unknown_frame"
+        );
+        assert_eq!(
+            unknown(b"ABCDEFGHIPQRSTUVWXY"),
+            "FRAME_ERROR - type 9, first 16 octets = <<\"ABCDEFGHIPQRSTUV\">>: unknown_frame"
+        );
+    }
+
+    fn frame(kind: u8, channel: u16, payload: &[u8], end: u8) -> Vec<u8> {
+        let mut bytes = vec![kind];
+        bytes.extend(channel.to_be_bytes());
+        bytes.extend(u32::try_from(payload.len()).unwrap().to_be_bytes());
+        bytes.extend(payload);
+        bytes.push(end);
+        bytes
+    }
+
+    fn refusal(bytes: &[u8]) -> (u16, String, Option<usize>) {
+        match take_frame(bytes, 4096) {
+            Err(bad) => (bad.code, bad.text, bad.skip),
+            Ok(other) => panic!("taken: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn frames_are_refused_in_rabbitmqs_order_with_its_texts() {
+        // Over frame_max: refused from the header alone, framing lost.
+        let mut big = vec![9, 0, 1];
+        big.extend(4097u32.to_be_bytes());
+        let text = "FRAME_ERROR - type 9, all octets = <<>>: {frame_too_large,4097,4088}";
+        assert_eq!(refusal(&big), (501, text.to_owned(), None));
+        // frame_max itself passes (RabbitMQ's fudge).
+        let body = frame(FRAME_BODY, 1, &[7; 4096], FRAME_END);
+        assert!(matches!(
+            take_frame(&body, 4096),
+            Ok(Some((Inbound::Body(1, _), _)))
+        ));
+        // The end byte before the type.
+        let text = "FRAME_ERROR - type 9, all octets = <<0,20>>: {invalid_frame_end_marker,0}";
+        assert_eq!(
+            refusal(&frame(9, 1, &[0, 20], 0)),
+            (501, text.to_owned(), None)
+        );
+        let text = "FRAME_ERROR - type 1, all octets = <<0,20>>: unknown_frame";
+        assert_eq!(
+            refusal(&frame(1, 1, &[0, 20], FRAME_END)),
+            (501, text.to_owned(), Some(10))
+        );
+        let text = "FRAME_ERROR - cannot decode <<65,65,65,65>>";
+        let declare = frame(1, 1, &[0, 50, 0, 10, 65, 65, 65, 65], FRAME_END);
+        assert_eq!(refusal(&declare), (501, text.to_owned(), Some(16)));
+        let text = "FRAME_ERROR - type 2, all octets = <<0>>: unknown_frame";
+        assert_eq!(
+            refusal(&frame(2, 1, &[0], FRAME_END)),
+            (501, text.to_owned(), Some(9))
+        );
+        let text = "FRAME_ERROR - type 8, all octets = <<\"xx\">>: unknown_frame";
+        assert_eq!(
+            refusal(&frame(8, 0, b"xx", FRAME_END)),
+            (501, text.to_owned(), Some(10))
+        );
+        let text = "UNEXPECTED_FRAME - type 8, all octets = <<>>";
+        assert_eq!(
+            refusal(&frame(8, 1, b"", FRAME_END)),
+            (505, text.to_owned(), Some(8))
+        );
+    }
 }

@@ -56,6 +56,10 @@ pub const CONNECTIONS_MAX: usize = 1_024;
 pub const HANDSHAKE_TIMEOUT_MS: u64 = 10_000;
 /// After the server sends `connection.close` it waits this long for `close-ok`.
 pub const CLOSE_TIMEOUT_MS: u64 = 1_000;
+/// A write the peer takes nothing of for this long fails, and the connection closes
+/// (RabbitMQ's `tcp_listen_options.send_timeout`, with `send_timeout_close`): a peer that
+/// stops reading would otherwise hold the session, and its unacked messages, for ever.
+pub const SEND_TIMEOUT_MS: u64 = 15_000;
 /// The port `warren up` serves AMQP on (RabbitMQ's is 5672; one more, so both can run).
 pub const PORT_DEFAULT: u16 = 5673;
 

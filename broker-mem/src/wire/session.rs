@@ -19,11 +19,13 @@ use tokio::time::Instant;
 
 use crate::error::fit_reply_text;
 use crate::wire::codec::{
-    BadFrame, FRAME_OVERHEAD_BYTES, Inbound, PROTOCOL_HEADER, put_body, put_frame, put_heartbeat,
-    short, take_frame,
+    BadFrame, FRAME_OVERHEAD_BYTES, HeaderFrame, Inbound, PROTOCOL_HEADER, put_body, put_frame,
+    put_heartbeat, short, take_frame,
 };
 use crate::wire::convert::{properties_in, properties_out, table_in};
-use crate::wire::{CLOSE_TIMEOUT_MS, FRAME_MIN_BYTES, WireConfig, WireError, WireServer};
+use crate::wire::{
+    CLOSE_TIMEOUT_MS, FRAME_MIN_BYTES, SEND_TIMEOUT_MS, WireConfig, WireError, WireServer,
+};
 use crate::{
     Broker, ChannelId, Confirm, ConnectionId, ConsumeOptions, ConsumerEnd, Engine, Error, Event,
     ExchangeKind, ExchangeOptions, PublishOptions, QueueOptions, Returned, Tap,
@@ -35,6 +37,8 @@ const READ_CHUNK_BYTES: usize = 64 * 1024;
 const OUT_FLUSH_BYTES: usize = 256 * 1024;
 /// AMQP class id of `basic`, the only class with content.
 const CLASS_BASIC: u16 = 60;
+/// `basic.publish`'s method id.
+const METHOD_PUBLISH: u16 = 40;
 
 /// A connection error: close the connection with this reply.
 #[derive(Debug)]
@@ -60,6 +64,33 @@ impl Hard {
         self.method_id = class.get_amqp_method_id();
         self
     }
+
+    /// Refers to the `basic.publish` whose content was being assembled, as RabbitMQ's
+    /// command assembler does.
+    fn during_publish(mut self) -> Hard {
+        self.class_id = CLASS_BASIC;
+        self.method_id = METHOD_PUBLISH;
+        self
+    }
+}
+
+impl From<BadFrame> for Hard {
+    fn from(bad: BadFrame) -> Hard {
+        Hard {
+            code: bad.code,
+            text: bad.text,
+            class_id: bad.during.0,
+            method_id: bad.during.1,
+        }
+    }
+}
+
+/// A content frame where a method must come (RabbitMQ's command assembler).
+fn expected_method_frame() -> Hard {
+    Hard::new(
+        505,
+        "UNEXPECTED_FRAME - expected method frame, got non method frame instead",
+    )
 }
 
 /// Why reading stopped.
@@ -102,7 +133,28 @@ impl<S: AsyncRead> FrameReader<S> {
                     return Ok(inbound);
                 }
                 Ok(None) => self.fill().await?,
-                Err(bad) => return Err(Stop::Bad(bad)),
+                Err(bad) => {
+                    // A bad frame read whole is passed, so that the peer's close-ok can be
+                    // found after it.
+                    if let Some(used) = bad.skip {
+                        self.start += used;
+                    }
+                    return Err(Stop::Bad(bad));
+                }
+            }
+        }
+    }
+
+    /// Reads and drops whatever the peer sends until it hangs up: after the framing is lost,
+    /// nothing it sends can be read, but closing with its bytes unread would reset the
+    /// connection, and the peer might lose the `connection.close` sent to it.
+    async fn discard_until_eof(&mut self) {
+        loop {
+            self.buffer.clear();
+            self.start = 0;
+            match self.reader.read_buf(&mut self.buffer).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {}
             }
         }
     }
@@ -137,6 +189,17 @@ struct Content {
     properties: Option<crate::Properties>,
     size: u64,
     body: Vec<u8>,
+}
+
+impl Content {
+    /// RabbitMQ's text for any other frame while this content is assembled.
+    fn expected(&self) -> &'static str {
+        if self.properties.is_none() {
+            "UNEXPECTED_FRAME - expected content header for class 60, got non content header frame instead"
+        } else {
+            "UNEXPECTED_FRAME - expected content body, got non content body frame instead"
+        }
+    }
 }
 
 /// An open channel of this connection.
@@ -352,7 +415,7 @@ impl<S: AsyncRead + AsyncWrite + Send> Session<S> {
             let frame = match frames.next(self.frame_max_bytes).await {
                 Ok(frame) => frame,
                 Err(Stop::Bad(bad)) => {
-                    return self.refuse(frames, Hard::new(bad.code, bad.text)).await;
+                    return self.refuse(frames, Hard::from(bad)).await;
                 }
                 Err(stop) => return Err(stop_error(stop)),
             };
@@ -368,7 +431,7 @@ impl<S: AsyncRead + AsyncWrite + Send> Session<S> {
                     );
                     return self.refuse(frames, hard).await;
                 }
-                Inbound::Body(..) => {
+                Inbound::Header(_) | Inbound::Body(..) => {
                     let hard = Hard::new(
                         505,
                         "UNEXPECTED_FRAME - expected a connection method during the handshake",
@@ -413,7 +476,7 @@ impl<S: AsyncRead + AsyncWrite + Send> Session<S> {
                     }
                 }
                 Step::Frame(Err(Stop::Bad(bad))) => {
-                    return Err(self.close_with(frames, Hard::new(bad.code, bad.text)).await);
+                    return Err(self.close_with(frames, Hard::from(bad)).await);
                 }
                 Step::Frame(Err(stop)) => return Err(stop_error(stop)),
                 Step::Event(Some(event)) => {
@@ -486,6 +549,13 @@ impl<S: AsyncRead + AsyncWrite + Send> Session<S> {
                         }
                     }
                     Ok(_) => {}
+                    Err(Stop::Bad(bad)) if bad.skip.is_some() => {}
+                    // The framing is lost: RabbitMQ waits a while before it hangs up, so the
+                    // close can be read; so does this (until the timeout below).
+                    Err(Stop::Bad(_)) => {
+                        frames.discard_until_eof().await;
+                        return false;
+                    }
                     Err(_) => return false,
                 }
             }
@@ -508,6 +578,7 @@ impl<S: AsyncRead + AsyncWrite + Send> Session<S> {
     fn on_frame(&mut self, frame: Inbound) -> Result<(), Hard> {
         let frame = match frame {
             Inbound::Heartbeat => return Ok(()),
+            Inbound::Header(header) => return self.on_header(*header),
             Inbound::Body(number, body) => return self.on_body(number, body),
             Inbound::Frame(frame) => *frame,
         };
@@ -523,7 +594,6 @@ impl<S: AsyncRead + AsyncWrite + Send> Session<S> {
             )
             .during(&class)),
             AMQPFrame::Method(number, class) => self.on_method(number, class),
-            AMQPFrame::Header(number, header) => self.on_header(number, header),
             AMQPFrame::Heartbeat => Ok(()),
             other => Err(Hard::new(
                 505,
@@ -563,11 +633,7 @@ impl<S: AsyncRead + AsyncWrite + Send> Session<S> {
                 .map_err(|hard| hard.during(&class));
         }
         let Some(chan) = self.channels.get_mut(&number) else {
-            return Err(Hard::new(
-                504,
-                format!("CHANNEL_ERROR - expected 'channel.open' on channel {number}"),
-            )
-            .during(&class));
+            return Err(Hard::new(504, "CHANNEL_ERROR - expected 'channel.open'").during(&class));
         };
         if chan.closing {
             match class {
@@ -584,12 +650,8 @@ impl<S: AsyncRead + AsyncWrite + Send> Session<S> {
             }
             return Ok(());
         }
-        if chan.content.is_some() {
-            return Err(Hard::new(
-                505,
-                "UNEXPECTED_FRAME - expected content header for class 60, got non content header frame instead",
-            )
-            .during(&class));
+        if let Some(content) = &chan.content {
+            return Err(Hard::new(505, content.expected()).during_publish());
         }
         match &class {
             AMQPClass::Channel(method) => self.on_channel_method(number, method),
@@ -1078,30 +1140,35 @@ impl<S: AsyncRead + AsyncWrite + Send> Session<S> {
         Ok(())
     }
 
-    fn on_header(&mut self, number: u16, header: AMQPContentHeader) -> Result<(), Hard> {
+    /// A content header, judged as RabbitMQ's command assembler judges it: only a channel
+    /// assembling a publish expects one, of class 60 and weight 0.
+    fn on_header(&mut self, frame: HeaderFrame) -> Result<(), Hard> {
         let body_bytes_max = self.body_bytes_max;
+        let number = frame.channel;
         let Some(chan) = self.channels.get_mut(&number) else {
-            return Err(Hard::new(
-                504,
-                format!("CHANNEL_ERROR - content header on channel {number}, which is not open"),
-            ));
+            return Err(expected_method_frame());
         };
         if chan.closing {
             return Ok(());
         }
-        let expecting = chan
-            .content
-            .as_ref()
-            .is_some_and(|c| c.properties.is_none());
-        if !expecting || header.class_id != CLASS_BASIC {
-            return Err(Hard::new(
-                505,
-                format!(
-                    "UNEXPECTED_FRAME - content header for class {} on channel {number}, which expects none",
-                    header.class_id
-                ),
-            ));
+        let Some(content) = chan.content.as_mut() else {
+            return Err(expected_method_frame());
+        };
+        if content.properties.is_some() || frame.weight != 0 {
+            return Err(Hard::new(505, content.expected()).during_publish());
         }
+        if frame.class_id != CLASS_BASIC {
+            let text = format!(
+                "UNEXPECTED_FRAME - expected content header for class {CLASS_BASIC}, got one for class {} instead",
+                frame.class_id
+            );
+            return Err(Hard::new(505, text).during_publish());
+        }
+        // RabbitMQ decodes the properties when the content is complete, and a failure there
+        // is its 541; here it is found at the header.
+        let Some(header) = frame.header else {
+            return Err(Hard::new(541, "INTERNAL_ERROR"));
+        };
         if header.body_size > body_bytes_max {
             let id = chan.id;
             let _ = self.broker.with_engine(|engine| engine.close_channel(id));
@@ -1109,14 +1176,15 @@ impl<S: AsyncRead + AsyncWrite + Send> Session<S> {
                 "PRECONDITION_FAILED - message size {} is larger than configured max size {body_bytes_max}",
                 header.body_size
             );
-            self.close_channel_with(number, 406, text, CLASS_BASIC, 40);
+            self.close_channel_with(number, 406, text, CLASS_BASIC, METHOD_PUBLISH);
             return Ok(());
         }
-        if let Some(content) = chan.content.as_mut() {
-            content.properties = Some(properties_in(&header.properties));
-            content.size = header.body_size;
-            content.body.reserve_exact(header.body_size as usize);
-        }
+        content.properties = Some(properties_in(&header.properties));
+        content.size = header.body_size;
+        // Room for the first frame's worth only: the declared size is a claim, and a peer
+        // could claim the maximum on every channel and send nothing.
+        let upfront = header.body_size.min(u64::from(self.frame_max_bytes));
+        content.body.reserve_exact(upfront as usize);
         if header.body_size == 0 {
             return self.publish(number);
         }
@@ -1125,20 +1193,17 @@ impl<S: AsyncRead + AsyncWrite + Send> Session<S> {
 
     fn on_body(&mut self, number: u16, body: Vec<u8>) -> Result<(), Hard> {
         let Some(chan) = self.channels.get_mut(&number) else {
-            return Err(Hard::new(
-                504,
-                format!("CHANNEL_ERROR - content body on channel {number}, which is not open"),
-            ));
+            return Err(expected_method_frame());
         };
         if chan.closing {
             return Ok(());
         }
-        let Some(content) = chan.content.as_mut().filter(|c| c.properties.is_some()) else {
-            return Err(Hard::new(
-                505,
-                format!("UNEXPECTED_FRAME - content body on channel {number}, which expects none"),
-            ));
+        let Some(content) = chan.content.as_mut() else {
+            return Err(expected_method_frame());
         };
+        if content.properties.is_none() {
+            return Err(Hard::new(505, content.expected()).during_publish());
+        }
         if content.body.len() as u64 + body.len() as u64 > content.size {
             return Err(Hard::new(
                 501,
@@ -1479,8 +1544,21 @@ impl<S: AsyncRead + AsyncWrite + Send> Session<S> {
         if self.out.is_empty() {
             return Ok(());
         }
-        self.writer.write_all(&self.out).await?;
-        self.writer.flush().await?;
+        let write = async {
+            self.writer.write_all(&self.out).await?;
+            self.writer.flush().await
+        };
+        let timeout = Duration::from_millis(SEND_TIMEOUT_MS);
+        match tokio::time::timeout(timeout, write).await {
+            Ok(written) => written?,
+            Err(_) => {
+                tracing::info!(connection = ?self.connection, "peer took no data for {timeout:?}; closing");
+                return Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    format!("the peer took no data for {timeout:?} (send timeout)"),
+                ));
+            }
+        }
         self.out.clear();
         self.last_write = Instant::now(); // allow-nondeterminism: tokio::time::Instant, simulated under turmoil
         Ok(())

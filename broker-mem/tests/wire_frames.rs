@@ -1,0 +1,377 @@
+//! Frames RabbitMQ refuses, sent byte by byte over TCP to RabbitMQ and to broker-mem's wire
+//! server: each must close the connection with the same code, text, class and method on both.
+//! The texts are RabbitMQ 3.10's, probed over a raw socket; they are written out here too, so
+//! the broker-mem half still checks them when RabbitMQ is not reachable (the RabbitMQ half then
+//! prints `SKIPPED` and passes, unless `WARREN_REQUIRE_RABBITMQ=1`).
+#![cfg(feature = "wire")]
+
+use std::time::Duration;
+
+use amq_protocol::frame::AMQPFrame;
+use amq_protocol::protocol::{AMQPClass, channel, connection};
+use amq_protocol::types::{FieldTable, LongString};
+use broker_mem::Broker;
+use broker_mem::wire::{WireConfig, WireServer};
+use ports::testing::RabbitVhost;
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
+
+#[path = "support/frames.rs"]
+mod frames;
+use frames::encode;
+
+const WAIT: Duration = Duration::from_secs(10);
+/// What the client proposes in `tune-ok`: RabbitMQ's default, so both servers take it.
+const FRAME_MAX: u32 = 131_072;
+
+/// How a server answered the frames of a case.
+#[derive(Debug, PartialEq)]
+enum Answer {
+    /// `connection.close` with code, text, class id and method id.
+    Closed(u16, String, u16, u16),
+    /// The method that came back (class id, method id): the frames were taken.
+    Method(u16, u16),
+}
+
+/// A client that writes raw bytes after an ordinary handshake.
+struct Raw {
+    stream: TcpStream,
+    buffer: Vec<u8>,
+}
+
+impl Raw {
+    /// Connects as guest to `vhost`, tunes to [`FRAME_MAX`] and opens channel 1.
+    async fn open(authority: &str, user: &str, password: &str, vhost: &str) -> Raw {
+        let stream = TcpStream::connect(authority).await.expect("connect");
+        let mut raw = Raw {
+            stream,
+            buffer: Vec::new(),
+        };
+        raw.write(b"AMQP\x00\x00\x09\x01").await;
+        raw.expect(10, 10).await; // start
+        let start_ok = connection::StartOk {
+            client_properties: FieldTable::default(),
+            mechanism: "PLAIN".into(),
+            response: LongString::from(format!("\0{user}\0{password}")),
+            locale: "en_US".into(),
+        };
+        raw.method(
+            0,
+            AMQPClass::Connection(connection::AMQPMethod::StartOk(start_ok)),
+        )
+        .await;
+        raw.expect(10, 30).await; // tune
+        let tune_ok = connection::TuneOk {
+            channel_max: 2047,
+            frame_max: FRAME_MAX,
+            heartbeat: 0,
+        };
+        raw.method(
+            0,
+            AMQPClass::Connection(connection::AMQPMethod::TuneOk(tune_ok)),
+        )
+        .await;
+        let open = connection::Open {
+            virtual_host: vhost.into(),
+        };
+        raw.method(0, AMQPClass::Connection(connection::AMQPMethod::Open(open)))
+            .await;
+        raw.expect(10, 41).await; // open-ok
+        let open = channel::AMQPMethod::Open(channel::Open {});
+        raw.method(1, AMQPClass::Channel(open)).await;
+        raw.expect(20, 11).await; // channel.open-ok
+        raw
+    }
+
+    async fn write(&mut self, bytes: &[u8]) {
+        // The server may hang up while this is still writing: what it sent before is read
+        // after.
+        let _ = self.stream.write_all(bytes).await;
+    }
+
+    async fn method(&mut self, channel: u16, class: AMQPClass) {
+        self.write(&encode(&AMQPFrame::Method(channel, class)))
+            .await;
+    }
+
+    async fn recv(&mut self) -> Option<AMQPFrame> {
+        frames::next_frame(&mut self.stream, &mut self.buffer, WAIT).await
+    }
+
+    async fn expect(&mut self, class_id: u16, method_id: u16) {
+        match self.recv().await {
+            Some(AMQPFrame::Method(_, class))
+                if class.get_amqp_class_id() == class_id
+                    && class.get_amqp_method_id() == method_id => {}
+            other => panic!("expected method {class_id}.{method_id}, got {other:?}"),
+        }
+    }
+
+    /// The first method the server sends after the case's frames.
+    async fn answer(&mut self) -> Answer {
+        match self.recv().await {
+            Some(AMQPFrame::Method(
+                0,
+                AMQPClass::Connection(connection::AMQPMethod::Close(close)),
+            )) => Answer::Closed(
+                close.reply_code,
+                close.reply_text.to_string(),
+                close.class_id,
+                close.method_id,
+            ),
+            Some(AMQPFrame::Method(_, class)) => {
+                Answer::Method(class.get_amqp_class_id(), class.get_amqp_method_id())
+            }
+            other => panic!("expected a method, got {other:?}"),
+        }
+    }
+}
+
+fn frame(kind: u8, channel: u16, payload: &[u8]) -> Vec<u8> {
+    let mut bytes = vec![kind];
+    bytes.extend(channel.to_be_bytes());
+    bytes.extend(u32::try_from(payload.len()).unwrap().to_be_bytes());
+    bytes.extend(payload);
+    bytes.push(0xCE);
+    bytes
+}
+
+/// `basic.publish` to the default exchange with routing key "nowhere" (routed nowhere).
+fn publish() -> Vec<u8> {
+    frame(1, 1, b"\x00\x3c\x00\x28\x00\x00\x00\x07nowhere\x00")
+}
+
+/// A content header: class, weight, body size, and `flags` with no property data after them.
+fn header(class_id: u16, weight: u16, body_size: u64, flags: u16) -> Vec<u8> {
+    let mut payload = class_id.to_be_bytes().to_vec();
+    payload.extend(weight.to_be_bytes());
+    payload.extend(body_size.to_be_bytes());
+    payload.extend(flags.to_be_bytes());
+    frame(2, 1, &payload)
+}
+
+/// `basic.qos` prefetch 1: answered with qos-ok (60.11) when everything before was taken.
+fn qos() -> Vec<u8> {
+    frame(1, 1, b"\x00\x3c\x00\x0a\x00\x00\x00\x00\x00\x01\x00")
+}
+
+fn closed(code: u16, text: &str, class_id: u16, method_id: u16) -> Answer {
+    Answer::Closed(code, text.to_owned(), class_id, method_id)
+}
+
+/// Each case: a name, the frames sent on an open channel 1, and RabbitMQ's answer.
+fn cases() -> Vec<(&'static str, Vec<u8>, Answer)> {
+    let expected_method = "UNEXPECTED_FRAME - expected method frame, got non method frame instead";
+    let expected_header = "UNEXPECTED_FRAME - expected content header for class 60, got non content header frame instead";
+    let expected_body =
+        "UNEXPECTED_FRAME - expected content body, got non content body frame instead";
+    let mut too_large = vec![3, 0, 1];
+    too_large.extend((FRAME_MAX + 1).to_be_bytes());
+    too_large.extend(vec![b'a'; FRAME_MAX as usize + 1]);
+    too_large.push(0xCE);
+    let mut bad_end = frame(1, 1, &[0, 20, 0, 10]);
+    *bad_end.last_mut().unwrap() = 0;
+    let full_frame_body = [
+        publish(),
+        header(60, 0, u64::from(FRAME_MAX), 0),
+        frame(3, 1, &vec![b'a'; FRAME_MAX as usize]),
+        qos(),
+    ]
+    .concat();
+    vec![
+        (
+            "a heartbeat on a channel",
+            frame(8, 1, b""),
+            closed(505, "UNEXPECTED_FRAME - type 8, all octets = <<>>", 0, 0),
+        ),
+        (
+            "a heartbeat with a payload",
+            frame(8, 0, b"xx"),
+            closed(
+                501,
+                "FRAME_ERROR - type 8, all octets = <<\"xx\">>: unknown_frame",
+                0,
+                0,
+            ),
+        ),
+        (
+            "an unknown frame type",
+            frame(9, 1, &[1, 2]),
+            closed(
+                501,
+                "FRAME_ERROR - type 9, all octets = <<1,2>>: unknown_frame",
+                0,
+                0,
+            ),
+        ),
+        (
+            "a wrong end byte",
+            bad_end,
+            closed(
+                501,
+                "FRAME_ERROR - type 1, all octets = <<0,20,0,10>>: {invalid_frame_end_marker,0}",
+                0,
+                0,
+            ),
+        ),
+        (
+            "a payload one byte over frame_max",
+            too_large,
+            closed(
+                501,
+                "FRAME_ERROR - type 3, all octets = <<>>: {frame_too_large,131073,131064}",
+                0,
+                0,
+            ),
+        ),
+        (
+            "a body frame of exactly frame_max payload bytes is taken",
+            full_frame_body,
+            Answer::Method(60, 11),
+        ),
+        (
+            "a method frame too short for its ids",
+            frame(1, 1, &[0, 20]),
+            closed(
+                501,
+                "FRAME_ERROR - type 1, all octets = <<0,20>>: unknown_frame",
+                0,
+                0,
+            ),
+        ),
+        (
+            "method arguments that do not decode",
+            frame(1, 1, b"\x00\x32\x00\x0aAAAA"),
+            closed(501, "FRAME_ERROR - cannot decode <<65,65,65,65>>", 50, 10),
+        ),
+        (
+            "a content header too short",
+            frame(2, 1, &[0]),
+            closed(
+                501,
+                "FRAME_ERROR - type 2, all octets = <<0>>: unknown_frame",
+                0,
+                0,
+            ),
+        ),
+        (
+            "a content header with no publish",
+            header(60, 0, 5, 0),
+            closed(505, expected_method, 0, 0),
+        ),
+        (
+            "a content body with no publish",
+            frame(3, 1, b"aaaaa"),
+            closed(505, expected_method, 0, 0),
+        ),
+        (
+            "a content header on a channel not open",
+            frame(
+                2,
+                5,
+                b"\x00\x3c\x00\x00\x00\x00\x00\x00\x00\x00\x00\x05\x00\x00",
+            ),
+            closed(505, expected_method, 0, 0),
+        ),
+        (
+            "a method on a channel not open",
+            frame(1, 5, b"\x00\x3c\x00\x0a\x00\x00\x00\x00\x00\x01\x00"),
+            closed(504, "CHANNEL_ERROR - expected 'channel.open'", 60, 10),
+        ),
+        (
+            "a publish, then a body",
+            [publish(), frame(3, 1, b"aaaaa")].concat(),
+            closed(505, expected_header, 60, 40),
+        ),
+        (
+            "a publish, then a method",
+            [publish(), qos()].concat(),
+            closed(505, expected_header, 60, 40),
+        ),
+        (
+            "a publish, then a header of another class",
+            [publish(), header(50, 0, 5, 0)].concat(),
+            closed(
+                505,
+                "UNEXPECTED_FRAME - expected content header for class 60, got one for class 50 instead",
+                60,
+                40,
+            ),
+        ),
+        (
+            "a publish, then a header with a weight",
+            [publish(), header(60, 1, 5, 0)].concat(),
+            closed(505, expected_header, 60, 40),
+        ),
+        (
+            "a publish, a header, then another header",
+            [publish(), header(60, 0, 5, 0), header(60, 0, 5, 0)].concat(),
+            closed(505, expected_body, 60, 40),
+        ),
+        (
+            "a publish, a header, then a method",
+            [publish(), header(60, 0, 5, 0), qos()].concat(),
+            closed(505, expected_body, 60, 40),
+        ),
+        (
+            "a publish with properties that do not decode",
+            // content-type flagged, and no string after the flags
+            [publish(), header(60, 0, 5, 0x8000), frame(3, 1, b"aaaaa")].concat(),
+            closed(541, "INTERNAL_ERROR", 0, 0),
+        ),
+    ]
+}
+
+async fn answers(authority: &str, user: &str, password: &str, vhost: &str) -> Vec<Answer> {
+    let mut answers = Vec::new();
+    for (name, frames, _) in cases() {
+        let mut raw = Raw::open(authority, user, password, vhost).await;
+        raw.write(&frames).await;
+        let answer = tokio::time::timeout(WAIT, raw.answer())
+            .await
+            .unwrap_or_else(|_| panic!("{name}: no answer"));
+        answers.push(answer);
+    }
+    answers
+}
+
+fn check(server: &str, answers: &[Answer]) {
+    let mismatches: Vec<String> = cases()
+        .into_iter()
+        .zip(answers)
+        .filter(|((_, _, expected), answer)| expected != *answer)
+        .map(|((name, _, expected), answer)| {
+            format!("{name}:\n  expected {expected:?}\n  {server} {answer:?}")
+        })
+        .collect();
+    assert!(mismatches.is_empty(), "{}", mismatches.join("\n"));
+}
+
+#[tokio::test]
+async fn broker_mem_refuses_frames_as_rabbitmq_does() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let authority = listener.local_addr().unwrap().to_string();
+    let broker = Broker::new();
+    tokio::spawn(WireServer::new(broker.clone(), WireConfig::default()).serve_tcp(listener));
+    let answers = answers(&authority, "guest", "guest", "/").await;
+    check("broker-mem", &answers);
+    broker.check_invariants().expect("broker-mem bookkeeping");
+}
+
+#[tokio::test]
+async fn rabbitmq_refuses_the_frames_as_written_here() {
+    let Some(vhost) = RabbitVhost::create("rabbitmq_refuses_frames")
+        .await
+        .expect("vhost")
+    else {
+        return;
+    };
+    // amqp://user:password@host:port/vhost
+    let url = vhost.amqp_url().trim_start_matches("amqp://");
+    let (credentials, rest) = url.split_once('@').expect("credentials in the URL");
+    let (user, password) = credentials.split_once(':').expect("user:password");
+    let authority = rest.split('/').next().expect("authority");
+    let answers = answers(authority, user, password, vhost.name()).await;
+    vhost.delete().await.expect("delete vhost");
+    check("RabbitMQ", &answers);
+}
