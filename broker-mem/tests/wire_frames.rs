@@ -39,9 +39,19 @@ struct Raw {
     buffer: Vec<u8>,
 }
 
+/// How far the handshake goes before a case's frames.
+#[derive(Debug, Clone, Copy)]
+enum Stage {
+    /// `tune-ok` sent with this channel_max; the case opens the connection itself.
+    Tuned { channel_max: u16 },
+    /// The connection open, and channel 1.
+    ChannelOpen,
+}
+
 impl Raw {
-    /// Connects as guest to `vhost`, tunes to [`FRAME_MAX`] and opens channel 1.
-    async fn open(authority: &str, user: &str, password: &str, vhost: &str) -> Raw {
+    /// Connects as `user`, tunes to [`FRAME_MAX`] and, at `Stage::ChannelOpen`, opens the
+    /// connection to `vhost` and channel 1.
+    async fn open(authority: &str, user: &str, password: &str, vhost: &str, stage: Stage) -> Raw {
         let stream = TcpStream::connect(authority).await.expect("connect");
         let mut raw = Raw {
             stream,
@@ -61,8 +71,12 @@ impl Raw {
         )
         .await;
         raw.expect(10, 30).await; // tune
+        let channel_max = match stage {
+            Stage::Tuned { channel_max } => channel_max,
+            Stage::ChannelOpen => 2047,
+        };
         let tune_ok = connection::TuneOk {
-            channel_max: 2047,
+            channel_max,
             frame_max: FRAME_MAX,
             heartbeat: 0,
         };
@@ -71,11 +85,10 @@ impl Raw {
             AMQPClass::Connection(connection::AMQPMethod::TuneOk(tune_ok)),
         )
         .await;
-        let open = connection::Open {
-            virtual_host: vhost.into(),
-        };
-        raw.method(0, AMQPClass::Connection(connection::AMQPMethod::Open(open)))
-            .await;
+        if let Stage::Tuned { .. } = stage {
+            return raw;
+        }
+        raw.write(&connection_open(vhost)).await;
         raw.expect(10, 41).await; // open-ok
         let open = channel::AMQPMethod::Open(channel::Open {});
         raw.method(1, AMQPClass::Channel(open)).await;
@@ -107,9 +120,19 @@ impl Raw {
         }
     }
 
-    /// The first method the server sends after the case's frames.
+    /// The first method the server sends after the case's frames, not counting the
+    /// `open-ok`s of the connection and channels the case opens.
     async fn answer(&mut self) -> Answer {
-        match self.recv().await {
+        let mut frame = self.recv().await;
+        while let Some(AMQPFrame::Method(_, class)) = &frame
+            && matches!(
+                (class.get_amqp_class_id(), class.get_amqp_method_id()),
+                (10, 41) | (20, 11)
+            )
+        {
+            frame = self.recv().await;
+        }
+        match frame {
             Some(AMQPFrame::Method(
                 0,
                 AMQPClass::Connection(connection::AMQPMethod::Close(close)),
@@ -125,6 +148,20 @@ impl Raw {
             other => panic!("expected a method, got {other:?}"),
         }
     }
+}
+
+fn connection_open(vhost: &str) -> Vec<u8> {
+    let open = connection::Open {
+        virtual_host: vhost.into(),
+    };
+    encode(&AMQPFrame::Method(
+        0,
+        AMQPClass::Connection(connection::AMQPMethod::Open(open)),
+    ))
+}
+
+fn channel_open(number: u16) -> Vec<u8> {
+    frame(1, number, b"\x00\x14\x00\x0a\x00")
 }
 
 fn frame(kind: u8, channel: u16, payload: &[u8]) -> Vec<u8> {
@@ -152,15 +189,20 @@ fn header(class_id: u16, weight: u16, body_size: u64, flags: u16) -> Vec<u8> {
 
 /// `basic.qos` prefetch 1: answered with qos-ok (60.11) when everything before was taken.
 fn qos() -> Vec<u8> {
-    frame(1, 1, b"\x00\x3c\x00\x0a\x00\x00\x00\x00\x00\x01\x00")
+    qos_on(1)
+}
+
+fn qos_on(channel: u16) -> Vec<u8> {
+    frame(1, channel, b"\x00\x3c\x00\x0a\x00\x00\x00\x00\x00\x01\x00")
 }
 
 fn closed(code: u16, text: &str, class_id: u16, method_id: u16) -> Answer {
     Answer::Closed(code, text.to_owned(), class_id, method_id)
 }
 
-/// Each case: a name, the frames sent on an open channel 1, and RabbitMQ's answer.
-fn cases() -> Vec<(&'static str, Vec<u8>, Answer)> {
+/// Each case: a name, how far the handshake goes, the frames sent then, and RabbitMQ's
+/// answer. `vhost` is the one the server under test serves.
+fn cases(vhost: &str) -> Vec<(&'static str, Stage, Vec<u8>, Answer)> {
     let expected_method = "UNEXPECTED_FRAME - expected method frame, got non method frame instead";
     let expected_header = "UNEXPECTED_FRAME - expected content header for class 60, got non content header frame instead";
     let expected_body =
@@ -178,7 +220,134 @@ fn cases() -> Vec<(&'static str, Vec<u8>, Answer)> {
         qos(),
     ]
     .concat();
-    vec![
+    let tuned = |channel_max| Stage::Tuned { channel_max };
+    let unimplemented = |class_id, method_id| {
+        closed(
+            503,
+            "COMMAND_INVALID - unimplemented method",
+            class_id,
+            method_id,
+        )
+    };
+    let handshake_cases = vec![
+        (
+            "a channel.open before connection.open",
+            tuned(2047),
+            channel_open(1),
+            closed(
+                505,
+                "UNEXPECTED_FRAME - type 1, all octets = <<0,20,0,10,0>>",
+                0,
+                0,
+            ),
+        ),
+        (
+            "a vhost that does not exist",
+            tuned(2047),
+            connection_open("warren-no-such-vhost"),
+            closed(
+                530,
+                "NOT_ALLOWED - vhost warren-no-such-vhost not found",
+                10,
+                40,
+            ),
+        ),
+        (
+            "channel numbers past channel_max, while fewer channels are open",
+            tuned(2),
+            [connection_open(vhost), channel_open(3), qos_on(3)].concat(),
+            Answer::Method(60, 11),
+        ),
+        (
+            "a channel past channel_max open channels",
+            tuned(2),
+            [
+                connection_open(vhost),
+                channel_open(1),
+                channel_open(2),
+                channel_open(7),
+            ]
+            .concat(),
+            closed(
+                530,
+                "NOT_ALLOWED - number of channels opened (2) has reached the negotiated channel_max (2)",
+                0,
+                0,
+            ),
+        ),
+    ];
+    let method_cases = vec![
+        (
+            "a second channel.open",
+            channel_open(1),
+            closed(504, "CHANNEL_ERROR - second 'channel.open' seen", 20, 10),
+        ),
+        (
+            "a channel.open-ok from the client",
+            frame(1, 1, b"\x00\x14\x00\x0b\x00\x00\x00\x00"),
+            unimplemented(20, 11),
+        ),
+        (
+            "a channel.close-ok nobody asked for",
+            frame(1, 1, b"\x00\x14\x00\x29"),
+            unimplemented(20, 41),
+        ),
+        (
+            "a channel.flow-ok nobody asked for",
+            frame(1, 1, b"\x00\x14\x00\x15\x01"),
+            unimplemented(20, 21),
+        ),
+        (
+            "a basic.qos-ok from the client",
+            frame(1, 1, b"\x00\x3c\x00\x0b"),
+            unimplemented(60, 11),
+        ),
+        (
+            "a confirm.select-ok from the client",
+            frame(1, 1, b"\x00\x55\x00\x0b"),
+            unimplemented(85, 11),
+        ),
+        (
+            "a connection.blocked from the client",
+            frame(1, 0, b"\x00\x0a\x00\x3c\x00"),
+            closed(
+                504,
+                "CHANNEL_ERROR - unexpected method in connection state running",
+                10,
+                60,
+            ),
+        ),
+        (
+            "access.request (deprecated, still answered)",
+            frame(1, 1, b"\x00\x1e\x00\x0a\x05/data\x00"),
+            Answer::Method(30, 11),
+        ),
+        (
+            "a content body on channel 0",
+            frame(3, 0, b"aaaaa"),
+            closed(
+                505,
+                "UNEXPECTED_FRAME - type 3, all octets = <<\"aaaaa\">>",
+                0,
+                0,
+            ),
+        ),
+        (
+            "a content header on channel 0",
+            frame(
+                2,
+                0,
+                b"\x00\x3c\x00\x00\x00\x00\x00\x00\x00\x00\x00\x05\x00\x00",
+            ),
+            closed(
+                505,
+                "UNEXPECTED_FRAME - type 2, all octets = <<0,60,0,0,0,0,0,0,0,0,0,5,0,0>>",
+                0,
+                0,
+            ),
+        ),
+    ];
+    let frame_cases = vec![
         (
             "a heartbeat on a channel",
             frame(8, 1, b""),
@@ -319,13 +488,19 @@ fn cases() -> Vec<(&'static str, Vec<u8>, Answer)> {
             [publish(), header(60, 0, 5, 0x8000), frame(3, 1, b"aaaaa")].concat(),
             closed(541, "INTERNAL_ERROR", 0, 0),
         ),
-    ]
+    ];
+    let open = |(name, frames, answer)| (name, Stage::ChannelOpen, frames, answer);
+    handshake_cases
+        .into_iter()
+        .chain(method_cases.into_iter().map(open))
+        .chain(frame_cases.into_iter().map(open))
+        .collect()
 }
 
 async fn answers(authority: &str, user: &str, password: &str, vhost: &str) -> Vec<Answer> {
     let mut answers = Vec::new();
-    for (name, frames, _) in cases() {
-        let mut raw = Raw::open(authority, user, password, vhost).await;
+    for (name, stage, frames, _) in cases(vhost) {
+        let mut raw = Raw::open(authority, user, password, vhost, stage).await;
         raw.write(&frames).await;
         let answer = tokio::time::timeout(WAIT, raw.answer())
             .await
@@ -336,11 +511,11 @@ async fn answers(authority: &str, user: &str, password: &str, vhost: &str) -> Ve
 }
 
 fn check(server: &str, answers: &[Answer]) {
-    let mismatches: Vec<String> = cases()
+    let mismatches: Vec<String> = cases("")
         .into_iter()
         .zip(answers)
-        .filter(|((_, _, expected), answer)| expected != *answer)
-        .map(|((name, _, expected), answer)| {
+        .filter(|((_, _, _, expected), answer)| expected != *answer)
+        .map(|((name, _, _, expected), answer)| {
             format!("{name}:\n  expected {expected:?}\n  {server} {answer:?}")
         })
         .collect();

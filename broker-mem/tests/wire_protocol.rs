@@ -325,13 +325,18 @@ async fn hard_errors_close_the_connection_with_rabbitmq_codes() {
     raw.send(consume("c").tap_channel(0)).await;
     assert_eq!(raw.connection_close_code().await, Some(504));
 
-    // A channel beyond channel_max (16 negotiated): 530 NOT_ALLOWED.
+    // A channel past channel_max channels open (16 negotiated): 530 NOT_ALLOWED. Numbers
+    // past it are fine while fewer are open, as in RabbitMQ.
     let mut raw = Raw::open(&server, "guest", 0).await;
-    raw.send(method(
-        40,
-        AMQPClass::Channel(channel::AMQPMethod::Open(channel::Open {})),
-    ))
-    .await;
+    let open = || AMQPClass::Channel(channel::AMQPMethod::Open(channel::Open {}));
+    for number in 30..45 {
+        raw.send(method(number, open())).await;
+        assert!(matches!(
+            raw.recv().await,
+            Some(AMQPFrame::Method(n, AMQPClass::Channel(channel::AMQPMethod::OpenOk(_)))) if n == number
+        ));
+    }
+    raw.send(method(2, open())).await;
     assert_eq!(raw.connection_close_code().await, Some(530));
 
     // A content header with no publish before it: 505 UNEXPECTED_FRAME.

@@ -35,6 +35,8 @@ pub(crate) enum Inbound {
 #[derive(Debug)]
 pub(crate) struct HeaderFrame {
     pub channel: u16,
+    /// For the error text if it comes where no header may (channel 0).
+    pub snippet: Snippet,
     pub class_id: u16,
     /// RabbitMQ takes a header with any weight but 0 for some other frame.
     pub weight: u16,
@@ -99,7 +101,7 @@ pub(crate) fn take_frame(
         FRAME_HEARTBEAT => {
             return Err(BadFrame {
                 code: 505,
-                text: format!("UNEXPECTED_FRAME - type {kind}, all octets = <<>>"),
+                text: Snippet::of(kind, payload).unexpected(),
                 skip: Some(total),
                 during: (0, 0),
             });
@@ -143,6 +145,7 @@ pub(crate) fn take_frame(
             };
             Inbound::Header(Box::new(HeaderFrame {
                 channel,
+                snippet: Snippet::of(kind, payload),
                 class_id: u16::from_be_bytes([payload[0], payload[1]]),
                 weight: u16::from_be_bytes([payload[2], payload[3]]),
                 header,
@@ -159,22 +162,59 @@ const METHOD_IDS_BYTES: usize = 4;
 const HEADER_FIXED_BYTES: usize = 12;
 
 /// RabbitMQ's 501 for a frame it cannot take (rabbit_reader:frame_error): the frame's type,
-/// its payload (the first 16 bytes of it) as Erlang prints a binary, and the reason.
+/// its payload (see [`Snippet`]), and the reason.
 fn frame_error(kind: u8, payload: &[u8], reason: &str, skip: Option<usize>) -> BadFrame {
-    const SNIPPET_BYTES: usize = 16;
-    let (which, snippet) = if payload.len() <= SNIPPET_BYTES {
-        ("all", payload)
-    } else {
-        ("first 16", &payload[..SNIPPET_BYTES])
-    };
     BadFrame {
         code: 501,
         text: format!(
-            "FRAME_ERROR - type {kind}, {which} octets = {}: {reason}",
-            erlang_binary(snippet)
+            "FRAME_ERROR - {}: {reason}",
+            Snippet::of(kind, payload).describe()
         ),
         skip,
         during: (0, 0),
+    }
+}
+
+/// A frame's type and the start of its payload, kept for RabbitMQ's error texts, which show
+/// the payload's first 16 bytes (rabbit_reader:payload_snippet).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Snippet {
+    kind: u8,
+    bytes: [u8; SNIPPET_BYTES],
+    len: u8,
+    /// The payload had more than [`SNIPPET_BYTES`].
+    cut: bool,
+}
+
+const SNIPPET_BYTES: usize = 16;
+
+impl Snippet {
+    pub(crate) fn of(kind: u8, payload: &[u8]) -> Snippet {
+        let len = payload.len().min(SNIPPET_BYTES);
+        let mut bytes = [0; SNIPPET_BYTES];
+        bytes[..len].copy_from_slice(&payload[..len]);
+        Snippet {
+            kind,
+            bytes,
+            len: len as u8,
+            cut: payload.len() > SNIPPET_BYTES,
+        }
+    }
+
+    /// `type 1, all octets = <<0,20>>`, or `first 16 octets` for a longer payload.
+    fn describe(&self) -> String {
+        let which = if self.cut { "first 16" } else { "all" };
+        let bytes = &self.bytes[..usize::from(self.len)];
+        format!(
+            "type {}, {which} octets = {}",
+            self.kind,
+            erlang_binary(bytes)
+        )
+    }
+
+    /// RabbitMQ's text for a frame of a kind that may not come where it came (505).
+    pub(crate) fn unexpected(&self) -> String {
+        format!("UNEXPECTED_FRAME - {}", self.describe())
     }
 }
 

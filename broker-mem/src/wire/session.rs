@@ -10,7 +10,10 @@ use std::io;
 use std::time::Duration;
 
 use amq_protocol::frame::{AMQPContentHeader, AMQPFrame};
-use amq_protocol::protocol::{AMQPClass, basic, channel, confirm, connection, exchange, queue, tx};
+use amq_protocol::protocol::constants::FRAME_BODY;
+use amq_protocol::protocol::{
+    AMQPClass, access, basic, channel, confirm, connection, exchange, queue, tx,
+};
 use amq_protocol::types::{AMQPValue, FieldTable as AmqpTable, LongString, ShortString};
 use bytes::Bytes;
 use smol_str::SmolStr;
@@ -19,8 +22,8 @@ use tokio::time::Instant;
 
 use crate::error::fit_reply_text;
 use crate::wire::codec::{
-    BadFrame, FRAME_OVERHEAD_BYTES, HeaderFrame, Inbound, PROTOCOL_HEADER, put_body, put_frame,
-    put_heartbeat, short, take_frame,
+    BadFrame, FRAME_OVERHEAD_BYTES, HeaderFrame, Inbound, PROTOCOL_HEADER, Snippet, put_body,
+    put_frame, put_heartbeat, short, take_frame,
 };
 use crate::wire::convert::{properties_in, properties_out, table_in};
 use crate::wire::{
@@ -330,9 +333,16 @@ impl<S: AsyncRead + AsyncWrite + Send> Session<S> {
         );
         self.flush().await?;
 
-        let start_ok = match self.handshake_method(frames).await? {
+        let start_ok = match self.handshake_method(frames, "starting").await? {
             connection::AMQPMethod::StartOk(start_ok) => start_ok,
-            other => return self.refuse(frames, unexpected(&other, "starting")).await,
+            other => {
+                return self
+                    .refuse(
+                        frames,
+                        unexpected(&AMQPClass::Connection(other), "starting"),
+                    )
+                    .await;
+            }
         };
         let Some(user) = authenticate(&self.config.users, &start_ok) else {
             let text = format!(
@@ -356,9 +366,13 @@ impl<S: AsyncRead + AsyncWrite + Send> Session<S> {
         };
         self.send(0, AMQPClass::Connection(connection::AMQPMethod::Tune(tune)));
         self.flush().await?;
-        let tune_ok = match self.handshake_method(frames).await? {
+        let tune_ok = match self.handshake_method(frames, "tuning").await? {
             connection::AMQPMethod::TuneOk(tune_ok) => tune_ok,
-            other => return self.refuse(frames, unexpected(&other, "tuning")).await,
+            other => {
+                return self
+                    .refuse(frames, unexpected(&AMQPClass::Connection(other), "tuning"))
+                    .await;
+            }
         };
         let frame_max = negotiated(
             "frame_max",
@@ -385,14 +399,21 @@ impl<S: AsyncRead + AsyncWrite + Send> Session<S> {
         self.heartbeat =
             (tune_ok.heartbeat > 0).then(|| Duration::from_secs(u64::from(tune_ok.heartbeat)));
 
-        let open = match self.handshake_method(frames).await? {
+        let open = match self.handshake_method(frames, "opening").await? {
             connection::AMQPMethod::Open(open) => open,
-            other => return self.refuse(frames, unexpected(&other, "opening")).await,
+            other => {
+                return self
+                    .refuse(frames, unexpected(&AMQPClass::Connection(other), "opening"))
+                    .await;
+            }
         };
         let vhost = open.virtual_host.as_str();
         if vhost != crate::VHOST {
             let text = format!("NOT_ALLOWED - vhost {vhost} not found");
-            return self.refuse(frames, Hard::new(530, text)).await;
+            let class = AMQPClass::Connection(connection::AMQPMethod::Open(open.clone()));
+            return self
+                .refuse(frames, Hard::new(530, text).during(&class))
+                .await;
         }
         let (id, tap) = self.broker.connect_tapped(&user);
         self.connection = Some(id);
@@ -405,11 +426,12 @@ impl<S: AsyncRead + AsyncWrite + Send> Session<S> {
         Ok((id, tap))
     }
 
-    /// The next connection method of the handshake; heartbeats are skipped, anything else is a
-    /// hard error.
+    /// The next connection method of the handshake (in connection state `state`); heartbeats
+    /// are skipped, anything else is a hard error, as RabbitMQ's reader answers it.
     async fn handshake_method(
         &mut self,
         frames: &mut FrameReader<S>,
+        state: &str,
     ) -> Result<connection::AMQPMethod, WireError> {
         loop {
             let frame = match frames.next(self.frame_max_bytes).await {
@@ -422,20 +444,20 @@ impl<S: AsyncRead + AsyncWrite + Send> Session<S> {
             match frame {
                 Inbound::Heartbeat => {}
                 Inbound::Frame(frame) => {
-                    if let AMQPFrame::Method(0, AMQPClass::Connection(method)) = *frame {
-                        return Ok(method);
-                    }
-                    let hard = Hard::new(
-                        505,
-                        "UNEXPECTED_FRAME - expected a connection method during the handshake",
-                    );
+                    let hard = match *frame {
+                        AMQPFrame::Method(0, AMQPClass::Connection(method)) => return Ok(method),
+                        AMQPFrame::Method(0, class) => unexpected(&class, state),
+                        // Nothing but channel 0 before the connection is open.
+                        other => Hard::new(505, snippet_of(&other).unexpected()),
+                    };
                     return self.refuse(frames, hard).await;
                 }
-                Inbound::Header(_) | Inbound::Body(..) => {
-                    let hard = Hard::new(
-                        505,
-                        "UNEXPECTED_FRAME - expected a connection method during the handshake",
-                    );
+                Inbound::Header(header) => {
+                    let hard = Hard::new(505, header.snippet.unexpected());
+                    return self.refuse(frames, hard).await;
+                }
+                Inbound::Body(_, body) => {
+                    let hard = Hard::new(505, Snippet::of(FRAME_BODY, &body).unexpected());
                     return self.refuse(frames, hard).await;
                 }
             }
@@ -578,6 +600,13 @@ impl<S: AsyncRead + AsyncWrite + Send> Session<S> {
     fn on_frame(&mut self, frame: Inbound) -> Result<(), Hard> {
         let frame = match frame {
             Inbound::Heartbeat => return Ok(()),
+            // Content on channel 0 is no channel's business (rabbit_reader).
+            Inbound::Header(header) if header.channel == 0 => {
+                return Err(Hard::new(505, header.snippet.unexpected()));
+            }
+            Inbound::Body(0, body) => {
+                return Err(Hard::new(505, Snippet::of(FRAME_BODY, &body).unexpected()));
+            }
             Inbound::Header(header) => return self.on_header(*header),
             Inbound::Body(number, body) => return self.on_body(number, body),
             Inbound::Frame(frame) => *frame,
@@ -588,11 +617,7 @@ impl<S: AsyncRead + AsyncWrite + Send> Session<S> {
             }
             // RabbitMQ's reader takes any method on channel 0 for a connection method, and
             // finds it out of place (rabbit_reader:handle_method0).
-            AMQPFrame::Method(0, class) => Err(Hard::new(
-                504,
-                "CHANNEL_ERROR - unexpected method in connection state running",
-            )
-            .during(&class)),
+            AMQPFrame::Method(0, class) => Err(unexpected(&class, "running")),
             AMQPFrame::Method(number, class) => self.on_method(number, class),
             AMQPFrame::Heartbeat => Ok(()),
             other => Err(Hard::new(
@@ -621,16 +646,13 @@ impl<S: AsyncRead + AsyncWrite + Send> Session<S> {
                 self.send(0, AMQPClass::Connection(ok));
                 Ok(())
             }
-            connection::AMQPMethod::Blocked(_) | connection::AMQPMethod::Unblocked(_) => Ok(()),
-            other => Err(unexpected(&other, "running")),
+            other => Err(unexpected(&AMQPClass::Connection(other), "running")),
         }
     }
 
     fn on_method(&mut self, number: u16, class: AMQPClass) -> Result<(), Hard> {
         if let AMQPClass::Channel(channel::AMQPMethod::Open(_)) = class {
-            return self
-                .open_channel(number)
-                .map_err(|hard| hard.during(&class));
+            return self.open_channel(number);
         }
         let Some(chan) = self.channels.get_mut(&number) else {
             return Err(Hard::new(504, "CHANNEL_ERROR - expected 'channel.open'").during(&class));
@@ -701,7 +723,13 @@ impl<S: AsyncRead + AsyncWrite + Send> Session<S> {
                 Ok(())
             }
             AMQPClass::Tx(method) => self.on_tx_method(number, method, &class),
-            _ => Err(not_implemented(&class)),
+            // Deprecated, and still answered by RabbitMQ (ticket 1, which amq-protocol writes).
+            AMQPClass::Access(access::AMQPMethod::Request(_)) => {
+                let ok = access::AMQPMethod::RequestOk(access::RequestOk {});
+                self.send(number, AMQPClass::Access(ok));
+                Ok(())
+            }
+            _ => Err(unimplemented_method(&class)),
         }
     }
 
@@ -763,7 +791,7 @@ impl<S: AsyncRead + AsyncWrite + Send> Session<S> {
                 }
                 Ok(())
             }
-            _ => Err(not_implemented(class)),
+            _ => Err(unimplemented_method(class)),
         }
     }
 
@@ -833,7 +861,7 @@ impl<S: AsyncRead + AsyncWrite + Send> Session<S> {
                     self.send(number, AMQPClass::Queue(ok));
                 }
             }
-            _ => return Err(not_implemented(class)),
+            _ => return Err(unimplemented_method(class)),
         }
         Ok(())
     }
@@ -889,7 +917,7 @@ impl<S: AsyncRead + AsyncWrite + Send> Session<S> {
                     self.send(number, AMQPClass::Exchange(ok));
                 }
             }
-            _ => return Err(not_implemented(class)),
+            _ => return Err(unimplemented_method(class)),
         }
         Ok(())
     }
@@ -904,7 +932,13 @@ impl<S: AsyncRead + AsyncWrite + Send> Session<S> {
                 self.release(number);
                 Ok(())
             }
-            channel::AMQPMethod::CloseOk(_) | channel::AMQPMethod::FlowOk(_) => Ok(()),
+            // The server sent no close or flow this answers (a close-ok to the server's close
+            // is taken above, while the channel is closing).
+            channel::AMQPMethod::CloseOk(_)
+            | channel::AMQPMethod::FlowOk(_)
+            | channel::AMQPMethod::OpenOk(_) => {
+                Err(unimplemented_method(&AMQPClass::Channel(method.clone())))
+            }
             // RabbitMQ never stops deliveries at a client's request: `active=false` is 540,
             // which closes the connection (RabbitMQ 3.10 answers exactly this).
             channel::AMQPMethod::Flow(flow) if !flow.active => {
@@ -916,10 +950,7 @@ impl<S: AsyncRead + AsyncWrite + Send> Session<S> {
                 self.send(number, AMQPClass::Channel(channel::AMQPMethod::FlowOk(ok)));
                 Ok(())
             }
-            channel::AMQPMethod::Open(_) | channel::AMQPMethod::OpenOk(_) => Err(Hard::new(
-                504,
-                format!("CHANNEL_ERROR - second 'channel.open' seen on channel {number}"),
-            )),
+            channel::AMQPMethod::Open(_) => Err(second_open()),
         }
     }
 
@@ -1052,7 +1083,7 @@ impl<S: AsyncRead + AsyncWrite + Send> Session<S> {
                     engine.basic_recover(id, recover.requeue)
                 })
                 .map(drop),
-            _ => Err(not_implemented(class)),
+            _ => Err(unimplemented_method(class)),
         }
     }
 
@@ -1093,33 +1124,35 @@ impl<S: AsyncRead + AsyncWrite + Send> Session<S> {
     }
 
     fn open_channel(&mut self, number: u16) -> Result<(), Hard> {
-        if number > self.channel_max {
+        // RabbitMQ counts the channels open, whatever their numbers.
+        if self.channels.len() >= usize::from(self.channel_max) {
             return Err(Hard::new(
                 530,
                 format!(
-                    "NOT_ALLOWED - channel number {number} exceeds the negotiated channel_max {}",
+                    "NOT_ALLOWED - number of channels opened ({}) has reached the negotiated channel_max ({})",
+                    self.channels.len(),
                     self.channel_max
                 ),
             ));
         }
         if self.channels.contains_key(&number) {
-            return Err(Hard::new(
-                504,
-                format!("CHANNEL_ERROR - second 'channel.open' seen on channel {number}"),
-            ));
+            return Err(second_open());
         }
         let Some(connection) = self.connection else {
             return Err(Hard::new(541, "INTERNAL_ERROR - no connection"));
         };
+        let open = AMQPClass::Channel(channel::AMQPMethod::Open(channel::Open {}));
         let id = match self
             .broker
             .with_engine(|engine| engine.open_channel_numbered(connection, number))
         {
             Ok(id) => id,
             Err(Error::Invalid(text)) => {
-                return Err(Hard::new(530, format!("NOT_ALLOWED - {text}")));
+                return Err(Hard::new(530, format!("NOT_ALLOWED - {text}")).during(&open));
             }
-            Err(other) => return Err(Hard::new(541, format!("INTERNAL_ERROR - {other}"))),
+            Err(other) => {
+                return Err(Hard::new(541, format!("INTERNAL_ERROR - {other}")).during(&open));
+            }
         };
         self.channels.insert(
             number,
@@ -1630,33 +1663,35 @@ fn negotiated(field: &str, min: u32, server: u32, client: u32) -> Option<Hard> {
 
 /// A connection method out of place in `state` (RabbitMQ's connection states: starting,
 /// tuning, opening, running): 504, as rabbit_reader:handle_method0 answers it.
-fn unexpected(method: &connection::AMQPMethod, state: &str) -> Hard {
-    let class = AMQPClass::Connection(method.clone());
+/// RabbitMQ's reader takes any method on channel 0 for a connection method, and answers one
+/// out of place with this (rabbit_reader:handle_method0).
+fn unexpected(class: &AMQPClass, state: &str) -> Hard {
     Hard::new(
         504,
         format!("CHANNEL_ERROR - unexpected method in connection state {state}"),
     )
-    .during(&class)
-}
-
-fn not_implemented(class: &AMQPClass) -> Hard {
-    Hard::new(
-        540,
-        format!(
-            "NOT_IMPLEMENTED - method {} is not implemented by broker-mem",
-            method_name(class)
-        ),
-    )
     .during(class)
 }
 
-/// `class_id.method_id`, enough to look it up in the spec.
-fn method_name(class: &AMQPClass) -> String {
-    format!(
-        "{}.{}",
-        class.get_amqp_class_id(),
-        class.get_amqp_method_id()
-    )
+/// RabbitMQ's channel answers a method only a server sends (an `-ok`, a delivery) with this.
+fn unimplemented_method(class: &AMQPClass) -> Hard {
+    Hard::new(503, "COMMAND_INVALID - unimplemented method").during(class)
+}
+
+fn second_open() -> Hard {
+    let class = AMQPClass::Channel(channel::AMQPMethod::Open(channel::Open {}));
+    Hard::new(504, "CHANNEL_ERROR - second 'channel.open' seen").during(&class)
+}
+
+/// A frame's [`Snippet`], from the frame as parsed (written out again: a well-formed frame
+/// writes back to its own bytes).
+fn snippet_of(frame: &AMQPFrame) -> Snippet {
+    let mut bytes = Vec::new();
+    put_frame(&mut bytes, frame);
+    let payload = bytes
+        .get(FRAME_OVERHEAD_BYTES - 1..bytes.len().saturating_sub(1))
+        .unwrap_or_default();
+    Snippet::of(bytes.first().copied().unwrap_or_default(), payload)
 }
 
 fn start() -> connection::Start {
