@@ -2100,7 +2100,7 @@ impl Engine {
         }
         let priority = match options.arguments.get("x-priority") {
             None => 0,
-            Some(FieldValue::I64(priority)) => *priority,
+            Some(value) if value.as_integer().is_some() => value.as_integer().unwrap_or(0),
             Some(other) => {
                 return Err(Fault::channel(
                     ReplyCode::PreconditionFailed,

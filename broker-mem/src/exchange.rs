@@ -334,10 +334,13 @@ pub(crate) fn check_x_match(arguments: &FieldTable) -> Result<(), Fault> {
 fn describe(value: &FieldValue) -> String {
     match value {
         FieldValue::Bool(v) => v.to_string(),
-        FieldValue::I64(v) => v.to_string(),
+        FieldValue::F32(v) => v.to_string(),
         FieldValue::F64(v) => v.to_string(),
         FieldValue::Timestamp(v) => v.to_string(),
-        other => format!("{other:?}"),
+        other => match other.as_integer() {
+            Some(v) => v.to_string(),
+            None => format!("{other:?}"),
+        },
     }
 }
 
@@ -356,7 +359,7 @@ pub(crate) fn headers_match(arguments: &FieldTable, headers: &FieldTable) -> boo
     let matched = |(key, wanted): (&String, &FieldValue)| match headers.get(key) {
         None => false,
         Some(_) if *wanted == FieldValue::Void => true,
-        Some(value) => value == wanted,
+        Some(value) => value.matches(wanted),
     };
     match mode {
         XMatch::Any | XMatch::AnyWithX => relevant.any(matched),

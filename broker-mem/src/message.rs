@@ -13,21 +13,48 @@ use smol_str::SmolStr;
 /// same way every run.
 pub type FieldTable = BTreeMap<String, FieldValue>;
 
-/// A value in a [`FieldTable`]. AMQP's many integer and float widths are folded into `I64` and
-/// `F64`, which hold every one of them exactly.
+/// A value in a [`FieldTable`], one variant per AMQP field type (RabbitMQ's dialect of 0-9-1),
+/// so that a value crosses the broker with the type its publisher gave it, as in RabbitMQ.
+/// In-process code mostly needs `I64`, `F64`, `String` and `Bool`.
+///
+/// Equality (`==`) is exact, type included. Where RabbitMQ looks past the type (headers-exchange
+/// matching, redeclared arguments), the broker does too.
 #[derive(Debug, Clone, PartialEq)]
 pub enum FieldValue {
     /// `V`: no value.
     Void,
     /// `t`.
     Bool(bool),
-    /// `b`, `B`, `s`, `u`, `I`, `i`, `l`.
+    /// `b` (RabbitMQ: `byte`).
+    I8(i8),
+    /// `B` (`unsignedbyte`).
+    U8(u8),
+    /// `s` (`short`).
+    I16(i16),
+    /// `u` (`unsignedshort`).
+    U16(u16),
+    /// `I` (`signedint`).
+    I32(i32),
+    /// `i` (`unsignedint`).
+    U32(u32),
+    /// `l` (`long`).
     I64(i64),
-    /// `f`, `d`.
+    /// `f` (`float`).
+    F32(f32),
+    /// `d` (`double`).
     F64(f64),
-    /// `S`: a long string that is valid UTF-8.
+    /// `D` (`decimal`): `value` / 10^`scale`.
+    Decimal {
+        /// Digits after the point.
+        scale: u8,
+        /// The unscaled value.
+        value: u32,
+    },
+    /// `S` (`longstr`) that is valid UTF-8.
     String(String),
-    /// `x`: a byte array (or a long string that is not UTF-8).
+    /// `S` whose bytes are not UTF-8.
+    StringBytes(Bytes),
+    /// `x` (`binary`): a byte array.
     Bytes(Bytes),
     /// `T`: seconds since the Unix epoch.
     Timestamp(u64),
@@ -43,15 +70,108 @@ impl FieldValue {
         match self {
             FieldValue::Void => "void",
             FieldValue::Bool(_) => "bool",
-            FieldValue::I64(_) => "signedint",
+            FieldValue::I8(_) => "byte",
+            FieldValue::U8(_) => "unsignedbyte",
+            FieldValue::I16(_) => "short",
+            FieldValue::U16(_) => "unsignedshort",
+            FieldValue::I32(_) => "signedint",
+            FieldValue::U32(_) => "unsignedint",
+            FieldValue::I64(_) => "long",
+            FieldValue::F32(_) => "float",
             FieldValue::F64(_) => "double",
-            FieldValue::String(_) => "longstr",
+            FieldValue::Decimal { .. } => "decimal",
+            FieldValue::String(_) | FieldValue::StringBytes(_) => "longstr",
             FieldValue::Bytes(_) => "binary",
             FieldValue::Timestamp(_) => "timestamp",
             FieldValue::Array(_) => "array",
             FieldValue::Table(_) => "table",
         }
     }
+
+    /// The value of any integer type (RabbitMQ takes each of them where it wants an integer).
+    pub fn as_integer(&self) -> Option<i64> {
+        match *self {
+            FieldValue::I8(v) => Some(i64::from(v)),
+            FieldValue::U8(v) => Some(i64::from(v)),
+            FieldValue::I16(v) => Some(i64::from(v)),
+            FieldValue::U16(v) => Some(i64::from(v)),
+            FieldValue::I32(v) => Some(i64::from(v)),
+            FieldValue::U32(v) => Some(i64::from(v)),
+            FieldValue::I64(v) => Some(v),
+            _ => None,
+        }
+    }
+
+    /// Equal as RabbitMQ compares a header with a headers binding's argument: by value, with
+    /// Erlang's `==`, whatever the field types. Integers of every width, floats, doubles and
+    /// timestamps are numbers, equal when their values are (`1 == 1.0`); long strings and byte
+    /// arrays are binaries, equal when their bytes are; a decimal equals only the same decimal;
+    /// inside arrays and tables types must match too (RabbitMQ keeps them there).
+    pub(crate) fn matches(&self, other: &FieldValue) -> bool {
+        fn number(value: &FieldValue) -> Option<Number> {
+            match *value {
+                FieldValue::F32(v) => Some(Number::Float(f64::from(v))),
+                FieldValue::F64(v) => Some(Number::Float(v)),
+                FieldValue::Timestamp(v) => Some(Number::Int(i128::from(v))),
+                ref other => other.as_integer().map(|v| Number::Int(i128::from(v))),
+            }
+        }
+        fn binary(value: &FieldValue) -> Option<&[u8]> {
+            match value {
+                FieldValue::String(v) => Some(v.as_bytes()),
+                FieldValue::StringBytes(v) | FieldValue::Bytes(v) => Some(&v[..]),
+                _ => None,
+            }
+        }
+        if let (Some(a), Some(b)) = (number(self), number(other)) {
+            return match (a, b) {
+                (Number::Int(a), Number::Int(b)) => a == b,
+                (Number::Int(i), Number::Float(f)) | (Number::Float(f), Number::Int(i)) => {
+                    i as f64 == f
+                }
+                (Number::Float(a), Number::Float(b)) => a == b,
+            };
+        }
+        if let (Some(a), Some(b)) = (binary(self), binary(other)) {
+            return a == b;
+        }
+        self == other
+    }
+
+    /// Equal as RabbitMQ compares a redeclared queue's argument with the queue's
+    /// (`rabbit_misc:type_class`, then Erlang's `==`): of the same class (every integer type is
+    /// `int`, `float` and `double` are `float`, each other type its own) and equal in value.
+    pub(crate) fn equivalent(&self, other: &FieldValue) -> bool {
+        fn text(value: &FieldValue) -> Option<&[u8]> {
+            match value {
+                FieldValue::String(v) => Some(v.as_bytes()),
+                FieldValue::StringBytes(v) => Some(&v[..]),
+                _ => None,
+            }
+        }
+        let float = |value: &FieldValue| match *value {
+            FieldValue::F32(v) => Some(f64::from(v)),
+            FieldValue::F64(v) => Some(v),
+            _ => None,
+        };
+        if let (Some(a), Some(b)) = (self.as_integer(), other.as_integer()) {
+            return a == b;
+        }
+        if let (Some(a), Some(b)) = (float(self), float(other)) {
+            return a == b;
+        }
+        if let (Some(a), Some(b)) = (text(self), text(other)) {
+            return a == b;
+        }
+        self == other
+    }
+}
+
+/// A number as Erlang compares it.
+#[derive(Clone, Copy)]
+enum Number {
+    Int(i128),
+    Float(f64),
 }
 
 /// AMQP basic properties, all optional as on the wire.
@@ -403,10 +523,10 @@ pub(crate) fn add_death(
         Some(position) => {
             let mut entry = deaths.remove(position);
             if let FieldValue::Table(table) = &mut entry {
-                let count = match table.get("count") {
-                    Some(FieldValue::I64(n)) => *n,
-                    _ => 0,
-                };
+                let count = table
+                    .get("count")
+                    .and_then(FieldValue::as_integer)
+                    .unwrap_or(0);
                 table.insert("count".into(), FieldValue::I64(count + 1));
             }
             entry

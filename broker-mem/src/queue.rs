@@ -242,7 +242,7 @@ impl QueueArguments {
         let integer = |arg: &str| -> Result<Option<i64>, Fault> {
             match get(arg) {
                 None => Ok(None),
-                Some(FieldValue::I64(v)) => Ok(Some(*v)),
+                Some(value) if value.as_integer().is_some() => Ok(value.as_integer()),
                 Some(other) => Err(invalid(
                     arg,
                     &format!("\"expected integer, got {}\"", other.type_name()),
@@ -343,10 +343,9 @@ impl QueueArguments {
             &|_| "invalid_queue_locator_arg".to_owned(),
         )?;
         // Quorum queues take any value and act on a non-negative integer only.
-        let delivery_limit = match get("x-delivery-limit") {
-            Some(FieldValue::I64(v)) if *v >= 0 => Some(v.unsigned_abs()),
-            _ => None,
-        };
+        let delivery_limit = get("x-delivery-limit")
+            .and_then(FieldValue::as_integer)
+            .and_then(|v| u64::try_from(v).ok());
 
         let type_name = match queue_type {
             QueueType::Classic => "rabbit_classic_queue",
@@ -548,9 +547,11 @@ impl Queue {
             let classic = |value: Option<&FieldValue>| {
                 value.is_none_or(|v| matches!(v, FieldValue::String(t) if t == "classic"))
             };
-            if received == current
-                || (arg == "x-queue-type" && classic(received) && classic(current))
-            {
+            let same = match (received, current) {
+                (Some(r), Some(c)) => r.equivalent(c),
+                (r, c) => r == c,
+            };
+            if same || (arg == "x-queue-type" && classic(received) && classic(current)) {
                 continue;
             }
             let (received, current) = describe_values(received, current);
@@ -980,16 +981,17 @@ fn describe_values(
 ) -> (String, String) {
     let bare = |value: &FieldValue| match value {
         FieldValue::String(v) => v.clone(),
-        FieldValue::I64(v) => v.to_string(),
         FieldValue::Bool(v) => v.to_string(),
-        other => format!("{other:?}"),
+        FieldValue::F32(v) => v.to_string(),
+        FieldValue::F64(v) => v.to_string(),
+        other => match other.as_integer() {
+            Some(v) => v.to_string(),
+            None => format!("{other:?}"),
+        },
     };
     let typed = |value: Option<&FieldValue>| match value {
         None => "none".to_owned(),
-        Some(v @ FieldValue::String(_)) => format!("the value '{}' of type 'longstr'", bare(v)),
-        Some(v @ FieldValue::I64(_)) => format!("the value '{}' of type 'long'", bare(v)),
-        Some(v @ FieldValue::Bool(_)) => format!("the value '{}' of type 'bool'", bare(v)),
-        Some(v) => format!("the value '{}'", bare(v)),
+        Some(v) => format!("the value '{}' of type '{}'", bare(v), v.type_name()),
     };
     match (received, current) {
         (Some(r), Some(c)) => (format!("'{}'", bare(r)), format!("'{}'", bare(c))),

@@ -95,6 +95,8 @@ contract!(
     closing_a_connection_requeues,
     deleting_a_queue_cancels_its_consumers,
     properties_and_headers_arrive_intact,
+    header_values_keep_their_amqp_types,
+    headers_match_by_value_and_arguments_by_type_class,
     dead_letter_cycles_without_a_rejection_are_dropped,
     reject_publish_dlx_nacks_and_dead_letters,
     a_requeued_message_keeps_its_expiry,
@@ -1723,6 +1725,138 @@ async fn properties_and_headers_arrive_intact(b: &mut impl Amqp) {
     let msg = b.next(sub).await.msg();
     assert_eq!(msg.properties, properties);
     assert_eq!(msg.body, b"{}");
+}
+
+/// Every AMQP field type arrives as it was sent: RabbitMQ passes a table through, and a
+/// consumer that checks a header's wire type (a Java client's `Integer` against `Long`, a Go
+/// type switch) must see the publisher's.
+async fn header_values_keep_their_amqp_types(b: &mut impl Amqp) {
+    let c = b.connection().await;
+    let ch = b.channel(c).await;
+    b.queue(ch, "q").await;
+    let headers = table(&[
+        ("b", FieldValue::I8(-5)),
+        ("B", FieldValue::U8(200)),
+        ("s", FieldValue::I16(-300)),
+        ("u", FieldValue::U16(60_000)),
+        ("I", FieldValue::I32(-70_000)),
+        ("i", FieldValue::U32(4_000_000_000)),
+        ("l", FieldValue::I64(-5_000_000_000)),
+        ("f", FieldValue::F32(1.5)),
+        ("d", FieldValue::F64(2.25)),
+        (
+            "D",
+            FieldValue::Decimal {
+                scale: 2,
+                value: 12_345,
+            },
+        ),
+        ("S", s("text")),
+        (
+            "S-not-utf8",
+            FieldValue::StringBytes(vec![0xFF, 0xFE].into()),
+        ),
+        ("x", FieldValue::Bytes(vec![1, 2].into())),
+        ("T", FieldValue::Timestamp(1_700_000_000)),
+        ("V", FieldValue::Void),
+        ("t", FieldValue::Bool(true)),
+        (
+            "A",
+            FieldValue::Array(vec![
+                FieldValue::I32(7),
+                FieldValue::I16(8),
+                FieldValue::F32(0.5),
+            ]),
+        ),
+        ("F", FieldValue::Table(table(&[("n", FieldValue::U8(1))]))),
+    ]);
+    let properties = Properties {
+        headers: Some(headers),
+        ..Properties::default()
+    };
+    b.publish(ch, "", "q", false, properties.clone(), "m")
+        .await
+        .unwrap();
+    let sub = b.consume(ch, "q", "c", true, false).await.unwrap();
+    assert_eq!(b.next(sub).await.msg().properties, properties);
+}
+
+/// RabbitMQ (3.10) matches a header against a binding's argument by value, whatever their
+/// field types (Erlang's `==`: an integer of any width, a float, a double and a timestamp
+/// equal the same number; a long string and a byte array the same bytes; a decimal only a
+/// decimal); and it compares a redeclared argument by type class and value.
+async fn headers_match_by_value_and_arguments_by_type_class(b: &mut impl Amqp) {
+    let c = b.connection().await;
+    let ch = b.channel(c).await;
+    b.exchange(ch, "h", "headers").await;
+    for queue in ["ints", "floats", "texts"] {
+        b.queue(ch, queue).await;
+    }
+    let bindings = [
+        ("ints", ("n", i(1))),
+        ("floats", ("r", FieldValue::F64(1.5))),
+        ("texts", ("t", s("a"))),
+    ];
+    for (queue, argument) in bindings {
+        b.queue_bind(ch, queue, "h", "", table(&[argument]))
+            .await
+            .unwrap();
+    }
+    let cases = [
+        ("byte", ("n", FieldValue::I8(1))),
+        ("unsignedint", ("n", FieldValue::U32(1))),
+        ("double-one", ("n", FieldValue::F64(1.0))),
+        (
+            "decimal-one",
+            ("n", FieldValue::Decimal { scale: 0, value: 1 }),
+        ),
+        ("timestamp-one", ("n", FieldValue::Timestamp(1))),
+        ("text-one", ("n", s("1"))),
+        ("float", ("r", FieldValue::F32(1.5))),
+        ("long-two", ("r", i(2))),
+        ("binary", ("t", FieldValue::Bytes(b"a".to_vec().into()))),
+        ("array", ("t", FieldValue::Array(vec![s("a")]))),
+    ];
+    for (body, header) in cases {
+        let properties = Properties {
+            headers: Some(table(&[header])),
+            ..Properties::default()
+        };
+        let published = b
+            .publish(ch, "h", "", false, properties, body)
+            .await
+            .unwrap();
+        assert!(published.acked);
+    }
+    let got = [
+        b.drain(ch, "ints").await,
+        b.drain(ch, "floats").await,
+        b.drain(ch, "texts").await,
+    ];
+    assert_eq!(
+        got,
+        [
+            vec!["byte", "unsignedint", "double-one", "timestamp-one"],
+            vec!["float"],
+            vec!["binary"],
+        ]
+    );
+
+    let ttl = |value| table(&[("x-message-ttl", value)]);
+    b.queue_declare(ch, "t", QFlags::default(), ttl(FieldValue::I16(1000)))
+        .await
+        .unwrap();
+    b.queue_declare(ch, "t", QFlags::default(), ttl(i(1000)))
+        .await
+        .unwrap();
+    let error = b
+        .queue_declare(ch, "t", QFlags::default(), FieldTable::new())
+        .await
+        .unwrap_err();
+    assert_eq!(
+        norm(&error.text),
+        "PRECONDITION_FAILED - inequivalent arg 'x-message-ttl' for queue 't' in vhost '/': received none but current is the value '1000' of type 'short'"
+    );
 }
 
 async fn single_active_consumer_takes_everything_until_it_goes(b: &mut impl Amqp) {

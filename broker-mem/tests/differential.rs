@@ -9,7 +9,8 @@
 //! Only operations whose outcome RabbitMQ fixes are used: declares (queues of several kinds,
 //! some conflicting, exclusive or auto-delete; direct, fanout, topic and headers exchanges,
 //! some with an alternate), queue and exchange bindings (some with headers arguments),
-//! publishes with confirms (some mandatory, with priorities, headers and `CC`, some asking
+//! publishes with confirms (some mandatory, with priorities, headers of several AMQP types
+//! and `CC`, some asking
 //! for a direct reply), direct replies, `basic.get`, `basic.qos` (per consumer and per
 //! channel), consumers (some exclusive, some no-ack, some on direct reply-to's pseudo-queue)
 //! and taking what they were delivered, cancels, acks, nacks, `basic.recover`, transactions,
@@ -124,23 +125,36 @@ fn binding_arguments(kind: usize) -> FieldTable {
         0 => FieldTable::new(),
         1 => table(&[("x-match", s("all")), ("kind", s("a"))]),
         2 => table(&[("x-match", s("any")), ("kind", s("b")), ("region", s("eu"))]),
+        // Values of one type that headers of other types match by value (or do not).
+        3 => table(&[
+            ("x-match", s("any")),
+            ("n", FieldValue::I64(1)),
+            ("t", s("a")),
+        ]),
         _ => table(&[("x-match", s("bogus"))]),
     }
 }
-const BINDING_KINDS: usize = 4;
+const BINDING_KINDS: usize = 5;
 
-/// Message headers: none, one a binding matches, and one that adds `CC` routing keys.
+/// Message headers: none, one a binding matches, one that adds `CC` routing keys, and two
+/// whose values are of other AMQP types than the bindings' (RabbitMQ compares by value).
 fn message_headers(kind: usize) -> Option<FieldTable> {
     match kind {
         0 => None,
         1 => Some(table(&[("kind", s("a"))])),
-        _ => Some(table(&[
+        2 => Some(table(&[
             ("kind", s("b")),
             ("CC", FieldValue::Array(vec![s("q1"), s("k1")])),
         ])),
+        3 => Some(table(&[("n", FieldValue::F64(1.0)), ("kind", s("a"))])),
+        _ => Some(table(&[
+            ("n", FieldValue::Decimal { scale: 0, value: 1 }),
+            ("t", FieldValue::Bytes(b"a".to_vec().into())),
+            ("region", FieldValue::Bytes(b"eu".to_vec().into())),
+        ])),
     }
 }
-const HEADER_KINDS: usize = 3;
+const HEADER_KINDS: usize = 5;
 
 #[derive(Debug, Clone)]
 enum Op {

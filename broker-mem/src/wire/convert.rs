@@ -1,13 +1,16 @@
 //! AMQP basic properties and field tables, between amq-protocol's types and broker-mem's.
 //!
-//! broker-mem carries properties intact; the only loss is AMQP's many numeric widths, which
-//! broker-mem folds into i64 / f64 (and decimals into f64), and the deprecated `cluster-id`.
+//! broker-mem carries properties intact, each header value with its AMQP type; what is lost is
+//! the order of a table's keys (amq-protocol's tables are sorted maps) and the deprecated
+//! `cluster-id`.
 //!
 //! Public (with the `wire` feature) so that AMQP clients built on amq-protocol, such as the
 //! contract tests' lapin half, convert exactly as the wire server does.
 
 use amq_protocol::protocol::BasicProperties;
-use amq_protocol::types::{AMQPValue, FieldArray, FieldTable as AmqpTable, ShortString};
+use amq_protocol::types::{
+    AMQPValue, DecimalValue, FieldArray, FieldTable as AmqpTable, ShortString,
+};
 
 use crate::message::{FieldTable, FieldValue, Properties};
 use crate::wire::codec::short;
@@ -94,22 +97,24 @@ pub fn table_in(table: &AmqpTable) -> FieldTable {
 fn value_in(value: &AMQPValue) -> FieldValue {
     match value {
         AMQPValue::Boolean(v) => FieldValue::Bool(*v),
-        AMQPValue::ShortShortInt(v) => FieldValue::I64(i64::from(*v)),
-        AMQPValue::ShortShortUInt(v) => FieldValue::I64(i64::from(*v)),
-        AMQPValue::ShortInt(v) => FieldValue::I64(i64::from(*v)),
-        AMQPValue::ShortUInt(v) => FieldValue::I64(i64::from(*v)),
-        AMQPValue::LongInt(v) => FieldValue::I64(i64::from(*v)),
-        AMQPValue::LongUInt(v) => FieldValue::I64(i64::from(*v)),
+        AMQPValue::ShortShortInt(v) => FieldValue::I8(*v),
+        AMQPValue::ShortShortUInt(v) => FieldValue::U8(*v),
+        AMQPValue::ShortInt(v) => FieldValue::I16(*v),
+        AMQPValue::ShortUInt(v) => FieldValue::U16(*v),
+        AMQPValue::LongInt(v) => FieldValue::I32(*v),
+        AMQPValue::LongUInt(v) => FieldValue::U32(*v),
         AMQPValue::LongLongInt(v) => FieldValue::I64(*v),
-        AMQPValue::Float(v) => FieldValue::F64(f64::from(*v)),
+        AMQPValue::Float(v) => FieldValue::F32(*v),
         AMQPValue::Double(v) => FieldValue::F64(*v),
-        AMQPValue::DecimalValue(d) => {
-            FieldValue::F64(f64::from(d.value) / 10f64.powi(i32::from(d.scale)))
-        }
+        AMQPValue::DecimalValue(d) => FieldValue::Decimal {
+            scale: d.scale,
+            value: d.value,
+        },
+        // Not in RabbitMQ's dialect of field tables; amq-protocol never reads one.
         AMQPValue::ShortString(v) => FieldValue::String(v.as_str().to_owned()),
         AMQPValue::LongString(v) => match std::str::from_utf8(v.as_bytes()) {
             Ok(text) => FieldValue::String(text.to_owned()),
-            Err(_) => FieldValue::Bytes(bytes::Bytes::copy_from_slice(v.as_bytes())),
+            Err(_) => FieldValue::StringBytes(bytes::Bytes::copy_from_slice(v.as_bytes())),
         },
         AMQPValue::FieldArray(items) => {
             FieldValue::Array(items.as_slice().iter().map(value_in).collect())
@@ -134,9 +139,21 @@ fn value_out(value: &FieldValue) -> AMQPValue {
     match value {
         FieldValue::Void => AMQPValue::Void,
         FieldValue::Bool(v) => AMQPValue::Boolean(*v),
+        FieldValue::I8(v) => AMQPValue::ShortShortInt(*v),
+        FieldValue::U8(v) => AMQPValue::ShortShortUInt(*v),
+        FieldValue::I16(v) => AMQPValue::ShortInt(*v),
+        FieldValue::U16(v) => AMQPValue::ShortUInt(*v),
+        FieldValue::I32(v) => AMQPValue::LongInt(*v),
+        FieldValue::U32(v) => AMQPValue::LongUInt(*v),
         FieldValue::I64(v) => AMQPValue::LongLongInt(*v),
+        FieldValue::F32(v) => AMQPValue::Float(*v),
         FieldValue::F64(v) => AMQPValue::Double(*v),
+        FieldValue::Decimal { scale, value } => AMQPValue::DecimalValue(DecimalValue {
+            scale: *scale,
+            value: *value,
+        }),
         FieldValue::String(v) => AMQPValue::LongString(v.as_str().into()),
+        FieldValue::StringBytes(v) => AMQPValue::LongString(v.to_vec().into()),
         FieldValue::Bytes(v) => AMQPValue::ByteArray(v.to_vec().into()),
         FieldValue::Timestamp(v) => AMQPValue::Timestamp(*v),
         FieldValue::Array(items) => AMQPValue::FieldArray(FieldArray::from(
