@@ -354,20 +354,30 @@ async fn headers_exchange_matches_all_or_any(b: &mut impl Amqp) {
         ("flag", table(&[("flag", s("x")), ("n", i(2))])),
         ("none", table(&[])),
     ];
+    publish_with_headers(b, ch, "h", cases).await;
+    assert_eq!(b.drain(ch, "all").await, ["both"]);
+    assert_eq!(b.drain(ch, "any").await, ["both", "kind"]);
+    assert_eq!(b.drain(ch, "present").await, ["flag"]);
+}
+
+/// Publishes each body with its headers to `exchange`, each confirmed.
+async fn publish_with_headers<'a>(
+    b: &mut impl Amqp,
+    ch: harness::Ch,
+    exchange: &str,
+    cases: impl IntoIterator<Item = (&'a str, FieldTable)>,
+) {
     for (body, headers) in cases {
         let properties = Properties {
             headers: Some(headers),
             ..Properties::default()
         };
         let published = b
-            .publish(ch, "h", "", false, properties, body)
+            .publish(ch, exchange, "", false, properties, body)
             .await
             .unwrap();
         assert!(published.acked);
     }
-    assert_eq!(b.drain(ch, "all").await, ["both"]);
-    assert_eq!(b.drain(ch, "any").await, ["both", "kind"]);
-    assert_eq!(b.drain(ch, "present").await, ["flag"]);
 }
 
 async fn exchange_to_exchange_bindings_route_once_per_queue(b: &mut impl Amqp) {
@@ -1817,17 +1827,8 @@ async fn headers_match_by_value_and_arguments_by_type_class(b: &mut impl Amqp) {
         ("binary", ("t", FieldValue::Bytes(b"a".to_vec().into()))),
         ("array", ("t", FieldValue::Array(vec![s("a")]))),
     ];
-    for (body, header) in cases {
-        let properties = Properties {
-            headers: Some(table(&[header])),
-            ..Properties::default()
-        };
-        let published = b
-            .publish(ch, "h", "", false, properties, body)
-            .await
-            .unwrap();
-        assert!(published.acked);
-    }
+    let cases = cases.map(|(body, header)| (body, table(&[header])));
+    publish_with_headers(b, ch, "h", cases).await;
     let got = [
         b.drain(ch, "ints").await,
         b.drain(ch, "floats").await,
@@ -2151,17 +2152,7 @@ async fn headers_exchange_with_x_matches_x_headers_too(b: &mut impl Amqp) {
         ),
         ("tenant", table(&[("x-tenant", s("acme"))])),
     ];
-    for (body, headers) in cases {
-        let properties = Properties {
-            headers: Some(headers),
-            ..Properties::default()
-        };
-        let published = b
-            .publish(ch, "h", "", false, properties, body)
-            .await
-            .unwrap();
-        assert!(published.acked);
-    }
+    publish_with_headers(b, ch, "h", cases).await;
     // Plain `all` ignores arguments starting with `x-`; the `-with-x` forms match them too.
     assert_eq!(b.drain(ch, "all").await, ["both", "kind"]);
     assert_eq!(b.drain(ch, "all-with-x").await, ["both"]);
