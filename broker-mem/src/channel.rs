@@ -37,7 +37,7 @@ impl fmt::Display for ChannelId {
 
 #[derive(Debug)]
 pub(crate) struct ChannelState {
-    /// AMQP channel number, 1..=channel_max, unique among the connection's channels.
+    /// AMQP channel number (not 0), unique among the connection's channels.
     pub number: u16,
     /// Set when an error closed the channel; the record (and its number) is kept until the
     /// client releases the channel, so later calls can say why.

@@ -435,7 +435,8 @@ impl Engine {
     }
 
     /// Opens a channel under the number the client chose (over the wire, the number in the
-    /// frames; the wire server checks it against the negotiated `channel_max`), so replies
+    /// frames; the wire server counts the channels open against the negotiated
+    /// `channel_max`, as RabbitMQ does, whatever their numbers), so replies
     /// that name the channel, such as the consumer timeout's, name the client's number.
     /// Channel 0, a number already open on the connection, or a channel past
     /// `channels_per_connection_max` open at once is [`Error::Invalid`].
@@ -1261,7 +1262,7 @@ impl Engine {
         }
         check_not_reserved("exchange", name)?;
         if let Some(value) = arguments.get("alternate-exchange")
-            && !matches!(value, FieldValue::String(_))
+            && value.as_longstr().is_none()
         {
             let owner = format!("exchange '{name}'");
             return Err(Fault::exchange_arg_type(

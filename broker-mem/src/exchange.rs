@@ -1,9 +1,11 @@
 //! Exchanges: where publishers send messages. An exchange owns its bindings and decides, from a
 //! routing key and headers, which queues and exchanges a message goes on to.
 
+use std::borrow::Cow;
+
 use crate::binding::{Bindings, Destination};
 use crate::error::{Fault, ReplyCode};
-use crate::message::{FieldTable, FieldValue};
+use crate::message::{FieldTable, FieldValue, erlang_float};
 
 /// The exchange types broker-mem implements.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -115,7 +117,7 @@ impl Exchange {
     /// as RabbitMQ does).
     pub(crate) fn alternate_from(arguments: &FieldTable) -> Option<String> {
         match arguments.get(ARG_ALTERNATE_EXCHANGE) {
-            Some(FieldValue::String(name)) => Some(name.clone()),
+            Some(name) => name.as_longstr().map(Cow::into_owned),
             _ => None,
         }
     }
@@ -299,14 +301,13 @@ impl XMatch {
     fn of(arguments: &FieldTable) -> Option<XMatch> {
         match arguments.get("x-match") {
             None => Some(XMatch::All),
-            Some(FieldValue::String(mode)) => match mode.as_str() {
-                "all" => Some(XMatch::All),
-                "any" => Some(XMatch::Any),
-                "all-with-x" => Some(XMatch::AllWithX),
-                "any-with-x" => Some(XMatch::AnyWithX),
+            Some(mode) => match mode.as_longstr().as_deref() {
+                Some("all") => Some(XMatch::All),
+                Some("any") => Some(XMatch::Any),
+                Some("all-with-x") => Some(XMatch::AllWithX),
+                Some("any-with-x") => Some(XMatch::AnyWithX),
                 _ => None,
             },
-            Some(_) => None,
         }
     }
 }
@@ -317,7 +318,7 @@ pub(crate) fn check_x_match(arguments: &FieldTable) -> Result<(), Fault> {
         return Ok(());
     }
     let text = match arguments.get("x-match") {
-        Some(FieldValue::String(mode)) => format!(
+        Some(mode) if let Some(mode) = mode.as_longstr() => format!(
             "Invalid x-match field value <<\"{mode}\">>; expected all, any, all-with-x, or \
              any-with-x"
         ),
@@ -334,8 +335,8 @@ pub(crate) fn check_x_match(arguments: &FieldTable) -> Result<(), Fault> {
 fn describe(value: &FieldValue) -> String {
     match value {
         FieldValue::Bool(v) => v.to_string(),
-        FieldValue::F32(v) => v.to_string(),
-        FieldValue::F64(v) => v.to_string(),
+        FieldValue::F32(v) => erlang_float(f64::from(*v)),
+        FieldValue::F64(v) => erlang_float(*v),
         FieldValue::Timestamp(v) => v.to_string(),
         other => match other.as_integer() {
             Some(v) => v.to_string(),

@@ -88,6 +88,16 @@ impl FieldValue {
         }
     }
 
+    /// The text of a long string (`S`), whether or not it is UTF-8 (a `StringBytes` is read
+    /// lossily): RabbitMQ takes either where it wants a string.
+    pub fn as_longstr(&self) -> Option<std::borrow::Cow<'_, str>> {
+        match self {
+            FieldValue::String(v) => Some(std::borrow::Cow::Borrowed(v)),
+            FieldValue::StringBytes(v) => Some(String::from_utf8_lossy(v)),
+            _ => None,
+        }
+    }
+
     /// The value of any integer type (RabbitMQ takes each of them where it wants an integer).
     pub fn as_integer(&self) -> Option<i64> {
         match *self {
@@ -165,6 +175,26 @@ impl FieldValue {
         }
         self == other
     }
+}
+
+/// A float as Erlang prints it in RabbitMQ's texts: the shortest digits that read back, with
+/// a `.0` on a whole number, in exponent form below 0.0001 and from 10^16 (`1.0e20`).
+pub(crate) fn erlang_float(value: f64) -> String {
+    if !value.is_finite() {
+        return value.to_string();
+    }
+    let magnitude = value.abs();
+    if magnitude == 0.0 || (1e-4..1e16).contains(&magnitude) {
+        let mut text = value.to_string();
+        if !text.contains('.') {
+            text.push_str(".0");
+        }
+        return text;
+    }
+    let scientific = format!("{value:e}");
+    let (mantissa, exponent) = scientific.split_once('e').unwrap_or((&scientific, "0"));
+    let point = if mantissa.contains('.') { "" } else { ".0" };
+    format!("{mantissa}{point}e{exponent}")
 }
 
 /// A number as Erlang compares it.
@@ -527,7 +557,7 @@ pub(crate) fn add_death(
                     .get("count")
                     .and_then(FieldValue::as_integer)
                     .unwrap_or(0);
-                table.insert("count".into(), FieldValue::I64(count + 1));
+                table.insert("count".into(), FieldValue::I64(count.saturating_add(1)));
             }
             entry
         }
@@ -566,10 +596,10 @@ pub(crate) fn header_routes(headers: &FieldTable) -> Result<(Vec<SmolStr>, usize
         match headers.get(header) {
             None => {}
             Some(FieldValue::Array(items)) => {
-                keys.extend(items.iter().filter_map(|item| match item {
-                    FieldValue::String(key) => Some(SmolStr::from(key)),
-                    _ => None,
-                }));
+                keys.extend(
+                    (items.iter())
+                        .filter_map(|key| key.as_longstr().map(|key| SmolStr::from(key.as_ref()))),
+                );
             }
             Some(other) => {
                 return Err(format!(
@@ -610,7 +640,26 @@ pub(crate) fn is_cycle(properties: &Properties, queue: &str) -> bool {
 
 #[cfg(test)]
 mod tests {
-    use super::{FieldTable, Properties};
+    use super::{FieldTable, Properties, erlang_float};
+
+    /// As Erlang's `~p` prints each (an `f` header is a double there, so 0.1f32 shows all of
+    /// its digits).
+    #[test]
+    fn floats_print_as_erlang_prints_them() {
+        let cases = [
+            (1.0, "1.0"),
+            (1.5, "1.5"),
+            (-2.0, "-2.0"),
+            (0.0001, "0.0001"),
+            (f64::from(0.1f32), "0.10000000149011612"),
+            (1e20, "1.0e20"),
+            (1.5e-7, "1.5e-7"),
+            (0.0, "0.0"),
+        ];
+        for (value, text) in cases {
+            assert_eq!(erlang_float(value), text, "{value}");
+        }
+    }
 
     /// `is_empty` lists the fields by hand (for speed): every field must make it false.
     #[test]

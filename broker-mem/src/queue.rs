@@ -8,6 +8,7 @@
 //! sequence number, and puts the ones a closed channel returned ahead of the rest (RabbitMQ
 //! 3.10's order; see `Engine::finish`).
 
+use std::borrow::Cow;
 use std::collections::VecDeque;
 
 use smol_str::SmolStr;
@@ -17,7 +18,7 @@ use crate::connection::ConnectionId;
 use crate::error::{AmqpError, Fault, ReplyCode};
 use crate::exchange::bool_str;
 use crate::lookup::HandleMap;
-use crate::message::{EXPIRY_MS_MAX, FieldTable, FieldValue, Message, erlang_string};
+use crate::message::{EXPIRY_MS_MAX, FieldTable, FieldValue, Message, erlang_float, erlang_string};
 
 /// Flags of `queue.declare`.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -198,7 +199,7 @@ impl QueueArguments {
         };
         // Checked by RabbitMQ's channel before the queue's own checks, in its own words.
         if let Some(value) = arguments.get("x-dead-letter-exchange")
-            && !matches!(value, FieldValue::String(_))
+            && value.as_longstr().is_none()
         {
             let owner = format!("queue '{name}'");
             return Err(Fault::exchange_arg_type(
@@ -207,9 +208,9 @@ impl QueueArguments {
                 value,
             ));
         }
-        let queue_type = match arguments.get("x-queue-type") {
+        let queue_type = match arguments.get("x-queue-type").map(|v| (v, v.as_longstr())) {
             None => QueueType::Classic,
-            Some(FieldValue::String(kind)) => match kind.as_str() {
+            Some((_, Some(kind))) => match kind.as_ref() {
                 "classic" => QueueType::Classic,
                 "quorum" => QueueType::Quorum,
                 // RabbitMQ accepts streams; broker-mem does not implement them, and says so
@@ -225,7 +226,7 @@ impl QueueArguments {
                     return Err(invalid("x-queue-type", &why));
                 }
             },
-            Some(other) => return Err(unacceptable("x-queue-type", other)),
+            Some((other, None)) => return Err(unacceptable("x-queue-type", other)),
         };
         let foreign: &[&str] = match queue_type {
             QueueType::Classic => &QUORUM_ONLY,
@@ -263,15 +264,17 @@ impl QueueArguments {
                 v => Ok(v),
             }
         };
-        let text = |arg: &str| -> Result<Option<&str>, Fault> {
+        let text = |arg: &str| -> Result<Option<Cow<'_, str>>, Fault> {
             match get(arg) {
                 None => Ok(None),
-                Some(FieldValue::String(v)) => Ok(Some(v.as_str())),
-                Some(other) => Err(unacceptable(arg, other)),
+                Some(value) => match value.as_longstr() {
+                    Some(text) => Ok(Some(text)),
+                    None => Err(unacceptable(arg, value)),
+                },
             }
         };
         let one_of = |arg: &str, allowed: &[&str], why: &dyn Fn(&str) -> String| match text(arg)? {
-            Some(value) if !allowed.contains(&value) => Err(invalid(arg, &why(value))),
+            Some(value) if !allowed.contains(&value.as_ref()) => Err(invalid(arg, &why(&value))),
             value => Ok(value),
         };
 
@@ -281,8 +284,8 @@ impl QueueArguments {
             expires => expires,
         };
         let message_ttl_ms = expiry("x-message-ttl")?;
-        let dead_letter_exchange = text("x-dead-letter-exchange")?.map(str::to_owned);
-        let dead_letter_routing_key = text("x-dead-letter-routing-key")?.map(str::to_owned);
+        let dead_letter_exchange = text("x-dead-letter-exchange")?.map(Cow::into_owned);
+        let dead_letter_routing_key = text("x-dead-letter-routing-key")?.map(Cow::into_owned);
         if dead_letter_routing_key.is_some() && dead_letter_exchange.is_none() {
             return Err(invalid(
                 "x-dead-letter-routing-key",
@@ -308,7 +311,9 @@ impl QueueArguments {
             "x-overflow",
             &["drop-head", "reject-publish", "reject-publish-dlx"],
             &|_| "invalid_overflow".to_owned(),
-        )? {
+        )?
+        .as_deref()
+        {
             Some("reject-publish") => Overflow::RejectPublish,
             // A quorum queue accepts `reject-publish-dlx` and drops the head (RabbitMQ 3.10,
             // probed: the publishes are confirmed, the oldest dead-lettered as `maxlen`).
@@ -361,8 +366,10 @@ impl QueueArguments {
         // connection closes with 541 (a classic-only argument, so no quorum flags to check).
         match get("x-queue-master-locator") {
             None => {}
-            Some(FieldValue::String(v))
-                if ["min-masters", "client-local", "random"].contains(&v.as_str()) => {}
+            Some(v)
+                if v.as_longstr().is_some_and(|v| {
+                    ["min-masters", "client-local", "random"].contains(&v.as_ref())
+                }) => {}
             Some(_) => {
                 return Err(Fault::Connection(AmqpError::new(
                     ReplyCode::InternalError,
@@ -982,8 +989,8 @@ fn describe_values(
     let bare = |value: &FieldValue| match value {
         FieldValue::String(v) => v.clone(),
         FieldValue::Bool(v) => v.to_string(),
-        FieldValue::F32(v) => v.to_string(),
-        FieldValue::F64(v) => v.to_string(),
+        FieldValue::F32(v) => erlang_float(f64::from(*v)),
+        FieldValue::F64(v) => erlang_float(*v),
         other => match other.as_integer() {
             Some(v) => v.to_string(),
             None => format!("{other:?}"),

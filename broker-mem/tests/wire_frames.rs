@@ -275,8 +275,57 @@ fn cases(vhost: &str) -> Vec<(&'static str, Stage, Vec<u8>, Answer)> {
                 0,
             ),
         ),
+        (
+            "a channel.open on a channel already open, at the channel limit",
+            tuned(1),
+            [connection_open(vhost), channel_open(1), channel_open(1)].concat(),
+            closed(504, "CHANNEL_ERROR - second 'channel.open' seen", 20, 10),
+        ),
+        (
+            "any method on a channel not open, at the channel limit",
+            tuned(1),
+            [connection_open(vhost), channel_open(1), qos_on(5)].concat(),
+            closed(
+                530,
+                "NOT_ALLOWED - number of channels opened (1) has reached the negotiated channel_max (1)",
+                0,
+                0,
+            ),
+        ),
+        (
+            "a method on a channel before connection.open that would not decode",
+            tuned(2047),
+            frame(1, 1, &[0, 20]),
+            closed(
+                505,
+                "UNEXPECTED_FRAME - type 1, all octets = <<0,20>>",
+                0,
+                0,
+            ),
+        ),
+        (
+            "a frame of an unknown type on a channel before connection.open",
+            tuned(2047),
+            frame(9, 1, b"ab"),
+            closed(
+                505,
+                "UNEXPECTED_FRAME - type 9, all octets = <<\"ab\">>",
+                0,
+                0,
+            ),
+        ),
     ];
     let method_cases = vec![
+        (
+            "a channel.open while a publish waits for its content",
+            [publish(), channel_open(1)].concat(),
+            closed(505, expected_header, 60, 40),
+        ),
+        (
+            "a basic.qos with a prefetch size",
+            frame(1, 1, b"\x00\x3c\x00\x0a\x00\x00\x00\x01\x00\x01\x00"),
+            closed(540, "NOT_IMPLEMENTED - prefetch_size!=0 (1)", 60, 10),
+        ),
         (
             "a second channel.open",
             channel_open(1),

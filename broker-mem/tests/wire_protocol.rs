@@ -667,6 +667,32 @@ async fn a_peer_that_stops_reading_is_closed_after_the_send_timeout() {
     assert_eq!(broker.queue_depth("work"), Some(30), "all requeued");
 }
 
+/// The send timeout is for a peer that takes nothing: one that reads slowly but steadily is
+/// served however long its backlog takes (here 3 MiB at 64 KiB per 10 s, some eight minutes).
+#[tokio::test(start_paused = true)]
+async fn a_slow_reader_is_not_cut_off_by_the_send_timeout() {
+    let broker = broker_with_bodies((0..30).map(|_| Bytes::from(vec![7; 100_000])));
+    let server = WireServer::new(broker.clone(), WireConfig::default());
+    let mut raw = Raw::open(&server, "guest", 0).await;
+    raw.send(consume("c")).await;
+    let mut delivered = 0;
+    let mut chunk = vec![0; 64 * 1024];
+    while delivered < 30 {
+        tokio::time::sleep(Duration::from_secs(10)).await;
+        let n = raw.stream.read(&mut chunk).await.expect("read");
+        assert!(n > 0, "the server hung up on a slow reader");
+        raw.buffer.extend_from_slice(&chunk[..n]);
+        while let Ok((rest, frame)) = amq_protocol::frame::parse_frame(&raw.buffer[..]) {
+            let used = raw.buffer.len() - rest.len();
+            raw.buffer.drain(..used);
+            if let AMQPFrame::Method(_, AMQPClass::Basic(basic::AMQPMethod::Deliver(_))) = frame {
+                delivered += 1;
+            }
+        }
+    }
+    assert!(!raw.server.is_finished());
+}
+
 /// A delivery the engine made before the client's next method reaches the client before that
 /// method's answer: a consumer is never told `cancel-ok` ahead of a delivery made while it
 /// was still consuming (RabbitMQ's channel writes them in the order they happened). Several

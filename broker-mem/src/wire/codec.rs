@@ -65,9 +65,13 @@ pub(crate) struct BadFrame {
 ///
 /// Checks in RabbitMQ's order (rabbit_reader): the size against `frame_max` as soon as the
 /// header is in, then (with the whole frame in) the end byte, then the type and payload.
+///
+/// Before `connection.open` (`open` false) a frame on any channel but 0 is refused unread,
+/// whatever it is (505), as RabbitMQ's reader refuses it.
 pub(crate) fn take_frame(
     buffer: &[u8],
     frame_max_bytes: u32,
+    open: bool,
 ) -> Result<Option<(Inbound, usize)>, BadFrame> {
     if buffer.len() < FRAME_HEADER_BYTES {
         return Ok(None);
@@ -93,6 +97,14 @@ pub(crate) fn take_frame(
         let reason = format!("{{invalid_frame_end_marker,{}}}", buffer[total - 1]);
         return Err(frame_error(kind, payload, &reason, None));
     }
+    if !open && channel != 0 {
+        return Err(BadFrame {
+            code: 505,
+            text: Snippet::of(kind, payload).unexpected(),
+            skip: Some(total),
+            during: (0, 0),
+        });
+    }
     let unknown = || frame_error(kind, payload, "unknown_frame", Some(total));
     let inbound = match kind {
         FRAME_BODY => Inbound::Body(channel, payload.to_vec()),
@@ -115,7 +127,7 @@ pub(crate) fn take_frame(
                 code: 540,
                 text: format!("NOT_IMPLEMENTED - prefetch_size!=0 ({size})"),
                 skip: Some(total),
-                during: (0, 0),
+                during: (60, 10),
             });
         }
         FRAME_METHOD => match parse_frame(&buffer[..total]) {
@@ -351,7 +363,7 @@ mod tests {
     }
 
     fn refusal(bytes: &[u8]) -> (u16, String, Option<usize>) {
-        match take_frame(bytes, 4096) {
+        match take_frame(bytes, 4096, true) {
             Err(bad) => (bad.code, bad.text, bad.skip),
             Ok(other) => panic!("taken: {other:?}"),
         }
@@ -367,7 +379,7 @@ mod tests {
         // frame_max itself passes (RabbitMQ's fudge).
         let body = frame(FRAME_BODY, 1, &[7; 4096], FRAME_END);
         assert!(matches!(
-            take_frame(&body, 4096),
+            take_frame(&body, 4096, true),
             Ok(Some((Inbound::Body(1, _), _)))
         ));
         // The end byte before the type.
@@ -394,6 +406,10 @@ mod tests {
             refusal(&frame(8, 0, b"xx", FRAME_END)),
             (501, text.to_owned(), Some(10))
         );
+        // Before connection.open, a frame on a channel is refused unread, whatever it is.
+        let early = take_frame(&frame(1, 1, &[0, 20], FRAME_END), 4096, false);
+        let text = "UNEXPECTED_FRAME - type 1, all octets = <<0,20>>";
+        assert!(matches!(early, Err(BadFrame { code: 505, text: t, .. }) if t == text));
         let text = "UNEXPECTED_FRAME - type 8, all octets = <<>>";
         assert_eq!(
             refusal(&frame(8, 1, b"", FRAME_END)),

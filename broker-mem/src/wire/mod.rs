@@ -15,8 +15,10 @@
 //! due, not at the next client's call.
 //!
 //! Served: the methods of the connection, channel, exchange, queue, basic, confirm and tx
-//! classes; `channel.flow` with `active=false` and a publish with `immediate` get RabbitMQ
-//! 3.10's 540 NOT_IMPLEMENTED, which closes the connection.
+//! classes, and the deprecated `access.request`; `channel.flow` with `active=false` and a
+//! publish with `immediate` get RabbitMQ 3.10's 540 NOT_IMPLEMENTED, a method only a server
+//! sends its 503 COMMAND_INVALID; both close the connection. Refused frames get RabbitMQ's
+//! codes and texts (`tests/wire_frames.rs` holds both servers to them).
 //!
 //! ```no_run
 //! # async fn demo() -> std::io::Result<()> {
@@ -68,7 +70,8 @@ pub const PORT_DEFAULT: u16 = 5673;
 pub struct WireConfig {
     /// Users and their passwords, for PLAIN authentication.
     pub users: Vec<(String, String)>,
-    /// Largest frame the server proposes and accepts, in bytes (at least [`FRAME_MIN_BYTES`]).
+    /// The `frame_max` the server proposes, in bytes (at least [`FRAME_MIN_BYTES`]). As in
+    /// RabbitMQ, a frame's payload may be as large as the negotiated value itself.
     pub frame_max_bytes: u32,
     /// Most channels a connection may have open (at most the broker's own limit).
     pub channel_max: u16,

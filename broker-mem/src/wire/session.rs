@@ -109,6 +109,11 @@ struct FrameReader<S> {
     buffer: Vec<u8>,
     /// Bytes of `buffer` already handed out as frames.
     start: usize,
+    /// The largest payload taken: AMQP's minimum until `tune-ok` sets the connection's, as in
+    /// RabbitMQ's reader.
+    frame_max_bytes: u32,
+    /// `connection.open` was answered. Before, a frame on any channel but 0 is refused unread.
+    open: bool,
 }
 
 impl<S: AsyncRead> FrameReader<S> {
@@ -124,9 +129,9 @@ impl<S: AsyncRead> FrameReader<S> {
     }
 
     /// The next frame. Cancel-safe: the only await is a read into the buffer.
-    async fn next(&mut self, frame_max_bytes: u32) -> Result<Inbound, Stop> {
+    async fn next(&mut self) -> Result<Inbound, Stop> {
         loop {
-            match take_frame(&self.buffer[self.start..], frame_max_bytes) {
+            match take_frame(&self.buffer[self.start..], self.frame_max_bytes, self.open) {
                 Ok(Some((inbound, used))) => {
                     self.start += used;
                     if self.start == self.buffer.len() {
@@ -163,9 +168,10 @@ impl<S: AsyncRead> FrameReader<S> {
     }
 
     /// Whether a whole frame (or a bad one) is already buffered.
-    fn has_frame(&self, frame_max_bytes: u32) -> bool {
+    fn has_frame(&self) -> bool {
+        let buffered = &self.buffer[self.start..];
         !matches!(
-            take_frame(&self.buffer[self.start..], frame_max_bytes),
+            take_frame(buffered, self.frame_max_bytes, self.open),
             Ok(None)
         )
     }
@@ -275,6 +281,8 @@ where
         reader,
         buffer: Vec::new(),
         start: 0,
+        frame_max_bytes: FRAME_MIN_BYTES,
+        open: false,
     };
     let now = Instant::now(); // allow-nondeterminism: tokio::time::Instant, simulated under turmoil
     let mut session = Session {
@@ -393,6 +401,7 @@ impl<S: AsyncRead + AsyncWrite + Send> Session<S> {
         if tune_ok.frame_max != 0 {
             self.frame_max_bytes = tune_ok.frame_max;
         }
+        frames.frame_max_bytes = self.frame_max_bytes;
         if tune_ok.channel_max != 0 {
             self.channel_max = tune_ok.channel_max;
         }
@@ -421,6 +430,7 @@ impl<S: AsyncRead + AsyncWrite + Send> Session<S> {
             0,
             AMQPClass::Connection(connection::AMQPMethod::OpenOk(connection::OpenOk {})),
         );
+        frames.open = true;
         self.flush().await?;
         tracing::debug!(%id, user, heartbeat = ?self.heartbeat, frame_max = self.frame_max_bytes, "AMQP connection open");
         Ok((id, tap))
@@ -434,7 +444,7 @@ impl<S: AsyncRead + AsyncWrite + Send> Session<S> {
         state: &str,
     ) -> Result<connection::AMQPMethod, WireError> {
         loop {
-            let frame = match frames.next(self.frame_max_bytes).await {
+            let frame = match frames.next().await {
                 Ok(frame) => frame,
                 Err(Stop::Bad(bad)) => {
                     return self.refuse(frames, Hard::from(bad)).await;
@@ -446,9 +456,10 @@ impl<S: AsyncRead + AsyncWrite + Send> Session<S> {
                 Inbound::Frame(frame) => {
                     let hard = match *frame {
                         AMQPFrame::Method(0, AMQPClass::Connection(method)) => return Ok(method),
-                        AMQPFrame::Method(0, class) => unexpected(&class, state),
-                        // Nothing but channel 0 before the connection is open.
-                        other => Hard::new(505, snippet_of(&other).unexpected()),
+                        AMQPFrame::Method(_, class) => unexpected(&class, state),
+                        // The codec refuses frames on other channels before the connection
+                        // is open, and parses nothing else into a frame.
+                        other => Hard::new(505, format!("UNEXPECTED_FRAME - {other}")),
                     };
                     return self.refuse(frames, hard).await;
                 }
@@ -474,9 +485,8 @@ impl<S: AsyncRead + AsyncWrite + Send> Session<S> {
     async fn serve(&mut self, frames: &mut FrameReader<S>, tap: &Tap) -> Result<(), WireError> {
         loop {
             let deadline = self.next_deadline();
-            let frame_max_bytes = self.frame_max_bytes;
             let step = tokio::select! {
-                frame = frames.next(frame_max_bytes) => Step::Frame(frame),
+                frame = frames.next() => Step::Frame(frame),
                 event = tap.recv() => Step::Event(event),
                 () = sleep_until(deadline) => Step::Timer,
             };
@@ -513,7 +523,7 @@ impl<S: AsyncRead + AsyncWrite + Send> Session<S> {
             if let Some(hard) = self.drain_tap(tap) {
                 return Err(self.close_with(frames, hard).await);
             }
-            if !frames.has_frame(self.frame_max_bytes) || self.out.len() > OUT_FLUSH_BYTES {
+            if !frames.has_frame() || self.out.len() > OUT_FLUSH_BYTES {
                 self.flush().await?;
                 self.report_taken();
             }
@@ -561,10 +571,9 @@ impl<S: AsyncRead + AsyncWrite + Send> Session<S> {
         if let Err(error) = self.flush().await {
             return WireError::Io(error);
         }
-        let frame_max_bytes = self.frame_max_bytes;
         let wait = async {
             loop {
-                match frames.next(frame_max_bytes).await {
+                match frames.next().await {
                     Ok(Inbound::Frame(frame)) => {
                         if let AMQPFrame::Method(0, AMQPClass::Connection(method)) = *frame {
                             return matches!(method, connection::AMQPMethod::Close(_));
@@ -651,11 +660,15 @@ impl<S: AsyncRead + AsyncWrite + Send> Session<S> {
     }
 
     fn on_method(&mut self, number: u16, class: AMQPClass) -> Result<(), Hard> {
-        if let AMQPClass::Channel(channel::AMQPMethod::Open(_)) = class {
-            return self.open_channel(number);
+        if !self.channels.contains_key(&number) {
+            if let AMQPClass::Channel(channel::AMQPMethod::Open(_)) = class {
+                return self.open_channel(number);
+            }
+            let hard = Hard::new(504, "CHANNEL_ERROR - expected 'channel.open'").during(&class);
+            return Err(self.unknown_channel(hard));
         }
         let Some(chan) = self.channels.get_mut(&number) else {
-            return Err(Hard::new(504, "CHANNEL_ERROR - expected 'channel.open'").during(&class));
+            return Ok(());
         };
         if chan.closing {
             match class {
@@ -1123,20 +1136,30 @@ impl<S: AsyncRead + AsyncWrite + Send> Session<S> {
         Ok(())
     }
 
+    /// RabbitMQ's refusal of any frame on a channel not open while the connection has
+    /// `channel_max` channels open (it counts channels, whatever their numbers, and 0 is no
+    /// limit); None below the limit.
+    fn channel_limit_reached(&self) -> Option<Hard> {
+        let open = self.channels.len();
+        (self.channel_max != 0 && open >= usize::from(self.channel_max)).then(|| {
+            let text = format!(
+                "NOT_ALLOWED - number of channels opened ({open}) has reached the negotiated channel_max ({})",
+                self.channel_max
+            );
+            Hard::new(530, text)
+        })
+    }
+
+    /// The answer to a frame on a channel not open: `otherwise`, unless the channel limit is
+    /// reached (RabbitMQ tries to open a channel for it first).
+    fn unknown_channel(&self, otherwise: Hard) -> Hard {
+        self.channel_limit_reached().unwrap_or(otherwise)
+    }
+
+    /// Opens channel `number`, which is not open.
     fn open_channel(&mut self, number: u16) -> Result<(), Hard> {
-        // RabbitMQ counts the channels open, whatever their numbers.
-        if self.channels.len() >= usize::from(self.channel_max) {
-            return Err(Hard::new(
-                530,
-                format!(
-                    "NOT_ALLOWED - number of channels opened ({}) has reached the negotiated channel_max ({})",
-                    self.channels.len(),
-                    self.channel_max
-                ),
-            ));
-        }
-        if self.channels.contains_key(&number) {
-            return Err(second_open());
+        if let Some(refused) = self.channel_limit_reached() {
+            return Err(refused);
         }
         let Some(connection) = self.connection else {
             return Err(Hard::new(541, "INTERNAL_ERROR - no connection"));
@@ -1179,7 +1202,7 @@ impl<S: AsyncRead + AsyncWrite + Send> Session<S> {
         let body_bytes_max = self.body_bytes_max;
         let number = frame.channel;
         let Some(chan) = self.channels.get_mut(&number) else {
-            return Err(expected_method_frame());
+            return Err(self.unknown_channel(expected_method_frame()));
         };
         if chan.closing {
             return Ok(());
@@ -1226,7 +1249,7 @@ impl<S: AsyncRead + AsyncWrite + Send> Session<S> {
 
     fn on_body(&mut self, number: u16, body: Vec<u8>) -> Result<(), Hard> {
         let Some(chan) = self.channels.get_mut(&number) else {
-            return Err(expected_method_frame());
+            return Err(self.unknown_channel(expected_method_frame()));
         };
         if chan.closing {
             return Ok(());
@@ -1577,20 +1600,28 @@ impl<S: AsyncRead + AsyncWrite + Send> Session<S> {
         if self.out.is_empty() {
             return Ok(());
         }
-        let write = async {
-            self.writer.write_all(&self.out).await?;
-            self.writer.flush().await
-        };
+        // The timeout is per write call, so it fires only when the peer takes nothing for that
+        // long (RabbitMQ's send_timeout), not when a large backlog takes long to send.
         let timeout = Duration::from_millis(SEND_TIMEOUT_MS);
-        match tokio::time::timeout(timeout, write).await {
-            Ok(written) => written?,
-            Err(_) => {
-                tracing::info!(connection = ?self.connection, "peer took no data for {timeout:?}; closing");
-                return Err(io::Error::new(
-                    io::ErrorKind::TimedOut,
-                    format!("the peer took no data for {timeout:?} (send timeout)"),
-                ));
+        let stalled = || {
+            tracing::info!(connection = ?self.connection, "peer took no data for {timeout:?}; closing");
+            io::Error::new(
+                io::ErrorKind::TimedOut,
+                format!("the peer took no data for {timeout:?} (send timeout)"),
+            )
+        };
+        let mut written = 0;
+        while written < self.out.len() {
+            match tokio::time::timeout(timeout, self.writer.write(&self.out[written..])).await {
+                Ok(Ok(0)) => return Err(io::ErrorKind::WriteZero.into()),
+                Ok(Ok(n)) => written += n,
+                Ok(Err(error)) => return Err(error),
+                Err(_) => return Err(stalled()),
             }
+        }
+        match tokio::time::timeout(timeout, self.writer.flush()).await {
+            Ok(flushed) => flushed?,
+            Err(_) => return Err(stalled()),
         }
         self.out.clear();
         self.last_write = Instant::now(); // allow-nondeterminism: tokio::time::Instant, simulated under turmoil
@@ -1661,10 +1692,9 @@ fn negotiated(field: &str, min: u32, server: u32, client: u32) -> Option<Hard> {
     Some(Hard::new(530, text).during(&tune))
 }
 
-/// A connection method out of place in `state` (RabbitMQ's connection states: starting,
-/// tuning, opening, running): 504, as rabbit_reader:handle_method0 answers it.
-/// RabbitMQ's reader takes any method on channel 0 for a connection method, and answers one
-/// out of place with this (rabbit_reader:handle_method0).
+/// A method on channel 0 out of place in `state` (RabbitMQ's connection states: starting,
+/// tuning, opening, running): RabbitMQ's reader takes any method there for a connection
+/// method, and answers one out of place with 504 (rabbit_reader:handle_method0).
 fn unexpected(class: &AMQPClass, state: &str) -> Hard {
     Hard::new(
         504,
@@ -1681,17 +1711,6 @@ fn unimplemented_method(class: &AMQPClass) -> Hard {
 fn second_open() -> Hard {
     let class = AMQPClass::Channel(channel::AMQPMethod::Open(channel::Open {}));
     Hard::new(504, "CHANNEL_ERROR - second 'channel.open' seen").during(&class)
-}
-
-/// A frame's [`Snippet`], from the frame as parsed (written out again: a well-formed frame
-/// writes back to its own bytes).
-fn snippet_of(frame: &AMQPFrame) -> Snippet {
-    let mut bytes = Vec::new();
-    put_frame(&mut bytes, frame);
-    let payload = bytes
-        .get(FRAME_OVERHEAD_BYTES - 1..bytes.len().saturating_sub(1))
-        .unwrap_or_default();
-    Snippet::of(bytes.first().copied().unwrap_or_default(), payload)
 }
 
 fn start() -> connection::Start {
