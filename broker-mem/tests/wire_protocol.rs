@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use amq_protocol::frame::{AMQPContentHeader, AMQPFrame};
 use amq_protocol::protocol::{AMQPClass, BasicProperties, basic, channel, connection, queue};
-use amq_protocol::types::{FieldTable, LongString};
+use amq_protocol::types::{AMQPValue, FieldTable, LongString};
 use broker_mem::wire::{WireConfig, WireServer};
 use broker_mem::{Broker, Bytes, Limits, Properties, QueueOptions};
 use proptest::prelude::*;
@@ -54,8 +54,15 @@ impl Raw {
                 AMQPClass::Connection(connection::AMQPMethod::Start(_))
             ))
         ));
+        // The capabilities that change what a server sends, announced as clients do.
+        let mut capabilities = FieldTable::default();
+        for capability in ["consumer_cancel_notify", "authentication_failure_close"] {
+            capabilities.insert(capability.into(), AMQPValue::Boolean(true));
+        }
+        let mut client_properties = FieldTable::default();
+        client_properties.insert("capabilities".into(), AMQPValue::FieldTable(capabilities));
         let start_ok = connection::StartOk {
-            client_properties: FieldTable::default(),
+            client_properties,
             mechanism: "PLAIN".into(),
             response: LongString::from(format!("\0guest\0{password}")),
             locale: "en_US".into(),
@@ -248,8 +255,6 @@ async fn a_silent_peer_is_disconnected_and_its_unacked_messages_requeued() {
 /// clients such as pika refuse a confirm or an exchange binding the server did not announce.
 #[tokio::test(start_paused = true)]
 async fn the_server_announces_the_capabilities_it_has() {
-    use amq_protocol::types::AMQPValue;
-
     let server = WireServer::new(Broker::new(), WireConfig::default());
     let mut raw = Raw::start(&server);
     raw.write(HEADER).await;

@@ -262,6 +262,9 @@ struct Session<S> {
     taken: Vec<(ChannelId, SmolStr)>,
     /// The client sent `connection.close`.
     closed_by_client: bool,
+    /// The client announced `consumer_cancel_notify`: only then does RabbitMQ tell it that the
+    /// broker ended one of its consumers (`basic.cancel`).
+    cancel_notify: bool,
     /// The broker's body limit, read once: a header announcing more is refused before any body
     /// byte is buffered.
     body_bytes_max: u64,
@@ -300,6 +303,7 @@ where
         numbers: BTreeMap::new(),
         taken: Vec::new(),
         closed_by_client: false,
+        cancel_notify: false,
         body_bytes_max: server
             .broker()
             .with_engine(|engine| engine.limits().body_bytes_max as u64),
@@ -352,11 +356,18 @@ impl<S: AsyncRead + AsyncWrite + Send> Session<S> {
                     .await;
             }
         };
+        self.cancel_notify = announces(&start_ok, "consumer_cancel_notify");
         let Some(user) = authenticate(&self.config.users, &start_ok) else {
             let text = format!(
                 "ACCESS_REFUSED - Login was refused using authentication mechanism {}. For details see the broker logfile.",
                 start_ok.mechanism
             );
+            // RabbitMQ tells only a client that announced it can take a close here; any
+            // other it just drops.
+            if !announces(&start_ok, "authentication_failure_close") {
+                tracing::info!(%text, "login refused; the client takes no close");
+                return Err(WireError::Closed { code: 403, text });
+            }
             return self.refuse(frames, Hard::new(403, text)).await;
         };
         if over_limit {
@@ -1533,7 +1544,7 @@ impl<S: AsyncRead + AsyncWrite + Send> Session<S> {
                 let &number = self.numbers.get(&channel)?;
                 let chan = self.channels.get_mut(&number).filter(|c| !c.closing)?;
                 let known = chan.consumers.remove(consumer_tag.as_str()).is_some();
-                if known && reason == ConsumerEnd::QueueDeleted {
+                if known && reason == ConsumerEnd::QueueDeleted && self.cancel_notify {
                     // consumer_cancel_notify: the broker tells the client its consumer is gone.
                     let cancel = basic::Cancel {
                         consumer_tag: ShortString::from(short(&consumer_tag)),
@@ -1748,6 +1759,18 @@ fn start() -> connection::Start {
 }
 
 /// The user a `start-ok` authenticates, if its credentials are right.
+/// Whether the client announced `capability` (true) in its `start-ok` properties.
+fn announces(start_ok: &connection::StartOk, capability: &str) -> bool {
+    let capabilities = start_ok.client_properties.inner().get("capabilities");
+    let Some(AMQPValue::FieldTable(capabilities)) = capabilities else {
+        return false;
+    };
+    matches!(
+        capabilities.inner().get(capability),
+        Some(AMQPValue::Boolean(true))
+    )
+}
+
 fn authenticate(users: &[(String, String)], start_ok: &connection::StartOk) -> Option<String> {
     let response = start_ok.response.as_bytes();
     let (user, password) = match start_ok.mechanism.as_str() {
