@@ -234,6 +234,8 @@ pub struct Properties {
     pub user_id: Option<String>,
     /// Publishing application.
     pub app_id: Option<String>,
+    /// Deprecated in AMQP 0-9-1; RabbitMQ carries it through, and so does broker-mem.
+    pub cluster_id: Option<String>,
 }
 
 impl Properties {
@@ -254,6 +256,7 @@ impl Properties {
             kind,
             user_id,
             app_id,
+            cluster_id,
         } = self;
         content_type.is_none()
             && content_encoding.is_none()
@@ -268,6 +271,7 @@ impl Properties {
             && kind.is_none()
             && user_id.is_none()
             && app_id.is_none()
+            && cluster_id.is_none()
     }
 }
 
@@ -667,7 +671,7 @@ mod tests {
         fn text() -> Option<String> {
             Some("x".to_owned())
         }
-        let setters: [fn(&mut Properties); 13] = [
+        let setters: [fn(&mut Properties); 14] = [
             |p| p.content_type = text(),
             |p| p.content_encoding = text(),
             |p| p.headers = Some(FieldTable::new()),
@@ -681,6 +685,7 @@ mod tests {
             |p| p.kind = text(),
             |p| p.user_id = text(),
             |p| p.app_id = text(),
+            |p| p.cluster_id = text(),
         ];
         let each = setters.map(|set| {
             let mut properties = Properties::default();

@@ -1727,6 +1727,7 @@ async fn properties_and_headers_arrive_intact(b: &mut impl Amqp) {
         kind: Some("Kind".into()),
         user_id: Some("guest".into()),
         app_id: Some("tests".into()),
+        cluster_id: Some("deprecated".into()),
     };
     b.publish(ch, "", "q", false, properties.clone(), "{}")
         .await

@@ -257,6 +257,7 @@ fn properties_and_body_arrive_intact() {
         kind: Some("RequestAnalysis".into()),
         user_id: Some("guest".into()),
         app_id: Some("tests".into()),
+        cluster_id: Some("deprecated".into()),
     };
     let payload = Bytes::from_static(b"{\"analysisId\":1}");
     channel

@@ -1,8 +1,7 @@
 //! AMQP basic properties and field tables, between amq-protocol's types and broker-mem's.
 //!
 //! broker-mem carries properties intact, each header value with its AMQP type; what is lost is
-//! the order of a table's keys (amq-protocol's tables are sorted maps) and the deprecated
-//! `cluster-id`.
+//! the order of a table's keys (amq-protocol's tables are sorted maps).
 //!
 //! Public (with the `wire` feature) so that AMQP clients built on amq-protocol, such as the
 //! contract tests' lapin half, convert exactly as the wire server does.
@@ -34,6 +33,7 @@ pub fn properties_in(amqp: &BasicProperties) -> Properties {
         kind: text(amqp.kind()),
         user_id: text(amqp.user_id()),
         app_id: text(amqp.app_id()),
+        cluster_id: text(amqp.cluster_id()),
         ..Properties::default()
     }
 }
@@ -81,6 +81,9 @@ pub fn properties_out(properties: &Properties) -> BasicProperties {
     }
     if let Some(v) = &properties.app_id {
         amqp = amqp.with_app_id(s(v));
+    }
+    if let Some(v) = &properties.cluster_id {
+        amqp = amqp.with_cluster_id(s(v));
     }
     amqp
 }
