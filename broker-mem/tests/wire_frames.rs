@@ -132,8 +132,8 @@ impl Raw {
     }
 
     /// What the server answers the case's frames, read as `expected` is shaped: the first
-    /// method (or all up to the last of `Methods`), not counting the `open-ok`s of the
-    /// connection and channels the case opens; a `connection.close` or the end of the
+    /// method (or all up to the last of `Methods`), not counting the `tune` and the `open-ok`s
+    /// of the connection and channels the case opens; a `connection.close` or the end of the
     /// connection stops the reading.
     async fn answer(&mut self, expected: &Answer) -> Answer {
         let started = tokio::time::Instant::now();
@@ -164,7 +164,7 @@ impl Raw {
                 Some(_) => continue,
             };
             let ids = (class.get_amqp_class_id(), class.get_amqp_method_id());
-            if matches!(ids, (10, 41) | (20, 11)) {
+            if matches!(ids, (10, 30) | (10, 41) | (20, 11)) {
                 continue;
             }
             let Answer::Methods(wanted) = expected else {
@@ -196,6 +196,18 @@ fn start_ok(password: &str, capabilities: &[&str]) -> Vec<u8> {
     encode(&AMQPFrame::Method(
         0,
         AMQPClass::Connection(connection::AMQPMethod::StartOk(start_ok)),
+    ))
+}
+
+fn tune_ok(frame_max: u32) -> Vec<u8> {
+    let tune_ok = connection::TuneOk {
+        channel_max: 2047,
+        frame_max,
+        heartbeat: 0,
+    };
+    encode(&AMQPFrame::Method(
+        0,
+        AMQPClass::Connection(connection::AMQPMethod::TuneOk(tune_ok)),
     ))
 }
 
@@ -292,6 +304,25 @@ fn cases(vhost: &str) -> Vec<(&'static str, Stage, Vec<u8>, Answer)> {
             "a wrong password, from a client that cannot take a close for it",
             Stage::Started,
             start_ok("wrong", &[]),
+            Answer::Dropped,
+        ),
+        (
+            // Before tune-ok, RabbitMQ answers any error by dropping the connection.
+            "a start-ok larger than the 4,096 bytes allowed before tune-ok",
+            Stage::Started,
+            start_ok(&"p".repeat(5_000), &[]),
+            Answer::Dropped,
+        ),
+        (
+            "a tune-ok with frame_max 0",
+            Stage::Started,
+            [start_ok("guest", &[]), tune_ok(0)].concat(),
+            Answer::Dropped,
+        ),
+        (
+            "a connection.open instead of start-ok",
+            Stage::Started,
+            connection_open(vhost),
             Answer::Dropped,
         ),
         (

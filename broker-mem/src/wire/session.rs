@@ -265,6 +265,8 @@ struct Session<S> {
     /// The client announced `consumer_cancel_notify`: only then does RabbitMQ tell it that the
     /// broker ended one of its consumers (`basic.cancel`).
     cancel_notify: bool,
+    /// `tune-ok` was taken: handshake errors from here on are answered with a close.
+    tuned: bool,
     /// The broker's body limit, read once: a header announcing more is refused before any body
     /// byte is buffered.
     body_bytes_max: u64,
@@ -304,6 +306,7 @@ where
         taken: Vec::new(),
         closed_by_client: false,
         cancel_notify: false,
+        tuned: false,
         body_bytes_max: server
             .broker()
             .with_engine(|engine| engine.limits().body_bytes_max as u64),
@@ -368,14 +371,16 @@ impl<S: AsyncRead + AsyncWrite + Send> Session<S> {
                 tracing::info!(%text, "login refused; the client takes no close");
                 return Err(WireError::Closed { code: 403, text });
             }
-            return self.refuse(frames, Hard::new(403, text)).await;
+            return Err(self.close_with(frames, Hard::new(403, text)).await);
         };
         if over_limit {
             let text = format!(
                 "NOT_ALLOWED - connection limit ({}) is reached",
                 self.config.connections_max
             );
-            return self.refuse(frames, Hard::new(530, text)).await;
+            // broker-mem's own limit: the client is told (RabbitMQ's connection limits refuse
+            // at connection.open, with a close).
+            return Err(self.close_with(frames, Hard::new(530, text)).await);
         }
 
         let tune = connection::Tune {
@@ -413,6 +418,7 @@ impl<S: AsyncRead + AsyncWrite + Send> Session<S> {
             self.frame_max_bytes = tune_ok.frame_max;
         }
         frames.frame_max_bytes = self.frame_max_bytes;
+        self.tuned = true;
         if tune_ok.channel_max != 0 {
             self.channel_max = tune_ok.channel_max;
         }
@@ -486,8 +492,17 @@ impl<S: AsyncRead + AsyncWrite + Send> Session<S> {
         }
     }
 
-    /// Closes the connection during the handshake.
+    /// Ends the connection during the handshake as RabbitMQ's reader does: before it has
+    /// taken `tune-ok` (its starting and tuning states) it sends nothing and drops the
+    /// connection (the reason goes to the log); from then on it sends `connection.close`.
     async fn refuse<T>(&mut self, frames: &mut FrameReader<S>, hard: Hard) -> Result<T, WireError> {
+        if !self.tuned {
+            tracing::info!(code = hard.code, text = %hard.text, "handshake refused before tune-ok: connection dropped without a close, as RabbitMQ drops it");
+            return Err(WireError::Closed {
+                code: hard.code,
+                text: hard.text,
+            });
+        }
         Err(self.close_with(frames, hard).await)
     }
 
