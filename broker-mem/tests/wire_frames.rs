@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use amq_protocol::frame::AMQPFrame;
 use amq_protocol::protocol::{AMQPClass, basic, channel, connection, queue};
-use amq_protocol::types::{AMQPValue, FieldTable, LongString};
+use amq_protocol::types::{FieldTable, LongString};
 use broker_mem::Broker;
 use broker_mem::wire::{WireConfig, WireServer};
 use ports::testing::RabbitVhost;
@@ -18,7 +18,7 @@ use tokio::net::TcpStream;
 
 #[path = "support/frames.rs"]
 mod frames;
-use frames::encode;
+use frames::{encode, start_ok};
 
 const WAIT: Duration = Duration::from_secs(10);
 /// What the client proposes in `tune-ok`: RabbitMQ's default, so both servers take it.
@@ -177,26 +177,6 @@ impl Raw {
             }
         }
     }
-}
-
-/// `start-ok` for guest with `password`, announcing `capabilities` (true) as clients do.
-fn start_ok(password: &str, capabilities: &[&str]) -> Vec<u8> {
-    let mut announced = FieldTable::default();
-    for &capability in capabilities {
-        announced.insert(capability.into(), AMQPValue::Boolean(true));
-    }
-    let mut client_properties = FieldTable::default();
-    client_properties.insert("capabilities".into(), AMQPValue::FieldTable(announced));
-    let start_ok = connection::StartOk {
-        client_properties,
-        mechanism: "PLAIN".into(),
-        response: LongString::from(format!("\0guest\0{password}")),
-        locale: "en_US".into(),
-    };
-    encode(&AMQPFrame::Method(
-        0,
-        AMQPClass::Connection(connection::AMQPMethod::StartOk(start_ok)),
-    ))
 }
 
 fn tune_ok(frame_max: u32) -> Vec<u8> {

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use amq_protocol::frame::{AMQPContentHeader, AMQPFrame};
 use amq_protocol::protocol::{AMQPClass, BasicProperties, basic, channel, connection, queue};
-use amq_protocol::types::{AMQPValue, FieldTable, LongString};
+use amq_protocol::types::{AMQPValue, FieldTable};
 use broker_mem::wire::{WireConfig, WireServer};
 use broker_mem::{Broker, Bytes, Limits, Properties, QueueOptions};
 use proptest::prelude::*;
@@ -54,24 +54,8 @@ impl Raw {
                 AMQPClass::Connection(connection::AMQPMethod::Start(_))
             ))
         ));
-        // The capabilities that change what a server sends, announced as clients do.
-        let mut capabilities = FieldTable::default();
-        for capability in ["consumer_cancel_notify", "authentication_failure_close"] {
-            capabilities.insert(capability.into(), AMQPValue::Boolean(true));
-        }
-        let mut client_properties = FieldTable::default();
-        client_properties.insert("capabilities".into(), AMQPValue::FieldTable(capabilities));
-        let start_ok = connection::StartOk {
-            client_properties,
-            mechanism: "PLAIN".into(),
-            response: LongString::from(format!("\0guest\0{password}")),
-            locale: "en_US".into(),
-        };
-        raw.send(method(
-            0,
-            AMQPClass::Connection(connection::AMQPMethod::StartOk(start_ok)),
-        ))
-        .await;
+        let capabilities = ["consumer_cancel_notify", "authentication_failure_close"];
+        raw.send(frames::start_ok(password, &capabilities)).await;
         raw
     }
 
@@ -168,6 +152,12 @@ impl Raw {
 /// A broker whose queue "work" holds three small jobs.
 fn broker_with_work() -> Broker {
     broker_with_bodies((0..3).map(|n| Bytes::from(format!("job-{n}"))))
+}
+
+/// A broker whose queue "work" holds 3 MiB (30 bodies of 100 kB), against the 1 MiB the
+/// test's pipe holds.
+fn broker_with_a_backlog() -> Broker {
+    broker_with_bodies((0..30).map(|_| Bytes::from(vec![7; 100_000])))
 }
 
 /// A broker whose queue "work" holds these bodies.
@@ -650,8 +640,7 @@ async fn after_a_frame_error_the_server_reads_on_until_the_peer_hangs_up() {
 /// session would wait on the write for ever, heartbeats or not.
 #[tokio::test(start_paused = true)]
 async fn a_peer_that_stops_reading_is_closed_after_the_send_timeout() {
-    // 3 MiB of deliveries against the 1 MiB the test's pipe holds.
-    let broker = broker_with_bodies((0..30).map(|_| Bytes::from(vec![7; 100_000])));
+    let broker = broker_with_a_backlog();
     let server = WireServer::new(broker.clone(), WireConfig::default());
     let mut raw = Raw::open(&server, "guest", 60).await;
     raw.send(consume("c")).await;
@@ -676,7 +665,7 @@ async fn a_peer_that_stops_reading_is_closed_after_the_send_timeout() {
 /// served however long its backlog takes (here 3 MiB at 64 KiB per 10 s, some eight minutes).
 #[tokio::test(start_paused = true)]
 async fn a_slow_reader_is_not_cut_off_by_the_send_timeout() {
-    let broker = broker_with_bodies((0..30).map(|_| Bytes::from(vec![7; 100_000])));
+    let broker = broker_with_a_backlog();
     let server = WireServer::new(broker.clone(), WireConfig::default());
     let mut raw = Raw::open(&server, "guest", 0).await;
     raw.send(consume("c")).await;

@@ -35,8 +35,6 @@ pub(crate) enum Inbound {
 #[derive(Debug)]
 pub(crate) struct HeaderFrame {
     pub channel: u16,
-    /// For the error text if it comes where no header may (channel 0).
-    pub snippet: Snippet,
     pub class_id: u16,
     /// RabbitMQ takes a header with any weight but 0 for some other frame.
     pub weight: u16,
@@ -97,27 +95,25 @@ pub(crate) fn take_frame(
         let reason = format!("{{invalid_frame_end_marker,{}}}", buffer[total - 1]);
         return Err(frame_error(kind, payload, &reason, None));
     }
+    // A frame where none of its kind may come: RabbitMQ's 505 with the frame's bytes.
+    let unexpected = || BadFrame {
+        code: 505,
+        text: Snippet::of(kind, payload).unexpected(),
+        skip: Some(total),
+        during: (0, 0),
+    };
     if !open && channel != 0 {
-        return Err(BadFrame {
-            code: 505,
-            text: Snippet::of(kind, payload).unexpected(),
-            skip: Some(total),
-            during: (0, 0),
-        });
+        return Err(unexpected());
     }
     let unknown = || frame_error(kind, payload, "unknown_frame", Some(total));
     let inbound = match kind {
+        // Content on channel 0 is no channel's business, in any connection state
+        // (rabbit_reader: a header is read far enough to be one first).
+        FRAME_BODY if channel == 0 => return Err(unexpected()),
         FRAME_BODY => Inbound::Body(channel, payload.to_vec()),
         FRAME_HEARTBEAT if !payload.is_empty() => return Err(unknown()),
         FRAME_HEARTBEAT if channel == 0 => Inbound::Heartbeat,
-        FRAME_HEARTBEAT => {
-            return Err(BadFrame {
-                code: 505,
-                text: Snippet::of(kind, payload).unexpected(),
-                skip: Some(total),
-                during: (0, 0),
-            });
-        }
+        FRAME_HEARTBEAT => return Err(unexpected()),
         FRAME_METHOD if payload.len() < METHOD_IDS_BYTES => return Err(unknown()),
         FRAME_METHOD if prefetch_size(payload).is_some_and(|size| size != 0) => {
             // amq-protocol's parser drops basic.qos's prefetch-size; RabbitMQ refuses any but
@@ -150,6 +146,7 @@ pub(crate) fn take_frame(
             }
         },
         FRAME_HEADER if payload.len() < HEADER_FIXED_BYTES => return Err(unknown()),
+        FRAME_HEADER if channel == 0 => return Err(unexpected()),
         FRAME_HEADER => {
             let header = match parse_frame(&buffer[..total]) {
                 Ok((_, AMQPFrame::Header(_, header))) => Some(header),
@@ -157,7 +154,6 @@ pub(crate) fn take_frame(
             };
             Inbound::Header(Box::new(HeaderFrame {
                 channel,
-                snippet: Snippet::of(kind, payload),
                 class_id: u16::from_be_bytes([payload[0], payload[1]]),
                 weight: u16::from_be_bytes([payload[2], payload[3]]),
                 header,
@@ -190,7 +186,7 @@ fn frame_error(kind: u8, payload: &[u8], reason: &str, skip: Option<usize>) -> B
 /// A frame's type and the start of its payload, kept for RabbitMQ's error texts, which show
 /// the payload's first 16 bytes (rabbit_reader:payload_snippet).
 #[derive(Debug, Clone, Copy)]
-pub(crate) struct Snippet {
+struct Snippet {
     kind: u8,
     bytes: [u8; SNIPPET_BYTES],
     len: u8,
@@ -201,7 +197,7 @@ pub(crate) struct Snippet {
 const SNIPPET_BYTES: usize = 16;
 
 impl Snippet {
-    pub(crate) fn of(kind: u8, payload: &[u8]) -> Snippet {
+    fn of(kind: u8, payload: &[u8]) -> Snippet {
         let len = payload.len().min(SNIPPET_BYTES);
         let mut bytes = [0; SNIPPET_BYTES];
         bytes[..len].copy_from_slice(&payload[..len]);
@@ -225,7 +221,7 @@ impl Snippet {
     }
 
     /// RabbitMQ's text for a frame of a kind that may not come where it came (505).
-    pub(crate) fn unexpected(&self) -> String {
+    fn unexpected(&self) -> String {
         format!("UNEXPECTED_FRAME - {}", self.describe())
     }
 }

@@ -10,7 +10,6 @@ use std::io;
 use std::time::Duration;
 
 use amq_protocol::frame::{AMQPContentHeader, AMQPFrame};
-use amq_protocol::protocol::constants::FRAME_BODY;
 use amq_protocol::protocol::{
     AMQPClass, access, basic, channel, confirm, connection, exchange, queue, tx,
 };
@@ -22,8 +21,8 @@ use tokio::time::Instant;
 
 use crate::error::fit_reply_text;
 use crate::wire::codec::{
-    BadFrame, FRAME_OVERHEAD_BYTES, HeaderFrame, Inbound, PROTOCOL_HEADER, Snippet, put_body,
-    put_frame, put_heartbeat, short, take_frame,
+    BadFrame, FRAME_OVERHEAD_BYTES, HeaderFrame, Inbound, PROTOCOL_HEADER, put_body, put_frame,
+    put_heartbeat, short, take_frame,
 };
 use crate::wire::convert::{properties_in, properties_out, table_in};
 use crate::wire::{
@@ -480,12 +479,10 @@ impl<S: AsyncRead + AsyncWrite + Send> Session<S> {
                     };
                     return self.refuse(frames, hard).await;
                 }
-                Inbound::Header(header) => {
-                    let hard = Hard::new(505, header.snippet.unexpected());
-                    return self.refuse(frames, hard).await;
-                }
-                Inbound::Body(_, body) => {
-                    let hard = Hard::new(505, Snippet::of(FRAME_BODY, &body).unexpected());
+                // The codec refuses content before the connection is open (channel 0 always,
+                // any other channel until the open).
+                Inbound::Header(_) | Inbound::Body(..) => {
+                    let hard = Hard::new(505, "UNEXPECTED_FRAME - content during the handshake");
                     return self.refuse(frames, hard).await;
                 }
             }
@@ -635,13 +632,6 @@ impl<S: AsyncRead + AsyncWrite + Send> Session<S> {
     fn on_frame(&mut self, frame: Inbound) -> Result<(), Hard> {
         let frame = match frame {
             Inbound::Heartbeat => return Ok(()),
-            // Content on channel 0 is no channel's business (rabbit_reader).
-            Inbound::Header(header) if header.channel == 0 => {
-                return Err(Hard::new(505, header.snippet.unexpected()));
-            }
-            Inbound::Body(0, body) => {
-                return Err(Hard::new(505, Snippet::of(FRAME_BODY, &body).unexpected()));
-            }
             Inbound::Header(header) => return self.on_header(*header),
             Inbound::Body(number, body) => return self.on_body(number, body),
             Inbound::Frame(frame) => *frame,

@@ -3,12 +3,35 @@
 use std::time::Duration;
 
 use amq_protocol::frame::{AMQPFrame, WriteContext, gen_frame, parse_frame};
+use amq_protocol::protocol::{AMQPClass, connection};
+use amq_protocol::types::{AMQPValue, FieldTable, LongString};
 use tokio::io::{AsyncRead, AsyncReadExt};
 
 pub fn encode(frame: &AMQPFrame) -> Vec<u8> {
     gen_frame(frame)(WriteContext::from(Vec::new()))
         .expect("encode")
         .write
+}
+
+/// `start-ok` for guest with `password` (PLAIN), announcing `capabilities` (true), as clients
+/// announce the ones that change what a server sends.
+pub fn start_ok(password: &str, capabilities: &[&str]) -> Vec<u8> {
+    let mut announced = FieldTable::default();
+    for &capability in capabilities {
+        announced.insert(capability.into(), AMQPValue::Boolean(true));
+    }
+    let mut client_properties = FieldTable::default();
+    client_properties.insert("capabilities".into(), AMQPValue::FieldTable(announced));
+    let start_ok = connection::StartOk {
+        client_properties,
+        mechanism: "PLAIN".into(),
+        response: LongString::from(format!("\0guest\0{password}")),
+        locale: "en_US".into(),
+    };
+    encode(&AMQPFrame::Method(
+        0,
+        AMQPClass::Connection(connection::AMQPMethod::StartOk(start_ok)),
+    ))
 }
 
 /// The next frame from `stream`, with `buffer` holding what was read past the last one; None
