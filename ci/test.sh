@@ -129,16 +129,29 @@ if ! answers "$MANAGEMENT_HOST" "$MANAGEMENT_PORT"; then
 fi
 wait_for "$MANAGEMENT_HOST" "$MANAGEMENT_PORT" "RabbitMQ management API"
 
-# pika (Python's AMQP client) for the wire server's cross-language test (broker-mem/tests/wire_pika.rs).
-if ! python3 -c 'import pika' 2>/dev/null; then
-    log "installing pika from PyPI"
-    python3 -m pip install --quiet pika \
-        || python3 -m pip install --quiet --break-system-packages pika \
-        || fail "cannot install pika (python3 -m pip install pika)"
+# Clients in other languages for the wire server's cross-language tests
+# (broker-mem/tests/wire_clients.rs): Python's pika and Node.js's amqplib, at the versions pinned
+# in broker-mem/tests/clients/ (their transcripts depend on how each decodes what it receives).
+CLIENTS_DIR=broker-mem/tests/clients
+PIKA_PINNED="$(sed -n 's/^pika==//p' "$CLIENTS_DIR/requirements.txt")"
+if ! python3 -c "import pika, sys; sys.exit(pika.__version__ != '$PIKA_PINNED')" 2>/dev/null; then
+    log "installing pika $PIKA_PINNED from PyPI"
+    python3 -m pip install --quiet -r "$CLIENTS_DIR/requirements.txt" \
+        || python3 -m pip install --quiet --break-system-packages -r "$CLIENTS_DIR/requirements.txt" \
+        || fail "cannot install pika (python3 -m pip install -r $CLIENTS_DIR/requirements.txt)"
 fi
-export WARREN_REQUIRE_PIKA=1
+if ! command -v node >/dev/null || ! command -v npm >/dev/null; then
+    command -v apt-get >/dev/null || fail "node and npm are needed for the amqplib tests; install Node.js 18 or later"
+    log "installing nodejs and npm with apt-get"
+    as_root apt-get update
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y nodejs npm
+fi
+log "installing amqplib (npm ci in $CLIENTS_DIR)"
+npm ci --prefix "$CLIENTS_DIR" --no-audit --no-fund --loglevel=error \
+    || fail "cannot install amqplib (npm ci --prefix $CLIENTS_DIR)"
+export WARREN_REQUIRE_CLIENTS=1
 
 export WARREN_REQUIRE_RABBITMQ=1
-log "running cargo test --workspace $* (WARREN_REQUIRE_RABBITMQ=1, WARREN_REQUIRE_PIKA=1: nothing may skip)"
+log "running cargo test --workspace $* (WARREN_REQUIRE_RABBITMQ=1, WARREN_REQUIRE_CLIENTS=1: nothing may skip)"
 cargo test --workspace "$@"
 log "all tests passed"

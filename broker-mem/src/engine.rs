@@ -2811,7 +2811,8 @@ fn emit(
     }
 }
 
-/// A delivery of a queued message; with `count_header`, a quorum queue's `x-delivery-count`.
+/// A delivery of a queued message; with `count_header`, a quorum queue's `x-delivery-count`,
+/// set as RabbitMQ sets it (`rabbit_basic:add_header`), which sorts the headers.
 fn make_delivery(
     delivery_tag: u64,
     consumer_tag: &SmolStr,
@@ -2827,10 +2828,11 @@ fn make_delivery(
     if count_header {
         let count = i64::try_from(entry.delivery_count).unwrap_or(i64::MAX);
         // Copy-on-write: the broker's copy of the properties stays as published.
-        Arc::make_mut(&mut delivery.properties)
+        let headers = Arc::make_mut(&mut delivery.properties)
             .headers
-            .get_or_insert_with(FieldTable::new)
-            .insert("x-delivery-count".into(), FieldValue::I64(count));
+            .get_or_insert_with(FieldTable::new);
+        headers.insert("x-delivery-count".into(), FieldValue::I64(count));
+        headers.sort_keys();
     }
     delivery
 }

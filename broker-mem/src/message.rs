@@ -3,15 +3,125 @@
 //! (persistence across a restart), `user_id` and, for a headers exchange, `headers`; it
 //! carries everything else intact from publisher to consumer. Dead-lettering adds `x-death`.
 
-use std::collections::BTreeMap;
+use indexmap::IndexMap;
+use rustc_hash::FxBuildHasher;
 use std::sync::{Arc, LazyLock};
 
 use bytes::Bytes;
 use smol_str::SmolStr;
 
-/// An AMQP field table (message headers, arguments). Ordered, so it prints and compares the
-/// same way every run.
-pub type FieldTable = BTreeMap<String, FieldValue>;
+/// An AMQP field table (message headers, arguments): keys in the order they were put in, as
+/// RabbitMQ keeps a table (a list on the wire and inside it), so a consumer reads a table's
+/// keys in the order its publisher wrote them. Compares as a map: two tables with the same
+/// entries are equal whatever their order (compare [`FieldTable::keys`] to check the order).
+#[derive(Clone, Default, PartialEq)]
+pub struct FieldTable(IndexMap<String, FieldValue, FxBuildHasher>);
+
+impl FieldTable {
+    /// An empty table.
+    pub fn new() -> FieldTable {
+        FieldTable::default()
+    }
+
+    /// The value under `key`.
+    pub fn get(&self, key: &str) -> Option<&FieldValue> {
+        self.0.get(key)
+    }
+
+    /// The value under `key`, to change in place.
+    pub fn get_mut(&mut self, key: &str) -> Option<&mut FieldValue> {
+        self.0.get_mut(key)
+    }
+
+    /// Whether `key` is in the table.
+    pub fn contains_key(&self, key: &str) -> bool {
+        self.0.contains_key(key)
+    }
+
+    /// Sets `key`: a key already there keeps its place (Erlang's `lists:keystore`), a new one
+    /// goes last. Returns the value it replaced.
+    pub fn insert(&mut self, key: String, value: FieldValue) -> Option<FieldValue> {
+        self.0.insert(key, value)
+    }
+
+    /// Takes `key` out; the other keys keep their order (Erlang's `lists:keydelete`).
+    pub fn remove(&mut self, key: &str) -> Option<FieldValue> {
+        self.0.shift_remove(key)
+    }
+
+    /// Sorts the keys byte by byte, as RabbitMQ's `rabbit_misc:sort_field_table` does to the
+    /// headers it sets (dead-lettering, a quorum queue's `x-delivery-count`).
+    pub fn sort_keys(&mut self) {
+        self.0.sort_unstable_keys();
+    }
+
+    /// How many keys.
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    /// Whether the table has no keys.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// The entries, in the table's order.
+    pub fn iter(&self) -> indexmap::map::Iter<'_, String, FieldValue> {
+        self.0.iter()
+    }
+
+    /// The keys, in the table's order.
+    pub fn keys(&self) -> indexmap::map::Keys<'_, String, FieldValue> {
+        self.0.keys()
+    }
+
+    /// The values, in the table's order.
+    pub fn values(&self) -> indexmap::map::Values<'_, String, FieldValue> {
+        self.0.values()
+    }
+}
+
+impl std::fmt::Debug for FieldTable {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_map().entries(self.0.iter()).finish()
+    }
+}
+
+impl FromIterator<(String, FieldValue)> for FieldTable {
+    fn from_iter<I: IntoIterator<Item = (String, FieldValue)>>(entries: I) -> FieldTable {
+        FieldTable(entries.into_iter().collect())
+    }
+}
+
+impl<const N: usize> From<[(String, FieldValue); N]> for FieldTable {
+    fn from(entries: [(String, FieldValue); N]) -> FieldTable {
+        entries.into_iter().collect()
+    }
+}
+
+impl Extend<(String, FieldValue)> for FieldTable {
+    fn extend<I: IntoIterator<Item = (String, FieldValue)>>(&mut self, entries: I) {
+        self.0.extend(entries);
+    }
+}
+
+impl IntoIterator for FieldTable {
+    type Item = (String, FieldValue);
+    type IntoIter = indexmap::map::IntoIter<String, FieldValue>;
+
+    fn into_iter(self) -> Self::IntoIter {
+        self.0.into_iter()
+    }
+}
+
+impl<'a> IntoIterator for &'a FieldTable {
+    type Item = (&'a String, &'a FieldValue);
+    type IntoIter = indexmap::map::Iter<'a, String, FieldValue>;
+
+    fn into_iter(self) -> Self::IntoIter {
+        self.0.iter()
+    }
+}
 
 /// A value in a [`FieldTable`], one variant per AMQP field type (RabbitMQ's dialect of 0-9-1),
 /// so that a value crosses the broker with the type its publisher gave it, as in RabbitMQ.
@@ -526,9 +636,13 @@ pub struct DeadLettered {
     pub at_ms: u64,
 }
 
-/// The headers of a message dead-lettered from `queue`: RabbitMQ 3.10's `x-death` update. The
-/// newest event goes first; an earlier entry for the same queue and reason is counted up and
-/// moved to the front (keeping its other fields); `x-first-death-*` are set on the first death.
+/// The headers of a message dead-lettered from `queue`: RabbitMQ 3.10's `x-death` update
+/// (rabbit_dead_letter), down to the order of the keys. The newest event goes first; an earlier
+/// entry for the same queue and reason is counted up and moved to the front (keeping its other
+/// fields); `x-first-death-*` are set on the first death. A first event keeps RabbitMQ's field
+/// order (count, reason, queue, time, exchange, routing-keys); an event added to or updated in
+/// an existing list has its keys sorted, and so, every time, do the headers: RabbitMQ sets each
+/// of them with `rabbit_misc:set_table_value`, which sorts the table.
 pub(crate) fn add_death(
     properties: &mut Properties,
     queue: &str,
@@ -539,49 +653,52 @@ pub(crate) fn add_death(
 ) {
     let mut headers = properties.headers.take().unwrap_or_default();
     let str_value = |s: &str| FieldValue::String(s.to_owned());
-    let mut deaths = match headers.remove("x-death") {
-        Some(FieldValue::Array(deaths)) => deaths,
-        _ => {
+    let mut event = FieldTable::new();
+    event.insert("count".into(), FieldValue::I64(1));
+    event.insert("reason".into(), str_value(reason.as_str()));
+    event.insert("queue".into(), str_value(queue));
+    event.insert("time".into(), FieldValue::Timestamp(time_s));
+    event.insert("exchange".into(), str_value(exchange));
+    let keys = routing_keys.iter().map(|key| str_value(key)).collect();
+    event.insert("routing-keys".into(), FieldValue::Array(keys));
+    if let Some(expiration) = &properties.expiration {
+        event.insert("original-expiration".into(), str_value(expiration));
+    }
+    let deaths = match headers.get_mut("x-death") {
+        None => {
             headers.insert("x-first-death-reason".into(), str_value(reason.as_str()));
             headers.insert("x-first-death-queue".into(), str_value(queue));
             headers.insert("x-first-death-exchange".into(), str_value(exchange));
-            Vec::new()
+            vec![FieldValue::Table(event)]
         }
+        Some(FieldValue::Array(deaths)) => {
+            let mut deaths = std::mem::take(deaths);
+            let same = deaths.iter().position(|death| {
+                matches!(death, FieldValue::Table(t)
+                    if t.get("queue") == Some(&str_value(queue))
+                    && t.get("reason") == Some(&str_value(reason.as_str())))
+            });
+            let mut entry = match same.map(|position| deaths.remove(position)) {
+                Some(FieldValue::Table(mut earlier)) => {
+                    let count = earlier
+                        .get("count")
+                        .and_then(FieldValue::as_integer)
+                        .unwrap_or(0);
+                    earlier.insert("count".into(), FieldValue::I64(count.saturating_add(1)));
+                    earlier
+                }
+                _ => event,
+            };
+            entry.sort_keys();
+            deaths.insert(0, FieldValue::Table(entry));
+            deaths
+        }
+        // Not an array (a client republished it with other types): RabbitMQ starts the list
+        // again, without touching `x-first-death-*` (rabbitmq-server#767).
+        Some(_) => vec![FieldValue::Table(event)],
     };
-    let same = deaths.iter().position(|death| {
-        matches!(death, FieldValue::Table(t)
-            if t.get("queue") == Some(&str_value(queue))
-            && t.get("reason") == Some(&str_value(reason.as_str())))
-    });
-    let entry = match same {
-        Some(position) => {
-            let mut entry = deaths.remove(position);
-            if let FieldValue::Table(table) = &mut entry {
-                let count = table
-                    .get("count")
-                    .and_then(FieldValue::as_integer)
-                    .unwrap_or(0);
-                table.insert("count".into(), FieldValue::I64(count.saturating_add(1)));
-            }
-            entry
-        }
-        None => {
-            let mut table = FieldTable::new();
-            table.insert("count".into(), FieldValue::I64(1));
-            table.insert("reason".into(), str_value(reason.as_str()));
-            table.insert("queue".into(), str_value(queue));
-            table.insert("time".into(), FieldValue::Timestamp(time_s));
-            table.insert("exchange".into(), str_value(exchange));
-            let keys = routing_keys.iter().map(|key| str_value(key)).collect();
-            table.insert("routing-keys".into(), FieldValue::Array(keys));
-            if let Some(expiration) = &properties.expiration {
-                table.insert("original-expiration".into(), str_value(expiration));
-            }
-            FieldValue::Table(table)
-        }
-    };
-    deaths.insert(0, entry);
     headers.insert("x-death".into(), FieldValue::Array(deaths));
+    headers.sort_keys();
     properties.headers = Some(headers);
     properties.expiration = None;
 }
@@ -644,7 +761,117 @@ pub(crate) fn is_cycle(properties: &Properties, queue: &str) -> bool {
 
 #[cfg(test)]
 mod tests {
-    use super::{FieldTable, Properties, erlang_float};
+    use super::{DeathReason, FieldTable, FieldValue, Properties, add_death, erlang_float};
+
+    fn keys(table: &FieldTable) -> Vec<&str> {
+        table.keys().map(String::as_str).collect()
+    }
+
+    fn death(properties: &Properties, at: usize) -> &FieldTable {
+        let Some(FieldValue::Array(deaths)) = properties.headers.as_ref().unwrap().get("x-death")
+        else {
+            panic!("x-death is an array");
+        };
+        let FieldValue::Table(death) = &deaths[at] else {
+            panic!("an x-death entry is a table");
+        };
+        death
+    }
+
+    /// Dead-lettered headers come out in RabbitMQ 3.10's order (probed with pika, which keeps a
+    /// table's order): the headers sorted, a first event in RabbitMQ's field order, an event
+    /// counted up or added to a list sorted, other entries as they were; an `x-death` that is
+    /// not an array is started again without `x-first-death-*`.
+    #[test]
+    fn deaths_keep_rabbitmq_key_order() {
+        let text = |s: &str| FieldValue::String(s.to_owned());
+        let mut properties = Properties {
+            headers: Some(FieldTable::from([
+                ("zeta".to_owned(), FieldValue::I32(1)),
+                ("alpha".to_owned(), FieldValue::I32(2)),
+                ("CC".to_owned(), FieldValue::Array(vec![text("k2")])),
+            ])),
+            expiration: Some("100000".to_owned()),
+            ..Properties::default()
+        };
+        let keys_routed = ["k".into(), "k2".into()];
+        add_death(
+            &mut properties,
+            "q",
+            DeathReason::Rejected,
+            "x",
+            &keys_routed,
+            7,
+        );
+        let headers = properties.headers.as_ref().unwrap();
+        assert_eq!(
+            keys(headers),
+            [
+                "CC",
+                "alpha",
+                "x-death",
+                "x-first-death-exchange",
+                "x-first-death-queue",
+                "x-first-death-reason",
+                "zeta"
+            ]
+        );
+        let first = [
+            "count",
+            "reason",
+            "queue",
+            "time",
+            "exchange",
+            "routing-keys",
+            "original-expiration",
+        ];
+        assert_eq!(keys(death(&properties, 0)), first);
+
+        let mut again = properties.clone();
+        add_death(&mut again, "q", DeathReason::Rejected, "x", &keys_routed, 8);
+        let sorted = [
+            "count",
+            "exchange",
+            "original-expiration",
+            "queue",
+            "reason",
+            "routing-keys",
+            "time",
+        ];
+        assert_eq!(keys(death(&again, 0)), sorted);
+        assert_eq!(death(&again, 0).get("count"), Some(&FieldValue::I64(2)));
+
+        let mut elsewhere = properties.clone();
+        add_death(
+            &mut elsewhere,
+            "other",
+            DeathReason::Expired,
+            "x",
+            &keys_routed,
+            9,
+        );
+        let new_sorted = [
+            "count",
+            "exchange",
+            "queue",
+            "reason",
+            "routing-keys",
+            "time",
+        ];
+        assert_eq!(keys(death(&elsewhere, 0)), new_sorted);
+        assert_eq!(keys(death(&elsewhere, 1)), first);
+
+        let mut junk = Properties {
+            headers: Some(FieldTable::from([
+                ("zeta".to_owned(), FieldValue::I32(1)),
+                ("x-death".to_owned(), text("junk")),
+            ])),
+            ..Properties::default()
+        };
+        add_death(&mut junk, "q", DeathReason::Rejected, "x", &keys_routed, 7);
+        assert_eq!(keys(junk.headers.as_ref().unwrap()), ["x-death", "zeta"]);
+        assert_eq!(keys(death(&junk, 0)), &first[..6]);
+    }
 
     /// As Erlang's `~p` prints each (an `f` header is a double there, so 0.1f32 shows all of
     /// its digits).

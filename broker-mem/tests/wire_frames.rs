@@ -18,7 +18,7 @@ use tokio::net::TcpStream;
 
 #[path = "support/frames.rs"]
 mod frames;
-use frames::{encode, start_ok};
+use frames::{encode, next_raw_frame, start_ok};
 
 const WAIT: Duration = Duration::from_secs(10);
 /// What the client proposes in `tune-ok`: RabbitMQ's default, so both servers take it.
@@ -686,6 +686,15 @@ async fn broker_mem_refuses_frames_as_rabbitmq_does() {
     broker.check_invariants().expect("broker-mem bookkeeping");
 }
 
+/// Host and port, user and password of a test vhost's URL (amqp://user:password@host:port/vhost).
+fn login(vhost: &RabbitVhost) -> (&str, &str, &str) {
+    let url = vhost.amqp_url().trim_start_matches("amqp://");
+    let (credentials, rest) = url.split_once('@').expect("credentials in the URL");
+    let (user, password) = credentials.split_once(':').expect("user:password");
+    let authority = rest.split('/').next().expect("authority");
+    (authority, user, password)
+}
+
 #[tokio::test]
 async fn rabbitmq_refuses_the_frames_as_written_here() {
     let Some(vhost) = RabbitVhost::create("rabbitmq_refuses_frames")
@@ -694,12 +703,134 @@ async fn rabbitmq_refuses_the_frames_as_written_here() {
     else {
         return;
     };
-    // amqp://user:password@host:port/vhost
-    let url = vhost.amqp_url().trim_start_matches("amqp://");
-    let (credentials, rest) = url.split_once('@').expect("credentials in the URL");
-    let (user, password) = credentials.split_once(':').expect("user:password");
-    let authority = rest.split('/').next().expect("authority");
+    let (authority, user, password) = login(&vhost);
     let answers = answers(authority, user, password, vhost.name()).await;
     vhost.delete().await.expect("delete vhost");
     check("RabbitMQ", &answers);
+}
+
+/// A content header as a client might write it: a header table in no sorted order with a
+/// value of every field type RabbitMQ reads, a nested table and array in no order either, then
+/// a message id. Class 60, weight 0, a body of 5 bytes.
+fn header_in_publisher_order() -> Vec<u8> {
+    fn entry(key: &str, kind: u8, value: &[u8]) -> Vec<u8> {
+        let mut bytes = vec![u8::try_from(key.len()).unwrap()];
+        bytes.extend(key.as_bytes());
+        bytes.push(kind);
+        bytes.extend(value);
+        bytes
+    }
+    fn sized(content: &[u8]) -> Vec<u8> {
+        let mut bytes = u32::try_from(content.len()).unwrap().to_be_bytes().to_vec();
+        bytes.extend(content);
+        bytes
+    }
+    let nested = [entry("z", b'b', &[0xff]), entry("a", b'V', &[])].concat();
+    let array = [
+        &b"I"[..],
+        &7_i32.to_be_bytes(),
+        b"S",
+        &sized(b"x"),
+        b"F",
+        &sized(&nested),
+    ]
+    .concat();
+    let table = [
+        entry("zeta", b't', &[1]),
+        entry("alpha", b'b', &[0x80]),
+        entry("mid", b's', &(-300_i16).to_be_bytes()),
+        entry("B", b'B', &[200]),
+        entry("u", b'u', &60_000_u16.to_be_bytes()),
+        entry("I", b'I', &(-70_000_i32).to_be_bytes()),
+        entry("i", b'i', &4_000_000_000_u32.to_be_bytes()),
+        entry("l", b'l', &(-(1_i64 << 40)).to_be_bytes()),
+        entry("f", b'f', &0.5_f32.to_be_bytes()),
+        entry("d", b'd', &(-1.25_f64).to_be_bytes()),
+        entry("D", b'D', &[2, 0, 0, 1, 58]),
+        entry("S", b'S', &sized("héllo".as_bytes())),
+        entry("x", b'x', &sized(&[0, 255])),
+        entry("T", b'T', &1_700_000_000_u64.to_be_bytes()),
+        entry("V", b'V', &[]),
+        entry("A", b'A', &sized(&array)),
+        entry("F", b'F', &sized(&nested)),
+    ]
+    .concat();
+    let mut payload = 60_u16.to_be_bytes().to_vec();
+    payload.extend(0_u16.to_be_bytes());
+    payload.extend(5_u64.to_be_bytes());
+    // headers and message-id
+    payload.extend(0x2080_u16.to_be_bytes());
+    payload.extend(sized(&table));
+    payload.extend(b"\x02m1");
+    payload
+}
+
+/// Publishes [`header_in_publisher_order`] to a queue, gets it back with `basic.get`, and
+/// returns the content header that came with the `get-ok`, as bytes.
+async fn header_round_trip(authority: &str, user: &str, password: &str, vhost: &str) -> Vec<u8> {
+    let mut raw = Raw::open(authority, user, password, vhost, Stage::ChannelOpen).await;
+    let declare = queue::AMQPMethod::Declare(queue::Declare {
+        queue: "order".into(),
+        passive: false,
+        durable: false,
+        exclusive: false,
+        auto_delete: false,
+        nowait: false,
+        arguments: FieldTable::default(),
+    });
+    raw.write(&queue(declare)).await;
+    raw.expect(50, 11).await;
+    let publish = basic::AMQPMethod::Publish(basic::Publish {
+        exchange: "".into(),
+        routing_key: "order".into(),
+        mandatory: false,
+        immediate: false,
+    });
+    let get = basic::AMQPMethod::Get(basic::Get {
+        queue: "order".into(),
+        no_ack: true,
+    });
+    let frames = [
+        basic(publish),
+        frame(2, 1, &header_in_publisher_order()),
+        frame(3, 1, b"hello"),
+        basic(get),
+    ];
+    raw.write(&frames.concat()).await;
+    loop {
+        let (kind, _, payload) = next_raw_frame(&mut raw.stream, &mut raw.buffer, WAIT)
+            .await
+            .expect("the get-ok's content header");
+        if kind == 2 {
+            return payload;
+        }
+        // a method: only get-ok (60.71) may come before the header
+        assert_eq!(&payload[..4], b"\x00\x3c\x00\x47", "expected basic.get-ok");
+    }
+}
+
+/// RabbitMQ passes a header table on as the publisher wrote it: key order, field types,
+/// nested tables. broker-mem does too.
+#[tokio::test]
+async fn broker_mem_passes_a_content_header_on_byte_for_byte() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let authority = listener.local_addr().unwrap().to_string();
+    let broker = Broker::new();
+    tokio::spawn(WireServer::new(broker.clone(), WireConfig::default()).serve_tcp(listener));
+    let header = header_round_trip(&authority, "guest", "guest", "/").await;
+    assert_eq!(header, header_in_publisher_order());
+}
+
+#[tokio::test]
+async fn rabbitmq_passes_a_content_header_on_byte_for_byte() {
+    let Some(vhost) = RabbitVhost::create("rabbitmq_header_bytes")
+        .await
+        .expect("vhost")
+    else {
+        return;
+    };
+    let (authority, user, password) = login(&vhost);
+    let header = header_round_trip(authority, user, password, vhost.name()).await;
+    vhost.delete().await.expect("delete vhost");
+    assert_eq!(header, header_in_publisher_order());
 }

@@ -1,10 +1,12 @@
 //! Frames in and out. The byte buffer and its limits live here, so the session never sees
 //! bytes: it gets whole frames, or a hard error that says what was wrong with them.
 //!
-//! Method and content-header frames go through amq-protocol's parser; body and heartbeat frames
-//! are cut out by hand, because they are the bulk of the traffic and need no parsing.
+//! Method frames go through amq-protocol's parser; content headers through `content`, which
+//! keeps a header table's order; body and heartbeat frames are cut out by hand, because they
+//! are the bulk of the traffic and need no parsing.
 
-use amq_protocol::frame::{AMQPContentHeader, AMQPFrame, WriteContext, gen_frame, parse_frame};
+use crate::wire::content::{ContentHeader, decode_header};
+use amq_protocol::frame::{AMQPFrame, WriteContext, gen_frame, parse_frame};
 use amq_protocol::protocol::constants::{
     FRAME_BODY, FRAME_END, FRAME_HEADER, FRAME_HEARTBEAT, FRAME_METHOD,
 };
@@ -39,7 +41,7 @@ pub(crate) struct HeaderFrame {
     /// RabbitMQ takes a header with any weight but 0 for some other frame.
     pub weight: u16,
     /// None when the properties do not parse: RabbitMQ answers that with 541 INTERNAL_ERROR.
-    pub header: Option<AMQPContentHeader>,
+    pub header: Option<ContentHeader>,
 }
 
 /// What made a frame unacceptable: a hard error code (501 FRAME_ERROR, 505 UNEXPECTED_FRAME,
@@ -147,18 +149,12 @@ pub(crate) fn take_frame(
         },
         FRAME_HEADER if payload.len() < HEADER_FIXED_BYTES => return Err(unknown()),
         FRAME_HEADER if channel == 0 => return Err(unexpected()),
-        FRAME_HEADER => {
-            let header = match parse_frame(&buffer[..total]) {
-                Ok((_, AMQPFrame::Header(_, header))) => Some(header),
-                _ => None,
-            };
-            Inbound::Header(Box::new(HeaderFrame {
-                channel,
-                class_id: u16::from_be_bytes([payload[0], payload[1]]),
-                weight: u16::from_be_bytes([payload[2], payload[3]]),
-                header,
-            }))
-        }
+        FRAME_HEADER => Inbound::Header(Box::new(HeaderFrame {
+            channel,
+            class_id: u16::from_be_bytes([payload[0], payload[1]]),
+            weight: u16::from_be_bytes([payload[2], payload[3]]),
+            header: decode_header(payload),
+        })),
         _ => return Err(unknown()),
     };
     Ok(Some((inbound, total)))

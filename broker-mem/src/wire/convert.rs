@@ -1,10 +1,12 @@
 //! AMQP basic properties and field tables, between amq-protocol's types and broker-mem's.
 //!
-//! broker-mem carries properties intact, each header value with its AMQP type; what is lost is
-//! the order of a table's keys (amq-protocol's tables are sorted maps).
+//! Each value keeps its AMQP type; the order of a table's keys is lost (amq-protocol's tables
+//! are sorted maps). So the wire server uses these only for method arguments, where order does
+//! not reach a consumer; a message's properties go through its own codec (`content`), which
+//! keeps a header table's order as RabbitMQ does.
 //!
-//! Public (with the `wire` feature) so that AMQP clients built on amq-protocol, such as the
-//! contract tests' lapin half, convert exactly as the wire server does.
+//! Public (with the `wire` feature) for AMQP clients built on amq-protocol, such as the
+//! contract tests' lapin half.
 
 use amq_protocol::protocol::BasicProperties;
 use amq_protocol::types::{

@@ -32,6 +32,7 @@
 //! ```
 
 mod codec;
+mod content;
 pub mod convert;
 mod session;
 

@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 use std::io;
 use std::time::Duration;
 
-use amq_protocol::frame::{AMQPContentHeader, AMQPFrame};
+use amq_protocol::frame::AMQPFrame;
 use amq_protocol::protocol::{
     AMQPClass, access, basic, channel, confirm, connection, exchange, queue, tx,
 };
@@ -24,7 +24,8 @@ use crate::wire::codec::{
     BadFrame, FRAME_OVERHEAD_BYTES, HeaderFrame, Inbound, PROTOCOL_HEADER, put_body, put_frame,
     put_heartbeat, short, take_frame,
 };
-use crate::wire::convert::{properties_in, properties_out, table_in};
+use crate::wire::content::put_header;
+use crate::wire::convert::table_in;
 use crate::wire::{
     CLOSE_TIMEOUT_MS, FRAME_MIN_BYTES, SEND_TIMEOUT_MS, WireConfig, WireError, WireServer,
 };
@@ -1251,7 +1252,7 @@ impl<S: AsyncRead + AsyncWrite + Send> Session<S> {
             self.close_channel_with(number, 406, text, CLASS_BASIC, METHOD_PUBLISH);
             return Ok(());
         }
-        content.properties = Some(properties_in(&header.properties));
+        content.properties = Some(header.properties);
         content.size = header.body_size;
         // Room for the first frame's worth only: the declared size is a claim, and a peer
         // could claim the maximum on every channel and send nothing.
@@ -1599,12 +1600,13 @@ impl<S: AsyncRead + AsyncWrite + Send> Session<S> {
     }
 
     fn send_content(&mut self, number: u16, properties: &crate::Properties, body: &[u8]) {
-        let header = AMQPContentHeader {
-            class_id: CLASS_BASIC,
-            body_size: body.len() as u64,
-            properties: properties_out(properties),
-        };
-        put_frame(&mut self.out, &AMQPFrame::Header(number, header));
+        put_header(
+            &mut self.out,
+            number,
+            CLASS_BASIC,
+            body.len() as u64,
+            properties,
+        );
         let chunk_bytes = self.frame_max_bytes as usize - FRAME_OVERHEAD_BYTES;
         for chunk in body.chunks(chunk_bytes) {
             put_body(&mut self.out, number, chunk);

@@ -54,3 +54,30 @@ pub async fn next_frame<S: AsyncRead + Unpin>(
         }
     }
 }
+
+/// The next frame from `stream` as bytes, unparsed: its type, channel and payload. None at EOF,
+/// on a read error, or after `wait` of silence.
+#[allow(dead_code)] // each test binary that includes this module uses a part of it
+pub async fn next_raw_frame<S: AsyncRead + Unpin>(
+    stream: &mut S,
+    buffer: &mut Vec<u8>,
+    wait: Duration,
+) -> Option<(u8, u16, Vec<u8>)> {
+    loop {
+        if buffer.len() >= 7 {
+            let size = u32::from_be_bytes([buffer[3], buffer[4], buffer[5], buffer[6]]) as usize;
+            if buffer.len() >= 8 + size {
+                let kind = buffer[0];
+                let channel = u16::from_be_bytes([buffer[1], buffer[2]]);
+                let payload = buffer[7..7 + size].to_vec();
+                buffer.drain(..8 + size);
+                return Some((kind, channel, payload));
+            }
+        }
+        let mut chunk = vec![0; 65536];
+        match tokio::time::timeout(wait, stream.read(&mut chunk)).await {
+            Ok(Ok(n)) if n > 0 => buffer.extend_from_slice(&chunk[..n]),
+            _ => return None,
+        }
+    }
+}
