@@ -44,6 +44,19 @@ function closed(channel) {
   });
 }
 
+// The queue's ready count once it is `want` (or after a second): RabbitMQ requeues a nacked or
+// recovered message, and enqueues an unconfirmed publish, asynchronously (through its
+// delegates), so a count or a get just after may not see it yet.
+async function countWhen(channel, queue, want) {
+  let count;
+  for (let tries = 0; tries < 50; tries += 1) {
+    ({ messageCount: count } = await channel.checkQueue(queue));
+    if (count === want) break;
+    await new Promise((r) => setTimeout(r, 20));
+  }
+  return count;
+}
+
 async function expectChannelError(connection, step, act) {
   const channel = await connection.createChannel();
   const closing = closed(channel);
@@ -131,9 +144,11 @@ async function main(url) {
   const first = await ch.get('js.work');
   note('get', { message: seen(first) });
   ch.nack(first, false, true);
+  await countWhen(ch, 'js.work', 3);
   const again = await ch.get('js.work');
   note('get again', { message: seen(again) });
   ch.nack(again, false, true);
+  await countWhen(ch, 'js.work', 3);
 
   // A consumer with a prefetch of 2: acks one, rejects one (dead-lettered), acks the last.
   await ch.prefetch(2);
@@ -220,6 +235,41 @@ async function main(url) {
   // Delete with if-empty refused, then counts of what a delete drops.
   await expectChannelError(connection, 'delete a non-empty queue if empty', (c) => c.deleteQueue('js.full', { ifEmpty: true }));
   note('delete full', await ch.deleteQueue('js.full'));
+
+  // Queue options amqplib turns into arguments (as small integer types: a byte, an int), a
+  // redeclare with the same, and one with another value.
+  const options = { durable: false, messageTtl: 100, expires: 600000, maxLength: 5, maxPriority: 3 };
+  note('declare with options', await ch.assertQueue('js.opts', options));
+  note('redeclare the same', await ch.assertQueue('js.opts', options));
+  await expectChannelError(connection, 'redeclare another ttl', (c) =>
+    c.assertQueue('js.opts', { ...options, messageTtl: 200 }));
+  note('delete with options', await ch.deleteQueue('js.opts'));
+
+  // recover and nackAll: what the channel holds unacked comes back, redelivered.
+  const plain = await connection.createChannel();
+  await plain.assertQueue('js.back', { durable: false });
+  for (const body of ['b1', 'b2', 'b3']) plain.sendToQueue('js.back', Buffer.from(body));
+  await countWhen(plain, 'js.back', 3);
+  const held = [await plain.get('js.back'), await plain.get('js.back')];
+  note('held', { messages: held.map(seen) });
+  await plain.recover();
+  await countWhen(plain, 'js.back', 3);
+  const recovered = [await plain.get('js.back'), await plain.get('js.back'), await plain.get('js.back')];
+  note('recovered', { messages: recovered.map(seen) });
+  plain.nackAll(true);
+  note('after nackAll', { messageCount: await countWhen(plain, 'js.back', 3) });
+  // An exchange-to-exchange binding, unbound again.
+  await plain.assertExchange('js.from', 'fanout', { durable: false });
+  await plain.bindExchange('amq.direct', 'js.from', '');
+  await plain.bindQueue('js.back', 'amq.direct', 'b');
+  await publish('js.from', 'b', 'b4', {});
+  note('through amq.direct', await plain.checkQueue('js.back'));
+  await plain.unbindExchange('amq.direct', 'js.from', '');
+  await publish('js.from', 'b', 'b5', {});
+  note('unbound', await plain.checkQueue('js.back'));
+  await plain.deleteQueue('js.back');
+  await plain.deleteExchange('js.from');
+  await plain.close();
 
   // Connection errors: each closes the whole connection with the broker's code and text.
   await expectConnectionError(url, 'prefetch size', (c) =>
