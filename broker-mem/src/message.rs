@@ -4,7 +4,6 @@
 //! carries everything else intact from publisher to consumer. Dead-lettering adds `x-death`.
 
 use indexmap::IndexMap;
-use rustc_hash::FxBuildHasher;
 use std::sync::{Arc, LazyLock};
 
 use bytes::Bytes;
@@ -14,8 +13,12 @@ use smol_str::SmolStr;
 /// RabbitMQ keeps a table (a list on the wire and inside it), so a consumer reads a table's
 /// keys in the order its publisher wrote them. Compares as a map: two tables with the same
 /// entries are equal whatever their order (compare [`FieldTable::keys`] to check the order).
+///
+/// Hashed with std's seeded hasher, not the engine's Fx: a table's keys come from clients, and
+/// a fixed hash lets one craft thousands of colliding keys in a frame and make reading it
+/// quadratic. The seed changes nothing observable: iteration follows insertion order.
 #[derive(Clone, Default, PartialEq)]
-pub struct FieldTable(IndexMap<String, FieldValue, FxBuildHasher>);
+pub struct FieldTable(IndexMap<String, FieldValue>);
 
 impl FieldTable {
     /// An empty table.

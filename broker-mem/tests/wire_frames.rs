@@ -18,7 +18,7 @@ use tokio::net::TcpStream;
 
 #[path = "support/frames.rs"]
 mod frames;
-use frames::{encode, next_raw_frame, start_ok};
+use frames::{encode, nested_table, next_raw_frame, start_ok};
 
 const WAIT: Duration = Duration::from_secs(10);
 /// What the client proposes in `tune-ok`: RabbitMQ's default, so both servers take it.
@@ -229,10 +229,22 @@ fn publish() -> Vec<u8> {
 
 /// A content header: class, weight, body size, and `flags` with no property data after them.
 fn header(class_id: u16, weight: u16, body_size: u64, flags: u16) -> Vec<u8> {
+    header_then(class_id, weight, body_size, flags, &[])
+}
+
+/// [`header`] with `properties` (bytes as they are) after the flags.
+fn header_then(
+    class_id: u16,
+    weight: u16,
+    body_size: u64,
+    flags: u16,
+    properties: &[u8],
+) -> Vec<u8> {
     let mut payload = class_id.to_be_bytes().to_vec();
     payload.extend(weight.to_be_bytes());
     payload.extend(body_size.to_be_bytes());
     payload.extend(flags.to_be_bytes());
+    payload.extend(properties);
     frame(2, 1, &payload)
 }
 
@@ -641,6 +653,17 @@ fn cases(vhost: &str) -> Vec<(&'static str, Stage, Vec<u8>, Answer)> {
             [publish(), header(60, 0, 5, 0x8000), frame(3, 1, b"aaaaa")].concat(),
             closed(541, "INTERNAL_ERROR", 0, 0),
         ),
+        (
+            "a publish with a byte after the last property",
+            // no properties flagged, then one byte
+            [
+                publish(),
+                header_then(60, 0, 5, 0, &[0]),
+                frame(3, 1, b"aaaaa"),
+            ]
+            .concat(),
+            closed(541, "INTERNAL_ERROR", 0, 0),
+        ),
     ];
     let open = |(name, frames, answer)| (name, Stage::ChannelOpen, frames, answer);
     handshake_cases
@@ -805,7 +828,11 @@ async fn header_round_trip(authority: &str, user: &str, password: &str, vhost: &
             return payload;
         }
         // a method: only get-ok (60.71) may come before the header
-        assert_eq!(&payload[..4], b"\x00\x3c\x00\x47", "expected basic.get-ok");
+        assert_eq!(
+            payload.get(..4),
+            Some(&b"\x00\x3c\x00\x47"[..]),
+            "expected basic.get-ok"
+        );
     }
 }
 
@@ -833,4 +860,51 @@ async fn rabbitmq_passes_a_content_header_on_byte_for_byte() {
     let header = header_round_trip(authority, user, password, vhost.name()).await;
     vhost.delete().await.expect("delete vhost");
     assert_eq!(header, header_in_publisher_order());
+}
+
+/// Tables nested deeper than broker-mem's limit (64 levels; RabbitMQ sets none) are refused,
+/// 541 in a content header and 501 in a method's arguments, and the server goes on serving.
+/// Without the limit, 20,000 levels (120 KB) overflowed a thread's stack while parsing and
+/// aborted the whole process.
+#[tokio::test]
+async fn tables_nested_past_the_limit_are_refused_and_the_server_lives_on() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let authority = listener.local_addr().unwrap().to_string();
+    let broker = Broker::new();
+    tokio::spawn(WireServer::new(broker.clone(), WireConfig::default()).serve_tcp(listener));
+    let deep = nested_table(20_000);
+    assert!(deep.len() < FRAME_MAX as usize - 100);
+
+    let mut raw = Raw::open(&authority, "guest", "guest", "/", Stage::ChannelOpen).await;
+    let headers_only = 0x2000;
+    let frames = [
+        publish(),
+        header_then(60, 0, 5, headers_only, &deep),
+        frame(3, 1, b"aaaaa"),
+    ];
+    raw.write(&frames.concat()).await;
+    let internal = closed(541, "INTERNAL_ERROR", 0, 0);
+    assert_eq!(raw.answer(&internal).await, internal);
+
+    let mut raw = Raw::open(&authority, "guest", "guest", "/", Stage::ChannelOpen).await;
+    // queue.declare: reserved short, queue name, bits, then the arguments.
+    let declare = [&[0, 50, 0, 10, 0, 0, 1, b'q', 0][..], &deep].concat();
+    raw.write(&frame(1, 1, &declare)).await;
+    let too_deep = closed(
+        501,
+        "FRAME_ERROR - a field table nests deeper than 64 levels",
+        50,
+        10,
+    );
+    assert_eq!(raw.answer(&too_deep).await, too_deep);
+
+    // Still serving, and nothing half done.
+    let mut raw = Raw::open(&authority, "guest", "guest", "/", Stage::ChannelOpen).await;
+    raw.write(&qos()).await;
+    assert_eq!(
+        raw.answer(&Answer::Method(60, 11)).await,
+        Answer::Method(60, 11)
+    );
+    assert_eq!(broker.queue_depth("q"), None);
+    broker.check_invariants().expect("broker-mem bookkeeping");
 }

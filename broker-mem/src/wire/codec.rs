@@ -5,7 +5,7 @@
 //! keeps a header table's order; body and heartbeat frames are cut out by hand, because they
 //! are the bulk of the traffic and need no parsing.
 
-use crate::wire::content::{ContentHeader, decode_header};
+use crate::wire::content::{ContentHeader, NESTING_MAX, decode_header, method_table_too_deep};
 use amq_protocol::frame::{AMQPFrame, WriteContext, gen_frame, parse_frame};
 use amq_protocol::protocol::constants::{
     FRAME_BODY, FRAME_END, FRAME_HEADER, FRAME_HEARTBEAT, FRAME_METHOD,
@@ -126,6 +126,18 @@ pub(crate) fn take_frame(
                 text: format!("NOT_IMPLEMENTED - prefetch_size!=0 ({size})"),
                 skip: Some(total),
                 during: (60, 10),
+            });
+        }
+        // amq-protocol's parser recurses once per level of a nested table, without a limit.
+        FRAME_METHOD if method_table_too_deep(payload) => {
+            return Err(BadFrame {
+                code: 501,
+                text: format!("FRAME_ERROR - a field table nests deeper than {NESTING_MAX} levels"),
+                skip: Some(total),
+                during: (
+                    u16::from_be_bytes([payload[0], payload[1]]),
+                    u16::from_be_bytes([payload[2], payload[3]]),
+                ),
             });
         }
         FRAME_METHOD => match parse_frame(&buffer[..total]) {

@@ -5,14 +5,21 @@
 //!
 //! The reading rules are amq-protocol's (the rest of the codec parses with it), so what was
 //! accepted before is accepted now: its field-type letters (`U` a short, `L` a long long, as it
-//! reads them), short strings that must be UTF-8, the two lowest property flags ignored, bytes
-//! after the last property ignored. A key seen twice in one table keeps its first place and its
-//! last value.
+//! reads them), short strings that must be UTF-8, the two lowest property flags ignored, no
+//! bytes after the last property (RabbitMQ refuses them too). A key seen twice in one table
+//! keeps its first place and its last value. One rule is broker-mem's own: tables and arrays
+//! nest at most [`NESTING_MAX`] deep (see there).
 
 use bytes::Bytes;
 
 use crate::message::{FieldTable, FieldValue, Properties};
 use crate::wire::codec::short;
+
+/// How deep tables and arrays may nest in a field value. RabbitMQ sets no limit; here reading,
+/// copying and dropping a value recurse once per level, and a frame of 128 KiB could nest
+/// some 26,000 levels, enough to overflow a thread's stack and abort the whole process. Real
+/// headers and arguments nest two or three levels.
+pub(crate) const NESTING_MAX: usize = 64;
 
 /// A content header's body size and properties, from the frame's payload; None when the
 /// properties do not decode (RabbitMQ answers that with 541 INTERNAL_ERROR).
@@ -31,7 +38,7 @@ pub(crate) fn decode_header(payload: &[u8]) -> Option<ContentHeader> {
         properties.content_encoding = Some(reader.short_string()?);
     }
     if present(2) {
-        properties.headers = Some(reader.table()?);
+        properties.headers = Some(reader.table(0)?);
     }
     if present(3) {
         properties.delivery_mode = Some(reader.u8()?);
@@ -66,10 +73,53 @@ pub(crate) fn decode_header(payload: &[u8]) -> Option<ContentHeader> {
     if present(13) {
         properties.cluster_id = Some(reader.short_string()?);
     }
+    if !reader.0.is_empty() {
+        return None;
+    }
     Some(ContentHeader {
         body_size,
         properties,
     })
+}
+
+/// Whether the field table of a method a client sends with one (`start-ok`, the declares, binds
+/// and unbinds, `basic.consume`) nests deeper than [`NESTING_MAX`]: methods are parsed by
+/// amq-protocol, which recurses without a limit, so the codec asks this first. Walks the bytes
+/// without building anything; a payload that does not decode is left to the parser to refuse.
+pub(crate) fn method_table_too_deep(payload: &[u8]) -> bool {
+    /// What comes before a method's table: a short integer, a short string, a byte of bits.
+    #[derive(Clone, Copy)]
+    enum Field {
+        Short,
+        Text,
+        Bits,
+    }
+    use Field::{Bits, Short, Text};
+    let mut reader = Reader(payload);
+    let (Some(class_id), Some(method_id)) = (reader.u16(), reader.u16()) else {
+        return false;
+    };
+    let before: &[Field] = match (class_id, method_id) {
+        (10, 11) => &[],                                         // connection.start-ok
+        (40, 10) => &[Short, Text, Text, Bits],                  // exchange.declare
+        (40, 30) | (40, 40) => &[Short, Text, Text, Text, Bits], // exchange.bind, unbind
+        (50, 10) => &[Short, Text, Bits],                        // queue.declare
+        (50, 20) => &[Short, Text, Text, Text, Bits],            // queue.bind
+        (50, 50) => &[Short, Text, Text, Text],                  // queue.unbind
+        (60, 20) => &[Short, Text, Text, Bits],                  // basic.consume
+        _ => return false,
+    };
+    for field in before {
+        let skipped = match field {
+            Short => reader.take(2),
+            Text => reader.u8().and_then(|len| reader.take(usize::from(len))),
+            Bits => reader.take(1),
+        };
+        if skipped.is_none() {
+            return false;
+        }
+    }
+    reader.table_too_deep(0) == Some(true)
 }
 
 /// What a content header says about the content to come.
@@ -295,19 +345,68 @@ impl<'a> Reader<'a> {
         self.take(usize::try_from(len).ok()?)
     }
 
-    /// A table, in its order. Nesting is bounded by the frame: each level takes bytes.
-    fn table(&mut self) -> Option<FieldTable> {
+    /// A table, in its order, `depth` levels down; None past [`NESTING_MAX`].
+    fn table(&mut self, depth: usize) -> Option<FieldTable> {
+        if depth >= NESTING_MAX {
+            return None;
+        }
         let mut entries = Reader(self.long_bytes()?);
         let mut table = FieldTable::new();
         while !entries.0.is_empty() {
             let key = entries.short_string()?;
-            let value = entries.value()?;
+            let value = entries.value(depth + 1)?;
             table.insert(key, value);
         }
         Some(table)
     }
 
-    fn value(&mut self) -> Option<FieldValue> {
+    /// Walks a table `depth` levels down without building it: whether something in it nests
+    /// past [`NESTING_MAX`]; None when it does not decode first.
+    fn table_too_deep(&mut self, depth: usize) -> Option<bool> {
+        if depth >= NESTING_MAX {
+            return Some(true);
+        }
+        let mut entries = Reader(self.long_bytes()?);
+        while !entries.0.is_empty() {
+            let key_len = entries.u8()?;
+            entries.take(usize::from(key_len))?;
+            if entries.value_too_deep(depth + 1)? {
+                return Some(true);
+            }
+        }
+        Some(false)
+    }
+
+    /// [`Reader::table_too_deep`] for one value with its type letter.
+    fn value_too_deep(&mut self, depth: usize) -> Option<bool> {
+        let width = match self.u8()? {
+            b'V' => 0,
+            b't' | b'b' | b'B' => 1,
+            b's' | b'U' | b'u' => 2,
+            b'I' | b'i' | b'f' => 4,
+            b'D' => 5,
+            b'l' | b'L' | b'd' | b'T' => 8,
+            b'S' | b'x' => return self.long_bytes().map(|_| false),
+            b'F' => return self.table_too_deep(depth),
+            b'A' => {
+                if depth >= NESTING_MAX {
+                    return Some(true);
+                }
+                let mut items = Reader(self.long_bytes()?);
+                while !items.0.is_empty() {
+                    if items.value_too_deep(depth + 1)? {
+                        return Some(true);
+                    }
+                }
+                return Some(false);
+            }
+            _ => return None,
+        };
+        self.take(width).map(|_| false)
+    }
+
+    /// A value with its type letter, inside a table or array `depth` levels down.
+    fn value(&mut self, depth: usize) -> Option<FieldValue> {
         let value = match self.u8()? {
             b't' => FieldValue::Bool(self.u8()? != 0),
             b'b' => FieldValue::I8(i8::from_be_bytes(self.array()?)),
@@ -331,15 +430,18 @@ impl<'a> Reader<'a> {
                 }
             }
             b'A' => {
+                if depth >= NESTING_MAX {
+                    return None;
+                }
                 let mut items = Reader(self.long_bytes()?);
                 let mut values = Vec::new();
                 while !items.0.is_empty() {
-                    values.push(items.value()?);
+                    values.push(items.value(depth + 1)?);
                 }
                 FieldValue::Array(values)
             }
             b'T' => FieldValue::Timestamp(self.u64()?),
-            b'F' => FieldValue::Table(self.table()?),
+            b'F' => FieldValue::Table(self.table(depth)?),
             b'x' => FieldValue::Bytes(Bytes::copy_from_slice(self.long_bytes()?)),
             b'V' => FieldValue::Void,
             _ => return None,
@@ -462,8 +564,8 @@ mod tests {
         assert_eq!(ours, expected);
     }
 
-    /// Cut short anywhere, or with a type letter RabbitMQ does not use, the properties do not
-    /// decode; bytes after the last property are ignored.
+    /// Cut short anywhere, with a byte after the last property (RabbitMQ: 541), or with a type
+    /// letter RabbitMQ does not use, the properties do not decode.
     #[test]
     fn refuses_what_does_not_decode() {
         let properties = Properties {
@@ -477,10 +579,60 @@ mod tests {
         }
         let mut longer = payload.clone();
         longer.push(0);
-        assert_eq!(decode_header(&longer).unwrap().properties, properties);
+        assert!(
+            decode_header(&longer).is_none(),
+            "a byte after the last property"
+        );
         let mut bad_type = payload;
         let at = bad_type.iter().position(|&b| b == b'l').unwrap();
         bad_type[at] = b'Q';
         assert!(decode_header(&bad_type).is_none());
+    }
+
+    /// A table whose one value is `levels` arrays and tables inside one another (in turn),
+    /// around a void, as bytes.
+    fn nested_table(levels: usize) -> Vec<u8> {
+        let sized = |content: Vec<u8>| {
+            let mut bytes = u32::try_from(content.len()).unwrap().to_be_bytes().to_vec();
+            bytes.extend(content);
+            bytes
+        };
+        let mut value = b"V".to_vec();
+        for level in 0..levels {
+            value = if level % 2 == 0 {
+                [b"A".to_vec(), sized(value)].concat()
+            } else {
+                [b"F".to_vec(), sized([vec![1, b'k'], value].concat())].concat()
+            };
+        }
+        sized([vec![1, b'k'], value].concat())
+    }
+
+    /// Tables and arrays nest up to [`NESTING_MAX`] deep in a header and in a method's
+    /// arguments; one level more is refused before anything recurses, however deep it goes.
+    #[test]
+    fn nesting_is_bounded() {
+        let header = |table: &[u8]| {
+            let mut payload = vec![0, 60, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 0x20, 0x00];
+            payload.extend(table);
+            payload
+        };
+        // queue.declare: ids, reserved short, queue name, bits, then the arguments.
+        let declare = |table: &[u8]| {
+            let mut payload = vec![0, 50, 0, 10, 0, 0, 1, b'q', 0];
+            payload.extend(table);
+            payload
+        };
+        let within = nested_table(NESTING_MAX - 1);
+        assert!(decode_header(&header(&within)).is_some());
+        assert!(!method_table_too_deep(&declare(&within)));
+        for levels in [NESTING_MAX, 3_000] {
+            let deep = nested_table(levels);
+            assert!(decode_header(&header(&deep)).is_none(), "{levels} levels");
+            assert!(method_table_too_deep(&declare(&deep)), "{levels} levels");
+        }
+        // Other methods, and payloads too short to say, are left to the parser.
+        assert!(!method_table_too_deep(&[0, 60, 0, 40]));
+        assert!(!method_table_too_deep(&declare(&[])));
     }
 }

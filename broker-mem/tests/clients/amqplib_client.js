@@ -44,17 +44,17 @@ function closed(channel) {
   });
 }
 
-// The queue's ready count once it is `want` (or after a second): RabbitMQ requeues a nacked or
-// recovered message, and enqueues an unconfirmed publish, asynchronously (through its
-// delegates), so a count or a get just after may not see it yet.
+// The queue's ready count once it is `want`: RabbitMQ requeues a nacked or recovered message,
+// and enqueues an unconfirmed publish, asynchronously (through its delegates), so a count or a
+// get just after may not see it yet. Throws after 10 s, naming what it saw.
 async function countWhen(channel, queue, want) {
   let count;
-  for (let tries = 0; tries < 50; tries += 1) {
+  for (let tries = 0; tries < 500; tries += 1) {
     ({ messageCount: count } = await channel.checkQueue(queue));
-    if (count === want) break;
+    if (count === want) return count;
     await new Promise((r) => setTimeout(r, 20));
   }
-  return count;
+  throw new Error(`${queue} holds ${count} ready messages after 10 s, not ${want}`);
 }
 
 async function expectChannelError(connection, step, act) {
@@ -165,12 +165,8 @@ async function main(url) {
   note('consumed', { delivered });
 
   // The dead-lettered one, with its x-death.
-  let dead = null;
-  for (let tries = 0; tries < 50 && !dead; tries += 1) {
-    dead = await ch.get('js.dead', { noAck: true });
-    if (!dead) await new Promise((r) => setTimeout(r, 20));
-  }
-  note('dead-lettered', { message: seen(dead) });
+  await countWhen(ch, 'js.dead', 1);
+  note('dead-lettered', { message: seen(await ch.get('js.dead', { noAck: true })) });
 
   // Overflow: a queue of one that refuses the rest (a confirm nack).
   await ch.assertQueue('js.full', { durable: false, maxLength: 1, arguments: { 'x-overflow': 'reject-publish' } });

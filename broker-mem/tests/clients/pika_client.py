@@ -68,15 +68,15 @@ def closed(error):
 
 
 def count_when(channel, queue, want):
-    """The queue's ready count once it is `want` (or after a second): RabbitMQ requeues a nacked,
-    recovered or rolled-back message asynchronously (through its delegates), so a count or a
-    get just after may not see it yet."""
-    for _ in range(50):
+    """The queue's ready count once it is `want`: RabbitMQ requeues a nacked, recovered or
+    rolled-back message asynchronously (through its delegates), so a count or a get just after
+    may not see it yet. Raises after 10 s, naming what it saw."""
+    for _ in range(500):
         count = channel.queue_declare(queue, passive=True).method.message_count
         if count == want:
-            break
+            return count
         channel.connection.sleep(0.02)
-    return count
+    raise AssertionError(f"{queue} holds {count} ready messages after 10 s, not {want}")
 
 
 def expect_channel_error(connection, step, act):
@@ -183,13 +183,8 @@ def main(url):
     channel.basic_cancel(tag)
     note("consumed", delivered=delivered)
 
-    dead = (None, None, None)
-    for _ in range(50):
-        dead = channel.basic_get("py.dead", auto_ack=True)
-        if dead[0] is not None:
-            break
-        connection.sleep(0.02)
-    note("dead-lettered", message=dead[0] and seen(*dead))
+    count_when(channel, "py.dead", 1)
+    note("dead-lettered", message=seen(*channel.basic_get("py.dead", auto_ack=True)))
 
     # Overflow: a queue of one that refuses the rest (a confirm nack).
     channel.queue_declare("py.full", arguments={"x-max-length": 1, "x-overflow": "reject-publish"})
@@ -315,14 +310,9 @@ def routing_and_queues(params):
     ch.queue_declare("py.short", arguments={"x-max-length": 2, "x-dead-letter-exchange": "py.dlx2"})
     for n in range(3):
         ch.basic_publish("", "py.short", f"s{n}".encode())
-    dead = []
-    for _ in range(100):
-        m = get(ch, "py.dlq2", auto_ack=True)
-        if m:
-            dead.append(m)
-        if len(dead) == 2:
-            break
-        connection.sleep(0.02)
+    # Both dead-lettered (in the background in RabbitMQ) before either is taken.
+    count_when(ch, "py.dlq2", 2)
+    dead = [get(ch, "py.dlq2", auto_ack=True) for _ in range(2)]
     note("expired and dropped", dead=dead, left=drain(ch, "py.ttl"), short=drain(ch, "py.short"))
 
     # basic.recover: what a channel holds unacked comes back, redelivered.
@@ -365,7 +355,7 @@ def routing_and_queues(params):
     for n in range(3):
         ch.basic_publish("", "py.sac", f"sac{n}".encode())
         ch.basic_publish("", "py.cp", f"cp{n}".encode())
-    for _ in range(250):
+    for _ in range(500):
         if len(got) >= 6:
             break
         connection.process_data_events(time_limit=0.02)
@@ -389,7 +379,7 @@ def routing_and_queues(params):
     method, properties, body = ch.basic_get("py.req", auto_ack=True)
     reply_to = properties.reply_to
     ch.basic_publish("", reply_to, b"reply")
-    for _ in range(100):
+    for _ in range(500):
         if replies:
             break
         connection.process_data_events(time_limit=0.02)

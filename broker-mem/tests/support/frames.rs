@@ -81,3 +81,30 @@ pub async fn next_raw_frame<S: AsyncRead + Unpin>(
         }
     }
 }
+
+/// A field table whose one value (key `k`) is `levels` arrays and tables inside one another,
+/// in turn, around a void: bytes, built outside in, so a deep one costs no more than its size.
+#[allow(dead_code)] // each test binary that includes this module uses a part of it
+pub fn nested_table(levels: usize) -> Vec<u8> {
+    // Each level's content length, innermost first: an array adds its letter and size, a
+    // table those and its key.
+    let mut lengths = vec![1_u32]; // the void
+    for level in 0..levels {
+        let added = if level % 2 == 0 { 5 } else { 7 };
+        lengths.push(lengths[level] + added);
+    }
+    let mut bytes = (lengths[levels] + 2).to_be_bytes().to_vec();
+    bytes.extend([1, b'k']);
+    for level in (0..levels).rev() {
+        if level % 2 == 0 {
+            bytes.push(b'A');
+            bytes.extend(lengths[level].to_be_bytes());
+        } else {
+            bytes.push(b'F');
+            bytes.extend((lengths[level] + 2).to_be_bytes());
+            bytes.extend([1, b'k']);
+        }
+    }
+    bytes.push(b'V');
+    bytes
+}
