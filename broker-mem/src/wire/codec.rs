@@ -5,7 +5,10 @@
 //! keeps a header table's order; body and heartbeat frames are cut out by hand, because they
 //! are the bulk of the traffic and need no parsing.
 
-use crate::wire::content::{ContentHeader, NESTING_MAX, decode_header, method_table_too_deep};
+use crate::message::FieldTable;
+use crate::wire::content::{
+    ContentHeader, NESTING_MAX, decode_header, method_arguments, method_table_too_deep,
+};
 use amq_protocol::frame::{AMQPFrame, WriteContext, gen_frame, parse_frame};
 use amq_protocol::protocol::constants::{
     FRAME_BODY, FRAME_END, FRAME_HEADER, FRAME_HEARTBEAT, FRAME_METHOD,
@@ -21,8 +24,9 @@ pub(crate) const FRAME_OVERHEAD_BYTES: usize = FRAME_HEADER_BYTES + 1;
 /// A frame as the session handles it.
 #[derive(Debug)]
 pub(crate) enum Inbound {
-    /// A method, parsed.
-    Frame(Box<AMQPFrame>),
+    /// A method, parsed; with its arguments table in wire order, where it has one (the parsed
+    /// copy's table is sorted).
+    Frame(Box<AMQPFrame>, Option<Box<FieldTable>>),
     /// A content header. Whether it counts as one depends on the channel's state, as in
     /// RabbitMQ's command assembler, so the session judges it: see [`HeaderFrame`].
     Header(Box<HeaderFrame>),
@@ -141,7 +145,10 @@ pub(crate) fn take_frame(
             });
         }
         FRAME_METHOD => match parse_frame(&buffer[..total]) {
-            Ok((_, frame)) => Inbound::Frame(Box::new(frame)),
+            Ok((_, frame)) => {
+                let arguments = method_arguments(payload).map(Box::new);
+                Inbound::Frame(Box::new(frame), arguments)
+            }
             // Arguments that do not decode, or (where RabbitMQ's reader crashes and drops the
             // connection) class and method ids that name no method.
             Err(_) => {

@@ -82,11 +82,10 @@ pub(crate) fn decode_header(payload: &[u8]) -> Option<ContentHeader> {
     })
 }
 
-/// Whether the field table of a method a client sends with one (`start-ok`, the declares, binds
-/// and unbinds, `basic.consume`) nests deeper than [`NESTING_MAX`]: methods are parsed by
-/// amq-protocol, which recurses without a limit, so the codec asks this first. Walks the bytes
-/// without building anything; a payload that does not decode is left to the parser to refuse.
-pub(crate) fn method_table_too_deep(payload: &[u8]) -> bool {
+/// Where the field table of a method a client sends with one (`start-ok`, the declares, binds
+/// and unbinds, `basic.consume`) starts in its payload: a reader there, or None for other
+/// methods and payloads too short to say.
+fn method_table(payload: &[u8]) -> Option<Reader<'_>> {
     /// What comes before a method's table: a short integer, a short string, a byte of bits.
     #[derive(Clone, Copy)]
     enum Field {
@@ -96,10 +95,7 @@ pub(crate) fn method_table_too_deep(payload: &[u8]) -> bool {
     }
     use Field::{Bits, Short, Text};
     let mut reader = Reader(payload);
-    let (Some(class_id), Some(method_id)) = (reader.u16(), reader.u16()) else {
-        return false;
-    };
-    let before: &[Field] = match (class_id, method_id) {
+    let before: &[Field] = match (reader.u16()?, reader.u16()?) {
         (10, 11) => &[],                                         // connection.start-ok
         (40, 10) => &[Short, Text, Text, Bits],                  // exchange.declare
         (40, 30) | (40, 40) => &[Short, Text, Text, Text, Bits], // exchange.bind, unbind
@@ -107,19 +103,35 @@ pub(crate) fn method_table_too_deep(payload: &[u8]) -> bool {
         (50, 20) => &[Short, Text, Text, Text, Bits],            // queue.bind
         (50, 50) => &[Short, Text, Text, Text],                  // queue.unbind
         (60, 20) => &[Short, Text, Text, Bits],                  // basic.consume
-        _ => return false,
+        _ => return None,
     };
     for field in before {
-        let skipped = match field {
-            Short => reader.take(2),
-            Text => reader.u8().and_then(|len| reader.take(usize::from(len))),
-            Bits => reader.take(1),
+        match field {
+            Short => reader.take(2)?,
+            Text => {
+                let len = reader.u8()?;
+                reader.take(usize::from(len))?
+            }
+            Bits => reader.take(1)?,
         };
-        if skipped.is_none() {
-            return false;
-        }
     }
-    reader.table_too_deep(0) == Some(true)
+    Some(reader)
+}
+
+/// Whether the field table of a method (see [`method_table`]) nests deeper than
+/// [`NESTING_MAX`]: methods are parsed by amq-protocol, which recurses without a limit, so the
+/// codec asks this first. Walks the bytes without building anything; a payload that does not
+/// decode is left to the parser to refuse.
+pub(crate) fn method_table_too_deep(payload: &[u8]) -> bool {
+    method_table(payload).is_some_and(|mut reader| reader.table_too_deep(0) == Some(true))
+}
+
+/// A method's field table (see [`method_table`]) in its wire order: amq-protocol's parsed copy
+/// is sorted, and RabbitMQ reads some arguments in wire order (the first of another queue
+/// type's arguments is the one its 406 names). None for other methods, or when it does not
+/// decode (the parser refuses those).
+pub(crate) fn method_arguments(payload: &[u8]) -> Option<FieldTable> {
+    method_table(payload)?.table(0)
 }
 
 /// What a content header says about the content to come.
@@ -634,5 +646,61 @@ mod tests {
         // Other methods, and payloads too short to say, are left to the parser.
         assert!(!method_table_too_deep(&[0, 60, 0, 40]));
         assert!(!method_table_too_deep(&declare(&[])));
+    }
+
+    /// A method's arguments come in wire order, for each method a client sends with a table;
+    /// other methods have none.
+    #[test]
+    fn method_arguments_keep_wire_order() {
+        let table = {
+            let mut entries = Vec::new();
+            put_short_string(&mut entries, "x-quorum-initial-group-size");
+            put_value(&mut entries, &FieldValue::I8(3));
+            put_short_string(&mut entries, "x-delivery-limit");
+            put_value(&mut entries, &FieldValue::I8(5));
+            let mut table = Vec::new();
+            put_long_bytes(&mut table, &entries);
+            table
+        };
+        let text = |t: &str| [vec![u8::try_from(t.len()).unwrap()], t.as_bytes().to_vec()].concat();
+        let methods: [(&[u8], Vec<u8>); 8] = [
+            (&[0, 10, 0, 11], vec![]),
+            (
+                &[0, 40, 0, 10],
+                [vec![0, 0], text("x"), text("direct"), vec![0]].concat(),
+            ),
+            (
+                &[0, 40, 0, 30],
+                [vec![0, 0], text("d"), text("s"), text("k"), vec![0]].concat(),
+            ),
+            (
+                &[0, 40, 0, 40],
+                [vec![0, 0], text("d"), text("s"), text("k"), vec![0]].concat(),
+            ),
+            (&[0, 50, 0, 10], [vec![0, 0], text("q"), vec![0]].concat()),
+            (
+                &[0, 50, 0, 20],
+                [vec![0, 0], text("q"), text("x"), text("k"), vec![0]].concat(),
+            ),
+            (
+                &[0, 50, 0, 50],
+                [vec![0, 0], text("q"), text("x"), text("k")].concat(),
+            ),
+            (
+                &[0, 60, 0, 20],
+                [vec![0, 0], text("q"), text("c"), vec![0]].concat(),
+            ),
+        ];
+        for (ids, before) in methods {
+            let payload = [ids.to_vec(), before, table.clone()].concat();
+            let arguments = method_arguments(&payload).unwrap_or_else(|| panic!("{ids:?}"));
+            let keys: Vec<&String> = arguments.keys().collect();
+            assert_eq!(
+                keys,
+                ["x-quorum-initial-group-size", "x-delivery-limit"],
+                "{ids:?}"
+            );
+        }
+        assert!(method_arguments(&[0, 60, 0, 40, 0, 0]).is_none());
     }
 }

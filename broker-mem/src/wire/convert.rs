@@ -1,9 +1,9 @@
 //! AMQP basic properties and field tables, between amq-protocol's types and broker-mem's.
 //!
 //! Each value keeps its AMQP type; the order of a table's keys is lost (amq-protocol's tables
-//! are sorted maps). So the wire server uses these only for method arguments, where order does
-//! not reach a consumer; a message's properties go through its own codec (`content`), which
-//! keeps a header table's order as RabbitMQ does.
+//! are sorted maps). So the wire server reads tables with its own codec (`content`), which
+//! keeps their order as RabbitMQ does, and falls back on these only where that codec did not
+//! read a method's arguments.
 //!
 //! Public (with the `wire` feature) for AMQP clients built on amq-protocol, such as the
 //! contract tests' lapin half.

@@ -31,7 +31,7 @@ use crate::wire::{
 };
 use crate::{
     Broker, ChannelId, Confirm, ConnectionId, ConsumeOptions, ConsumerEnd, Engine, Error, Event,
-    ExchangeKind, ExchangeOptions, PublishOptions, QueueOptions, Returned, Tap,
+    ExchangeKind, ExchangeOptions, FieldTable, PublishOptions, QueueOptions, Returned, Tap,
 };
 
 /// Bytes asked of the stream per read.
@@ -270,6 +270,9 @@ struct Session<S> {
     /// The broker's body limit, read once: a header announcing more is refused before any body
     /// byte is buffered.
     body_bytes_max: u64,
+    /// The arguments of the method being handled, in wire order (amq-protocol's parsed copy is
+    /// sorted): see [`Session::arguments`].
+    arguments_in_order: Option<Box<FieldTable>>,
 }
 
 /// Serves one connection; see [`WireServer::serve_connection`].
@@ -305,6 +308,7 @@ where
         numbers: BTreeMap::new(),
         taken: Vec::new(),
         closed_by_client: false,
+        arguments_in_order: None,
         cancel_notify: false,
         tuned: false,
         body_bytes_max: server
@@ -470,7 +474,7 @@ impl<S: AsyncRead + AsyncWrite + Send> Session<S> {
             };
             match frame {
                 Inbound::Heartbeat => {}
-                Inbound::Frame(frame) => {
+                Inbound::Frame(frame, _) => {
                     let hard = match *frame {
                         AMQPFrame::Method(0, AMQPClass::Connection(method)) => return Ok(method),
                         AMQPFrame::Method(_, class) => unexpected(&class, state),
@@ -598,7 +602,7 @@ impl<S: AsyncRead + AsyncWrite + Send> Session<S> {
         let wait = async {
             loop {
                 match frames.next().await {
-                    Ok(Inbound::Frame(frame)) => {
+                    Ok(Inbound::Frame(frame, _)) => {
                         if let AMQPFrame::Method(0, AMQPClass::Connection(method)) = *frame {
                             return matches!(method, connection::AMQPMethod::Close(_));
                         }
@@ -630,12 +634,24 @@ impl<S: AsyncRead + AsyncWrite + Send> Session<S> {
         }
     }
 
+    /// The arguments of the method being handled, in wire order as the codec read them;
+    /// `parsed` (sorted) only if it could not (it parsed them, so that is not expected).
+    fn arguments(&mut self, parsed: &AmqpTable) -> FieldTable {
+        match self.arguments_in_order.take() {
+            Some(arguments) => *arguments,
+            None => table_in(parsed),
+        }
+    }
+
     fn on_frame(&mut self, frame: Inbound) -> Result<(), Hard> {
         let frame = match frame {
             Inbound::Heartbeat => return Ok(()),
             Inbound::Header(header) => return self.on_header(*header),
             Inbound::Body(number, body) => return self.on_body(number, body),
-            Inbound::Frame(frame) => *frame,
+            Inbound::Frame(frame, arguments) => {
+                self.arguments_in_order = arguments;
+                *frame
+            }
         };
         match frame {
             AMQPFrame::Method(0, AMQPClass::Connection(method)) => {
@@ -713,7 +729,7 @@ impl<S: AsyncRead + AsyncWrite + Send> Session<S> {
             AMQPClass::Queue(queue::AMQPMethod::Declare(declare)) => {
                 let options = queue_options(declare);
                 let name = declare.queue.as_str();
-                let arguments = table_in(&declare.arguments);
+                let arguments = self.arguments(&declare.arguments);
                 let Some(ok) = self.engine(number, &class, |engine, id| {
                     engine.queue_declare_with(id, name, options, &arguments)
                 })?
@@ -833,7 +849,7 @@ impl<S: AsyncRead + AsyncWrite + Send> Session<S> {
     ) -> Result<(), Hard> {
         match method {
             queue::AMQPMethod::Bind(bind) => {
-                let arguments = table_in(&bind.arguments);
+                let arguments = self.arguments(&bind.arguments);
                 let done = self.engine(number, class, |engine, id| {
                     engine.queue_bind_with(
                         id,
@@ -849,7 +865,7 @@ impl<S: AsyncRead + AsyncWrite + Send> Session<S> {
                 }
             }
             queue::AMQPMethod::Unbind(unbind) => {
-                let arguments = table_in(&unbind.arguments);
+                let arguments = self.arguments(&unbind.arguments);
                 let done = self.engine(number, class, |engine, id| {
                     engine.queue_unbind(
                         id,
@@ -916,7 +932,7 @@ impl<S: AsyncRead + AsyncWrite + Send> Session<S> {
                 }
             }
             exchange::AMQPMethod::Bind(bind) => {
-                let arguments = table_in(&bind.arguments);
+                let arguments = self.arguments(&bind.arguments);
                 let done = self.engine(number, class, |engine, id| {
                     engine.exchange_bind(
                         id,
@@ -932,7 +948,7 @@ impl<S: AsyncRead + AsyncWrite + Send> Session<S> {
                 }
             }
             exchange::AMQPMethod::Unbind(unbind) => {
-                let arguments = table_in(&unbind.arguments);
+                let arguments = self.arguments(&unbind.arguments);
                 let done = self.engine(number, class, |engine, id| {
                     engine.exchange_unbind(
                         id,
@@ -1004,7 +1020,8 @@ impl<S: AsyncRead + AsyncWrite + Send> Session<S> {
                 Ok(())
             }
             basic::AMQPMethod::Consume(consume) => {
-                let options = consume_options(consume);
+                let arguments = self.arguments(&consume.arguments);
+                let options = consume_options(consume, arguments);
                 let no_ack = consume.no_ack;
                 let Some(tag) = self.engine(number, class, |engine, id| {
                     engine.basic_consume(id, consume.queue.as_str(), options)
@@ -1140,7 +1157,7 @@ impl<S: AsyncRead + AsyncWrite + Send> Session<S> {
         };
         let options = exchange_options(declare);
         let name = declare.exchange.as_str();
-        let arguments = table_in(&declare.arguments);
+        let arguments = self.arguments(&declare.arguments);
         let done = self.engine(number, class, |engine, id| {
             engine.exchange_declare_with(id, name, kind, options, &arguments)
         })?;
@@ -1842,11 +1859,11 @@ fn publish_options(mandatory: bool) -> PublishOptions {
     }
 }
 
-fn consume_options(consume: &basic::Consume) -> ConsumeOptions {
+fn consume_options(consume: &basic::Consume, arguments: FieldTable) -> ConsumeOptions {
     ConsumeOptions {
         consumer_tag: consume.consumer_tag.as_str().to_owned(),
         no_ack: consume.no_ack,
         exclusive: consume.exclusive,
-        arguments: table_in(&consume.arguments),
+        arguments,
     }
 }

@@ -211,6 +211,12 @@ def main(url):
     expect_channel_error(
         connection, "bad max length", lambda c: c.queue_declare("py.bad", arguments={"x-max-length": "ten"})
     )
+    # Two arguments of the other queue type: RabbitMQ names the first on the wire.
+    expect_channel_error(
+        connection,
+        "quorum arguments on a classic queue",
+        lambda c: c.queue_declare("py.classic", arguments={"x-quorum-initial-group-size": 3, "x-delivery-limit": 5}),
+    )
     expect_channel_error(connection, "double ack", double_ack)
     other = pika.BlockingConnection(params)
     channel.queue_declare("py.mine", exclusive=True)
