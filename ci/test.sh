@@ -130,24 +130,35 @@ fi
 wait_for "$MANAGEMENT_HOST" "$MANAGEMENT_PORT" "RabbitMQ management API"
 
 # Clients in other languages for the wire server's cross-language tests
-# (broker-mem/tests/wire_clients.rs): Python's pika and Node.js's amqplib, at the versions pinned
-# in broker-mem/tests/clients/ (their transcripts depend on how each decodes what it receives).
+# (broker-mem/tests/wire_clients.rs): Python's pika and kombu (over py-amqp) and Node.js's
+# amqplib, at the versions pinned in broker-mem/tests/clients/ (their transcripts depend on how
+# each decodes what it receives).
 CLIENTS_DIR=broker-mem/tests/clients
 required_clients=()
-PIKA_PINNED="$(sed -n 's/^pika==//p' "$CLIENTS_DIR/requirements.txt")"
-if ! python3 -c "import pika, sys; sys.exit(pika.__version__ != '$PIKA_PINNED')" 2>/dev/null; then
+# Whether every package pinned in requirements.txt is installed at its pinned version.
+python_clients_pinned() {
+    python3 - "$CLIENTS_DIR/requirements.txt" <<'PY' 2>/dev/null
+import sys
+from importlib.metadata import version
+for line in open(sys.argv[1]):
+    name, _, pinned = line.strip().partition("==")
+    if name and version(name) != pinned:
+        sys.exit(1)
+PY
+}
+if ! python_clients_pinned; then
     if ! python3 -m pip --version >/dev/null 2>&1; then
         command -v apt-get >/dev/null || fail "python3 with pip is needed for the pika tests"
         log "installing python3 and pip with apt-get"
         as_root apt-get update
         as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y python3 python3-pip
     fi
-    log "installing pika $PIKA_PINNED from PyPI"
+    log "installing pika and kombu from PyPI ($CLIENTS_DIR/requirements.txt)"
     python3 -m pip install --quiet -r "$CLIENTS_DIR/requirements.txt" \
         || python3 -m pip install --quiet --break-system-packages -r "$CLIENTS_DIR/requirements.txt" \
-        || fail "cannot install pika (python3 -m pip install -r $CLIENTS_DIR/requirements.txt)"
+        || fail "cannot install pika and kombu (python3 -m pip install -r $CLIENTS_DIR/requirements.txt)"
 fi
-required_clients+=(pika)
+required_clients+=(pika kombu)
 if ! command -v node >/dev/null || ! command -v npm >/dev/null; then
     command -v apt-get >/dev/null || fail "node and npm are needed for the amqplib tests; install Node.js 18 or later"
     log "installing nodejs and npm with apt-get"

@@ -1,17 +1,19 @@
 //! AMQP clients in other languages against broker-mem's wire server and against RabbitMQ:
-//! Node.js's amqplib and Python's pika, the clients other teams' subscribers are most often
-//! written with. Each runs one scenario (`tests/clients/`: typed headers and every property,
-//! confirms, a mandatory return, `basic.get`, nack and requeue, prefetch, dead-lettering with
-//! `x-death`, an overflow nack, a headers exchange, channel and connection errors) and prints
-//! what it saw as JSON. Both servers must print the transcript kept beside the script, which
-//! RabbitMQ 3.10.8 printed; header tables are compared in order, as these clients keep it.
+//! Node.js's amqplib, Python's pika, and kombu (Celery's messaging library, over py-amqp), the
+//! clients other teams' subscribers are most often written with. Each runs one scenario
+//! (`tests/clients/`: typed headers and every property, confirms, mandatory returns,
+//! `basic.get`, requeues, prefetch, dead-lettering with `x-death`, routing of every kind,
+//! transactions, channel and connection errors) and prints what it saw as JSON. Both servers
+//! must print the transcript kept beside the script, which RabbitMQ 3.10.8 printed; header
+//! tables are compared in order, as these clients keep it.
 //!
 //! To write a transcript again after changing a scenario, run the script against RabbitMQ:
 //! `node tests/clients/amqplib_client.js amqp://guest:guest@127.0.0.1:5672/VHOST >
-//! tests/clients/amqplib.expected.json` (likewise `python3 tests/clients/pika_client.py`).
+//! tests/clients/amqplib.expected.json` (likewise `python3 tests/clients/pika_client.py` and
+//! `kombu_client.py`).
 //!
 //! A client that is not installed skips with a `SKIPPED:` line, unless `WARREN_REQUIRE_CLIENTS`
-//! is `1` or names it (`pika,amqplib`: ci/test.sh names those it installed); so does the
+//! is `1` or names it (`pika,kombu,amqplib`: ci/test.sh names those it installed); so does the
 //! RabbitMQ half without RabbitMQ, unless `WARREN_REQUIRE_RABBITMQ=1`.
 #![cfg(feature = "wire")]
 
@@ -46,6 +48,13 @@ const PIKA: Client = Client {
     name: "pika",
     command: ["python3", "pika_client.py"],
     probe: &["python3", "-c", "import pika"],
+    install_hint: "python3 -m pip install -r broker-mem/tests/clients/requirements.txt",
+};
+
+const KOMBU: Client = Client {
+    name: "kombu",
+    command: ["python3", "kombu_client.py"],
+    probe: &["python3", "-c", "import kombu"],
     install_hint: "python3 -m pip install -r broker-mem/tests/clients/requirements.txt",
 };
 
@@ -188,4 +197,14 @@ async fn pika_sees_from_broker_mem_what_it_sees_from_rabbitmq() {
 #[tokio::test]
 async fn pika_transcript_is_rabbitmqs() {
     PIKA.against_rabbitmq().await;
+}
+
+#[tokio::test]
+async fn kombu_sees_from_broker_mem_what_it_sees_from_rabbitmq() {
+    KOMBU.against_broker_mem().await;
+}
+
+#[tokio::test]
+async fn kombu_transcript_is_rabbitmqs() {
+    KOMBU.against_rabbitmq().await;
 }
