@@ -130,9 +130,9 @@ fi
 wait_for "$MANAGEMENT_HOST" "$MANAGEMENT_PORT" "RabbitMQ management API"
 
 # Clients in other languages for the wire server's cross-language tests
-# (broker-mem/tests/wire_clients.rs): Python's pika and kombu (over py-amqp) and Node.js's
-# amqplib, at the versions pinned in broker-mem/tests/clients/ (their transcripts depend on how
-# each decodes what it receives).
+# (broker-mem/tests/wire_clients.rs): Python's pika, kombu (over py-amqp) and aio-pika (over
+# aiormq) and Node.js's amqplib, at the versions pinned in broker-mem/tests/clients/ (their
+# transcripts depend on how each decodes what it receives).
 CLIENTS_DIR=broker-mem/tests/clients
 required_clients=()
 # Whether every package pinned in requirements.txt is installed at its pinned version.
@@ -153,12 +153,12 @@ if ! python_clients_pinned; then
         as_root apt-get update
         as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y python3 python3-pip
     fi
-    log "installing pika and kombu from PyPI ($CLIENTS_DIR/requirements.txt)"
+    log "installing pika, kombu and aio-pika from PyPI ($CLIENTS_DIR/requirements.txt)"
     python3 -m pip install --quiet -r "$CLIENTS_DIR/requirements.txt" \
         || python3 -m pip install --quiet --break-system-packages -r "$CLIENTS_DIR/requirements.txt" \
-        || fail "cannot install pika and kombu (python3 -m pip install -r $CLIENTS_DIR/requirements.txt)"
+        || fail "cannot install the Python clients (python3 -m pip install -r $CLIENTS_DIR/requirements.txt)"
 fi
-required_clients+=(pika kombu)
+required_clients+=(pika kombu aio-pika)
 if ! command -v node >/dev/null || ! command -v npm >/dev/null; then
     command -v apt-get >/dev/null || fail "node and npm are needed for the amqplib tests; install Node.js 18 or later"
     log "installing nodejs and npm with apt-get"

@@ -1,6 +1,7 @@
 //! AMQP clients in other languages against broker-mem's wire server and against RabbitMQ:
-//! Node.js's amqplib, Python's pika, and kombu (Celery's messaging library, over py-amqp), the
-//! clients other teams' subscribers are most often written with. Each runs one scenario
+//! Node.js's amqplib, and Python's pika, kombu (Celery's messaging library, over py-amqp) and
+//! aio-pika (asyncio, over aiormq and pamqp): the clients other teams' subscribers are most
+//! often written with, four independent AMQP codecs. Each runs one scenario
 //! (`tests/clients/`: typed headers and every property, confirms, mandatory returns,
 //! `basic.get`, requeues, prefetch, dead-lettering with `x-death`, routing of every kind,
 //! transactions, channel and connection errors) and prints what it saw as JSON. Both servers
@@ -9,12 +10,12 @@
 //!
 //! To write a transcript again after changing a scenario, run the script against RabbitMQ:
 //! `node tests/clients/amqplib_client.js amqp://guest:guest@127.0.0.1:5672/VHOST >
-//! tests/clients/amqplib.expected.json` (likewise `python3 tests/clients/pika_client.py` and
-//! `kombu_client.py`).
+//! tests/clients/amqplib.expected.json` (likewise `python3 tests/clients/pika_client.py`,
+//! `kombu_client.py`, `aio_pika_client.py`).
 //!
 //! A client that is not installed skips with a `SKIPPED:` line, unless `WARREN_REQUIRE_CLIENTS`
-//! is `1` or names it (`pika,kombu,amqplib`: ci/test.sh names those it installed); so does the
-//! RabbitMQ half without RabbitMQ, unless `WARREN_REQUIRE_RABBITMQ=1`.
+//! is `1` or names it (`pika,kombu,aio-pika,amqplib`: ci/test.sh names those it installed); so
+//! does the RabbitMQ half without RabbitMQ, unless `WARREN_REQUIRE_RABBITMQ=1`.
 #![cfg(feature = "wire")]
 
 use std::path::{Path, PathBuf};
@@ -55,6 +56,13 @@ const KOMBU: Client = Client {
     name: "kombu",
     command: ["python3", "kombu_client.py"],
     probe: &["python3", "-c", "import kombu"],
+    install_hint: "python3 -m pip install -r broker-mem/tests/clients/requirements.txt",
+};
+
+const AIO_PIKA: Client = Client {
+    name: "aio-pika",
+    command: ["python3", "aio_pika_client.py"],
+    probe: &["python3", "-c", "import aio_pika"],
     install_hint: "python3 -m pip install -r broker-mem/tests/clients/requirements.txt",
 };
 
@@ -207,4 +215,14 @@ async fn kombu_sees_from_broker_mem_what_it_sees_from_rabbitmq() {
 #[tokio::test]
 async fn kombu_transcript_is_rabbitmqs() {
     KOMBU.against_rabbitmq().await;
+}
+
+#[tokio::test]
+async fn aio_pika_sees_from_broker_mem_what_it_sees_from_rabbitmq() {
+    AIO_PIKA.against_broker_mem().await;
+}
+
+#[tokio::test]
+async fn aio_pika_transcript_is_rabbitmqs() {
+    AIO_PIKA.against_rabbitmq().await;
 }
