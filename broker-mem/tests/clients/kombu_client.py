@@ -8,48 +8,13 @@ the caller runs it against both brokers and compares (tests/wire_clients.rs).
 """
 import datetime
 import decimal
-import json
-import re
 import sys
 import time
 
 import amqp.exceptions
 from kombu import Connection, Consumer, Exchange, Producer, Queue
 
-transcript = []
-
-
-def note(step, **what):
-    transcript.append({"step": step, **what})
-
-
-def same_vhost(text):
-    """A broker names the vhost in its texts; the two runs use different ones."""
-    return re.sub(r"in vhost '[^']*'", "in vhost 'V'", str(text))
-
-
-def plain(value, key=None):
-    """A decoded value as JSON, keeping the Python type py-amqp decoded it to."""
-    if key == "time":
-        # x-death's time is each broker's clock.
-        return type(value).__name__
-    if isinstance(value, bool) or value is None or isinstance(value, str):
-        return value
-    if isinstance(value, int):
-        return {"int": value}
-    if isinstance(value, float):
-        return {"float": value}
-    if isinstance(value, decimal.Decimal):
-        return {"decimal": str(value)}
-    if isinstance(value, datetime.datetime):
-        return {"datetime": value.isoformat()}
-    if isinstance(value, (bytes, bytearray)):
-        return {"bytes": list(value)}
-    if isinstance(value, dict):
-        return {k: plain(v, k) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [plain(v) for v in value]
-    return {type(value).__name__: repr(value)}
+from transcript import note, plain, print_transcript, same_vhost
 
 
 def seen(message):
@@ -202,7 +167,7 @@ def main(url):
     for name in ["kb.tasks", "kb.dlx", "kb.simple"]:
         channel.exchange_delete(name)
     connection.release()
-    print(json.dumps(transcript, indent=1, ensure_ascii=False))
+    print_transcript()
 
 
 if __name__ == "__main__":

@@ -8,46 +8,11 @@ never depends on the order in which several queues deliver, or on timers.
 """
 import datetime
 import decimal
-import json
-import re
 import sys
 
 import pika
 
-transcript = []
-
-
-def note(step, **what):
-    transcript.append({"step": step, **what})
-
-
-def same_vhost(text):
-    """A broker names the vhost in its texts; the two runs use different ones."""
-    return re.sub(r"in vhost '[^']*'", "in vhost 'V'", str(text))
-
-
-def plain(value, key=None):
-    """A decoded field value as JSON, keeping the Python type pika decoded it to."""
-    if key == "time":
-        # x-death's time is each broker's clock.
-        return type(value).__name__
-    if isinstance(value, bool) or value is None or isinstance(value, str):
-        return value
-    if isinstance(value, int):
-        return {"int": value}
-    if isinstance(value, float):
-        return {"float": value}
-    if isinstance(value, decimal.Decimal):
-        return {"decimal": str(value)}
-    if isinstance(value, datetime.datetime):
-        return {"datetime": value.isoformat()}
-    if isinstance(value, bytes):
-        return {"bytes": list(value)}
-    if isinstance(value, dict):
-        return {k: plain(v, k) for k, v in value.items()}
-    if isinstance(value, list):
-        return [plain(v) for v in value]
-    return {type(value).__name__: repr(value)}
+from transcript import note, plain, print_transcript, same_vhost
 
 
 def seen(method, properties, body):
@@ -234,7 +199,7 @@ def main(url):
         channel.exchange_delete(name)
     other.close()
     connection.close()
-    print(json.dumps(transcript, indent=1, ensure_ascii=False))
+    print_transcript()
 
 
 def get(channel, queue, **kw):
