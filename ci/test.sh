@@ -141,14 +141,14 @@ python_clients_pinned() {
 import sys
 from importlib.metadata import version
 for line in open(sys.argv[1]):
-    name, _, pinned = line.strip().partition("==")
+    name, _, pinned = line.split("#")[0].strip().partition("==")
     if name and version(name) != pinned:
         sys.exit(1)
 PY
 }
 if ! python_clients_pinned; then
     if ! python3 -m pip --version >/dev/null 2>&1; then
-        command -v apt-get >/dev/null || fail "python3 with pip is needed for the pika tests"
+        command -v apt-get >/dev/null || fail "python3 with pip is needed for the Python client tests"
         log "installing python3 and pip with apt-get"
         as_root apt-get update
         as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y python3 python3-pip

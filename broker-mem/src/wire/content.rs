@@ -703,4 +703,95 @@ mod tests {
         }
         assert!(method_arguments(&[0, 60, 0, 40, 0, 0]).is_none());
     }
+
+    /// The layouts [`method_table`] skips agree with amq-protocol's encoder: each method a
+    /// client sends with a table, written by amq-protocol with strings of several lengths and
+    /// every flag set, gives back the table it was written with.
+    #[test]
+    fn method_layouts_agree_with_amq_protocol() {
+        use amq_protocol::frame::AMQPFrame;
+        use amq_protocol::protocol::{AMQPClass, basic, connection, exchange, queue};
+        use amq_protocol::types::{AMQPValue, FieldTable as AmqpTable};
+
+        let mut table = AmqpTable::default();
+        table.insert("a".into(), AMQPValue::ShortShortInt(1));
+        table.insert("b".into(), AMQPValue::LongString("x".into()));
+        let arguments = || table.clone();
+        let methods = [
+            AMQPClass::Connection(connection::AMQPMethod::StartOk(connection::StartOk {
+                client_properties: arguments(),
+                mechanism: "PLAIN".into(),
+                response: "\0guest\0guest".into(),
+                locale: "en_US".into(),
+            })),
+            AMQPClass::Exchange(exchange::AMQPMethod::Declare(exchange::Declare {
+                exchange: "an-exchange".into(),
+                kind: "topic".into(),
+                passive: true,
+                durable: true,
+                auto_delete: true,
+                internal: true,
+                nowait: true,
+                arguments: arguments(),
+            })),
+            AMQPClass::Exchange(exchange::AMQPMethod::Bind(exchange::Bind {
+                destination: "d".into(),
+                source: "source".into(),
+                routing_key: "a.key".into(),
+                nowait: true,
+                arguments: arguments(),
+            })),
+            AMQPClass::Exchange(exchange::AMQPMethod::Unbind(exchange::Unbind {
+                destination: "dest".into(),
+                source: "s".into(),
+                routing_key: "".into(),
+                nowait: true,
+                arguments: arguments(),
+            })),
+            AMQPClass::Queue(queue::AMQPMethod::Declare(queue::Declare {
+                queue: "a-queue".into(),
+                passive: true,
+                durable: true,
+                exclusive: true,
+                auto_delete: true,
+                nowait: true,
+                arguments: arguments(),
+            })),
+            AMQPClass::Queue(queue::AMQPMethod::Bind(queue::Bind {
+                queue: "q".into(),
+                exchange: "an-exchange".into(),
+                routing_key: "k".into(),
+                nowait: true,
+                arguments: arguments(),
+            })),
+            AMQPClass::Queue(queue::AMQPMethod::Unbind(queue::Unbind {
+                queue: "queue".into(),
+                exchange: "x".into(),
+                routing_key: "key".into(),
+                arguments: arguments(),
+            })),
+            AMQPClass::Basic(basic::AMQPMethod::Consume(basic::Consume {
+                queue: "q".into(),
+                consumer_tag: "a-consumer".into(),
+                no_local: true,
+                no_ack: true,
+                exclusive: true,
+                nowait: true,
+                arguments: arguments(),
+            })),
+        ];
+        let expected = crate::wire::convert::table_in(&table);
+        for class in methods {
+            let name = format!("{class:?}");
+            let mut frame = Vec::new();
+            crate::wire::codec::put_frame(&mut frame, &AMQPFrame::Method(1, class));
+            let payload = &frame[7..frame.len() - 1];
+            assert_eq!(
+                method_arguments(payload).as_ref(),
+                Some(&expected),
+                "{name}"
+            );
+            assert!(!method_table_too_deep(payload), "{name}");
+        }
+    }
 }

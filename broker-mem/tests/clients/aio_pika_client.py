@@ -106,7 +106,7 @@ async def main(url):
         priority=3,
         correlation_id="corr-1",
         reply_to="somewhere",
-        expiration=60,
+        expiration=3600,
         message_id="m-1",
         timestamp=datetime.datetime(2023, 11, 14, 22, 13, 21, tzinfo=datetime.timezone.utc),
         type="job",

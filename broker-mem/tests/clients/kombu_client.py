@@ -102,7 +102,7 @@ def main(url):
         correlation_id="corr-1",
         reply_to="replies",
         message_id="m-1",
-        expiration=60,
+        expiration=3600,
         delivery_mode=2,
     )
     for n, name in enumerate(["two", "three"], start=2):
