@@ -168,6 +168,20 @@ async function main(url) {
   await countWhen(ch, 'js.dead', 1);
   note('dead-lettered', { message: seen(await ch.get('js.dead', { noAck: true })) });
 
+  // Bodies: empty (no body frame), and larger than a frame (split, and joined again), with
+  // routing keys and names outside ASCII.
+  await ch.assertQueue('js.größe', { durable: false });
+  const large = Buffer.alloc(300000, 'abcdefghij');
+  await publish('', 'js.größe', '', {});
+  await new Promise((resolve) => { ch.publish('', 'js.größe', large, {}, resolve); });
+  const empty = await ch.get('js.größe', { noAck: true });
+  const big = await ch.get('js.größe', { noAck: true });
+  note('bodies', {
+    empty: { length: empty.content.length, routingKey: empty.fields.routingKey },
+    large: { length: big.content.length, same: big.content.equals(large), messageCount: big.fields.messageCount },
+  });
+  await ch.deleteQueue('js.größe');
+
   // Overflow: a queue of one that refuses the rest (a confirm nack).
   await ch.assertQueue('js.full', { durable: false, maxLength: 1, arguments: { 'x-overflow': 'reject-publish' } });
   confirms.length = 0;
