@@ -654,6 +654,13 @@ fn cases(vhost: &str) -> Vec<(&'static str, Stage, Vec<u8>, Answer)> {
             closed(541, "INTERNAL_ERROR", 0, 0),
         ),
         (
+            "a publish with properties that do not decode, then a method",
+            // RabbitMQ decodes properties only once the content is complete: until then it
+            // waits for the body, and a method is out of place there
+            [publish(), header(60, 0, 5, 0x8000), qos()].concat(),
+            closed(505, expected_body, 60, 40),
+        ),
+        (
             "a publish with a byte after the last property",
             // no properties flagged, then one byte
             [

@@ -5,9 +5,9 @@
 //! keeps a header table's order; body and heartbeat frames are cut out by hand, because they
 //! are the bulk of the traffic and need no parsing.
 
-use crate::message::FieldTable;
+use crate::message::{FieldTable, Properties};
 use crate::wire::content::{
-    ContentHeader, NESTING_MAX, decode_header, method_arguments, method_table_too_deep,
+    NESTING_MAX, decode_properties, method_arguments, method_table_too_deep,
 };
 use amq_protocol::frame::{AMQPFrame, WriteContext, gen_frame, parse_frame};
 use amq_protocol::protocol::constants::{
@@ -44,8 +44,11 @@ pub(crate) struct HeaderFrame {
     pub class_id: u16,
     /// RabbitMQ takes a header with any weight but 0 for some other frame.
     pub weight: u16,
-    /// None when the properties do not parse: RabbitMQ answers that with 541 INTERNAL_ERROR.
-    pub header: Option<ContentHeader>,
+    /// The body size it announces, read whether or not the properties decode.
+    pub body_size: u64,
+    /// None when they do not decode: RabbitMQ answers that with 541 INTERNAL_ERROR, once the
+    /// content is complete.
+    pub properties: Option<Properties>,
 }
 
 /// What made a frame unacceptable: a hard error code (501 FRAME_ERROR, 505 UNEXPECTED_FRAME,
@@ -172,7 +175,8 @@ pub(crate) fn take_frame(
             channel,
             class_id: u16::from_be_bytes([payload[0], payload[1]]),
             weight: u16::from_be_bytes([payload[2], payload[3]]),
-            header: decode_header(payload),
+            body_size: u64::from_be_bytes(payload[4..12].try_into().unwrap_or_default()),
+            properties: decode_properties(payload),
         })),
         _ => return Err(unknown()),
     };

@@ -21,12 +21,11 @@ use crate::wire::codec::short;
 /// headers and arguments nest two or three levels.
 pub(crate) const NESTING_MAX: usize = 64;
 
-/// A content header's body size and properties, from the frame's payload; None when the
-/// properties do not decode (RabbitMQ answers that with 541 INTERNAL_ERROR).
-pub(crate) fn decode_header(payload: &[u8]) -> Option<ContentHeader> {
+/// A content header's properties, from the frame's payload (after its class, weight and body
+/// size); None when they do not decode (RabbitMQ answers that with 541 INTERNAL_ERROR).
+pub(crate) fn decode_properties(payload: &[u8]) -> Option<Properties> {
     let mut reader = Reader(payload);
-    let _class_and_weight = reader.take(4)?;
-    let body_size = u64::from_be_bytes(reader.take(8)?.try_into().ok()?);
+    let _class_weight_and_body_size = reader.take(12)?;
     let flags = reader.u16()?;
     let present = |bit: u16| flags & (1 << (15 - bit)) != 0;
     let mut properties = Properties::default();
@@ -76,10 +75,7 @@ pub(crate) fn decode_header(payload: &[u8]) -> Option<ContentHeader> {
     if !reader.0.is_empty() {
         return None;
     }
-    Some(ContentHeader {
-        body_size,
-        properties,
-    })
+    Some(properties)
 }
 
 /// Where the field table of a method a client sends with one (`start-ok`, the declares, binds
@@ -132,13 +128,6 @@ pub(crate) fn method_table_too_deep(payload: &[u8]) -> bool {
 /// decode (the parser refuses those).
 pub(crate) fn method_arguments(payload: &[u8]) -> Option<FieldTable> {
     method_table(payload)?.table(0)
-}
-
-/// What a content header says about the content to come.
-#[derive(Debug)]
-pub(crate) struct ContentHeader {
-    pub body_size: u64,
-    pub properties: Properties,
 }
 
 /// Appends a content-header frame for a body of `body_size` bytes. Short strings longer than
@@ -529,9 +518,7 @@ mod tests {
             app_id: Some("a".into()),
             cluster_id: Some("k".into()),
         };
-        let header = decode_header(&header_payload(&properties)).unwrap();
-        assert_eq!(header.body_size, 5);
-        let read = header.properties;
+        let read = decode_properties(&header_payload(&properties)).unwrap();
         assert_eq!(read, properties);
         let keys = |p: &Properties| -> Vec<String> {
             p.headers.as_ref().unwrap().keys().cloned().collect()
@@ -587,18 +574,18 @@ mod tests {
         };
         let payload = header_payload(&properties);
         for cut in 0..payload.len() {
-            assert!(decode_header(&payload[..cut]).is_none(), "cut at {cut}");
+            assert!(decode_properties(&payload[..cut]).is_none(), "cut at {cut}");
         }
         let mut longer = payload.clone();
         longer.push(0);
         assert!(
-            decode_header(&longer).is_none(),
+            decode_properties(&longer).is_none(),
             "a byte after the last property"
         );
         let mut bad_type = payload;
         let at = bad_type.iter().position(|&b| b == b'l').unwrap();
         bad_type[at] = b'Q';
-        assert!(decode_header(&bad_type).is_none());
+        assert!(decode_properties(&bad_type).is_none());
     }
 
     /// A table whose one value is `levels` arrays and tables inside one another (in turn),
@@ -636,11 +623,14 @@ mod tests {
             payload
         };
         let within = nested_table(NESTING_MAX - 1);
-        assert!(decode_header(&header(&within)).is_some());
+        assert!(decode_properties(&header(&within)).is_some());
         assert!(!method_table_too_deep(&declare(&within)));
         for levels in [NESTING_MAX, 3_000] {
             let deep = nested_table(levels);
-            assert!(decode_header(&header(&deep)).is_none(), "{levels} levels");
+            assert!(
+                decode_properties(&header(&deep)).is_none(),
+                "{levels} levels"
+            );
             assert!(method_table_too_deep(&declare(&deep)), "{levels} levels");
         }
         // Other methods, and payloads too short to say, are left to the parser.

@@ -196,6 +196,9 @@ struct Content {
     routing_key: String,
     mandatory: bool,
     properties: Option<crate::Properties>,
+    /// The header's properties did not decode: RabbitMQ finds that out when the content is
+    /// complete, and answers 541 then.
+    undecodable: bool,
     size: u64,
     body: Vec<u8>,
 }
@@ -1074,6 +1077,7 @@ impl<S: AsyncRead + AsyncWrite + Send> Session<S> {
                         routing_key: publish.routing_key.as_str().to_owned(),
                         mandatory: publish.mandatory,
                         properties: None,
+                        undecodable: false,
                         size: 0,
                         body: Vec::new(),
                     });
@@ -1262,27 +1266,29 @@ impl<S: AsyncRead + AsyncWrite + Send> Session<S> {
             return Err(Hard::new(505, text).during_publish());
         }
         // RabbitMQ decodes the properties when the content is complete, and a failure there
-        // is its 541; here it is found at the header.
-        let Some(header) = frame.header else {
-            return Err(Hard::new(541, "INTERNAL_ERROR"));
+        // is its 541: until then it takes the body as for any content.
+        let (properties, undecodable) = match frame.properties {
+            Some(properties) => (properties, false),
+            None => (crate::Properties::default(), true),
         };
-        if header.body_size > body_bytes_max {
+        let body_size = frame.body_size;
+        if body_size > body_bytes_max {
             let id = chan.id;
             let _ = self.broker.with_engine(|engine| engine.close_channel(id));
             let text = format!(
-                "PRECONDITION_FAILED - message size {} is larger than configured max size {body_bytes_max}",
-                header.body_size
+                "PRECONDITION_FAILED - message size {body_size} is larger than configured max size {body_bytes_max}"
             );
             self.close_channel_with(number, 406, text, CLASS_BASIC, METHOD_PUBLISH);
             return Ok(());
         }
-        content.properties = Some(header.properties);
-        content.size = header.body_size;
+        content.properties = Some(properties);
+        content.undecodable = undecodable;
+        content.size = body_size;
         // Room for the first frame's worth only: the declared size is a claim, and a peer
         // could claim the maximum on every channel and send nothing.
-        let upfront = header.body_size.min(u64::from(self.frame_max_bytes));
+        let upfront = body_size.min(u64::from(self.frame_max_bytes));
         content.body.reserve_exact(upfront as usize);
-        if header.body_size == 0 {
+        if body_size == 0 {
             return self.publish(number);
         }
         Ok(())
@@ -1329,6 +1335,9 @@ impl<S: AsyncRead + AsyncWrite + Send> Session<S> {
         let Some(content) = chan.content.take() else {
             return Ok(());
         };
+        if content.undecodable {
+            return Err(Hard::new(541, "INTERNAL_ERROR"));
+        }
         let confirm = chan.confirm;
         if confirm {
             chan.published += 1;
