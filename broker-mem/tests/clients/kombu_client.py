@@ -14,6 +14,7 @@ import time
 import amqp.exceptions
 from kombu import Connection, Consumer, Exchange, Producer, Queue
 
+from transcript import count_when as waited_count
 from transcript import note, plain, print_transcript, same_vhost
 
 
@@ -47,14 +48,9 @@ def expect_error(connection, step, act):
 
 
 def count_when(channel, queue, want):
-    """A queue's ready count once it is `want` (RabbitMQ requeues and dead-letters in the
-    background). Raises after 10 s, naming what it saw."""
-    for _ in range(500):
-        count = channel.queue_declare(queue, passive=True).message_count
-        if count == want:
-            return count
-        time.sleep(0.02)
-    raise AssertionError(f"{queue} holds {count} ready messages after 10 s, not {want}")
+    """[`transcript.count_when`] through kombu's channel."""
+    read = lambda: channel.queue_declare(queue, passive=True).message_count
+    return waited_count(read, time.sleep, queue, want)
 
 
 HEADERS = {

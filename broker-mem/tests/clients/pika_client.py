@@ -12,6 +12,7 @@ import sys
 
 import pika
 
+from transcript import count_when as waited_count
 from transcript import note, plain, print_transcript, same_vhost
 
 
@@ -33,15 +34,9 @@ def closed(error):
 
 
 def count_when(channel, queue, want):
-    """The queue's ready count once it is `want`: RabbitMQ requeues a nacked, recovered or
-    rolled-back message asynchronously (through its delegates), so a count or a get just after
-    may not see it yet. Raises after 10 s, naming what it saw."""
-    for _ in range(500):
-        count = channel.queue_declare(queue, passive=True).method.message_count
-        if count == want:
-            return count
-        channel.connection.sleep(0.02)
-    raise AssertionError(f"{queue} holds {count} ready messages after 10 s, not {want}")
+    """[`transcript.count_when`] through pika."""
+    read = lambda: channel.queue_declare(queue, passive=True).method.message_count
+    return waited_count(read, channel.connection.sleep, queue, want)
 
 
 def expect_channel_error(connection, step, act):

@@ -42,5 +42,17 @@ def plain(value, key=None):
     return {type(value).__name__: repr(value)}
 
 
+def count_when(read_count, sleep, queue, want):
+    """A queue's ready count (`read_count()`) once it is `want`: RabbitMQ requeues, dead-letters
+    and enqueues unconfirmed publishes in the background (through its delegates), so a count or
+    a get just after may not see it yet. Raises after 10 s, naming what it saw."""
+    for _ in range(500):
+        count = read_count()
+        if count == want:
+            return count
+        sleep(0.02)
+    raise AssertionError(f"{queue} holds {count} ready messages after 10 s, not {want}")
+
+
 def print_transcript():
     print(json.dumps(transcript, indent=1, ensure_ascii=False))
