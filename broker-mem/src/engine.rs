@@ -1624,6 +1624,16 @@ impl Engine {
                 (&header_keys, properties)
             }
         };
+        // RabbitMQ reads the delivery mode as it makes the message (rabbit_basic:message,
+        // after the CC and BCC headers): 1, 2 or none.
+        if let Some(mode) = properties.delivery_mode
+            && !matches!(mode, 1 | 2)
+        {
+            return Err(Fault::channel(
+                ReplyCode::PreconditionFailed,
+                format!("invalid message: {{delivery_mode_unknown,{mode}}}"),
+            ));
+        }
         let in_tx = self
             .channels
             .get_index(channel_index)

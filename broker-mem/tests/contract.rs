@@ -127,6 +127,7 @@ contract!(
     a_full_quorum_queue_stops_the_publishers_it_knows_and_asks_about_new_ones,
     system_exchanges_argument_types_and_auto_delete_exchanges,
     expiration_is_read_as_rabbitmq_reads_it,
+    a_delivery_mode_other_than_1_or_2_is_406,
     another_connection_may_publish_to_an_exclusive_queue_but_not_touch_it,
     direct_reply_to_carries_replies_to_the_requesting_channel,
     direct_reply_to_refuses_what_rabbitmq_refuses,
@@ -3246,6 +3247,56 @@ async fn system_exchanges_argument_types_and_auto_delete_exchanges(b: &mut impl 
 /// `expiration` as RabbitMQ 3.10 reads it (probed): a sign and leading zeros are fine, nothing
 /// may follow the digits, at most ten years; each refusal is 406 with its exact text, Erlang's
 /// line break in a long number included.
+/// RabbitMQ refuses a delivery mode other than 1 (transient), 2 (persistent) or none, after
+/// the `CC` and `BCC` headers (probed on 3.10.8).
+async fn a_delivery_mode_other_than_1_or_2_is_406(b: &mut impl Amqp) {
+    let c = b.connection().await;
+    let ch = b.channel(c).await;
+    b.queue(ch, "q").await;
+    let with_mode = |mode| Properties {
+        delivery_mode: mode,
+        ..Properties::default()
+    };
+    for accepted in [None, Some(1), Some(2)] {
+        let p = b
+            .publish(ch, "", "q", false, with_mode(accepted), "m")
+            .await;
+        assert!(p.is_ok_and(|p| p.acked), "delivery mode {accepted:?}");
+    }
+    assert_eq!(b.depth("q").await, Some(3));
+    for refused in [0, 3, 255] {
+        let ch = b.channel(c).await;
+        let p = b
+            .publish(ch, "", "q", false, with_mode(Some(refused)), "m")
+            .await;
+        assert_eq!(
+            p.map(drop).map_err(|r| (r.code, r.text)),
+            Err((
+                406,
+                format!(
+                    "PRECONDITION_FAILED - invalid message: {{delivery_mode_unknown,{refused}}}"
+                )
+            )),
+        );
+    }
+    // A CC header of the wrong type is named first.
+    let ch = b.channel(c).await;
+    let both = Properties {
+        headers: Some(table(&[("CC", i(7))])),
+        ..with_mode(Some(3))
+    };
+    let p = b.publish(ch, "", "q", false, both, "m").await;
+    assert_eq!(
+        p.map(drop).map_err(|r| (r.code, r.text)),
+        Err((
+            406,
+            "PRECONDITION_FAILED - invalid message: {unacceptable_type_in_header,\"CC\",long}"
+                .to_owned()
+        )),
+    );
+    assert_eq!(b.depth("q").await, Some(3));
+}
+
 async fn expiration_is_read_as_rabbitmq_reads_it(b: &mut impl Amqp) {
     let c = b.connection().await;
     let ch = b.channel(c).await;
