@@ -17,8 +17,16 @@ use smol_str::SmolStr;
 /// Hashed with std's seeded hasher, not the engine's Fx: a table's keys come from clients, and
 /// a fixed hash lets one craft thousands of colliding keys in a frame and make reading it
 /// quadratic. The seed changes nothing observable: iteration follows insertion order.
-#[derive(Clone, Default, PartialEq)]
-pub struct FieldTable(IndexMap<String, FieldValue>);
+#[derive(Clone, Default)]
+pub struct FieldTable {
+    entries: IndexMap<String, FieldValue>,
+    /// A header table exactly as a client wrote it on the wire (its entries, without the
+    /// size), kept only where writing `entries` again would not give the same bytes back: a key
+    /// written twice, a key that is not UTF-8, an `L` type letter, a boolean byte other than 0
+    /// or 1. RabbitMQ passes a header table on as written until it changes the table, so the
+    /// wire server writes these bytes while they stand; every change drops them.
+    written: Option<Arc<[u8]>>,
+}
 
 impl FieldTable {
     /// An empty table.
@@ -28,71 +36,104 @@ impl FieldTable {
 
     /// The value under `key`.
     pub fn get(&self, key: &str) -> Option<&FieldValue> {
-        self.0.get(key)
+        self.entries.get(key)
     }
 
     /// The value under `key`, to change in place.
     pub fn get_mut(&mut self, key: &str) -> Option<&mut FieldValue> {
-        self.0.get_mut(key)
+        self.written = None;
+        self.entries.get_mut(key)
     }
 
     /// Whether `key` is in the table.
     pub fn contains_key(&self, key: &str) -> bool {
-        self.0.contains_key(key)
+        self.entries.contains_key(key)
     }
 
     /// Sets `key`: a key already there keeps its place (Erlang's `lists:keystore`), a new one
     /// goes last. Returns the value it replaced.
     pub fn insert(&mut self, key: String, value: FieldValue) -> Option<FieldValue> {
-        self.0.insert(key, value)
+        self.written = None;
+        self.entries.insert(key, value)
     }
 
     /// Takes `key` out; the other keys keep their order (Erlang's `lists:keydelete`).
     pub fn remove(&mut self, key: &str) -> Option<FieldValue> {
-        self.0.shift_remove(key)
+        self.written = None;
+        self.entries.shift_remove(key)
     }
 
     /// Sorts the keys byte by byte, as RabbitMQ's `rabbit_misc:sort_field_table` does to the
     /// headers it sets (dead-lettering, a quorum queue's `x-delivery-count`).
     pub fn sort_keys(&mut self) {
-        self.0.sort_unstable_keys();
+        self.written = None;
+        self.entries.sort_unstable_keys();
     }
 
     /// How many keys.
     pub fn len(&self) -> usize {
-        self.0.len()
+        self.entries.len()
     }
 
     /// Whether the table has no keys.
     pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
+        self.entries.is_empty()
     }
 
     /// The entries, in the table's order.
     pub fn iter(&self) -> indexmap::map::Iter<'_, String, FieldValue> {
-        self.0.iter()
+        self.entries.iter()
     }
 
     /// The keys, in the table's order.
     pub fn keys(&self) -> indexmap::map::Keys<'_, String, FieldValue> {
-        self.0.keys()
+        self.entries.keys()
     }
 
     /// The values, in the table's order.
     pub fn values(&self) -> indexmap::map::Values<'_, String, FieldValue> {
-        self.0.values()
+        self.entries.values()
+    }
+
+    /// Keeps the bytes this table was read from (see `written`).
+    #[cfg_attr(not(feature = "wire"), allow(dead_code))]
+    pub(crate) fn keep_written(&mut self, bytes: &[u8]) {
+        self.written = Some(bytes.into());
+    }
+
+    /// The bytes this table was read from, while it is unchanged and they differ from what
+    /// writing it would give.
+    #[cfg_attr(not(feature = "wire"), allow(dead_code))]
+    pub(crate) fn written(&self) -> Option<&[u8]> {
+        self.written.as_deref()
+    }
+
+    /// Forgets the bytes it was read from: RabbitMQ writes a table anew when it changes any
+    /// other property of its message (a direct reply-to address).
+    pub(crate) fn forget_written(&mut self) {
+        self.written = None;
+    }
+}
+
+/// As maps: the same entries, whatever their order or the bytes they were read from.
+impl PartialEq for FieldTable {
+    fn eq(&self, other: &FieldTable) -> bool {
+        self.entries == other.entries
     }
 }
 
 impl std::fmt::Debug for FieldTable {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_map().entries(self.0.iter()).finish()
+        f.debug_map().entries(self.entries.iter()).finish()
     }
 }
 
 impl FromIterator<(String, FieldValue)> for FieldTable {
     fn from_iter<I: IntoIterator<Item = (String, FieldValue)>>(entries: I) -> FieldTable {
-        FieldTable(entries.into_iter().collect())
+        FieldTable {
+            entries: entries.into_iter().collect(),
+            written: None,
+        }
     }
 }
 
@@ -104,7 +145,8 @@ impl<const N: usize> From<[(String, FieldValue); N]> for FieldTable {
 
 impl Extend<(String, FieldValue)> for FieldTable {
     fn extend<I: IntoIterator<Item = (String, FieldValue)>>(&mut self, entries: I) {
-        self.0.extend(entries);
+        self.written = None;
+        self.entries.extend(entries);
     }
 }
 
@@ -113,7 +155,7 @@ impl IntoIterator for FieldTable {
     type IntoIter = indexmap::map::IntoIter<String, FieldValue>;
 
     fn into_iter(self) -> Self::IntoIter {
-        self.0.into_iter()
+        self.entries.into_iter()
     }
 }
 
@@ -122,7 +164,7 @@ impl<'a> IntoIterator for &'a FieldTable {
     type IntoIter = indexmap::map::Iter<'a, String, FieldValue>;
 
     fn into_iter(self) -> Self::IntoIter {
-        self.0.iter()
+        self.entries.iter()
     }
 }
 

@@ -671,6 +671,17 @@ fn cases(vhost: &str) -> Vec<(&'static str, Stage, Vec<u8>, Answer)> {
             .concat(),
             closed(541, "INTERNAL_ERROR", 0, 0),
         ),
+        (
+            "a publish whose header table has a value of type U",
+            // RabbitMQ's content-header parser has no `U` (its method parser takes one)
+            [
+                publish(),
+                header_then(60, 0, 5, 0x2000, b"\x00\x00\x00\x05\x01aU\x00\x07"),
+                frame(3, 1, b"aaaaa"),
+            ]
+            .concat(),
+            closed(541, "INTERNAL_ERROR", 0, 0),
+        ),
     ];
     let open = |(name, frames, answer)| (name, Stage::ChannelOpen, frames, answer);
     handshake_cases
@@ -795,9 +806,47 @@ fn header_in_publisher_order() -> Vec<u8> {
     payload
 }
 
-/// Publishes [`header_in_publisher_order`] to a queue, gets it back with `basic.get`, and
-/// returns the content header that came with the `get-ok`, as bytes.
-async fn header_round_trip(authority: &str, user: &str, password: &str, vhost: &str) -> Vec<u8> {
+/// A content header whose table a writer that reads it first would not give back as it is: a
+/// key twice (RabbitMQ passes both on), a key that is not UTF-8, `L` for a long long (read as
+/// `l`), a boolean byte of 2 (read as true), the last two inside an array too. Class 60,
+/// weight 0, a body of 5 bytes.
+fn header_written_unusually() -> Vec<u8> {
+    let sized = |content: &[u8]| {
+        let mut bytes = u32::try_from(content.len()).unwrap().to_be_bytes().to_vec();
+        bytes.extend(content);
+        bytes
+    };
+    let array = [&b"L"[..], &7_i64.to_be_bytes(), b"t\x02"].concat();
+    let table = [
+        &b"\x01kI"[..],
+        &1_i32.to_be_bytes(),
+        b"\x01kI",
+        &2_i32.to_be_bytes(),
+        b"\x02\xff\xfeV",
+        b"\x01LL",
+        &(-3_i64).to_be_bytes(),
+        b"\x01tt\x02",
+        b"\x01AA",
+        &sized(&array),
+    ]
+    .concat();
+    let mut payload = 60_u16.to_be_bytes().to_vec();
+    payload.extend(0_u16.to_be_bytes());
+    payload.extend(5_u64.to_be_bytes());
+    payload.extend(0x2000_u16.to_be_bytes());
+    payload.extend(sized(&table));
+    payload
+}
+
+/// Publishes a content header (`header`'s payload) to a queue, gets it back with `basic.get`,
+/// and returns the content header that came with the `get-ok`, as bytes.
+async fn header_round_trip(
+    authority: &str,
+    user: &str,
+    password: &str,
+    vhost: &str,
+    header: &[u8],
+) -> Vec<u8> {
     let mut raw = Raw::open(authority, user, password, vhost, Stage::ChannelOpen).await;
     let declare = queue::AMQPMethod::Declare(queue::Declare {
         queue: "order".into(),
@@ -822,7 +871,7 @@ async fn header_round_trip(authority: &str, user: &str, password: &str, vhost: &
     });
     let frames = [
         basic(publish),
-        frame(2, 1, &header_in_publisher_order()),
+        frame(2, 1, header),
         frame(3, 1, b"hello"),
         basic(get),
     ];
@@ -844,15 +893,18 @@ async fn header_round_trip(authority: &str, user: &str, password: &str, vhost: &
 }
 
 /// RabbitMQ passes a header table on as the publisher wrote it: key order, field types,
-/// nested tables. broker-mem does too.
+/// nested tables, and what writing the table anew would change (a key twice, a key that is not
+/// UTF-8, an `L` type letter, a boolean byte of 2). broker-mem does too.
 #[tokio::test]
 async fn broker_mem_passes_a_content_header_on_byte_for_byte() {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let authority = listener.local_addr().unwrap().to_string();
     let broker = Broker::new();
     tokio::spawn(WireServer::new(broker.clone(), WireConfig::default()).serve_tcp(listener));
-    let header = header_round_trip(&authority, "guest", "guest", "/").await;
-    assert_eq!(header, header_in_publisher_order());
+    for sent in [header_in_publisher_order(), header_written_unusually()] {
+        let header = header_round_trip(&authority, "guest", "guest", "/", &sent).await;
+        assert_eq!(header, sent);
+    }
 }
 
 #[tokio::test]
@@ -864,9 +916,17 @@ async fn rabbitmq_passes_a_content_header_on_byte_for_byte() {
         return;
     };
     let (authority, user, password) = login(&vhost);
-    let header = header_round_trip(authority, user, password, vhost.name()).await;
+    let mut got = Vec::new();
+    for sent in [header_in_publisher_order(), header_written_unusually()] {
+        got.push((
+            header_round_trip(authority, user, password, vhost.name(), &sent).await,
+            sent,
+        ));
+    }
     vhost.delete().await.expect("delete vhost");
-    assert_eq!(header, header_in_publisher_order());
+    for (header, sent) in got {
+        assert_eq!(header, sent);
+    }
 }
 
 /// Tables nested deeper than broker-mem's limit (64 levels; RabbitMQ sets none) are refused,
@@ -914,4 +974,76 @@ async fn tables_nested_past_the_limit_are_refused_and_the_server_lives_on() {
     );
     assert_eq!(broker.queue_depth("q"), None);
     broker.check_invariants().expect("broker-mem bookkeeping");
+}
+
+/// Declares a queue whose arguments name `x-max-length` twice (1, then 5), publishes three
+/// messages to it and returns how many it holds.
+async fn depth_under_a_repeated_argument(
+    authority: &str,
+    user: &str,
+    password: &str,
+    vhost: &str,
+) -> u32 {
+    let mut raw = Raw::open(authority, user, password, vhost, Stage::ChannelOpen).await;
+    let entry = |limit: i32| {
+        let mut bytes = b"\x0cx-max-lengthI".to_vec();
+        bytes.extend(limit.to_be_bytes());
+        bytes
+    };
+    let entries = [entry(1), entry(5)].concat();
+    let arguments = [
+        u32::try_from(entries.len()).unwrap().to_be_bytes().to_vec(),
+        entries,
+    ]
+    .concat();
+    // queue.declare "limited": reserved short, name, bits, then the arguments.
+    let declare = [&b"\x00\x32\x00\x0a\x00\x00\x07limited\x00"[..], &arguments].concat();
+    raw.write(&frame(1, 1, &declare)).await;
+    raw.expect(50, 11).await;
+    let publish = frame(1, 1, b"\x00\x3c\x00\x28\x00\x00\x00\x07limited\x00");
+    for _ in 0..3 {
+        let content = [publish.clone(), header(60, 0, 1, 0), frame(3, 1, b"m")];
+        raw.write(&content.concat()).await;
+    }
+    let passive = frame(
+        1,
+        1,
+        b"\x00\x32\x00\x0a\x00\x00\x07limited\x01\x00\x00\x00\x00",
+    );
+    // RabbitMQ's queue process takes the publishes in the background.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    raw.write(&passive).await;
+    match raw.recv().await {
+        Some(AMQPFrame::Method(_, AMQPClass::Queue(queue::AMQPMethod::DeclareOk(ok)))) => {
+            ok.message_count
+        }
+        other => panic!("expected queue.declare-ok, got {other:?}"),
+    }
+}
+
+/// A key written twice in a method's arguments counts with its first value, as RabbitMQ's
+/// lookups find it (`rabbit_misc:table_lookup`); amq-protocol's parser keeps the last.
+#[tokio::test]
+async fn broker_mem_takes_a_repeated_argument_key_by_its_first_value() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let authority = listener.local_addr().unwrap().to_string();
+    let broker = Broker::new();
+    tokio::spawn(WireServer::new(broker.clone(), WireConfig::default()).serve_tcp(listener));
+    let depth = depth_under_a_repeated_argument(&authority, "guest", "guest", "/").await;
+    assert_eq!(depth, 1);
+    broker.check_invariants().expect("broker-mem bookkeeping");
+}
+
+#[tokio::test]
+async fn rabbitmq_takes_a_repeated_argument_key_by_its_first_value() {
+    let Some(vhost) = RabbitVhost::create("rabbitmq_repeated_argument")
+        .await
+        .expect("vhost")
+    else {
+        return;
+    };
+    let (authority, user, password) = login(&vhost);
+    let depth = depth_under_a_repeated_argument(authority, user, password, vhost.name()).await;
+    vhost.delete().await.expect("delete vhost");
+    assert_eq!(depth, 1);
 }

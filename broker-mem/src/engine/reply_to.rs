@@ -141,6 +141,10 @@ impl Engine {
         };
         let mut addressed = Properties::clone(&properties);
         addressed.reply_to = Some(reply.name.to_string());
+        // RabbitMQ writes the properties anew, headers and all.
+        if let Some(headers) = addressed.headers.as_mut() {
+            headers.forget_written();
+        }
         Ok(Message::share_properties(addressed))
     }
 

@@ -3,12 +3,19 @@
 //! it, so a consumer that reads the keys in order (a JavaScript object, a Python dict) sees the
 //! publisher's order, and must see it here too.
 //!
-//! The reading rules are amq-protocol's (the rest of the codec parses with it), so what was
-//! accepted before is accepted now: its field-type letters (`U` a short, `L` a long long, as it
-//! reads them), short strings that must be UTF-8, the two lowest property flags ignored, no
-//! bytes after the last property (RabbitMQ refuses them too). A key seen twice in one table
-//! keeps its first place and its last value. One rule is broker-mem's own: tables and arrays
-//! nest at most [`NESTING_MAX`] deep (see there).
+//! A content header's table is read by RabbitMQ's rules (`rabbit_binary_parser`, probed on
+//! 3.10.8): no `U` type letter (541), `L` a long long like `l`, keys of any bytes, a key seen
+//! twice looked up by its first value. Where writing the table again would not give the
+//! client's bytes back (a repeated key, a key that is not UTF-8, an `L`, a boolean byte other
+//! than 0 or 1), the table keeps those bytes and is written with them, as RabbitMQ passes it
+//! on. The other properties follow amq-protocol's rules: short strings must be UTF-8, the two
+//! lowest property flags are ignored (see the README's differences). No bytes may follow the
+//! last property (RabbitMQ refuses them too).
+//!
+//! A method's arguments are read by amq-protocol's rules, as the rest of the method is (its
+//! parser accepts `U` as a short; keys must be UTF-8, as RabbitMQ's frame decoder requires).
+//! One rule is broker-mem's own: tables and arrays nest at most [`NESTING_MAX`] deep (see
+//! there).
 
 use bytes::Bytes;
 
@@ -24,7 +31,7 @@ pub(crate) const NESTING_MAX: usize = 64;
 /// A content header's properties, from the frame's payload (after its class, weight and body
 /// size); None when they do not decode (RabbitMQ answers that with 541 INTERNAL_ERROR).
 pub(crate) fn decode_properties(payload: &[u8]) -> Option<Properties> {
-    let mut reader = Reader(payload);
+    let mut reader = Reader::new(payload, Dialect::Content);
     let _class_weight_and_body_size = reader.take(12)?;
     let flags = reader.u16()?;
     let present = |bit: u16| flags & (1 << (15 - bit)) != 0;
@@ -37,7 +44,13 @@ pub(crate) fn decode_properties(payload: &[u8]) -> Option<Properties> {
         properties.content_encoding = Some(reader.short_string()?);
     }
     if present(2) {
-        properties.headers = Some(reader.table(0)?);
+        let before = reader.bytes;
+        let mut table = reader.table(0)?;
+        if !reader.exact {
+            let read = before.len() - reader.bytes.len();
+            table.keep_written(&before[4..read]);
+        }
+        properties.headers = Some(table);
     }
     if present(3) {
         properties.delivery_mode = Some(reader.u8()?);
@@ -72,7 +85,7 @@ pub(crate) fn decode_properties(payload: &[u8]) -> Option<Properties> {
     if present(13) {
         properties.cluster_id = Some(reader.short_string()?);
     }
-    if !reader.0.is_empty() {
+    if !reader.bytes.is_empty() {
         return None;
     }
     Some(properties)
@@ -90,7 +103,7 @@ fn method_table(payload: &[u8]) -> Option<Reader<'_>> {
         Bits,
     }
     use Field::{Bits, Short, Text};
-    let mut reader = Reader(payload);
+    let mut reader = Reader::new(payload, Dialect::Method);
     let before: &[Field] = match (reader.u16()?, reader.u16()?) {
         (10, 11) => &[],                                         // connection.start-ok
         (40, 10) => &[Short, Text, Text, Bits],                  // exchange.declare
@@ -220,6 +233,10 @@ fn put_long_bytes(out: &mut Vec<u8>, bytes: &[u8]) {
 
 /// A table in its order: the size, then each key and value.
 fn put_table(out: &mut Vec<u8>, table: &FieldTable) {
+    if let Some(written) = table.written() {
+        put_long_bytes(out, written);
+        return;
+    }
     let size_at = out.len();
     out.extend_from_slice(&[0; 4]);
     for (key, value) in table {
@@ -302,16 +319,44 @@ fn put_value(out: &mut Vec<u8>, value: &FieldValue) {
     }
 }
 
+/// Which rules a table is read by (see the module's docs).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Dialect {
+    /// A content header's: RabbitMQ's.
+    Content,
+    /// A method's arguments: amq-protocol's.
+    Method,
+}
+
 /// Reads big-endian AMQP values off the front of a byte slice; None when it runs short.
-struct Reader<'a>(&'a [u8]);
+struct Reader<'a> {
+    bytes: &'a [u8],
+    dialect: Dialect,
+    /// Cleared when something was read that writing it again would not give back.
+    exact: bool,
+}
 
 impl<'a> Reader<'a> {
+    fn new(bytes: &'a [u8], dialect: Dialect) -> Reader<'a> {
+        Reader {
+            bytes,
+            dialect,
+            exact: true,
+        }
+    }
+
+    /// A reader of the next `long_bytes` (a table's entries, an array's items).
+    fn nested(&mut self) -> Option<Reader<'a>> {
+        let bytes = self.long_bytes()?;
+        Some(Reader::new(bytes, self.dialect))
+    }
+
     fn take(&mut self, n: usize) -> Option<&'a [u8]> {
-        if self.0.len() < n {
+        if self.bytes.len() < n {
             return None;
         }
-        let (taken, rest) = self.0.split_at(n);
-        self.0 = rest;
+        let (taken, rest) = self.bytes.split_at(n);
+        self.bytes = rest;
         Some(taken)
     }
 
@@ -341,23 +386,44 @@ impl<'a> Reader<'a> {
         String::from_utf8(bytes.to_vec()).ok()
     }
 
+    /// A table's key: in a content header any bytes (RabbitMQ's keys are binaries; one that is
+    /// not UTF-8 is kept with replacement characters here and exactly in the written bytes).
+    fn key(&mut self) -> Option<String> {
+        let len = self.u8()?;
+        let bytes = self.take(usize::from(len))?;
+        match std::str::from_utf8(bytes) {
+            Ok(key) => Some(key.to_owned()),
+            Err(_) if self.dialect == Dialect::Content => {
+                self.exact = false;
+                Some(String::from_utf8_lossy(bytes).into_owned())
+            }
+            Err(_) => None,
+        }
+    }
+
     fn long_bytes(&mut self) -> Option<&'a [u8]> {
         let len = self.u32()?;
         self.take(usize::try_from(len).ok()?)
     }
 
-    /// A table, in its order, `depth` levels down; None past [`NESTING_MAX`].
+    /// A table, in its order, `depth` levels down; None past [`NESTING_MAX`]. A key seen again
+    /// keeps its first value, the one RabbitMQ's lookups find (`lists:keysearch`).
     fn table(&mut self, depth: usize) -> Option<FieldTable> {
         if depth >= NESTING_MAX {
             return None;
         }
-        let mut entries = Reader(self.long_bytes()?);
+        let mut entries = self.nested()?;
         let mut table = FieldTable::new();
-        while !entries.0.is_empty() {
-            let key = entries.short_string()?;
+        while !entries.bytes.is_empty() {
+            let key = entries.key()?;
             let value = entries.value(depth + 1)?;
-            table.insert(key, value);
+            if table.contains_key(&key) {
+                entries.exact = false;
+            } else {
+                table.insert(key, value);
+            }
         }
+        self.exact &= entries.exact;
         Some(table)
     }
 
@@ -367,8 +433,8 @@ impl<'a> Reader<'a> {
         if depth >= NESTING_MAX {
             return Some(true);
         }
-        let mut entries = Reader(self.long_bytes()?);
-        while !entries.0.is_empty() {
+        let mut entries = self.nested()?;
+        while !entries.bytes.is_empty() {
             let key_len = entries.u8()?;
             entries.take(usize::from(key_len))?;
             if entries.value_too_deep(depth + 1)? {
@@ -383,6 +449,7 @@ impl<'a> Reader<'a> {
         let width = match self.u8()? {
             b'V' => 0,
             b't' | b'b' | b'B' => 1,
+            b'U' if self.dialect == Dialect::Content => return None,
             b's' | b'U' | b'u' => 2,
             b'I' | b'i' | b'f' => 4,
             b'D' => 5,
@@ -393,8 +460,8 @@ impl<'a> Reader<'a> {
                 if depth >= NESTING_MAX {
                     return Some(true);
                 }
-                let mut items = Reader(self.long_bytes()?);
-                while !items.0.is_empty() {
+                let mut items = self.nested()?;
+                while !items.bytes.is_empty() {
                     if items.value_too_deep(depth + 1)? {
                         return Some(true);
                     }
@@ -409,14 +476,27 @@ impl<'a> Reader<'a> {
     /// A value with its type letter, inside a table or array `depth` levels down.
     fn value(&mut self, depth: usize) -> Option<FieldValue> {
         let value = match self.u8()? {
-            b't' => FieldValue::Bool(self.u8()? != 0),
+            b't' => {
+                let byte = self.u8()?;
+                // RabbitMQ reads any byte but 0 as true and passes the byte on.
+                self.exact &= byte <= 1;
+                FieldValue::Bool(byte != 0)
+            }
             b'b' => FieldValue::I8(i8::from_be_bytes(self.array()?)),
             b'B' => FieldValue::U8(self.u8()?),
+            // RabbitMQ's content-header parser has no `U` (541); amq-protocol's reads a short.
+            b'U' if self.dialect == Dialect::Content => return None,
             b's' | b'U' => FieldValue::I16(i16::from_be_bytes(self.array()?)),
             b'u' => FieldValue::U16(self.u16()?),
             b'I' => FieldValue::I32(i32::from_be_bytes(self.array()?)),
             b'i' => FieldValue::U32(self.u32()?),
-            b'l' | b'L' => FieldValue::I64(i64::from_be_bytes(self.array()?)),
+            b'l' => FieldValue::I64(i64::from_be_bytes(self.array()?)),
+            // Both read `L` as a signed long long (the 0-9-1 errata); RabbitMQ passes the
+            // letter on, and writes `l` only when it writes the table anew.
+            b'L' => {
+                self.exact = false;
+                FieldValue::I64(i64::from_be_bytes(self.array()?))
+            }
             b'f' => FieldValue::F32(f32::from_be_bytes(self.array()?)),
             b'd' => FieldValue::F64(f64::from_be_bytes(self.array()?)),
             b'D' => FieldValue::Decimal {
@@ -434,11 +514,12 @@ impl<'a> Reader<'a> {
                 if depth >= NESTING_MAX {
                     return None;
                 }
-                let mut items = Reader(self.long_bytes()?);
+                let mut items = self.nested()?;
                 let mut values = Vec::new();
-                while !items.0.is_empty() {
+                while !items.bytes.is_empty() {
                     values.push(items.value(depth + 1)?);
                 }
+                self.exact &= items.exact;
                 FieldValue::Array(values)
             }
             b'T' => FieldValue::Timestamp(self.u64()?),
@@ -586,6 +667,63 @@ mod tests {
         let at = bad_type.iter().position(|&b| b == b'l').unwrap();
         bad_type[at] = b'Q';
         assert!(decode_properties(&bad_type).is_none());
+    }
+
+    /// A table that writing anew would change (a key twice, a key that is not UTF-8, `L`, a
+    /// boolean byte of 2, inside an array too) is written with the client's bytes while it
+    /// stands, and anew once changed; a key written twice is read by its first value.
+    #[test]
+    fn unusual_tables_are_passed_on_as_written() {
+        let entries = [
+            &b"\x01kI\x00\x00\x00\x01\x01kI\x00\x00\x00\x02"[..],
+            b"\x02\xff\xfeV",
+            b"\x01LL\x00\x00\x00\x00\x00\x00\x00\x03",
+            b"\x01tt\x02",
+            b"\x01AA\x00\x00\x00\x02t\x02",
+        ];
+        for (at, unusual) in entries.iter().enumerate() {
+            let table = [&entries[0][..7], unusual].concat();
+            let mut payload = vec![0, 60, 0, 0, 0, 0, 0, 0, 0, 0, 0, 5, 0x20, 0x00];
+            payload.extend(u32::try_from(table.len()).unwrap().to_be_bytes());
+            payload.extend(&table);
+            let mut properties = decode_properties(&payload).unwrap_or_else(|| panic!("{at}"));
+            let headers = properties.headers.as_ref().unwrap();
+            assert_eq!(headers.get("k"), Some(&FieldValue::I32(1)), "{at}");
+            assert!(headers.written().is_some(), "{at}");
+            assert_eq!(header_payload(&properties), payload, "{at}");
+            // Changed, it is written anew: sorted here, as dead-lettering sorts it.
+            properties.headers.as_mut().unwrap().sort_keys();
+            let rewritten = header_payload(&properties);
+            assert_ne!(rewritten, payload, "{at}");
+            let again = decode_properties(&rewritten).unwrap();
+            assert_eq!(again, properties, "{at}");
+            assert!(again.headers.unwrap().written().is_none(), "{at}");
+        }
+        // What writing gives back is not kept.
+        let usual = [&entries[0][..7], b"\x01tt\x01"].concat();
+        let mut payload = vec![0, 60, 0, 0, 0, 0, 0, 0, 0, 0, 0, 5, 0x20, 0x00];
+        payload.extend(u32::try_from(usual.len()).unwrap().to_be_bytes());
+        payload.extend(&usual);
+        let properties = decode_properties(&payload).unwrap();
+        assert!(properties.headers.as_ref().unwrap().written().is_none());
+        assert_eq!(header_payload(&properties), payload);
+    }
+
+    /// `U` is refused in a content header (RabbitMQ: 541) and read as a short in a method's
+    /// arguments, as amq-protocol's parser and RabbitMQ's method decoder take it.
+    #[test]
+    fn type_letter_u_is_a_short_only_in_methods() {
+        let table = b"\x00\x00\x00\x05\x01aU\xff\xfe";
+        let header = [
+            &[0, 60, 0, 0, 0, 0, 0, 0, 0, 0, 0, 5, 0x20, 0x00][..],
+            table,
+        ]
+        .concat();
+        assert!(decode_properties(&header).is_none());
+        let declare = [&[0, 50, 0, 10, 0, 0, 1, b'q', 0][..], table].concat();
+        let arguments = method_arguments(&declare).unwrap();
+        assert_eq!(arguments.get("a"), Some(&FieldValue::I16(-2)));
+        assert!(!method_table_too_deep(&declare));
     }
 
     /// A table whose one value is `levels` arrays and tables inside one another (in turn),
