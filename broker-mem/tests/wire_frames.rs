@@ -672,6 +672,57 @@ fn cases(vhost: &str) -> Vec<(&'static str, Stage, Vec<u8>, Answer)> {
             closed(541, "INTERNAL_ERROR", 0, 0),
         ),
         (
+            "a queue.declare whose queue name is not UTF-8",
+            // RabbitMQ's decoder checks the short strings of methods without content
+            frame(
+                1,
+                1,
+                b"\x00\x32\x00\x0a\x00\x00\x02q\xff\x00\x00\x00\x00\x00",
+            ),
+            closed(501, "FRAME_ERROR - Malformed UTF-8 in shortstr", 0, 0),
+        ),
+        (
+            "a queue.declare whose queue name is not UTF-8, with a byte left over",
+            // the frame's shape is checked first
+            frame(
+                1,
+                1,
+                b"\x00\x32\x00\x0a\x00\x00\x02q\xff\x00\x00\x00\x00\x00\x00",
+            ),
+            closed(
+                501,
+                "FRAME_ERROR - cannot decode <<0,0,2,113,255,0,0,0,0,0,0>>",
+                50,
+                10,
+            ),
+        ),
+        (
+            "a basic.consume whose consumer tag is not UTF-8",
+            frame(
+                1,
+                1,
+                b"\x00\x3c\x00\x14\x00\x00\x01q\x02t\xfe\x00\x00\x00\x00\x00",
+            ),
+            closed(501, "FRAME_ERROR - Malformed UTF-8 in shortstr", 0, 0),
+        ),
+        (
+            "a channel.close whose reply text is not UTF-8",
+            frame(1, 1, b"\x00\x14\x00\x28\x00\xc8\x01\xff\x00\x00\x00\x00"),
+            closed(501, "FRAME_ERROR - Malformed UTF-8 in shortstr", 0, 0),
+        ),
+        (
+            "a publish whose routing key is not UTF-8, then basic.qos",
+            // not checked in a method with content: taken
+            [
+                frame(1, 1, b"\x00\x3c\x00\x28\x00\x00\x00\x02k\xff\x00"),
+                header(60, 0, 1, 0),
+                frame(3, 1, b"a"),
+                qos(),
+            ]
+            .concat(),
+            Answer::Method(60, 11),
+        ),
+        (
             "a publish whose header table has a value of type U",
             // RabbitMQ's content-header parser has no `U` (its method parser takes one)
             [

@@ -9,10 +9,12 @@ use crate::message::{FieldTable, Properties};
 use crate::wire::content::{
     NESTING_MAX, decode_properties, method_arguments, method_table_too_deep,
 };
+use crate::wire::layout::{malformed_short_string, publish_with_any_bytes};
 use amq_protocol::frame::{AMQPFrame, WriteContext, gen_frame, parse_frame};
 use amq_protocol::protocol::constants::{
     FRAME_BODY, FRAME_END, FRAME_HEADER, FRAME_HEARTBEAT, FRAME_METHOD,
 };
+use amq_protocol::protocol::{AMQPClass, basic};
 
 /// The protocol header a 0-9-1 client opens with.
 pub(crate) const PROTOCOL_HEADER: [u8; 8] = *b"AMQP\x00\x00\x09\x01";
@@ -152,21 +154,35 @@ pub(crate) fn take_frame(
                 let arguments = method_arguments(payload).map(Box::new);
                 Inbound::Frame(Box::new(frame), arguments)
             }
-            // Arguments that do not decode, or (where RabbitMQ's reader crashes and drops the
-            // connection) class and method ids that name no method.
+            // amq-protocol refuses a short string that is not UTF-8 anywhere; RabbitMQ takes
+            // one in `basic.publish` and refuses it elsewhere with its own text (see `layout`).
             Err(_) => {
-                return Err(BadFrame {
-                    code: 501,
-                    text: format!(
-                        "FRAME_ERROR - cannot decode {}",
-                        erlang_bytes(&payload[METHOD_IDS_BYTES..])
-                    ),
-                    skip: Some(total),
-                    during: (
-                        u16::from_be_bytes([payload[0], payload[1]]),
-                        u16::from_be_bytes([payload[2], payload[3]]),
-                    ),
-                });
+                if let Some(publish) = publish_with_any_bytes(payload) {
+                    let publish = AMQPClass::Basic(basic::AMQPMethod::Publish(publish));
+                    Inbound::Frame(Box::new(AMQPFrame::Method(channel, publish)), None)
+                } else if malformed_short_string(payload) {
+                    return Err(BadFrame {
+                        code: 501,
+                        text: "FRAME_ERROR - Malformed UTF-8 in shortstr".to_owned(),
+                        skip: Some(total),
+                        during: (0, 0),
+                    });
+                } else {
+                    // Arguments that do not decode, or (where RabbitMQ's reader crashes and
+                    // drops the connection) class and method ids that name no method.
+                    return Err(BadFrame {
+                        code: 501,
+                        text: format!(
+                            "FRAME_ERROR - cannot decode {}",
+                            erlang_bytes(&payload[METHOD_IDS_BYTES..])
+                        ),
+                        skip: Some(total),
+                        during: (
+                            u16::from_be_bytes([payload[0], payload[1]]),
+                            u16::from_be_bytes([payload[2], payload[3]]),
+                        ),
+                    });
+                }
             }
         },
         FRAME_HEADER if payload.len() < HEADER_FIXED_BYTES => return Err(unknown()),

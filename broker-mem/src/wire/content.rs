@@ -143,6 +143,12 @@ pub(crate) fn method_arguments(payload: &[u8]) -> Option<FieldTable> {
     method_table(payload)?.table(0)
 }
 
+/// A method's table from its entries (the bytes after its size), by the rules a method's
+/// arguments are read by; None when they do not decode.
+pub(crate) fn table_entries(entries: &[u8]) -> Option<FieldTable> {
+    Reader::new(entries, Dialect::Method).entries(0)
+}
+
 /// Appends a content-header frame for a body of `body_size` bytes. Short strings longer than
 /// AMQP allows (255 bytes, only possible from in-process publishers) are cut at a character
 /// boundary, as the engine's other texts are.
@@ -413,17 +419,23 @@ impl<'a> Reader<'a> {
             return None;
         }
         let mut entries = self.nested()?;
+        let table = entries.entries(depth)?;
+        self.exact &= entries.exact;
+        Some(table)
+    }
+
+    /// The rest of the bytes as the entries of a table `depth` levels down.
+    fn entries(&mut self, depth: usize) -> Option<FieldTable> {
         let mut table = FieldTable::new();
-        while !entries.bytes.is_empty() {
-            let key = entries.key()?;
-            let value = entries.value(depth + 1)?;
+        while !self.bytes.is_empty() {
+            let key = self.key()?;
+            let value = self.value(depth + 1)?;
             if table.contains_key(&key) {
-                entries.exact = false;
+                self.exact = false;
             } else {
                 table.insert(key, value);
             }
         }
-        self.exact &= entries.exact;
         Some(table)
     }
 

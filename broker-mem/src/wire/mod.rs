@@ -34,6 +34,7 @@
 mod codec;
 mod content;
 pub mod convert;
+mod layout;
 mod session;
 
 use std::io;
