@@ -47,6 +47,13 @@ pub(crate) struct ChannelState {
     /// `basic.qos` with `global = true`: most unacked consumer deliveries on the whole channel
     /// (RabbitMQ's meaning of `global`); 0 = unlimited.
     pub global_prefetch: u16,
+    /// What `global_prefetch` is held against: RabbitMQ's limiter volume (rabbit_limiter),
+    /// which approximates the unacked count. Set to every unacked delivery (`basic.get`s
+    /// included) when the limit is set on a channel without one, one up per delivery a classic
+    /// queue makes to a consumer that acks, and down by the consumer deliveries (quorum ones
+    /// too) each ack, nack, reject or recover settles, unless it is 0 (then it stays 0, and
+    /// otherwise it may go below 0). 0 while the channel has no global limit.
+    pub limiter_volume: i64,
     /// Unacked deliveries that came through consumers (not `basic.get`), for `global_prefetch`.
     pub consumer_unacked: usize,
     /// Fault hook: the next publish on this channel is nacked; true = enqueued all the same.
@@ -76,7 +83,37 @@ impl ChannelState {
 
     /// Whether the channel-wide (`global`) prefetch lets one more consumer delivery through.
     pub(crate) fn has_global_credit(&self) -> bool {
-        self.global_prefetch == 0 || self.consumer_unacked < usize::from(self.global_prefetch)
+        self.global_prefetch == 0 || self.limiter_volume < i64::from(self.global_prefetch)
+    }
+
+    /// `basic.qos` with `global = true` (see `limiter_volume`); 0 lifts the limit.
+    pub(crate) fn limit_globally(&mut self, prefetch_count: u16) {
+        if prefetch_count == 0 {
+            self.lift_global_limit();
+            return;
+        }
+        if self.global_prefetch == 0 {
+            self.limiter_volume = i64::try_from(self.unacked.len()).unwrap_or(i64::MAX);
+        }
+        self.global_prefetch = prefetch_count;
+    }
+
+    pub(crate) fn lift_global_limit(&mut self) {
+        self.global_prefetch = 0;
+        self.limiter_volume = 0;
+    }
+
+    /// One settle call (or one transaction's settle, at its commit) took `count` consumer
+    /// deliveries off the channel: RabbitMQ's `rabbit_limiter:ack`. True when the channel has
+    /// a global limit, whose consumers may now have credit.
+    pub(crate) fn limiter_settled(&mut self, count: usize) -> bool {
+        if self.global_prefetch == 0 || count == 0 {
+            return false;
+        }
+        if self.limiter_volume != 0 {
+            self.limiter_volume -= i64::try_from(count).unwrap_or(i64::MAX);
+        }
+        true
     }
 }
 
@@ -87,6 +124,7 @@ impl ChannelState {
             closed: None,
             prefetch: 0,
             global_prefetch: 0,
+            limiter_volume: 0,
             consumer_unacked: 0,
             nack_next_publish: None,
             last_delivery_tag: 0,

@@ -190,6 +190,11 @@ impl<T> UnackedDeliveries<T> {
         self.live == 0
     }
 
+    /// How many deliveries are unsettled.
+    pub(crate) fn len(&self) -> usize {
+        self.live
+    }
+
     pub(crate) fn iter(&self) -> impl Iterator<Item = (&u64, &T)> {
         self.entries
             .iter()

@@ -771,13 +771,13 @@ impl Engine {
         self.run(channel, |engine| {
             if let Some(state) = engine.channels.get_mut(&channel) {
                 if global {
-                    state.global_prefetch = prefetch_count;
+                    state.limit_globally(prefetch_count);
                 } else {
                     state.prefetch = prefetch_count;
                     // RabbitMQ 3.10 (probed) lifts the channel's global limit on a per-consumer
                     // qos, whatever its count: consumers under it get more, and a quorum queue
                     // accepts a consumer again.
-                    state.global_prefetch = 0;
+                    state.lift_global_limit();
                 }
                 // Either may give the channel's consumers credit.
                 let queues: Vec<SmolStr> =
@@ -949,7 +949,11 @@ impl Engine {
                 return Err(Fault::Invalid(format!("{channel} is not open")));
             };
             let unacked: Vec<Unacked> = state.unacked.take_all().collect();
+            let through_consumers = through_consumers(&unacked);
             engine.finish_in_batches(channel, usize::MAX, unacked, Outcome::Requeue);
+            if let Some(index) = engine.channels.get_index_of(&channel) {
+                engine.limiter_settled(index, through_consumers);
+            }
             Ok(())
         })
     }
@@ -2347,7 +2351,9 @@ impl Engine {
         // The usual case, one delivery outside a transaction, allocates nothing.
         if !multiple && !in_tx {
             let unacked = state.unacked.remove(&delivery_tag).ok_or_else(unknown)?;
+            let through_consumer = usize::from(unacked.consumer_serial != 0);
             self.finish(channel, channel_index, unacked, outcome);
+            self.limiter_settled(channel_index, through_consumer);
             return Ok(());
         }
         let settled = state
@@ -2357,9 +2363,25 @@ impl Engine {
         if in_tx {
             return self.hold_settles(channel_index, settled, outcome);
         }
-        let settled = settled.into_iter().map(|(_, unacked)| unacked).collect();
+        let settled: Vec<Unacked> = settled.into_iter().map(|(_, unacked)| unacked).collect();
+        let through_consumers = through_consumers(&settled);
         self.finish_in_batches(channel, channel_index, settled, outcome);
+        self.limiter_settled(channel_index, through_consumers);
         Ok(())
+    }
+
+    /// Tells a channel's limiter that a settle took `count` consumer deliveries off it (see
+    /// `ChannelState::limiter_volume`). RabbitMQ's channel does this after it has handed the
+    /// settles to the queues, so the queues run again after it.
+    /// `channel_hint`: where the channel is in `channels`, or `usize::MAX` to look it up.
+    fn limiter_settled(&mut self, channel_hint: usize, count: usize) {
+        let Some((_, state)) = self.channels.get_index_mut(channel_hint) else {
+            return;
+        };
+        if state.limiter_settled(count) {
+            let queues: Vec<SmolStr> = state.consumers.values().map(|c| c.queue.clone()).collect();
+            self.dirty.extend(queues);
+        }
     }
 
     /// Settles deliveries as RabbitMQ's channel does (rabbit_channel's foreach_per_queue, probed
@@ -2666,6 +2688,10 @@ impl Engine {
             } else {
                 consumer.unacked += 1;
                 channel.consumer_unacked += 1;
+                // A quorum queue does not ask the channel's limiter (see `limiter_volume`).
+                if channel.global_prefetch > 0 && !quorum {
+                    channel.limiter_volume += 1;
+                }
                 queue.unacked += 1;
                 let unacked = Unacked {
                     queue: queue_name.clone(),
@@ -2845,6 +2871,11 @@ fn make_delivery(
         headers.sort_keys();
     }
     delivery
+}
+
+/// How many of these settled deliveries went to consumers (not `basic.get`).
+fn through_consumers(settled: &[Unacked]) -> usize {
+    settled.iter().filter(|u| u.consumer_serial != 0).count()
 }
 
 /// Appends to an introspection log, dropping the oldest entry past [`INTROSPECTION_LOG_MAX`].

@@ -81,6 +81,8 @@ contract!(
     prefetch_is_per_consumer,
     global_prefetch_is_shared_by_the_channel,
     a_per_consumer_qos_lifts_the_global_limit,
+    a_global_limit_counts_the_unacked_gets_it_finds_and_never_their_acks,
+    a_global_limit_counts_quorum_deliveries_only_when_they_are_acked,
     exclusive_consumer_keeps_others_out,
     a_quorum_queue_ignores_consumer_exclusivity,
     a_connection_error_returns_the_failing_channels_messages_first,
@@ -1254,6 +1256,63 @@ async fn global_prefetch_is_shared_by_the_channel(b: &mut impl Amqp) {
     b.ack(ch, first.tag, false).await.unwrap();
     assert_eq!(b.next(on_b).await.msg().text(), "b0");
     assert!(matches!(b.quiet(on_b).await, Next::Empty));
+}
+
+/// RabbitMQ's limiter starts a global limit at the channel's unacked count, `basic.get`s
+/// included, and takes off only consumer deliveries as they are acked: an unacked get found
+/// there holds a consumer back even after it is acked, until the limit is lifted (found by
+/// the differential test; rabbit_channel notes "Pretty obscure though").
+async fn a_global_limit_counts_the_unacked_gets_it_finds_and_never_their_acks(b: &mut impl Amqp) {
+    let c = b.connection().await;
+    let ch = b.channel(c).await;
+    b.queue(ch, "src").await;
+    b.queue(ch, "q").await;
+    b.send(ch, "", "src", "got").await;
+    let (got, _) = b.get(ch, "src", false).await.unwrap().expect("a message");
+    let on_q = b.consume(ch, "q", "on-q", false, false).await.unwrap();
+    b.qos(ch, 1, true).await.unwrap();
+    b.send(ch, "", "q", "m0").await;
+    assert!(
+        matches!(b.quiet(on_q).await, Next::Empty),
+        "the get fills the limit"
+    );
+    b.ack(ch, got.tag, false).await.unwrap();
+    assert!(
+        matches!(b.quiet(on_q).await, Next::Empty),
+        "acking the get does not empty it"
+    );
+    assert_eq!(b.depth("q").await, Some(1));
+    b.qos(ch, 0, true).await.unwrap();
+    assert_eq!(b.next(on_q).await.msg().text(), "m0");
+}
+
+/// A quorum queue does not ask the channel's limiter before it delivers, but the ack of its
+/// delivery is taken off the limiter's count: a classic consumer beside it is not held back by
+/// the quorum delivery, and gets one more when it is acked.
+async fn a_global_limit_counts_quorum_deliveries_only_when_they_are_acked(b: &mut impl Amqp) {
+    let c = b.connection().await;
+    let ch = b.channel(c).await;
+    b.queue(ch, "q").await;
+    quorum_queue(b, ch, "qq").await;
+    let on_qq = b.consume(ch, "qq", "on-qq", false, false).await.unwrap();
+    let on_q = b.consume(ch, "q", "on-q", false, false).await.unwrap();
+    b.qos(ch, 1, true).await.unwrap();
+    b.send(ch, "", "qq", "quorum").await;
+    let quorum = b.next(on_qq).await.msg();
+    for n in 0..3 {
+        b.send(ch, "", "q", &format!("m{n}")).await;
+    }
+    let first = b.next(on_q).await.msg();
+    assert_eq!(first.text(), "m0", "the quorum delivery takes no room");
+    assert!(matches!(b.quiet(on_q).await, Next::Empty), "held at 1");
+    b.ack(ch, quorum.tag, false).await.unwrap();
+    assert_eq!(b.next(on_q).await.msg().text(), "m1", "its ack makes room");
+    assert!(
+        matches!(b.quiet(on_q).await, Next::Empty),
+        "held at 1 again"
+    );
+    b.ack(ch, first.tag, true).await.unwrap();
+    assert_eq!(b.next(on_q).await.msg().text(), "m2");
 }
 
 /// RabbitMQ 3.10 lifts a channel's global prefetch limit when the channel sets a per-consumer

@@ -28,6 +28,10 @@ pub(crate) struct Transaction {
     bytes: usize,
     /// Settled deliveries with their tags and what settles them.
     settles: Vec<(u64, Unacked, Outcome)>,
+    /// How many consumer deliveries (not `basic.get`s) each settle call took, in order: the
+    /// commit tells the channel's limiter once per call, as RabbitMQ's does. At most one
+    /// per entry of `settles`.
+    settle_calls: Vec<usize>,
 }
 
 impl Transaction {
@@ -132,6 +136,11 @@ impl Engine {
             }
             for (_, unacked, outcome) in tx.settles {
                 engine.finish(channel, usize::MAX, unacked, outcome);
+            }
+            if let Some(index) = engine.channels.get_index_of(&channel) {
+                for count in tx.settle_calls {
+                    engine.limiter_settled(index, count);
+                }
             }
             if refused {
                 return Err(Fault::channel(
@@ -243,6 +252,11 @@ impl Engine {
             }
             return Err(too_large());
         }
+        let through_consumers = settled
+            .iter()
+            .filter(|(_, unacked)| unacked.consumer_serial != 0)
+            .count();
+        tx.settle_calls.push(through_consumers);
         tx.settles.extend(
             settled
                 .into_iter()
