@@ -723,6 +723,46 @@ fn cases(vhost: &str) -> Vec<(&'static str, Stage, Vec<u8>, Answer)> {
             Answer::Method(60, 11),
         ),
         (
+            "a basic.qos with a byte left over",
+            // RabbitMQ's decoder matches a method's whole payload
+            frame(1, 1, b"\x00\x3c\x00\x0a\x00\x00\x00\x00\x00\x01\x00\x00"),
+            closed(
+                501,
+                "FRAME_ERROR - cannot decode <<0,0,0,0,0,1,0,0>>",
+                60,
+                10,
+            ),
+        ),
+        (
+            "a basic.ack with a byte left over",
+            frame(
+                1,
+                1,
+                b"\x00\x3c\x00\x50\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00",
+            ),
+            closed(
+                501,
+                "FRAME_ERROR - cannot decode <<0,0,0,0,0,0,0,0,0,0>>",
+                60,
+                80,
+            ),
+        ),
+        (
+            "a tx.select with a byte left over",
+            frame(1, 1, b"\x00\x5a\x00\x0a\x00"),
+            closed(501, "FRAME_ERROR - cannot decode <<0>>", 90, 10),
+        ),
+        (
+            "a basic.publish with a byte left over",
+            frame(1, 1, b"\x00\x3c\x00\x28\x00\x00\x00\x02tq\x00\x00"),
+            closed(
+                501,
+                "FRAME_ERROR - cannot decode <<0,0,0,2,116,113,0,0>>",
+                60,
+                40,
+            ),
+        ),
+        (
             "a publish whose header table has a value of type U",
             // RabbitMQ's content-header parser has no `U` (its method parser takes one)
             [
