@@ -2373,9 +2373,9 @@ impl Engine {
     /// Tells a channel's limiter that a settle took `count` consumer deliveries off it (see
     /// `ChannelState::limiter_volume`). RabbitMQ's channel does this after it has handed the
     /// settles to the queues, so the queues run again after it.
-    /// `channel_hint`: where the channel is in `channels`, or `usize::MAX` to look it up.
-    fn limiter_settled(&mut self, channel_hint: usize, count: usize) {
-        let Some((_, state)) = self.channels.get_index_mut(channel_hint) else {
+    /// `channel_index`: where the channel is in `channels` (settling removes no channel).
+    fn limiter_settled(&mut self, channel_index: usize, count: usize) {
+        let Some((_, state)) = self.channels.get_index_mut(channel_index) else {
             return;
         };
         if state.limiter_settled(count) {
@@ -2644,9 +2644,9 @@ impl Engine {
                 let (consumer_index, _, consumer) = state.consumers.get_full(tag)?;
                 // A quorum queue's consumers take credit from the queue, not from the
                 // channel's limiter (RabbitMQ 3.10, probed): a global qos set after they
-                // started does not hold them back.
-                let credit =
-                    consumer.can_take() && (consumer.no_ack || quorum || state.has_global_credit());
+                // started does not hold them back. A classic queue asks the limiter for every
+                // consumer, one that does not ack included (probed).
+                let credit = consumer.can_take() && (quorum || state.has_global_credit());
                 credit.then_some((channel_index, consumer_index))
             };
             let Some(((channel_id, tag), (channel_index, consumer_index))) =

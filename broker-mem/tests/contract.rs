@@ -83,6 +83,8 @@ contract!(
     a_per_consumer_qos_lifts_the_global_limit,
     a_global_limit_counts_the_unacked_gets_it_finds_and_never_their_acks,
     a_global_limit_counts_quorum_deliveries_only_when_they_are_acked,
+    a_global_limit_reached_holds_no_ack_consumers_back_too,
+    a_commit_tells_the_limiter_of_its_acks_together,
     exclusive_consumer_keeps_others_out,
     a_quorum_queue_ignores_consumer_exclusivity,
     a_connection_error_returns_the_failing_channels_messages_first,
@@ -1312,6 +1314,64 @@ async fn a_global_limit_counts_quorum_deliveries_only_when_they_are_acked(b: &mu
         "held at 1 again"
     );
     b.ack(ch, first.tag, true).await.unwrap();
+    assert_eq!(b.next(on_q).await.msg().text(), "m2");
+}
+
+/// A classic queue asks the channel's limiter before it delivers to any consumer, one that
+/// does not ack included (rabbit_limiter's `can_send`; only the count skips it): with the
+/// channel's global limit reached, a no-ack consumer waits too.
+async fn a_global_limit_reached_holds_no_ack_consumers_back_too(b: &mut impl Amqp) {
+    let c = b.connection().await;
+    let ch = b.channel(c).await;
+    b.queue(ch, "acked").await;
+    b.queue(ch, "free").await;
+    let acking = b
+        .consume(ch, "acked", "acking", false, false)
+        .await
+        .unwrap();
+    let no_ack = b.consume(ch, "free", "no-ack", true, false).await.unwrap();
+    b.qos(ch, 1, true).await.unwrap();
+    b.send(ch, "", "free", "f0").await;
+    assert_eq!(b.next(no_ack).await.msg().text(), "f0", "under the limit");
+    b.send(ch, "", "acked", "a0").await;
+    let held = b.next(acking).await.msg();
+    b.send(ch, "", "free", "f1").await;
+    assert!(
+        matches!(b.quiet(no_ack).await, Next::Empty),
+        "the limit is reached"
+    );
+    b.ack(ch, held.tag, false).await.unwrap();
+    assert_eq!(b.next(no_ack).await.msg().text(), "f1");
+}
+
+/// The limiter's count stays at 0 once an ack takes it there, but may go below 0 when one
+/// ack takes more than it holds. A transaction's acks reach the limiter at the commit, the
+/// consecutive ones together (rabbit_channel's `ack_cons`): two acks that one by one would
+/// stop at 0 take it to -1 at a commit, which lets two more deliveries through, not one.
+async fn a_commit_tells_the_limiter_of_its_acks_together(b: &mut impl Amqp) {
+    let c = b.connection().await;
+    let publisher = b.channel(c).await;
+    b.queue(publisher, "q").await;
+    quorum_queue(b, publisher, "qq").await;
+    let ch = b.tx_channel(c).await;
+    let on_qq = b.consume(ch, "qq", "on-qq", false, false).await.unwrap();
+    let on_q = b.consume(ch, "q", "on-q", false, false).await.unwrap();
+    b.qos(ch, 1, true).await.unwrap();
+    b.send(publisher, "", "qq", "quorum").await;
+    let quorum = b.next(on_qq).await.msg();
+    for n in 0..3 {
+        b.send(publisher, "", "q", &format!("m{n}")).await;
+    }
+    let first = b.next(on_q).await.msg();
+    assert!(matches!(b.quiet(on_q).await, Next::Empty), "held at 1");
+    b.ack(ch, quorum.tag, false).await.unwrap();
+    b.ack(ch, first.tag, false).await.unwrap();
+    assert!(
+        matches!(b.quiet(on_q).await, Next::Empty),
+        "not before the commit"
+    );
+    b.tx_commit(ch).await.unwrap();
+    assert_eq!(b.next(on_q).await.msg().text(), "m1");
     assert_eq!(b.next(on_q).await.msg().text(), "m2");
 }
 

@@ -28,15 +28,18 @@ pub(crate) struct Transaction {
     bytes: usize,
     /// Settled deliveries with their tags and what settles them.
     settles: Vec<(u64, Unacked, Outcome)>,
-    /// How many consumer deliveries (not `basic.get`s) each settle call took, in order: the
-    /// commit tells the channel's limiter once per call, as RabbitMQ's does. At most one
-    /// per entry of `settles`.
-    settle_calls: Vec<usize>,
+    /// The settles as RabbitMQ's channel keeps them for the commit (rabbit_channel's
+    /// `ack_cons`): consecutive settles of one kind joined, each with how many consumer
+    /// deliveries (not `basic.get`s) it took. The commit tells the channel's limiter once per
+    /// entry, as RabbitMQ's does. A settle that took nothing still starts an entry.
+    settle_runs: Vec<(Outcome, usize)>,
 }
 
 impl Transaction {
+    /// What counts against [`TX_PENDING_MAX`]: publishes, and settled deliveries or settle
+    /// runs, whichever are more (a settle of nothing takes no delivery but may start a run).
     fn len(&self) -> usize {
-        self.publishes.len() + self.settles.len()
+        self.publishes.len() + self.settles.len().max(self.settle_runs.len())
     }
 
     /// The deliveries settled in the transaction and not yet applied: still unacked for the
@@ -138,7 +141,7 @@ impl Engine {
                 engine.finish(channel, usize::MAX, unacked, outcome);
             }
             if let Some(index) = engine.channels.get_index_of(&channel) {
-                for count in tx.settle_calls {
+                for (_, count) in tx.settle_runs {
                     engine.limiter_settled(index, count);
                 }
             }
@@ -245,7 +248,7 @@ impl Engine {
         let Some(tx) = state.tx.as_mut() else {
             return Ok(());
         };
-        if tx.len() + settled.len() > TX_PENDING_MAX {
+        if tx.len() + settled.len().max(1) > TX_PENDING_MAX {
             // Back where they were: the error's close requeues them.
             for (tag, unacked) in settled {
                 state.unacked.restore(tag, unacked);
@@ -256,7 +259,10 @@ impl Engine {
             .iter()
             .filter(|(_, unacked)| unacked.consumer_serial != 0)
             .count();
-        tx.settle_calls.push(through_consumers);
+        match tx.settle_runs.last_mut() {
+            Some((kind, count)) if *kind == outcome => *count += through_consumers,
+            _ => tx.settle_runs.push((outcome, through_consumers)),
+        }
         tx.settles.extend(
             settled
                 .into_iter()
