@@ -335,6 +335,13 @@ fn cases(vhost: &str) -> Vec<(&'static str, Stage, Vec<u8>, Answer)> {
             ),
         ),
         (
+            "a connection.open whose vhost is not UTF-8",
+            // on channel 0, rabbit_reader names the method the decoder failed in
+            tuned(2047),
+            frame(1, 0, b"\x00\x0a\x00\x28\x02/\xff\x00\x00"),
+            closed(501, "FRAME_ERROR - Malformed UTF-8 in shortstr", 10, 40),
+        ),
+        (
             "a vhost that does not exist",
             tuned(2047),
             connection_open("warren-no-such-vhost"),
@@ -721,6 +728,20 @@ fn cases(vhost: &str) -> Vec<(&'static str, Stage, Vec<u8>, Answer)> {
             ]
             .concat(),
             Answer::Method(60, 11),
+        ),
+        (
+            "a queue.declare whose argument key is not UTF-8, then basic.qos",
+            // RabbitMQ's keys are binaries (amq-protocol's parser refuses such a key)
+            [
+                frame(
+                    1,
+                    1,
+                    b"\x00\x32\x00\x0a\x00\x00\x02ua\x00\x00\x00\x00\x03\x01\xffV",
+                ),
+                qos(),
+            ]
+            .concat(),
+            Answer::Methods(vec![(50, 11), (60, 11)]),
         ),
         (
             "a basic.qos with a byte left over",
@@ -1137,4 +1158,51 @@ async fn rabbitmq_takes_a_repeated_argument_key_by_its_first_value() {
     let depth = depth_under_a_repeated_argument(authority, user, password, vhost.name()).await;
     vhost.delete().await.expect("delete vhost");
     assert_eq!(depth, 1);
+}
+
+/// A `queue.declare` whose arguments hold a `U` value, which RabbitMQ's table parser has no
+/// clause for.
+fn declare_with_a_u_value() -> Vec<u8> {
+    frame(
+        1,
+        1,
+        b"\x00\x32\x00\x0a\x00\x00\x02ua\x00\x00\x00\x00\x05\x01aU\x00\x07",
+    )
+}
+
+/// RabbitMQ's reader crashes on a method table it cannot read and drops the connection without
+/// a word; broker-mem answers 501 (a listed difference: the peer is told why), where
+/// amq-protocol's parser would have taken the `U`.
+#[tokio::test]
+async fn broker_mem_refuses_a_method_table_rabbitmq_cannot_read() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let authority = listener.local_addr().unwrap().to_string();
+    let broker = Broker::new();
+    tokio::spawn(WireServer::new(broker.clone(), WireConfig::default()).serve_tcp(listener));
+    let mut raw = Raw::open(&authority, "guest", "guest", "/", Stage::ChannelOpen).await;
+    raw.write(&declare_with_a_u_value()).await;
+    let refused = closed(
+        501,
+        "FRAME_ERROR - cannot decode <<0,0,2,117,97,0,0,0,0,5,1,97,85,0,7>>",
+        50,
+        10,
+    );
+    assert_eq!(raw.answer(&refused).await, refused);
+    assert_eq!(broker.queue_depth("ua"), None);
+}
+
+#[tokio::test]
+async fn rabbitmq_drops_a_connection_whose_method_table_it_cannot_read() {
+    let Some(vhost) = RabbitVhost::create("rabbitmq_method_table_u")
+        .await
+        .expect("vhost")
+    else {
+        return;
+    };
+    let (authority, user, password) = login(&vhost);
+    let mut raw = Raw::open(authority, user, password, vhost.name(), Stage::ChannelOpen).await;
+    raw.write(&declare_with_a_u_value()).await;
+    let answer = raw.answer(&Answer::Dropped).await;
+    vhost.delete().await.expect("delete vhost");
+    assert_eq!(answer, Answer::Dropped);
 }

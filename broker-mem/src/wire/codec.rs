@@ -7,7 +7,8 @@
 
 use crate::message::{FieldTable, Properties};
 use crate::wire::content::{
-    NESTING_MAX, decode_properties, method_arguments, method_table_too_deep,
+    NESTING_MAX, decode_properties, has_method_table, method_arguments, method_table_too_deep,
+    put_field_table,
 };
 use crate::wire::layout::{malformed_short_string, publish_with_any_bytes};
 use amq_protocol::frame::{AMQPFrame, WriteContext, gen_frame, parse_frame};
@@ -149,42 +150,57 @@ pub(crate) fn take_frame(
                 ),
             });
         }
-        FRAME_METHOD => match parse_frame(&buffer[..total]) {
-            Ok((_, frame)) => {
-                let arguments = method_arguments(payload).map(Box::new);
-                Inbound::Frame(Box::new(frame), arguments)
-            }
-            // amq-protocol refuses a short string that is not UTF-8 anywhere; RabbitMQ takes
-            // one in `basic.publish` and refuses it elsewhere with its own text (see `layout`).
-            Err(_) => {
-                if let Some(publish) = publish_with_any_bytes(payload) {
-                    let publish = AMQPClass::Basic(basic::AMQPMethod::Publish(publish));
-                    Inbound::Frame(Box::new(AMQPFrame::Method(channel, publish)), None)
-                } else if malformed_short_string(payload) {
-                    return Err(BadFrame {
-                        code: 501,
-                        text: "FRAME_ERROR - Malformed UTF-8 in shortstr".to_owned(),
-                        skip: Some(total),
-                        during: (0, 0),
-                    });
-                } else {
-                    // Arguments that do not decode, or (where RabbitMQ's reader crashes and
-                    // drops the connection) class and method ids that name no method.
-                    return Err(BadFrame {
-                        code: 501,
-                        text: format!(
-                            "FRAME_ERROR - cannot decode {}",
-                            erlang_bytes(&payload[METHOD_IDS_BYTES..])
-                        ),
-                        skip: Some(total),
-                        during: (
-                            u16::from_be_bytes([payload[0], payload[1]]),
-                            u16::from_be_bytes([payload[2], payload[3]]),
-                        ),
-                    });
+        FRAME_METHOD => {
+            let ids = (
+                u16::from_be_bytes([payload[0], payload[1]]),
+                u16::from_be_bytes([payload[2], payload[3]]),
+            );
+            // Arguments that do not decode, or (where RabbitMQ's reader crashes and drops the
+            // connection) class and method ids that name no method.
+            let cannot_decode = || BadFrame {
+                code: 501,
+                text: format!(
+                    "FRAME_ERROR - cannot decode {}",
+                    erlang_bytes(&payload[METHOD_IDS_BYTES..])
+                ),
+                skip: Some(total),
+                during: ids,
+            };
+            match parse_frame(&buffer[..total]) {
+                // The table as RabbitMQ reads it; one it cannot read (a `U` value, which
+                // amq-protocol takes) crashes its reader, and is refused here.
+                Ok((_, frame)) if has_method_table(payload) => match method_arguments(payload) {
+                    Some((arguments, _)) => {
+                        Inbound::Frame(Box::new(frame), Some(Box::new(arguments)))
+                    }
+                    None => return Err(cannot_decode()),
+                },
+                Ok((_, frame)) => Inbound::Frame(Box::new(frame), None),
+                // amq-protocol refuses short strings and table keys that are not UTF-8, and
+                // RabbitMQ does not always (see `layout`).
+                Err(_) => {
+                    if let Some(publish) = publish_with_any_bytes(payload) {
+                        let publish = AMQPClass::Basic(basic::AMQPMethod::Publish(publish));
+                        Inbound::Frame(Box::new(AMQPFrame::Method(channel, publish)), None)
+                    } else if malformed_short_string(payload) {
+                        // On channel 0 rabbit_reader names the method; on a channel, not.
+                        let during = if channel == 0 { ids } else { (0, 0) };
+                        return Err(BadFrame {
+                            code: 501,
+                            text: "FRAME_ERROR - Malformed UTF-8 in shortstr".to_owned(),
+                            skip: Some(total),
+                            during,
+                        });
+                    } else if let Some((frame, arguments)) =
+                        with_keys_of_any_bytes(channel, payload)
+                    {
+                        Inbound::Frame(Box::new(frame), Some(Box::new(arguments)))
+                    } else {
+                        return Err(cannot_decode());
+                    }
                 }
             }
-        },
+        }
         FRAME_HEADER if payload.len() < HEADER_FIXED_BYTES => return Err(unknown()),
         FRAME_HEADER if channel == 0 => return Err(unexpected()),
         FRAME_HEADER => Inbound::Header(Box::new(HeaderFrame {
@@ -197,6 +213,23 @@ pub(crate) fn take_frame(
         _ => return Err(unknown()),
     };
     Ok(Some((inbound, total)))
+}
+
+/// A method whose table has a key that is not UTF-8, which RabbitMQ takes (its keys are
+/// binaries) and amq-protocol's parser refuses: parsed with the table as read here (the key
+/// with replacement characters) in its place. None when that does not parse either.
+fn with_keys_of_any_bytes(channel: u16, payload: &[u8]) -> Option<(AMQPFrame, FieldTable)> {
+    let (arguments, span) = method_arguments(payload)?;
+    let mut patched = payload[..span.start].to_vec();
+    put_field_table(&mut patched, &arguments);
+    patched.extend_from_slice(&payload[span.end..]);
+    let mut frame = vec![FRAME_METHOD];
+    frame.extend_from_slice(&channel.to_be_bytes());
+    frame.extend_from_slice(&u32::try_from(patched.len()).ok()?.to_be_bytes());
+    frame.extend_from_slice(&patched);
+    frame.push(FRAME_END);
+    let (_, parsed) = parse_frame(frame.as_slice()).ok()?;
+    Some((parsed, arguments))
 }
 
 /// A method payload's class and method ids.

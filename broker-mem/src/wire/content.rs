@@ -3,19 +3,20 @@
 //! it, so a consumer that reads the keys in order (a JavaScript object, a Python dict) sees the
 //! publisher's order, and must see it here too.
 //!
-//! A content header's table is read by RabbitMQ's rules (`rabbit_binary_parser`, probed on
-//! 3.10.8): no `U` type letter (541), `L` a long long like `l`, keys of any bytes, a key seen
-//! twice looked up by its first value. Where writing the table again would not give the
-//! client's bytes back (a repeated key, a key that is not UTF-8, an `L`, a boolean byte other
-//! than 0 or 1), the table keeps those bytes and is written with them, as RabbitMQ passes it
-//! on. The other properties follow amq-protocol's rules: short strings must be UTF-8, the two
-//! lowest property flags are ignored (see the README's differences). No bytes may follow the
-//! last property (RabbitMQ refuses them too).
+//! Field tables, in content headers and in a method's arguments alike, are read by RabbitMQ's
+//! rules (`rabbit_binary_parser:parse_table`, probed on 3.10.8): no `U` type letter, `L` a
+//! long long like `l`, keys of any bytes, a key seen twice looked up by its first value.
+//! Where writing a header table again would not give the client's bytes back (a repeated
+//! key, a key that is not UTF-8, an `L`, a boolean byte other than 0 or 1), the table keeps
+//! those bytes and is written with them, as RabbitMQ passes it on. The other properties
+//! follow amq-protocol's rules: short strings must be UTF-8, the two lowest property flags
+//! are ignored (see the README's differences). No bytes may follow the last property
+//! (RabbitMQ refuses them too).
 //!
-//! A method's arguments are read by amq-protocol's rules, as the rest of the method is (its
-//! parser accepts `U` as a short; keys must be UTF-8, as RabbitMQ's frame decoder requires).
-//! One rule is broker-mem's own: tables and arrays nest at most [`NESTING_MAX`] deep (see
-//! there).
+//! A method is parsed by amq-protocol, which reads its table by its own rules (`U` a short,
+//! keys UTF-8); the codec reads the table here too and goes by this reading (see
+//! [`method_arguments`]). One rule is broker-mem's own: tables and arrays nest at most
+//! [`NESTING_MAX`] deep (see there).
 
 use bytes::Bytes;
 
@@ -31,7 +32,7 @@ pub(crate) const NESTING_MAX: usize = 64;
 /// A content header's properties, from the frame's payload (after its class, weight and body
 /// size); None when they do not decode (RabbitMQ answers that with 541 INTERNAL_ERROR).
 pub(crate) fn decode_properties(payload: &[u8]) -> Option<Properties> {
-    let mut reader = Reader::new(payload, Dialect::Content);
+    let mut reader = Reader::new(payload);
     let _class_weight_and_body_size = reader.take(12)?;
     let flags = reader.u16()?;
     let present = |bit: u16| flags & (1 << (15 - bit)) != 0;
@@ -103,7 +104,7 @@ fn method_table(payload: &[u8]) -> Option<Reader<'_>> {
         Bits,
     }
     use Field::{Bits, Short, Text};
-    let mut reader = Reader::new(payload, Dialect::Method);
+    let mut reader = Reader::new(payload);
     let before: &[Field] = match (reader.u16()?, reader.u16()?) {
         (10, 11) => &[],                                         // connection.start-ok
         (40, 10) => &[Short, Text, Text, Bits],                  // exchange.declare
@@ -135,18 +136,32 @@ pub(crate) fn method_table_too_deep(payload: &[u8]) -> bool {
     method_table(payload).is_some_and(|mut reader| reader.table_too_deep(0) == Some(true))
 }
 
-/// A method's field table (see [`method_table`]) in its wire order: amq-protocol's parsed copy
-/// is sorted, and RabbitMQ reads some arguments in wire order (the first of another queue
-/// type's arguments is the one its 406 names). None for other methods, or when it does not
-/// decode (the parser refuses those).
-pub(crate) fn method_arguments(payload: &[u8]) -> Option<FieldTable> {
-    method_table(payload)?.table(0)
+/// A method's field table (see [`method_table`]) as RabbitMQ reads it, in its wire order
+/// (amq-protocol's parsed copy is sorted, and RabbitMQ reads some arguments in wire order: the
+/// first of another queue type's arguments is the one its 406 names), with where it lies in
+/// the payload. None for methods without a table, or when it does not decode.
+pub(crate) fn method_arguments(payload: &[u8]) -> Option<(FieldTable, std::ops::Range<usize>)> {
+    let mut reader = method_table(payload)?;
+    let start = payload.len() - reader.bytes.len();
+    let table = reader.table(0)?;
+    let end = payload.len() - reader.bytes.len();
+    Some((table, start..end))
+}
+
+/// Whether a method has a field table (see [`method_table`]).
+pub(crate) fn has_method_table(payload: &[u8]) -> bool {
+    method_table(payload).is_some()
+}
+
+/// Appends a field table (its size, then its entries).
+pub(crate) fn put_field_table(out: &mut Vec<u8>, table: &FieldTable) {
+    put_table(out, table);
 }
 
 /// A method's table from its entries (the bytes after its size), by the rules a method's
 /// arguments are read by; None when they do not decode.
 pub(crate) fn table_entries(entries: &[u8]) -> Option<FieldTable> {
-    Reader::new(entries, Dialect::Method).entries(0)
+    Reader::new(entries).entries(0)
 }
 
 /// Appends a content-header frame for a body of `body_size` bytes. Short strings longer than
@@ -325,36 +340,22 @@ fn put_value(out: &mut Vec<u8>, value: &FieldValue) {
     }
 }
 
-/// Which rules a table is read by (see the module's docs).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Dialect {
-    /// A content header's: RabbitMQ's.
-    Content,
-    /// A method's arguments: amq-protocol's.
-    Method,
-}
-
 /// Reads big-endian AMQP values off the front of a byte slice; None when it runs short.
 struct Reader<'a> {
     bytes: &'a [u8],
-    dialect: Dialect,
     /// Cleared when something was read that writing it again would not give back.
     exact: bool,
 }
 
 impl<'a> Reader<'a> {
-    fn new(bytes: &'a [u8], dialect: Dialect) -> Reader<'a> {
-        Reader {
-            bytes,
-            dialect,
-            exact: true,
-        }
+    fn new(bytes: &'a [u8]) -> Reader<'a> {
+        Reader { bytes, exact: true }
     }
 
     /// A reader of the next `long_bytes` (a table's entries, an array's items).
     fn nested(&mut self) -> Option<Reader<'a>> {
         let bytes = self.long_bytes()?;
-        Some(Reader::new(bytes, self.dialect))
+        Some(Reader::new(bytes))
     }
 
     fn take(&mut self, n: usize) -> Option<&'a [u8]> {
@@ -392,18 +393,17 @@ impl<'a> Reader<'a> {
         String::from_utf8(bytes.to_vec()).ok()
     }
 
-    /// A table's key: in a content header any bytes (RabbitMQ's keys are binaries; one that is
-    /// not UTF-8 is kept with replacement characters here and exactly in the written bytes).
+    /// A table's key: any bytes (RabbitMQ's keys are binaries; one that is not UTF-8 is kept
+    /// with replacement characters here, and exactly in a header table's written bytes).
     fn key(&mut self) -> Option<String> {
         let len = self.u8()?;
         let bytes = self.take(usize::from(len))?;
         match std::str::from_utf8(bytes) {
             Ok(key) => Some(key.to_owned()),
-            Err(_) if self.dialect == Dialect::Content => {
+            Err(_) => {
                 self.exact = false;
                 Some(String::from_utf8_lossy(bytes).into_owned())
             }
-            Err(_) => None,
         }
     }
 
@@ -461,8 +461,7 @@ impl<'a> Reader<'a> {
         let width = match self.u8()? {
             b'V' => 0,
             b't' | b'b' | b'B' => 1,
-            b'U' if self.dialect == Dialect::Content => return None,
-            b's' | b'U' | b'u' => 2,
+            b's' | b'u' => 2,
             b'I' | b'i' | b'f' => 4,
             b'D' => 5,
             b'l' | b'L' | b'd' | b'T' => 8,
@@ -496,9 +495,8 @@ impl<'a> Reader<'a> {
             }
             b'b' => FieldValue::I8(i8::from_be_bytes(self.array()?)),
             b'B' => FieldValue::U8(self.u8()?),
-            // RabbitMQ's content-header parser has no `U` (541); amq-protocol's reads a short.
-            b'U' if self.dialect == Dialect::Content => return None,
-            b's' | b'U' => FieldValue::I16(i16::from_be_bytes(self.array()?)),
+            // RabbitMQ's parser has no `U` (amq-protocol's reads a short).
+            b's' => FieldValue::I16(i16::from_be_bytes(self.array()?)),
             b'u' => FieldValue::U16(self.u16()?),
             b'I' => FieldValue::I32(i32::from_be_bytes(self.array()?)),
             b'i' => FieldValue::U32(self.u32()?),
@@ -721,10 +719,10 @@ mod tests {
         assert_eq!(header_payload(&properties), payload);
     }
 
-    /// `U` is refused in a content header (RabbitMQ: 541) and read as a short in a method's
-    /// arguments, as amq-protocol's parser and RabbitMQ's method decoder take it.
+    /// `U` is in no table RabbitMQ reads (a content header's: 541; a method's: its reader
+    /// crashes); a key that is not UTF-8 is in any, with replacement characters here.
     #[test]
-    fn type_letter_u_is_a_short_only_in_methods() {
+    fn tables_are_read_as_rabbitmq_reads_them() {
         let table = b"\x00\x00\x00\x05\x01aU\xff\xfe";
         let header = [
             &[0, 60, 0, 0, 0, 0, 0, 0, 0, 0, 0, 5, 0x20, 0x00][..],
@@ -733,9 +731,13 @@ mod tests {
         .concat();
         assert!(decode_properties(&header).is_none());
         let declare = [&[0, 50, 0, 10, 0, 0, 1, b'q', 0][..], table].concat();
-        let arguments = method_arguments(&declare).unwrap();
-        assert_eq!(arguments.get("a"), Some(&FieldValue::I16(-2)));
+        assert!(method_arguments(&declare).is_none());
         assert!(!method_table_too_deep(&declare));
+        let any_key = b"\x00\x00\x00\x03\x01\xffV";
+        let declare = [&[0, 50, 0, 10, 0, 0, 1, b'q', 0][..], any_key].concat();
+        let (arguments, span) = method_arguments(&declare).unwrap();
+        assert_eq!(arguments.get("\u{fffd}"), Some(&FieldValue::Void));
+        assert_eq!(span, 9..declare.len());
     }
 
     /// A table whose one value is `levels` arrays and tables inside one another (in turn),
@@ -833,7 +835,7 @@ mod tests {
         ];
         for (ids, before) in methods {
             let payload = [ids.to_vec(), before, table.clone()].concat();
-            let arguments = method_arguments(&payload).unwrap_or_else(|| panic!("{ids:?}"));
+            let (arguments, _) = method_arguments(&payload).unwrap_or_else(|| panic!("{ids:?}"));
             let keys: Vec<&String> = arguments.keys().collect();
             assert_eq!(
                 keys,
@@ -927,7 +929,7 @@ mod tests {
             crate::wire::codec::put_frame(&mut frame, &AMQPFrame::Method(1, class));
             let payload = &frame[7..frame.len() - 1];
             assert_eq!(
-                method_arguments(payload).as_ref(),
+                method_arguments(payload).map(|(table, _)| table).as_ref(),
                 Some(&expected),
                 "{name}"
             );

@@ -3,8 +3,10 @@
 //! saying why; RabbitMQ answers some of those differently, so the codec asks here:
 //!
 //! - a short string that is not UTF-8, in a method without content, is 501 `FRAME_ERROR -
-//!   Malformed UTF-8 in shortstr` with class and method 0 (the decoder checks each one after
-//!   the frame's shape; probed on 3.10.8: queue, exchange and consumer names, binding keys);
+//!   Malformed UTF-8 in shortstr` (the decoder checks each one after the frame's shape;
+//!   probed on 3.10.8: queue, exchange and consumer names, binding keys, a close's text),
+//!   naming class and method 0 on a channel and the method itself on channel 0, where
+//!   rabbit_reader fills the method in;
 //! - `basic.publish`, which carries content, is not checked ("for speed", says RabbitMQ's
 //!   code generator): a routing key that is not UTF-8 is taken (probed).
 
@@ -32,6 +34,7 @@ fn fields(class_id: u16, method_id: u16) -> Option<&'static [Field]> {
         (10, 31) => &[Short, Long, Short],                          // connection.tune-ok
         (10, 40) => &[ShortString, ShortString, Bits],              // connection.open
         (10, 50) | (20, 40) => &[Short, ShortString, Short, Short], // connection/channel.close
+        (10, 70) => &[LongString, ShortString],                     // connection.update-secret
         (20, 10) => &[ShortString],                                 // channel.open
         (40, 10) => &[Short, ShortString, ShortString, Bits, Table], // exchange.declare
         (40, 20) => &[Short, ShortString, Bits],                    // exchange.delete
