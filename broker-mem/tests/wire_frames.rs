@@ -324,6 +324,13 @@ fn cases(vhost: &str) -> Vec<(&'static str, Stage, Vec<u8>, Answer)> {
             closed(403, refused, 0, 0),
         ),
         (
+            "a wrong password, from a client announcing authentication_failure_close true, then false",
+            // a key given twice counts with its first value
+            Stage::Started,
+            start_ok_announcing_twice(),
+            closed(403, refused, 0, 0),
+        ),
+        (
             "a channel.open before connection.open",
             tuned(2047),
             channel_open(1),
@@ -784,6 +791,23 @@ fn cases(vhost: &str) -> Vec<(&'static str, Stage, Vec<u8>, Answer)> {
             ),
         ),
         (
+            "a publish whose header table has a NaN double",
+            // Erlang's float matches take no NaN or infinity
+            [
+                publish(),
+                header_then(
+                    60,
+                    0,
+                    5,
+                    0x2000,
+                    b"\x00\x00\x00\x0b\x01ad\x7f\xf8\x00\x00\x00\x00\x00\x00",
+                ),
+                frame(3, 1, b"aaaaa"),
+            ]
+            .concat(),
+            closed(541, "INTERNAL_ERROR", 0, 0),
+        ),
+        (
             "a publish whose header table has a value of type U",
             // RabbitMQ's content-header parser has no `U` (its method parser takes one)
             [
@@ -1158,6 +1182,37 @@ async fn rabbitmq_takes_a_repeated_argument_key_by_its_first_value() {
     let depth = depth_under_a_repeated_argument(authority, user, password, vhost.name()).await;
     vhost.delete().await.expect("delete vhost");
     assert_eq!(depth, 1);
+}
+
+/// A `start-ok` with a wrong password whose capabilities name `authentication_failure_close`
+/// twice: true, then false (amq-protocol's encoder cannot write a key twice).
+fn start_ok_announcing_twice() -> Vec<u8> {
+    let sized = |content: &[u8]| {
+        let mut bytes = u32::try_from(content.len()).unwrap().to_be_bytes().to_vec();
+        bytes.extend(content);
+        bytes
+    };
+    let capability = |value: u8| {
+        let name = b"authentication_failure_close";
+        [
+            &[u8::try_from(name.len()).unwrap()][..],
+            name,
+            b"t",
+            &[value],
+        ]
+        .concat()
+    };
+    let capabilities = sized(&[capability(1), capability(0)].concat());
+    let client_properties = sized(&[&b"\x0ccapabilitiesF"[..], &capabilities].concat());
+    let payload = [
+        &b"\x00\x0a\x00\x0b"[..],
+        &client_properties,
+        b"\x05PLAIN",
+        &sized(b"\0guest\0wrong"),
+        b"\x05en_US",
+    ]
+    .concat();
+    frame(1, 0, &payload)
 }
 
 /// A `queue.declare` whose arguments hold a `U` value, which RabbitMQ's table parser has no

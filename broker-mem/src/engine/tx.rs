@@ -248,7 +248,13 @@ impl Engine {
         let Some(tx) = state.tx.as_mut() else {
             return Ok(());
         };
-        if tx.len() + settled.len().max(1) > TX_PENDING_MAX {
+        let outcomes_differ = tx
+            .settle_runs
+            .last()
+            .is_none_or(|(kind, _)| *kind != outcome);
+        let settles = tx.settles.len() + settled.len();
+        let runs = tx.settle_runs.len() + usize::from(outcomes_differ);
+        if tx.publishes.len() + settles.max(runs) > TX_PENDING_MAX {
             // Back where they were: the error's close requeues them.
             for (tag, unacked) in settled {
                 state.unacked.restore(tag, unacked);
@@ -260,7 +266,7 @@ impl Engine {
             .filter(|(_, unacked)| unacked.consumer_serial != 0)
             .count();
         match tx.settle_runs.last_mut() {
-            Some((kind, count)) if *kind == outcome => *count += through_consumers,
+            Some((_, count)) if !outcomes_differ => *count += through_consumers,
             _ => tx.settle_runs.push((outcome, through_consumers)),
         }
         tx.settles.extend(

@@ -4,8 +4,9 @@
 //! publisher's order, and must see it here too.
 //!
 //! Field tables, in content headers and in a method's arguments alike, are read by RabbitMQ's
-//! rules (`rabbit_binary_parser:parse_table`, probed on 3.10.8): no `U` type letter, `L` a
-//! long long like `l`, keys of any bytes, a key seen twice looked up by its first value.
+//! rules (`rabbit_binary_parser:parse_table`, probed on 3.10.8): no `U` type letter, no NaN
+//! or infinite float, `L` a long long like `l`, keys of any bytes, a key seen twice looked up
+//! by its first value.
 //! Where writing a header table again would not give the client's bytes back (a repeated
 //! key, a key that is not UTF-8, an `L`, a boolean byte other than 0 or 1), the table keeps
 //! those bytes and is written with them, as RabbitMQ passes it on. The other properties
@@ -507,8 +508,13 @@ impl<'a> Reader<'a> {
                 self.exact = false;
                 FieldValue::I64(i64::from_be_bytes(self.array()?))
             }
-            b'f' => FieldValue::F32(f32::from_be_bytes(self.array()?)),
-            b'd' => FieldValue::F64(f64::from_be_bytes(self.array()?)),
+            // Erlang's float matches take no NaN or infinity: RabbitMQ refuses those.
+            b'f' => {
+                FieldValue::F32(Some(f32::from_be_bytes(self.array()?)).filter(|v| v.is_finite())?)
+            }
+            b'd' => {
+                FieldValue::F64(Some(f64::from_be_bytes(self.array()?)).filter(|v| v.is_finite())?)
+            }
             b'D' => FieldValue::Decimal {
                 scale: self.u8()?,
                 value: self.u32()?,
@@ -733,6 +739,22 @@ mod tests {
         let declare = [&[0, 50, 0, 10, 0, 0, 1, b'q', 0][..], table].concat();
         assert!(method_arguments(&declare).is_none());
         assert!(!method_table_too_deep(&declare));
+        for float in [
+            &b"f\x7f\xc0\x00\x00"[..],
+            b"d\xff\xf0\x00\x00\x00\x00\x00\x00",
+        ] {
+            let table = [
+                &[0, 0, 0, u8::try_from(float.len() + 2).unwrap(), 1, b'a'][..],
+                float,
+            ]
+            .concat();
+            let header = [
+                &[0, 60, 0, 0, 0, 0, 0, 0, 0, 0, 0, 5, 0x20, 0x00][..],
+                &table,
+            ]
+            .concat();
+            assert!(decode_properties(&header).is_none(), "{float:?}");
+        }
         let any_key = b"\x00\x00\x00\x03\x01\xffV";
         let declare = [&[0, 50, 0, 10, 0, 0, 1, b'q', 0][..], any_key].concat();
         let (arguments, span) = method_arguments(&declare).unwrap();

@@ -31,7 +31,8 @@ use crate::wire::{
 };
 use crate::{
     Broker, ChannelId, Confirm, ConnectionId, ConsumeOptions, ConsumerEnd, Engine, Error, Event,
-    ExchangeKind, ExchangeOptions, FieldTable, PublishOptions, QueueOptions, Returned, Tap,
+    ExchangeKind, ExchangeOptions, FieldTable, FieldValue, PublishOptions, QueueOptions, Returned,
+    Tap,
 };
 
 /// Bytes asked of the stream per read.
@@ -366,7 +367,8 @@ impl<S: AsyncRead + AsyncWrite + Send> Session<S> {
                     .await;
             }
         };
-        self.cancel_notify = announces(&start_ok, "consumer_cancel_notify");
+        let client_properties = self.arguments(&start_ok.client_properties);
+        self.cancel_notify = announces(&client_properties, "consumer_cancel_notify");
         let Some(user) = authenticate(&self.config.users, &start_ok) else {
             let text = format!(
                 "ACCESS_REFUSED - Login was refused using authentication mechanism {}. For details see the broker logfile.",
@@ -374,7 +376,7 @@ impl<S: AsyncRead + AsyncWrite + Send> Session<S> {
             );
             // RabbitMQ tells only a client that announced it can take a close here; any
             // other it just drops.
-            if !announces(&start_ok, "authentication_failure_close") {
+            if !announces(&client_properties, "authentication_failure_close") {
                 tracing::info!(%text, "login refused; the client takes no close");
                 return Err(WireError::Closed { code: 403, text });
             }
@@ -477,7 +479,9 @@ impl<S: AsyncRead + AsyncWrite + Send> Session<S> {
             };
             match frame {
                 Inbound::Heartbeat => {}
-                Inbound::Frame(frame, _) => {
+                Inbound::Frame(frame, arguments) => {
+                    // start-ok's client properties, as RabbitMQ reads them (see `announces`).
+                    self.arguments_in_order = arguments;
                     let hard = match *frame {
                         AMQPFrame::Method(0, AMQPClass::Connection(method)) => return Ok(method),
                         AMQPFrame::Method(_, class) => unexpected(&class, state),
@@ -1799,16 +1803,14 @@ fn start() -> connection::Start {
 }
 
 /// The user a `start-ok` authenticates, if its credentials are right.
-/// Whether the client announced `capability` (true) in its `start-ok` properties.
-fn announces(start_ok: &connection::StartOk, capability: &str) -> bool {
-    let capabilities = start_ok.client_properties.inner().get("capabilities");
-    let Some(AMQPValue::FieldTable(capabilities)) = capabilities else {
+/// Whether the client announced `capability` (true) in its `start-ok` properties, read as
+/// RabbitMQ reads them (a key given twice counts with its first value; amq-protocol's parsed
+/// copy keeps the last).
+fn announces(client_properties: &FieldTable, capability: &str) -> bool {
+    let Some(FieldValue::Table(capabilities)) = client_properties.get("capabilities") else {
         return false;
     };
-    matches!(
-        capabilities.inner().get(capability),
-        Some(AMQPValue::Boolean(true))
-    )
+    matches!(capabilities.get(capability), Some(FieldValue::Bool(true)))
 }
 
 fn authenticate(users: &[(String, String)], start_ok: &connection::StartOk) -> Option<String> {
