@@ -886,6 +886,13 @@ async fn rabbitmq_refuses_the_frames_as_written_here() {
     check("RabbitMQ", &answers);
 }
 
+/// `content` after its size as a 32-bit length: a table's or array's bytes on the wire.
+fn sized(content: &[u8]) -> Vec<u8> {
+    let mut bytes = u32::try_from(content.len()).unwrap().to_be_bytes().to_vec();
+    bytes.extend(content);
+    bytes
+}
+
 /// A content header as a client might write it: a header table in no sorted order with a
 /// value of every field type RabbitMQ reads, a nested table and array in no order either, then
 /// a message id. Class 60, weight 0, a body of 5 bytes.
@@ -895,11 +902,6 @@ fn header_in_publisher_order() -> Vec<u8> {
         bytes.extend(key.as_bytes());
         bytes.push(kind);
         bytes.extend(value);
-        bytes
-    }
-    fn sized(content: &[u8]) -> Vec<u8> {
-        let mut bytes = u32::try_from(content.len()).unwrap().to_be_bytes().to_vec();
-        bytes.extend(content);
         bytes
     }
     let nested = [entry("z", b'b', &[0xff]), entry("a", b'V', &[])].concat();
@@ -947,11 +949,6 @@ fn header_in_publisher_order() -> Vec<u8> {
 /// `l`), a boolean byte of 2 (read as true), the last two inside an array too. Class 60,
 /// weight 0, a body of 5 bytes.
 fn header_written_unusually() -> Vec<u8> {
-    let sized = |content: &[u8]| {
-        let mut bytes = u32::try_from(content.len()).unwrap().to_be_bytes().to_vec();
-        bytes.extend(content);
-        bytes
-    };
     let array = [&b"L"[..], &7_i64.to_be_bytes(), b"t\x02"].concat();
     let table = [
         &b"\x01kI"[..],
@@ -1187,11 +1184,6 @@ async fn rabbitmq_takes_a_repeated_argument_key_by_its_first_value() {
 /// A `start-ok` with a wrong password whose capabilities name `authentication_failure_close`
 /// twice: true, then false (amq-protocol's encoder cannot write a key twice).
 fn start_ok_announcing_twice() -> Vec<u8> {
-    let sized = |content: &[u8]| {
-        let mut bytes = u32::try_from(content.len()).unwrap().to_be_bytes().to_vec();
-        bytes.extend(content);
-        bytes
-    };
     let capability = |value: u8| {
         let name = b"authentication_failure_close";
         [

@@ -8,7 +8,7 @@
 use crate::message::{FieldTable, Properties};
 use crate::wire::content::{
     NESTING_MAX, decode_properties, has_method_table, method_arguments, method_table_too_deep,
-    put_field_table,
+    put_table,
 };
 use crate::wire::layout::{malformed_short_string, publish_with_any_bytes};
 use amq_protocol::frame::{AMQPFrame, WriteContext, gen_frame, parse_frame};
@@ -221,7 +221,7 @@ pub(crate) fn take_frame(
 fn with_keys_of_any_bytes(channel: u16, payload: &[u8]) -> Option<(AMQPFrame, FieldTable)> {
     let (arguments, span) = method_arguments(payload)?;
     let mut patched = payload[..span.start].to_vec();
-    put_field_table(&mut patched, &arguments);
+    put_table(&mut patched, &arguments);
     patched.extend_from_slice(&payload[span.end..]);
     let mut frame = vec![FRAME_METHOD];
     frame.extend_from_slice(&channel.to_be_bytes());

@@ -154,11 +154,6 @@ pub(crate) fn has_method_table(payload: &[u8]) -> bool {
     method_table(payload).is_some()
 }
 
-/// Appends a field table (its size, then its entries).
-pub(crate) fn put_field_table(out: &mut Vec<u8>, table: &FieldTable) {
-    put_table(out, table);
-}
-
 /// A method's table from its entries (the bytes after its size), by the rules a method's
 /// arguments are read by; None when they do not decode.
 pub(crate) fn table_entries(entries: &[u8]) -> Option<FieldTable> {
@@ -254,7 +249,7 @@ fn put_long_bytes(out: &mut Vec<u8>, bytes: &[u8]) {
 }
 
 /// A table in its order: the size, then each key and value.
-fn put_table(out: &mut Vec<u8>, table: &FieldTable) {
+pub(crate) fn put_table(out: &mut Vec<u8>, table: &FieldTable) {
     if let Some(written) = table.written() {
         put_long_bytes(out, written);
         return;
