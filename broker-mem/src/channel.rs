@@ -71,6 +71,9 @@ pub(crate) struct ChannelState {
     /// The quorum `reject-publish` queues it has published to, each once: they know it as a
     /// publisher (see `Queue::would_overflow`) and forget it when it closes.
     pub known_by: Vec<SmolStr>,
+    /// The queue the last successful `queue.declare` named: what an empty queue name means
+    /// (see `engine::names`).
+    pub last_declared_queue: Option<SmolStr>,
 }
 
 impl ChannelState {
@@ -133,6 +136,7 @@ impl ChannelState {
             tx: None,
             reply_consumer: None,
             known_by: Vec::new(),
+            last_declared_queue: None,
         }
     }
 }

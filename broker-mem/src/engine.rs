@@ -45,12 +45,14 @@ use crate::queue::{
 
 mod clock;
 mod fault;
+mod names;
 pub(crate) mod reply_to;
 mod route_memo;
 pub(crate) mod tx;
 
 use clock::Alarm;
 use fault::{Delayed, DeliveryFault};
+use names::strip_cr_lf;
 use reply_to::{REPLY_TO, is_reply_name};
 use route_memo::RouteMemo;
 
@@ -567,7 +569,7 @@ impl Engine {
         arguments: &FieldTable,
     ) -> Result<(), Error> {
         self.run(channel, |engine| {
-            engine.declare_exchange(name, kind, options, arguments)
+            engine.declare_exchange(&strip_cr_lf(name), kind, options, arguments)
         })
     }
 
@@ -579,7 +581,9 @@ impl Engine {
         name: &str,
         if_unused: bool,
     ) -> Result<(), Error> {
-        self.run(channel, |engine| engine.delete_exchange(name, if_unused))
+        self.run(channel, |engine| {
+            engine.delete_exchange(&strip_cr_lf(name), if_unused)
+        })
     }
 
     /// `queue.declare` without arguments; an empty name gets a server-generated `amq.gen-<n>`.
@@ -603,7 +607,10 @@ impl Engine {
         arguments: &FieldTable,
     ) -> Result<QueueDeclareOk, Error> {
         self.run(channel, |engine| {
-            engine.declare_queue(channel.connection, name, options, arguments)
+            let declared =
+                engine.declare_queue(channel.connection, &strip_cr_lf(name), options, arguments)?;
+            engine.declared(channel, &declared.name);
+            Ok(declared)
         })
     }
 
@@ -628,8 +635,10 @@ impl Engine {
         arguments: &FieldTable,
     ) -> Result<(), Error> {
         self.run(channel, |engine| {
+            let (queue, exchange, routing_key) =
+                engine.binding_names(channel, queue, exchange, routing_key)?;
             let to = Destination::Queue(queue.into());
-            engine.bind(channel.connection, exchange, to, routing_key, arguments)
+            engine.bind(channel.connection, &exchange, to, &routing_key, arguments)
         })
     }
 
@@ -643,8 +652,10 @@ impl Engine {
         arguments: &FieldTable,
     ) -> Result<(), Error> {
         self.run(channel, |engine| {
+            let (queue, exchange, routing_key) =
+                engine.binding_names(channel, queue, exchange, routing_key)?;
             let to = Destination::Queue(queue.into());
-            engine.unbind(channel.connection, exchange, to, routing_key, arguments)
+            engine.unbind(channel.connection, &exchange, to, &routing_key, arguments)
         })
     }
 
@@ -658,8 +669,14 @@ impl Engine {
         arguments: &FieldTable,
     ) -> Result<(), Error> {
         self.run(channel, |engine| {
-            let to = Destination::Exchange(destination.into());
-            engine.bind(channel.connection, source, to, routing_key, arguments)
+            let to = Destination::Exchange(strip_cr_lf(destination).into());
+            engine.bind(
+                channel.connection,
+                &strip_cr_lf(source),
+                to,
+                routing_key,
+                arguments,
+            )
         })
     }
 
@@ -673,8 +690,14 @@ impl Engine {
         arguments: &FieldTable,
     ) -> Result<(), Error> {
         self.run(channel, |engine| {
-            let to = Destination::Exchange(destination.into());
-            engine.unbind(channel.connection, source, to, routing_key, arguments)
+            let to = Destination::Exchange(strip_cr_lf(destination).into());
+            engine.unbind(
+                channel.connection,
+                &strip_cr_lf(source),
+                to,
+                routing_key,
+                arguments,
+            )
         })
     }
 
@@ -682,6 +705,8 @@ impl Engine {
     /// dead-lettering); returns how many.
     pub fn queue_purge(&mut self, channel: ChannelId, queue: &str) -> Result<u32, Error> {
         self.run(channel, |engine| {
+            let queue = engine.queue_meant(channel, queue)?;
+            let queue = &*queue;
             check_name("queue name", queue)?;
             let target = engine
                 .queues
@@ -708,6 +733,8 @@ impl Engine {
         if_empty: bool,
     ) -> Result<u32, Error> {
         self.run(channel, |engine| {
+            let queue = strip_cr_lf(&engine.queue_meant(channel, queue)?).into_owned();
+            let queue = queue.as_str();
             check_name("queue name", queue)?;
             let Some(target) = engine.queues.get(queue) else {
                 return Ok(0);
@@ -844,7 +871,8 @@ impl Engine {
         options: ConsumeOptions,
     ) -> Result<String, Error> {
         self.run(channel, |engine| {
-            engine.consume(channel, queue, options, None)
+            let queue = engine.queue_meant(channel, queue)?;
+            engine.consume(channel, &queue, options, None)
         })
     }
 
@@ -863,7 +891,8 @@ impl Engine {
     ) -> Result<String, Error> {
         let outlet = ConsumerOutlet::new(buffer, starved);
         self.run(channel, |engine| {
-            engine.consume(channel, queue, options, Some(outlet))
+            let queue = engine.queue_meant(channel, queue)?;
+            engine.consume(channel, &queue, options, Some(outlet))
         })
     }
 
@@ -875,7 +904,10 @@ impl Engine {
         queue: &str,
         no_ack: bool,
     ) -> Result<Option<GetOk>, Error> {
-        self.run(channel, |engine| engine.get(channel, queue, no_ack))
+        self.run(channel, |engine| {
+            let queue = engine.queue_meant(channel, queue)?;
+            engine.get(channel, &queue, no_ack)
+        })
     }
 
     /// `basic.cancel`. Unacked deliveries of the consumer stay unacked on the channel (they are
@@ -1251,14 +1283,15 @@ impl Engine {
         arguments: &FieldTable,
     ) -> Result<(), Fault> {
         check_name("exchange name", name)?;
+        // Passive or not (RabbitMQ 3.10, probed).
+        if name == DEFAULT_EXCHANGE {
+            return Err(Fault::default_exchange());
+        }
         if options.passive {
             return match self.exchanges.contains_key(name) {
                 true => Ok(()),
                 false => Err(Fault::not_found_exchange(name)),
             };
-        }
-        if name == DEFAULT_EXCHANGE {
-            return Err(Fault::default_exchange());
         }
         if let Some(existing) = self.exchanges.get(name) {
             existing.check_equivalent(name, kind, options)?;
@@ -1506,7 +1539,9 @@ impl Engine {
     ) -> Result<(), Fault> {
         check_name("exchange name", source)?;
         check_name("routing key", routing_key)?;
-        if source == DEFAULT_EXCHANGE {
+        let default_destination =
+            matches!(&to, Destination::Exchange(name) if name == DEFAULT_EXCHANGE);
+        if source == DEFAULT_EXCHANGE || default_destination {
             return Err(Fault::default_exchange());
         }
         // Unbinding what is not bound is fine, even from an exclusive queue of another

@@ -11,7 +11,7 @@
 mod harness;
 
 use broker_mem::{FieldTable, FieldValue, Properties};
-use harness::{Amqp, Next, QFlags, XFlags, i, norm, s, table, vhost_of};
+use harness::{Amqp, Next, QFlags, Reply, XFlags, i, norm, s, table, vhost_of};
 
 /// Runs one test body on both brokers.
 macro_rules! contract {
@@ -65,6 +65,9 @@ contract!(
     purge_drops_ready_messages_only,
     delete_if_unused_and_if_empty_refuse_with_406,
     unbind_stops_routing,
+    exchange_unbind_stops_routing,
+    an_empty_queue_name_means_the_channels_last_declared_queue,
+    names_lose_their_cr_and_lf_where_rabbitmq_strips_them,
     exchange_delete_if_unused_and_missing,
     queue_ttl_expires_messages_into_the_dead_letter_exchange,
     per_message_expiration_expires_at_the_head,
@@ -777,6 +780,296 @@ async fn unbind_stops_routing(b: &mut impl Amqp) {
         .await
         .unwrap();
     assert!(b.channel_open(ch).await);
+}
+
+async fn exchange_unbind_stops_routing(b: &mut impl Amqp) {
+    let c = b.connection().await;
+    let ch = b.channel(c).await;
+    b.exchange(ch, "front", "direct").await;
+    b.exchange(ch, "back", "fanout").await;
+    b.queue(ch, "q").await;
+    b.bind(ch, "q", "back", "").await;
+    b.exchange_bind(ch, "back", "front", "k", FieldTable::new())
+        .await
+        .unwrap();
+    b.send(ch, "front", "k", "before").await;
+    // Another key, or arguments, name another binding: this one stays.
+    b.exchange_unbind(ch, "back", "front", "other", FieldTable::new())
+        .await
+        .unwrap();
+    let args = table(&[("a", s("1"))]);
+    b.exchange_unbind(ch, "back", "front", "k", args)
+        .await
+        .unwrap();
+    b.send(ch, "front", "k", "still bound").await;
+    b.exchange_unbind(ch, "back", "front", "k", FieldTable::new())
+        .await
+        .unwrap();
+    b.send(ch, "front", "k", "after").await;
+    assert_eq!(b.drain(ch, "q").await, ["before", "still bound"]);
+    // Unbinding what is not bound, or from or to a missing exchange, is fine (RabbitMQ 3.10).
+    b.exchange_unbind(ch, "back", "front", "k", FieldTable::new())
+        .await
+        .unwrap();
+    b.exchange_unbind(ch, "back", "missing", "k", FieldTable::new())
+        .await
+        .unwrap();
+    b.exchange_unbind(ch, "missing", "front", "k", FieldTable::new())
+        .await
+        .unwrap();
+    // The default exchange is neither end of a binding, bound or not.
+    let default_exchange = (
+        403,
+        "ACCESS_REFUSED - operation not permitted on the default exchange".to_owned(),
+    );
+    let error = b
+        .exchange_unbind(ch, "", "front", "k", FieldTable::new())
+        .await
+        .unwrap_err();
+    assert_eq!((error.code, error.text), default_exchange, "destination");
+    let ch = b.channel(c).await;
+    let error = b
+        .exchange_unbind(ch, "back", "", "k", FieldTable::new())
+        .await
+        .unwrap_err();
+    assert_eq!((error.code, error.text), default_exchange, "source");
+    // Nor can it be declared, even passively.
+    let ch = b.channel(c).await;
+    let passive = XFlags {
+        passive: true,
+        ..XFlags::default()
+    };
+    let error = b
+        .exchange_declare(ch, "", "direct", passive, FieldTable::new())
+        .await
+        .unwrap_err();
+    assert_eq!(
+        (error.code, error.text),
+        default_exchange,
+        "passive declare"
+    );
+}
+
+async fn an_empty_queue_name_means_the_channels_last_declared_queue(b: &mut impl Amqp) {
+    let c = b.connection().await;
+    let none_declared = (404, "NOT_FOUND - no previously declared queue".to_owned());
+    let refusal = |error: Reply| (error.code, norm(&error.text));
+    // On a channel that has declared no queue, each method that reads the shortcut refuses.
+    let ch = b.channel(c).await;
+    let error = b.queue_bind(ch, "", "amq.direct", "k", FieldTable::new());
+    assert_eq!(refusal(error.await.unwrap_err()), none_declared, "bind");
+    let ch = b.channel(c).await;
+    let error = b.queue_unbind(ch, "", "amq.direct", "k", FieldTable::new());
+    assert_eq!(refusal(error.await.unwrap_err()), none_declared, "unbind");
+    let ch = b.channel(c).await;
+    let error = b.queue_purge(ch, "").await.unwrap_err();
+    assert_eq!(refusal(error), none_declared, "purge");
+    let ch = b.channel(c).await;
+    let error = b.queue_delete(ch, "", false, false).await.unwrap_err();
+    assert_eq!(refusal(error), none_declared, "delete");
+    let ch = b.channel(c).await;
+    let error = b.get(ch, "", true).await.unwrap_err();
+    assert_eq!(refusal(error), none_declared, "get");
+    let ch = b.channel(c).await;
+    let error = b.consume(ch, "", "t", false, false).await.unwrap_err();
+    assert_eq!(refusal(error), none_declared, "consume");
+
+    let ch = b.channel(c).await;
+    b.exchange(ch, "x", "direct").await;
+    b.queue(ch, "first").await;
+    b.queue(ch, "q").await;
+    b.bind(ch, "", "x", "k").await;
+    // The routing key empty too: bound by the queue's name.
+    b.bind(ch, "", "x", "").await;
+    b.send(ch, "x", "k", "by key").await;
+    b.send(ch, "x", "q", "by name").await;
+    b.send(ch, "x", "", "by empty key").await;
+    assert_eq!(b.depth("q").await, Some(2));
+    let (got, _) = b.get(ch, "", true).await.unwrap().unwrap();
+    assert_eq!(got.text(), "by key");
+    assert_eq!(b.queue_purge(ch, "").await.unwrap(), 1);
+    b.queue_unbind(ch, "", "x", "", FieldTable::new())
+        .await
+        .unwrap();
+    b.send(ch, "x", "q", "unbound").await;
+    assert_eq!(b.depth("q").await, Some(0));
+    let sub = b.consume(ch, "", "t", true, false).await.unwrap();
+    b.send(ch, "x", "k", "consumed").await;
+    assert_eq!(b.next(sub).await.msg().text(), "consumed");
+    // The shortcut is the channel's own.
+    let other = b.channel(c).await;
+    let error = b.get(other, "", true).await.unwrap_err();
+    assert_eq!(refusal(error), none_declared, "another channel");
+    // A passive declare sets it, and does not read it.
+    let ch = b.channel(c).await;
+    let passive = QFlags {
+        passive: true,
+        ..QFlags::default()
+    };
+    b.queue_declare(ch, "first", passive, FieldTable::new())
+        .await
+        .unwrap();
+    b.send(ch, "", "first", "m").await;
+    assert_eq!(b.queue_delete(ch, "", false, false).await.unwrap(), 1);
+    assert_eq!(b.depth("first").await, None);
+    // Its queue gone, the name still stands for it.
+    let error = b.get(ch, "", true).await.unwrap_err();
+    assert_eq!(
+        refusal(error),
+        (404, "NOT_FOUND - no queue 'first' in vhost '/'".to_owned())
+    );
+    let ch = b.channel(c).await;
+    let error = b
+        .queue_declare(ch, "", passive, FieldTable::new())
+        .await
+        .unwrap_err();
+    assert_eq!(
+        refusal(error),
+        (404, "NOT_FOUND - no queue '' in vhost '/'".to_owned())
+    );
+    // A server-named queue is the last declared too.
+    let ch = b.channel(c).await;
+    let exclusive = QFlags {
+        exclusive: true,
+        ..QFlags::default()
+    };
+    let (named, _, _) = b
+        .queue_declare(ch, "", exclusive, FieldTable::new())
+        .await
+        .unwrap();
+    assert!(named.starts_with("amq.gen-"), "{named}");
+    b.send(ch, "", &named, "to the server-named queue").await;
+    let (got, _) = b.get(ch, "", true).await.unwrap().unwrap();
+    assert_eq!(got.text(), "to the server-named queue");
+}
+
+async fn names_lose_their_cr_and_lf_where_rabbitmq_strips_them(b: &mut impl Amqp) {
+    let c = b.connection().await;
+    let ch = b.channel(c).await;
+    let refusal = |error: Reply| (error.code, norm(&error.text));
+    // Declares, binds, unbinds and deletes drop CR and LF from queue and exchange names.
+    let (name, _, _) = b
+        .queue_declare(ch, "or\nders", QFlags::default(), FieldTable::new())
+        .await
+        .unwrap();
+    assert_eq!(name, "orders");
+    b.exchange(ch, "x\r", "direct").await;
+    b.exchange(ch, "fan", "fanout").await;
+    let passive = XFlags {
+        passive: true,
+        ..XFlags::default()
+    };
+    b.exchange_declare(ch, "x", "direct", passive, FieldTable::new())
+        .await
+        .unwrap();
+    b.exchange_bind(ch, "x\n", "fan\r\n", "k\n", FieldTable::new())
+        .await
+        .unwrap();
+    // Routing keys keep theirs.
+    b.bind(ch, "orders\r", "x\n", "k\n").await;
+    b.send(ch, "fan", "k\n", "through fan").await;
+    b.send(ch, "x", "k\n", "by key").await;
+    b.send(ch, "x", "k", "other key").await;
+    assert_eq!(b.depth("orders").await, Some(2));
+    b.exchange_unbind(ch, "\nx", "fan", "k\n", FieldTable::new())
+        .await
+        .unwrap();
+    b.send(ch, "fan", "k\n", "unbound").await;
+    assert_eq!(b.depth("orders").await, Some(2));
+    // `basic.get`, `basic.consume` and `queue.purge` take the name as it is.
+    let error = b.get(ch, "orders\n", true).await.unwrap_err();
+    assert_eq!(
+        refusal(error),
+        (
+            404,
+            "NOT_FOUND - no queue 'orders\n' in vhost '/'".to_owned()
+        )
+    );
+    let ch = b.channel(c).await;
+    let error = b.queue_purge(ch, "orders\r").await.unwrap_err();
+    assert_eq!(
+        refusal(error),
+        (
+            404,
+            "NOT_FOUND - no queue 'orders\r' in vhost '/'".to_owned()
+        )
+    );
+    let ch = b.channel(c).await;
+    let error = b
+        .consume(ch, "\norders", "t", true, false)
+        .await
+        .unwrap_err();
+    assert_eq!(
+        refusal(error),
+        (
+            404,
+            "NOT_FOUND - no queue '\norders' in vhost '/'".to_owned()
+        )
+    );
+    // Stripped after the empty-name shortcut: "\n" is not the shortcut but the empty name.
+    let ch = b.channel(c).await;
+    b.queue(ch, "orders").await;
+    let error = b.queue_bind(ch, "\n", "x", "k", FieldTable::new());
+    assert_eq!(
+        refusal(error.await.unwrap_err()),
+        (404, "NOT_FOUND - no queue '' in vhost '/'".to_owned())
+    );
+    let ch = b.channel(c).await;
+    let (named, _, _) = b
+        .queue_declare(
+            ch,
+            "\r\n",
+            QFlags {
+                exclusive: true,
+                ..QFlags::default()
+            },
+            FieldTable::new(),
+        )
+        .await
+        .unwrap();
+    assert!(named.starts_with("amq.gen-"), "{named}");
+    // The reserved prefix and the default exchange are checked on the stripped name.
+    let error = b
+        .exchange_declare(
+            ch,
+            "amq\n.x",
+            "direct",
+            XFlags::default(),
+            FieldTable::new(),
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(
+        refusal(error),
+        (
+            403,
+            "ACCESS_REFUSED - exchange name 'amq.x' contains reserved prefix 'amq.*'".to_owned()
+        )
+    );
+    let ch = b.channel(c).await;
+    let error = b.exchange_delete(ch, "\r", false).await.unwrap_err();
+    assert_eq!(
+        refusal(error),
+        (
+            403,
+            "ACCESS_REFUSED - operation not permitted on the default exchange".to_owned()
+        )
+    );
+    let ch = b.channel(c).await;
+    assert_eq!(
+        b.queue_delete(ch, "orders\n", false, false).await.unwrap(),
+        2
+    );
+    assert_eq!(b.depth("orders").await, None);
+    b.exchange_delete(ch, "x\r\n", false).await.unwrap();
+    let error = b
+        .exchange_declare(ch, "x", "direct", passive, FieldTable::new())
+        .await
+        .unwrap_err();
+    assert_eq!(
+        refusal(error),
+        (404, "NOT_FOUND - no exchange 'x' in vhost '/'".to_owned())
+    );
 }
 
 async fn exchange_delete_if_unused_and_missing(b: &mut impl Amqp) {

@@ -26,7 +26,8 @@ use lapin::options::{
     BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicGetOptions, BasicNackOptions,
     BasicPublishOptions, BasicQosOptions, BasicRecoverOptions, BasicRejectOptions,
     ConfirmSelectOptions, ExchangeBindOptions, ExchangeDeclareOptions, ExchangeDeleteOptions,
-    QueueBindOptions, QueueDeclareOptions, QueueDeleteOptions, QueuePurgeOptions,
+    ExchangeUnbindOptions, QueueBindOptions, QueueDeclareOptions, QueueDeleteOptions,
+    QueuePurgeOptions,
 };
 use lapin::types::FieldTable as LapinTable;
 use ports::testing::RabbitVhost;
@@ -166,6 +167,14 @@ pub trait Amqp {
     ) -> R<()>;
     async fn exchange_delete(&mut self, ch: Ch, name: &str, if_unused: bool) -> R<()>;
     async fn exchange_bind(
+        &mut self,
+        ch: Ch,
+        destination: &str,
+        source: &str,
+        key: &str,
+        args: FieldTable,
+    ) -> R<()>;
+    async fn exchange_unbind(
         &mut self,
         ch: Ch,
         destination: &str,
@@ -414,6 +423,19 @@ impl Amqp for Mem {
     ) -> R<()> {
         self.ch(ch)
             .exchange_bind(destination, source, key, &args)
+            .map_err(mem_reply)
+    }
+
+    async fn exchange_unbind(
+        &mut self,
+        ch: Ch,
+        destination: &str,
+        source: &str,
+        key: &str,
+        args: FieldTable,
+    ) -> R<()> {
+        self.ch(ch)
+            .exchange_unbind(destination, source, key, &args)
             .map_err(mem_reply)
     }
 
@@ -854,6 +876,26 @@ impl Amqp for Rabbit {
                 source.into(),
                 key.into(),
                 ExchangeBindOptions::default(),
+                table_out(&args),
+            )
+            .await
+            .map_err(rabbit_reply)
+    }
+
+    async fn exchange_unbind(
+        &mut self,
+        ch: Ch,
+        destination: &str,
+        source: &str,
+        key: &str,
+        args: FieldTable,
+    ) -> R<()> {
+        self.ch(ch)
+            .exchange_unbind(
+                destination.into(),
+                source.into(),
+                key.into(),
+                ExchangeUnbindOptions::default(),
                 table_out(&args),
             )
             .await
