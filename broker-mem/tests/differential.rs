@@ -6,21 +6,19 @@
 //! behaviours someone thought of; this one looks for the ones nobody did, and proptest
 //! shrinks a difference to a short sequence to read.
 //!
-//! Only operations whose outcome RabbitMQ fixes are used: declares (queues of several kinds,
-//! some conflicting, exclusive or auto-delete; direct, fanout, topic and headers exchanges,
-//! some with an alternate), queue and exchange bindings (some with headers arguments),
-//! publishes with confirms (some mandatory, with priorities, headers of several AMQP types
-//! and `CC`, some asking
-//! for a direct reply), direct replies, `basic.get`, `basic.qos` (per consumer and per
-//! channel), consumers (some exclusive, some no-ack, some on direct reply-to's pseudo-queue)
-//! and taking what they were delivered, cancels, acks, nacks, `basic.recover`, transactions,
-//! purges, deletes and closes, on two connections. So prefetch, round-robin, requeue and
-//! redelivery are compared delivery by delivery. No TTLs: their timing is RabbitMQ's, not the
-//! test's. RabbitMQ delivers, dead-letters, requeues on a close and deletes exclusive and
-//! auto-delete queues in the background, so after an operation that may do any of these the
-//! RabbitMQ run waits a moment, and a run that differs is repeated before the difference
-//! counts. Each sequence also runs through lapin on broker-mem's wire server, whose
-//! transcript must be the in-process one.
+//! Only operations whose outcome RabbitMQ fixes are used: declares (queues of several kinds, some
+//! conflicting, exclusive or auto-delete; direct, fanout, topic and headers exchanges, some with an
+//! alternate), queue and exchange bindings and unbindings (some with headers arguments), publishes
+//! with confirms (some mandatory, with priorities, headers of several AMQP types and `CC`, some
+//! asking for a direct reply), direct replies, `basic.get`, `basic.qos` (per consumer and per
+//! channel), consumers (some exclusive, some no-ack, some on direct reply-to's pseudo-queue) and
+//! taking what they were delivered, cancels, acks, nacks, `basic.recover`, transactions, purges,
+//! deletes and closes, on two connections. So prefetch, round-robin, requeue and redelivery are
+//! compared delivery by delivery. No TTLs: their timing is RabbitMQ's, not the test's. RabbitMQ
+//! delivers, dead-letters, requeues on a close and deletes exclusive and auto-delete queues in the
+//! background, so after an operation that may do any of these the RabbitMQ run waits a moment, and
+//! a run that differs is repeated before the difference counts. Each sequence also runs through
+//! lapin on broker-mem's wire server, whose transcript must be the in-process one.
 //!
 //! Cases: `WARREN_DIFFERENTIAL_CASES` (default 24; each creates a vhost). Without a reachable
 //! RabbitMQ the test compares only broker-mem in process and over the wire, and prints
@@ -175,11 +173,13 @@ enum Op {
         /// 0: plain; 1: auto-delete; 2: internal.
         flags: usize,
     },
+    /// `exchange.bind`, or with `unbind` `exchange.unbind`.
     BindExchange {
         conn: usize,
         destination: usize,
         source: usize,
         key: usize,
+        unbind: bool,
     },
     DeleteExchange {
         conn: usize,
@@ -327,9 +327,9 @@ fn op(focus: Focus) -> impl Strategy<Value = Op> {
         w(1, 1) => (conn.clone(), exchange.clone(), 0..EXCHANGE_KINDS.len())
             .prop_flat_map(|(conn, exchange, kind)| (prop::bool::weighted(0.2), prop_oneof![6 => Just(0usize), 2 => Just(1usize), 1 => Just(2usize)])
                 .prop_map(move |(alternate, flags)| Op::DeclareExchange { conn, exchange, kind, alternate, flags })),
-        w(1, 1) => (conn.clone(), exchange.clone(), exchange.clone(), key.clone())
-            .prop_map(|(conn, destination, source, key)| Op::BindExchange {
-                conn, destination, source, key
+        w(1, 1) => (conn.clone(), exchange.clone(), exchange.clone(), key.clone(), prop::bool::weighted(0.4))
+            .prop_map(|(conn, destination, source, key, unbind)| Op::BindExchange {
+                conn, destination, source, key, unbind
             }),
         w(1, 1) => (conn.clone(), exchange.clone(), any::<bool>())
             .prop_map(|(conn, exchange, if_unused)| Op::DeleteExchange { conn, exchange, if_unused }),
@@ -717,17 +717,17 @@ async fn apply(
             destination,
             source,
             key,
+            unbind,
             ..
         } => {
-            let result = b
-                .exchange_bind(
-                    ch,
-                    EXCHANGES[destination],
-                    EXCHANGES[source],
-                    KEYS[key],
-                    FieldTable::new(),
-                )
-                .await;
+            let (destination, source, key) = (EXCHANGES[destination], EXCHANGES[source], KEYS[key]);
+            let result = if unbind {
+                b.exchange_unbind(ch, destination, source, key, FieldTable::new())
+                    .await
+            } else {
+                b.exchange_bind(ch, destination, source, key, FieldTable::new())
+                    .await
+            };
             (answer(&result), result.err().map(|r| r.code))
         }
         Op::DeleteExchange {
