@@ -211,15 +211,19 @@ impl Default for Engine {
 
 impl Engine {
     /// An empty broker with RabbitMQ's pre-declared exchanges (`""`, `amq.direct`,
-    /// `amq.fanout`, `amq.topic`, `amq.headers`, `amq.match`), its clock at 0.
+    /// `amq.fanout`, `amq.topic`, `amq.headers`, `amq.match`, `amq.rabbitmq.trace`), its
+    /// clock at 0.
     pub fn new(limits: Limits) -> Engine {
-        let durable = ExchangeOptions {
-            durable: true,
-            ..ExchangeOptions::default()
-        };
         let exchanges = PREDECLARED
             .iter()
-            .map(|&(name, kind)| (SmolStr::new_static(name), Exchange::new(kind, durable)))
+            .map(|&(name, kind, internal)| {
+                let options = ExchangeOptions {
+                    durable: true,
+                    internal,
+                    ..ExchangeOptions::default()
+                };
+                (SmolStr::new_static(name), Exchange::new(kind, options))
+            })
             .collect();
         Engine {
             limits,

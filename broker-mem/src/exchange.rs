@@ -77,14 +77,17 @@ pub struct ExchangeInfo {
 /// The name of the default exchange, which routes to the queue named by the routing key.
 pub(crate) const DEFAULT_EXCHANGE: &str = "";
 
-/// The exchanges every RabbitMQ vhost starts with (`amq.rabbitmq.trace` aside).
-pub(crate) const PREDECLARED: [(&str, ExchangeKind); 6] = [
-    (DEFAULT_EXCHANGE, ExchangeKind::Direct),
-    ("amq.direct", ExchangeKind::Direct),
-    ("amq.fanout", ExchangeKind::Fanout),
-    ("amq.topic", ExchangeKind::Topic),
-    ("amq.headers", ExchangeKind::Headers),
-    ("amq.match", ExchangeKind::Headers),
+/// The exchanges every RabbitMQ vhost starts with, all durable: (name, type, internal).
+/// `amq.rabbitmq.trace` is the firehose tracer's; broker-mem has no tracer, so it routes only
+/// what is published to it through exchange bindings, as RabbitMQ's does with tracing off.
+pub(crate) const PREDECLARED: [(&str, ExchangeKind, bool); 7] = [
+    (DEFAULT_EXCHANGE, ExchangeKind::Direct, false),
+    ("amq.direct", ExchangeKind::Direct, false),
+    ("amq.fanout", ExchangeKind::Fanout, false),
+    ("amq.topic", ExchangeKind::Topic, false),
+    ("amq.headers", ExchangeKind::Headers, false),
+    ("amq.match", ExchangeKind::Headers, false),
+    ("amq.rabbitmq.trace", ExchangeKind::Topic, true),
 ];
 
 /// The declare argument naming the exchange that takes what this one cannot route.

@@ -68,6 +68,7 @@ contract!(
     exchange_unbind_stops_routing,
     an_empty_queue_name_means_the_channels_last_declared_queue,
     names_lose_their_cr_and_lf_where_rabbitmq_strips_them,
+    every_vhost_starts_with_rabbitmqs_system_exchanges,
     exchange_delete_if_unused_and_missing,
     queue_ttl_expires_messages_into_the_dead_letter_exchange,
     per_message_expiration_expires_at_the_head,
@@ -1070,6 +1071,89 @@ async fn names_lose_their_cr_and_lf_where_rabbitmq_strips_them(b: &mut impl Amqp
         refusal(error),
         (404, "NOT_FOUND - no exchange 'x' in vhost '/'".to_owned())
     );
+}
+
+/// The exchanges a vhost starts with, as RabbitMQ 3.10 has them: durable, each of its type,
+/// the tracer's `amq.rabbitmq.trace` internal (so bound to, never published to), and none
+/// deletable.
+async fn every_vhost_starts_with_rabbitmqs_system_exchanges(b: &mut impl Amqp) {
+    let c = b.connection().await;
+    let refusal = |error: Reply| (error.code, norm(&error.text));
+    let system = [
+        ("amq.direct", "direct", false),
+        ("amq.fanout", "fanout", false),
+        ("amq.topic", "topic", false),
+        ("amq.headers", "headers", false),
+        ("amq.match", "headers", false),
+        ("amq.rabbitmq.trace", "topic", true),
+    ];
+    for (name, kind, internal) in system {
+        let ch = b.channel(c).await;
+        let flags = XFlags {
+            durable: true,
+            internal,
+            ..XFlags::default()
+        };
+        b.exchange_declare(ch, name, kind, flags, FieldTable::new())
+            .await
+            .unwrap_or_else(|e| panic!("redeclaring {name}: {e:?}"));
+        let error = b.exchange_delete(ch, name, false).await.unwrap_err();
+        assert_eq!(
+            refusal(error),
+            (
+                403,
+                format!(
+                    "ACCESS_REFUSED - deletion of system exchange '{name}' in vhost '/' not allowed"
+                )
+            )
+        );
+    }
+    let ch = b.channel(c).await;
+    let not_internal = XFlags {
+        durable: true,
+        ..XFlags::default()
+    };
+    let error = b
+        .exchange_declare(
+            ch,
+            "amq.rabbitmq.trace",
+            "topic",
+            not_internal,
+            FieldTable::new(),
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(
+        refusal(error),
+        (
+            406,
+            "PRECONDITION_FAILED - inequivalent arg 'internal' for exchange 'amq.rabbitmq.trace' in vhost '/': received 'false' but current is 'true'"
+                .to_owned()
+        )
+    );
+    let ch = b.channel(c).await;
+    b.queue(ch, "traced").await;
+    b.bind(ch, "traced", "amq.rabbitmq.trace", "#").await;
+    let error = b
+        .publish(
+            ch,
+            "amq.rabbitmq.trace",
+            "k",
+            false,
+            Properties::default(),
+            "m",
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(
+        refusal(error),
+        (
+            403,
+            "ACCESS_REFUSED - cannot publish to internal exchange 'amq.rabbitmq.trace' in vhost '/'"
+                .to_owned()
+        )
+    );
+    assert_eq!(b.depth("traced").await, Some(0));
 }
 
 async fn exchange_delete_if_unused_and_missing(b: &mut impl Amqp) {

@@ -208,10 +208,11 @@ fn topology_is_listed_sorted() {
         "amq.fanout",
         "amq.headers",
         "amq.match",
+        "amq.rabbitmq.trace",
         "amq.topic",
     ];
-    assert_eq!(exchanges[..6], predeclared);
-    assert_eq!(exchanges[6..], ["m", "z"]);
+    assert_eq!(exchanges[..7], predeclared);
+    assert_eq!(exchanges[7..], ["m", "z"]);
     let queues: Vec<_> = broker.queues().into_iter().map(|q| q.name).collect();
     assert_eq!(queues, ["q1", "q2"]);
     let bindings: Vec<_> = broker
