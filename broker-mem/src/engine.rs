@@ -52,7 +52,7 @@ pub(crate) mod tx;
 
 use clock::Alarm;
 use fault::{Delayed, DeliveryFault};
-use names::strip_cr_lf;
+use names::stripped;
 use reply_to::{REPLY_TO, is_reply_name};
 use route_memo::RouteMemo;
 
@@ -573,7 +573,7 @@ impl Engine {
         arguments: &FieldTable,
     ) -> Result<(), Error> {
         self.run(channel, |engine| {
-            engine.declare_exchange(&strip_cr_lf(name), kind, options, arguments)
+            engine.declare_exchange(&stripped("exchange name", name)?, kind, options, arguments)
         })
     }
 
@@ -586,7 +586,7 @@ impl Engine {
         if_unused: bool,
     ) -> Result<(), Error> {
         self.run(channel, |engine| {
-            engine.delete_exchange(&strip_cr_lf(name), if_unused)
+            engine.delete_exchange(&stripped("exchange name", name)?, if_unused)
         })
     }
 
@@ -611,8 +611,13 @@ impl Engine {
         arguments: &FieldTable,
     ) -> Result<QueueDeclareOk, Error> {
         self.run(channel, |engine| {
-            let declared =
-                engine.declare_queue(channel.connection, &strip_cr_lf(name), options, arguments)?;
+            // RabbitMQ recognises direct reply-to's pseudo-queue by the name as sent.
+            let declared = if name.starts_with(REPLY_TO) {
+                engine.declare_reply_to(&stripped("queue name", name)?)?
+            } else {
+                let name = stripped("queue name", name)?;
+                engine.declare_queue(channel.connection, &name, options, arguments)?
+            };
             engine.declared(channel, &declared.name);
             Ok(declared)
         })
@@ -673,10 +678,10 @@ impl Engine {
         arguments: &FieldTable,
     ) -> Result<(), Error> {
         self.run(channel, |engine| {
-            let to = Destination::Exchange(strip_cr_lf(destination).into());
+            let to = Destination::Exchange(stripped("exchange name", destination)?.into());
             engine.bind(
                 channel.connection,
-                &strip_cr_lf(source),
+                &stripped("exchange name", source)?,
                 to,
                 routing_key,
                 arguments,
@@ -694,10 +699,10 @@ impl Engine {
         arguments: &FieldTable,
     ) -> Result<(), Error> {
         self.run(channel, |engine| {
-            let to = Destination::Exchange(strip_cr_lf(destination).into());
+            let to = Destination::Exchange(stripped("exchange name", destination)?.into());
             engine.unbind(
                 channel.connection,
-                &strip_cr_lf(source),
+                &stripped("exchange name", source)?,
                 to,
                 routing_key,
                 arguments,
@@ -737,7 +742,7 @@ impl Engine {
         if_empty: bool,
     ) -> Result<u32, Error> {
         self.run(channel, |engine| {
-            let queue = strip_cr_lf(&engine.queue_meant(channel, queue)?).into_owned();
+            let queue = stripped("queue name", &engine.queue_meant(channel, queue)?)?.into_owned();
             let queue = queue.as_str();
             check_name("queue name", queue)?;
             let Some(target) = engine.queues.get(queue) else {
@@ -1393,9 +1398,6 @@ impl Engine {
         arguments: &FieldTable,
     ) -> Result<QueueDeclareOk, Fault> {
         check_name("queue name", name)?;
-        if let Some(answer) = self.declare_reply_to(name) {
-            return answer;
-        }
         let now_ms = self.now_ms;
         if options.passive {
             let queue = self
@@ -2118,15 +2120,22 @@ impl Engine {
         if queue_name == REPLY_TO {
             return self.consume_reply_to(channel, &options, outlet);
         }
+        let Some(state) = self.channels.get(&channel) else {
+            return Err(Fault::Invalid(format!("{channel} is not open")));
+        };
+        // A reused tag is refused before the queue is looked up (rabbit_channel; probed).
+        if state.consumers.contains_key(options.consumer_tag.as_str()) {
+            return Err(Fault::Connection(AmqpError::new(
+                ReplyCode::NotAllowed,
+                format!("attempt to reuse consumer tag '{}'", options.consumer_tag),
+            )));
+        }
         let (queue_name, queue) = self
             .queues
             .get_key_value(queue_name)
             .ok_or_else(|| Fault::not_found_queue(queue_name))?;
         let queue_name = queue_name.clone();
         queue.check_access(&queue_name, channel.connection)?;
-        let Some(state) = self.channels.get(&channel) else {
-            return Err(Fault::Invalid(format!("{channel} is not open")));
-        };
         let tag = if options.consumer_tag.is_empty() {
             loop {
                 let tag =
@@ -2135,11 +2144,6 @@ impl Engine {
                     break tag;
                 }
             }
-        } else if state.consumers.contains_key(options.consumer_tag.as_str()) {
-            return Err(Fault::Connection(AmqpError::new(
-                ReplyCode::NotAllowed,
-                format!("attempt to reuse consumer tag '{}'", options.consumer_tag),
-            )));
         } else {
             SmolStr::from(&options.consumer_tag)
         };
@@ -2527,6 +2531,7 @@ impl Engine {
                 } else {
                     (entry.seq, false)
                 };
+                queue.returns_batch |= returned;
                 let entry = Queued {
                     seq,
                     returned,
@@ -2578,12 +2583,15 @@ impl Engine {
             let quorum = state.args.queue_type == QueueType::Quorum;
             let over = state.must_drop_head();
             if over && !quorum {
-                self.drop_over_limit(index);
+                self.drop_over_limit(index, false);
             }
             self.expire(index, true);
             self.dispatch(index);
-            if over && quorum {
-                self.drop_over_limit(index);
+            if quorum && let Some((_, queue)) = self.queues.get_index_mut(index) {
+                let returns_batch = std::mem::take(&mut queue.returns_batch);
+                if over {
+                    self.drop_over_limit(index, returns_batch);
+                }
             }
             // Dispatch stops at a head that expired by now (RabbitMQ drops expired heads after
             // every message it hands out); drop it and go on. Each turn drops one or more.
@@ -2604,8 +2612,9 @@ impl Engine {
     }
 
     /// Dead-letters (reason `maxlen`) the heads a `drop-head` queue is over its length limit
-    /// by; nothing for a queue within it or one that refuses publishes instead.
-    fn drop_over_limit(&mut self, queue_index: usize) {
+    /// by, oldest first, or with `last_first` newest first (see `Queue::returns_batch`);
+    /// nothing for a queue within it or one that refuses publishes instead.
+    fn drop_over_limit(&mut self, queue_index: usize, last_first: bool) {
         let Some((queue_name, queue)) = self.queues.get_index_mut(queue_index) else {
             return;
         };
@@ -2613,7 +2622,11 @@ impl Engine {
             return;
         }
         let queue_name = queue_name.clone();
-        for head in queue.pop_over_limit() {
+        let mut dropped = queue.pop_over_limit();
+        if last_first {
+            dropped.reverse();
+        }
+        for head in dropped {
             self.dead_letter(&queue_name, head, DeathReason::Maxlen);
         }
     }

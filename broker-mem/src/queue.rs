@@ -471,6 +471,12 @@ pub(crate) struct Queue {
     /// Whether any of `publishers` has been told to stop (so that taking a message looks at
     /// the limit only then).
     refusing: bool,
+    /// Set when messages came back to this quorum queue to be served first (a closed
+    /// channel's, or a nack's or recover's with `x-delivery-limit`), until the engine next
+    /// runs the queue. rabbit_fifo takes such a batch in one command, and the heads its length
+    /// limit then drops together are dead-lettered last first (probed on 3.10.8); a message
+    /// requeued to the back is a command of its own, which drops at most one.
+    pub returns_batch: bool,
 }
 
 impl Queue {
@@ -492,6 +498,7 @@ impl Queue {
             ready_bytes: 0,
             publishers: HandleMap::default(),
             refusing: false,
+            returns_batch: false,
             unacked: 0,
             consumers: VecDeque::new(),
             blocked: Vec::new(),

@@ -69,6 +69,7 @@ contract!(
     an_empty_queue_name_means_the_channels_last_declared_queue,
     names_lose_their_cr_and_lf_where_rabbitmq_strips_them,
     every_vhost_starts_with_rabbitmqs_system_exchanges,
+    a_reused_consumer_tag_closes_the_connection_before_the_queue_is_looked_up,
     exchange_delete_if_unused_and_missing,
     queue_ttl_expires_messages_into_the_dead_letter_exchange,
     per_message_expiration_expires_at_the_head,
@@ -76,6 +77,7 @@ contract!(
     max_length_drops_the_head_and_dead_letters_it,
     a_requeue_past_the_length_limit_drops_the_head_unless_publishes_are_refused,
     a_requeue_past_the_limit_drops_in_rabbitmqs_order_and_a_quorum_queue_delivers_first,
+    a_quorum_queue_dead_letters_what_one_return_drops_last_first,
     max_length_bytes_with_reject_publish_nacks_the_publisher,
     rejected_message_is_dead_lettered_with_x_death,
     dead_letter_routing_key_replaces_the_key,
@@ -1029,6 +1031,42 @@ async fn names_lose_their_cr_and_lf_where_rabbitmq_strips_them(b: &mut impl Amqp
         .await
         .unwrap();
     assert!(named.starts_with("amq.gen-"), "{named}");
+    // Direct reply-to's pseudo-queue is recognised by the name as sent, then stripped.
+    let passive_queue = QFlags {
+        passive: true,
+        ..QFlags::default()
+    };
+    let (name, messages, consumers) = b
+        .queue_declare(
+            ch,
+            "amq.rabbitmq.reply-to\n",
+            passive_queue,
+            FieldTable::new(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        (name.as_str(), messages, consumers),
+        ("amq.rabbitmq.reply-to", 0, 1)
+    );
+    let error = b
+        .queue_declare(
+            ch,
+            "\namq.rabbitmq.reply-to",
+            QFlags::default(),
+            FieldTable::new(),
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(
+        refusal(error),
+        (
+            403,
+            "ACCESS_REFUSED - queue name 'amq.rabbitmq.reply-to' contains reserved prefix 'amq.*'"
+                .to_owned()
+        )
+    );
+    let ch = b.channel(c).await;
     // The reserved prefix and the default exchange are checked on the stripped name.
     let error = b
         .exchange_declare(
@@ -1071,6 +1109,32 @@ async fn names_lose_their_cr_and_lf_where_rabbitmq_strips_them(b: &mut impl Amqp
         refusal(error),
         (404, "NOT_FOUND - no exchange 'x' in vhost '/'".to_owned())
     );
+}
+
+/// A consumer tag the channel already has is 530, which closes the connection; RabbitMQ
+/// checks it before it looks the queue up (probed on 3.10.8), so a missing queue does not
+/// make it a 404. Another channel may use the tag.
+async fn a_reused_consumer_tag_closes_the_connection_before_the_queue_is_looked_up(
+    b: &mut impl Amqp,
+) {
+    let c = b.connection().await;
+    let ch = b.channel(c).await;
+    b.queue(ch, "q").await;
+    b.consume(ch, "q", "t", true, false).await.unwrap();
+    let other = b.channel(c).await;
+    b.consume(other, "q", "t", true, false).await.unwrap();
+    let error = b
+        .consume(ch, "missing", "t", true, false)
+        .await
+        .unwrap_err();
+    assert_eq!(
+        (error.code, error.text),
+        (
+            530,
+            "NOT_ALLOWED - attempt to reuse consumer tag 't'".to_owned()
+        )
+    );
+    assert!(!b.channel_open(other).await, "the connection is closed");
 }
 
 /// The exchanges a vhost starts with, as RabbitMQ 3.10 has them: durable, each of its type,
@@ -1432,6 +1496,61 @@ async fn a_requeue_past_the_limit_drops_in_rabbitmqs_order_and_a_quorum_queue_de
     assert_eq!(b.drain(ch, "dead").await, ["a"]);
     assert_eq!(b.drain(ch, "classic").await, ["c"]);
     assert_eq!(b.drain(ch, "quorum").await, ["c", "a"]);
+}
+
+/// Messages that come back to a quorum queue to be served first (a closed channel's, or a
+/// recover's with `x-delivery-limit`) come back in one rabbit_fifo command, and the heads its
+/// length limit then drops together are dead-lettered last first. Requeued to the back (a
+/// recover without the delivery limit), each message is a command of its own and drops one
+/// head (RabbitMQ 3.10.8, probed; found by the consumer differential test).
+async fn a_quorum_queue_dead_letters_what_one_return_drops_last_first(b: &mut impl Amqp) {
+    let c = b.connection().await;
+    let ch = b.channel(c).await;
+    dead_letter_target(b, ch).await;
+    let cases = [
+        ("closed", "close", false, ["m3", "m2", "m1"], ["m4", "m5"]),
+        ("limited", "recover", true, ["m3", "m2", "m1"], ["m4", "m5"]),
+        (
+            "unlimited",
+            "recover",
+            false,
+            ["m4", "m5", "m1"],
+            ["m2", "m3"],
+        ),
+    ];
+    for (queue, how, delivery_limit, dropped, left) in cases {
+        let mut args = table(&[
+            ("x-queue-type", s("quorum")),
+            ("x-max-length", i(2)),
+            ("x-dead-letter-exchange", s("dlx")),
+        ]);
+        if delivery_limit {
+            args.insert("x-delivery-limit".into(), i(5));
+        }
+        b.queue_declare(ch, queue, DURABLE, args).await.unwrap();
+        let consuming = b.channel(c).await;
+        b.qos(consuming, 3, false).await.unwrap();
+        let sub = b
+            .consume(consuming, queue, "c", false, false)
+            .await
+            .unwrap();
+        for text in ["m1", "m2", "m3", "m4", "m5"] {
+            b.send(ch, "", queue, text).await;
+        }
+        for text in ["m1", "m2", "m3"] {
+            assert_eq!(b.next(sub).await.msg().text(), text, "{queue}");
+        }
+        if how == "close" {
+            b.close_channel(consuming).await;
+        } else {
+            b.cancel(consuming, sub).await.unwrap();
+            b.recover(consuming, true).await.unwrap();
+        }
+        // Dead-lettering is in the background on RabbitMQ.
+        assert_eq!(b.depth_becomes("dead", Some(3)).await, Some(3), "{queue}");
+        assert_eq!(b.drain(ch, "dead").await, dropped, "{queue}");
+        assert_eq!(b.drain(ch, queue).await, left, "{queue}");
+    }
 }
 
 async fn max_length_bytes_with_reject_publish_nacks_the_publisher(b: &mut impl Amqp) {

@@ -18,12 +18,19 @@ use std::borrow::Cow;
 
 use smol_str::SmolStr;
 
-use super::{Engine, Fault};
+use super::{Engine, Fault, check_name};
 use crate::channel::ChannelId;
 use crate::error::ReplyCode;
 
-/// A name without its CR and LF bytes, as RabbitMQ reads the names it strips.
-pub(super) fn strip_cr_lf(name: &str) -> Cow<'_, str> {
+/// A name of a method that strips them, as RabbitMQ reads it: checked as sent (a short
+/// string), then without CR and LF.
+pub(super) fn stripped<'a>(what: &str, name: &'a str) -> Result<Cow<'a, str>, Fault> {
+    check_name(what, name)?;
+    Ok(strip_cr_lf(name))
+}
+
+/// A name without its CR and LF bytes.
+fn strip_cr_lf(name: &str) -> Cow<'_, str> {
     if name.contains(['\r', '\n']) {
         Cow::Owned(name.replace(['\r', '\n'], ""))
     } else {
@@ -65,8 +72,8 @@ impl Engine {
             Cow::Borrowed(routing_key)
         };
         Ok((
-            strip_cr_lf(&meant).into_owned(),
-            strip_cr_lf(exchange),
+            stripped("queue name", &meant)?.into_owned(),
+            stripped("exchange name", exchange)?,
             routing_key,
         ))
     }

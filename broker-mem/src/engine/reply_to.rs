@@ -184,20 +184,17 @@ impl Engine {
         );
     }
 
-    /// `queue.declare` of the pseudo-queue or of a reply name, passive or not: a queue with
-    /// no messages and one consumer; a reply name no channel has is 404. None for any other
-    /// name.
-    pub(super) fn declare_reply_to(&self, name: &str) -> Option<Result<QueueDeclareOk, Fault>> {
-        if name != REPLY_TO && !is_reply_name(name) {
-            return None;
-        }
+    /// `queue.declare` (passive or not) of a name sent starting with the pseudo-queue's, as
+    /// RabbitMQ picks them: the pseudo-queue and a live reply name are a queue with no
+    /// messages and one consumer; any other such name is 404.
+    pub(super) fn declare_reply_to(&self, name: &str) -> Result<QueueDeclareOk, Fault> {
         if name != REPLY_TO && !self.reply_channels.contains_key(name) {
-            return Some(Err(Fault::not_found_queue(name)));
+            return Err(Fault::not_found_queue(name));
         }
-        Some(Ok(QueueDeclareOk {
+        Ok(QueueDeclareOk {
             name: name.to_owned(),
             message_count: 0,
             consumer_count: 1,
-        }))
+        })
     }
 }
