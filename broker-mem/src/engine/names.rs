@@ -12,7 +12,9 @@
 //!   `queue.delete` (RabbitMQ's `strip_cr_lf`, which keeps line breaks out of its logs), after
 //!   the empty-name shortcut: a queue named `"\n"` is not the shortcut, and becomes `""`. Routing
 //!   keys keep them, as do the names of `queue.purge`, `basic.get`, `basic.consume` and
-//!   `basic.publish`.
+//!   `basic.publish`. A name's 255-byte limit applies to it as sent, and direct reply-to's
+//!   pseudo-queue is recognised by the name as sent too (`"\namq.rabbitmq.reply-to"` is an
+//!   ordinary name, with the reserved prefix).
 
 use std::borrow::Cow;
 
