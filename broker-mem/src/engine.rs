@@ -52,7 +52,7 @@ pub(crate) mod tx;
 
 use clock::Alarm;
 use fault::{Delayed, DeliveryFault};
-use names::stripped;
+use names::{exchange_binding_names, stripped};
 use reply_to::{REPLY_TO, is_reply_name};
 use route_memo::RouteMemo;
 
@@ -678,14 +678,8 @@ impl Engine {
         arguments: &FieldTable,
     ) -> Result<(), Error> {
         self.run(channel, |engine| {
-            let to = Destination::Exchange(stripped("exchange name", destination)?.into());
-            engine.bind(
-                channel.connection,
-                &stripped("exchange name", source)?,
-                to,
-                routing_key,
-                arguments,
-            )
+            let (to, source) = exchange_binding_names(destination, source)?;
+            engine.bind(channel.connection, &source, to, routing_key, arguments)
         })
     }
 
@@ -699,14 +693,8 @@ impl Engine {
         arguments: &FieldTable,
     ) -> Result<(), Error> {
         self.run(channel, |engine| {
-            let to = Destination::Exchange(stripped("exchange name", destination)?.into());
-            engine.unbind(
-                channel.connection,
-                &stripped("exchange name", source)?,
-                to,
-                routing_key,
-                arguments,
-            )
+            let (to, source) = exchange_binding_names(destination, source)?;
+            engine.unbind(channel.connection, &source, to, routing_key, arguments)
         })
     }
 
@@ -744,7 +732,6 @@ impl Engine {
         self.run(channel, |engine| {
             let queue = stripped("queue name", &engine.queue_meant(channel, queue)?)?.into_owned();
             let queue = queue.as_str();
-            check_name("queue name", queue)?;
             let Some(target) = engine.queues.get(queue) else {
                 return Ok(0);
             };
@@ -2117,18 +2104,19 @@ impl Engine {
     ) -> Result<String, Fault> {
         check_name("queue name", queue_name)?;
         check_name("consumer tag", &options.consumer_tag)?;
-        if queue_name == REPLY_TO {
-            return self.consume_reply_to(channel, &options, outlet);
-        }
         let Some(state) = self.channels.get(&channel) else {
             return Err(Fault::Invalid(format!("{channel} is not open")));
         };
-        // A reused tag is refused before the queue is looked up (rabbit_channel; probed).
+        // A reused tag is refused before the queue is looked up (rabbit_channel; probed), the
+        // reply-to pseudo-queue's included.
         if state.consumers.contains_key(options.consumer_tag.as_str()) {
             return Err(Fault::Connection(AmqpError::new(
                 ReplyCode::NotAllowed,
                 format!("attempt to reuse consumer tag '{}'", options.consumer_tag),
             )));
+        }
+        if queue_name == REPLY_TO {
+            return self.consume_reply_to(channel, &options, outlet);
         }
         let (queue_name, queue) = self
             .queues

@@ -21,6 +21,7 @@ use std::borrow::Cow;
 use smol_str::SmolStr;
 
 use super::{Engine, Fault, check_name};
+use crate::binding::Destination;
 use crate::channel::ChannelId;
 use crate::error::ReplyCode;
 
@@ -29,6 +30,19 @@ use crate::error::ReplyCode;
 pub(super) fn stripped<'a>(what: &str, name: &'a str) -> Result<Cow<'a, str>, Fault> {
     check_name(what, name)?;
     Ok(strip_cr_lf(name))
+}
+
+/// `exchange.bind` and `exchange.unbind`'s names as RabbitMQ reads them: (destination,
+/// source), CR and LF dropped from both.
+pub(super) fn exchange_binding_names<'a>(
+    destination: &str,
+    source: &'a str,
+) -> Result<(Destination, Cow<'a, str>), Fault> {
+    let destination = stripped("exchange name", destination)?;
+    Ok((
+        Destination::Exchange(destination.into()),
+        stripped("exchange name", source)?,
+    ))
 }
 
 /// A name without its CR and LF bytes.

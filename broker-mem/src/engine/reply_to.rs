@@ -16,7 +16,7 @@ use super::{Engine, Fault, next};
 use crate::channel::ChannelId;
 use crate::consumer::{ConsumeOptions, ConsumerOutlet, ConsumerState};
 use crate::delivery::Delivery;
-use crate::error::{AmqpError, ReplyCode};
+use crate::error::ReplyCode;
 use crate::limits::NO_ACK_BUFFER_MAX;
 use crate::message::{Message, Properties};
 use crate::queue::QueueDeclareOk;
@@ -51,12 +51,6 @@ impl Engine {
         let Some(state) = self.channels.get(&channel) else {
             return Err(Fault::Invalid(format!("{channel} is not open")));
         };
-        if state.consumers.contains_key(options.consumer_tag.as_str()) {
-            return Err(Fault::Connection(AmqpError::new(
-                ReplyCode::NotAllowed,
-                format!("attempt to reuse consumer tag '{}'", options.consumer_tag),
-            )));
-        }
         let refusal = if !options.no_ack {
             Some("reply consumer cannot acknowledge")
         } else if state.reply_consumer.is_some() {
