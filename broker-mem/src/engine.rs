@@ -1961,10 +1961,16 @@ impl Engine {
         });
         self.held.add(message);
         // Only `drop-head` drops: a quorum queue that refuses publishes may stand one
-        // message over its limit. Checked first: the usual publish drops nothing.
+        // message over its limit. Checked first: the usual publish drops nothing. A message
+        // over the limit on its own is offered to the consumers first (see
+        // `Queue::offered_before_dropping`).
         if queue.must_drop_head() {
-            for head in queue.pop_over_limit() {
-                self.dead_letter(queue_name, head, DeathReason::Maxlen);
+            if queue.ready_len() == 1 {
+                queue.offered_before_dropping = true;
+            } else {
+                for head in queue.pop_over_limit() {
+                    self.dead_letter(queue_name, head, DeathReason::Maxlen);
+                }
             }
         }
         self.dirty.insert_hinted(queue_name.clone(), at);
@@ -2568,15 +2574,19 @@ impl Engine {
             // quorum queue delivers first (the consumer that requeued may take one) and drops
             // what is still over after. (Delivering never takes a queue over; the usual queue
             // is within its limit and skips both.)
-            let quorum = state.args.queue_type == QueueType::Quorum;
+            // A message over the limit on its own is offered first too (see
+            // `Queue::offered_before_dropping`).
+            let deliver_first =
+                state.args.queue_type == QueueType::Quorum || state.offered_before_dropping;
             let over = state.must_drop_head();
-            if over && !quorum {
+            if over && !deliver_first {
                 self.drop_over_limit(index, false);
             }
             self.expire(index, true);
             self.dispatch(index);
-            if quorum && let Some((_, queue)) = self.queues.get_index_mut(index) {
+            if deliver_first && let Some((_, queue)) = self.queues.get_index_mut(index) {
                 let returns_batch = std::mem::take(&mut queue.returns_batch);
+                queue.offered_before_dropping = false;
                 if over {
                     self.drop_over_limit(index, returns_batch);
                 }

@@ -477,6 +477,14 @@ pub(crate) struct Queue {
     /// limit then drops together are dead-lettered last first (probed on 3.10.8); a message
     /// requeued to the back is a command of its own, which drops at most one.
     pub returns_batch: bool,
+    /// Set when a message published (or dead-lettered) into this empty `drop-head` queue is
+    /// over the length limit on its own (`x-max-length: 0`, or a body past
+    /// `x-max-length-bytes`), until the engine next runs the queue. RabbitMQ offers a message
+    /// that arrives at an empty queue to a waiting consumer before it looks at the limit (a
+    /// classic queue's `attempt_delivery` comes before `maybe_drop_head`, rabbit_fifo's
+    /// checkout before its limit; probed on 3.10.8), so the engine drops it only if no consumer
+    /// takes it.
+    pub offered_before_dropping: bool,
 }
 
 impl Queue {
@@ -499,6 +507,7 @@ impl Queue {
             publishers: HandleMap::default(),
             refusing: false,
             returns_batch: false,
+            offered_before_dropping: false,
             unacked: 0,
             consumers: VecDeque::new(),
             blocked: Vec::new(),

@@ -75,6 +75,7 @@ contract!(
     per_message_expiration_expires_at_the_head,
     an_expired_message_behind_a_delivered_one_is_dropped_not_delivered,
     max_length_drops_the_head_and_dead_letters_it,
+    a_message_over_the_limit_on_its_own_still_reaches_a_waiting_consumer,
     a_requeue_past_the_length_limit_drops_the_head_unless_publishes_are_refused,
     a_requeue_past_the_limit_drops_in_rabbitmqs_order_and_a_quorum_queue_delivers_first,
     a_quorum_queue_dead_letters_what_one_return_drops_last_first,
@@ -1373,6 +1374,49 @@ async fn max_length_drops_the_head_and_dead_letters_it(b: &mut impl Amqp) {
     assert_eq!(msg.text(), "1");
     assert_eq!(deaths(&msg), [death(1, "maxlen", "q", "", &["q"])]);
     assert_eq!(b.drain(ch, "dead").await, ["2"]);
+}
+
+/// A message that arrives at an empty `drop-head` queue reaches a consumer with credit even
+/// when it is over the length limit on its own (`x-max-length: 0`, or a body past
+/// `x-max-length-bytes`): RabbitMQ offers it before it looks at the limit, in classic and
+/// quorum queues alike. With no consumer able to take it, it is dropped and dead-lettered.
+async fn a_message_over_the_limit_on_its_own_still_reaches_a_waiting_consumer(b: &mut impl Amqp) {
+    let c = b.connection().await;
+    let ch = b.channel(c).await;
+    dead_letter_target(b, ch).await;
+    b.qos(ch, 1, false).await.unwrap();
+    let quorum = || ("x-queue-type", s("quorum"));
+    let queues = [
+        ("classic-count", vec![("x-max-length", i(0))]),
+        ("classic-bytes", vec![("x-max-length-bytes", i(3))]),
+        ("quorum-count", vec![quorum(), ("x-max-length", i(0))]),
+        ("quorum-bytes", vec![quorum(), ("x-max-length-bytes", i(3))]),
+    ];
+    for (queue, args) in &queues {
+        let mut args = table(args);
+        args.insert("x-dead-letter-exchange".into(), s("dlx"));
+        b.queue_declare(ch, queue, DURABLE, args).await.unwrap();
+        let consumer = b.consume(ch, queue, queue, false, false).await.unwrap();
+        b.send(ch, "", queue, &format!("{queue}-taken")).await;
+        let taken = b.next(consumer).await.msg();
+        assert_eq!(taken.text(), format!("{queue}-taken"));
+        // Its consumer's one unit of credit is used: the next is over the limit and dropped.
+        b.send(ch, "", queue, &format!("{queue}-dropped")).await;
+        assert!(matches!(b.quiet(consumer).await, Next::Empty), "{queue}");
+        assert_eq!(b.depth(queue).await, Some(0), "{queue}");
+        b.ack(ch, taken.tag, false).await.unwrap();
+    }
+    // Dead-lettering is in the background on RabbitMQ.
+    assert_eq!(b.depth_becomes("dead", Some(4)).await, Some(4));
+    let mut dead = Vec::new();
+    while let Some((msg, _)) = b.get(ch, "dead", true).await.unwrap() {
+        assert_eq!(deaths(&msg)[0].get("reason"), Some(&s("maxlen")));
+        dead.push(msg.text());
+    }
+    dead.sort();
+    let mut expected: Vec<String> = queues.iter().map(|(q, _)| format!("{q}-dropped")).collect();
+    expected.sort();
+    assert_eq!(dead, expected);
 }
 
 /// A requeue that takes a queue over `x-max-length` drops the head under `drop-head` (a

@@ -77,13 +77,19 @@ fn queue_arguments(kind: usize) -> FieldTable {
             ("x-overflow", s("reject-publish-dlx")),
             ("x-dead-letter-exchange", s("dlx")),
         ]),
-        7 => table(&[("x-queue-type", s("quorum"))]),
-        8 => table(&[
+        // A 3-byte body is over the limit on its own: it reaches a consumer with credit, or
+        // is dropped.
+        7 => table(&[
+            ("x-max-length-bytes", i(2)),
+            ("x-dead-letter-exchange", s("dlx")),
+        ]),
+        8 => table(&[("x-queue-type", s("quorum"))]),
+        9 => table(&[
             ("x-queue-type", s("quorum")),
             ("x-max-length", i(2)),
             ("x-dead-letter-exchange", s("dlx")),
         ]),
-        9 => table(&[
+        10 => table(&[
             ("x-queue-type", s("quorum")),
             ("x-single-active-consumer", FieldValue::Bool(true)),
         ]),
@@ -96,9 +102,9 @@ fn queue_arguments(kind: usize) -> FieldTable {
         ]),
     }
 }
-const QUEUE_KINDS: usize = 11;
+const QUEUE_KINDS: usize = 12;
 /// The kinds from here on are quorum queues.
-const QUORUM_KINDS_FROM: usize = 7;
+const QUORUM_KINDS_FROM: usize = 8;
 
 /// The priority queue kind.
 const PRIORITY_KIND: usize = 4;
