@@ -8,17 +8,18 @@
 //!
 //! Only operations whose outcome RabbitMQ fixes are used: declares (queues of several kinds, some
 //! conflicting, exclusive or auto-delete; direct, fanout, topic and headers exchanges, some with an
-//! alternate), queue and exchange bindings and unbindings (some with headers arguments), publishes
-//! with confirms (some mandatory, with priorities, headers of several AMQP types and `CC`, some
-//! asking for a direct reply), direct replies, `basic.get`, `basic.qos` (per consumer and per
-//! channel), consumers (some exclusive, some no-ack, some on direct reply-to's pseudo-queue) and
-//! taking what they were delivered, cancels, acks, nacks, `basic.recover`, transactions, purges,
-//! deletes and closes, on two connections. So prefetch, round-robin, requeue and redelivery are
-//! compared delivery by delivery. No TTLs: their timing is RabbitMQ's, not the test's. RabbitMQ
-//! delivers, dead-letters, requeues on a close and deletes exclusive and auto-delete queues in the
-//! background, so after an operation that may do any of these the RabbitMQ run waits a moment, and
-//! a run that differs is repeated before the difference counts. Each sequence also runs through
-//! lapin on broker-mem's wire server, whose transcript must be the in-process one.
+//! alternate), queue and exchange bindings and unbindings (some with headers arguments, which an
+//! unbinding must name too), publishes with confirms (some mandatory, with priorities, headers of
+//! several AMQP types and `CC`, some asking for a direct reply), direct replies, `basic.get`,
+//! `basic.qos` (per consumer and per channel), consumers (some exclusive, some no-ack, some on
+//! direct reply-to's pseudo-queue) and taking what they were delivered, cancels, acks, nacks,
+//! `basic.recover`, transactions, purges, deletes and closes, on two connections. So prefetch,
+//! round-robin, requeue and redelivery are compared delivery by delivery. No TTLs: their timing is
+//! RabbitMQ's, not the test's. RabbitMQ delivers, dead-letters, requeues on a close and deletes
+//! exclusive and auto-delete queues in the background, so after an operation that may do any of
+//! these the RabbitMQ run waits a moment, and a run that differs is repeated before the difference
+//! counts. Each sequence also runs through lapin on broker-mem's wire server, whose transcript must
+//! be the in-process one.
 //!
 //! Cases: `WARREN_DIFFERENTIAL_CASES` (default 24; each creates a vhost). Without a reachable
 //! RabbitMQ the test compares only broker-mem in process and over the wire, and prints
@@ -185,6 +186,8 @@ enum Op {
         destination: usize,
         source: usize,
         key: usize,
+        /// As a queue binding's: a headers source matches on them.
+        arguments: usize,
         unbind: bool,
     },
     DeleteExchange {
@@ -204,6 +207,7 @@ enum Op {
         queue: usize,
         exchange: usize,
         key: usize,
+        arguments: usize,
     },
     Publish {
         conn: usize,
@@ -334,17 +338,20 @@ fn op(focus: Focus) -> impl Strategy<Value = Op> {
             .prop_flat_map(|(conn, exchange, kind)| (prop::bool::weighted(0.2), prop_oneof![6 => Just(0usize), 2 => Just(1usize), 1 => Just(2usize)])
                 .prop_map(move |(alternate, flags)| Op::DeclareExchange { conn, exchange, kind, alternate, flags })),
         w(1, 1) => (conn.clone(), exchange.clone(), exchange.clone(), key.clone(), prop::bool::weighted(0.4))
-            .prop_map(|(conn, destination, source, key, unbind)| Op::BindExchange {
-                conn, destination, source, key, unbind
-            }),
+            .prop_flat_map(|(conn, destination, source, key, unbind)| (0..BINDING_KINDS).prop_map(move |arguments| {
+                Op::BindExchange { conn, destination, source, key, arguments, unbind }
+            })),
         w(1, 1) => (conn.clone(), exchange.clone(), any::<bool>())
             .prop_map(|(conn, exchange, if_unused)| Op::DeleteExchange { conn, exchange, if_unused }),
         w(2, 1) => (conn.clone(), queue.clone(), exchange.clone(), key.clone())
             .prop_flat_map(|(conn, queue, exchange, key)| (0..BINDING_KINDS).prop_map(move |arguments| {
                 Op::Bind { conn, queue, exchange, key, arguments }
             })),
+        // With arguments too: a headers binding is removed only by its own.
         w(1, 1) => (conn.clone(), queue.clone(), exchange.clone(), key.clone())
-            .prop_map(|(conn, queue, exchange, key)| Op::Unbind { conn, queue, exchange, key }),
+            .prop_flat_map(|(conn, queue, exchange, key)| (0..BINDING_KINDS).prop_map(move |arguments| {
+                Op::Unbind { conn, queue, exchange, key, arguments }
+            })),
         // Many publishes name a queue (the default exchange routes by it).
         w(7, 10) => (conn.clone(), prop::option::weighted(via_exchange, exchange), prop_oneof![to_queue => 2..5usize, 1 => key], any::<bool>(), 0u8..5)
             .prop_flat_map(|(conn, exchange, key, mandatory, priority)| (0..HEADER_KINDS, prop::bool::weighted(0.15), prop::bool::weighted(0.3))
@@ -723,15 +730,17 @@ async fn apply(
             destination,
             source,
             key,
+            arguments,
             unbind,
             ..
         } => {
             let (destination, source, key) = (EXCHANGES[destination], EXCHANGES[source], KEYS[key]);
+            let arguments = binding_arguments(arguments);
             let result = if unbind {
-                b.exchange_unbind(ch, destination, source, key, FieldTable::new())
+                b.exchange_unbind(ch, destination, source, key, arguments)
                     .await
             } else {
-                b.exchange_bind(ch, destination, source, key, FieldTable::new())
+                b.exchange_bind(ch, destination, source, key, arguments)
                     .await
             };
             (answer(&result), result.err().map(|r| r.code))
@@ -766,6 +775,7 @@ async fn apply(
             queue,
             exchange,
             key,
+            arguments,
             ..
         } => {
             let result = b
@@ -774,7 +784,7 @@ async fn apply(
                     QUEUES[queue],
                     EXCHANGES[exchange],
                     KEYS[key],
-                    FieldTable::new(),
+                    binding_arguments(arguments),
                 )
                 .await;
             (answer(&result), result.err().map(|r| r.code))
