@@ -1110,6 +1110,17 @@ impl Engine {
             if unacked.count() != queue.unacked {
                 return Err(format!("queue '{name}' counts {} unacked", queue.unacked));
             }
+            for &(serial, holding) in &queue.cancelled_holding {
+                let held = (self.all_unacked())
+                    .filter(|(_, u)| u.queue == *name && u.consumer_serial == serial)
+                    .count();
+                if held != holding || holding == 0 {
+                    return Err(format!(
+                        "queue '{name}' counts {holding} deliveries held by cancelled consumer \
+                         {serial}, which holds {held}"
+                    ));
+                }
+            }
             for (channel, tag) in queue.consumers() {
                 let consumer = self
                     .channels
@@ -2323,6 +2334,16 @@ impl Engine {
         let Some(consumer) = state.consumers.shift_remove(consumer_tag) else {
             return;
         };
+        // A quorum queue keeps counting a cancelled consumer until its deliveries are settled
+        // (see `Queue::cancelled_holding`).
+        if consumer.unacked > 0
+            && let Some(queue) = self.queues.get_mut(&consumer.queue)
+            && queue.args.queue_type == QueueType::Quorum
+        {
+            queue
+                .cancelled_holding
+                .push((consumer.serial, consumer.unacked));
+        }
         if let Some(orphaned) = self.detach(channel, consumer_tag, &consumer.queue, reason) {
             self.delete_queue(&orphaned);
         }
@@ -2495,6 +2516,9 @@ impl Engine {
             return;
         };
         queue.unacked -= 1;
+        if !queue.cancelled_holding.is_empty() {
+            queue.settled_by(unacked.consumer_serial);
+        }
         if unblocked && queue.args.queue_type == QueueType::Quorum {
             queue.rejoin_at_back(&(channel, consumer_tag));
         }

@@ -485,6 +485,10 @@ pub(crate) struct Queue {
     /// checkout before its limit; probed on 3.10.8), so the engine drops it only if no consumer
     /// takes it.
     pub offered_before_dropping: bool,
+    /// A quorum queue's cancelled consumers that still hold unacked deliveries, by serial,
+    /// with how many. rabbit_fifo keeps such a consumer (status `cancelled`) until the last
+    /// is settled, and counts it in `queue.declare-ok`'s consumer count (probed on 3.10.8).
+    pub cancelled_holding: Vec<(u64, usize)>,
 }
 
 impl Queue {
@@ -508,6 +512,7 @@ impl Queue {
             refusing: false,
             returns_batch: false,
             offered_before_dropping: false,
+            cancelled_holding: Vec::new(),
             unacked: 0,
             consumers: VecDeque::new(),
             blocked: Vec::new(),
@@ -688,8 +693,26 @@ impl Queue {
             .is_some_and(|head| head.expires_at_ms.is_some_and(|at| at <= now_ms))
     }
 
+    /// The consumers, with a quorum queue's cancelled ones that still hold deliveries (see
+    /// [`Queue::cancelled_holding`]).
     pub(crate) fn consumer_count(&self) -> usize {
-        self.consumers.len()
+        self.consumers.len() + self.cancelled_holding.len()
+    }
+
+    /// One delivery of the consumer with `serial` was settled: a cancelled consumer that held
+    /// it stops counting after its last.
+    pub(crate) fn settled_by(&mut self, serial: u64) {
+        if let Some(at) = self
+            .cancelled_holding
+            .iter()
+            .position(|(s, _)| *s == serial)
+        {
+            let held = &mut self.cancelled_holding[at].1;
+            *held = held.saturating_sub(1);
+            if *held == 0 {
+                self.cancelled_holding.remove(at);
+            }
+        }
     }
 
     /// Whether `x-expires` has run out at `now_ms`: no consumers since the last use, for that

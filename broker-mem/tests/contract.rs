@@ -82,6 +82,7 @@ contract!(
     max_length_bytes_with_reject_publish_nacks_the_publisher,
     rejected_message_is_dead_lettered_with_x_death,
     dead_letter_routing_key_replaces_the_key,
+    a_cancelled_quorum_consumer_counts_until_its_deliveries_are_settled,
     quorum_queue_counts_deliveries_and_enforces_the_limit,
     competing_consumers_get_round_robin,
     a_quorum_consumer_given_credit_back_rejoins_the_round_robin_at_the_back,
@@ -1676,6 +1677,82 @@ async fn dead_letter_routing_key_replaces_the_key(b: &mut impl Amqp) {
         ("dlx", "parked")
     );
     assert_eq!(deaths(&dead), [death(1, "rejected", "q", "", &["q"])]);
+}
+
+/// A quorum queue keeps counting a cancelled consumer that still holds unacked deliveries, in
+/// `queue.declare-ok`'s consumer count, until the last of them is settled (an ack, a reject, or
+/// its channel's close); a classic queue stops counting it at the cancel.
+async fn a_cancelled_quorum_consumer_counts_until_its_deliveries_are_settled(b: &mut impl Amqp) {
+    let c = b.connection().await;
+    let ch = b.channel(c).await;
+    let quorum = || table(&[("x-queue-type", s("quorum"))]);
+    // The consumer count a redeclare reports once RabbitMQ has applied the settles (which
+    // have no answer).
+    async fn consumers_become(
+        b: &mut impl Amqp,
+        ch: harness::Ch,
+        queue: &str,
+        args: FieldTable,
+        expected: u32,
+    ) -> u32 {
+        let mut count = 0;
+        for _ in 0..40 {
+            count = b
+                .queue_declare(ch, queue, DURABLE, args.clone())
+                .await
+                .unwrap()
+                .2;
+            if count == expected {
+                break;
+            }
+            b.sleep_ms(50).await;
+        }
+        count
+    }
+    for (queue, args, counted) in [
+        ("classic", FieldTable::new(), false),
+        ("quorum", quorum(), true),
+    ] {
+        b.queue_declare(ch, queue, DURABLE, args.clone())
+            .await
+            .unwrap();
+        let consumer = b.consume(ch, queue, queue, false, false).await.unwrap();
+        b.send(ch, "", queue, "one").await;
+        b.send(ch, "", queue, "two").await;
+        let one = b.next(consumer).await.msg();
+        let two = b.next(consumer).await.msg();
+        b.cancel(ch, consumer).await.unwrap();
+        let held = u32::from(counted);
+        assert_eq!(
+            consumers_become(b, ch, queue, args.clone(), held).await,
+            held,
+            "{queue}"
+        );
+        b.ack(ch, one.tag, false).await.unwrap();
+        assert_eq!(
+            consumers_become(b, ch, queue, args.clone(), held).await,
+            held,
+            "{queue}"
+        );
+        b.reject(ch, two.tag, true).await.unwrap();
+        assert_eq!(
+            consumers_become(b, ch, queue, args.clone(), 0).await,
+            0,
+            "{queue}"
+        );
+    }
+    // A channel's close settles what its cancelled consumer held.
+    let other = b.channel(c).await;
+    let consumer = b
+        .consume(other, "quorum", "again", false, false)
+        .await
+        .unwrap();
+    let _ = b.next(consumer).await.msg();
+    b.cancel(other, consumer).await.unwrap();
+    assert_eq!(consumers_become(b, ch, "quorum", quorum(), 1).await, 1);
+    b.close_channel(other).await;
+    assert_eq!(consumers_become(b, ch, "quorum", quorum(), 0).await, 0);
+    assert_eq!(b.depth_becomes("quorum", Some(1)).await, Some(1));
 }
 
 async fn quorum_queue_counts_deliveries_and_enforces_the_limit(b: &mut impl Amqp) {
