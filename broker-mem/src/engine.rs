@@ -1023,7 +1023,8 @@ impl Engine {
         self.queues.get(queue).map(|q| q.unacked)
     }
 
-    /// Consumers of a queue.
+    /// Consumers of a queue, as `queue.declare-ok` counts them (a quorum queue counts a few
+    /// that only settle, and with a single active consumer only the active one).
     pub fn consumer_count(&self, queue: &str) -> Option<usize> {
         self.queues.get(queue).map(Queue::consumer_count)
     }
@@ -1120,6 +1121,21 @@ impl Engine {
                          {serial}, which holds {held}"
                     ));
                 }
+            }
+            let gets = (self.all_unacked())
+                .filter(|(_, u)| u.queue == *name && u.queue_id == queue.id)
+                .filter(|(_, u)| u.consumer_serial == 0)
+                .count();
+            let counted_gets = if queue.args.queue_type == QueueType::Quorum {
+                gets
+            } else {
+                0
+            };
+            if queue.gets_unsettled != counted_gets {
+                return Err(format!(
+                    "queue '{name}' counts {} unsettled gets as consumers, holds {gets}",
+                    queue.gets_unsettled
+                ));
             }
             for (channel, tag) in queue.consumers() {
                 let consumer = self
@@ -1403,7 +1419,7 @@ impl Engine {
                 .get_mut(name)
                 .ok_or_else(|| Fault::not_found_queue(name))?;
             queue.check_access(name, connection)?;
-            queue.last_used_ms = now_ms;
+            queue.declared_again(now_ms);
             return Ok(declare_ok(name, queue));
         }
         // An exclusive queue is never durable: RabbitMQ drops the flag before anything else
@@ -1422,7 +1438,7 @@ impl Engine {
             existing.check_access(&name, connection)?;
             existing.check_equivalent(&name, options)?;
             existing.check_equivalent_arguments(&name, arguments)?;
-            existing.last_used_ms = now_ms;
+            existing.declared_again(now_ms);
             return Ok(declare_ok(&name, existing));
         }
         let args = QueueArguments::parse(&name, options, arguments)?;
@@ -2302,6 +2318,10 @@ impl Engine {
         } else {
             if let Some(queue) = self.queues.get_mut(queue_name) {
                 queue.unacked += 1;
+                // A consumer of its own until settled (see `Queue::gets_unsettled`).
+                if quorum {
+                    queue.gets_unsettled += 1;
+                }
             }
             let unacked = Unacked {
                 queue: queue_name.clone(),
@@ -2516,8 +2536,13 @@ impl Engine {
             return;
         };
         queue.unacked -= 1;
-        if !queue.cancelled_holding.is_empty() {
-            queue.settled_by(unacked.consumer_serial);
+        // A consumer that only settled goes with its last delivery; that is use, so the
+        // queue's `x-expires` time starts again (probed on 3.10.8).
+        if queue.has_settling_consumers() && queue.settled_by(unacked.consumer_serial) {
+            queue.last_used_ms = self.now_ms;
+            if let Some(at) = queue.unused_expires_at_ms() {
+                self.alarm.note(at);
+            }
         }
         if unblocked && queue.args.queue_type == QueueType::Quorum {
             queue.rejoin_at_back(&(channel, consumer_tag));

@@ -459,8 +459,9 @@ pub(crate) struct Queue {
     blocked: Vec<ConsumerKey>,
     /// Whether the consumer (at most one then) asked for exclusive use.
     pub exclusive_consumer: bool,
-    /// When the queue was last used (declared, read with `basic.get`, or left by a consumer),
-    /// on the engine's clock; with no consumers it expires `x-expires` after this.
+    /// When the queue was last used (read with `basic.get`, left by a consumer, or, for a
+    /// classic queue, declared), on the engine's clock; with no consumers it expires
+    /// `x-expires` after this.
     pub last_used_ms: u64,
     /// A quorum `reject-publish` queue's publishers (RabbitMQ's enqueuers: each channel that
     /// has published to it and is still open), each with whether it has been told to stop:
@@ -489,6 +490,11 @@ pub(crate) struct Queue {
     /// with how many. rabbit_fifo keeps such a consumer (status `cancelled`) until the last
     /// is settled, and counts it in `queue.declare-ok`'s consumer count (probed on 3.10.8).
     pub cancelled_holding: Vec<(u64, usize)>,
+    /// A quorum queue's manual-ack `basic.get` deliveries not yet settled. rabbit_fifo checks
+    /// each out to a consumer of its own (lifetime `once`), kept until the delivery is
+    /// settled: it counts in `queue.declare-ok` and holds off `x-expires` as a consumer does
+    /// (probed on 3.10.8).
+    pub gets_unsettled: usize,
 }
 
 impl Queue {
@@ -513,6 +519,7 @@ impl Queue {
             returns_batch: false,
             offered_before_dropping: false,
             cancelled_holding: Vec::new(),
+            gets_unsettled: 0,
             unacked: 0,
             consumers: VecDeque::new(),
             blocked: Vec::new(),
@@ -693,25 +700,59 @@ impl Queue {
             .is_some_and(|head| head.expires_at_ms.is_some_and(|at| at <= now_ms))
     }
 
-    /// The consumers, with a quorum queue's cancelled ones that still hold deliveries (see
-    /// [`Queue::cancelled_holding`]).
+    /// The consumers as `queue.declare-ok` counts them (rabbit_fifo's consumer map, for a
+    /// quorum queue): a quorum queue counts its cancelled consumers that still hold deliveries
+    /// and its unsettled manual-ack gets (see [`Queue::cancelled_holding`] and
+    /// [`Queue::gets_unsettled`]), and with a single active consumer only the active one, not
+    /// those waiting (probed on 3.10.8; a classic queue counts every consumer).
     pub(crate) fn consumer_count(&self) -> usize {
-        self.consumers.len() + self.cancelled_holding.len()
+        let quorum_single_active =
+            self.args.queue_type == QueueType::Quorum && self.args.single_active_consumer;
+        let attached = if quorum_single_active {
+            usize::from(!self.consumers.is_empty())
+        } else {
+            self.consumers.len()
+        };
+        attached + self.cancelled_holding.len() + self.gets_unsettled
     }
 
-    /// One delivery of the consumer with `serial` was settled: a cancelled consumer that held
-    /// it stops counting after its last.
-    pub(crate) fn settled_by(&mut self, serial: u64) {
-        if let Some(at) = self
+    /// Whether the queue counts consumers that only settle: cancelled ones still holding
+    /// deliveries, or unsettled gets.
+    pub(crate) fn has_settling_consumers(&self) -> bool {
+        !self.cancelled_holding.is_empty() || self.gets_unsettled > 0
+    }
+
+    /// One delivery of the consumer with `serial` (0: a `basic.get`) was settled. True when a
+    /// consumer that only settled stopped counting with it: a cancelled one with its last
+    /// delivery, an unsettled get with its only one.
+    pub(crate) fn settled_by(&mut self, serial: u64) -> bool {
+        if serial == 0 {
+            let counted = self.gets_unsettled > 0;
+            self.gets_unsettled = self.gets_unsettled.saturating_sub(1);
+            return counted;
+        }
+        let Some(at) = self
             .cancelled_holding
             .iter()
             .position(|(s, _)| *s == serial)
-        {
-            let held = &mut self.cancelled_holding[at].1;
-            *held = held.saturating_sub(1);
-            if *held == 0 {
-                self.cancelled_holding.remove(at);
-            }
+        else {
+            return false;
+        };
+        let held = &mut self.cancelled_holding[at].1;
+        *held = held.saturating_sub(1);
+        if *held > 0 {
+            return false;
+        }
+        self.cancelled_holding.remove(at);
+        true
+    }
+
+    /// A `queue.declare` (passive or not) found the queue. A classic queue counts that as use
+    /// for `x-expires`; a quorum queue does not (rabbit_fifo hears of no declare; probed on
+    /// 3.10.8: a quorum queue declared every second still expires).
+    pub(crate) fn declared_again(&mut self, now_ms: u64) {
+        if self.args.queue_type != QueueType::Quorum {
+            self.last_used_ms = now_ms;
         }
     }
 
@@ -722,9 +763,10 @@ impl Queue {
     }
 
     /// When `x-expires` runs out if nothing uses the queue before: None while it has
-    /// consumers, or without the argument.
+    /// consumers (a quorum queue's consumers that only settle included: rabbit_fifo expires
+    /// a queue only when its consumer map is empty; probed), or without the argument.
     pub(crate) fn unused_expires_at_ms(&self) -> Option<u64> {
-        if !self.consumers.is_empty() {
+        if !self.consumers.is_empty() || self.has_settling_consumers() {
             return None;
         }
         let expires = self.args.expires_ms?;

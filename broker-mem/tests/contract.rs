@@ -83,6 +83,8 @@ contract!(
     rejected_message_is_dead_lettered_with_x_death,
     dead_letter_routing_key_replaces_the_key,
     a_cancelled_quorum_consumer_counts_until_its_deliveries_are_settled,
+    a_quorum_queue_counts_unsettled_gets_and_only_its_active_consumer,
+    a_quorum_queue_expires_once_nothing_holds_it_and_declares_do_not_renew_it,
     quorum_queue_counts_deliveries_and_enforces_the_limit,
     competing_consumers_get_round_robin,
     a_quorum_consumer_given_credit_back_rejoins_the_round_robin_at_the_back,
@@ -1682,33 +1684,34 @@ async fn dead_letter_routing_key_replaces_the_key(b: &mut impl Amqp) {
 /// A quorum queue keeps counting a cancelled consumer that still holds unacked deliveries, in
 /// `queue.declare-ok`'s consumer count, until the last of them is settled (an ack, a reject, or
 /// its channel's close); a classic queue stops counting it at the cancel.
+/// The consumer count a redeclare reports once RabbitMQ has applied the settles (which have no
+/// answer).
+async fn consumers_become(
+    b: &mut impl Amqp,
+    ch: harness::Ch,
+    queue: &str,
+    args: FieldTable,
+    expected: u32,
+) -> u32 {
+    let mut count = 0;
+    for _ in 0..40 {
+        count = b
+            .queue_declare(ch, queue, DURABLE, args.clone())
+            .await
+            .unwrap()
+            .2;
+        if count == expected {
+            break;
+        }
+        b.sleep_ms(50).await;
+    }
+    count
+}
+
 async fn a_cancelled_quorum_consumer_counts_until_its_deliveries_are_settled(b: &mut impl Amqp) {
     let c = b.connection().await;
     let ch = b.channel(c).await;
     let quorum = || table(&[("x-queue-type", s("quorum"))]);
-    // The consumer count a redeclare reports once RabbitMQ has applied the settles (which
-    // have no answer).
-    async fn consumers_become(
-        b: &mut impl Amqp,
-        ch: harness::Ch,
-        queue: &str,
-        args: FieldTable,
-        expected: u32,
-    ) -> u32 {
-        let mut count = 0;
-        for _ in 0..40 {
-            count = b
-                .queue_declare(ch, queue, DURABLE, args.clone())
-                .await
-                .unwrap()
-                .2;
-            if count == expected {
-                break;
-            }
-            b.sleep_ms(50).await;
-        }
-        count
-    }
     for (queue, args, counted) in [
         ("classic", FieldTable::new(), false),
         ("quorum", quorum(), true),
@@ -1753,6 +1756,167 @@ async fn a_cancelled_quorum_consumer_counts_until_its_deliveries_are_settled(b: 
     b.close_channel(other).await;
     assert_eq!(consumers_become(b, ch, "quorum", quorum(), 0).await, 0);
     assert_eq!(b.depth_becomes("quorum", Some(1)).await, Some(1));
+}
+
+/// rabbit_fifo checks a manual-ack `basic.get` out to a consumer of its own, kept until the
+/// delivery is settled; `queue.declare-ok` counts rabbit_fifo's consumer map, where a single
+/// active consumer queue keeps only the active one (the others wait elsewhere).
+async fn a_quorum_queue_counts_unsettled_gets_and_only_its_active_consumer(b: &mut impl Amqp) {
+    let c = b.connection().await;
+    let ch = b.channel(c).await;
+    let quorum = || table(&[("x-queue-type", s("quorum"))]);
+    for (queue, args, counted) in [
+        ("classic", FieldTable::new(), false),
+        ("quorum", quorum(), true),
+    ] {
+        b.queue_declare(ch, queue, DURABLE, args.clone())
+            .await
+            .unwrap();
+        for body in ["one", "two", "three"] {
+            b.send(ch, "", queue, body).await;
+        }
+        let (one, _) = b.get(ch, queue, false).await.unwrap().unwrap();
+        let (two, _) = b.get(ch, queue, false).await.unwrap().unwrap();
+        let (three, _) = b.get(ch, queue, true).await.unwrap().unwrap();
+        assert_eq!(
+            [one.text(), two.text(), three.text()],
+            ["one", "two", "three"]
+        );
+        let gets = if counted { 2 } else { 0 };
+        assert_eq!(
+            consumers_become(b, ch, queue, args.clone(), gets).await,
+            gets
+        );
+        b.reject(ch, one.tag, true).await.unwrap();
+        let left = if counted { 1 } else { 0 };
+        assert_eq!(
+            consumers_become(b, ch, queue, args.clone(), left).await,
+            left
+        );
+        b.ack(ch, two.tag, false).await.unwrap();
+        assert_eq!(consumers_become(b, ch, queue, args.clone(), 0).await, 0);
+        // A get on a channel that closes is settled by the close.
+        let other = b.channel(c).await;
+        let _ = b.get(other, queue, false).await.unwrap().unwrap();
+        let held = u32::from(counted);
+        assert_eq!(
+            consumers_become(b, ch, queue, args.clone(), held).await,
+            held
+        );
+        b.close_channel(other).await;
+        assert_eq!(consumers_become(b, ch, queue, args.clone(), 0).await, 0);
+        assert_eq!(b.depth_becomes(queue, Some(1)).await, Some(1));
+    }
+    for (queue, mut args, all_counted) in [
+        ("classic-single", FieldTable::new(), true),
+        ("quorum-single", quorum(), false),
+    ] {
+        args.insert("x-single-active-consumer".into(), FieldValue::Bool(true));
+        b.queue_declare(ch, queue, DURABLE, args.clone())
+            .await
+            .unwrap();
+        let mut consumers = Vec::new();
+        for tag in ["first", "second", "third"] {
+            consumers.push(b.consume(ch, queue, tag, false, false).await.unwrap());
+        }
+        let count = |n: u32| if all_counted { n } else { 1 };
+        assert_eq!(
+            consumers_become(b, ch, queue, args.clone(), count(3)).await,
+            count(3)
+        );
+        // The active one goes: the next becomes active.
+        b.cancel(ch, consumers[0]).await.unwrap();
+        assert_eq!(
+            consumers_become(b, ch, queue, args.clone(), count(2)).await,
+            count(2)
+        );
+        b.cancel(ch, consumers[2]).await.unwrap();
+        assert_eq!(consumers_become(b, ch, queue, args.clone(), 1).await, 1);
+        b.cancel(ch, consumers[1]).await.unwrap();
+        assert_eq!(consumers_become(b, ch, queue, args.clone(), 0).await, 0);
+    }
+}
+
+/// `x-expires` on a quorum queue runs only while rabbit_fifo's consumer map is empty (so a
+/// cancelled consumer still holding deliveries, or an unsettled get, holds it off until
+/// settled), and no `queue.declare` counts as use; a classic queue's redeclare does.
+/// RabbitMQ looks at a quorum queue's expiry on its tick (every 5 s by default), so on
+/// RabbitMQ this waits for the unused queue to go and then one tick longer.
+async fn a_quorum_queue_expires_once_nothing_holds_it_and_declares_do_not_renew_it(
+    b: &mut impl Amqp,
+) {
+    let c = b.connection().await;
+    let ch = b.channel(c).await;
+    let expiring = |quorum: bool| {
+        let mut args = table(&[("x-expires", i(1_000))]);
+        if quorum {
+            args.insert("x-queue-type".into(), s("quorum"));
+        }
+        args
+    };
+    for (queue, quorum) in [
+        ("held-by-a-get", true),
+        ("held-by-a-cancelled-consumer", true),
+        ("quorum-redeclared", true),
+        ("classic-redeclared", false),
+    ] {
+        b.queue_declare(ch, queue, DURABLE, expiring(quorum))
+            .await
+            .unwrap();
+        b.send(ch, "", queue, queue).await;
+    }
+    let (got, _) = b.get(ch, "held-by-a-get", false).await.unwrap().unwrap();
+    let sub = b
+        .consume(ch, "held-by-a-cancelled-consumer", "c", false, false)
+        .await
+        .unwrap();
+    let held = b.next(sub).await.msg();
+    b.cancel(ch, sub).await.unwrap();
+    // Every 250 ms both redeclared queues are declared again; the quorum one goes anyway.
+    let mut waited_ms = 0;
+    while waited_ms < 15_000 && b.depth("quorum-redeclared").await.is_some() {
+        redeclare_every_quarter_second(b, ch, 250).await;
+        waited_ms += 250;
+    }
+    assert_eq!(b.depth("quorum-redeclared").await, None);
+    assert!(waited_ms >= 1_000, "gone after {waited_ms} ms");
+    // One tick more: a queue nothing held would be gone by now too.
+    redeclare_every_quarter_second(b, ch, 6_000).await;
+    assert_eq!(b.depth("held-by-a-get").await, Some(0));
+    assert_eq!(b.depth("held-by-a-cancelled-consumer").await, Some(0));
+    assert_eq!(b.depth("classic-redeclared").await, Some(1));
+    // Settled, they hold nothing: their time runs from the settle.
+    b.ack(ch, got.tag, false).await.unwrap();
+    b.reject(ch, held.tag, false).await.unwrap();
+    let mut waited_ms = 0;
+    while waited_ms < 15_000
+        && (b.depth("held-by-a-get").await.is_some()
+            || b.depth("held-by-a-cancelled-consumer").await.is_some())
+    {
+        b.sleep_ms(250).await;
+        waited_ms += 250;
+    }
+    assert_eq!(b.depth("held-by-a-get").await, None);
+    assert_eq!(b.depth("held-by-a-cancelled-consumer").await, None);
+    assert!(waited_ms >= 1_000, "gone after {waited_ms} ms");
+}
+
+/// Redeclares `quorum-redeclared` (when it still exists) and `classic-redeclared` every
+/// 250 ms for `ms`.
+async fn redeclare_every_quarter_second(b: &mut impl Amqp, ch: harness::Ch, ms: u64) {
+    for _ in 0..ms / 250 {
+        for (queue, quorum) in [("quorum-redeclared", true), ("classic-redeclared", false)] {
+            if b.depth(queue).await.is_none() {
+                continue;
+            }
+            let mut args = table(&[("x-expires", i(1_000))]);
+            if quorum {
+                args.insert("x-queue-type".into(), s("quorum"));
+            }
+            b.queue_declare(ch, queue, DURABLE, args).await.unwrap();
+        }
+        b.sleep_ms(250).await;
+    }
 }
 
 async fn quorum_queue_counts_deliveries_and_enforces_the_limit(b: &mut impl Amqp) {

@@ -520,6 +520,53 @@ fn x_expires_runs_on_the_injected_clock_and_any_use_restarts_it() {
 }
 
 #[test]
+fn a_quorum_queue_expires_x_expires_after_its_last_settle_and_declares_do_not_renew_it() {
+    let (broker, now_ms) = clocked();
+    let connection = broker.connect();
+    let channel = connection.open_channel().unwrap();
+    let arguments = FieldTable::from([
+        ("x-expires".to_owned(), FieldValue::I64(100)),
+        (
+            "x-queue-type".to_owned(),
+            FieldValue::String("quorum".to_owned()),
+        ),
+    ]);
+    let durable = QueueOptions {
+        durable: true,
+        ..QueueOptions::default()
+    };
+    let declare = || {
+        channel
+            .queue_declare_with("q", durable, &arguments)
+            .unwrap()
+    };
+    declare();
+    publish(&channel, "q", "got", false);
+    publish(&channel, "q", "held", false);
+    // Held by an unsettled get and by a cancelled consumer with an unsettled delivery.
+    let got = channel.basic_get("q", false).unwrap().unwrap().delivery;
+    let consumer = channel
+        .basic_consume("q", ConsumeOptions::default())
+        .unwrap();
+    let held = consumer.try_recv().unwrap();
+    channel.basic_cancel(consumer.tag()).unwrap();
+    now_ms.store(1_000, Ordering::SeqCst);
+    assert_eq!(declare().consumer_count, 2);
+    channel.basic_ack(got.delivery_tag, false).unwrap();
+    assert_eq!(broker.consumer_count("q"), Some(1));
+    // The settle of the last holder starts the time; a declare after it does not restart it.
+    now_ms.store(2_000, Ordering::SeqCst);
+    channel.basic_reject(held.delivery_tag, true).unwrap();
+    now_ms.store(2_050, Ordering::SeqCst);
+    assert_eq!(declare().consumer_count, 0);
+    now_ms.store(2_099, Ordering::SeqCst);
+    assert_eq!(broker.queue_depth("q"), Some(1));
+    now_ms.store(2_100, Ordering::SeqCst);
+    assert_eq!(broker.queue_depth("q"), None);
+    broker.check_invariants().unwrap();
+}
+
+#[test]
 fn a_restart_starts_a_durable_queues_expiry_again() {
     let (broker, now_ms) = clocked();
     let connection = broker.connect();
