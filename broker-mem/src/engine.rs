@@ -1751,8 +1751,22 @@ impl Engine {
             }
         }
         let published = if in_tx {
-            // Routed now, enqueued at the commit; no confirm.
-            self.hold_publish(channel_index, queues.clone(), message, options)
+            // Routed now, enqueued at the commit; no confirm. The default exchange's route is
+            // the keys themselves, queue or not (RabbitMQ's route for it looks nothing up): the
+            // commit looks the queues up, so one declared in between takes the message
+            // (probed on 3.10.8).
+            let targets = if message.exchange.is_empty() {
+                let mut names: Vec<SmolStr> = std::iter::once(&message.routing_key)
+                    .chain(extra_keys)
+                    .cloned()
+                    .collect();
+                names.sort_unstable();
+                names.dedup();
+                names
+            } else {
+                queues.clone()
+            };
+            self.hold_publish(channel_index, targets, message, options)
                 .map(|()| Published {
                     returned: None,
                     confirm: Confirm::Pending,

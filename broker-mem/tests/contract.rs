@@ -131,6 +131,7 @@ contract!(
     dead_lettering_reroutes_by_cc_unless_the_queue_names_a_key,
     dead_lettering_reroutes_by_bcc_too,
     transactions_hold_publishes_until_commit_and_drop_them_on_rollback,
+    a_transactional_publish_finds_the_default_exchanges_queue_at_the_commit,
     a_commit_a_queue_refuses_in_part_does_the_rest_and_closes_the_channel,
     a_commit_delivers_its_publishes_one_by_one_and_expired_ones_take_no_room,
     transactional_settles_apply_at_commit_and_return_on_rollback,
@@ -3293,6 +3294,64 @@ async fn send_in_tx(b: &mut impl Amqp, ch: harness::Ch, queue: &str, body: &str)
         .await
         .expect("publish in a transaction");
     assert!(!published.acked, "a transactional publish is not confirmed");
+}
+
+/// RabbitMQ routes a transactional publish when it comes and delivers it at the commit,
+/// looking its queues up then (found by the differential test, probed on 3.10.8). The default
+/// exchange's route is the routing key (and `CC` keys) as queue names, looked up by nobody
+/// before the commit: a queue declared in between takes the message. Through any other
+/// exchange the route is made at the publish: a binding made after it does not count.
+async fn a_transactional_publish_finds_the_default_exchanges_queue_at_the_commit(
+    b: &mut impl Amqp,
+) {
+    let c = b.connection().await;
+    let ch = b.channel(c).await;
+    b.exchange(ch, "direct", "direct").await;
+    let tx = b.tx_channel(c).await;
+    send_in_tx(b, tx, "later", "by name").await;
+    let cc = Properties {
+        headers: Some(table(&[("CC", FieldValue::Array(vec![s("by-cc")]))])),
+        ..Properties::default()
+    };
+    b.publish(tx, "", "nowhere", false, cc, "by cc")
+        .await
+        .unwrap();
+    b.publish(
+        tx,
+        "direct",
+        "later",
+        false,
+        Properties::default(),
+        "by binding",
+    )
+    .await
+    .unwrap();
+    b.queue(ch, "later").await;
+    b.queue(ch, "by-cc").await;
+    b.bind(ch, "later", "direct", "later").await;
+    b.tx_commit(tx).await.unwrap();
+    assert_eq!(b.drain(ch, "later").await, ["by name"]);
+    assert_eq!(b.drain(ch, "by-cc").await, ["by cc"]);
+    // A queue deleted before the commit takes nothing; declared again, the new one does.
+    send_in_tx(b, tx, "later", "again").await;
+    b.publish(
+        tx,
+        "direct",
+        "later",
+        false,
+        Properties::default(),
+        "again by binding",
+    )
+    .await
+    .unwrap();
+    b.queue_delete(ch, "later", false, false).await.unwrap();
+    b.queue(ch, "later").await;
+    b.tx_commit(tx).await.unwrap();
+    assert_eq!(b.drain(ch, "later").await, ["again", "again by binding"]);
+    send_in_tx(b, tx, "later", "lost").await;
+    b.queue_delete(ch, "later", false, false).await.unwrap();
+    b.tx_commit(tx).await.unwrap();
+    assert_eq!(b.depth("later").await, None);
 }
 
 async fn transactions_hold_publishes_until_commit_and_drop_them_on_rollback(b: &mut impl Amqp) {

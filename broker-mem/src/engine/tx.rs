@@ -1,6 +1,7 @@
 //! Transactions (`tx.select`, `tx.commit`, `tx.rollback`), as RabbitMQ runs them: on a
 //! transactional channel a publish is checked and routed at once but enqueued only at the
-//! commit, and an ack, nack or reject is checked at once (an unknown tag is still 406) but
+//! commit, which looks its queues up then (through the default exchange, whose route is the
+//! queue's name, a queue declared in between counts), and an ack, nack or reject is checked at once (an unknown tag is still 406) but
 //! applied only at the commit, so the consumer's prefetch credit comes back then. A rollback
 //! drops the publishes and puts the settled deliveries back among the channel's unacked ones;
 //! a close rolls back, then requeues as any close does. Commit applies the publishes first,
@@ -123,8 +124,9 @@ impl Engine {
             }
             let mut refused = false;
             for (mut targets, message, options) in tx.publishes {
-                // Queues deleted since the publish take nothing (and a mandatory message that
-                // reaches none comes back), as when RabbitMQ delivers at the commit.
+                // Queues deleted since the publish, or not there yet (a default-exchange route
+                // names them unchecked), take nothing; a mandatory message that reaches none
+                // comes back, as when RabbitMQ delivers at the commit.
                 targets.retain(|queue| engine.queues.contains_key(queue));
                 // Admitted as a whole above: no copy is refused one by one.
                 let published =
