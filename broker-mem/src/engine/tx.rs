@@ -1,8 +1,9 @@
 //! Transactions (`tx.select`, `tx.commit`, `tx.rollback`), as RabbitMQ runs them: on a
 //! transactional channel a publish is checked and routed at once but enqueued only at the
 //! commit, which looks its queues up then (through the default exchange, whose route is the
-//! queue's name, a queue declared in between counts), and an ack, nack or reject is checked at once (an unknown tag is still 406) but
-//! applied only at the commit, so the consumer's prefetch credit comes back then. A rollback
+//! queue's name, a queue declared in between counts); an ack, nack or reject is checked at
+//! once (an unknown tag is still 406) but applied only at the commit, so the consumer's
+//! prefetch credit comes back then. A rollback
 //! drops the publishes and puts the settled deliveries back among the channel's unacked ones;
 //! a close rolls back, then requeues as any close does. Commit applies the publishes first,
 //! then the settles, each in the order they came. A queue that refuses one of the publishes
