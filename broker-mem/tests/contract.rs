@@ -3326,6 +3326,9 @@ async fn a_transactional_publish_finds_the_default_exchanges_queue_at_the_commit
     )
     .await
     .unwrap();
+    // RabbitMQ's channels are processes of their own: an answer on the transaction's channel
+    // shows it has routed the publishes before the other channel changes the topology.
+    b.qos(tx, 0, false).await.unwrap();
     b.queue(ch, "later").await;
     b.queue(ch, "by-cc").await;
     b.bind(ch, "later", "direct", "later").await;
@@ -3344,6 +3347,7 @@ async fn a_transactional_publish_finds_the_default_exchanges_queue_at_the_commit
     )
     .await
     .unwrap();
+    b.qos(tx, 0, false).await.unwrap();
     b.queue_delete(ch, "later", false, false).await.unwrap();
     b.queue(ch, "later").await;
     b.tx_commit(tx).await.unwrap();
