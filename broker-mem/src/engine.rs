@@ -1105,10 +1105,14 @@ impl Engine {
             if !queue.is_sorted() {
                 return Err(format!("queue '{name}' is not in delivery order"));
             }
-            let unacked = self
-                .all_unacked()
-                .filter(|(_, u)| u.queue == *name && u.queue_id == queue.id);
-            if unacked.count() != queue.unacked {
+            let (mut unacked, mut gets) = (0, 0);
+            for (_, u) in self.all_unacked() {
+                if u.queue == *name && u.queue_id == queue.id {
+                    unacked += 1;
+                    gets += usize::from(u.consumer_serial == 0);
+                }
+            }
+            if unacked != queue.unacked {
                 return Err(format!("queue '{name}' counts {} unacked", queue.unacked));
             }
             for &(serial, holding) in &queue.cancelled_holding {
@@ -1122,10 +1126,6 @@ impl Engine {
                     ));
                 }
             }
-            let gets = (self.all_unacked())
-                .filter(|(_, u)| u.queue == *name && u.queue_id == queue.id)
-                .filter(|(_, u)| u.consumer_serial == 0)
-                .count();
             let counted_gets = if queue.args.queue_type == QueueType::Quorum {
                 gets
             } else {
