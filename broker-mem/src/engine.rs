@@ -44,6 +44,7 @@ use crate::queue::{
 };
 
 mod clock;
+pub(crate) mod dead_letters;
 mod fault;
 mod names;
 pub(crate) mod reply_to;
@@ -51,6 +52,7 @@ mod route_memo;
 pub(crate) mod tx;
 
 use clock::Alarm;
+use dead_letters::DeadLetter;
 use fault::{Delayed, DeliveryFault};
 use names::{exchange_binding_names, stripped};
 use reply_to::{REPLY_TO, is_reply_name};
@@ -335,6 +337,7 @@ impl Engine {
             }
         }
         self.close_timed_out_channels();
+        self.retry_dead_letters();
         // `x-expires`: unused queues whose time ran out go, messages and all (not
         // dead-lettered), as a `queue.delete` would.
         let expired: Vec<SmolStr> = self
@@ -1147,11 +1150,12 @@ impl Engine {
                 }
             }
         }
-        let ready = self.queues.values().map(Queue::ready_len).sum::<usize>();
-        let ready_bytes = self
-            .queues
-            .values()
-            .map(Queue::ready_body_bytes)
+        // Kept to be dead-lettered at least once: held too.
+        let ready = (self.queues.values())
+            .map(|q| q.ready_len() + q.dead_letters.len())
+            .sum::<usize>();
+        let ready_bytes = (self.queues.values())
+            .map(|q| q.ready_body_bytes() + q.dead_letters.body_bytes())
             .sum::<usize>();
         held.messages = ready + self.all_unacked().count();
         held.body_bytes = ready_bytes
@@ -2023,12 +2027,13 @@ impl Engine {
     /// as RabbitMQ's classic dead-lettering), or dropped if there is none.
     fn dead_letter(&mut self, queue_name: &str, entry: Queued, reason: DeathReason) {
         self.held.release(&entry.message);
-        let (dlx, dlrk) = match self.queues.get(queue_name) {
+        let (dlx, dlrk, at_least_once) = match self.queues.get(queue_name) {
             Some(queue) => (
                 queue.args.dead_letter_exchange.clone(),
                 queue.args.dead_letter_routing_key.clone(),
+                queue.args.dead_letter_at_least_once,
             ),
-            None => (None, None),
+            None => (None, None, false),
         };
         let message = &entry.message;
         push_bounded(
@@ -2063,6 +2068,12 @@ impl Engine {
             &death_keys,
             self.now_ms / 1000,
         );
+        // An at-least-once worker routes a message again by the dead-letter routing key or
+        // the keys of its newest `x-death` entry.
+        let retry_keys = match &dlrk {
+            Some(dlrk) => vec![SmolStr::from(dlrk.as_str())],
+            None => death_keys,
+        };
         // Republished by the same keys, unless the queue names one; then CC and BCC go too.
         let (routing_key, extra_keys, bcc) = match dlrk {
             Some(dlrk) => {
@@ -2077,6 +2088,21 @@ impl Engine {
                 (message.routing_key.clone(), keys, message.bcc.clone())
             }
         };
+        if at_least_once {
+            let first_keys = std::iter::once(routing_key.clone())
+                .chain(extra_keys)
+                .collect();
+            let republished = Message::new(
+                dlx.into(),
+                routing_key,
+                Message::share_properties(properties),
+                message.body.clone(),
+                bcc,
+            );
+            let letter = DeadLetter::new(republished, reason, first_keys, retry_keys);
+            self.keep_dead_letter(queue_name, letter);
+            return;
+        }
         // A dead-letter exchange that does not exist drops the message, as in RabbitMQ.
         let Some(dlx_index) = self.exchanges.get_index_of(dlx.as_str()) else {
             return;
@@ -2924,6 +2950,9 @@ impl Engine {
         self.topology += 1;
         for entry in queue.drain_ready() {
             self.held.release(&entry.message);
+        }
+        for letter in queue.dead_letters.drain() {
+            self.held.release(&letter.message);
         }
         let consumers: Vec<(ChannelId, SmolStr)> = queue.consumers().cloned().collect();
         for (channel, tag) in consumers {

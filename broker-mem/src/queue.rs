@@ -15,6 +15,7 @@ use smol_str::SmolStr;
 
 use crate::channel::ChannelId;
 use crate::connection::ConnectionId;
+use crate::engine::dead_letters::DeadLetters;
 use crate::error::{AmqpError, Fault, ReplyCode};
 use crate::exchange::bool_str;
 use crate::lookup::HandleMap;
@@ -62,6 +63,9 @@ pub struct QueueInfo {
     pub unacked: usize,
     /// Consumers.
     pub consumers: usize,
+    /// Dead-lettered messages an at-least-once quorum queue keeps until its dead-letter
+    /// exchange routes them (RabbitMQ's `messages_dlx`); 0 for every other queue.
+    pub dead_lettering: usize,
 }
 
 /// `x-queue-type`.
@@ -106,6 +110,10 @@ pub struct QueueArguments {
     pub dead_letter_exchange: Option<String>,
     /// `x-dead-letter-routing-key`.
     pub dead_letter_routing_key: Option<String>,
+    /// `x-dead-letter-strategy: at-least-once` in effect: a quorum queue with a dead-letter
+    /// exchange and `x-overflow: reject-publish` keeps each message it dead-letters until the
+    /// exchange routes it to a queue that takes it (see [`DeadLetters`]).
+    pub dead_letter_at_least_once: bool,
     /// `x-delivery-limit` (quorum queues): deliveries after which a message is dead-lettered
     /// instead of requeued.
     pub delivery_limit: Option<u64>,
@@ -292,11 +300,12 @@ impl QueueArguments {
                 "routing_key_but_no_dlx_defined",
             ));
         }
-        one_of(
+        let dead_letter_strategy = one_of(
             "x-dead-letter-strategy",
             &["at-most-once", "at-least-once"],
             &|_| "invalid_dlx_strategy".to_owned(),
         )?;
+        let at_least_once = dead_letter_strategy.as_deref() == Some("at-least-once");
         let max_length = non_negative("x-max-length")?;
         let max_length_bytes = non_negative("x-max-length-bytes")?;
         non_negative("x-max-in-memory-length")?;
@@ -395,6 +404,13 @@ impl QueueArguments {
                 )));
             }
         }
+        // RabbitMQ's dead-letter handler (rabbit_quorum_queue): at least once only for a
+        // quorum queue with a dead-letter exchange that refuses publishes when full; otherwise
+        // it falls back to at most once (probed on 3.10.8 with `drop-head`).
+        let dead_letter_at_least_once = at_least_once
+            && queue_type == QueueType::Quorum
+            && overflow == Overflow::RejectPublish
+            && dead_letter_exchange.is_some();
         Ok(QueueArguments {
             queue_type,
             message_ttl_ms,
@@ -403,6 +419,7 @@ impl QueueArguments {
             overflow,
             dead_letter_exchange,
             dead_letter_routing_key,
+            dead_letter_at_least_once,
             delivery_limit,
             max_priority,
             expires_ms,
@@ -495,6 +512,9 @@ pub(crate) struct Queue {
     /// settled: it counts in `queue.declare-ok` and holds off `x-expires` as a consumer does
     /// (probed on 3.10.8).
     pub gets_unsettled: usize,
+    /// What it dead-lettered at least once and keeps until it is delivered (see
+    /// `engine::dead_letters`).
+    pub dead_letters: DeadLetters,
 }
 
 impl Queue {
@@ -520,6 +540,7 @@ impl Queue {
             offered_before_dropping: false,
             cancelled_holding: Vec::new(),
             gets_unsettled: 0,
+            dead_letters: DeadLetters::default(),
             unacked: 0,
             consumers: VecDeque::new(),
             blocked: Vec::new(),
@@ -653,16 +674,23 @@ impl Queue {
     }
 
     /// Whether the ready messages are over a length limit now.
+    /// Messages kept to be dead-lettered at least once count too (rabbit_fifo's
+    /// `is_over_limit`).
     pub(crate) fn over_limit(&self) -> bool {
-        let too_many = self
-            .args
-            .max_length
-            .is_some_and(|max| self.ready.len() as u64 > max);
-        let too_big = self
-            .args
-            .max_length_bytes
-            .is_some_and(|max| self.ready_bytes as u64 > max);
+        let too_many = (self.args.max_length).is_some_and(|max| self.held_len() as u64 > max);
+        let too_big =
+            (self.args.max_length_bytes).is_some_and(|max| self.held_bytes() as u64 > max);
         too_many || too_big
+    }
+
+    /// Ready messages and those kept to be dead-lettered: what the length limits count.
+    fn held_len(&self) -> usize {
+        self.ready.len() + self.dead_letters.len()
+    }
+
+    /// Their body bytes.
+    fn held_bytes(&self) -> usize {
+        self.ready_bytes + self.dead_letters.body_bytes()
     }
 
     /// Whether `drop-head` must drop heads to bring the ready messages back within the length
@@ -801,9 +829,9 @@ impl Queue {
 
     /// RabbitMQ 3.10's soft limit of a quorum `reject-publish` queue (rabbit_fifo, probed):
     /// over the limit after any change, every publisher it knows is told to stop; once its
-    /// ready messages (and bytes) are at most 80 % of the limit, rounded down, they are all
+    /// ready messages (and bytes; with those kept to be dead-lettered) are at most 80 % of the limit, rounded down, they are all
     /// told to go on (see [`Queue::would_overflow`]).
-    fn note_length(&mut self) {
+    pub(crate) fn note_length(&mut self) {
         if self.args.queue_type != QueueType::Quorum
             || self.args.overflow != Overflow::RejectPublish
         {
@@ -815,8 +843,8 @@ impl Queue {
         if self.over_limit() {
             self.tell_publishers(true);
         } else if self.refusing
-            && below(self.args.max_length, self.ready.len())
-            && below(self.args.max_length_bytes, self.ready_bytes)
+            && below(self.args.max_length, self.held_len())
+            && below(self.args.max_length_bytes, self.held_bytes())
         {
             self.tell_publishers(false);
         }
@@ -1050,6 +1078,7 @@ impl Queue {
             ready: self.ready.len(),
             unacked: self.unacked,
             consumers: self.consumers.len(),
+            dead_lettering: self.dead_letters.len(),
         }
     }
 

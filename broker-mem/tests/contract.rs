@@ -147,6 +147,7 @@ contract!(
     direct_reply_to_carries_replies_to_the_requesting_channel,
     direct_reply_to_refuses_what_rabbitmq_refuses,
     a_quorum_get_with_manual_ack_counts_the_expired_message_behind_it,
+    a_quorum_queue_keeps_what_it_dead_letters_at_least_once_toward_its_limit,
 );
 
 async fn nack_multiple_requeues_in_order_and_auto_ack_ignores_prefetch(b: &mut impl Amqp) {
@@ -3958,9 +3959,6 @@ async fn redeclaring_compares_the_arguments_rabbitmq_compares_in_its_order(b: &m
     }
 }
 
-/// Length limits on quorum queues (RabbitMQ 3.10, probed): `reject-publish` refuses only
-/// while the queue is already over its limit, so one message more gets in (ready messages
-/// count, unacked ones do not); `reject-publish-dlx` behaves as `drop-head`.
 /// Publishes `text` to `queue` through the default exchange: whether it was confirmed.
 async fn confirmed(b: &mut impl Amqp, ch: harness::Ch, queue: &str, text: &str) -> bool {
     let published = b.publish(ch, "", queue, false, Properties::default(), text);
@@ -4027,6 +4025,9 @@ async fn a_full_quorum_queue_stops_the_publishers_it_knows_and_asks_about_new_on
     assert_eq!(b.depth("full").await, Some(3));
 }
 
+/// Length limits on quorum queues (RabbitMQ 3.10, probed): `reject-publish` refuses only
+/// while the queue is already over its limit, so one message more gets in (ready messages
+/// count, unacked ones do not); `reject-publish-dlx` behaves as `drop-head`.
 async fn quorum_queue_length_limits_are_soft_and_reject_publish_dlx_drops_the_head(
     b: &mut impl Amqp,
 ) {
@@ -4648,4 +4649,73 @@ async fn a_quorum_get_with_manual_ack_counts_the_expired_message_behind_it(b: &m
         lefts.push((left, b.depth(queue).await));
     }
     assert_eq!(lefts, [(0, Some(0)), (0, Some(0)), (1, Some(0))]);
+}
+
+/// `x-dead-letter-strategy: at-least-once` (RabbitMQ 3.10, probed on 3.10.8): a quorum
+/// `reject-publish` queue keeps a message its dead-letter exchange cannot route (here: an
+/// exchange that does not exist) instead of dropping it, and counts it toward its length
+/// limit, though not among its ready messages. Without `reject-publish`, and with
+/// `at-most-once`, such a message is dropped. A routable one goes at once either way. (The
+/// worker routes kept messages again after 180 s: `tests/faults.rs`, on the engine's clock.)
+async fn a_quorum_queue_keeps_what_it_dead_letters_at_least_once_toward_its_limit(
+    b: &mut impl Amqp,
+) {
+    let c = b.connection().await;
+    let ch = b.channel(c).await;
+    let quorum = |dlx: &str, strategy: &str, overflow: &str| {
+        table(&[
+            ("x-queue-type", s("quorum")),
+            ("x-dead-letter-exchange", s(dlx)),
+            ("x-dead-letter-strategy", s(strategy)),
+            ("x-overflow", s(overflow)),
+            ("x-max-length", i(2)),
+        ])
+    };
+    let kinds = [
+        ("kept", quorum("missing", "at-least-once", "reject-publish")),
+        (
+            "at-most-once",
+            quorum("missing", "at-most-once", "reject-publish"),
+        ),
+        ("drop-head", quorum("missing", "at-least-once", "drop-head")),
+    ];
+    let mut acked = Vec::new();
+    for (queue, arguments) in kinds {
+        b.queue_declare(ch, queue, DURABLE, arguments)
+            .await
+            .unwrap();
+        for n in 0..2 {
+            assert!(confirmed(b, ch, queue, &format!("{queue}-{n}")).await);
+            let (got, _) = b.get(ch, queue, false).await.unwrap().unwrap();
+            b.reject(ch, got.tag, false).await.unwrap();
+        }
+        let mut publishes = Vec::new();
+        for n in 2..5 {
+            publishes.push(confirmed(b, ch, queue, &format!("{queue}-{n}")).await);
+        }
+        acked.push((queue, publishes, b.depth(queue).await));
+    }
+    assert_eq!(
+        acked,
+        [
+            // Two kept and one ready make three, over the limit of two.
+            ("kept", vec![true, false, false], Some(1)),
+            ("at-most-once", vec![true, true, true], Some(3)),
+            ("drop-head", vec![true, true, true], Some(2)),
+        ]
+    );
+    b.exchange(ch, "dlx", "fanout").await;
+    b.queue(ch, "dead").await;
+    b.bind(ch, "dead", "dlx", "").await;
+    let routed = quorum("dlx", "at-least-once", "reject-publish");
+    b.queue_declare(ch, "routed", DURABLE, routed)
+        .await
+        .unwrap();
+    for n in 0..3 {
+        assert!(confirmed(b, ch, "routed", &format!("routed-{n}")).await);
+        let (got, _) = b.get(ch, "routed", false).await.unwrap().unwrap();
+        b.reject(ch, got.tag, false).await.unwrap();
+    }
+    assert_eq!(b.depth_becomes("dead", Some(3)).await, Some(3));
+    assert!(confirmed(b, ch, "routed", "room").await);
 }

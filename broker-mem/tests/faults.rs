@@ -701,3 +701,212 @@ fn messages_expiring_before_their_queue_are_dead_lettered_the_rest_go_with_it() 
     assert!(channel.basic_get("dead", true).unwrap().is_none());
     broker.check_invariants().unwrap();
 }
+
+/// At-least-once dead-lettering (see `engine/dead_letters.rs`): what an exchange cannot route
+/// is kept, counts toward the queue's length limit, and is routed again when the worker's
+/// 180-second timer comes (RabbitMQ 3.10.8 delivered such messages 180 s after the reject);
+/// the worker holds 32 at a time, and takes the rest once those are delivered.
+#[test]
+fn an_at_least_once_quorum_queue_keeps_dead_letters_until_its_worker_routes_them_again() {
+    let (broker, now_ms) = clocked();
+    let connection = broker.connect();
+    let channel = connection.open_channel().unwrap();
+    let arguments = FieldTable::from([
+        (
+            "x-queue-type".to_owned(),
+            FieldValue::String("quorum".into()),
+        ),
+        (
+            "x-dead-letter-exchange".to_owned(),
+            FieldValue::String("dlx".into()),
+        ),
+        (
+            "x-dead-letter-strategy".to_owned(),
+            FieldValue::String("at-least-once".into()),
+        ),
+        (
+            "x-overflow".to_owned(),
+            FieldValue::String("reject-publish".into()),
+        ),
+        ("x-max-length".to_owned(), FieldValue::I64(35)),
+    ]);
+    let durable = QueueOptions {
+        durable: true,
+        ..QueueOptions::default()
+    };
+    channel
+        .queue_declare_with("src", durable, &arguments)
+        .unwrap();
+    let try_publish = |body: &str| {
+        let body = Bytes::copy_from_slice(body.as_bytes());
+        (channel.basic_publish("", "src", Properties::default(), body)).unwrap()
+    };
+    let reject_one = || {
+        let got = channel.basic_get("src", false).unwrap().unwrap().delivery;
+        channel.basic_reject(got.delivery_tag, false).unwrap();
+    };
+    let kept = || {
+        let queues = broker.queues();
+        queues
+            .iter()
+            .find(|q| q.name == "src")
+            .unwrap()
+            .dead_lettering
+    };
+    for n in 0..34 {
+        publish(&channel, "src", &format!("m{n}"), false);
+        reject_one();
+    }
+    // The dead-letter exchange does not exist: all kept, and counted toward the limit.
+    assert_eq!(kept(), 34);
+    assert_eq!(broker.queue_depth("src"), Some(0));
+    assert_eq!(try_publish("m34"), Confirm::Ack);
+    reject_one();
+    assert_eq!(kept(), 35);
+
+    now_ms.store(1_000, Ordering::SeqCst);
+    let fanout = ExchangeOptions {
+        durable: true,
+        ..ExchangeOptions::default()
+    };
+    channel
+        .exchange_declare("dlx", ExchangeKind::Fanout, fanout)
+        .unwrap();
+    channel.queue_declare("dead", durable).unwrap();
+    channel.queue_bind("dead", "dlx", "").unwrap();
+    // Routable now, but the worker holds 32 it could not deliver and takes no more: a new
+    // dead letter waits behind them.
+    now_ms.store(2_000, Ordering::SeqCst);
+    assert_eq!(try_publish("m35"), Confirm::Ack);
+    reject_one();
+    assert_eq!(kept(), 36);
+    assert_eq!(broker.queue_depth("dead"), Some(0));
+    // 36 count against the limit of 35.
+    assert!(matches!(try_publish("refused"), Confirm::Nack { .. }));
+    // The worker routes again only when its timer comes.
+    now_ms.store(179_999, Ordering::SeqCst);
+    assert_eq!(broker.queue_depth("dead"), Some(0));
+    assert!(matches!(try_publish("refused"), Confirm::Nack { .. }));
+    now_ms.store(180_000, Ordering::SeqCst);
+    // The 32 it held, then the 4 it took once they were delivered, in order.
+    assert_eq!(broker.queue_depth("dead"), Some(36));
+    assert_eq!(kept(), 0);
+    for n in 0..36 {
+        let got = channel.basic_get("dead", true).unwrap().unwrap().delivery;
+        assert_eq!(text(&got.body), format!("m{n}"));
+    }
+    // Room again; a routable dead letter goes at once.
+    assert_eq!(try_publish("at-once"), Confirm::Ack);
+    reject_one();
+    assert_eq!(broker.queue_depth("dead"), Some(1));
+    assert_eq!(kept(), 0);
+
+    // A restart keeps what is kept; the new worker starts its own timer.
+    channel
+        .queue_unbind("dead", "dlx", "", &FieldTable::new())
+        .unwrap();
+    publish(&channel, "src", "across-a-restart", true);
+    reject_one();
+    assert_eq!(kept(), 1);
+    now_ms.store(200_000, Ordering::SeqCst);
+    broker.restart();
+    assert_eq!(kept(), 1);
+    let connection = broker.connect();
+    let channel = connection.open_channel().unwrap();
+    channel.queue_bind("dead", "dlx", "").unwrap();
+    // The transient "at-once" did not survive the restart in the classic queue.
+    now_ms.store(379_999, Ordering::SeqCst);
+    assert_eq!(broker.queue_depth("dead"), Some(0));
+    now_ms.store(380_000, Ordering::SeqCst);
+    assert_eq!(broker.queue_depth("dead"), Some(1));
+    assert_eq!(kept(), 0);
+    // Deleting the queue drops what it keeps.
+    channel
+        .queue_unbind("dead", "dlx", "", &FieldTable::new())
+        .unwrap();
+    publish(&channel, "src", "gone", false);
+    let got = channel.basic_get("src", false).unwrap().unwrap().delivery;
+    channel.basic_reject(got.delivery_tag, false).unwrap();
+    assert_eq!(kept(), 1);
+    channel.queue_delete("src", false, false).unwrap();
+    broker.check_invariants().unwrap();
+}
+
+/// The at-least-once worker's retry (RabbitMQ 3.10.8, probed): it routes by the keys of the
+/// newest `x-death` entry (the routing key and `CC`, not `BCC`), and delivers only to the
+/// queues that have not taken the message: a full queue that refused it gets it once it has
+/// room, and a queue that took it the first time does not get it twice.
+#[test]
+fn an_at_least_once_worker_routes_again_by_the_death_keys_to_queues_that_have_not_taken_it() {
+    let (broker, now_ms) = clocked();
+    let connection = broker.connect();
+    let channel = connection.open_channel().unwrap();
+    let durable = QueueOptions {
+        durable: true,
+        ..QueueOptions::default()
+    };
+    let string = |text: &str| FieldValue::String(text.to_owned());
+    let at_least_once = |dlx: &str| {
+        FieldTable::from([
+            ("x-queue-type".to_owned(), string("quorum")),
+            ("x-dead-letter-exchange".to_owned(), string(dlx)),
+            ("x-dead-letter-strategy".to_owned(), string("at-least-once")),
+            ("x-overflow".to_owned(), string("reject-publish")),
+        ])
+    };
+    let dead_letter = |queue: &str, headers: Option<FieldTable>| {
+        let properties = Properties {
+            headers,
+            ..Properties::default()
+        };
+        let body = Bytes::from_static(b"dead");
+        let confirm = channel.basic_publish("", queue, properties, body).unwrap();
+        assert_eq!(confirm, Confirm::Ack);
+        let got = channel.basic_get(queue, false).unwrap().unwrap().delivery;
+        channel.basic_reject(got.delivery_tag, false).unwrap();
+    };
+    let exchange = |name: &str, kind: ExchangeKind| {
+        (channel.exchange_declare(name, kind, ExchangeOptions::default())).unwrap();
+    };
+    // The keys: a direct exchange with no bindings yet.
+    exchange("dx", ExchangeKind::Direct);
+    channel
+        .queue_declare_with("k", durable, &at_least_once("dx"))
+        .unwrap();
+    let keys = |keys: &[&str]| FieldValue::Array(keys.iter().map(|k| string(k)).collect());
+    let headers = FieldTable::from([
+        ("CC".to_owned(), keys(&["cc"])),
+        ("BCC".to_owned(), keys(&["bcc"])),
+    ]);
+    dead_letter("k", Some(headers));
+    for (queue, key) in [("to-k", "k"), ("to-cc", "cc"), ("to-bcc", "bcc")] {
+        channel.queue_declare(queue, durable).unwrap();
+        channel.queue_bind(queue, "dx", key).unwrap();
+    }
+    // A full queue refuses: a fanout to an open queue and a full one.
+    exchange("fx", ExchangeKind::Fanout);
+    channel.queue_declare("open", durable).unwrap();
+    let full = FieldTable::from([
+        ("x-max-length".to_owned(), FieldValue::I64(1)),
+        ("x-overflow".to_owned(), string("reject-publish")),
+    ]);
+    channel.queue_declare_with("full", durable, &full).unwrap();
+    channel.queue_bind("open", "fx", "").unwrap();
+    channel.queue_bind("full", "fx", "").unwrap();
+    publish(&channel, "full", "filler", false);
+    channel
+        .queue_declare_with("f", durable, &at_least_once("fx"))
+        .unwrap();
+    dead_letter("f", None);
+    let depths =
+        || ["to-k", "to-cc", "to-bcc", "open", "full"].map(|q| broker.queue_depth(q).unwrap());
+    assert_eq!(depths(), [0, 0, 0, 1, 1]);
+    channel.basic_get("full", true).unwrap().unwrap();
+    now_ms.store(179_999, Ordering::SeqCst);
+    assert_eq!(depths(), [0, 0, 0, 1, 0]);
+    now_ms.store(180_000, Ordering::SeqCst);
+    assert_eq!(depths(), [1, 1, 0, 1, 1]);
+    let kept: usize = broker.queues().iter().map(|q| q.dead_lettering).sum();
+    assert_eq!(kept, 0);
+    broker.check_invariants().unwrap();
+}

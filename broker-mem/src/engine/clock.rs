@@ -35,8 +35,8 @@ impl Alarm {
 
 impl Engine {
     /// The earliest clock reading at which the engine has something to do by itself: a queue
-    /// head's TTL, an unused queue's `x-expires`, a channel's consumer timeout, a delayed
-    /// delivery (fault hook). None: nothing happens until a call. A tick at that reading
+    /// head's TTL, an unused queue's `x-expires`, a channel's consumer timeout, a dead-letter
+    /// worker's retry (see `dead_letters`), a delayed delivery (fault hook). None: nothing happens until a call. A tick at that reading
     /// does it. [`Engine::take_alarm`] then reports calls that set an earlier one.
     /// Scans every queue and channel: for the time keeper (through
     /// [`crate::Broker::next_deadline_in_ms`]), not for every call; it also resets the alarm.
@@ -53,6 +53,10 @@ impl Engine {
             .queues
             .values()
             .filter_map(|q| q.unused_expires_at_ms());
+        let dead_letter_retries = self
+            .queues
+            .values()
+            .filter_map(|q| q.dead_letters.retry_at_ms);
         let timeouts = self.limits.consumer_timeout_ms.map(|timeout_ms| {
             self.channels
                 .values()
@@ -68,6 +72,7 @@ impl Engine {
         let due = delayed
             .chain(heads)
             .chain(unused)
+            .chain(dead_letter_retries)
             .chain(timeouts.into_iter().flatten())
             .min();
         self.alarm = Alarm {

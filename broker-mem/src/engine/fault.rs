@@ -173,7 +173,8 @@ impl Engine {
     /// A broker restart, as RabbitMQ does it: every connection is closed (320
     /// CONNECTION_FORCED), transient exchanges and queues are gone, durable classic queues keep
     /// only their persistent (`delivery_mode = 2`) messages, quorum queues all of theirs (those that had been delivered come back
-    /// marked redelivered), bindings survive when both ends do. Armed faults and delayed
+    /// marked redelivered, and those kept to be dead-lettered at least once are forwarded
+    /// again), bindings survive when both ends do. Armed faults and delayed
     /// deliveries are lost. The clock keeps running.
     pub fn restart(&mut self) {
         // Every connection goes before anything is dispatched again: what one connection's
@@ -219,6 +220,17 @@ impl Engine {
             .collect();
         for exchange in &transient {
             self.remove_exchange(exchange);
+        }
+        // The dead-letter workers start again and take what their queues kept afresh.
+        let keeping: Vec<SmolStr> = (self.queues.iter_mut())
+            .filter(|(_, q)| !q.dead_letters.is_empty())
+            .map(|(name, q)| {
+                q.dead_letters.give_back();
+                name.clone()
+            })
+            .collect();
+        for queue in &keeping {
+            self.forward_dead_letters(queue);
         }
         self.run_until_idle();
     }
