@@ -673,9 +673,8 @@ impl Queue {
         too_many || too_big
     }
 
-    /// Whether the ready messages are over a length limit now.
-    /// Messages kept to be dead-lettered at least once count too (rabbit_fifo's
-    /// `is_over_limit`).
+    /// Whether the ready messages are over a length limit now; messages kept to be
+    /// dead-lettered at least once count too (rabbit_fifo's `is_over_limit`).
     pub(crate) fn over_limit(&self) -> bool {
         let too_many = (self.args.max_length).is_some_and(|max| self.held_len() as u64 > max);
         let too_big =
@@ -829,8 +828,8 @@ impl Queue {
 
     /// RabbitMQ 3.10's soft limit of a quorum `reject-publish` queue (rabbit_fifo, probed):
     /// over the limit after any change, every publisher it knows is told to stop; once its
-    /// ready messages (and bytes; with those kept to be dead-lettered) are at most 80 % of the limit, rounded down, they are all
-    /// told to go on (see [`Queue::would_overflow`]).
+    /// ready messages (and bytes), with those kept to be dead-lettered, are at most 80 % of
+    /// the limit, rounded down, they are all told to go on (see [`Queue::would_overflow`]).
     pub(crate) fn note_length(&mut self) {
         if self.args.queue_type != QueueType::Quorum
             || self.args.overflow != Overflow::RejectPublish

@@ -36,8 +36,8 @@ impl Alarm {
 impl Engine {
     /// The earliest clock reading at which the engine has something to do by itself: a queue
     /// head's TTL, an unused queue's `x-expires`, a channel's consumer timeout, a dead-letter
-    /// worker's retry (see `dead_letters`), a delayed delivery (fault hook). None: nothing happens until a call. A tick at that reading
-    /// does it. [`Engine::take_alarm`] then reports calls that set an earlier one.
+    /// worker's retry (see `dead_letters`), a delayed delivery (fault hook). None: nothing
+    /// happens until a call. A tick at that reading does it. [`Engine::take_alarm`] then reports calls that set an earlier one.
     /// Scans every queue and channel: for the time keeper (through
     /// [`crate::Broker::next_deadline_in_ms`]), not for every call; it also resets the alarm.
     pub(crate) fn next_due_ms(&mut self) -> Option<u64> {
