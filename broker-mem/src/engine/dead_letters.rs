@@ -17,7 +17,8 @@
 //! The first delivery routes by the keys at-most-once dead-lettering routes by (`BCC`
 //! included); a later one by the dead-letter routing key or, without one, the keys of the
 //! newest `x-death` entry, as the worker does. A queue deleted (or expired) drops what it
-//! keeps; a broker restart keeps it, and the new worker takes it afresh.
+//! keeps; a broker restart keeps it, and the new worker takes it afresh (these two, and the
+//! worker's prefetch, follow RabbitMQ's source; the rest was probed).
 
 use std::collections::VecDeque;
 
