@@ -2088,39 +2088,30 @@ impl Engine {
                 (message.routing_key.clone(), keys, message.bcc.clone())
             }
         };
+        let first_keys: Vec<SmolStr> = std::iter::once(routing_key.clone())
+            .chain(extra_keys)
+            .collect();
+        let republished = Message::new(
+            dlx.into(),
+            routing_key,
+            Message::share_properties(properties),
+            message.body.clone(),
+            bcc,
+        );
         if at_least_once {
-            let first_keys = std::iter::once(routing_key.clone())
-                .chain(extra_keys)
-                .collect();
-            let republished = Message::new(
-                dlx.into(),
-                routing_key,
-                Message::share_properties(properties),
-                message.body.clone(),
-                bcc,
-            );
             let letter = DeadLetter::new(republished, reason, first_keys, retry_keys);
             self.keep_dead_letter(queue_name, letter);
             return;
         }
         // A dead-letter exchange that does not exist drops the message, as in RabbitMQ.
-        let Some(dlx_index) = self.exchanges.get_index_of(dlx.as_str()) else {
-            return;
-        };
-        let mut targets = Vec::new();
-        self.route(
-            dlx_index,
-            &routing_key,
-            &extra_keys,
-            properties.headers.as_ref(),
-            &mut targets,
-        );
-        targets.retain(|queue| reason == DeathReason::Rejected || !is_cycle(&properties, queue));
+        let mut targets = self.route_dead_letter(&republished, &first_keys);
+        let properties = &republished.properties;
+        targets.retain(|queue| reason == DeathReason::Rejected || !is_cycle(properties, queue));
         if targets.is_empty() {
             return;
         }
         if self
-            .over_ceiling(targets.len(), message.body.len())
+            .over_ceiling(targets.len(), republished.body.len())
             .is_some()
         {
             tracing::warn!(
@@ -2129,17 +2120,25 @@ impl Engine {
             );
             return;
         }
-        let republished = Message::new(
-            dlx.into(),
-            routing_key,
-            Message::share_properties(properties),
-            message.body.clone(),
-            bcc,
-        );
         for target in &targets {
             // A full reject-publish queue drops it: dead-lettering has no publisher to nack.
             self.enqueue(target, usize::MAX, &republished, None);
         }
+    }
+
+    /// The queues a dead-lettered message (as republished, to its dead-letter exchange)
+    /// reaches by `keys` (the first is its routing key), before the cycle rule; none when
+    /// the exchange does not exist.
+    fn route_dead_letter(&self, message: &Message, keys: &[SmolStr]) -> Vec<SmolStr> {
+        let mut targets = Vec::new();
+        let exchange = self.exchanges.get_index_of(message.exchange.as_str());
+        if let Some(index) = exchange
+            && let Some((routing_key, extra_keys)) = keys.split_first()
+        {
+            let headers = message.properties.headers.as_ref();
+            self.route(index, routing_key, extra_keys, headers, &mut targets);
+        }
+        targets
     }
 
     /// Why `copies` more copies of a `body_bytes` body would break the held ceilings, if they

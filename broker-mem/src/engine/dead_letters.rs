@@ -213,23 +213,19 @@ impl Engine {
         let Some(letter) = queue.dead_letters.kept.get(at) else {
             return false;
         };
-        let Some(dlx_index) = self
+        // A missing exchange routes nowhere: the message stays.
+        if !self
             .exchanges
-            .get_index_of(letter.message.exchange.as_str())
-        else {
+            .contains_key(letter.message.exchange.as_str())
+        {
             return false;
-        };
+        }
         let keys = if retry {
             &letter.retry_keys
         } else {
             &letter.first_keys
         };
-        let Some((routing_key, extra_keys)) = keys.split_first() else {
-            return false;
-        };
-        let mut targets = Vec::new();
-        let headers = letter.message.properties.headers.as_ref();
-        self.route(dlx_index, routing_key, extra_keys, headers, &mut targets);
+        let mut targets = self.route_dead_letter(&letter.message, keys);
         if retry && targets.is_empty() && !letter.taken_by.is_empty() {
             return true;
         }
