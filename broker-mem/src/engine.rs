@@ -39,8 +39,8 @@ use crate::message::{
     PublishOptions, Published, REPLY_NO_ROUTE, Returned, add_death, header_routes, is_cycle,
 };
 use crate::queue::{
-    Overflow, Queue, QueueArguments, QueueDeclareOk, QueueInfo, QueueOptions, QueueSet, QueueType,
-    Queued,
+    Overflow, Publisher, Queue, QueueArguments, QueueDeclareOk, QueueInfo, QueueOptions, QueueSet,
+    QueueType, Queued,
 };
 
 mod clock;
@@ -1845,7 +1845,7 @@ impl Engine {
         let mut refused = Vec::new();
         for (at, name) in targets.iter().enumerate() {
             let hint = hints.get(at).copied().unwrap_or(usize::MAX);
-            if !self.enqueue(name, hint, &message, Some(channel)) {
+            if !self.enqueue(name, hint, &message, Some(Publisher::Channel(channel))) {
                 refused.push(name.as_str());
             }
         }
@@ -1951,7 +1951,7 @@ impl Engine {
         queue_name: &SmolStr,
         hint: usize,
         message: &Message,
-        publisher: Option<ChannelId>,
+        publisher: Option<Publisher>,
     ) -> bool {
         let now_ms = self.now_ms;
         let Some(at) = hinted_index(&self.queues, hint, queue_name) else {
@@ -1962,8 +1962,8 @@ impl Engine {
         };
         // The queue is about to know the channel: the channel remembers it, to be forgotten
         // on its close.
-        if let Some(channel) = publisher
-            && queue.is_new_publisher(channel)
+        if let Some(Publisher::Channel(channel)) = publisher
+            && queue.is_new_publisher(Publisher::Channel(channel))
             && let Some(state) = self.channels.get_mut(&channel)
             && !state.known_by.contains(queue_name)
         {
@@ -2889,7 +2889,7 @@ impl Engine {
         let unacked: Vec<Unacked> = state.unacked.take_all().collect();
         for queue in std::mem::take(&mut state.known_by) {
             if let Some(queue) = self.queues.get_mut(&queue) {
-                queue.forget_publisher(channel);
+                queue.forget_publisher(Publisher::Channel(channel));
             }
         }
         let mut orphaned = BTreeSet::new();
@@ -2952,6 +2952,12 @@ impl Engine {
         }
         for letter in queue.dead_letters.drain() {
             self.held.release(&letter.message);
+        }
+        // Its dead-letter worker stops with it.
+        if queue.args.dead_letter_at_least_once {
+            for other in self.queues.values_mut() {
+                other.forget_publisher(Publisher::DeadLetterWorker(queue.id));
+            }
         }
         let consumers: Vec<(ChannelId, SmolStr)> = queue.consumers().cloned().collect();
         for (channel, tag) in consumers {

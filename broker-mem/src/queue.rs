@@ -449,6 +449,17 @@ pub(crate) struct Queued {
 /// A consumer as the queue knows it: its channel and tag.
 pub(crate) type ConsumerKey = (ChannelId, SmolStr);
 
+/// Who publishes to a queue, as a quorum `reject-publish` queue tells its publishers apart
+/// (RabbitMQ's enqueuers, one per process that enqueues).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub(crate) enum Publisher {
+    Channel(ChannelId),
+    /// The at-least-once dead-letter worker of the queue with this id: it publishes with
+    /// confirms, so a full quorum queue refuses it as it refuses a channel (probed on
+    /// 3.10.8). At-most-once dead-lettering has no publisher and is never refused.
+    DeadLetterWorker(u64),
+}
+
 #[derive(Debug)]
 pub(crate) struct Queue {
     /// Distinguishes this queue from an earlier one of the same name.
@@ -481,11 +492,12 @@ pub(crate) struct Queue {
     /// `x-expires` after this.
     pub last_used_ms: u64,
     /// A quorum `reject-publish` queue's publishers (RabbitMQ's enqueuers: each channel that
-    /// has published to it and is still open), each with whether it has been told to stop:
-    /// the queue refuses one publisher and takes from another (see [`Queue::would_overflow`]).
-    /// At most one entry per open channel: a channel's close forgets it
-    /// ([`Queue::forget_publisher`]).
-    publishers: HandleMap<ChannelId, bool>,
+    /// has published to it and is still open, and each at-least-once dead-letter worker that
+    /// has), each with whether it has been told to stop: the queue refuses one publisher and
+    /// takes from another (see [`Queue::would_overflow`]). At most one entry per open channel
+    /// and per queue that dead-letters here: a channel's close, the source queue's deletion
+    /// and a restart forget it ([`Queue::forget_publisher`]).
+    publishers: HandleMap<Publisher, bool>,
     /// Whether any of `publishers` has been told to stop (so that taking a message looks at
     /// the limit only then).
     refusing: bool,
@@ -644,21 +656,21 @@ impl Queue {
     /// limit, not on the way down to 80 %. Dead-lettered messages never ask: they always get in.
     pub(crate) fn would_overflow(
         &mut self,
-        publisher: Option<ChannelId>,
+        publisher: Option<Publisher>,
         body_bytes: usize,
     ) -> bool {
         if self.args.queue_type == QueueType::Quorum {
             if self.args.overflow != Overflow::RejectPublish {
                 return false;
             }
-            let Some(channel) = publisher else {
+            let Some(publisher) = publisher else {
                 return false;
             };
-            if let Some(&stopped) = self.publishers.get(&channel) {
+            if let Some(&stopped) = self.publishers.get(&publisher) {
                 return stopped;
             }
             let stopped = self.over_limit();
-            self.publishers.insert(channel, stopped);
+            self.publishers.insert(publisher, stopped);
             self.refusing |= stopped;
             return stopped;
         }
@@ -858,16 +870,22 @@ impl Queue {
     }
 
     /// Whether this queue keeps a record of its publishers (a quorum `reject-publish`
-    /// queue), and has none of `channel` yet.
-    pub(crate) fn is_new_publisher(&self, channel: ChannelId) -> bool {
+    /// queue), and has none of `publisher` yet.
+    pub(crate) fn is_new_publisher(&self, publisher: Publisher) -> bool {
         self.args.queue_type == QueueType::Quorum
             && self.args.overflow == Overflow::RejectPublish
-            && !self.publishers.contains_key(&channel)
+            && !self.publishers.contains_key(&publisher)
     }
 
-    /// A channel that closed: a later channel is a new publisher.
-    pub(crate) fn forget_publisher(&mut self, channel: ChannelId) {
-        self.publishers.shift_remove(&channel);
+    /// A channel that closed, or a dead-letter worker that stopped: a later one is a new
+    /// publisher.
+    pub(crate) fn forget_publisher(&mut self, publisher: Publisher) {
+        self.publishers.shift_remove(&publisher);
+    }
+
+    /// Every dead-letter worker stopped (a broker restart).
+    pub(crate) fn forget_dead_letter_workers(&mut self) {
+        (self.publishers).retain(|publisher, _| matches!(publisher, Publisher::Channel(_)));
     }
 
     fn insert_in_order(&mut self, entry: Queued) {

@@ -4655,8 +4655,9 @@ async fn a_quorum_get_with_manual_ack_counts_the_expired_message_behind_it(b: &m
 /// `reject-publish` queue keeps a message its dead-letter exchange cannot route (here: an
 /// exchange that does not exist) instead of dropping it, and counts it toward its length
 /// limit, though not among its ready messages. Without `reject-publish`, and with
-/// `at-most-once`, such a message is dropped. A routable one goes at once either way. (The
-/// worker routes kept messages again after 180 s: `tests/faults.rs`, on the engine's clock.)
+/// `at-most-once`, such a message is dropped. A routable one goes at once either way, unless
+/// a quorum `reject-publish` queue it routes to refuses it. (The worker routes kept messages
+/// again after 180 s: `tests/faults.rs`, on the engine's clock.)
 async fn a_quorum_queue_keeps_what_it_dead_letters_at_least_once_toward_its_limit(
     b: &mut impl Amqp,
 ) {
@@ -4718,4 +4719,38 @@ async fn a_quorum_queue_keeps_what_it_dead_letters_at_least_once_toward_its_limi
     }
     assert_eq!(b.depth_becomes("dead", Some(3)).await, Some(3));
     assert!(confirmed(b, ch, "routed", "room").await);
+    // The worker publishes with confirms, so a quorum `reject-publish` target treats it as
+    // any publisher (probed on 3.10.8): its first message asks, and gets in while the target
+    // is not over its limit; then the target is over it and has told the worker to stop, so
+    // the next stays kept in the source, where it counts toward the limit. (A message
+    // dead-lettered at most once never asks.)
+    let target = table(&[
+        ("x-queue-type", s("quorum")),
+        ("x-max-length", i(1)),
+        ("x-overflow", s("reject-publish")),
+    ]);
+    b.queue_declare(ch, "target", DURABLE, target)
+        .await
+        .unwrap();
+    b.exchange(ch, "to-target", "fanout").await;
+    b.bind(ch, "target", "to-target", "").await;
+    assert!(confirmed(b, ch, "target", "at-the-limit").await);
+    let source = quorum("to-target", "at-least-once", "reject-publish");
+    b.queue_declare(ch, "source", DURABLE, source)
+        .await
+        .unwrap();
+    for n in 0..2 {
+        assert!(confirmed(b, ch, "source", &format!("dead-lettered-{n}")).await);
+        let (got, _) = b.get(ch, "source", false).await.unwrap().unwrap();
+        b.reject(ch, got.tag, false).await.unwrap();
+        b.sleep_ms(200).await;
+    }
+    assert_eq!(b.depth("target").await, Some(2));
+    // One kept, none ready: two publishes take the source over its limit of two.
+    let mut publishes = Vec::new();
+    for n in 0..3 {
+        publishes.push(confirmed(b, ch, "source", &format!("after-{n}")).await);
+    }
+    assert_eq!(publishes, [true, true, false]);
+    assert_eq!(b.depth("source").await, Some(2));
 }

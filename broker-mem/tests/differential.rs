@@ -94,6 +94,15 @@ fn queue_arguments(kind: usize) -> FieldTable {
             ("x-queue-type", s("quorum")),
             ("x-single-active-consumer", FieldValue::Bool(true)),
         ]),
+        // At-least-once dead-lettering: what it dead-letters counts toward its length until
+        // `dead` has taken it (RabbitMQ forwards it in the background, so the run waits).
+        11 => table(&[
+            ("x-queue-type", s("quorum")),
+            ("x-max-length", i(2)),
+            ("x-overflow", s("reject-publish")),
+            ("x-dead-letter-strategy", s("at-least-once")),
+            ("x-dead-letter-exchange", s("dlx")),
+        ]),
         _ => table(&[
             ("x-queue-type", s("quorum")),
             ("x-max-length", i(2)),
@@ -103,7 +112,7 @@ fn queue_arguments(kind: usize) -> FieldTable {
         ]),
     }
 }
-const QUEUE_KINDS: usize = 12;
+const QUEUE_KINDS: usize = 13;
 /// The kinds from here on are quorum queues.
 const QUORUM_KINDS_FROM: usize = 8;
 

@@ -836,6 +836,84 @@ fn an_at_least_once_quorum_queue_keeps_dead_letters_until_its_worker_routes_them
 /// newest `x-death` entry (the routing key and `CC`, not `BCC`), and delivers only to the
 /// queues that have not taken the message: a full queue that refused it gets it once it has
 /// room, and a queue that took it the first time does not get it twice.
+/// The at-least-once worker is a publisher to a quorum `reject-publish` queue like any other
+/// (probed on 3.10.8): its first message asks and gets in while the queue is not over its
+/// limit; once the queue is over it, the worker is told to stop, and what it forwards stays
+/// kept until a retry finds the queue back at 80 % of its limit.
+#[test]
+fn an_at_least_once_worker_is_refused_by_a_quorum_queue_over_its_limit_until_it_drains() {
+    let (broker, now_ms) = clocked();
+    let connection = broker.connect();
+    let channel = connection.open_channel().unwrap();
+    let durable = QueueOptions {
+        durable: true,
+        ..QueueOptions::default()
+    };
+    let string = |text: &str| FieldValue::String(text.to_owned());
+    let quorum = |more: &[(&str, FieldValue)]| {
+        let mut arguments = FieldTable::from([
+            ("x-queue-type".to_owned(), string("quorum")),
+            ("x-overflow".to_owned(), string("reject-publish")),
+        ]);
+        for (key, value) in more {
+            arguments.insert((*key).to_owned(), value.clone());
+        }
+        arguments
+    };
+    (channel.exchange_declare("tx", ExchangeKind::Fanout, ExchangeOptions::default())).unwrap();
+    let target = quorum(&[("x-max-length", FieldValue::I64(2))]);
+    channel
+        .queue_declare_with("target", durable, &target)
+        .unwrap();
+    channel.queue_bind("target", "tx", "").unwrap();
+    publish(&channel, "target", "fill-0", false);
+    publish(&channel, "target", "fill-1", false);
+    let source = quorum(&[
+        ("x-dead-letter-exchange", string("tx")),
+        ("x-dead-letter-strategy", string("at-least-once")),
+    ]);
+    channel
+        .queue_declare_with("source", durable, &source)
+        .unwrap();
+    let dead_letter = |body: &'static str| {
+        publish(&channel, "source", body, false);
+        let got = channel
+            .basic_get("source", false)
+            .unwrap()
+            .unwrap()
+            .delivery;
+        channel.basic_reject(got.delivery_tag, false).unwrap();
+    };
+    let kept = || {
+        let queues = broker.queues();
+        queues
+            .iter()
+            .find(|q| q.name == "source")
+            .unwrap()
+            .dead_lettering
+    };
+    // At its limit, not over it: the worker's first message gets in, and takes it over.
+    dead_letter("first");
+    assert_eq!((broker.queue_depth("target").unwrap(), kept()), (3, 0));
+    dead_letter("second");
+    assert_eq!((broker.queue_depth("target").unwrap(), kept()), (3, 1));
+    // Two of three left is still over 80 % of two: the retry is refused too.
+    channel.basic_get("target", true).unwrap().unwrap();
+    now_ms.store(180_000, Ordering::SeqCst);
+    assert_eq!((broker.queue_depth("target").unwrap(), kept()), (2, 1));
+    // One left is at 80 %: the next retry, 180 s after this one, gets in.
+    channel.basic_get("target", true).unwrap().unwrap();
+    now_ms.store(359_999, Ordering::SeqCst);
+    assert_eq!((broker.queue_depth("target").unwrap(), kept()), (1, 1));
+    now_ms.store(360_000, Ordering::SeqCst);
+    assert_eq!((broker.queue_depth("target").unwrap(), kept()), (2, 0));
+    let bodies: Vec<_> = std::iter::from_fn(|| channel.basic_get("target", true).unwrap())
+        .map(|got| got.delivery.body)
+        .collect();
+    assert_eq!(bodies, [&b"first"[..], b"second"]);
+    broker.check_invariants().unwrap();
+}
+
 #[test]
 fn an_at_least_once_worker_routes_again_by_the_death_keys_to_queues_that_have_not_taken_it() {
     let (broker, now_ms) = clocked();

@@ -6,7 +6,8 @@
 //!   dead-lettered, and forwards each as it takes it. One that every queue it routes to takes
 //!   is settled and leaves the source queue, and the worker takes the next;
 //! - one that routes nowhere (no exchange, no binding) or that a full queue refuses stays
-//!   with the worker. [`RETRY_MS`] after the first such message the worker routes again each
+//!   with the worker (a quorum `reject-publish` queue knows the worker as a publisher of its
+//!   own, told to stop while the queue is over its limit, as a channel is). [`RETRY_MS`] after the first such message the worker routes again each
 //!   that was never delivered or whose delivery is that old, to the queues that have not
 //!   taken it yet, and starts the timer again while any is left (probed on 3.10.8: messages
 //!   rejected into an exchange with no binding arrived 180 s after the reject, 179 s after the
@@ -26,6 +27,7 @@ use smol_str::SmolStr;
 
 use super::Engine;
 use crate::message::{DeathReason, Message, is_cycle};
+use crate::queue::Publisher;
 
 /// How many kept messages the worker takes at a time (RabbitMQ's
 /// `dead_letter_worker_consumer_prefetch`, 32 by default).
@@ -246,10 +248,11 @@ impl Engine {
             return false;
         }
         let message = letter.message.clone();
+        let worker = Some(Publisher::DeadLetterWorker(queue.id));
         let mut took = Vec::new();
         let mut all = true;
         for target in targets {
-            if self.enqueue(&target, usize::MAX, &message, None) {
+            if self.enqueue(&target, usize::MAX, &message, worker) {
                 took.push(target);
             } else {
                 all = false;

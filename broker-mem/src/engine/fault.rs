@@ -221,7 +221,11 @@ impl Engine {
         for exchange in &transient {
             self.remove_exchange(exchange);
         }
-        // The dead-letter workers start again and take what their queues kept afresh.
+        // The dead-letter workers start again and take what their queues kept afresh, as
+        // publishers the queues have not met.
+        for queue in self.queues.values_mut() {
+            queue.forget_dead_letter_workers();
+        }
         let keeping: Vec<SmolStr> = (self.queues.iter_mut())
             .filter(|(_, q)| !q.dead_letters.is_empty())
             .map(|(name, q)| {
