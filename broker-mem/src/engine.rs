@@ -1140,6 +1140,21 @@ impl Engine {
                     queue.gets_unsettled
                 ));
             }
+            // A publisher is forgotten when it goes: the record stays within one entry per
+            // open channel and per at-least-once queue.
+            for publisher in queue.publishers() {
+                let live = match publisher {
+                    Publisher::Channel(channel) => (self.channels.get(channel))
+                        .is_some_and(|c| c.closed.is_none() && c.known_by.contains(name)),
+                    Publisher::DeadLetterWorker(id) => (self.queues.values())
+                        .any(|q| q.id == *id && q.args.dead_letter_at_least_once),
+                };
+                if !live {
+                    return Err(format!(
+                        "queue '{name}' knows a publisher that is gone: {publisher:?}"
+                    ));
+                }
+            }
             for (channel, tag) in queue.consumers() {
                 let consumer = self
                     .channels

@@ -883,6 +883,11 @@ impl Queue {
         self.publishers.shift_remove(&publisher);
     }
 
+    /// The publishers a quorum `reject-publish` queue knows.
+    pub(crate) fn publishers(&self) -> impl Iterator<Item = &Publisher> {
+        self.publishers.keys()
+    }
+
     /// Every dead-letter worker stopped (a broker restart).
     pub(crate) fn forget_dead_letter_workers(&mut self) {
         (self.publishers).retain(|publisher, _| matches!(publisher, Publisher::Channel(_)));

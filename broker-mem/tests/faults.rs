@@ -912,6 +912,9 @@ fn an_at_least_once_worker_is_refused_by_a_quorum_queue_over_its_limit_until_it_
         .collect();
     assert_eq!(bodies, [&b"first"[..], b"second"]);
     broker.check_invariants().unwrap();
+    // The target forgets the worker when its queue goes (the invariants check that it does).
+    channel.queue_delete("source", false, false).unwrap();
+    broker.check_invariants().unwrap();
 }
 
 #[test]
