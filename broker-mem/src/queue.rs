@@ -644,16 +644,18 @@ impl Queue {
     }
 
     /// Whether a queue that refuses messages at its limit (`reject-publish`) refuses one more
-    /// of `body_bytes` from `publisher` (None: dead-lettered into it). A classic queue refuses
-    /// one that would pass `x-max-length` or `x-max-length-bytes`, whoever sends it. Both
-    /// count ready messages only.
+    /// of `body_bytes` from `publisher` (None: dead-lettered into it at most once). A classic
+    /// queue refuses one that would pass `x-max-length` or `x-max-length-bytes`, whoever
+    /// sends it. Both count ready messages, and a quorum queue those it keeps to dead-letter at
+    /// least once.
     ///
     /// A quorum queue's limit is soft, and it refuses publishers one by one (RabbitMQ 3.10,
     /// rabbit_fifo and rabbit_fifo_client, probed on 3.10.8): when it goes over a limit, every
     /// channel that has published to it is told to stop (so one message more gets in), and
     /// once its ready messages are back at 80 % of the limit they are all told to go on. A
     /// channel's first publish to it asks, and is refused only while the queue is over the
-    /// limit, not on the way down to 80 %. Dead-lettered messages never ask: they always get in.
+    /// limit, not on the way down to 80 %. Messages dead-lettered at most once never ask: they
+    /// always get in; the at-least-once worker is a publisher ([`Publisher`]).
     pub(crate) fn would_overflow(
         &mut self,
         publisher: Option<Publisher>,

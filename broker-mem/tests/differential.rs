@@ -103,6 +103,23 @@ fn queue_arguments(kind: usize) -> FieldTable {
             ("x-dead-letter-strategy", s("at-least-once")),
             ("x-dead-letter-exchange", s("dlx")),
         ]),
+        // Into another of the test's queues, whatever its kind (a quorum `reject-publish`
+        // queue over its limit refuses the at-least-once worker, and takes what is
+        // dead-lettered at most once), through the default exchange.
+        12 => table(&[
+            ("x-queue-type", s("quorum")),
+            ("x-max-length", i(2)),
+            ("x-overflow", s("reject-publish")),
+            ("x-dead-letter-strategy", s("at-least-once")),
+            ("x-dead-letter-exchange", s("")),
+            ("x-dead-letter-routing-key", s("q0")),
+        ]),
+        13 => table(&[
+            ("x-queue-type", s("quorum")),
+            ("x-max-length", i(2)),
+            ("x-dead-letter-exchange", s("")),
+            ("x-dead-letter-routing-key", s("q1")),
+        ]),
         _ => table(&[
             ("x-queue-type", s("quorum")),
             ("x-max-length", i(2)),
@@ -112,7 +129,7 @@ fn queue_arguments(kind: usize) -> FieldTable {
         ]),
     }
 }
-const QUEUE_KINDS: usize = 13;
+const QUEUE_KINDS: usize = 15;
 /// The kinds from here on are quorum queues.
 const QUORUM_KINDS_FROM: usize = 8;
 

@@ -7,19 +7,22 @@
 //!   is settled and leaves the source queue, and the worker takes the next;
 //! - one that routes nowhere (no exchange, no binding) or that a full queue refuses stays
 //!   with the worker (a quorum `reject-publish` queue knows the worker as a publisher of its
-//!   own, told to stop while the queue is over its limit, as a channel is). [`RETRY_MS`] after the first such message the worker routes again each
-//!   that was never delivered or whose delivery is that old, to the queues that have not
-//!   taken it yet, and starts the timer again while any is left (probed on 3.10.8: messages
-//!   rejected into an exchange with no binding arrived 180 s after the reject, 179 s after the
-//!   binding that made them routable);
+//!   own, told to stop while the queue is over its limit, as a channel is). [`RETRY_MS`]
+//!   after the first such message the worker routes again each that was never delivered or
+//!   whose delivery is that old, to the queues that have not taken it yet, and starts the
+//!   timer again while any is left (probed on 3.10.8: messages rejected into an exchange with
+//!   no binding arrived 180 s after the reject, 179 s after the binding that made them
+//!   routable; one a quorum queue over its limit refused, at the first retry that found the
+//!   queue back at 80 %);
 //! - kept messages count toward the queue's length limits (rabbit_fifo's `is_over_limit` and
 //!   `is_below_soft_limit`), not among its ready messages (`queue.declare-ok`; probed).
 //!
 //! The first delivery routes by the keys at-most-once dead-lettering routes by (`BCC`
 //! included); a later one by the dead-letter routing key or, without one, the keys of the
 //! newest `x-death` entry, as the worker does. A queue deleted (or expired) drops what it
-//! keeps; a broker restart keeps it, and the new worker takes it afresh (these two, and the
-//! worker's prefetch, follow RabbitMQ's source; the rest was probed).
+//! keeps; a broker restart keeps it, and the new worker takes it afresh, forwarding what
+//! routes by then at once (the deletion and the worker's prefetch follow RabbitMQ's source;
+//! the rest was probed).
 
 use std::collections::VecDeque;
 
