@@ -820,14 +820,18 @@ fn an_at_least_once_quorum_queue_keeps_dead_letters_until_its_worker_routes_them
     now_ms.store(380_000, Ordering::SeqCst);
     assert_eq!(broker.queue_depth("dead"), Some(1));
     assert_eq!(kept(), 0);
+    // One rejected while nothing routes is kept.
+    let keep_one = |channel: &Channel, body: &str, persistent: bool| {
+        channel
+            .queue_unbind("dead", "dlx", "", &FieldTable::new())
+            .unwrap();
+        publish(channel, "src", body, persistent);
+        let got = channel.basic_get("src", false).unwrap().unwrap().delivery;
+        channel.basic_reject(got.delivery_tag, false).unwrap();
+    };
     // What routes by the time of a restart goes as the broker comes back: the new worker
     // takes it afresh (probed on 3.10.8 with `rabbitmqctl stop_app` and `start_app`).
-    channel
-        .queue_unbind("dead", "dlx", "", &FieldTable::new())
-        .unwrap();
-    publish(&channel, "src", "routed-by-the-restart", true);
-    let got = channel.basic_get("src", false).unwrap().unwrap().delivery;
-    channel.basic_reject(got.delivery_tag, false).unwrap();
+    keep_one(&channel, "routed-by-the-restart", true);
     channel.queue_bind("dead", "dlx", "").unwrap();
     assert_eq!((broker.queue_depth("dead"), kept()), (Some(1), 1));
     broker.restart();
@@ -835,12 +839,7 @@ fn an_at_least_once_quorum_queue_keeps_dead_letters_until_its_worker_routes_them
     let connection = broker.connect();
     let channel = connection.open_channel().unwrap();
     // Deleting the queue drops what it keeps.
-    channel
-        .queue_unbind("dead", "dlx", "", &FieldTable::new())
-        .unwrap();
-    publish(&channel, "src", "gone", false);
-    let got = channel.basic_get("src", false).unwrap().unwrap().delivery;
-    channel.basic_reject(got.delivery_tag, false).unwrap();
+    keep_one(&channel, "gone", false);
     assert_eq!(kept(), 1);
     channel.queue_delete("src", false, false).unwrap();
     broker.check_invariants().unwrap();
