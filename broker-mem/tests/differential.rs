@@ -120,6 +120,11 @@ fn queue_arguments(kind: usize) -> FieldTable {
             ("x-dead-letter-exchange", s("")),
             ("x-dead-letter-routing-key", s("q1")),
         ]),
+        14 => table(&[
+            ("x-max-length", i(2)),
+            ("x-dead-letter-exchange", s("")),
+            ("x-dead-letter-routing-key", s("q2")),
+        ]),
         _ => table(&[
             ("x-queue-type", s("quorum")),
             ("x-max-length", i(2)),
@@ -129,9 +134,11 @@ fn queue_arguments(kind: usize) -> FieldTable {
         ]),
     }
 }
-const QUEUE_KINDS: usize = 15;
-/// The kinds from here on are quorum queues.
-const QUORUM_KINDS_FROM: usize = 8;
+const QUEUE_KINDS: usize = 16;
+/// Whether a kind is a quorum queue.
+fn is_quorum(kind: usize) -> bool {
+    queue_arguments(kind).get("x-queue-type") == Some(&s("quorum"))
+}
 
 /// The priority queue kind.
 const PRIORITY_KIND: usize = 4;
@@ -460,7 +467,7 @@ fn prelude(focus: Focus) -> impl Strategy<Value = Vec<Op>> {
                     queue,
                     kind,
                     // Quorum queues must be durable.
-                    durable: durable || kind >= QUORUM_KINDS_FROM,
+                    durable: durable || is_quorum(kind),
                     exclusive: false,
                     auto_delete: false,
                 })
@@ -725,9 +732,8 @@ async fn apply(
             // the README lists it. Skipped whether or not the queue is still there (which would
             // be a 406): a passive declare cannot tell, since another connection's exclusive
             // queue looks missing over the wire and not in process.
-            let quorum = |kind: usize| kind >= QUORUM_KINDS_FROM;
             let had = seen.kinds.get(QUEUES[queue]).copied();
-            if had.is_some_and(|had| quorum(had) != quorum(kind)) {
+            if had.is_some_and(|had| is_quorum(had) != is_quorum(kind)) {
                 return "skipped: the name had a queue of the other type (a RabbitMQ crash)"
                     .to_owned();
             }
