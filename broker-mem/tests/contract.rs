@@ -4753,4 +4753,34 @@ async fn a_quorum_queue_keeps_what_it_dead_letters_at_least_once_toward_its_limi
     }
     assert_eq!(publishes, [true, true, false]);
     assert_eq!(b.depth("source").await, Some(2));
+    // A full classic `reject-publish-dlx` queue refuses it too, and dead-letters a copy of
+    // its own (probed on 3.10.8: the copy's `x-death` reads maxlen there, rejected before).
+    let classic = table(&[
+        ("x-max-length", i(1)),
+        ("x-overflow", s("reject-publish-dlx")),
+        ("x-dead-letter-exchange", s("from-classic")),
+    ]);
+    b.queue_declare(ch, "classic", DURABLE, classic)
+        .await
+        .unwrap();
+    b.queue(ch, "overflowed").await;
+    for (exchange, queue) in [("to-classic", "classic"), ("from-classic", "overflowed")] {
+        b.exchange(ch, exchange, "fanout").await;
+        b.bind(ch, queue, exchange, "").await;
+    }
+    assert!(confirmed(b, ch, "classic", "full").await);
+    let source = quorum("to-classic", "at-least-once", "reject-publish");
+    b.queue_declare(ch, "source-2", DURABLE, source)
+        .await
+        .unwrap();
+    assert!(confirmed(b, ch, "source-2", "refused").await);
+    let (got, _) = b.get(ch, "source-2", false).await.unwrap().unwrap();
+    b.reject(ch, got.tag, false).await.unwrap();
+    assert_eq!(b.depth_becomes("overflowed", Some(1)).await, Some(1));
+    assert_eq!(b.depth("classic").await, Some(1));
+    let mut publishes = Vec::new();
+    for n in 0..3 {
+        publishes.push(confirmed(b, ch, "source-2", &format!("after-{n}")).await);
+    }
+    assert_eq!(publishes, [true, true, false]);
 }
