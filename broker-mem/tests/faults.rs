@@ -19,6 +19,14 @@ fn clocked() -> (Broker, Arc<AtomicU64>) {
     (Broker::with_clock(Limits::default(), clock), now_ms)
 }
 
+/// Options of a durable queue.
+fn durable_queue() -> QueueOptions {
+    QueueOptions {
+        durable: true,
+        ..QueueOptions::default()
+    }
+}
+
 fn publish(channel: &Channel, queue: &str, body: &str, persistent: bool) {
     let properties = Properties {
         delivery_mode: Some(if persistent { 2 } else { 1 }),
@@ -290,10 +298,7 @@ fn a_restart_keeps_durable_queues_with_persistent_messages_only() {
     let broker = Broker::new();
     let connection = broker.connect();
     let channel = connection.open_channel().unwrap();
-    let durable = QueueOptions {
-        durable: true,
-        ..QueueOptions::default()
-    };
+    let durable = durable_queue();
     channel.queue_declare("kept", durable).unwrap();
     channel
         .queue_declare("lost", QueueOptions::default())
@@ -355,10 +360,7 @@ fn a_restart_keeps_a_quorum_queues_transient_messages_too() {
     let channel = connection.open_channel().unwrap();
     let mut arguments = FieldTable::new();
     arguments.insert("x-queue-type".into(), FieldValue::String("quorum".into()));
-    let durable = QueueOptions {
-        durable: true,
-        ..QueueOptions::default()
-    };
+    let durable = durable_queue();
     channel
         .queue_declare_with("replicated", durable, &arguments)
         .unwrap();
@@ -385,10 +387,7 @@ fn a_restart_keeps_what_was_unacked_even_with_a_no_ack_consumer_open() {
     let broker = Broker::new();
     let holder = broker.connect();
     let holding = holder.open_channel().unwrap();
-    let durable = QueueOptions {
-        durable: true,
-        ..QueueOptions::default()
-    };
+    let durable = durable_queue();
     holding.queue_declare("kept", durable).unwrap();
     let consumer = holding
         .basic_consume("kept", ConsumeOptions::default())
@@ -531,10 +530,7 @@ fn a_quorum_queue_expires_x_expires_after_its_last_settle_and_declares_do_not_re
             FieldValue::String("quorum".to_owned()),
         ),
     ]);
-    let durable = QueueOptions {
-        durable: true,
-        ..QueueOptions::default()
-    };
+    let durable = durable_queue();
     let declare = || {
         channel
             .queue_declare_with("q", durable, &arguments)
@@ -572,10 +568,7 @@ fn a_restart_starts_a_durable_queues_expiry_again() {
     let connection = broker.connect();
     let channel = connection.open_channel().unwrap();
     let expires = FieldTable::from([("x-expires".to_owned(), FieldValue::I64(100))]);
-    let durable = QueueOptions {
-        durable: true,
-        ..QueueOptions::default()
-    };
+    let durable = durable_queue();
     channel.queue_declare_with("q", durable, &expires).unwrap();
     now_ms.store(90, Ordering::SeqCst);
     broker.restart();
@@ -730,10 +723,7 @@ fn an_at_least_once_quorum_queue_keeps_dead_letters_until_its_worker_routes_them
         ),
         ("x-max-length".to_owned(), FieldValue::I64(35)),
     ]);
-    let durable = QueueOptions {
-        durable: true,
-        ..QueueOptions::default()
-    };
+    let durable = durable_queue();
     channel
         .queue_declare_with("src", durable, &arguments)
         .unwrap();
@@ -845,10 +835,6 @@ fn an_at_least_once_quorum_queue_keeps_dead_letters_until_its_worker_routes_them
     broker.check_invariants().unwrap();
 }
 
-/// The at-least-once worker's retry (RabbitMQ 3.10.8, probed): it routes by the keys of the
-/// newest `x-death` entry (the routing key and `CC`, not `BCC`), and delivers only to the
-/// queues that have not taken the message: a full queue that refused it gets it once it has
-/// room, and a queue that took it the first time does not get it twice.
 /// The at-least-once worker is a publisher to a quorum `reject-publish` queue like any other
 /// (probed on 3.10.8): its first message asks and gets in while the queue is not over its
 /// limit; once the queue is over it, the worker is told to stop, and what it forwards stays
@@ -858,10 +844,7 @@ fn an_at_least_once_worker_is_refused_by_a_quorum_queue_over_its_limit_until_it_
     let (broker, now_ms) = clocked();
     let connection = broker.connect();
     let channel = connection.open_channel().unwrap();
-    let durable = QueueOptions {
-        durable: true,
-        ..QueueOptions::default()
-    };
+    let durable = durable_queue();
     let string = |text: &str| FieldValue::String(text.to_owned());
     let quorum = |more: &[(&str, FieldValue)]| {
         let mut arguments = FieldTable::from([
@@ -930,15 +913,16 @@ fn an_at_least_once_worker_is_refused_by_a_quorum_queue_over_its_limit_until_it_
     broker.check_invariants().unwrap();
 }
 
+/// The at-least-once worker's retry (RabbitMQ 3.10.8, probed): it routes by the keys of the
+/// newest `x-death` entry (the routing key and `CC`, not `BCC`), and delivers only to the
+/// queues that have not taken the message: a full queue that refused it gets it once it has
+/// room, and a queue that took it the first time does not get it twice.
 #[test]
 fn an_at_least_once_worker_routes_again_by_the_death_keys_to_queues_that_have_not_taken_it() {
     let (broker, now_ms) = clocked();
     let connection = broker.connect();
     let channel = connection.open_channel().unwrap();
-    let durable = QueueOptions {
-        durable: true,
-        ..QueueOptions::default()
-    };
+    let durable = durable_queue();
     let string = |text: &str| FieldValue::String(text.to_owned());
     let at_least_once = |dlx: &str| {
         FieldTable::from([
