@@ -358,7 +358,7 @@ impl Engine {
             while let Some(head) = self
                 .queues
                 .get_mut(queue)
-                .and_then(|q| q.pop_expired(deadline))
+                .and_then(|q| q.pop_expired(deadline, false))
             {
                 self.dead_letter(queue, head, DeathReason::Expired);
             }
@@ -2735,24 +2735,17 @@ impl Engine {
     /// Drops (or dead-letters) expired messages at the head of a queue, as RabbitMQ does: only
     /// the head is checked, so an expired message behind a live one waits. With `strictly`,
     /// a message expiring at this very millisecond is kept, so a TTL of 0 still reaches a
-    /// consumer that can take it at once. True when it dropped something.
+    /// consumer that can take it at once; except, in a classic queue, one that came back from
+    /// a consumer (see `Queue::pop_expired`). True when it dropped something.
     fn expire(&mut self, queue_index: usize, strictly: bool) -> bool {
         let now_ms = self.now_ms;
-        let cutoff = if strictly {
-            now_ms.saturating_sub(1)
-        } else {
-            now_ms
-        };
-        if strictly && now_ms == 0 {
-            return false;
-        }
         let mut dropped = false;
         // Bounded by the queue's length.
         loop {
             let Some((queue_name, queue)) = self.queues.get_index_mut(queue_index) else {
                 return dropped;
             };
-            let Some(head) = queue.pop_expired(cutoff) else {
+            let Some(head) = queue.pop_expired(now_ms, strictly) else {
                 return dropped;
             };
             let queue_name = queue_name.clone();

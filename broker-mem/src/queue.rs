@@ -725,9 +725,22 @@ impl Queue {
         dropped
     }
 
-    /// The head, if it has expired at `now_ms`.
-    pub(crate) fn pop_expired(&mut self, now_ms: u64) -> Option<Queued> {
-        if self.head_expired(now_ms) {
+    /// The head, if it has expired at `now_ms`. With `spare_arrivals`, a head expiring at this
+    /// very millisecond is kept so a consumer can take it, as RabbitMQ offers a message to the
+    /// consumers as it arrives, before it looks at its TTL. Not in a classic queue a head that
+    /// came back from a consumer: RabbitMQ's classic queue checks it on its way back, on a
+    /// microsecond clock that has moved on since it arrived (probed on 3.10.8: a message with
+    /// `x-message-ttl` 0 that a consumer nacks is dropped, never redelivered). A quorum queue's
+    /// clock is in milliseconds, and a TTL of 0 runs out at the next one (rabbit_fifo's
+    /// `update_expiry_header`), so there a message that comes back within the millisecond it
+    /// arrived is still offered.
+    pub(crate) fn pop_expired(&mut self, now_ms: u64, spare_arrivals: bool) -> Option<Queued> {
+        let head = self.ready.front()?;
+        let at = head.expires_at_ms?;
+        let spared = spare_arrivals
+            && at == now_ms
+            && (!head.redelivered || self.args.queue_type == QueueType::Quorum);
+        if at <= now_ms && !spared {
             self.pop_ready()
         } else {
             None

@@ -103,6 +103,7 @@ contract!(
     requeued_messages_go_back_to_their_original_position,
     recover_requeues_every_unacked_delivery_of_the_channel,
     a_channel_returns_each_consumers_messages_in_its_own_batch,
+    a_multiple_nack_puts_gets_back_before_a_consumers_deliveries,
     a_classic_queue_sends_a_consumer_it_found_without_credit_to_the_back,
     unknown_or_double_ack_is_406_and_closes_the_channel,
     closing_a_channel_requeues_but_cancel_does_not,
@@ -114,6 +115,7 @@ contract!(
     dead_letter_cycles_without_a_rejection_are_dropped,
     reject_publish_dlx_nacks_and_dead_letters,
     a_requeued_message_keeps_its_expiry,
+    a_classic_queue_drops_a_message_with_a_ttl_of_0_that_comes_back,
     redeclaring_an_exchange_with_another_alternate_is_406,
     nack_multiple_requeues_in_order_and_auto_ack_ignores_prefetch,
     single_active_consumer_takes_everything_until_it_goes,
@@ -241,6 +243,28 @@ async fn a_requeued_message_keeps_its_expiry(b: &mut impl Amqp) {
     b.sleep_ms(400).await;
     // Requeued after its TTL ran out: it expires at once instead of being delivered again.
     b.nack(ch, msg.tag, false, true).await.unwrap();
+    assert_eq!(b.depth_becomes("q", Some(0)).await, Some(0));
+    let (dead, _) = b.get(ch, "dead", true).await.unwrap().unwrap();
+    assert_eq!(deaths(&dead), [death(1, "expired", "q", "", &["q"])]);
+}
+
+/// A classic queue checks a message's TTL on its way back from a consumer, on a clock that has
+/// moved on since it arrived (RabbitMQ's is in microseconds; probed on 3.10.8): with
+/// `x-message-ttl` 0, a message a consumer took as it arrived and nacks is dead-lettered, not
+/// redelivered, even when nothing else happened in between (broker-mem's clock, in
+/// milliseconds, has not moved here: it redelivered).
+async fn a_classic_queue_drops_a_message_with_a_ttl_of_0_that_comes_back(b: &mut impl Amqp) {
+    let c = b.connection().await;
+    let ch = b.channel(c).await;
+    dead_letter_setup(b, ch, "q", table(&[("x-message-ttl", i(0))])).await;
+    b.qos(ch, 1, false).await.unwrap();
+    let sub = b.consume(ch, "q", "c", false, false).await.unwrap();
+    b.send(ch, "", "q", "m").await;
+    let Next::Msg(msg) = b.next(sub).await else {
+        panic!("the consumer waiting is handed the message as it arrives");
+    };
+    b.nack(ch, msg.tag, false, true).await.unwrap();
+    assert!(matches!(b.quiet(sub).await, Next::Empty));
     assert_eq!(b.depth_becomes("q", Some(0)).await, Some(0));
     let (dead, _) = b.get(ch, "dead", true).await.unwrap().unwrap();
     assert_eq!(deaths(&dead), [death(1, "expired", "q", "", &["q"])]);
@@ -2390,6 +2414,36 @@ async fn requeued_messages_go_back_to_their_original_position(b: &mut impl Amqp)
         .map(|(t, r)| (t.to_owned(), r))
         .collect();
     assert_eq!(got, expected);
+}
+
+/// A `basic.get`'s deliveries have no consumer tag, so a multiple nack settles them in a batch
+/// before any consumer's (probed on 3.10.8): a quorum queue, which puts nacked messages at its
+/// back in the order they come back, then serves the got message first; a classic queue puts
+/// each back where it was. (Found by the model-based test, whose model settled in tag order.)
+async fn a_multiple_nack_puts_gets_back_before_a_consumers_deliveries(b: &mut impl Amqp) {
+    let c = b.connection().await;
+    let ch = b.channel(c).await;
+    b.queue(ch, "classic").await;
+    quorum_queue(b, ch, "quorum").await;
+    b.qos(ch, 1, false).await.unwrap();
+    for (queue, next) in [("classic", "m1"), ("quorum", "m2")] {
+        b.send(ch, "", queue, "m1").await;
+        b.send(ch, "", queue, "m2").await;
+        let sub = b.consume(ch, queue, queue, false, false).await.unwrap();
+        let delivered = b.next(sub).await.msg();
+        assert_eq!(delivered.text(), "m1", "{queue}");
+        let (got, _) = b.get(ch, queue, false).await.unwrap().unwrap();
+        assert_eq!(got.text(), "m2", "{queue}");
+        b.nack(ch, got.tag, true, true).await.unwrap();
+        let again = b.next(sub).await.msg();
+        assert_eq!(
+            (again.text().as_str(), again.redelivered),
+            (next, true),
+            "{queue}"
+        );
+        b.ack(ch, again.tag, false).await.unwrap();
+        b.cancel(ch, sub).await.unwrap();
+    }
 }
 
 /// RabbitMQ's channel settles a `basic.recover` or a multiple nack in batches, one per queue

@@ -276,7 +276,8 @@ impl Model {
     }
 
     /// What the engine does before a call returns: per queue, expire (sparing messages that
-    /// expire this very millisecond, so a consumer can still take them), dispatch, expire.
+    /// expire this very millisecond and have not been handed out before, so a consumer can
+    /// still take them), dispatch, expire.
     /// Dead-lettering feeds `dead`, so a second pass delivers what the first sent there.
     fn run(&mut self) {
         for _ in 0..2 {
@@ -289,7 +290,10 @@ impl Model {
                 QUEUES[UNLIMITED],
             ] {
                 if queue == QUEUES[0] {
-                    self.expire_where(|at, now| at < now);
+                    // A message that came back from a consumer is not spared (a classic queue).
+                    self.expire_where(|entry, at, now| {
+                        at < now || (at == now && entry.redelivered)
+                    });
                 }
                 self.dispatch(queue);
                 if queue == QUEUES[0] {
@@ -366,16 +370,16 @@ impl Model {
 
     /// RabbitMQ expires at the head only; with one TTL per queue, expiry follows position.
     fn expire(&mut self) {
-        self.expire_where(|at, now| at <= now);
+        self.expire_where(|_, at, now| at <= now);
     }
 
-    fn expire_where(&mut self, expired_at: impl Fn(u64, u64) -> bool) {
+    fn expire_where(&mut self, expired_at: impl Fn(&Entry, u64, u64) -> bool) {
         loop {
             let now = self.now_ms;
             let queue = self.ready.get_mut(QUEUES[0]).unwrap();
             let expired = queue
                 .front()
-                .is_some_and(|e| e.expires_at_ms.is_some_and(|at| expired_at(at, now)));
+                .is_some_and(|e| e.expires_at_ms.is_some_and(|at| expired_at(e, at, now)));
             if !expired {
                 return;
             }
@@ -501,9 +505,29 @@ impl Model {
     }
 
     fn settle(&mut self, lane: usize, tags: &[u64], outcome: Option<bool>) {
-        for tag in tags {
+        // RabbitMQ's channel settles in batches by queue and consumer tag, compared byte by
+        // byte (a `basic.get`'s, which has no tag, first), each in tag order and its queue run
+        // before the next batch (probed on 3.10.8: after a get and a consumer's delivery from
+        // one quorum queue, a nack of both puts the get's back first).
+        let batch = |model: &Model, tag: u64| {
+            let (queue, _, serial) = &model.unacked[lane][&tag];
+            let consumer_tag = match serial {
+                0 => String::new(),
+                serial => format!("amq.ctag-{serial}"),
+            };
+            (*queue, consumer_tag)
+        };
+        let mut batches: Vec<_> = tags.iter().map(|&tag| (batch(self, tag), tag)).collect();
+        // Stable: each batch keeps its tag order.
+        batches.sort_by(|a, b| a.0.cmp(&b.0));
+        let mut last = None;
+        for (batch, tag) in batches {
+            if last.as_ref().is_some_and(|last| *last != batch) {
+                self.run();
+            }
+            last = Some(batch);
             let blocked = !self.has_credit(lane);
-            let (queue, entry, serial) = self.unacked[lane].remove(tag).unwrap();
+            let (queue, entry, serial) = self.unacked[lane].remove(&tag).unwrap();
             // A quorum queue's consumer that gets credit back rejoins the round-robin at the
             // back (rabbit_fifo's service queue); a classic queue's keeps its turn unless it
             // was offered a message meanwhile (see `dispatch`).
