@@ -1,8 +1,9 @@
 //! Differential property test: random sequences of AMQP operations run against broker-mem and
 //! against a real RabbitMQ (3.10+, a fresh vhost per case), and the two transcripts (every
 //! reply code and text, every `basic.get` answer, every confirm and return) must be the same.
-//! (Texts are compared up to `TEXT_COMPARED_CHARS`; a `basic.get` by body, tag, redelivered,
-//! count left, exchange, routing key and first death.) The contract suite checks the
+//! (Texts are compared up to `TEXT_COMPARED_CHARS`; a message got or delivered by body, tag,
+//! redelivered, count left, exchange, routing key, reply-to, priority, expiration and every
+//! header, `x-death` entries without their time.) The contract suite checks the
 //! behaviours someone thought of; this one looks for the ones nobody did, and proptest
 //! shrinks a difference to a short sequence to read.
 //!
@@ -10,12 +11,13 @@
 //! conflicting, exclusive or auto-delete; direct, fanout, topic and headers exchanges, some with an
 //! alternate), queue and exchange bindings and unbindings (some with headers arguments, which an
 //! unbinding must name too), publishes with confirms (some mandatory, with priorities, headers of
-//! several AMQP types and `CC`, some asking for a direct reply), direct replies, `basic.get`,
+//! several AMQP types, `CC` and `BCC`, some asking for a direct reply), direct replies, `basic.get`,
 //! `basic.qos` (per consumer and per channel), consumers (some exclusive, some no-ack, some on
 //! direct reply-to's pseudo-queue) and taking what they were delivered, cancels, acks, nacks,
 //! `basic.recover`, transactions, purges, deletes and closes, on two connections. So prefetch,
-//! round-robin, requeue and redelivery are compared delivery by delivery. No TTLs: their timing is
-//! RabbitMQ's, not the test's. RabbitMQ delivers, dead-letters, requeues on a close and deletes
+//! round-robin, requeue and redelivery are compared delivery by delivery. No TTL but 0 (a
+//! message's `expiration`, a queue's `x-message-ttl`): other TTLs' timing is RabbitMQ's, not the
+//! test's. RabbitMQ delivers, dead-letters, requeues on a close and deletes
 //! exclusive and auto-delete queues in the background, so after an operation that may do any of
 //! these the RabbitMQ run waits a moment, and a run that differs is repeated before the difference
 //! counts. Each sequence also runs through lapin on broker-mem's wire server, whose transcript must
@@ -125,6 +127,20 @@ fn queue_arguments(kind: usize) -> FieldTable {
             ("x-dead-letter-exchange", s("")),
             ("x-dead-letter-routing-key", s("q2")),
         ]),
+        // A queue TTL of 0: a message reaches a consumer that can take it as it arrives, or
+        // is dropped; so is one requeued. Without a dead-letter exchange: copies that two such
+        // queues dead-letter at once (a `CC` publish) reach `dead` in the order RabbitMQ's
+        // queue processes race for.
+        15 => table(&[("x-message-ttl", i(0))]),
+        16 => table(&[("x-queue-type", s("quorum")), ("x-message-ttl", i(0))]),
+        // A quorum queue's byte limit (soft, as its length limit: it refuses a publish only
+        // once over it). Bodies are 2 or 3 bytes.
+        17 => table(&[
+            ("x-queue-type", s("quorum")),
+            ("x-max-length-bytes", i(5)),
+            ("x-overflow", s("reject-publish")),
+            ("x-dead-letter-exchange", s("dlx")),
+        ]),
         _ => table(&[
             ("x-queue-type", s("quorum")),
             ("x-max-length", i(2)),
@@ -134,7 +150,7 @@ fn queue_arguments(kind: usize) -> FieldTable {
         ]),
     }
 }
-const QUEUE_KINDS: usize = 16;
+const QUEUE_KINDS: usize = 19;
 /// Whether a kind is a quorum queue.
 fn is_quorum(kind: usize) -> bool {
     queue_arguments(kind).get("x-queue-type") == Some(&s("quorum"))
@@ -174,8 +190,9 @@ fn binding_arguments(kind: usize) -> FieldTable {
 }
 const BINDING_KINDS: usize = 5;
 
-/// Message headers: none, one a binding matches, one that adds `CC` routing keys, and two
-/// whose values are of other AMQP types than the bindings' (RabbitMQ compares by value).
+/// Message headers: none, one a binding matches, ones that add `CC` and `BCC` routing keys,
+/// and two whose values are of other AMQP types than the bindings' (RabbitMQ compares by
+/// value).
 fn message_headers(kind: usize) -> Option<FieldTable> {
     match kind {
         0 => None,
@@ -185,6 +202,12 @@ fn message_headers(kind: usize) -> Option<FieldTable> {
             ("CC", FieldValue::Array(vec![s("q1"), s("k1")])),
         ])),
         3 => Some(table(&[("n", FieldValue::F64(1.0)), ("kind", s("a"))])),
+        // Routed by its `BCC` keys too, which no queue is handed (dead-lettering leaves them
+        // out of `x-death`).
+        4 => Some(table(&[
+            ("kind", s("a")),
+            ("BCC", FieldValue::Array(vec![s("k0"), s("q2")])),
+        ])),
         _ => Some(table(&[
             ("n", FieldValue::Decimal { scale: 0, value: 1 }),
             ("t", FieldValue::Bytes(b"a".to_vec().into())),
@@ -192,7 +215,7 @@ fn message_headers(kind: usize) -> Option<FieldTable> {
         ])),
     }
 }
-const HEADER_KINDS: usize = 5;
+const HEADER_KINDS: usize = 6;
 
 #[derive(Debug, Clone)]
 enum Op {
@@ -588,17 +611,49 @@ fn message_line(msg: &Msg) -> String {
             name.to_owned()
         }
     };
+    let properties = &msg.properties;
     format!(
         "{} tag {} redelivered {} exchange {:?} key {:?} reply-to {:?} delivery-count {:?} \
-         death {death:?}",
+         death {death:?} priority {:?} expiration {:?} headers {}",
         msg.text(),
         msg.tag,
         msg.redelivered,
         msg.exchange,
         named(&msg.routing_key),
-        msg.properties.reply_to.as_deref().map(named),
+        properties.reply_to.as_deref().map(named),
         msg.header("x-delivery-count"),
+        properties.priority,
+        properties.expiration,
+        properties
+            .headers
+            .as_ref()
+            .map_or_else(|| "none".to_owned(), table_line),
     )
+}
+
+/// A header table as a line, every entry with its AMQP type, keys sorted (the order of a
+/// table's keys means nothing to a client), nested tables too, without the `time` of `x-death`
+/// entries (each broker's clock).
+fn table_line(table: &FieldTable) -> String {
+    let mut entries: Vec<String> = table
+        .iter()
+        .filter(|(key, _)| key.as_str() != "time")
+        .map(|(key, value)| format!("{key}: {}", value_line(value)))
+        .collect();
+    entries.sort();
+    format!("{{{}}}", entries.join(", "))
+}
+
+/// A header value as [`table_line`] writes it.
+fn value_line(value: &FieldValue) -> String {
+    match value {
+        FieldValue::Table(table) => table_line(table),
+        FieldValue::Array(items) => {
+            let items: Vec<String> = items.iter().map(value_line).collect();
+            format!("[{}]", items.join(", "))
+        }
+        other => format!("{other:?}"),
+    }
 }
 
 /// Takes what a consumer was delivered (one, or with `all` every one until none comes within
