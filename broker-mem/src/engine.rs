@@ -182,6 +182,10 @@ pub struct Engine {
     /// Outbox; bounded by what one call can make deliverable (prefetch credit and queue
     /// lengths), and emptied by the client after every call.
     events: Vec<Event>,
+    /// Messages queues have dead-lettered and not yet republished, oldest first, while
+    /// `republishing` (see `Engine::dead_letter`). Bounded by what one call can drop.
+    dead_letters_pending: VecDeque<(SmolStr, Queued, DeathReason)>,
+    republishing: bool,
     /// Introspection logs, each at most [`INTROSPECTION_LOG_MAX`] long.
     dead_lettered: VecDeque<DeadLettered>,
     returned: VecDeque<Returned>,
@@ -238,6 +242,8 @@ impl Engine {
             bindings_total: 0,
             now_ms: 0,
             dirty: QueueSet::default(),
+            dead_letters_pending: VecDeque::new(),
+            republishing: false,
             events: Vec::new(),
             dead_lettered: VecDeque::new(),
             returned: VecDeque::new(),
@@ -1858,11 +1864,18 @@ impl Engine {
             };
         }
         let mut refused = Vec::new();
+        // Every queue takes its copy before what those copies make them dead-letter is
+        // republished (see `dead_letter`).
+        let republishing = std::mem::replace(&mut self.republishing, true);
         for (at, name) in targets.iter().enumerate() {
             let hint = hints.get(at).copied().unwrap_or(usize::MAX);
             if !self.enqueue(name, hint, &message, Some(Publisher::Channel(channel))) {
                 refused.push(name.as_str());
             }
+        }
+        self.republishing = republishing;
+        if !republishing {
+            self.republish_dead_letters();
         }
         let confirm = if !refused.is_empty() {
             nack(format!(
@@ -2040,7 +2053,33 @@ impl Engine {
     /// A message leaves `queue_name` without being consumed: logged, then republished to the
     /// queue's dead-letter exchange with an `x-death` entry (at most once, without confirms,
     /// as RabbitMQ's classic dead-lettering), or dropped if there is none.
+    ///
+    /// In RabbitMQ a queue dead-letters on its own, after the publish that made it drop has
+    /// reached every queue it routes to (found by the differential test, 2026-11-28: a publish
+    /// to two queues, the first dropping its head into the second, which is near its byte
+    /// limit; RabbitMQ takes the publish there and refuses the dead letter). So while a publish
+    /// (or a republish) hands out its copies, the dead letters wait, and go out in the order
+    /// the queues dropped them.
     fn dead_letter(&mut self, queue_name: &str, entry: Queued, reason: DeathReason) {
+        self.dead_letters_pending
+            .push_back((SmolStr::from(queue_name), entry, reason));
+        if !self.republishing {
+            self.republish_dead_letters();
+        }
+    }
+
+    /// Republishes the dead letters waiting (see `dead_letter`), and those they make in turn.
+    fn republish_dead_letters(&mut self) {
+        let republishing = std::mem::replace(&mut self.republishing, true);
+        // Bounded as the republishing itself is: a message that would reach a queue it died
+        // in already (but for a rejection) is dropped (`is_cycle`).
+        while let Some((queue_name, entry, reason)) = self.dead_letters_pending.pop_front() {
+            self.republish_dead_letter(&queue_name, entry, reason);
+        }
+        self.republishing = republishing;
+    }
+
+    fn republish_dead_letter(&mut self, queue_name: &str, entry: Queued, reason: DeathReason) {
         self.held.release(&entry.message);
         let (dlx, dlrk, at_least_once) = match self.queues.get(queue_name) {
             Some(queue) => (

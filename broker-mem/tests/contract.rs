@@ -116,6 +116,7 @@ contract!(
     reject_publish_dlx_nacks_and_dead_letters,
     a_requeued_message_keeps_its_expiry,
     a_classic_queue_drops_a_message_with_a_ttl_of_0_that_comes_back,
+    a_publish_reaches_its_queues_before_the_dead_letters_it_causes,
     redeclaring_an_exchange_with_another_alternate_is_406,
     nack_multiple_requeues_in_order_and_auto_ack_ignores_prefetch,
     single_active_consumer_takes_everything_until_it_goes,
@@ -268,6 +269,41 @@ async fn a_classic_queue_drops_a_message_with_a_ttl_of_0_that_comes_back(b: &mut
     assert_eq!(b.depth_becomes("q", Some(0)).await, Some(0));
     let (dead, _) = b.get(ch, "dead", true).await.unwrap().unwrap();
     assert_eq!(deaths(&dead), [death(1, "expired", "q", "", &["q"])]);
+}
+
+/// A queue dead-letters after the publish that made it drop has reached every queue it routes
+/// to (RabbitMQ's queues dead-letter on their own; found by the differential test): here the
+/// publish's own copy fills `target`, so the head `source` drops is refused there, and the
+/// publish is confirmed. (broker-mem put the dead letter in first and nacked the publish.)
+async fn a_publish_reaches_its_queues_before_the_dead_letters_it_causes(b: &mut impl Amqp) {
+    let c = b.connection().await;
+    let ch = b.channel(c).await;
+    let full_at_one = table(&[("x-max-length", i(1)), ("x-overflow", s("reject-publish"))]);
+    b.queue_declare(ch, "target", QFlags::default(), full_at_one)
+        .await
+        .unwrap();
+    let source = table(&[
+        ("x-max-length", i(1)),
+        ("x-dead-letter-exchange", s("")),
+        ("x-dead-letter-routing-key", s("target")),
+    ]);
+    b.queue_declare(ch, "source", QFlags::default(), source)
+        .await
+        .unwrap();
+    b.send(ch, "", "source", "old").await;
+    let to_both = Properties {
+        headers: Some(table(&[("CC", FieldValue::Array(vec![s("target")]))])),
+        ..Properties::default()
+    };
+    let published = b
+        .publish(ch, "", "source", false, to_both, "new")
+        .await
+        .unwrap();
+    assert!(published.acked);
+    // RabbitMQ dead-letters in the background.
+    b.sleep_ms(100).await;
+    assert_eq!(b.drain(ch, "target").await, ["new"]);
+    assert_eq!(b.drain(ch, "source").await, ["new"]);
 }
 
 async fn redeclaring_an_exchange_with_another_alternate_is_406(b: &mut impl Amqp) {
