@@ -185,6 +185,7 @@ pub struct Engine {
     /// Messages queues have dead-lettered and not yet republished, oldest first, while
     /// `republishing` (see `Engine::dead_letter`). Bounded by what one call can drop.
     dead_letters_pending: VecDeque<(SmolStr, Queued, DeathReason)>,
+    /// Whether a publish or a republish is handing out its copies (dead letters wait).
     republishing: bool,
     /// Introspection logs, each at most [`INTROSPECTION_LOG_MAX`] long.
     dead_lettered: VecDeque<DeadLettered>,
