@@ -1875,7 +1875,8 @@ impl Engine {
             }
         }
         self.republishing = republishing;
-        if !republishing {
+        // The usual publish drops nothing: no call.
+        if !republishing && !self.dead_letters_pending.is_empty() {
             self.republish_dead_letters();
         }
         let confirm = if !refused.is_empty() {
