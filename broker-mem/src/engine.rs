@@ -2287,8 +2287,11 @@ impl Engine {
                 ));
             }
         };
-        // RabbitMQ checks its other consume argument's type next, and acts on it no more.
+        // RabbitMQ checks its other consume argument's type next (only a classic queue takes
+        // it), and acts on it no more.
+        let queue_type = queue.args.queue_type;
         if let Some(value) = options.arguments.get("x-cancel-on-ha-failover")
+            && queue_type == QueueType::Classic
             && !matches!(value, FieldValue::Bool(_))
         {
             return Err(Fault::channel(
@@ -2301,7 +2304,24 @@ impl Engine {
                 ),
             ));
         }
-        if queue.args.queue_type == QueueType::Quorum && state.global_prefetch > 0 {
+        // Then an argument only another queue type takes, the first on the wire (probed on
+        // 3.10.8, before the checks below).
+        let foreign = queue_type.foreign_consume_arguments();
+        if let Some(arg) = options
+            .arguments
+            .keys()
+            .find(|key| foreign.contains(&key.as_str()))
+        {
+            return Err(Fault::channel(
+                ReplyCode::PreconditionFailed,
+                format!(
+                    "invalid arg '{arg}' for queue '{queue_name}' in vhost '{}' of queue type {}",
+                    crate::VHOST,
+                    queue_type.module_name()
+                ),
+            ));
+        }
+        if queue_type == QueueType::Quorum && state.global_prefetch > 0 {
             return Err(Fault::Connection(AmqpError::new(
                 ReplyCode::NotImplemented,
                 format!(

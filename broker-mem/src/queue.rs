@@ -79,6 +79,26 @@ pub enum QueueType {
     Quorum,
 }
 
+impl QueueType {
+    /// RabbitMQ's module for the type, as its 406 texts name it.
+    pub(crate) fn module_name(self) -> &'static str {
+        match self {
+            QueueType::Classic => "rabbit_classic_queue",
+            QueueType::Quorum => "rabbit_quorum_queue",
+        }
+    }
+
+    /// Consume arguments RabbitMQ 3.10 refuses on a queue of this type: those only other
+    /// types take (each type's `consumer_arguments` capability; a stream's `x-stream-offset`,
+    /// a classic queue's `x-cancel-on-ha-failover`). Other unknown ones are ignored.
+    pub(crate) fn foreign_consume_arguments(self) -> &'static [&'static str] {
+        match self {
+            QueueType::Classic => &["x-stream-offset"],
+            QueueType::Quorum => &["x-cancel-on-ha-failover", "x-stream-offset"],
+        }
+    }
+}
+
 /// `x-overflow`: what a queue at its length limit does with a new message.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Overflow {
@@ -166,22 +186,29 @@ const QUORUM_EQUIVALENCE_CHECKED: [&str; 15] = [
     "x-queue-leader-locator",
 ];
 
-/// Arguments RabbitMQ 3.10 refuses on a classic queue: they belong to quorum queues.
-const QUORUM_ONLY: [&str; 6] = [
+/// Arguments RabbitMQ 3.10 refuses on a classic queue: they belong to quorum queues or to
+/// streams (each type lists the arguments it takes; any other type's is refused, probed).
+const REFUSED_ON_CLASSIC: [&str; 9] = [
     "x-dead-letter-strategy",
     "x-delivery-limit",
     "x-max-in-memory-bytes",
     "x-max-in-memory-length",
     "x-queue-leader-locator",
     "x-quorum-initial-group-size",
+    "x-max-age",
+    "x-stream-max-segment-size-bytes",
+    "x-initial-cluster-size",
 ];
 
-/// Arguments RabbitMQ 3.10 refuses on a quorum queue.
-const CLASSIC_ONLY: [&str; 4] = [
+/// Arguments RabbitMQ 3.10 refuses on a quorum queue: a classic queue's, or a stream's.
+const REFUSED_ON_QUORUM: [&str; 7] = [
     "x-max-priority",
     "x-queue-master-locator",
     "x-queue-mode",
     "x-queue-version",
+    "x-max-age",
+    "x-stream-max-segment-size-bytes",
+    "x-initial-cluster-size",
 ];
 
 impl QueueArguments {
@@ -237,8 +264,8 @@ impl QueueArguments {
             Some((other, None)) => return Err(unacceptable("x-queue-type", other)),
         };
         let foreign: &[&str] = match queue_type {
-            QueueType::Classic => &QUORUM_ONLY,
-            QueueType::Quorum => &CLASSIC_ONLY,
+            QueueType::Classic => &REFUSED_ON_CLASSIC,
+            QueueType::Quorum => &REFUSED_ON_QUORUM,
         };
         // An argument of the other queue type is not validated, only refused below.
         let get = |arg: &str| {
@@ -334,8 +361,9 @@ impl QueueArguments {
         one_of("x-queue-mode", &["default", "lazy"], &|mode| {
             erlang_string(&format!("unsupported queue mode '{mode}'"))
         })?;
-        // Classic queues' storage version (3.10): 1 or 2, no effect here.
-        if let Some(version) = integer("x-queue-version")?
+        // Classic queues' storage version (3.10): 1 or 2, no effect here. A negative one is
+        // refused as negative (probed on 3.10.8).
+        if let Some(version) = non_negative("x-queue-version")?
             && !matches!(version, 1 | 2)
         {
             return Err(invalid(
@@ -361,10 +389,7 @@ impl QueueArguments {
             .and_then(FieldValue::as_integer)
             .and_then(|v| u64::try_from(v).ok());
 
-        let type_name = match queue_type {
-            QueueType::Classic => "rabbit_classic_queue",
-            QueueType::Quorum => "rabbit_quorum_queue",
-        };
+        let type_name = queue_type.module_name();
         if let Some(arg) = arguments.keys().find(|key| foreign.contains(&key.as_str())) {
             return Err(refuse(format!(
                 "invalid arg '{arg}' for queue '{name}' in vhost '{}' of queue type {type_name}",

@@ -144,6 +144,7 @@ contract!(
     quorum_queue_length_limits_are_soft_and_reject_publish_dlx_drops_the_head,
     a_full_quorum_queue_stops_the_publishers_it_knows_and_asks_about_new_ones,
     system_exchanges_argument_types_and_auto_delete_exchanges,
+    consume_arguments_of_another_queue_type_are_refused,
     expiration_is_read_as_rabbitmq_reads_it,
     a_delivery_mode_other_than_1_or_2_is_406,
     another_connection_may_publish_to_an_exclusive_queue_but_not_touch_it,
@@ -3728,9 +3729,37 @@ async fn queue_arguments_are_validated_in_rabbitmqs_order_with_its_texts(b: &mut
             format!("{prefix} 'x-queue-version' for queue 'q' in vhost '/': \"unsupported queue version '3'\""),
         ),
         (
+            transient,
+            classic(&[("x-queue-version", i(-1))]),
+            format!("{prefix} 'x-queue-version' for queue 'q' in vhost '/': {{value_negative,-1}}"),
+        ),
+        (
             durable,
             quorum(&[("x-queue-version", i(2))]),
             format!("{prefix} 'x-queue-version' for queue 'q' in vhost '/' of queue type rabbit_quorum_queue"),
+        ),
+        // A stream's arguments are refused on both (`x-max-segment-size`, which no type
+        // takes, is ignored).
+        (
+            transient,
+            classic(&[("x-max-age", s("1D"))]),
+            format!("{prefix} 'x-max-age' for queue 'q' in vhost '/' of queue type rabbit_classic_queue"),
+        ),
+        (
+            transient,
+            classic(&[("x-stream-max-segment-size-bytes", i(5))]),
+            format!("{prefix} 'x-stream-max-segment-size-bytes' for queue 'q' in vhost '/' of queue type rabbit_classic_queue"),
+        ),
+        (
+            durable,
+            quorum(&[("x-initial-cluster-size", i(3))]),
+            format!("{prefix} 'x-initial-cluster-size' for queue 'q' in vhost '/' of queue type rabbit_quorum_queue"),
+        ),
+        // The first on the wire (lapin writes the keys sorted).
+        (
+            durable,
+            quorum(&[("x-max-age", s("1D")), ("x-max-priority", i(1))]),
+            format!("{prefix} 'x-max-age' for queue 'q' in vhost '/' of queue type rabbit_quorum_queue"),
         ),
         // The other type's argument is refused before an unknown master locator fails.
         (
@@ -3773,6 +3802,8 @@ async fn queue_arguments_are_validated_in_rabbitmqs_order_with_its_texts(b: &mut
             classic(&[("x-queue-master-locator", s("client-local"))]),
         ),
         (transient, classic(&[("x-foo", i(1))])),
+        (transient, classic(&[("x-max-segment-size", i(1))])),
+        (durable, quorum(&[("x-max-segment-size", i(1))])),
         (
             durable,
             quorum(&[("x-foo", i(1)), ("x-message-ttl", i(1_000))]),
@@ -4296,6 +4327,169 @@ async fn system_exchanges_argument_types_and_auto_delete_exchanges(b: &mut impl 
     );
     let ch = b.channel(c).await;
     b.exchange_delete(ch, "unbound", false).await.unwrap();
+}
+
+/// A consume argument only another queue type takes is refused (RabbitMQ 3.10's queue types
+/// each list theirs; probed on 3.10.8): a stream's `x-stream-offset` on classic and quorum
+/// queues, a classic queue's `x-cancel-on-ha-failover` on a quorum queue, whatever its value,
+/// the first such on the wire named (lapin writes a table's keys sorted). The types of the
+/// arguments the queue's type takes are checked first, a global prefetch (which a quorum queue
+/// refuses) after; unknown arguments are ignored.
+async fn consume_arguments_of_another_queue_type_are_refused(b: &mut impl Amqp) {
+    let c = b.connection().await;
+    let ch = b.channel(c).await;
+    b.queue(ch, "classic").await;
+    b.queue_declare(
+        ch,
+        "quorum",
+        DURABLE,
+        table(&[("x-queue-type", s("quorum"))]),
+    )
+    .await
+    .unwrap();
+    let refused = |arg: &str, queue: &str, module: &str| {
+        Err((
+            406,
+            format!(
+                "PRECONDITION_FAILED - invalid arg '{arg}' for queue '{queue}' in vhost '/' of queue type {module}"
+            ),
+        ))
+    };
+    let wrong_type = |arg: &str, queue: &str, why: &str| {
+        Err((
+            406,
+            format!(
+                "PRECONDITION_FAILED - invalid arg '{arg}' for queue '{queue}' in vhost '/': {why}"
+            ),
+        ))
+    };
+    let priority_not_integer = "\"expected integer, got longstr\"";
+    let cases = [
+        (
+            "classic",
+            vec![("x-stream-offset", s("first"))],
+            refused("x-stream-offset", "classic", "rabbit_classic_queue"),
+        ),
+        (
+            "quorum",
+            vec![("x-stream-offset", i(5))],
+            refused("x-stream-offset", "quorum", "rabbit_quorum_queue"),
+        ),
+        (
+            "quorum",
+            vec![("x-cancel-on-ha-failover", FieldValue::Bool(true))],
+            refused("x-cancel-on-ha-failover", "quorum", "rabbit_quorum_queue"),
+        ),
+        // Not type-checked on a quorum queue: it does not take it.
+        (
+            "quorum",
+            vec![("x-cancel-on-ha-failover", s("yes"))],
+            refused("x-cancel-on-ha-failover", "quorum", "rabbit_quorum_queue"),
+        ),
+        // The first on the wire (in process, the table's order; lapin sorts the keys).
+        (
+            "quorum",
+            vec![
+                ("x-cancel-on-ha-failover", FieldValue::Bool(true)),
+                ("x-stream-offset", i(1)),
+            ],
+            refused("x-cancel-on-ha-failover", "quorum", "rabbit_quorum_queue"),
+        ),
+        // Types first: `x-priority`, then (a classic queue's) `x-cancel-on-ha-failover`.
+        (
+            "quorum",
+            vec![("x-stream-offset", i(1)), ("x-priority", s("a"))],
+            wrong_type("x-priority", "quorum", priority_not_integer),
+        ),
+        (
+            "classic",
+            vec![("x-cancel-on-ha-failover", s("a")), ("x-priority", s("a"))],
+            wrong_type("x-priority", "classic", priority_not_integer),
+        ),
+        (
+            "classic",
+            vec![
+                ("x-stream-offset", i(1)),
+                ("x-cancel-on-ha-failover", s("a")),
+            ],
+            wrong_type(
+                "x-cancel-on-ha-failover",
+                "classic",
+                "{unacceptable_type,longstr}",
+            ),
+        ),
+        (
+            "classic",
+            vec![
+                ("x-cancel-on-ha-failover", FieldValue::Bool(false)),
+                ("x-stream-offset", s("a")),
+            ],
+            refused("x-stream-offset", "classic", "rabbit_classic_queue"),
+        ),
+        (
+            "classic",
+            vec![
+                ("x-cancel-on-ha-failover", FieldValue::Bool(true)),
+                ("x-stream-filter", s("a")),
+                ("x-priority", i(2)),
+            ],
+            Ok(()),
+        ),
+        (
+            "quorum",
+            vec![("x-stream-filter", s("a")), ("x-priority", i(-1))],
+            Ok(()),
+        ),
+    ];
+    for (queue, args, expected) in cases {
+        let ch = b.channel(c).await;
+        let consumed = b
+            .consume_with(ch, queue, "c", false, false, table(&args))
+            .await;
+        let consumed = consumed.map(drop).map_err(|r| (r.code, norm(&r.text)));
+        assert_eq!(consumed, expected, "{queue} {args:?}");
+        if consumed.is_ok() {
+            b.close_channel(ch).await;
+        }
+    }
+    let ch = b.channel(c).await;
+    b.qos(ch, 1, true).await.unwrap();
+    let consumed = b
+        .consume_with(
+            ch,
+            "quorum",
+            "c",
+            false,
+            false,
+            table(&[("x-stream-offset", i(1))]),
+        )
+        .await;
+    assert_eq!(
+        consumed.map(drop).map_err(|r| (r.code, norm(&r.text))),
+        refused("x-stream-offset", "quorum", "rabbit_quorum_queue")
+    );
+    // Every accepted consumer went with its channel: nothing refused was added. (A quorum
+    // queue forgets a closed channel's consumer in the background on RabbitMQ.)
+    let ch = b.channel(c).await;
+    let passive = QFlags {
+        passive: true,
+        ..QFlags::default()
+    };
+    for queue in ["classic", "quorum"] {
+        let mut consumers = u32::MAX;
+        for _ in 0..100 {
+            (_, _, consumers) = b
+                .queue_declare(ch, queue, passive, FieldTable::new())
+                .await
+                .unwrap();
+            if consumers == 0 {
+                break;
+            }
+            b.sleep_ms(20).await;
+        }
+        assert_eq!(consumers, 0, "{queue}");
+    }
+    b.queue_delete(ch, "quorum", false, false).await.unwrap();
 }
 
 /// `expiration` as RabbitMQ 3.10 reads it (probed): a sign and leading zeros are fine, nothing

@@ -13,11 +13,11 @@
 //! unbinding must name too), publishes with confirms (some mandatory, with priorities, headers of
 //! several AMQP types, `CC` and `BCC`, some asking for a direct reply), direct replies, `basic.get`,
 //! `basic.qos` (per consumer and per channel), consumers (some exclusive, some no-ack, some on
-//! direct reply-to's pseudo-queue) and taking what they were delivered, cancels, acks, nacks,
+//! direct reply-to's pseudo-queue) and taking what they were delivered, cancels, acks, nacks, rejects,
 //! `basic.recover`, transactions, purges, deletes and closes, on two connections. So prefetch,
 //! round-robin, requeue and redelivery are compared delivery by delivery. No TTL but 0 (a
-//! message's `expiration`, a queue's `x-message-ttl`): other TTLs' timing is RabbitMQ's, not the
-//! test's. RabbitMQ delivers, dead-letters, requeues on a close and deletes
+//! message's `expiration`, a queue's `x-message-ttl`) and a message's hour, which no run
+//! outlasts: other TTLs' timing is RabbitMQ's, not the test's. RabbitMQ delivers, dead-letters, requeues on a close and deletes
 //! exclusive and auto-delete queues in the background, so after an operation that may do any of
 //! these the RabbitMQ run waits a moment, and a run that differs is repeated before the difference
 //! counts. Each sequence also runs through lapin on broker-mem's wire server, whose transcript must
@@ -141,6 +141,19 @@ fn queue_arguments(kind: usize) -> FieldTable {
             ("x-overflow", s("reject-publish")),
             ("x-dead-letter-exchange", s("dlx")),
         ]),
+        // Room for nothing: a classic queue refuses every publish, even with a consumer
+        // waiting; a quorum queue's limit is soft: it takes one into an empty queue, then
+        // refuses while one waits (probed on 3.10.8).
+        18 => table(&[
+            ("x-max-length", i(0)),
+            ("x-overflow", s("reject-publish-dlx")),
+            ("x-dead-letter-exchange", s("dlx")),
+        ]),
+        19 => table(&[
+            ("x-queue-type", s("quorum")),
+            ("x-max-length", i(0)),
+            ("x-overflow", s("reject-publish")),
+        ]),
         _ => table(&[
             ("x-queue-type", s("quorum")),
             ("x-max-length", i(2)),
@@ -150,7 +163,7 @@ fn queue_arguments(kind: usize) -> FieldTable {
         ]),
     }
 }
-const QUEUE_KINDS: usize = 19;
+const QUEUE_KINDS: usize = 21;
 /// Whether a kind is a quorum queue.
 fn is_quorum(kind: usize) -> bool {
     queue_arguments(kind).get("x-queue-type") == Some(&s("quorum"))
@@ -273,8 +286,8 @@ enum Op {
         mandatory: bool,
         priority: u8,
         headers: usize,
-        /// `expiration: 0`: delivered only to a consumer that can take it at once.
-        expires: bool,
+        /// The message's `expiration`.
+        ttl: Ttl,
         /// `reply_to: amq.rabbitmq.reply-to`: a request that wants a direct reply.
         ask: bool,
     },
@@ -306,6 +319,8 @@ enum Op {
         multiple: bool,
         /// None: ack; Some(requeue): nack.
         nack: Option<bool>,
+        /// A nack of one message goes as `basic.reject`.
+        reject: bool,
     },
     AckUnknown {
         conn: usize,
@@ -366,6 +381,27 @@ enum Op {
     },
 }
 
+/// A publish's `expiration`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Ttl {
+    None,
+    /// `0`: delivered only to a consumer that can take it at once.
+    Zero,
+    /// An hour: it never runs out in a run, but is carried (a dead letter moves it to
+    /// `x-death`'s `original-expiration`) and kept on a requeue.
+    Hour,
+}
+
+impl Ttl {
+    fn expiration(self) -> Option<String> {
+        match self {
+            Ttl::None => None,
+            Ttl::Zero => Some("0".to_owned()),
+            Ttl::Hour => Some("3600000".to_owned()),
+        }
+    }
+}
+
 /// Which operations a sequence is mostly made of.
 #[derive(Debug, Clone, Copy, PartialEq)]
 enum Focus {
@@ -417,13 +453,13 @@ fn op(focus: Focus) -> impl Strategy<Value = Op> {
             })),
         // Many publishes name a queue (the default exchange routes by it).
         w(7, 10) => (conn.clone(), prop::option::weighted(via_exchange, exchange), prop_oneof![to_queue => 2..5usize, 1 => key], any::<bool>(), 0u8..5)
-            .prop_flat_map(|(conn, exchange, key, mandatory, priority)| (0..HEADER_KINDS, prop::bool::weighted(0.15), prop::bool::weighted(0.3))
-                .prop_map(move |(headers, expires, ask)| {
+            .prop_flat_map(|(conn, exchange, key, mandatory, priority)| (0..HEADER_KINDS, prop_oneof![15 => Just(Ttl::None), 3 => Just(Ttl::Zero), 2 => Just(Ttl::Hour)], prop::bool::weighted(0.3))
+                .prop_map(move |(headers, ttl, ask)| {
                     // An expiring message goes to one queue at most (the default exchange,
                     // no `CC`): copies expiring in several queues at once are dead-lettered
                     // in an order RabbitMQ's queue processes race for.
-                    let (exchange, headers) = if expires { (None, 0) } else { (exchange, headers) };
-                    Op::Publish { conn, exchange, key, mandatory, priority, headers, expires, ask }
+                    let (exchange, headers) = if ttl == Ttl::Zero { (None, 0) } else { (exchange, headers) };
+                    Op::Publish { conn, exchange, key, mandatory, priority, headers, ttl, ask }
                 })),
         w(1, 3) => (conn.clone(), 0..QUEUES.len(), any::<usize>(), prop::bool::weighted(0.25))
             .prop_map(|(conn, queue, pick, mandatory)| Op::Reply { conn, queue, pick, mandatory }),
@@ -431,8 +467,8 @@ fn op(focus: Focus) -> impl Strategy<Value = Op> {
             .prop_map(|(conn, queue, no_ack)| Op::Get { conn, queue, no_ack }),
         w(2, 3) => (conn.clone(), queue.clone())
             .prop_map(|(conn, queue)| Op::Inspect { conn, queue }),
-        w(3, 6) => (conn.clone(), any::<usize>(), any::<bool>(), prop::option::of(any::<bool>()))
-            .prop_map(|(conn, pick, multiple, nack)| Op::Settle { conn, pick, multiple, nack }),
+        w(3, 6) => (conn.clone(), any::<usize>(), any::<bool>(), prop::option::of(any::<bool>()), prop::bool::weighted(0.3))
+            .prop_map(|(conn, pick, multiple, nack, reject)| Op::Settle { conn, pick, multiple, nack, reject }),
         w(1, 1) => conn.clone().prop_map(|conn| Op::AckUnknown { conn }),
         w(1, 2) => (conn.clone(), 0u16..4, prop::bool::weighted(0.25))
             .prop_map(|(conn, prefetch, global)| Op::Qos { conn, prefetch, global }),
@@ -904,7 +940,7 @@ async fn apply(
             mandatory,
             priority,
             headers,
-            expires,
+            ttl,
             ask,
             ..
         } => {
@@ -916,11 +952,14 @@ async fn apply(
             // RabbitMQ 3.10 arms no TTL timer for it, so it stays (purge and declare count it)
             // and a `basic.get` even hands it out, expired (probed); broker-mem drops it as its
             // TTL runs out (the README's differences).
-            let expires = expires && seen.kinds.get(KEYS[key]) != Some(&PRIORITY_KIND);
+            let ttl = match ttl {
+                Ttl::Zero if seen.kinds.get(KEYS[key]) == Some(&PRIORITY_KIND) => Ttl::None,
+                ttl => ttl,
+            };
             let properties = Properties {
                 priority: Some(priority),
                 headers: message_headers(headers),
-                expiration: expires.then(|| "0".to_owned()),
+                expiration: ttl.expiration(),
                 reply_to: ask.then(|| REPLY_TO.to_owned()),
                 ..Properties::default()
             };
@@ -1000,6 +1039,7 @@ async fn apply(
             pick,
             multiple,
             nack,
+            reject,
             ..
         } => {
             let unacked = &mut slots[conn].unacked;
@@ -1010,6 +1050,7 @@ async fn apply(
             unacked.retain(|t| if multiple { *t > tag } else { *t != tag });
             let result = match nack {
                 None => b.ack(ch, tag, multiple).await,
+                Some(requeue) if reject && !multiple => b.reject(ch, tag, requeue).await,
                 Some(requeue) => b.nack(ch, tag, multiple, requeue).await,
             };
             // A nack without requeue may dead-letter, in the background on RabbitMQ.
