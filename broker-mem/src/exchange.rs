@@ -6,6 +6,7 @@ use std::borrow::Cow;
 use crate::binding::{Bindings, Destination};
 use crate::error::{Fault, ReplyCode};
 use crate::message::{FieldTable, FieldValue, erlang_float};
+use crate::queue::describe_values;
 
 /// The exchange types broker-mem implements.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -159,30 +160,29 @@ impl Exchange {
     }
 
     /// RabbitMQ checks `alternate-exchange` on a redeclare (the only exchange argument it
-    /// compares).
+    /// compares), before it would look at the type of a new one: a value of another type is
+    /// inequivalent, not invalid (probed on 3.10.8).
     pub(crate) fn check_equivalent_arguments(
         &self,
         name: &str,
         arguments: &FieldTable,
     ) -> Result<(), Fault> {
-        let received = Exchange::alternate_from(arguments);
-        if received == self.alternate {
+        let received = arguments.get(ARG_ALTERNATE_EXCHANGE);
+        let current = self.alternate.clone().map(FieldValue::String);
+        let same = match (received, &current) {
+            (Some(received), Some(current)) => received.equivalent(current),
+            (received, current) => received.is_none() && current.is_none(),
+        };
+        if same {
             return Ok(());
         }
-        // RabbitMQ 3.10: bare values when both are set, typed when one is missing.
-        let describe = |value: &Option<String>, other: &Option<String>| match (value, other) {
-            (Some(v), Some(_)) => format!("'{v}'"),
-            (Some(v), None) => format!("the value '{v}' of type 'longstr'"),
-            (None, _) => "none".to_owned(),
-        };
+        let (received, current) = describe_values(received, current.as_ref());
         Err(Fault::channel(
             ReplyCode::PreconditionFailed,
             format!(
                 "inequivalent arg '{ARG_ALTERNATE_EXCHANGE}' for exchange '{name}' in vhost '{}': \
-                 received {} but current is {}",
+                 received {received} but current is {current}",
                 crate::VHOST,
-                describe(&received, &self.alternate),
-                describe(&self.alternate, &received)
             ),
         ))
     }

@@ -1154,12 +1154,13 @@ impl Queue {
 
 /// Both values as RabbitMQ 3.10 describes them in an inequivalent-argument error: bare when
 /// both are present, with their type when one is missing (`none`).
-fn describe_values(
+pub(crate) fn describe_values(
     received: Option<&FieldValue>,
     current: Option<&FieldValue>,
 ) -> (String, String) {
     let bare = |value: &FieldValue| match value {
         FieldValue::String(v) => v.clone(),
+        FieldValue::StringBytes(v) => String::from_utf8_lossy(v).into_owned(),
         FieldValue::Bool(v) => v.to_string(),
         FieldValue::F32(v) => erlang_float(f64::from(*v)),
         FieldValue::F64(v) => erlang_float(*v),

@@ -323,6 +323,44 @@ async fn redeclaring_an_exchange_with_another_alternate_is_406(b: &mut impl Amqp
         .await
         .unwrap_err();
     assert_eq!((error.code, norm(&error.text)), (406, "PRECONDITION_FAILED - inequivalent arg 'alternate-exchange' for exchange 'x' in vhost '/': received 'ae2' but current is 'ae1'".to_owned()));
+    // On a redeclare a value of another type is compared, not refused as a new exchange's
+    // would be (probed on 3.10.8), and a missing one is described with its type.
+    let ch = b.channel(c).await;
+    b.exchange(ch, "plain", "direct").await;
+    let redeclares = [
+        (
+            "x",
+            table(&[("alternate-exchange", i(1))]),
+            "received '1' but current is 'ae1'",
+        ),
+        (
+            "x",
+            FieldTable::new(),
+            "received none but current is the value 'ae1' of type 'longstr'",
+        ),
+        (
+            "plain",
+            table(&[("alternate-exchange", FieldValue::Bool(true))]),
+            "received the value 'true' of type 'bool' but current is none",
+        ),
+    ];
+    for (exchange, args, why) in redeclares {
+        let ch = b.channel(c).await;
+        let error = b
+            .exchange_declare(ch, exchange, "direct", XFlags::default(), args)
+            .await
+            .unwrap_err();
+        assert_eq!(
+            (error.code, norm(&error.text)),
+            (
+                406,
+                format!(
+                    "PRECONDITION_FAILED - inequivalent arg 'alternate-exchange' for exchange '{exchange}' in vhost '/': {why}"
+                )
+            )
+        );
+    }
+    b.exchange_delete(ch, "plain", false).await.unwrap();
 }
 
 async fn default_exchange_routes_by_queue_name(b: &mut impl Amqp) {
