@@ -5,7 +5,7 @@ use std::borrow::Cow;
 
 use crate::binding::{Bindings, Destination};
 use crate::error::{Fault, ReplyCode};
-use crate::message::{FieldTable, FieldValue, erlang_float};
+use crate::message::{FieldTable, FieldValue, erlang_term};
 use crate::queue::describe_values;
 
 /// The exchange types broker-mem implements.
@@ -321,31 +321,18 @@ pub(crate) fn check_x_match(arguments: &FieldTable) -> Result<(), Fault> {
         return Ok(());
     }
     let text = match arguments.get("x-match") {
-        Some(mode) if let Some(mode) = mode.as_longstr() => format!(
-            "Invalid x-match field value <<\"{mode}\">>; expected all, any, all-with-x, or \
-             any-with-x"
+        Some(mode @ (FieldValue::String(_) | FieldValue::StringBytes(_))) => format!(
+            "Invalid x-match field value {}; expected all, any, all-with-x, or any-with-x",
+            erlang_term(mode)
         ),
         Some(other) => format!(
             "Invalid x-match field type {} (value {}); expected longstr",
             other.type_name(),
-            describe(other)
+            erlang_term(other)
         ),
         None => return Ok(()),
     };
     Err(Fault::channel(ReplyCode::PreconditionFailed, text))
-}
-
-fn describe(value: &FieldValue) -> String {
-    match value {
-        FieldValue::Bool(v) => v.to_string(),
-        FieldValue::F32(v) => erlang_float(f64::from(*v)),
-        FieldValue::F64(v) => erlang_float(*v),
-        FieldValue::Timestamp(v) => v.to_string(),
-        other => match other.as_integer() {
-            Some(v) => v.to_string(),
-            None => format!("{other:?}"),
-        },
-    }
 }
 
 /// Whether a message's headers match a headers-exchange binding's arguments. `x-match = all`

@@ -352,6 +352,70 @@ pub(crate) fn erlang_float(value: f64) -> String {
     format!("{mantissa}{point}e{exponent}")
 }
 
+/// A binary as Erlang's `~tp` prints it: `<<"text">>` when every byte is printable Latin-1
+/// (with Erlang's escapes), `<<1,2,3>>` otherwise. RabbitMQ sends the Latin-1 bytes as they
+/// are; a reply text here must be UTF-8, so where they are not, the byte list stands in.
+pub(crate) fn erlang_binary(bytes: &[u8]) -> String {
+    let printable = |b: u8| matches!(b, 32..=126 | 160..=255 | 8..=13 | 27);
+    if bytes.is_empty() || !bytes.iter().all(|&b| printable(b)) {
+        return erlang_bytes(bytes);
+    }
+    let mut text = b"<<\"".to_vec();
+    for &byte in bytes {
+        let escaped: &[u8] = match byte {
+            b'"' => b"\\\"",
+            b'\\' => b"\\\\",
+            b'\n' => b"\\n",
+            b'\r' => b"\\r",
+            b'\t' => b"\\t",
+            11 => b"\\v",
+            8 => b"\\b",
+            12 => b"\\f",
+            27 => b"\\e",
+            _ => std::slice::from_ref(&byte),
+        };
+        text.extend_from_slice(escaped);
+    }
+    text.extend_from_slice(b"\">>");
+    String::from_utf8(text).unwrap_or_else(|_| erlang_bytes(bytes))
+}
+
+/// A binary as Erlang's `~w` prints it: `<<1,2,3>>`.
+pub(crate) fn erlang_bytes(bytes: &[u8]) -> String {
+    let list: Vec<String> = bytes.iter().map(u8::to_string).collect();
+    format!("<<{}>>", list.join(","))
+}
+
+/// A field value as Erlang's `~tp` prints RabbitMQ's reading of it, as its reply texts embed
+/// it: a table as `[{<<"key">>,type,value}]`, an array as `[{type,value}]`, void as
+/// `undefined`, a decimal as `{scale,digits}`. (Erlang breaks a term past 80 columns over
+/// lines; this does not.)
+pub(crate) fn erlang_term(value: &FieldValue) -> String {
+    let typed = |value: &FieldValue| format!("{},{}", value.type_name(), erlang_term(value));
+    match value {
+        FieldValue::Void => "undefined".to_owned(),
+        FieldValue::Bool(v) => v.to_string(),
+        FieldValue::F32(v) => erlang_float(f64::from(*v)),
+        FieldValue::F64(v) => erlang_float(*v),
+        FieldValue::Decimal { scale, value } => format!("{{{scale},{value}}}"),
+        FieldValue::Timestamp(v) => v.to_string(),
+        FieldValue::String(v) => erlang_binary(v.as_bytes()),
+        FieldValue::StringBytes(v) | FieldValue::Bytes(v) => erlang_binary(v),
+        FieldValue::Array(values) => {
+            let items: Vec<String> = values.iter().map(|v| format!("{{{}}}", typed(v))).collect();
+            format!("[{}]", items.join(","))
+        }
+        FieldValue::Table(table) => {
+            let items: Vec<String> = table
+                .iter()
+                .map(|(key, v)| format!("{{{},{}}}", erlang_binary(key.as_bytes()), typed(v)))
+                .collect();
+            format!("[{}]", items.join(","))
+        }
+        other => other.as_integer().unwrap_or_default().to_string(),
+    }
+}
+
 /// A number as Erlang compares it.
 #[derive(Clone, Copy)]
 enum Number {

@@ -19,7 +19,7 @@ use crate::engine::dead_letters::DeadLetters;
 use crate::error::{AmqpError, Fault, ReplyCode};
 use crate::exchange::bool_str;
 use crate::lookup::HandleMap;
-use crate::message::{EXPIRY_MS_MAX, FieldTable, FieldValue, Message, erlang_float, erlang_string};
+use crate::message::{EXPIRY_MS_MAX, FieldTable, FieldValue, Message, erlang_string, erlang_term};
 
 /// Flags of `queue.declare`.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -1158,23 +1158,26 @@ pub(crate) fn describe_values(
     received: Option<&FieldValue>,
     current: Option<&FieldValue>,
 ) -> (String, String) {
+    // A binary as its text (`~ts`), anything else as Erlang prints it (`~tp`).
     let bare = |value: &FieldValue| match value {
         FieldValue::String(v) => v.clone(),
-        FieldValue::StringBytes(v) => String::from_utf8_lossy(v).into_owned(),
-        FieldValue::Bool(v) => v.to_string(),
-        FieldValue::F32(v) => erlang_float(f64::from(*v)),
-        FieldValue::F64(v) => erlang_float(*v),
-        other => match other.as_integer() {
-            Some(v) => v.to_string(),
-            None => format!("{other:?}"),
-        },
+        FieldValue::StringBytes(v) | FieldValue::Bytes(v) => {
+            String::from_utf8_lossy(v).into_owned()
+        }
+        other => erlang_term(other),
     };
     let typed = |value: Option<&FieldValue>| match value {
         None => "none".to_owned(),
         Some(v) => format!("the value '{}' of type '{}'", bare(v), v.type_name()),
     };
+    // Both present: bare, but a void value (Erlang's `undefined`) reads `none`, as a missing
+    // one does (probed on 3.10.8).
+    let quoted = |value: &FieldValue| match value {
+        FieldValue::Void => "none".to_owned(),
+        value => format!("'{}'", bare(value)),
+    };
     match (received, current) {
-        (Some(r), Some(c)) => (format!("'{}'", bare(r)), format!("'{}'", bare(c))),
+        (Some(r), Some(c)) => (quoted(r), quoted(c)),
         (r, c) => (typed(r), typed(c)),
     }
 }

@@ -5,7 +5,7 @@
 //! keeps a header table's order; body and heartbeat frames are cut out by hand, because they
 //! are the bulk of the traffic and need no parsing.
 
-use crate::message::{FieldTable, Properties};
+use crate::message::{FieldTable, Properties, erlang_binary, erlang_bytes};
 use crate::wire::content::{
     NESTING_MAX, decode_properties, has_method_table, method_arguments, method_table_too_deep,
     put_table,
@@ -292,40 +292,6 @@ impl Snippet {
     fn unexpected(&self) -> String {
         format!("UNEXPECTED_FRAME - {}", self.describe())
     }
-}
-
-/// A binary as Erlang's `~tp` prints it: `<<"text">>` when every byte is printable Latin-1
-/// (with Erlang's escapes), `<<1,2,3>>` otherwise. RabbitMQ sends the Latin-1 bytes as they
-/// are; a reply text here must be UTF-8, so where they are not, the byte list stands in.
-fn erlang_binary(bytes: &[u8]) -> String {
-    let printable = |b: u8| matches!(b, 32..=126 | 160..=255 | 8..=13 | 27);
-    if bytes.is_empty() || !bytes.iter().all(|&b| printable(b)) {
-        return erlang_bytes(bytes);
-    }
-    let mut text = b"<<\"".to_vec();
-    for &byte in bytes {
-        let escaped: &[u8] = match byte {
-            b'"' => b"\\\"",
-            b'\\' => b"\\\\",
-            b'\n' => b"\\n",
-            b'\r' => b"\\r",
-            b'\t' => b"\\t",
-            11 => b"\\v",
-            8 => b"\\b",
-            12 => b"\\f",
-            27 => b"\\e",
-            _ => std::slice::from_ref(&byte),
-        };
-        text.extend_from_slice(escaped);
-    }
-    text.extend_from_slice(b"\">>");
-    String::from_utf8(text).unwrap_or_else(|_| erlang_bytes(bytes))
-}
-
-/// A binary as Erlang's `~w` prints it: `<<1,2,3>>`.
-fn erlang_bytes(bytes: &[u8]) -> String {
-    let list: Vec<String> = bytes.iter().map(u8::to_string).collect();
-    format!("<<{}>>", list.join(","))
 }
 
 /// The prefetch-size of a `basic.qos` method payload (class 60, method 10); None for any
