@@ -5,8 +5,7 @@ use std::borrow::Cow;
 
 use crate::binding::{Bindings, Destination};
 use crate::error::{Fault, ReplyCode};
-use crate::message::{FieldTable, FieldValue, erlang_term};
-use crate::queue::describe_values;
+use crate::message::{FieldTable, FieldValue, describe_values, erlang_term};
 
 /// The exchange types broker-mem implements.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]

@@ -416,6 +416,36 @@ pub(crate) fn erlang_term(value: &FieldValue) -> String {
     }
 }
 
+/// Both values as RabbitMQ 3.10 describes them in an inequivalent-argument error: bare when
+/// both are present, with their type when one is missing (`none`).
+pub(crate) fn describe_values(
+    received: Option<&FieldValue>,
+    current: Option<&FieldValue>,
+) -> (String, String) {
+    // A binary as its text (`~ts`), anything else as Erlang prints it (`~tp`).
+    let bare = |value: &FieldValue| match value {
+        FieldValue::String(v) => v.clone(),
+        FieldValue::StringBytes(v) | FieldValue::Bytes(v) => {
+            String::from_utf8_lossy(v).into_owned()
+        }
+        other => erlang_term(other),
+    };
+    let typed = |value: Option<&FieldValue>| match value {
+        None => "none".to_owned(),
+        Some(v) => format!("the value '{}' of type '{}'", bare(v), v.type_name()),
+    };
+    // Both present: bare, but a void value (Erlang's `undefined`) reads `none`, as a missing
+    // one does (probed on 3.10.8).
+    let quoted = |value: &FieldValue| match value {
+        FieldValue::Void => "none".to_owned(),
+        value => format!("'{}'", bare(value)),
+    };
+    match (received, current) {
+        (Some(r), Some(c)) => (quoted(r), quoted(c)),
+        (r, c) => (typed(r), typed(c)),
+    }
+}
+
 /// A number as Erlang compares it.
 #[derive(Clone, Copy)]
 enum Number {

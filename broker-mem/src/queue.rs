@@ -19,7 +19,9 @@ use crate::engine::dead_letters::DeadLetters;
 use crate::error::{AmqpError, Fault, ReplyCode};
 use crate::exchange::bool_str;
 use crate::lookup::HandleMap;
-use crate::message::{EXPIRY_MS_MAX, FieldTable, FieldValue, Message, erlang_string, erlang_term};
+use crate::message::{
+    EXPIRY_MS_MAX, FieldTable, FieldValue, Message, describe_values, erlang_string,
+};
 
 /// Flags of `queue.declare`.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -85,6 +87,14 @@ impl QueueType {
         match self {
             QueueType::Classic => "rabbit_classic_queue",
             QueueType::Quorum => "rabbit_quorum_queue",
+        }
+    }
+
+    /// Declare arguments RabbitMQ 3.10 refuses on a queue of this type: another type's.
+    fn foreign_declare_arguments(self) -> &'static [&'static str] {
+        match self {
+            QueueType::Classic => &REFUSED_ON_CLASSIC,
+            QueueType::Quorum => &REFUSED_ON_QUORUM,
         }
     }
 
@@ -263,10 +273,7 @@ impl QueueArguments {
             },
             Some((other, None)) => return Err(unacceptable("x-queue-type", other)),
         };
-        let foreign: &[&str] = match queue_type {
-            QueueType::Classic => &REFUSED_ON_CLASSIC,
-            QueueType::Quorum => &REFUSED_ON_QUORUM,
-        };
+        let foreign = queue_type.foreign_declare_arguments();
         // An argument of the other queue type is not validated, only refused below.
         let get = |arg: &str| {
             if foreign.contains(&arg) {
@@ -1149,36 +1156,6 @@ impl Queue {
             .iter()
             .zip(self.ready.iter().skip(1))
             .all(|(a, b)| self.order(a) < self.order(b))
-    }
-}
-
-/// Both values as RabbitMQ 3.10 describes them in an inequivalent-argument error: bare when
-/// both are present, with their type when one is missing (`none`).
-pub(crate) fn describe_values(
-    received: Option<&FieldValue>,
-    current: Option<&FieldValue>,
-) -> (String, String) {
-    // A binary as its text (`~ts`), anything else as Erlang prints it (`~tp`).
-    let bare = |value: &FieldValue| match value {
-        FieldValue::String(v) => v.clone(),
-        FieldValue::StringBytes(v) | FieldValue::Bytes(v) => {
-            String::from_utf8_lossy(v).into_owned()
-        }
-        other => erlang_term(other),
-    };
-    let typed = |value: Option<&FieldValue>| match value {
-        None => "none".to_owned(),
-        Some(v) => format!("the value '{}' of type '{}'", bare(v), v.type_name()),
-    };
-    // Both present: bare, but a void value (Erlang's `undefined`) reads `none`, as a missing
-    // one does (probed on 3.10.8).
-    let quoted = |value: &FieldValue| match value {
-        FieldValue::Void => "none".to_owned(),
-        value => format!("'{}'", bare(value)),
-    };
-    match (received, current) {
-        (Some(r), Some(c)) => (quoted(r), quoted(c)),
-        (r, c) => (typed(r), typed(c)),
     }
 }
 

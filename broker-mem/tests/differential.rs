@@ -13,14 +13,14 @@
 //! unbinding must name too), publishes with confirms (some mandatory, with priorities, headers of
 //! several AMQP types, `CC` and `BCC`, some asking for a direct reply), direct replies, `basic.get`,
 //! `basic.qos` (per consumer and per channel), consumers (some exclusive, some no-ack, some on
-//! direct reply-to's pseudo-queue) and taking what they were delivered, cancels, acks, nacks, rejects,
-//! `basic.recover`, transactions, purges, deletes and closes, on two connections. So prefetch,
-//! round-robin, requeue and redelivery are compared delivery by delivery. No TTL but 0 (a
-//! message's `expiration`, a queue's `x-message-ttl`) and a message's hour, which no run
-//! outlasts: other TTLs' timing is RabbitMQ's, not the test's. RabbitMQ delivers, dead-letters, requeues on a close and deletes
-//! exclusive and auto-delete queues in the background, so after an operation that may do any of
-//! these the RabbitMQ run waits a moment, and a run that differs is repeated before the difference
-//! counts. Each sequence also runs through lapin on broker-mem's wire server, whose transcript must
+//! direct reply-to's pseudo-queue) and taking what they were delivered, cancels, acks, nacks,
+//! rejects, `basic.recover`, transactions, purges, deletes and closes, on two connections. So
+//! prefetch, round-robin, requeue and redelivery are compared delivery by delivery. No TTL but 0
+//! (a message's `expiration`, a queue's `x-message-ttl`) and a message's hour, which no run
+//! outlasts: other TTLs' timing is RabbitMQ's, not the test's. RabbitMQ delivers, dead-letters,
+//! requeues on a close and deletes exclusive and auto-delete queues in the background, so after
+//! an operation that may do any of these the RabbitMQ run waits a moment, and a run that differs
+//! is repeated before the difference counts. Each sequence also runs through lapin on broker-mem's wire server, whose transcript must
 //! be the in-process one.
 //!
 //! Cases: `WARREN_DIFFERENTIAL_CASES` (default 24; each creates a vhost). Without a reachable
