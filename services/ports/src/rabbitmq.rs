@@ -13,10 +13,16 @@
 //! with exponential backoff on `tokio::time`) and retries the operation once. A consumer stream
 //! is not resumed: it ends with an error, and the service consumes again, which reconnects.
 //!
+//! Every exchange with the broker is bounded in time ([`ROUND_TRIP_TIMEOUT_MS`],
+//! [`CONFIRM_TIMEOUT_MS`]): lapin can leave a call pending forever when the broker closes the
+//! connection under it (amqp-rs/lapin#409, open), and a service must hear about it rather than
+//! hang. A call that outlives its bound abandons the connection it used, so the retry reconnects.
+//!
 //! Real mode only: lapin runs its socket I/O on an OS thread of its own (see DESIGN.md), so this
 //! adapter never runs inside a simulation.
 
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -46,6 +52,10 @@ const CONNECT_TIMEOUT_MS: u64 = 10_000;
 /// A publish waits this long for the broker's confirm (a broker under a memory or disk alarm
 /// blocks publishers indefinitely; a service must hear about it).
 pub const CONFIRM_TIMEOUT_MS: u64 = 30_000;
+/// Any other exchange with the broker (channel open and close, `confirm.select`, declares,
+/// binds, `basic.qos`, `basic.consume`, handing a publish or a settlement to lapin, closing) may
+/// take this long.
+pub const ROUND_TRIP_TIMEOUT_MS: u64 = 10_000;
 /// AMQP reply code of a normal close.
 const REPLY_SUCCESS: u16 = 200;
 /// Shown to RabbitMQ's management UI as the connection's name.
@@ -60,6 +70,9 @@ pub struct RabbitBus {
     /// The password, so that it can be scrubbed from lapin's error texts.
     password: Option<String>,
     link: Mutex<Link>,
+    /// Set when a call on the connection outlived its bound: lapin may still report the
+    /// connection as connected, so the next use replaces it instead of trusting that.
+    connection_suspect: AtomicBool,
 }
 
 impl std::fmt::Debug for RabbitBus {
@@ -115,6 +128,7 @@ impl RabbitBus {
                 publisher: None,
                 closed: false,
             }),
+            connection_suspect: AtomicBool::new(false),
         };
         let connection = bus.open_connection().await.map_err(BusError::Connection)?;
         bus.link.lock().await.connection = Some(connection);
@@ -137,7 +151,7 @@ impl RabbitBus {
             && publisher.status().connected()
         {
             // The connection close below covers this channel too; a failure here changes nothing.
-            let _ = publisher.close(REPLY_SUCCESS, "OK".into()).await;
+            let _ = bounded(publisher.close(REPLY_SUCCESS, "OK".into())).await;
         }
         let Some(connection) = link.connection.take() else {
             return Ok(());
@@ -145,16 +159,18 @@ impl RabbitBus {
         if !connection.status().connected() {
             return Ok(());
         }
-        connection
-            .close(REPLY_SUCCESS, "OK".into())
-            .await
-            .map_err(|error| {
-                BusError::Connection(format!(
-                    "closing the connection to {}: {}",
-                    self.url_redacted,
-                    self.scrub(&error.to_string())
-                ))
-            })
+        match bounded(connection.close(REPLY_SUCCESS, "OK".into())).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(error)) => Err(BusError::Connection(format!(
+                "closing the connection to {}: {}",
+                self.url_redacted,
+                self.scrub(&error.to_string())
+            ))),
+            Err(Elapsed) => Err(BusError::Connection(format!(
+                "closing the connection to {}: no answer within {ROUND_TRIP_TIMEOUT_MS} ms",
+                self.url_redacted
+            ))),
+        }
     }
 
     /// One connection attempt, bounded by [`CONNECT_TIMEOUT_MS`]. The error text names the URL
@@ -183,11 +199,12 @@ impl RabbitBus {
         if link.closed {
             return Err(Failure::Final(BusError::Closed));
         }
+        let suspect = self.connection_suspect.swap(false, Ordering::Relaxed);
         let alive = link
             .connection
             .as_ref()
             .is_some_and(|c| c.status().connected());
-        if !alive {
+        if suspect || !alive {
             self.reconnect(link).await.map_err(Failure::Final)?;
         }
         link.connection
@@ -228,6 +245,7 @@ impl RabbitBus {
     async fn publisher(&self, link: &mut Link) -> Result<Channel, Failure> {
         if let Some(channel) = &link.publisher
             && channel.status().connected()
+            && !self.connection_suspect.load(Ordering::Relaxed)
             && link
                 .connection
                 .as_ref()
@@ -237,10 +255,12 @@ impl RabbitBus {
         }
         link.publisher = None;
         let channel = self.open_channel(link).await?;
-        channel
-            .confirm_select(ConfirmSelectOptions::default())
-            .await
-            .map_err(|error| self.failure("confirm.select", "", error))?;
+        self.round_trip(
+            "confirm.select",
+            "",
+            channel.confirm_select(ConfirmSelectOptions::default()),
+        )
+        .await?;
         link.publisher = Some(channel.clone());
         Ok(channel)
     }
@@ -248,10 +268,8 @@ impl RabbitBus {
     /// A new channel on the live connection.
     async fn open_channel(&self, link: &mut Link) -> Result<Channel, Failure> {
         let connection = self.connection(link).await?;
-        connection
-            .create_channel()
+        self.round_trip("channel.open", "", connection.create_channel())
             .await
-            .map_err(|error| self.failure("channel.open", "", error))
     }
 
     /// Runs `attempt` and, if it failed in a way a fresh connection or channel may cure, once
@@ -283,10 +301,12 @@ impl RabbitBus {
                 ..Default::default()
             };
             let name = short_string("exchange name", &exchange.name).map_err(Failure::Final)?;
-            channel
-                .exchange_declare(name, kind, options, FieldTable::default())
-                .await
-                .map_err(|error| self.failure("exchange.declare", &exchange.name, error))?;
+            self.round_trip(
+                "exchange.declare",
+                &exchange.name,
+                channel.exchange_declare(name, kind, options, FieldTable::default()),
+            )
+            .await?;
         }
         for queue in &topology.queues {
             let options = QueueDeclareOptions {
@@ -294,10 +314,12 @@ impl RabbitBus {
                 ..Default::default()
             };
             let name = short_string("queue name", &queue.name).map_err(Failure::Final)?;
-            channel
-                .queue_declare(name, options, FieldTable::default())
-                .await
-                .map_err(|error| self.failure("queue.declare", &queue.name, error))?;
+            self.round_trip(
+                "queue.declare",
+                &queue.name,
+                channel.queue_declare(name, options, FieldTable::default()),
+            )
+            .await?;
         }
         for binding in &topology.bindings {
             let target = format!("{} -> {}", binding.exchange, binding.queue);
@@ -305,16 +327,14 @@ impl RabbitBus {
             let exchange =
                 short_string("exchange name", &binding.exchange).map_err(Failure::Final)?;
             let key = short_string("routing key", &binding.routing_key).map_err(Failure::Final)?;
-            channel
-                .queue_bind(
-                    queue,
-                    exchange,
-                    key,
-                    QueueBindOptions::default(),
-                    FieldTable::default(),
-                )
-                .await
-                .map_err(|error| self.failure("queue.bind", &target, error))?;
+            let bind = channel.queue_bind(
+                queue,
+                exchange,
+                key,
+                QueueBindOptions::default(),
+                FieldTable::default(),
+            );
+            self.round_trip("queue.bind", &target, bind).await?;
         }
         close_channel(&channel).await;
         Ok(())
@@ -326,19 +346,17 @@ impl RabbitBus {
         let confirm = {
             let mut link = self.link.lock().await;
             let channel = self.publisher(&mut link).await?;
-            channel
-                .basic_publish(
-                    message.exchange.clone(),
-                    message.routing_key.clone(),
-                    BasicPublishOptions {
-                        mandatory: false,
-                        immediate: false,
-                    },
-                    &message.body,
-                    message.properties.clone(),
-                )
-                .await
-                .map_err(|error| self.failure("basic.publish", exchange, error))?
+            let publish = channel.basic_publish(
+                message.exchange.clone(),
+                message.routing_key.clone(),
+                BasicPublishOptions {
+                    mandatory: false,
+                    immediate: false,
+                },
+                &message.body,
+                message.properties.clone(),
+            );
+            self.round_trip("basic.publish", exchange, publish).await?
         };
         let timeout = Duration::from_millis(CONFIRM_TIMEOUT_MS);
         match tokio::time::timeout(timeout, confirm).await {
@@ -353,10 +371,15 @@ impl RabbitBus {
             // error, including publishes that did nothing wrong; the retry, on a fresh channel,
             // tells them apart. So even a refusal is retried once.
             Ok(Err(error)) => Err(Failure::Retry(self.error("basic.publish", exchange, error))),
-            Err(_) => Err(Failure::Final(BusError::Connection(format!(
-                "publish to {exchange:?}: no confirm from {} within {CONFIRM_TIMEOUT_MS} ms",
-                self.url_redacted
-            )))),
+            // Final, not retried: the broker may have taken the message, and a retry could
+            // publish it twice. The connection is replaced on next use all the same.
+            Err(_) => {
+                self.connection_suspect.store(true, Ordering::Relaxed);
+                Err(Failure::Final(BusError::Connection(format!(
+                    "publish to {exchange:?}: no confirm from {} within {CONFIRM_TIMEOUT_MS} ms",
+                    self.url_redacted
+                ))))
+            }
         }
     }
 
@@ -384,23 +407,40 @@ impl RabbitBus {
         queue: &str,
         prefetch: u16,
     ) -> Result<lapin::Consumer, Failure> {
-        channel
-            .basic_qos(prefetch, BasicQosOptions { global: false })
-            .await
-            .map_err(|error| self.failure("basic.qos", queue, error))?;
+        let qos = channel.basic_qos(prefetch, BasicQosOptions { global: false });
+        self.round_trip("basic.qos", queue, qos).await?;
         let name = short_string("queue name", queue).map_err(Failure::Final)?;
-        channel
-            .basic_consume(
-                name,
-                ShortString::default(),
-                BasicConsumeOptions {
-                    no_ack: false,
-                    ..Default::default()
-                },
-                FieldTable::default(),
-            )
-            .await
-            .map_err(|error| self.failure("basic.consume", queue, error))
+        let consume = channel.basic_consume(
+            name,
+            ShortString::default(),
+            BasicConsumeOptions {
+                no_ack: false,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        );
+        self.round_trip("basic.consume", queue, consume).await
+    }
+
+    /// Awaits one lapin call, bounded by [`ROUND_TRIP_TIMEOUT_MS`]. A call that outlives it
+    /// marks the connection suspect and is worth a retry, on a fresh connection.
+    async fn round_trip<T>(
+        &self,
+        operation: &'static str,
+        target: &str,
+        call: impl Future<Output = lapin::Result<T>>,
+    ) -> Result<T, Failure> {
+        match bounded(call).await {
+            Ok(result) => result.map_err(|error| self.failure(operation, target, error)),
+            Err(Elapsed) => {
+                self.connection_suspect.store(true, Ordering::Relaxed);
+                let target = quoted(target);
+                Err(Failure::Retry(BusError::Connection(format!(
+                    "{operation}{target} on {}: no answer within {ROUND_TRIP_TIMEOUT_MS} ms",
+                    self.url_redacted
+                ))))
+            }
+        }
     }
 
     /// Classifies a lapin error: a refusal by the broker is final, anything else is worth a retry
@@ -475,22 +515,37 @@ fn map_error(
             text: amqp.get_message().to_string(),
         };
     }
-    let target = if target.is_empty() {
+    BusError::Connection(format!(
+        "{operation}{} on {url_redacted}: {}",
+        quoted(target),
+        scrub(&error.to_string())
+    ))
+}
+
+/// ` "target"`, or nothing for an operation without one.
+fn quoted(target: &str) -> String {
+    if target.is_empty() {
         String::new()
     } else {
         format!(" {target:?}")
-    };
-    BusError::Connection(format!(
-        "{operation}{target} on {url_redacted}: {}",
-        scrub(&error.to_string())
-    ))
+    }
+}
+
+/// A lapin call that outlived [`ROUND_TRIP_TIMEOUT_MS`].
+struct Elapsed;
+
+/// `call`, or [`Elapsed`] after [`ROUND_TRIP_TIMEOUT_MS`].
+async fn bounded<T>(call: impl Future<Output = T>) -> Result<T, Elapsed> {
+    tokio::time::timeout(Duration::from_millis(ROUND_TRIP_TIMEOUT_MS), call)
+        .await
+        .map_err(|_| Elapsed)
 }
 
 /// Closes a channel we are done with. Best effort: a channel the broker already closed, or a
 /// dead connection, leaves nothing to clean up.
 async fn close_channel(channel: &Channel) {
     if channel.status().connected() {
-        let _ = channel.close(REPLY_SUCCESS, "OK".into()).await;
+        let _ = bounded(channel.close(REPLY_SUCCESS, "OK".into())).await;
     }
 }
 
@@ -626,16 +681,21 @@ impl LapinAcker {
     fn settled(
         &self,
         operation: &'static str,
-        result: lapin::Result<bool>,
+        result: Result<lapin::Result<bool>, Elapsed>,
     ) -> Result<(), BusError> {
         match result {
-            Ok(true) => Ok(()),
-            Ok(false) => Err(BusError::Connection(format!(
+            Ok(Ok(true)) => Ok(()),
+            Err(Elapsed) => Err(BusError::Connection(format!(
+                "{operation} on queue {:?}: no answer within {ROUND_TRIP_TIMEOUT_MS} ms; unless \
+                 the broker heard it, it will redeliver the message",
+                self.queue
+            ))),
+            Ok(Ok(false)) => Err(BusError::Connection(format!(
                 "{operation} on queue {:?}: the delivery's channel is closed; the broker will \
                  redeliver the message",
                 self.queue
             ))),
-            Err(error) => Err(map_error(
+            Ok(Err(error)) => Err(map_error(
                 operation,
                 &self.queue,
                 "the broker",
@@ -649,23 +709,21 @@ impl LapinAcker {
 #[async_trait]
 impl Acker for LapinAcker {
     async fn ack(self: Box<Self>) -> Result<(), BusError> {
-        let result = self.acker.ack(BasicAckOptions { multiple: false }).await;
+        let result = bounded(self.acker.ack(BasicAckOptions { multiple: false })).await;
         self.settled("basic.ack", result)
     }
 
     async fn nack(self: Box<Self>, requeue: bool) -> Result<(), BusError> {
-        let result = self
-            .acker
-            .nack(BasicNackOptions {
-                multiple: false,
-                requeue,
-            })
-            .await;
+        let options = BasicNackOptions {
+            multiple: false,
+            requeue,
+        };
+        let result = bounded(self.acker.nack(options)).await;
         self.settled("basic.nack", result)
     }
 
     async fn reject(self: Box<Self>, requeue: bool) -> Result<(), BusError> {
-        let result = self.acker.reject(BasicRejectOptions { requeue }).await;
+        let result = bounded(self.acker.reject(BasicRejectOptions { requeue })).await;
         self.settled("basic.reject", result)
     }
 }

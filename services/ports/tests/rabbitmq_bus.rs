@@ -1,5 +1,6 @@
 //! What only lapin's adapter (`RabbitBus`) against a real RabbitMQ has to show: it reconnects
-//! after the broker force-closes its connection, a closed bus refuses work, connection errors
+//! after the broker force-closes its connection, it abandons a connection the broker stops
+//! answering on instead of hanging, a closed bus refuses work, connection errors
 //! redact the password, and the per-test vhost guard cleans up. The bus contract itself (topology,
 //! round trip, ack / nack / reject, prefetch, refusals, concurrent confirms) runs for lapin +
 //! RabbitMQ, beside every other pairing, in `bus_contract.rs`.
@@ -11,14 +12,17 @@
 
 mod support;
 
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use contracts::{QUEUE_COMMANDS, Topology};
 use futures::StreamExt as _;
-use ports::rabbitmq::RabbitBus;
+use ports::rabbitmq::{ROUND_TRIP_TIMEOUT_MS, RabbitBus};
 use ports::testing::RabbitVhost;
 use ports::{Bus as _, BusError, ConsumeOptions};
 use support::{DELIVERY_WAIT_MS, command, kill_connections, next_delivery};
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
 /// A fresh vhost and a bus connected to it; `None` when RabbitMQ is absent (skip rule).
 async fn setup(test: &str) -> Option<(RabbitVhost, RabbitBus)> {
@@ -143,4 +147,124 @@ async fn vhost_guard_deletes_the_vhost_when_a_test_panics() {
         matches!(gone, Err(BusError::Connection(_))),
         "the vhost is deleted: {gone:?}"
     );
+}
+
+/// A broker that stops answering on an open connection (a wedged broker, a network path that
+/// drops packets without a reset, or lapin leaving a call pending, amqp-rs/lapin#409) costs one
+/// round-trip bound, not a hang: the bus abandons that connection and its retry reconnects.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bus_abandons_a_connection_the_broker_stops_answering_on() {
+    let Some(vhost) = RabbitVhost::create("abandons_silent_connection")
+        .await
+        .expect("create the test's vhost")
+    else {
+        return;
+    };
+    let proxy = FreezingProxy::start(vhost.amqp_url()).await;
+    let bus = RabbitBus::connect(&proxy.amqp_url(vhost.amqp_url()))
+        .await
+        .expect("connect through the proxy");
+    bus.declare(&Topology::contract()).await.expect("declare");
+    assert_eq!(proxy.connections(), 1);
+
+    proxy.freeze_open_connections();
+    // The channel.open goes unanswered; the retry runs on a new connection.
+    let bound = Duration::from_millis(3 * ROUND_TRIP_TIMEOUT_MS);
+    let declared = tokio::time::timeout(bound, bus.declare(&Topology::contract())).await;
+    assert!(
+        matches!(declared, Ok(Ok(()))),
+        "declare on a fresh connection: {declared:?}"
+    );
+    assert_eq!(proxy.connections(), 2, "the bus reconnected once");
+
+    bus.publish(command(1)).await.expect("publish");
+    let mut stream = bus
+        .consume(QUEUE_COMMANDS, ConsumeOptions::default())
+        .await
+        .expect("consume");
+    let delivery = next_delivery(&mut stream).await;
+    assert_eq!(delivery.body, command(1).body);
+    delivery.ack().await.expect("ack");
+    drop(stream);
+    teardown(vhost, bus).await;
+}
+
+/// A TCP proxy to the broker whose open connections can be frozen: from then on it swallows
+/// what either side sends, and keeps both sockets open, so neither side hears anything. New
+/// connections pass through as before.
+struct FreezingProxy {
+    port: u16,
+    freezes: Arc<Mutex<Vec<Arc<AtomicBool>>>>,
+}
+
+impl FreezingProxy {
+    async fn start(upstream_url: &str) -> FreezingProxy {
+        let upstream = authority(upstream_url).to_owned();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind the proxy");
+        let port = listener.local_addr().expect("proxy address").port();
+        let freezes: Arc<Mutex<Vec<Arc<AtomicBool>>>> = Arc::default();
+        let registry = freezes.clone();
+        tokio::spawn(async move {
+            while let Ok((client, _)) = listener.accept().await {
+                let Ok(broker) = tokio::net::TcpStream::connect(&upstream).await else {
+                    continue;
+                };
+                let frozen = Arc::new(AtomicBool::new(false));
+                registry.lock().unwrap().push(frozen.clone());
+                let (client_read, client_write) = client.into_split();
+                let (broker_read, broker_write) = broker.into_split();
+                tokio::spawn(forward(client_read, broker_write, frozen.clone()));
+                tokio::spawn(forward(broker_read, client_write, frozen));
+            }
+        });
+        FreezingProxy { port, freezes }
+    }
+
+    /// `url` with the proxy in place of the broker's host and port.
+    fn amqp_url(&self, url: &str) -> String {
+        url.replacen(authority(url), &format!("127.0.0.1:{}", self.port), 1)
+    }
+
+    fn connections(&self) -> usize {
+        self.freezes.lock().unwrap().len()
+    }
+
+    fn freeze_open_connections(&self) {
+        for frozen in self.freezes.lock().unwrap().iter() {
+            frozen.store(true, Ordering::SeqCst);
+        }
+    }
+}
+
+/// `host:port` of `scheme://user:password@host:port/vhost`.
+fn authority(url: &str) -> &str {
+    let rest = url.split_once("://").map_or(url, |(_, rest)| rest);
+    let authority = rest.split('/').next().unwrap_or(rest);
+    authority
+        .rsplit_once('@')
+        .map_or(authority, |(_, host)| host)
+}
+
+/// Copies `from` to `to` until either closes, or swallows everything once `frozen` (the write
+/// half is kept, so the peer sees an open, silent connection).
+async fn forward(
+    mut from: tokio::net::tcp::OwnedReadHalf,
+    mut to: tokio::net::tcp::OwnedWriteHalf,
+    frozen: Arc<AtomicBool>,
+) {
+    let mut buffer = vec![0u8; 64 * 1024];
+    loop {
+        let read = match from.read(&mut buffer).await {
+            Ok(0) | Err(_) => return,
+            Ok(read) => read,
+        };
+        if frozen.load(Ordering::SeqCst) {
+            continue;
+        }
+        if to.write_all(&buffer[..read]).await.is_err() {
+            return;
+        }
+    }
 }
