@@ -9,6 +9,8 @@
 #                             and port are the ones waited for
 #   RABBITMQ_MANAGEMENT_URL   management API (default http://<AMQP host>:15672)
 #   RABBITMQ_WAIT_SECONDS     how long to wait for the broker to answer (default 90)
+#   WARREN_TEST_MINUTES_MAX   how long `cargo test` (build included) may run before it is stopped
+#                             and the run fails (default 60; a clean run takes about 20)
 set -euo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -181,5 +183,14 @@ export WARREN_REQUIRE_CLIENTS
 
 export WARREN_REQUIRE_RABBITMQ=1
 log "running cargo test --workspace $* (WARREN_REQUIRE_RABBITMQ=1, WARREN_REQUIRE_CLIENTS=$WARREN_REQUIRE_CLIENTS: these may not skip)"
-cargo test --workspace "$@"
+# A test that hangs fails the run here, with a line that says so, rather than running into CI's
+# own limit; cargo's "has been running for over 60 seconds" lines above it name the test.
+TEST_MINUTES_MAX="${WARREN_TEST_MINUTES_MAX:-60}"
+status=0
+timeout --kill-after=30s "${TEST_MINUTES_MAX}m" cargo test --workspace "$@" || status=$?
+if [[ "$status" -eq 124 || "$status" -eq 137 ]]; then
+    fail "cargo test did not finish within $TEST_MINUTES_MAX minutes (WARREN_TEST_MINUTES_MAX); see the tests reported as running for over 60 seconds above"
+elif [[ "$status" -ne 0 ]]; then
+    exit "$status"
+fi
 log "all tests passed"
