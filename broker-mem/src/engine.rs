@@ -1823,7 +1823,10 @@ impl Engine {
 
     /// The second half of a publish on `channel`: the message in every queue it was routed
     /// to, or the reasons it was not (returned, nacked).
-    /// `admitted`: the held ceilings were already checked for it (a transaction's commit).
+    /// `committing`: a transaction's commit: the held ceilings were already checked for the
+    /// whole transaction, and a quorum queue's `reject-publish` drops its copy without
+    /// refusing the publish (RabbitMQ 3.10.8, probed: the commit is ok, where a classic
+    /// queue's refusal makes it a 406 `partial tx completion`).
     /// `hints`: where each target was in `queues` (see `hinted_index`); may be short or empty.
     #[allow(clippy::too_many_arguments)] // one caller in the engine, one in tx; all needed
     fn enqueue_routed(
@@ -1834,7 +1837,7 @@ impl Engine {
         message: Message,
         options: PublishOptions,
         fault: Option<bool>,
-        admitted: bool,
+        committing: bool,
     ) -> Published {
         let mut returned = None;
         if targets.is_empty() && options.mandatory {
@@ -1854,7 +1857,7 @@ impl Engine {
             let confirm = nack("fault hook: nack_next_publish".to_owned());
             return Published { returned, confirm };
         }
-        let over = (!admitted)
+        let over = (!committing)
             .then(|| self.over_ceiling(targets.len(), message.body.len()))
             .flatten();
         if let Some(reason) = over {
@@ -1870,7 +1873,11 @@ impl Engine {
         let republishing = std::mem::replace(&mut self.republishing, true);
         for (at, name) in targets.iter().enumerate() {
             let hint = hints.get(at).copied().unwrap_or(usize::MAX);
-            if !self.enqueue(name, hint, &message, Some(Publisher::Channel(channel))) {
+            if !self.enqueue(name, hint, &message, Some(Publisher::Channel(channel)))
+                && !(committing
+                    && (self.queues.get(name))
+                        .is_some_and(|q| q.args.queue_type == QueueType::Quorum))
+            {
                 refused.push(name.as_str());
             }
         }

@@ -136,6 +136,7 @@ contract!(
     transactions_hold_publishes_until_commit_and_drop_them_on_rollback,
     a_transactional_publish_finds_the_default_exchanges_queue_at_the_commit,
     a_commit_a_queue_refuses_in_part_does_the_rest_and_closes_the_channel,
+    a_full_quorum_queue_drops_a_commits_publish_and_the_commit_is_ok,
     a_commit_delivers_its_publishes_one_by_one_and_expired_ones_take_no_room,
     transactional_settles_apply_at_commit_and_return_on_rollback,
     queue_arguments_are_validated_in_rabbitmqs_order_with_its_texts,
@@ -3599,6 +3600,37 @@ async fn a_commit_a_queue_refuses_in_part_does_the_rest_and_closes_the_channel(b
     assert_eq!(b.drain(ch, "other").await, ["after"]);
     assert_eq!(b.depth_becomes("dead", Some(1)).await, Some(1));
     assert_eq!(b.drain(ch, "dead").await, ["b"]);
+}
+
+/// RabbitMQ 3.10.8 (probed; found by the differential test): a quorum queue's `reject-publish`
+/// refusal reaches only a confirming channel. In a transaction the copy is dropped and the
+/// commit is ok, where a classic queue's refusal makes it a 406 `partial tx completion`.
+async fn a_full_quorum_queue_drops_a_commits_publish_and_the_commit_is_ok(b: &mut impl Amqp) {
+    let c = b.connection().await;
+    let ch = b.channel(c).await;
+    let limited = table(&[
+        ("x-queue-type", s("quorum")),
+        ("x-max-length", i(1)),
+        ("x-overflow", s("reject-publish")),
+    ]);
+    b.queue_declare(ch, "limited", DURABLE, limited)
+        .await
+        .unwrap();
+    b.queue(ch, "other").await;
+    // The limit is soft: the second gets in (the queue was not over it), then it is over.
+    b.send(ch, "", "limited", "a").await;
+    b.send(ch, "", "limited", "b").await;
+    assert_eq!(b.depth_becomes("limited", Some(2)).await, Some(2));
+    let tx = b.tx_channel(c).await;
+    send_in_tx(b, tx, "limited", "c").await;
+    send_in_tx(b, tx, "other", "after").await;
+    b.tx_commit(tx).await.unwrap();
+    assert_eq!(b.drain(ch, "other").await, ["after"]);
+    assert_eq!(b.drain(ch, "limited").await, ["a", "b"]);
+    // The channel is still open and still transactional.
+    send_in_tx(b, tx, "other", "again").await;
+    b.tx_commit(tx).await.unwrap();
+    assert_eq!(b.drain(ch, "other").await, ["again"]);
 }
 
 async fn transactional_settles_apply_at_commit_and_return_on_rollback(b: &mut impl Amqp) {

@@ -6,9 +6,11 @@
 //! prefetch credit comes back then. A rollback
 //! drops the publishes and puts the settled deliveries back among the channel's unacked ones;
 //! a close rolls back, then requeues as any close does. Commit applies the publishes first,
-//! then the settles, each in the order they came. A queue that refuses one of the publishes
-//! (`reject-publish`) does not stop the rest; the commit then fails with RabbitMQ's 406
-//! `partial tx completion`, which closes the channel.
+//! then the settles, each in the order they came. A classic queue that refuses one of the
+//! publishes (`reject-publish`) does not stop the rest; the commit then fails with RabbitMQ's
+//! 406 `partial tx completion`, which closes the channel. A quorum queue over its limit drops
+//! its copy and the commit is ok (RabbitMQ 3.10.8, probed: its refusal reaches only a
+//! confirming channel).
 
 use smol_str::SmolStr;
 
@@ -88,10 +90,11 @@ impl Engine {
     /// rejects, in order; the channel stays transactional. Returns the mandatory messages no
     /// queue took, which RabbitMQ sends back (`basic.return`) before `tx.commit-ok`. 406 on a
     /// channel that is not transactional. If the broker cannot hold the publishes, the commit
-    /// is refused with 406 and nothing is enqueued. If a queue refuses one of them
+    /// is refused with 406 and nothing is enqueued. If a classic queue refuses one of them
     /// (`reject-publish`, `reject-publish-dlx`), everything else is done and the commit is a
     /// 406 `partial tx completion` that closes the channel (RabbitMQ 3.10, probed); that
-    /// commit's returns are then only in [`Engine::returned`].
+    /// commit's returns are then only in [`Engine::returned`]. A quorum queue over its limit
+    /// drops its copy silently (probed too).
     pub fn tx_commit(&mut self, channel: ChannelId) -> Result<Vec<Returned>, Error> {
         let mut returned = Vec::new();
         self.tx_commit_returning(channel, &mut returned)
@@ -133,7 +136,7 @@ impl Engine {
                 let published =
                     engine.enqueue_routed(channel, &targets, &[], message, options, None, true);
                 returned.extend(published.returned.map(|back| *back));
-                // Admitted, without a fault hook: only a queue's limit nacks here.
+                // Admitted, without a fault hook: only a classic queue's limit nacks here.
                 refused |= matches!(published.confirm, Confirm::Nack { .. });
                 // Each queue takes the commit's publishes one by one, delivering and dropping
                 // expired heads after each, as for any publish: a message that expires at once
