@@ -35,6 +35,9 @@ pub struct OrchestratorConfig {
     pub reconnect_backoff_min: Duration,
     /// Longest wait between reconnect attempts.
     pub reconnect_backoff_max: Duration,
+    /// How long a command whose events the broker refused (nack, 404) is held before it is
+    /// requeued: the bound on how fast a lasting refusal makes it run again.
+    pub refused_requeue_delay: Duration,
 }
 
 impl Default for OrchestratorConfig {
@@ -44,6 +47,7 @@ impl Default for OrchestratorConfig {
             finished_memory_count_max: 100_000,
             reconnect_backoff_min: Duration::from_millis(100),
             reconnect_backoff_max: Duration::from_secs(5),
+            refused_requeue_delay: Duration::from_secs(1),
         }
     }
 }
@@ -76,6 +80,7 @@ pub async fn run(
         ports.clone(),
         analyzer,
         config.finished_memory_count_max,
+        config.refused_requeue_delay,
     ));
     let mut backoff = config.reconnect_backoff_min;
     let mut declared = false;

@@ -3,15 +3,19 @@
 //! At-least-once in, exactly-once at the edges: a command may arrive twice (redelivery after a
 //! crash or a lost link), so every event carries a message id derived from the analysisId and
 //! the type, and a command whose analysis this process already finished is acked without work.
+//! A copy that arrives while its analysis is running waits for that run's outcome: acking it at
+//! once would leave the broker with no copy if the run then fails on a dead channel.
 
-use std::collections::{BTreeSet, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use contracts::{
     APP_ID_ORCHESTRATOR, AnalysisCompleted, AnalysisStarted, AnalysisStatus, Publication,
     RequestAnalysis, format_timestamp,
 };
 use ports::{BusError, Delivery, Ports};
+use tokio::sync::watch;
 use uuid::Uuid;
 
 use crate::Analyzer;
@@ -19,7 +23,9 @@ use crate::Analyzer;
 /// What this process knows about analyses: running now, or finished (bounded, FIFO eviction).
 #[derive(Default)]
 struct Memory {
-    running: BTreeSet<Uuid>,
+    /// Running analyses; the sender is dropped when the run ends, which wakes the copies of its
+    /// command waiting for the outcome (bounded by the consumer's prefetch).
+    running: BTreeMap<Uuid, watch::Sender<()>>,
     finished: BTreeSet<Uuid>,
     finished_order: VecDeque<Uuid>,
 }
@@ -29,12 +35,14 @@ pub(crate) struct Processor {
     analyzer: Arc<dyn Analyzer>,
     memory: Mutex<Memory>,
     finished_count_max: usize,
+    refused_requeue_delay: Duration,
 }
 
 enum Claim {
     Run,
     AlreadyFinished,
-    AlreadyRunning,
+    /// Resolves (with an error: the sender is gone) when the running copy's run ends.
+    AlreadyRunning(watch::Receiver<()>),
 }
 
 impl Processor {
@@ -42,12 +50,14 @@ impl Processor {
         ports: Ports,
         analyzer: Arc<dyn Analyzer>,
         finished_count_max: usize,
+        refused_requeue_delay: Duration,
     ) -> Self {
         Processor {
             ports,
             analyzer,
             memory: Mutex::new(Memory::default()),
             finished_count_max,
+            refused_requeue_delay,
         }
     }
 
@@ -65,26 +75,43 @@ impl Processor {
             }
         };
         let id = request.analysis_id;
-        match self.claim(id) {
-            Claim::AlreadyFinished => {
-                tracing::info!(analysis_id = %id, "command repeated after completion; acked without work");
-                settle(delivery.ack().await);
-                return;
+        loop {
+            match self.claim(id) {
+                Claim::Run => break,
+                Claim::AlreadyFinished => {
+                    tracing::info!(analysis_id = %id, "command repeated after completion; acked without work");
+                    settle(delivery.ack().await);
+                    return;
+                }
+                Claim::AlreadyRunning(mut run_ended) => {
+                    // Held unacked until the running copy settles: if that run fails and its
+                    // own settle is lost (its channel died), this copy is the broker's last.
+                    tracing::info!(analysis_id = %id, "command repeated while running; waiting for that run");
+                    let _ = run_ended.changed().await;
+                }
             }
-            Claim::AlreadyRunning => {
-                // The running copy settles the analysis; if it fails it is requeued itself.
-                tracing::info!(analysis_id = %id, "command repeated while running; acked without work");
-                settle(delivery.ack().await);
-                return;
-            }
-            Claim::Run => {}
         }
         let outcome = self.run_analysis(&request, delivery.redelivered).await;
         self.release(id, outcome.is_ok());
         match outcome {
             Ok(()) => settle(delivery.ack().await),
+            Err(e @ BusError::Invalid(_)) => {
+                // An event this command yields can never be published (it breaks a limit of
+                // the contract): requeueing would run it again forever. Dead-letter it.
+                tracing::error!(analysis_id = %id, error = %e, "events can never be published; command rejected");
+                settle(delivery.reject(false).await);
+            }
+            Err(e @ (BusError::Refused { .. } | BusError::Nacked { .. })) => {
+                // The broker refused an event (a missing exchange, a full queue): it may take
+                // it later. Requeued after a pause, not at once, so a refusal that lasts is
+                // retried at a bounded rate instead of in a tight loop.
+                tracing::warn!(analysis_id = %id, error = %e, delay = ?self.refused_requeue_delay, "publishing refused; command requeued after a pause");
+                tokio::time::sleep(self.refused_requeue_delay).await;
+                settle(delivery.nack(true).await);
+            }
             Err(e) => {
-                // The events may be partly out; requeue so the analysis runs again (same ids).
+                // The link is gone or the bus is closing: the events may be partly out; requeue
+                // so the analysis runs again (same ids). On a dead link the broker requeues.
                 tracing::warn!(analysis_id = %id, error = %e, "publishing failed; command requeued");
                 settle(delivery.nack(true).await);
             }
@@ -151,15 +178,19 @@ impl Processor {
         let mut memory = self.memory.lock().expect("orchestrator memory poisoned");
         if memory.finished.contains(&id) {
             Claim::AlreadyFinished
-        } else if !memory.running.insert(id) {
-            Claim::AlreadyRunning
+        } else if let Some(run) = memory.running.get(&id) {
+            // Subscribed under the lock: a run that ends after this is seen by the receiver.
+            Claim::AlreadyRunning(run.subscribe())
         } else {
+            memory.running.insert(id, watch::Sender::new(()));
             Claim::Run
         }
     }
 
     fn release(&self, id: Uuid, finished: bool) {
         let mut memory = self.memory.lock().expect("orchestrator memory poisoned");
+        // Dropping the sender wakes the copies waiting for this run; they claim again and
+        // find it finished (ack) or free to run (this run failed).
         memory.running.remove(&id);
         if finished && memory.finished.insert(id) {
             memory.finished_order.push_back(id);

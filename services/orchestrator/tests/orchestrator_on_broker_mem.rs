@@ -277,3 +277,107 @@ async fn shutdown_finishes_in_flight_analyses_before_returning() {
     assert_eq!(h.broker.queue_depth(contracts::QUEUE_COMMANDS), Some(0));
     assert_eq!(h.broker.unacked_count(contracts::QUEUE_COMMANDS), Some(0));
 }
+
+#[tokio::test(start_paused = true)]
+async fn copy_of_a_running_command_is_held_unacked_until_that_run_settles() {
+    // Two copies of one command (a publisher's retry, or a redelivery after a lost link): the
+    // second must not be acked while the first is still running, or a failed first run whose
+    // own settle is lost would leave the broker with no copy at all.
+    let h = Harness::new(Duration::from_secs(10)).await;
+    let (stop, task) = h.start();
+    h.send(&request(9, None)).await;
+    h.send(&request(9, None)).await;
+    h.wait_for_depth(contracts::QUEUE_SUBS_STARTED, 1).await;
+    h.wait_for_depth(contracts::QUEUE_COMMANDS, 0).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(
+        h.broker.unacked_count(contracts::QUEUE_COMMANDS),
+        Some(2),
+        "the copy waits, unacked, for the running analysis"
+    );
+    h.wait_for_depth(contracts::QUEUE_SUBS_COMPLETED, 1).await;
+    for _ in 0..100 {
+        if h.broker.unacked_count(contracts::QUEUE_COMMANDS) == Some(0) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(h.broker.unacked_count(contracts::QUEUE_COMMANDS), Some(0));
+    assert_eq!(h.analyzer.runs.load(Ordering::SeqCst), 1, "run once");
+    assert_eq!(h.broker.queue_depth(contracts::QUEUE_SUBS_STARTED), Some(1));
+    stop.send(()).unwrap();
+    task.await.unwrap().unwrap();
+}
+
+#[tokio::test(start_paused = true)]
+async fn waiting_copy_runs_the_analysis_when_the_running_one_fails() {
+    let h = Harness::new(Duration::from_secs(10)).await;
+    let (stop, task) = h.start();
+    h.send(&request(10, None)).await;
+    h.send(&request(10, None)).await;
+    h.wait_for_depth(contracts::QUEUE_SUBS_STARTED, 1).await;
+    // The first run's Completed is refused: the waiting copy takes the analysis over.
+    h.broker
+        .nack_next_publish_to(contracts::EXCHANGE_COMPLETED, false);
+    h.wait_for_depth(contracts::QUEUE_SUBS_COMPLETED, 1).await;
+    tokio::time::sleep(Duration::from_secs(30)).await;
+    assert_eq!(
+        h.broker.queue_depth(contracts::QUEUE_SUBS_COMPLETED),
+        Some(1)
+    );
+    assert_eq!(h.broker.queue_depth(contracts::QUEUE_COMMANDS), Some(0));
+    assert_eq!(h.broker.unacked_count(contracts::QUEUE_COMMANDS), Some(0));
+    assert_eq!(h.analyzer.runs.load(Ordering::SeqCst), 2);
+    stop.send(()).unwrap();
+    task.await.unwrap().unwrap();
+}
+
+#[tokio::test(start_paused = true)]
+async fn refused_events_requeue_the_command_after_a_pause_not_at_once() {
+    let h = Harness::new(Duration::ZERO).await;
+    let (stop, task) = h.start();
+    h.broker
+        .nack_next_publish_to(contracts::EXCHANGE_STARTED, false);
+    let sent_at = tokio::time::Instant::now();
+    h.send(&request(11, None)).await;
+    h.wait_for_depth(contracts::QUEUE_SUBS_COMPLETED, 1).await;
+    let delay = OrchestratorConfig::default().refused_requeue_delay;
+    assert!(
+        sent_at.elapsed() >= delay,
+        "requeued after {:?}, before the {delay:?} pause",
+        sent_at.elapsed()
+    );
+    assert_eq!(h.broker.queue_depth(contracts::QUEUE_SUBS_STARTED), Some(1));
+    assert_eq!(h.analyzer.runs.load(Ordering::SeqCst), 1);
+    stop.send(()).unwrap();
+    task.await.unwrap().unwrap();
+}
+
+#[tokio::test(start_paused = true)]
+async fn command_whose_completed_event_breaks_the_size_limit_is_rejected_not_looped() {
+    // A command just within the body limit: its Completed (with the result, or even the
+    // failure that replaces a refused result) is over it, so it can never be published.
+    let h = Harness::new(Duration::ZERO).await;
+    let (stop, task) = h.start();
+    let mut big = request(12, None);
+    big.requested_by = Some(String::new());
+    let base = big.publication("test", 0).unwrap().body.len();
+    big.requested_by = Some("a".repeat(contracts::BODY_BYTES_MAX - base));
+    assert_eq!(
+        big.publication("test", 0).unwrap().body.len(),
+        contracts::BODY_BYTES_MAX
+    );
+    h.send(&big).await;
+    h.send(&request(13, None)).await;
+    h.wait_for_depth(contracts::QUEUE_SUBS_COMPLETED, 1).await;
+    tokio::time::sleep(Duration::from_secs(30)).await;
+    assert_eq!(h.broker.queue_depth(contracts::QUEUE_COMMANDS), Some(0));
+    assert_eq!(h.broker.unacked_count(contracts::QUEUE_COMMANDS), Some(0));
+    assert_eq!(
+        h.analyzer.runs.load(Ordering::SeqCst),
+        2,
+        "each command ran once: the unpublishable one was not requeued"
+    );
+    stop.send(()).unwrap();
+    task.await.unwrap().unwrap();
+}
