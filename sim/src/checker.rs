@@ -14,6 +14,7 @@ use crate::hosts::{ClientRecord, Effects};
 /// Names of the checkers, as scenarios refer to them in `expect_failing`.
 pub const CHECKERS: &[&str] = &[
     "order",
+    "once-per-subscription",
     "isolation",
     "unique-ids",
     "status",
@@ -129,6 +130,15 @@ pub(crate) fn check(evidence: &Evidence<'_>) -> Findings {
                     format!("analysis id {id} returned to both {other} and {host}"),
                 );
             }
+            if analysis.repeats_within_subscription > 0 {
+                push(
+                    "once-per-subscription",
+                    format!(
+                        "{host} analysis {id}: {} events arrived twice on one subscription",
+                        analysis.repeats_within_subscription
+                    ),
+                );
+            }
             let mut seen = BTreeSet::new();
             let mut first_order = Vec::new();
             for event in &analysis.events {
@@ -220,5 +230,65 @@ pub(crate) fn check(evidence: &Evidence<'_>) -> Findings {
     Findings {
         by_checker: found,
         queue,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::hosts::AnalysisRecord;
+    use client_console::ReceivedEvent;
+
+    fn event(kind: EventKind, id: &str) -> ReceivedEvent {
+        ReceivedEvent {
+            kind,
+            analysis_id: id.to_owned(),
+            data: serde_json::json!({ "status": "SUCCEEDED" }),
+        }
+    }
+
+    fn findings(repeats_within_subscription: u32, follow_attempts: u32) -> Findings {
+        let id = "a1";
+        let record = ClientRecord {
+            user: "alice".into(),
+            analyses: vec![AnalysisRecord {
+                index: 0,
+                analysis_id: Some(id.into()),
+                events: vec![
+                    event(EventKind::Started, id),
+                    event(EventKind::Started, id),
+                    event(EventKind::Completed, id),
+                ],
+                follow_attempts,
+                repeats_within_subscription,
+                request_attempts: 1,
+                errors: Vec::new(),
+                done: true,
+            }],
+            finished: true,
+        };
+        let clients = BTreeMap::from([("client-0".to_owned(), record)]);
+        check(&Evidence {
+            clients: &clients,
+            expected_clients: &["client-0".to_owned()],
+            effects: &Effects::default(),
+            failing: &|_, _| false,
+            repeats_explained: false,
+            pending_commands: Some(0),
+            pending_reason: None,
+        })
+    }
+
+    #[test]
+    fn an_event_twice_on_one_subscription_is_wrong_and_across_two_is_a_counted_repeat() {
+        let once_each = findings(0, 2);
+        assert!(once_each.wrong().is_empty(), "{:?}", once_each.wrong());
+        assert_eq!(once_each.queue.duplicated, 1);
+        let twice_on_one = findings(1, 1);
+        assert_eq!(
+            twice_on_one.failing(),
+            BTreeSet::from(["once-per-subscription"])
+        );
+        assert_eq!(twice_on_one.queue.duplicated, 1);
     }
 }

@@ -152,6 +152,25 @@ impl Fault {
             | Fault::CloseConsumerChannels { .. } => vec![],
         }
     }
+
+    /// The broker queue the fault names, if any.
+    pub fn queue(&self) -> Option<&str> {
+        match self {
+            Fault::DuplicateDelivery { queue }
+            | Fault::DelayDelivery { queue, .. }
+            | Fault::DropDelivery { queue }
+            | Fault::CloseConsumerChannels { queue } => Some(queue),
+            _ => None,
+        }
+    }
+
+    /// The broker exchange the fault names, if any.
+    pub fn exchange(&self) -> Option<&str> {
+        match self {
+            Fault::NackPublish { exchange } => Some(exchange),
+            _ => None,
+        }
+    }
 }
 
 /// A fault at a simulated time.

@@ -1,7 +1,7 @@
 //! The simulation's hosts: orchestrators, gateways and console clients, each a turmoil host
 //! running the same library code as in production, and what each client observed.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -39,6 +39,10 @@ pub struct AnalysisRecord {
     pub events: Vec<ReceivedEvent>,
     /// Subscriptions opened for it.
     pub follow_attempts: u32,
+    /// Events that arrived again on the subscription that had already delivered them (the
+    /// gateway promises each at most once per subscription; repeats across re-subscriptions
+    /// are allowed and counted in `events`).
+    pub repeats_within_subscription: u32,
     /// Mutations sent for it.
     pub request_attempts: u32,
     /// Errors met along the way (retried).
@@ -189,12 +193,17 @@ async fn run_analysis(
     };
     for _ in 0..FOLLOW_ATTEMPTS_MAX {
         update(&mut |r| r.follow_attempts += 1);
+        let mut seen_on_this_subscription = BTreeSet::new();
         let follow = async {
             let mut subscriber = Subscriber::connect(&TurmoilNet, config).await?;
             subscriber
                 .follow(&analysis_id, |event| {
                     tracing::info!(host, analysis_id = %event.analysis_id, kind = ?event.kind, "client received");
-                    update(&mut |r| r.events.push(event.clone()));
+                    let repeat = !seen_on_this_subscription.insert((event.analysis_id.clone(), event.kind));
+                    update(&mut |r| {
+                        r.events.push(event.clone());
+                        r.repeats_within_subscription += u32::from(repeat);
+                    });
                 })
                 .await
         };

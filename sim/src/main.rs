@@ -431,6 +431,13 @@ fn print_report(label: &str, report: &SimReport) {
     if !report.faults_applied.is_empty() {
         println!("  faults applied: {:?}", report.faults_applied);
     }
+    for fault in &report.faults_not_reached {
+        println!(
+            "  NOT REACHED {} at {} ms: the run was over before it",
+            fault.fault.kind(),
+            fault.at_ms
+        );
+    }
     for finding in report.findings.wrong() {
         println!("  WRONG {finding}");
     }
@@ -462,7 +469,13 @@ fn explore(
         let scenario = base
             .clone()
             .unwrap_or_else(|| warren_sim::swarm::scenario_for_seed(seed));
-        let report = warren_sim::simulation::run(&scenario.config(seed));
+        let mut report = warren_sim::simulation::run(&scenario.config(seed));
+        // The swarm draws fault times without knowing how long a run will be: one drawn past
+        // the end tested nothing, but is no failure (a scenario file's is).
+        let drawn_past_the_end = base.is_none() && !report.faults_not_reached.is_empty();
+        if base.is_none() {
+            report.faults_not_reached.clear();
+        }
         let verdict = scenario.judge(&report);
         let outcome = match (
             &verdict,
@@ -470,6 +483,7 @@ fn explore(
             report.findings.stuck().is_empty(),
         ) {
             (Ok(()), ..) => "as expected",
+            (Err(_), true, true) if !report.faults_not_reached.is_empty() => "fault not reached",
             (Err(_), false, _) => "wrong",
             (Err(_), true, false) => "stuck",
             (Err(_), true, true) => "unexpected pass",
@@ -490,6 +504,7 @@ fn explore(
                 q.repeated_effects > 0,
             ),
             ("convergence deadline hit", report.deadline_passed),
+            ("a fault drawn past the run's end", drawn_past_the_end),
         ] {
             if reached {
                 *states.entry(state).or_default() += 1;

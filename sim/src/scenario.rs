@@ -150,6 +150,39 @@ impl Scenario {
         Ok(scenario)
     }
 
+    /// The scenario that runs `config` (under its seed): the inverse of [`Scenario::config`].
+    pub fn from_config(name: &str, config: &SimConfig) -> Scenario {
+        Scenario {
+            name: name.to_owned(),
+            seeds: vec![config.seed],
+            expect_failing: Vec::new(),
+            services: Services {
+                orchestrators: config.orchestrators,
+                gateways: config.gateways,
+                orchestrator_concurrency: config.orchestrator_concurrency,
+                gateway_queues: config.gateway_queues,
+                broker_link: config.broker_link,
+                with_edge: config.with_edge,
+            },
+            workload: Workload {
+                clients: config.clients,
+                analyses_per_client: config.analyses_per_client,
+                arrival_spread_ms: config.arrival_spread.as_millis() as u64,
+                analysis_ms: config.analysis_duration.as_millis() as u64,
+                failing_every: config.failing_every,
+            },
+            network: Network {
+                max_latency_ms: config.max_message_latency.as_millis() as u64,
+                tick_ms: config.tick.as_millis() as u64,
+            },
+            faults: config.faults.clone(),
+            heal: Heal {
+                at_ms: config.heal_at.map(|at| at.as_millis() as u64),
+                converge_within_ms: config.converge_within.as_millis() as u64,
+            },
+        }
+    }
+
     /// The scenario as TOML, ready to paste into `scenarios/`.
     pub fn to_toml(&self) -> String {
         toml::to_string(self).expect("scenarios serialize")
@@ -177,8 +210,23 @@ impl Scenario {
                 "unknown checker {unknown:?}; checkers are {CHECKERS:?}"
             ));
         }
-        let hosts = self.config(0).hosts();
+        let config = self.config(0);
+        let hosts = config.hosts();
+        let (queues, exchanges) = config.broker_names();
         for fault in &self.faults {
+            // The broker arms a fault on any name; one that names nothing would never fire.
+            if let Some(queue) = fault.fault.queue().filter(|q| !queues.contains(*q)) {
+                return Err(format!(
+                    "fault at {} ms names unknown queue {queue:?}; queues are {queues:?}",
+                    fault.at_ms
+                ));
+            }
+            if let Some(exchange) = fault.fault.exchange().filter(|x| !exchanges.contains(*x)) {
+                return Err(format!(
+                    "fault at {} ms names unknown exchange {exchange:?}; exchanges are {exchanges:?}",
+                    fault.at_ms
+                ));
+            }
             if let Some(host) = fault
                 .fault
                 .hosts()
@@ -221,6 +269,16 @@ impl Scenario {
     pub fn judge(&self, report: &SimReport) -> Result<(), String> {
         if let Some(e) = &report.run_error {
             return Err(format!("the simulation itself failed: {e}"));
+        }
+        if !report.faults_not_reached.is_empty() {
+            let missed: Vec<String> = (report.faults_not_reached.iter())
+                .map(|f| format!("{} at {} ms", f.fault.kind(), f.at_ms))
+                .collect();
+            return Err(format!(
+                "the run was over after {} ms, before these faults: {}; schedule them earlier",
+                report.simulated.as_millis(),
+                missed.join(", ")
+            ));
         }
         let failing = report.findings.failing();
         let expected: BTreeSet<&str> = self.expect_failing.iter().map(String::as_str).collect();

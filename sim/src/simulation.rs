@@ -10,7 +10,7 @@
 //! A run has a fault phase (the scheduled faults), then a heal phase (every fault undone) with a
 //! convergence deadline; then the checkers judge it.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, UNIX_EPOCH};
@@ -152,6 +152,26 @@ impl SimConfig {
         hosts
     }
 
+    /// The broker's queues and exchanges, by name, that this configuration's services declare:
+    /// what a broker fault may name (a fault armed on any other name would never fire).
+    pub fn broker_names(&self) -> (BTreeSet<String>, BTreeSet<String>) {
+        let mut topologies = vec![contracts::Topology::orchestrator()];
+        topologies.extend((0..self.gateways).map(|g| {
+            let host = format!("gateway-{g}");
+            let instance = (self.gateway_queues == GatewayQueues::PerInstance).then_some(host);
+            contracts::Topology::gateway_for(instance.as_deref())
+        }));
+        let queues = topologies
+            .iter()
+            .flat_map(|t| t.queues.iter().map(|q| q.name.clone()))
+            .collect();
+        let exchanges = topologies
+            .iter()
+            .flat_map(|t| t.exchanges.iter().map(|x| x.name.clone()))
+            .collect();
+        (queues, exchanges)
+    }
+
     fn client_hosts(&self) -> Vec<String> {
         (0..self.clients).map(|c| format!("client-{c}")).collect()
     }
@@ -196,6 +216,9 @@ pub struct SimReport {
     pub deadline_passed: bool,
     /// Fault kinds applied, with counts.
     pub faults_applied: BTreeMap<String, usize>,
+    /// Scheduled faults the run never reached: it was over (clients done, broker idle) before
+    /// their time. A scenario that schedules one fails its judgement.
+    pub faults_not_reached: Vec<ScheduledFault>,
     /// Simulated time the run took.
     pub simulated: Duration,
     /// Every publish, delivery and settlement, per host, in order.
@@ -205,18 +228,34 @@ pub struct SimReport {
 }
 
 impl SimReport {
-    /// The command that replays this run's seed with the same scenario file.
+    /// How to replay this run: its seed with the same scenario file; without one, the `sim run`
+    /// flags when they say everything, else the whole configuration as a scenario to save.
     pub fn replay_command(&self, scenario_file: Option<&str>) -> String {
-        match scenario_file {
-            Some(file) => format!("cargo run -- sim run {file} --seed {}", self.config.seed),
-            None => format!(
-                "cargo run -- sim run --seed {} --clients {} --analyses {} --analysis-ms {}",
-                self.config.seed,
-                self.config.clients,
-                self.config.analyses_per_client,
-                self.config.analysis_duration.as_millis()
-            ),
+        let config = &self.config;
+        if let Some(file) = scenario_file {
+            return format!("cargo run -- sim run {file} --seed {}", config.seed);
         }
+        let said_by_flags = SimConfig {
+            seed: config.seed,
+            clients: config.clients,
+            analyses_per_client: config.analyses_per_client,
+            analysis_duration: config.analysis_duration,
+            ..SimConfig::default()
+        };
+        if *config == said_by_flags {
+            return format!(
+                "cargo run -- sim run --seed {} --clients {} --analyses {} --analysis-ms {}",
+                config.seed,
+                config.clients,
+                config.analyses_per_client,
+                config.analysis_duration.as_millis()
+            );
+        }
+        let scenario = crate::scenario::Scenario::from_config("replay", config);
+        format!(
+            "save the scenario below as replay.toml, then `cargo run -- sim run replay.toml`\n{}",
+            scenario.to_toml()
+        )
     }
 }
 
@@ -247,6 +286,7 @@ pub fn run_with(config: &SimConfig, subscribers: &[SubscriberSpec]) -> SimReport
         run_error: outcome.run_error,
         deadline_passed: outcome.deadline_passed,
         faults_applied: outcome.faults_applied,
+        faults_not_reached: outcome.faults_not_reached,
         simulated: outcome.simulated,
         journal: outcome.journal,
         subscriber_logs: outcome.subscriber_logs,
@@ -272,6 +312,7 @@ struct Outcome {
     run_error: Option<String>,
     deadline_passed: bool,
     faults_applied: BTreeMap<String, usize>,
+    faults_not_reached: Vec<ScheduledFault>,
     simulated: Duration,
     journal: Vec<Entry>,
     subscriber_logs: BTreeMap<String, Vec<String>>,
@@ -368,6 +409,9 @@ fn simulate(config: &SimConfig, subscribers: &[SubscriberSpec], recorder: &Recor
     let clients = std::mem::take(&mut *observations.lock().expect("observations poisoned"));
     let pending = broker.queue_depth(contracts::QUEUE_COMMANDS).unwrap_or(0)
         + broker.unacked_count(contracts::QUEUE_COMMANDS).unwrap_or(0);
+    // Faults the run never reached (it went idle first): they tested nothing.
+    let faults_not_reached: Vec<ScheduledFault> = schedule.collect();
+    // Only faults that happened can explain a repeated analysis.
     let crash_happened = config.faults.iter().any(|f| {
         matches!(
             f.fault,
@@ -376,7 +420,9 @@ fn simulate(config: &SimConfig, subscribers: &[SubscriberSpec], recorder: &Recor
                 | Fault::BrokerRestart
                 | Fault::DuplicateDelivery { .. }
                 | Fault::CloseConsumerChannels { .. }
-        )
+                // A refused event makes its analysis run again.
+                | Fault::NackPublish { .. }
+        ) && !faults_not_reached.contains(f)
     });
     let failing_every = config.failing_every;
     let failing = move |_: &str, index: usize| {
@@ -401,6 +447,7 @@ fn simulate(config: &SimConfig, subscribers: &[SubscriberSpec], recorder: &Recor
         run_error,
         deadline_passed,
         faults_applied,
+        faults_not_reached,
         simulated,
         journal,
         subscriber_logs,

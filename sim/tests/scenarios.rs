@@ -86,3 +86,79 @@ fn scenario_errors_name_the_problem() {
     );
     assert!(round_trip.is_ok(), "{round_trip:?}");
 }
+
+#[test]
+fn broker_faults_must_name_a_queue_or_exchange_the_system_has() {
+    let base = "name = 'x'\nseeds = [1]\n[workload]\nclients = 1\nanalyses_per_client = 1\n";
+    let fault = |kind: &str, key: &str, name: &str| {
+        format!("{base}[[faults]]\nat_ms = 1\nkind = '{kind}'\n{key} = '{name}'\n")
+    };
+    // A typo would arm a fault that never fires: the scenario would pass having tested nothing.
+    let typo = Scenario::parse(&fault("duplicate-delivery", "queue", "graph.subs.complete"));
+    assert!(
+        typo.unwrap_err()
+            .contains("unknown queue \"graph.subs.complete\""),
+    );
+    let exchange = Scenario::parse(&fault("nack-publish", "exchange", "analysis.complete"));
+    assert!(
+        exchange
+            .unwrap_err()
+            .contains("unknown exchange \"analysis.complete\"")
+    );
+    assert!(
+        Scenario::parse(&fault(
+            "duplicate-delivery",
+            "queue",
+            "graph.subs.completed"
+        ))
+        .is_ok()
+    );
+    assert!(Scenario::parse(&fault("nack-publish", "exchange", "analysis.completed")).is_ok());
+    // Per-instance gateway queues replace the fixed ones.
+    let per_instance = |queue: &str| {
+        fault("drop-delivery", "queue", queue).replace(
+            "[workload]",
+            "[services]\ngateway_queues = 'per-instance'\n[workload]",
+        )
+    };
+    assert!(Scenario::parse(&per_instance("graph.subs.started.gateway-0")).is_ok());
+    assert!(Scenario::parse(&per_instance("graph.subs.started")).is_err());
+}
+
+#[test]
+fn a_fault_the_run_never_reaches_fails_the_scenario() {
+    let late = "name = 'late'\nseeds = [1]\n[workload]\nclients = 1\nanalyses_per_client = 1\n\
+                [[faults]]\nat_ms = 600000\nkind = 'crash'\nhost = 'orchestrator-0'\n";
+    let scenario = Scenario::parse(late).unwrap();
+    let report = warren_sim::simulation::run(&scenario.config(1));
+    assert!(report.violations.is_empty(), "{:?}", report.violations);
+    assert_eq!(report.faults_not_reached.len(), 1);
+    let verdict = scenario.judge(&report).unwrap_err();
+    assert!(verdict.contains("crash at 600000 ms"), "{verdict}");
+}
+
+#[test]
+fn a_replay_without_a_scenario_file_carries_the_whole_configuration() {
+    let file = scenarios_dir().join("gateway-broker-partition.toml");
+    let scenario = Scenario::load(&file).unwrap();
+    let config = scenario.config(scenario.seeds[0]);
+    let replay = Scenario::from_config("replay", &config);
+    assert_eq!(replay.config(config.seed), config);
+    assert_eq!(
+        Scenario::parse(&replay.to_toml())
+            .unwrap()
+            .config(config.seed),
+        config
+    );
+    // Plain flags when they say everything.
+    let plain = warren_sim::SimConfig {
+        seed: 5,
+        ..warren_sim::SimConfig::default()
+    };
+    let plain_report = warren_sim::simulation::run(&plain);
+    assert!(
+        plain_report
+            .replay_command(None)
+            .starts_with("cargo run -- sim run --seed 5 ")
+    );
+}
