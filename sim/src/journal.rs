@@ -2,6 +2,7 @@
 //! each host's `Bus`. Tests assert on it ("what was published, consumed and acked"), and each
 //! entry is also a trace event, so the determinism check covers the broker-level message order.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
@@ -57,6 +58,8 @@ pub struct Entry {
 #[derive(Debug, Clone, Default)]
 pub struct Journal {
     entries: Arc<Mutex<Vec<Entry>>>,
+    /// Set at the first entry past the limit, which the trace is told of.
+    full: Arc<AtomicBool>,
 }
 
 impl Journal {
@@ -83,6 +86,11 @@ impl Journal {
         let mut entries = self.entries.lock().expect("journal poisoned");
         if entries.len() < JOURNAL_ENTRIES_MAX {
             entries.push(entry);
+        } else if !self.full.swap(true, Ordering::Relaxed) {
+            tracing::warn!(
+                target: "warren_sim::journal",
+                "journal full at {JOURNAL_ENTRIES_MAX} entries: later ones are in the trace only"
+            );
         }
     }
 

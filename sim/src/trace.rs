@@ -26,11 +26,23 @@ const TRACED_TARGET_PREFIXES: &[&str] = &[
     "warren_sim",
     "broker_mem",
     "ports",
+    "edge",
+    "jwt_auth",
 ];
 
 /// Most lines one run records; a run that logs more is cut (and says so) rather than growing
 /// without bound.
 pub const TRACE_LINES_MAX: usize = 1_000_000;
+
+/// FNV-1a's starting value.
+const FNV_OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
+
+/// FNV-1a of `text`, continuing from `hash`.
+fn fnv1a(hash: u64, text: &str) -> u64 {
+    (text.bytes()).fold(hash, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    })
+}
 
 /// One trace event.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -64,13 +76,7 @@ pub struct Trace {
 impl Trace {
     /// FNV-1a over the JSON lines: stable across processes and Rust releases.
     pub fn hash(&self) -> u64 {
-        self.lines
-            .iter()
-            .fold(0xcbf2_9ce4_8422_2325_u64, |h, line| {
-                (line.to_json() + "\n")
-                    .bytes()
-                    .fold(h, |h, b| (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3))
-            })
+        (self.lines.iter()).fold(FNV_OFFSET, |h, line| fnv1a(h, &(line.to_json() + "\n")))
     }
 
     /// The trace as JSON lines.
@@ -98,11 +104,27 @@ impl Trace {
 }
 
 /// A `tracing` layer that records warren's events into a shared [`Trace`].
-#[derive(Clone, Default)]
+#[derive(Clone)]
 pub struct Recorder {
     lines: Arc<Mutex<Vec<TraceLine>>>,
+    /// [`TRACE_LINES_MAX`], but for tests of the cut.
+    lines_max: usize,
+    /// Lines past [`TRACE_LINES_MAX`]: how many, and their FNV-1a hash, so a cut trace still
+    /// tells two runs apart and says it was cut.
+    cut: Arc<Mutex<(u64, u64)>>,
     /// Simulated time of the driver, for events logged outside any host (faults, heal).
     driver_ms: Arc<AtomicU64>,
+}
+
+impl Default for Recorder {
+    fn default() -> Self {
+        Recorder {
+            lines: Arc::default(),
+            lines_max: TRACE_LINES_MAX,
+            cut: Arc::default(),
+            driver_ms: Arc::default(),
+        }
+    }
 }
 
 impl Recorder {
@@ -116,9 +138,21 @@ impl Recorder {
 
     /// Takes the recorded trace.
     pub fn take(&self) -> Trace {
-        Trace {
-            lines: std::mem::take(&mut *self.lines.lock().expect("recorder poisoned")),
+        let mut lines = std::mem::take(&mut *self.lines.lock().expect("recorder poisoned"));
+        let (count, hash) = std::mem::take(&mut *self.cut.lock().expect("recorder poisoned"));
+        if count > 0 {
+            lines.push(TraceLine {
+                t_ms: lines.last().map_or(0, |l| l.t_ms),
+                host: "sim".into(),
+                target: "warren_sim::trace".into(),
+                level: Level::WARN.to_string(),
+                what: format!(
+                    "trace cut at {} lines: {count} more not kept (FNV-1a of those: {hash:016x})",
+                    self.lines_max
+                ),
+            });
         }
+        Trace { lines }
     }
 }
 
@@ -142,9 +176,12 @@ where
 
     fn on_event(&self, event: &Event<'_>, ctx: Context<'_, S>) {
         let meta = event.metadata();
-        let traced = TRACED_TARGET_PREFIXES
-            .iter()
-            .any(|p| meta.target().starts_with(p));
+        // A crate's own target or one of its modules' (`edge`, `edge::kong`), not another
+        // crate whose name merely starts the same.
+        let traced = TRACED_TARGET_PREFIXES.iter().any(|p| {
+            (meta.target().strip_prefix(p))
+                .is_some_and(|rest| rest.is_empty() || rest.starts_with("::"))
+        });
         if !traced || *meta.level() > Level::INFO {
             return;
         }
@@ -169,8 +206,12 @@ where
             what: fields.text,
         };
         let mut lines = self.lines.lock().expect("recorder poisoned");
-        if lines.len() < TRACE_LINES_MAX {
+        if lines.len() < self.lines_max {
             lines.push(line);
+        } else {
+            let mut cut = self.cut.lock().expect("recorder poisoned");
+            let hash = if cut.0 == 0 { FNV_OFFSET } else { cut.1 };
+            *cut = (cut.0 + 1, fnv1a(hash, &(line.to_json() + "\n")));
         }
     }
 }
@@ -199,5 +240,47 @@ impl Visit for FieldText {
         } else {
             let _ = write!(self.text, "{}={value:?}", field.name());
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use tracing_subscriber::layer::SubscriberExt;
+
+    use super::*;
+
+    fn record(lines_max: usize, last: &str) -> Trace {
+        let recorder = Recorder {
+            lines_max,
+            ..Recorder::default()
+        };
+        let subscriber = tracing_subscriber::registry().with(recorder.clone());
+        tracing::subscriber::with_default(subscriber, || {
+            for n in 0..4 {
+                tracing::info!(target: "warren_sim::test", n, "line");
+            }
+            tracing::info!(target: "warren_sim::test", "{last}");
+            // Not warren's: left out.
+            tracing::info!(target: "edgeless::x", "other crate");
+        });
+        recorder.take()
+    }
+
+    #[test]
+    fn a_cut_trace_says_so_and_still_tells_runs_apart_by_what_it_cut() {
+        let whole = record(100, "end");
+        assert_eq!(whole.lines.len(), 5);
+        let cut = record(3, "end");
+        assert_eq!(cut.lines.len(), 4);
+        assert!(
+            cut.lines[3]
+                .what
+                .starts_with("trace cut at 3 lines: 2 more not kept"),
+            "{:?}",
+            cut.lines[3]
+        );
+        let cut_other = record(3, "other end");
+        assert_eq!(cut.lines[..3], cut_other.lines[..3]);
+        assert_ne!(cut.hash(), cut_other.hash());
     }
 }
