@@ -53,6 +53,12 @@ const CLOSE_MESSAGE_TOO_BIG: u16 = 1009;
 const CLOSE_SEND_TIMEOUT: Duration = Duration::from_secs(1);
 /// Close code on graceful shutdown (RFC 6455 "going away").
 const CLOSE_GOING_AWAY: u16 = 1001;
+/// Longest subscription id a client may choose: ids are kept per socket, and the `complete`
+/// that frees one's slot must stay short enough to be read on its way out.
+const SUBSCRIPTION_ID_BYTES_MAX: usize = 128;
+/// Longest server message read on its way out (an ack or a `complete`: its id, each byte
+/// escaped to at most 6 in JSON, and the envelope); results are longer and are not parsed.
+const OBSERVED_MESSAGE_BYTES_MAX: usize = 64 + 6 * SUBSCRIPTION_ID_BYTES_MAX;
 /// Server messages queued between async-graphql and the writer.
 const OUTGOING_CAPACITY: usize = 64;
 
@@ -314,6 +320,14 @@ fn admit(
         // The legacy protocol's errors are async-graphql's to handle.
         return true;
     };
+    if id
+        .as_ref()
+        .is_some_and(|id| id.len() > SUBSCRIPTION_ID_BYTES_MAX)
+    {
+        let reason = format!("subscription id longer than {SUBSCRIPTION_ID_BYTES_MAX} bytes");
+        t.close_with(CLOSE_BAD_REQUEST, reason);
+        return false;
+    }
     if !modern {
         return admit_legacy(&mut t, kind, id.as_deref(), subscriptions_max);
     }
@@ -391,7 +405,7 @@ fn observe(tracking: &Mutex<Tracking>, message: Message) -> Message {
     match message {
         Message::Text(text) => {
             // Only short messages can be an ack or a `complete`; don't parse results.
-            if text.len() <= 256
+            if text.len() <= OBSERVED_MESSAGE_BYTES_MAX
                 && let Ok(Envelope { kind, id }) =
                     serde_json::from_str::<Envelope<'_>>(text.as_str())
             {

@@ -551,6 +551,32 @@ async fn too_many_subscriptions_on_one_socket_close_it() {
 }
 
 #[tokio::test]
+async fn finished_subscriptions_free_their_slots_whatever_their_ids_and_ids_are_bounded() {
+    let h = Harness::with_config(GatewayConfig {
+        ws_subscriptions_max: 2,
+        ..GatewayConfig::default()
+    })
+    .await;
+    let mut ws = h.ws(ALICE, TRANSPORT_WS).await;
+    // Ids at the limit, of characters JSON escapes: their `complete`s are long.
+    for n in 0..4 {
+        let sub = format!("{n}{}", "\"".repeat(127));
+        ws.subscribe(
+            &sub,
+            COMPLETED_ONE,
+            json!({"id": Uuid::from_u128(9).to_string()}),
+        )
+        .await;
+        let response = payload(&ws.next().await, TRANSPORT_WS, &sub);
+        assert_eq!(error_code(&response), "NOT_FOUND", "{response}");
+        assert_complete(&ws.next().await, &sub);
+    }
+    ws.subscribe(&"x".repeat(129), STARTED_ANY, json!({})).await;
+    assert_eq!(ws.closed().await, 4400);
+    h.shutdown().await;
+}
+
+#[tokio::test]
 async fn oversized_websocket_message_closes_the_socket_with_1009() {
     let h = Harness::start().await;
     let mut ws = h.ws(ALICE, TRANSPORT_WS).await;
