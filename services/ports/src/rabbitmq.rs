@@ -10,8 +10,9 @@
 //! 404 or 406) becomes [`BusError::Refused`] with the broker's code and text; anything else
 //! (socket, heartbeat, connection closed) becomes [`BusError::Connection`]. When the connection
 //! or the publishing channel is found dead, the bus reconnects (a bounded number of attempts
-//! with exponential backoff on `tokio::time`) and retries the operation once. A consumer stream
-//! is not resumed: it ends with an error, and the service consumes again, which reconnects.
+//! with exponential backoff on `tokio::time`), declares again every topology it declared before,
+//! and retries the operation once. A consumer stream is not resumed: it ends with an error, and
+//! the service consumes again, which reconnects.
 //!
 //! Every exchange with the broker is bounded in time ([`ROUND_TRIP_TIMEOUT_MS`],
 //! [`CONFIRM_TIMEOUT_MS`]): lapin can leave a call pending forever when the broker closes the
@@ -56,6 +57,8 @@ pub const CONFIRM_TIMEOUT_MS: u64 = 30_000;
 /// binds, `basic.qos`, `basic.consume`, handing a publish or a settlement to lapin, closing) may
 /// take this long.
 pub const ROUND_TRIP_TIMEOUT_MS: u64 = 10_000;
+/// Distinct topologies one bus remembers to declare again after a reconnection.
+const TOPOLOGIES_REMEMBERED_MAX: usize = 64;
 /// AMQP reply code of a normal close.
 const REPLY_SUCCESS: u16 = 200;
 /// Shown to RabbitMQ's management UI as the connection's name.
@@ -87,6 +90,9 @@ impl std::fmt::Debug for RabbitBus {
 struct Link {
     connection: Option<Connection>,
     publisher: Option<Channel>,
+    /// Declared so far; declared again on every new connection (a broker that lost them, as a
+    /// recreated RabbitMQ does, would otherwise answer every consume with 404).
+    topologies: Vec<Topology>,
     /// Set by [`RabbitBus::close`]; every later operation fails with [`BusError::Closed`].
     closed: bool,
 }
@@ -126,6 +132,7 @@ impl RabbitBus {
             link: Mutex::new(Link {
                 connection: None,
                 publisher: None,
+                topologies: Vec::new(),
                 closed: false,
             }),
             connection_suspect: AtomicBool::new(false),
@@ -222,6 +229,15 @@ impl RabbitBus {
         for attempt in 1..=RECONNECT_ATTEMPTS_MAX {
             match self.open_connection().await {
                 Ok(connection) => {
+                    for topology in &link.topologies {
+                        let channel = self
+                            .round_trip("channel.open", "", connection.create_channel())
+                            .await
+                            .map_err(Failure::into_error)?;
+                        self.declare_on(&channel, topology)
+                            .await
+                            .map_err(Failure::into_error)?;
+                    }
                     tracing::info!(url = %self.url_redacted, attempt, "reconnected to RabbitMQ");
                     link.connection = Some(connection);
                     return Ok(());
@@ -290,7 +306,23 @@ impl RabbitBus {
     }
 
     async fn declare_once(&self, topology: &Topology) -> Result<(), Failure> {
-        let channel = self.open_channel(&mut *self.link.lock().await).await?;
+        let channel = {
+            let mut link = self.link.lock().await;
+            if !link.topologies.contains(topology) {
+                if link.topologies.len() >= TOPOLOGIES_REMEMBERED_MAX {
+                    return Err(Failure::Final(BusError::Invalid(format!(
+                        "more than {TOPOLOGIES_REMEMBERED_MAX} topologies declared on one bus"
+                    ))));
+                }
+                link.topologies.push(topology.clone());
+            }
+            self.open_channel(&mut link).await?
+        };
+        self.declare_on(&channel, topology).await
+    }
+
+    /// Declares `topology` on `channel`, then closes it.
+    async fn declare_on(&self, channel: &Channel, topology: &Topology) -> Result<(), Failure> {
         for exchange in &topology.exchanges {
             let kind = match exchange.kind {
                 ExchangeKind::Direct => lapin::ExchangeKind::Direct,
@@ -336,7 +368,7 @@ impl RabbitBus {
             );
             self.round_trip("queue.bind", &target, bind).await?;
         }
-        close_channel(&channel).await;
+        close_channel(channel).await;
         Ok(())
     }
 

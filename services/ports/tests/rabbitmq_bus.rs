@@ -81,6 +81,44 @@ async fn bus_reconnects_after_the_broker_closes_its_connection() {
     teardown(vhost, bus).await;
 }
 
+/// A broker that lost the topology (a recreated RabbitMQ, a deleted queue) gets it declared
+/// again when the bus reconnects, as the wire client does: else every consume would be a 404
+/// until the service restarted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bus_declares_its_topology_again_on_a_new_connection() {
+    let Some((vhost, bus)) = setup("declares_again").await else {
+        return;
+    };
+    bus.declare(&Topology::contract()).await.expect("declare");
+    // Another client deletes the command queue and its exchange behind the bus's back.
+    let other =
+        lapin::Connection::connect(vhost.amqp_url(), lapin::ConnectionProperties::default())
+            .await
+            .expect("connect");
+    let channel = other.create_channel().await.expect("channel");
+    channel
+        .queue_delete(QUEUE_COMMANDS.into(), Default::default())
+        .await
+        .expect("queue.delete");
+    channel
+        .exchange_delete(contracts::EXCHANGE_COMMANDS.into(), Default::default())
+        .await
+        .expect("exchange.delete");
+    let _ = other.close(200, "OK".into()).await;
+
+    kill_connections(&vhost).await;
+    let mut stream = bus
+        .consume(QUEUE_COMMANDS, ConsumeOptions::default())
+        .await
+        .expect("consume reconnects, and the queue is there again");
+    bus.publish(command(1))
+        .await
+        .expect("publish to the exchange declared again");
+    next_delivery(&mut stream).await.ack().await.expect("ack");
+    drop(stream);
+    teardown(vhost, bus).await;
+}
+
 #[tokio::test]
 async fn closed_bus_refuses_further_work() {
     let Some((vhost, bus)) = setup("closed_bus_refuses").await else {
