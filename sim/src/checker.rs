@@ -19,18 +19,21 @@ pub const CHECKERS: &[&str] = &[
     "unique-ids",
     "status",
     "effect-once",
+    "accepted",
     "lost",
     "pending-commands",
 ];
 
 /// Checkers that judge liveness (the rest judge safety).
-const LIVENESS: &[&str] = &["lost", "pending-commands"];
+const LIVENESS: &[&str] = &["accepted", "lost", "pending-commands"];
 
 /// The message flow as a queue workload, in Jepsen's terms.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct QueueReport {
     /// Mutations the gateway accepted (the client got an analysisId).
     pub accepted: usize,
+    /// Analyses a client gave up requesting: every attempt was refused or timed out.
+    pub refused: usize,
     /// Accepted analyses whose owner saw AnalysisCompleted.
     pub completed: usize,
     /// Accepted analyses whose owner never saw AnalysisCompleted.
@@ -120,7 +123,16 @@ pub(crate) fn check(evidence: &Evidence<'_>) -> Findings {
         }
         for analysis in &record.analyses {
             let Some(id) = analysis.analysis_id.as_deref() else {
-                // Never accepted: not a promise the system made, so not lost.
+                // Never accepted: not a promise the system made, so not lost; but a system that
+                // refuses every request must not pass for one that keeps its promises.
+                queue.refused += 1;
+                push(
+                    "accepted",
+                    format!(
+                        "{host} analysis #{}: never accepted in {} attempts (errors: {:?})",
+                        analysis.index, analysis.request_attempts, analysis.errors
+                    ),
+                );
                 continue;
             };
             queue.accepted += 1;
@@ -277,6 +289,34 @@ mod tests {
             pending_commands: Some(0),
             pending_reason: None,
         })
+    }
+
+    #[test]
+    fn an_analysis_never_accepted_is_stuck_not_ignored() {
+        let record = ClientRecord {
+            user: "alice".into(),
+            analyses: vec![AnalysisRecord {
+                index: 0,
+                request_attempts: 20,
+                errors: vec!["request: UNAVAILABLE".into()],
+                ..AnalysisRecord::default()
+            }],
+            finished: true,
+        };
+        let clients = BTreeMap::from([("client-0".to_owned(), record)]);
+        let found = check(&Evidence {
+            clients: &clients,
+            expected_clients: &["client-0".to_owned()],
+            effects: &Effects::default(),
+            failing: &|_, _| false,
+            repeats_explained: false,
+            pending_commands: Some(0),
+            pending_reason: None,
+        });
+        assert_eq!(found.failing(), BTreeSet::from(["accepted"]));
+        assert!(found.wrong().is_empty());
+        assert!(found.stuck()[0].contains("never accepted in 20 attempts"));
+        assert_eq!((found.queue.refused, found.queue.accepted), (1, 0));
     }
 
     #[test]

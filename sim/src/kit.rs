@@ -124,7 +124,8 @@ impl Harness {
         self
     }
 
-    /// A fault at a simulated time. Hosts: `orchestrator-N`, `gateway-N`, `client-N`, and your
+    /// A fault at a simulated time. Hosts: `orchestrator-N`, `gateway-N`, `client-N` (partition
+    /// or hold only: clients are turmoil clients, which cannot crash or restart), and your
     /// subscribers' names.
     pub fn fault(mut self, at: Duration, fault: Fault) -> Harness {
         self.config.faults.push(ScheduledFault {

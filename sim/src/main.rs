@@ -419,8 +419,9 @@ fn print_report(label: &str, report: &SimReport) {
         report.trace_hash
     );
     println!(
-        "  accepted {} completed {} lost {} duplicated {} unexpected {} recovered {} repeated-effects {}",
+        "  accepted {} refused {} completed {} lost {} duplicated {} unexpected {} recovered {} repeated-effects {}",
         q.accepted,
+        q.refused,
         q.completed,
         q.lost,
         q.duplicated,

@@ -9,7 +9,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use crate::checker::CHECKERS;
-use crate::faults::ScheduledFault;
+use crate::faults::{Fault, ScheduledFault};
 use crate::simulation::{BrokerLink, GatewayQueues, SimConfig, SimReport};
 
 /// Most seeds one scenario file may list (keeps `cargo test` bounded).
@@ -213,7 +213,19 @@ impl Scenario {
         let config = self.config(0);
         let hosts = config.hosts();
         let (queues, exchanges) = config.broker_names();
+        let clients = config.client_hosts();
         for fault in &self.faults {
+            // Clients are turmoil clients, not hosts: they cannot crash or restart.
+            if let Fault::Crash { host } | Fault::Restart { host } = &fault.fault
+                && clients.contains(host)
+            {
+                return Err(format!(
+                    "fault at {} ms: {} names client {host:?}; only service hosts crash and \
+                     restart (partition or hold a client instead)",
+                    fault.at_ms,
+                    fault.fault.kind()
+                ));
+            }
             // The broker arms a fault on any name; one that names nothing would never fire.
             if let Some(queue) = fault.fault.queue().filter(|q| !queues.contains(*q)) {
                 return Err(format!(

@@ -172,7 +172,8 @@ impl SimConfig {
         (queues, exchanges)
     }
 
-    fn client_hosts(&self) -> Vec<String> {
+    /// The console clients' host names.
+    pub(crate) fn client_hosts(&self) -> Vec<String> {
         (0..self.clients).map(|c| format!("client-{c}")).collect()
     }
 

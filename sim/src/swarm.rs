@@ -22,6 +22,11 @@ const KINDS: [&str; 6] = [
     "duplicate-delivery",
 ];
 
+/// Latest start of a generated fault.
+const FAULT_START_MAX_MS: u64 = 6_000;
+/// Span a fault may start in beyond the workload's own (connecting, first requests).
+const FAULT_START_MIN_SPAN_MS: u64 = 500;
+
 /// Queues a duplicate-delivery fault can hit.
 const QUEUES: [&str; 3] = [
     contracts::QUEUE_COMMANDS,
@@ -66,9 +71,16 @@ pub fn scenario_strategy() -> impl Strategy<Value = Scenario> {
             },
         )
         .prop_flat_map(|(shape, enabled)| {
-            let (clients, orchestrators, ..) = shape;
-            let faults =
-                proptest::collection::vec(fault_pair(clients, orchestrators, enabled), 0..=4);
+            let (clients, orchestrators, analyses, concurrency, analysis_ms, spread_ms, _) = shape;
+            // Faults start while the workload is still running, as far as its shape tells: a
+            // fault that starts once everything is done tests nothing.
+            let rounds = (clients * analyses).div_ceil(orchestrators * concurrency) as u64;
+            let busy_ms = (FAULT_START_MIN_SPAN_MS + spread_ms + rounds * analysis_ms)
+                .min(FAULT_START_MAX_MS);
+            let faults = proptest::collection::vec(
+                fault_pair(clients, orchestrators, enabled, busy_ms),
+                0..=4,
+            );
             (Just(shape), faults)
         })
         .prop_map(
@@ -110,10 +122,12 @@ pub fn scenario_strategy() -> impl Strategy<Value = Scenario> {
 }
 
 /// A fault and the step that undoes it, from the kinds this case enabled.
+/// `busy_ms`: the latest start drawn.
 fn fault_pair(
     clients: usize,
     orchestrators: usize,
     enabled: u8,
+    busy_ms: u64,
 ) -> impl Strategy<Value = Vec<ScheduledFault>> {
     let kinds: Vec<usize> = (0..KINDS.len())
         .filter(|k| enabled & (1 << k) != 0)
@@ -125,7 +139,7 @@ fn fault_pair(
     };
     (
         kind,
-        0u64..=6_000,
+        0u64..=busy_ms,
         100u64..=6_000,
         0..clients,
         0..orchestrators,

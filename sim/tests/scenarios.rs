@@ -77,6 +77,12 @@ fn scenario_errors_name_the_problem() {
             .unwrap_err()
             .contains("unknown checker")
     );
+    let crash_a_client = unknown_host.replace("nope", "client-0");
+    assert!(
+        Scenario::parse(&crash_a_client)
+            .unwrap_err()
+            .contains("names client \"client-0\"")
+    );
     let typo = base.replace("clients", "clientz");
     assert!(Scenario::parse(&typo).is_err());
     let round_trip = Scenario::parse(
