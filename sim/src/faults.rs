@@ -153,6 +153,18 @@ impl Fault {
         }
     }
 
+    /// Whether this step ends an earlier fault (a repair, a restart, a release): one the run
+    /// never reached only means that fault lasted to the end.
+    pub fn undoes_another(&self) -> bool {
+        matches!(
+            self,
+            Fault::Restart { .. }
+                | Fault::Repair { .. }
+                | Fault::RepairOneway { .. }
+                | Fault::Release { .. }
+        )
+    }
+
     /// The broker queue the fault names, if any.
     pub fn queue(&self) -> Option<&str> {
         match self {

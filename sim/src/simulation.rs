@@ -218,7 +218,8 @@ pub struct SimReport {
     /// Fault kinds applied, with counts.
     pub faults_applied: BTreeMap<String, usize>,
     /// Scheduled faults the run never reached: it was over (clients done, broker idle) before
-    /// their time. A scenario that schedules one fails its judgement.
+    /// their time. A scenario that schedules one fails its judgement. Steps that end a fault
+    /// (repair, restart, release) are not listed: missing one only means the fault lasted.
     pub faults_not_reached: Vec<ScheduledFault>,
     /// Simulated time the run took.
     pub simulated: Duration,
@@ -411,7 +412,7 @@ fn simulate(config: &SimConfig, subscribers: &[SubscriberSpec], recorder: &Recor
     let pending = broker.queue_depth(contracts::QUEUE_COMMANDS).unwrap_or(0)
         + broker.unacked_count(contracts::QUEUE_COMMANDS).unwrap_or(0);
     // Faults the run never reached (it went idle first): they tested nothing.
-    let faults_not_reached: Vec<ScheduledFault> = schedule.collect();
+    let unreached: Vec<ScheduledFault> = schedule.collect();
     // Only faults that happened can explain a repeated analysis.
     let crash_happened = config.faults.iter().any(|f| {
         matches!(
@@ -423,8 +424,12 @@ fn simulate(config: &SimConfig, subscribers: &[SubscriberSpec], recorder: &Recor
                 | Fault::CloseConsumerChannels { .. }
                 // A refused event makes its analysis run again.
                 | Fault::NackPublish { .. }
-        ) && !faults_not_reached.contains(f)
+        ) && !unreached.contains(f)
     });
+    // A repair or restart never reached only means its fault lasted to the end.
+    let faults_not_reached: Vec<ScheduledFault> = (unreached.into_iter())
+        .filter(|f| !f.fault.undoes_another())
+        .collect();
     let failing_every = config.failing_every;
     let failing = move |_: &str, index: usize| {
         failing_every > 0 && index % failing_every == failing_every - 1

@@ -141,6 +141,14 @@ fn a_fault_the_run_never_reaches_fails_the_scenario() {
     assert_eq!(report.faults_not_reached.len(), 1);
     let verdict = scenario.judge(&report).unwrap_err();
     assert!(verdict.contains("crash at 600000 ms"), "{verdict}");
+    // A repair left over only means its partition lasted to the end: nothing was missed.
+    let lasting = "name = 'lasting'\nseeds = [1]\n[workload]\nclients = 1\nanalyses_per_client = 1\n\
+                   [[faults]]\nat_ms = 1\nkind = 'partition'\na = 'client-0'\nb = 'orchestrator-0'\n\
+                   [[faults]]\nat_ms = 600000\nkind = 'repair'\na = 'client-0'\nb = 'orchestrator-0'\n";
+    let scenario = Scenario::parse(lasting).unwrap();
+    let report = warren_sim::simulation::run(&scenario.config(1));
+    assert!(report.faults_not_reached.is_empty());
+    scenario.judge(&report).unwrap();
 }
 
 #[test]

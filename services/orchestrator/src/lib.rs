@@ -35,8 +35,9 @@ pub struct OrchestratorConfig {
     pub reconnect_backoff_min: Duration,
     /// Longest wait between reconnect attempts.
     pub reconnect_backoff_max: Duration,
-    /// How long a command whose events the broker refused (nack, 404) is held before it is
-    /// requeued: the bound on how fast a lasting refusal makes it run again.
+    /// How long a command whose events the broker or the adapter refused (a nack, a 404, no
+    /// channel free) is held before it is requeued: the bound on how fast a lasting refusal
+    /// makes it run again.
     pub refused_requeue_delay: Duration,
 }
 

@@ -38,6 +38,24 @@ pub(crate) struct Processor {
     refused_requeue_delay: Duration,
 }
 
+/// Why a run did not finish.
+enum RunFailure {
+    /// An event of this command breaks a limit of the contract (encoding it failed): no retry
+    /// can publish it.
+    Unpublishable(String),
+    /// The bus failed or refused a publish: a later attempt may succeed.
+    Bus(BusError),
+}
+
+impl std::fmt::Display for RunFailure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            RunFailure::Unpublishable(reason) => write!(f, "event cannot be published: {reason}"),
+            RunFailure::Bus(e) => e.fmt(f),
+        }
+    }
+}
+
 enum Claim {
     Run,
     AlreadyFinished,
@@ -95,16 +113,20 @@ impl Processor {
         self.release(id, outcome.is_ok());
         match outcome {
             Ok(()) => settle(delivery.ack().await),
-            Err(e @ BusError::Invalid(_)) => {
+            Err(e @ RunFailure::Unpublishable(_)) => {
                 // An event this command yields can never be published (it breaks a limit of
                 // the contract): requeueing would run it again forever. Dead-letter it.
                 tracing::error!(analysis_id = %id, error = %e, "events can never be published; command rejected");
                 settle(delivery.reject(false).await);
             }
-            Err(e @ (BusError::Refused { .. } | BusError::Nacked { .. })) => {
-                // The broker refused an event (a missing exchange, a full queue): it may take
-                // it later. Requeued after a pause, not at once, so a refusal that lasts is
-                // retried at a bounded rate instead of in a tight loop.
+            Err(
+                e @ RunFailure::Bus(
+                    BusError::Refused { .. } | BusError::Nacked { .. } | BusError::Invalid(_),
+                ),
+            ) => {
+                // The broker (or the adapter) refused an event: a missing exchange, a full
+                // queue, no channel free. It may take it later. Requeued after a pause, not at
+                // once, so a refusal that lasts is retried at a bounded rate, not in a loop.
                 tracing::warn!(analysis_id = %id, error = %e, delay = ?self.refused_requeue_delay, "publishing refused; command requeued after a pause");
                 tokio::time::sleep(self.refused_requeue_delay).await;
                 settle(delivery.nack(true).await);
@@ -122,7 +144,7 @@ impl Processor {
         &self,
         request: &RequestAnalysis,
         redelivered: bool,
-    ) -> Result<(), BusError> {
+    ) -> Result<(), RunFailure> {
         let id = request.analysis_id;
         tracing::info!(analysis_id = %id, redelivered, "analysis starting");
         let started = AnalysisStarted {
@@ -159,7 +181,7 @@ impl Processor {
                 ..completed
             }
             .publication(APP_ID_ORCHESTRATOR, now)
-            .map_err(|e| BusError::Invalid(e.to_string()))?,
+            .map_err(|e| RunFailure::Unpublishable(e.to_string()))?,
         };
         self.publish(Ok(publication)).await?;
         tracing::info!(analysis_id = %id, ?status, "analysis completed");
@@ -169,9 +191,13 @@ impl Processor {
     async fn publish(
         &self,
         publication: Result<Publication, contracts::EncodeError>,
-    ) -> Result<(), BusError> {
-        let publication = publication.map_err(|e| BusError::Invalid(e.to_string()))?;
-        self.ports.bus.publish(publication).await
+    ) -> Result<(), RunFailure> {
+        let publication = publication.map_err(|e| RunFailure::Unpublishable(e.to_string()))?;
+        self.ports
+            .bus
+            .publish(publication)
+            .await
+            .map_err(RunFailure::Bus)
     }
 
     fn claim(&self, id: Uuid) -> Claim {

@@ -73,6 +73,10 @@ pub trait Acker: Send + Sync {
     async fn reject(self: Box<Self>, requeue: bool) -> Result<(), BusError>;
 }
 
+/// Distinct topologies an adapter remembers, to declare them again on every new connection.
+#[cfg(any(feature = "rabbitmq", feature = "wire"))]
+pub(crate) const TOPOLOGIES_REMEMBERED_MAX: usize = 64;
+
 /// One message handed to a consumer, to be settled exactly once.
 pub struct Delivery {
     /// Basic properties as published.

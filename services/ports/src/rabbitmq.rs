@@ -40,7 +40,9 @@ use lapin::{BasicProperties, Channel, Confirmation, Connection, ConnectionProper
 use tokio::sync::Mutex;
 
 use crate::amqp_properties::{amqp_properties, contract_properties, short_string};
-use crate::bus::{Acker, Bus, BusError, ConsumeOptions, Deliveries, Delivery};
+use crate::bus::{
+    Acker, Bus, BusError, ConsumeOptions, Deliveries, Delivery, TOPOLOGIES_REMEMBERED_MAX,
+};
 
 /// Connection attempts when the connection is found dead, before giving up.
 pub const RECONNECT_ATTEMPTS_MAX: u32 = 5;
@@ -57,8 +59,6 @@ pub const CONFIRM_TIMEOUT_MS: u64 = 30_000;
 /// binds, `basic.qos`, `basic.consume`, handing a publish or a settlement to lapin, closing) may
 /// take this long.
 pub const ROUND_TRIP_TIMEOUT_MS: u64 = 10_000;
-/// Distinct topologies one bus remembers to declare again after a reconnection.
-const TOPOLOGIES_REMEMBERED_MAX: usize = 64;
 /// AMQP reply code of a normal close.
 const REPLY_SUCCESS: u16 = 200;
 /// Shown to RabbitMQ's management UI as the connection's name.
@@ -230,13 +230,20 @@ impl RabbitBus {
             match self.open_connection().await {
                 Ok(connection) => {
                     for topology in &link.topologies {
-                        let channel = self
+                        // A topology the broker now refuses (someone declared a queue again with
+                        // other arguments) must not cost the connection: the operations that
+                        // need it fail on their own, the others go on.
+                        let declared = match self
                             .round_trip("channel.open", "", connection.create_channel())
                             .await
-                            .map_err(Failure::into_error)?;
-                        self.declare_on(&channel, topology)
-                            .await
-                            .map_err(Failure::into_error)?;
+                        {
+                            Ok(channel) => self.declare_on(&channel, topology).await,
+                            Err(failure) => Err(failure),
+                        };
+                        if let Err(failure) = declared {
+                            let error = failure.into_error();
+                            tracing::warn!(url = %self.url_redacted, %error, "declaring again after a reconnection failed");
+                        }
                     }
                     tracing::info!(url = %self.url_redacted, attempt, "reconnected to RabbitMQ");
                     link.connection = Some(connection);
@@ -306,19 +313,21 @@ impl RabbitBus {
     }
 
     async fn declare_once(&self, topology: &Topology) -> Result<(), Failure> {
-        let channel = {
-            let mut link = self.link.lock().await;
-            if !link.topologies.contains(topology) {
-                if link.topologies.len() >= TOPOLOGIES_REMEMBERED_MAX {
-                    return Err(Failure::Final(BusError::Invalid(format!(
-                        "more than {TOPOLOGIES_REMEMBERED_MAX} topologies declared on one bus"
-                    ))));
-                }
+        let channel = self.open_channel(&mut *self.link.lock().await).await?;
+        self.declare_on(&channel, topology).await?;
+        // Remembered once the broker took it: one it refused is not declared again.
+        let mut link = self.link.lock().await;
+        if !link.topologies.contains(topology) {
+            if link.topologies.len() >= TOPOLOGIES_REMEMBERED_MAX {
+                tracing::warn!(
+                    url = %self.url_redacted,
+                    "more than {TOPOLOGIES_REMEMBERED_MAX} topologies declared on one bus; this one is not declared again after a reconnection"
+                );
+            } else {
                 link.topologies.push(topology.clone());
             }
-            self.open_channel(&mut link).await?
-        };
-        self.declare_on(&channel, topology).await
+        }
+        Ok(())
     }
 
     /// Declares `topology` on `channel`, then closes it.

@@ -35,7 +35,9 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Instant;
 
 use crate::amqp_properties::{amqp_properties, contract_properties, short_string};
-use crate::bus::{Acker, Bus, BusError, ConsumeOptions, Deliveries, Delivery};
+use crate::bus::{
+    Acker, Bus, BusError, ConsumeOptions, Deliveries, Delivery, TOPOLOGIES_REMEMBERED_MAX,
+};
 use crate::net::Net;
 
 /// Largest frame the client accepts and proposes.
@@ -243,9 +245,11 @@ impl<N: Net> WireBus<N> {
             match Link::open(&self.inner.net, config).await {
                 Ok(link) => {
                     for topology in &state.topologies {
-                        declare_on(&link, topology, config.rpc_timeout)
-                            .await
-                            .map_err(Failure::Final)?;
+                        // A topology the broker now refuses must not cost the connection: the
+                        // operations that need it fail on their own, the others go on.
+                        if let Err(error) = declare_on(&link, topology, config.rpc_timeout).await {
+                            tracing::warn!(addr = %config.addr, %error, "declaring again after a reconnection failed");
+                        }
                     }
                     tracing::info!(addr = %config.addr, attempt, "AMQP connection open");
                     state.link = Some(link.clone());
@@ -322,17 +326,23 @@ impl<N: Net> WireBus<N> {
     }
 
     async fn declare_once(&self, topology: &Topology) -> Result<(), Failure> {
-        let link = {
-            let mut state = self.inner.state.lock().await;
-            let link = self.link(&mut state).await?;
-            if !state.topologies.contains(topology) {
-                state.topologies.push(topology.clone());
-            }
-            link
-        };
+        let link = self.link(&mut *self.inner.state.lock().await).await?;
         declare_on(&link, topology, self.inner.config.rpc_timeout)
             .await
-            .map_err(Failure::from_error)
+            .map_err(Failure::from_error)?;
+        // Remembered once the broker took it: one it refused is not declared again.
+        let mut state = self.inner.state.lock().await;
+        if !state.topologies.contains(topology) {
+            if state.topologies.len() >= TOPOLOGIES_REMEMBERED_MAX {
+                tracing::warn!(
+                    addr = %self.inner.config.addr,
+                    "more than {TOPOLOGIES_REMEMBERED_MAX} topologies declared on one bus; this one is not declared again after a reconnection"
+                );
+            } else {
+                state.topologies.push(topology.clone());
+            }
+        }
+        Ok(())
     }
 
     async fn consume_once(&self, queue: &str, prefetch: u16) -> Result<Deliveries, Failure> {
