@@ -22,7 +22,7 @@ use crate::channel::ChannelId;
 use crate::connection::{ConnectionId, DEFAULT_USER};
 use crate::consumer::ConsumeOptions;
 use crate::delivery::{Delivery, GetOk};
-use crate::engine::{ConsumerEnd, Engine, Event, Usage};
+use crate::engine::{ArmedFault, ConsumerEnd, Engine, Event, Usage};
 use crate::error::{Error, ReplyCode};
 use crate::exchange::{ExchangeInfo, ExchangeKind, ExchangeOptions};
 use crate::limits::Limits;
@@ -268,6 +268,12 @@ impl Broker {
     /// Fault hook: the broker closes `connection` with this reply.
     pub fn force_close_connection(&self, connection: ConnectionId, code: ReplyCode, text: &str) {
         self.call(|engine| engine.force_close_connection(connection, code, text));
+    }
+
+    /// Fault hooks armed on a queue or an exchange that have not fired yet
+    /// ([`Engine::armed_faults`]).
+    pub fn armed_faults(&self) -> Vec<ArmedFault> {
+        self.call(|engine| engine.armed_faults())
     }
 
     /// Messages that left a queue unconsumed (rejected, expired, overflowed, past the delivery

@@ -46,6 +46,7 @@ use crate::queue::{
 mod clock;
 pub(crate) mod dead_letters;
 mod fault;
+pub use fault::ArmedFault;
 mod names;
 pub(crate) mod reply_to;
 mod route_memo;

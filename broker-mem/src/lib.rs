@@ -78,7 +78,7 @@ pub use client::{
 pub use connection::{ConnectionId, DEFAULT_USER};
 pub use consumer::ConsumeOptions;
 pub use delivery::{Delivery, GetOk};
-pub use engine::{ConsumerEnd, Engine, Event, Usage};
+pub use engine::{ArmedFault, ConsumerEnd, Engine, Event, Usage};
 pub use error::{AmqpError, Error, ReplyCode};
 pub use exchange::{ExchangeInfo, ExchangeKind, ExchangeOptions};
 pub use limits::{

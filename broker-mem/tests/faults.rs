@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use broker_mem::{
-    Broker, Bytes, Channel, Confirm, ConsumeOptions, DeathReason, Error, ExchangeKind,
+    ArmedFault, Broker, Bytes, Channel, Confirm, ConsumeOptions, DeathReason, Error, ExchangeKind,
     ExchangeOptions, FieldTable, FieldValue, Limits, Properties, PublishOptions, QueueOptions,
     ReplyCode, TryRecvError,
 };
@@ -987,4 +987,44 @@ fn an_at_least_once_worker_routes_again_by_the_death_keys_to_queues_that_have_no
     let kept: usize = broker.queues().iter().map(|q| q.dead_lettering).sum();
     assert_eq!(kept, 0);
     broker.check_invariants().unwrap();
+}
+
+#[test]
+fn armed_faults_are_listed_until_they_fire() {
+    let broker = Broker::new();
+    let connection = broker.connect();
+    let channel = connection.open_channel().unwrap();
+    channel.queue_declare("q", QueueOptions::default()).unwrap();
+    broker.duplicate_next_delivery("q");
+    broker.nack_next_publish_to("amq.direct", false);
+    // A misspelt name arms a hook that never meets its event: it stays listed.
+    broker.drop_next_delivery("qq");
+    assert_eq!(
+        broker.armed_faults(),
+        [
+            ArmedFault::DuplicateDelivery { queue: "q".into() },
+            ArmedFault::DropDelivery { queue: "qq".into() },
+            ArmedFault::NackPublish {
+                exchange: "amq.direct".into()
+            },
+        ]
+    );
+    let nacked = channel
+        .basic_publish(
+            "amq.direct",
+            "q",
+            Properties::default(),
+            Bytes::from_static(b"x"),
+        )
+        .unwrap();
+    assert!(matches!(nacked, Confirm::Nack { .. }), "{nacked:?}");
+    publish(&channel, "q", "twice", false);
+    let consumer = channel
+        .basic_consume("q", ConsumeOptions::default())
+        .unwrap();
+    consumer.try_recv().unwrap();
+    assert_eq!(
+        broker.armed_faults(),
+        [ArmedFault::DropDelivery { queue: "qq".into() }]
+    );
 }

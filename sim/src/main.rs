@@ -94,7 +94,8 @@ enum SimCommand {
         trace: Option<PathBuf>,
     },
     /// Run many seeds; summarise outcomes, faults and states reached; exit non-zero on any
-    /// violation (and record the failing seeds in scenarios/regressions.txt).
+    /// violation (with a scenario file, record its failing seeds in the regressions file beside
+    /// it; with --swarm, print each failing seed's scenario as TOML to save instead).
     Explore {
         /// A scenario file whose workload and faults every seed runs (ignored with --swarm).
         file: Option<PathBuf>,
@@ -431,6 +432,9 @@ fn print_report(label: &str, report: &SimReport) {
     );
     if !report.faults_applied.is_empty() {
         println!("  faults applied: {:?}", report.faults_applied);
+    }
+    for fault in &report.faults_never_fired {
+        println!("  NEVER FIRED {fault}: armed on the broker, but its event never came");
     }
     for fault in &report.faults_not_reached {
         println!(

@@ -15,6 +15,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, UNIX_EPOCH};
 
+use broker_mem::ArmedFault;
 use orchestrator::{BuiltinAnalyzer, OrchestratorConfig};
 use ports::memory::MemoryBus;
 use ports::wire::{WireBus, WireBusConfig};
@@ -221,6 +222,10 @@ pub struct SimReport {
     /// their time. A scenario that schedules one fails its judgement. Steps that end a fault
     /// (repair, restart, release) are not listed: missing one only means the fault lasted.
     pub faults_not_reached: Vec<ScheduledFault>,
+    /// Broker fault hooks the run reached and armed but that never met their event (no
+    /// publish to that exchange, no delivery from that queue after their time): they tested
+    /// nothing either, though the run was long enough.
+    pub faults_never_fired: Vec<String>,
     /// Simulated time the run took.
     pub simulated: Duration,
     /// Every publish, delivery and settlement, per host, in order.
@@ -289,6 +294,7 @@ pub fn run_with(config: &SimConfig, subscribers: &[SubscriberSpec]) -> SimReport
         deadline_passed: outcome.deadline_passed,
         faults_applied: outcome.faults_applied,
         faults_not_reached: outcome.faults_not_reached,
+        faults_never_fired: outcome.faults_never_fired,
         simulated: outcome.simulated,
         journal: outcome.journal,
         subscriber_logs: outcome.subscriber_logs,
@@ -315,6 +321,7 @@ struct Outcome {
     deadline_passed: bool,
     faults_applied: BTreeMap<String, usize>,
     faults_not_reached: Vec<ScheduledFault>,
+    faults_never_fired: Vec<String>,
     simulated: Duration,
     journal: Vec<Entry>,
     subscriber_logs: BTreeMap<String, Vec<String>>,
@@ -413,23 +420,43 @@ fn simulate(config: &SimConfig, subscribers: &[SubscriberSpec], recorder: &Recor
         + broker.unacked_count(contracts::QUEUE_COMMANDS).unwrap_or(0);
     // Faults the run never reached (it went idle first): they tested nothing.
     let unreached: Vec<ScheduledFault> = schedule.collect();
+    // Hooks armed on the broker that never met their event (no publish to that exchange, no
+    // delivery from that queue after their time).
+    let never_fired = broker.armed_faults();
+    let fired = |fault: &Fault| {
+        let armed = |a: &&ArmedFault| match (fault, *a) {
+            (Fault::NackPublish { exchange }, ArmedFault::NackPublish { exchange: e }) => {
+                exchange == e
+            }
+            (Fault::DuplicateDelivery { queue }, ArmedFault::DuplicateDelivery { queue: q }) => {
+                queue == q
+            }
+            _ => false,
+        };
+        let reached = (config.faults.iter())
+            .filter(|f| f.fault == *fault && !unreached.contains(f))
+            .count();
+        reached > never_fired.iter().filter(armed).count()
+    };
     // Only faults that happened can explain a repeated analysis.
     let crash_happened = config.faults.iter().any(|f| {
-        matches!(
-            f.fault,
+        let explains = match &f.fault {
             Fault::Crash { .. }
-                | Fault::Restart { .. }
-                | Fault::BrokerRestart
-                | Fault::DuplicateDelivery { .. }
-                | Fault::CloseConsumerChannels { .. }
-                // A refused event makes its analysis run again.
-                | Fault::NackPublish { .. }
-        ) && !unreached.contains(f)
+            | Fault::Restart { .. }
+            | Fault::BrokerRestart
+            | Fault::CloseConsumerChannels { .. } => true,
+            // A duplicate runs twice only if it was delivered; a refused event makes its
+            // analysis run again only if a publish was refused.
+            fault @ (Fault::DuplicateDelivery { .. } | Fault::NackPublish { .. }) => fired(fault),
+            _ => false,
+        };
+        explains && !unreached.contains(f)
     });
     // A repair or restart never reached only means its fault lasted to the end.
     let faults_not_reached: Vec<ScheduledFault> = (unreached.into_iter())
         .filter(|f| !f.fault.undoes_another())
         .collect();
+    let faults_never_fired: Vec<String> = never_fired.iter().map(|a| format!("{a:?}")).collect();
     let failing_every = config.failing_every;
     let failing = move |_: &str, index: usize| {
         failing_every > 0 && index % failing_every == failing_every - 1
@@ -454,6 +481,7 @@ fn simulate(config: &SimConfig, subscribers: &[SubscriberSpec], recorder: &Recor
         deadline_passed,
         faults_applied,
         faults_not_reached,
+        faults_never_fired,
         simulated,
         journal,
         subscriber_logs,

@@ -176,3 +176,19 @@ fn a_replay_without_a_scenario_file_carries_the_whole_configuration() {
             .starts_with("cargo run -- sim run --seed 5 ")
     );
 }
+
+#[test]
+fn a_broker_fault_that_never_meets_its_event_is_reported() {
+    // Started has gone out by 1 s; the analysis takes 2 s: nothing more leaves the queue.
+    let text = "name = 'idle hook'\nseeds = [1]\n[workload]\nclients = 1\nanalyses_per_client = 1\n\
+                analysis_ms = 2000\n[[faults]]\nat_ms = 1000\nkind = 'duplicate-delivery'\n\
+                queue = 'graph.subs.started'\n";
+    let scenario = Scenario::parse(text).unwrap();
+    let report = warren_sim::simulation::run(&scenario.config(1));
+    assert!(report.faults_not_reached.is_empty());
+    assert_eq!(
+        report.faults_never_fired,
+        ["DuplicateDelivery { queue: \"graph.subs.started\" }"]
+    );
+    assert!(report.violations.is_empty(), "{:?}", report.violations);
+}

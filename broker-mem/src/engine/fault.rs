@@ -25,6 +25,34 @@ pub(super) enum DeliveryFault {
     Delay(u64),
 }
 
+/// A fault hook armed on a queue or an exchange that has not fired yet (see
+/// [`Engine::armed_faults`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ArmedFault {
+    /// [`Engine::drop_next_delivery`].
+    DropDelivery {
+        /// The queue whose next delivery it waits for.
+        queue: String,
+    },
+    /// [`Engine::duplicate_next_delivery`].
+    DuplicateDelivery {
+        /// The queue whose next delivery it waits for.
+        queue: String,
+    },
+    /// [`Engine::delay_next_delivery`].
+    DelayDelivery {
+        /// The queue whose next delivery it waits for.
+        queue: String,
+        /// The delay it will add.
+        delay_ms: u64,
+    },
+    /// [`Engine::nack_next_publish_to`].
+    NackPublish {
+        /// The exchange whose next publish it waits for.
+        exchange: String,
+    },
+}
+
 /// A delivery held back by [`DeliveryFault::Delay`].
 #[derive(Debug)]
 pub(super) struct Delayed {
@@ -82,6 +110,25 @@ impl Engine {
             return;
         }
         self.publish_faults.push((exchange.to_owned(), enqueue));
+    }
+
+    /// The hooks armed on a queue or an exchange that have not fired yet, deliveries' first,
+    /// each in the order armed: a test tells a fault that happened from one that never met
+    /// its event (a misspelt name, a queue nobody consumed). A restart disarms the delivery
+    /// hooks; a channel's own `nack_next_publish` is not listed.
+    pub fn armed_faults(&self) -> Vec<ArmedFault> {
+        let deliveries = self.delivery_faults.iter().map(|(queue, fault)| {
+            let queue = queue.clone();
+            match *fault {
+                DeliveryFault::Drop => ArmedFault::DropDelivery { queue },
+                DeliveryFault::Duplicate => ArmedFault::DuplicateDelivery { queue },
+                DeliveryFault::Delay(delay_ms) => ArmedFault::DelayDelivery { queue, delay_ms },
+            }
+        });
+        let publishes = (self.publish_faults.iter()).map(|(exchange, _)| ArmedFault::NackPublish {
+            exchange: exchange.clone(),
+        });
+        deliveries.chain(publishes).collect()
     }
 
     /// Takes the first publish fault armed for `exchange`.

@@ -82,6 +82,7 @@ pub async fn run(
         analyzer,
         config.finished_memory_count_max,
         config.refused_requeue_delay,
+        shutdown.clone(),
     ));
     let mut backoff = config.reconnect_backoff_min;
     let mut declared = false;

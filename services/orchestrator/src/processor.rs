@@ -14,6 +14,7 @@ use contracts::{
     APP_ID_ORCHESTRATOR, AnalysisCompleted, AnalysisStarted, AnalysisStatus, Publication,
     RequestAnalysis, format_timestamp,
 };
+use futures::future::{BoxFuture, Shared};
 use ports::{BusError, Delivery, Ports};
 use tokio::sync::watch;
 use uuid::Uuid;
@@ -36,6 +37,8 @@ pub(crate) struct Processor {
     memory: Mutex<Memory>,
     finished_count_max: usize,
     refused_requeue_delay: Duration,
+    /// Resolved once shutdown is asked for: in-flight runs finish, nothing new starts.
+    shutdown: Shared<BoxFuture<'static, ()>>,
 }
 
 /// Why a run did not finish.
@@ -69,6 +72,7 @@ impl Processor {
         analyzer: Arc<dyn Analyzer>,
         finished_count_max: usize,
         refused_requeue_delay: Duration,
+        shutdown: Shared<BoxFuture<'static, ()>>,
     ) -> Self {
         Processor {
             ports,
@@ -76,7 +80,12 @@ impl Processor {
             memory: Mutex::new(Memory::default()),
             finished_count_max,
             refused_requeue_delay,
+            shutdown,
         }
+    }
+
+    fn shutting_down(&self) -> bool {
+        self.shutdown.peek().is_some()
     }
 
     pub(crate) async fn process(&self, delivery: Delivery) {
@@ -93,8 +102,17 @@ impl Processor {
             }
         };
         let id = request.analysis_id;
+        let mut waited = false;
         loop {
             match self.claim(id) {
+                Claim::Run if waited && self.shutting_down() => {
+                    // The run this copy waited for failed, and the service is stopping: leave
+                    // the analysis to the broker rather than start it now.
+                    self.release(id, false);
+                    tracing::info!(analysis_id = %id, "shutting down: command requeued, not run");
+                    settle(delivery.nack(true).await);
+                    return;
+                }
                 Claim::Run => break,
                 Claim::AlreadyFinished => {
                     tracing::info!(analysis_id = %id, "command repeated after completion; acked without work");
@@ -106,6 +124,7 @@ impl Processor {
                     // own settle is lost (its channel died), this copy is the broker's last.
                     tracing::info!(analysis_id = %id, "command repeated while running; waiting for that run");
                     let _ = run_ended.changed().await;
+                    waited = true;
                 }
             }
         }
@@ -128,7 +147,11 @@ impl Processor {
                 // queue, no channel free. It may take it later. Requeued after a pause, not at
                 // once, so a refusal that lasts is retried at a bounded rate, not in a loop.
                 tracing::warn!(analysis_id = %id, error = %e, delay = ?self.refused_requeue_delay, "publishing refused; command requeued after a pause");
-                tokio::time::sleep(self.refused_requeue_delay).await;
+                // A shutdown cuts the pause short: the broker keeps the command either way.
+                tokio::select! {
+                    () = tokio::time::sleep(self.refused_requeue_delay) => {}
+                    () = self.shutdown.clone() => {}
+                }
                 settle(delivery.nack(true).await);
             }
             Err(e) => {

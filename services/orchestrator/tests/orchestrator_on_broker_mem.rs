@@ -381,3 +381,36 @@ async fn command_whose_completed_event_breaks_the_size_limit_is_rejected_not_loo
     stop.send(()).unwrap();
     task.await.unwrap().unwrap();
 }
+
+#[tokio::test(start_paused = true)]
+async fn shutdown_requeues_a_waiting_copy_instead_of_starting_the_analysis_again() {
+    let h = Harness::new(Duration::from_secs(10)).await;
+    let (stop, task) = h.start();
+    h.send(&request(14, None)).await;
+    h.send(&request(14, None)).await;
+    h.wait_for_depth(contracts::QUEUE_SUBS_STARTED, 1).await;
+    h.wait_for_depth(contracts::QUEUE_COMMANDS, 0).await;
+    // Stopping, and then the running copy's Completed is refused: the waiting copy must not
+    // start a new ten-second analysis, and the refused one skips its pause.
+    stop.send(()).unwrap();
+    h.broker
+        .nack_next_publish_to(contracts::EXCHANGE_COMPLETED, false);
+    let stopped_at = tokio::time::Instant::now();
+    task.await.unwrap().unwrap();
+    // The running analysis finishes (about 10 s); a second one would take 10 s more.
+    assert!(
+        stopped_at.elapsed() < Duration::from_secs(15),
+        "returned after {:?}",
+        stopped_at.elapsed()
+    );
+    assert_eq!(h.analyzer.runs.load(Ordering::SeqCst), 1);
+    assert_eq!(
+        h.broker.queue_depth(contracts::QUEUE_SUBS_COMPLETED),
+        Some(0)
+    );
+    assert_eq!(
+        h.broker.queue_depth(contracts::QUEUE_COMMANDS),
+        Some(2),
+        "both copies are back in the queue for the next orchestrator"
+    );
+}
