@@ -1874,11 +1874,13 @@ impl Engine {
         let republishing = std::mem::replace(&mut self.republishing, true);
         for (at, name) in targets.iter().enumerate() {
             let hint = hints.get(at).copied().unwrap_or(usize::MAX);
-            let taken = self.enqueue(name, hint, &message, Some(Publisher::Channel(channel)));
+            if self.enqueue(name, hint, &message, Some(Publisher::Channel(channel))) {
+                continue;
+            }
             // In a commit, a quorum queue's refusal only drops its copy (see `committing`).
             let dropped_quietly = committing
                 && (self.queues.get(name)).is_some_and(|q| q.args.queue_type == QueueType::Quorum);
-            if !(taken || dropped_quietly) {
+            if !dropped_quietly {
                 refused.push(name.as_str());
             }
         }

@@ -279,6 +279,11 @@ mod tests {
             }],
             finished: true,
         };
+        check_one(record)
+    }
+
+    /// The checkers on one client's record, with nothing else to explain or wait for.
+    fn check_one(record: ClientRecord) -> Findings {
         let clients = BTreeMap::from([("client-0".to_owned(), record)]);
         check(&Evidence {
             clients: &clients,
@@ -303,16 +308,7 @@ mod tests {
             }],
             finished: true,
         };
-        let clients = BTreeMap::from([("client-0".to_owned(), record)]);
-        let found = check(&Evidence {
-            clients: &clients,
-            expected_clients: &["client-0".to_owned()],
-            effects: &Effects::default(),
-            failing: &|_, _| false,
-            repeats_explained: false,
-            pending_commands: Some(0),
-            pending_reason: None,
-        });
+        let found = check_one(record);
         assert_eq!(found.failing(), BTreeSet::from(["accepted"]));
         assert!(found.wrong().is_empty());
         assert!(found.stuck()[0].contains("never accepted in 20 attempts"));
