@@ -1028,3 +1028,22 @@ fn armed_faults_are_listed_until_they_fire() {
         [ArmedFault::DropDelivery { queue: "qq".into() }]
     );
 }
+
+#[test]
+fn a_restart_disarms_delivery_hooks_but_keeps_publish_hooks() {
+    // The sim's fault report relies on this: a delivery hook gone after a restart did not fire.
+    let broker = Broker::new();
+    let connection = broker.connect();
+    let channel = connection.open_channel().unwrap();
+    channel.queue_declare("q", QueueOptions::default()).unwrap();
+    broker.duplicate_next_delivery("q");
+    broker.delay_next_delivery("q", 10);
+    broker.nack_next_publish_to("amq.direct", false);
+    broker.restart();
+    assert_eq!(
+        broker.armed_faults(),
+        [ArmedFault::NackPublish {
+            exchange: "amq.direct".into()
+        }]
+    );
+}

@@ -205,6 +205,9 @@ pub(crate) struct Damage {
     pub(crate) oneway: BTreeSet<(String, String)>,
     pub(crate) held: BTreeSet<(String, String)>,
     pub(crate) latency_changed: bool,
+    /// Broker hooks a broker restart disarmed before they fired: they never fired, though
+    /// the broker no longer lists them.
+    pub(crate) disarmed: Vec<broker_mem::ArmedFault>,
 }
 
 /// Applies one fault to the simulation and records what it broke.
@@ -254,7 +257,17 @@ pub(crate) fn apply(
             sim.set_max_message_latency(Duration::from_millis(*max_ms));
             damage.latency_changed = true;
         }
-        Fault::BrokerRestart => broker.restart(),
+        Fault::BrokerRestart => {
+            let mut armed = broker.armed_faults();
+            broker.restart();
+            // What is still armed survived the restart; the rest was disarmed unfired.
+            for kept in broker.armed_faults() {
+                if let Some(at) = armed.iter().position(|a| *a == kept) {
+                    armed.remove(at);
+                }
+            }
+            damage.disarmed.extend(armed);
+        }
         Fault::DuplicateDelivery { queue } => broker.duplicate_next_delivery(queue),
         Fault::DelayDelivery { queue, delay_ms } => broker.delay_next_delivery(queue, *delay_ms),
         Fault::DropDelivery { queue } => broker.drop_next_delivery(queue),

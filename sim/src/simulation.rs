@@ -421,8 +421,9 @@ fn simulate(config: &SimConfig, subscribers: &[SubscriberSpec], recorder: &Recor
     // Faults the run never reached (it went idle first): they tested nothing.
     let unreached: Vec<ScheduledFault> = schedule.collect();
     // Hooks armed on the broker that never met their event (no publish to that exchange, no
-    // delivery from that queue after their time).
-    let never_fired = broker.armed_faults();
+    // delivery from that queue after their time), and those a broker restart disarmed first.
+    let mut never_fired = std::mem::take(&mut damage.disarmed);
+    never_fired.extend(broker.armed_faults());
     let fired = |fault: &Fault| {
         let armed = |a: &&ArmedFault| match (fault, *a) {
             (Fault::NackPublish { exchange }, ArmedFault::NackPublish { exchange: e }) => {

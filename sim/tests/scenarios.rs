@@ -192,3 +192,25 @@ fn a_broker_fault_that_never_meets_its_event_is_reported() {
     );
     assert!(report.violations.is_empty(), "{:?}", report.violations);
 }
+
+#[test]
+fn a_broker_fault_a_restart_disarmed_is_reported_as_never_fired() {
+    // The hook is armed after Started has gone out; the restart disarms it before anything
+    // else leaves the queue, so it never fires, though the broker no longer lists it.
+    let text = "name = 'disarmed hook'\nseeds = [1]\n[workload]\nclients = 1\nanalyses_per_client = 1\n\
+                analysis_ms = 2000\n[[faults]]\nat_ms = 1000\nkind = 'duplicate-delivery'\n\
+                queue = 'graph.subs.started'\n[[faults]]\nat_ms = 1500\nkind = 'broker-restart'\n";
+    let scenario = Scenario::parse(text).unwrap();
+    let report = warren_sim::simulation::run(&scenario.config(1));
+    assert!(report.faults_not_reached.is_empty());
+    assert_eq!(
+        report.faults_applied.get("broker-restart"),
+        Some(&1),
+        "{:?}",
+        report.faults_applied
+    );
+    assert_eq!(
+        report.faults_never_fired,
+        ["DuplicateDelivery { queue: \"graph.subs.started\" }"]
+    );
+}

@@ -221,8 +221,8 @@ impl Engine {
     /// CONNECTION_FORCED), transient exchanges and queues are gone, durable classic queues keep
     /// only their persistent (`delivery_mode = 2`) messages, quorum queues all of theirs (those that had been delivered come back
     /// marked redelivered, and those kept to be dead-lettered at least once are forwarded
-    /// again), bindings survive when both ends do. Armed faults and delayed
-    /// deliveries are lost. The clock keeps running.
+    /// again), bindings survive when both ends do. Delivery fault hooks (drop,
+    /// duplicate, delay) and delayed deliveries are lost; publish hooks (nack) stay armed. The clock keeps running.
     pub fn restart(&mut self) {
         // Every connection goes before anything is dispatched again: what one connection's
         // close requeues must not reach a consumer of a connection that is still to close
