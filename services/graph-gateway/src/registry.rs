@@ -8,10 +8,13 @@
 //!
 //! Recording is idempotent per (analysis, event type), the same key the contract's uuid v5
 //! message ids encode, so a redelivered or republished event changes nothing and is never
-//! announced twice. The registry is bounded: when full it evicts the oldest completed analyses
-//! first, then incomplete ones older than a time-to-live, and otherwise refuses.
+//! announced twice, also after its analysis has been evicted or forgotten: the registry keeps
+//! which events it announced for as many removed analyses as it holds live ones (a repeat
+//! later than that is announced again). The registry is bounded: when full it evicts the oldest
+//! completed analyses first, then incomplete ones older than a time-to-live, and otherwise
+//! refuses.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -76,6 +79,29 @@ struct Entry {
     state: watch::Sender<Snapshot>,
 }
 
+/// Which events were announced for an analysis no longer in the registry.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+struct Announced {
+    started: bool,
+    completed: bool,
+}
+
+impl Announced {
+    fn of(snapshot: &Snapshot) -> Announced {
+        Announced {
+            started: snapshot.started.is_some(),
+            completed: snapshot.completed.is_some(),
+        }
+    }
+
+    fn includes(self, event: &Event) -> bool {
+        match event {
+            Event::Started(_) => self.started,
+            Event::Completed(_) => self.completed,
+        }
+    }
+}
+
 #[derive(Default)]
 struct Inner {
     entries: BTreeMap<Uuid, Entry>,
@@ -84,6 +110,11 @@ struct Inner {
     /// Completed analyses, earliest completion first: the first to evict.
     completed: BTreeMap<u64, Uuid>,
     next_seq: u64,
+    /// Analyses removed after something was announced for them, so that a late repeat (the
+    /// broker delivers at least once) is not announced again. At most `capacity` ids.
+    gone: BTreeMap<Uuid, Announced>,
+    /// `gone`'s ids, oldest first: the first to drop.
+    gone_order: VecDeque<Uuid>,
 }
 
 /// Analyses by id (a `BTreeMap`, so nothing depends on hash order), bounded by `capacity`.
@@ -132,6 +163,8 @@ impl Registry {
         let mut inner = self.lock();
         if let Some(entry) = inner.entries.remove(&id) {
             inner.unslot(entry.slot);
+            // Its command may have been published after all, and an event announced.
+            inner.bury(id, &entry, self.capacity);
         }
     }
 
@@ -140,6 +173,9 @@ impl Registry {
     pub(crate) fn record(&self, event: Event, now_unix_ms: i64) -> Recording {
         let id = event.analysis_id();
         let mut inner = self.lock();
+        if inner.gone.get(&id).is_some_and(|a| a.includes(&event)) {
+            return Recording::Repeat;
+        }
         if !inner.entries.contains_key(&id) {
             if !inner.make_room(self.capacity, self.incomplete_ttl_ms, now_unix_ms) {
                 tracing::warn!(analysis_id = %id, kind = event.kind().as_str(),
@@ -153,6 +189,7 @@ impl Registry {
             incomplete,
             completed,
             next_seq,
+            ..
         } = &mut *inner;
         let entry = entries
             .get_mut(&id)
@@ -225,6 +262,14 @@ impl Registry {
         self.lock().entries.len()
     }
 
+    /// Removed analyses whose announced events are remembered.
+    #[cfg(test)]
+    pub(crate) fn gone_len(&self) -> usize {
+        let inner = self.lock();
+        debug_assert_eq!(inner.gone.len(), inner.gone_order.len());
+        inner.gone.len()
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
         // Never held across an await and no code under it panics, so poisoning is a bug.
         self.inner.lock().expect("registry lock poisoned")
@@ -254,6 +299,28 @@ impl Inner {
         };
     }
 
+    /// Remembers what was announced for a removed entry (nothing to remember if nothing was),
+    /// dropping the oldest such record past `capacity`.
+    fn bury(&mut self, id: Uuid, entry: &Entry, capacity: usize) {
+        let announced = Announced::of(&entry.state.borrow());
+        if announced == Announced::default() {
+            return;
+        }
+        if let Some(known) = self.gone.get_mut(&id) {
+            // Revived by a later event and removed again: it keeps its place in the order.
+            known.started |= announced.started;
+            known.completed |= announced.completed;
+            return;
+        }
+        if self.gone_order.len() >= capacity
+            && let Some(oldest) = self.gone_order.pop_front()
+        {
+            self.gone.remove(&oldest);
+        }
+        self.gone.insert(id, announced);
+        self.gone_order.push_back(id);
+    }
+
     /// Makes room for one more entry; false if every entry must be kept.
     fn make_room(&mut self, capacity: usize, incomplete_ttl_ms: i64, now_unix_ms: i64) -> bool {
         if self.entries.len() < capacity {
@@ -265,7 +332,9 @@ impl Inner {
             "the registry never exceeds its capacity"
         );
         if let Some((_, id)) = self.completed.pop_first() {
-            self.entries.remove(&id);
+            if let Some(entry) = self.entries.remove(&id) {
+                self.bury(id, &entry, capacity);
+            }
             tracing::debug!(analysis_id = %id, "evicted the oldest completed analysis");
             return true;
         }
@@ -277,7 +346,9 @@ impl Inner {
             let created = self.entries[&id].created_unix_ms;
             if now_unix_ms.saturating_sub(created) >= incomplete_ttl_ms {
                 self.incomplete.remove(&seq);
-                self.entries.remove(&id);
+                if let Some(entry) = self.entries.remove(&id) {
+                    self.bury(id, &entry, capacity);
+                }
                 tracing::warn!(analysis_id = %id, "evicted an analysis that never completed");
                 return true;
             }
@@ -327,6 +398,54 @@ mod tests {
         assert_eq!(registry.record(started(1, "alice"), 0), Recording::Repeat);
         assert!(live.try_recv().is_ok());
         assert!(live.try_recv().is_err(), "a repeat is never announced");
+    }
+
+    #[test]
+    fn repeat_after_eviction_is_not_announced_again() {
+        let registry = Registry::new(1, Duration::from_secs(60));
+        let mut live = registry.live();
+        registry.register(Uuid::from_u128(1), alice(), 0).unwrap();
+        assert_eq!(registry.record(started(1, "alice"), 0), Recording::New);
+        assert_eq!(registry.record(completed(1, "alice"), 0), Recording::New);
+        // 1 completed: registering 2 evicts it.
+        registry.register(Uuid::from_u128(2), alice(), 0).unwrap();
+        assert!(registry.snapshot(Uuid::from_u128(1), &alice()).is_none());
+        assert_eq!(registry.record(completed(1, "alice"), 0), Recording::Repeat);
+        assert_eq!(registry.record(started(1, "alice"), 0), Recording::Repeat);
+        assert!(live.try_recv().is_ok() && live.try_recv().is_ok());
+        assert!(live.try_recv().is_err(), "a late repeat is never announced");
+        assert_eq!(registry.len(), 1, "a repeat takes no slot");
+    }
+
+    #[test]
+    fn repeat_after_forget_is_not_announced_again_but_the_next_event_is() {
+        let registry = Registry::new(4, Duration::from_secs(60));
+        registry.register(Uuid::from_u128(1), alice(), 0).unwrap();
+        // The command went out after all, and its Started raced the failed publish's forget.
+        assert_eq!(registry.record(started(1, "alice"), 0), Recording::New);
+        registry.forget(Uuid::from_u128(1));
+        assert_eq!(registry.record(started(1, "alice"), 0), Recording::Repeat);
+        assert_eq!(registry.record(completed(1, "alice"), 0), Recording::New);
+        assert_eq!(registry.record(completed(1, "alice"), 0), Recording::Repeat);
+    }
+
+    #[test]
+    fn removed_analyses_remembered_are_bounded_by_the_capacity() {
+        let registry = Registry::new(2, Duration::ZERO);
+        for id in 0..10 {
+            registry.register(Uuid::from_u128(id), alice(), 0).unwrap();
+            assert_eq!(registry.record(started(id, "alice"), 0), Recording::New);
+            assert!(registry.gone_len() <= 2, "{}", registry.gone_len());
+        }
+        assert_eq!(registry.gone_len(), 2);
+        // The two removed last are remembered; the oldest one is not any more.
+        assert_eq!(registry.record(started(7, "alice"), 0), Recording::Repeat);
+        assert_eq!(registry.record(started(0, "alice"), 0), Recording::New);
+        // An analysis that was forgotten before anything was announced leaves no record.
+        registry.register(Uuid::from_u128(20), alice(), 0).unwrap();
+        let before = registry.gone_len();
+        registry.forget(Uuid::from_u128(20));
+        assert_eq!(registry.gone_len(), before);
     }
 
     #[test]

@@ -407,7 +407,8 @@ fn events(
 }
 
 /// New events of the owner's analyses, as they are recorded. Repeats never reach here (the
-/// registry announces an event once); a subscriber too slow to keep up loses the oldest.
+/// registry announces an event once, and remembers doing so for a while after the analysis is
+/// removed); a subscriber too slow to keep up loses the oldest.
 fn live(registry: &Registry, owner: Owner) -> impl Stream<Item = Recorded> + Send + 'static {
     BroadcastStream::new(registry.live()).filter_map(move |item| {
         let event = match item {

@@ -275,6 +275,34 @@ async fn repeated_events_are_delivered_once() {
     h.shutdown().await;
 }
 
+#[tokio::test]
+async fn a_repeat_after_its_analysis_was_evicted_is_not_announced_again() {
+    // Room for two; an incomplete analysis may go at once (the test clock stands still).
+    let mut h = Harness::with_config(GatewayConfig {
+        registry_capacity: 2,
+        incomplete_ttl: Duration::ZERO,
+        ..GatewayConfig::default()
+    })
+    .await;
+    let mut live = h.ws(ALICE, TRANSPORT_WS).await;
+    live.subscribe("all", STARTED_ANY, json!({})).await;
+    let warm = warm_up(&mut h, &mut live, "all", ALICE).await;
+    let [a, b, c] = [0xa, 0xb, 0xc].map(|n| Uuid::from_u128(n).to_string());
+    for id in [&a, &b, &c] {
+        h.run_analysis(id, ALICE).await;
+    }
+    // c took a's place; the broker then delivers a's Started again.
+    assert_eq!(h.analysis(ALICE, &a).await, Value::Null);
+    h.push_started(&started(&a, ALICE));
+    assert_eq!(h.next_settled().await.1, Settled::Ack);
+    assert_eq!(
+        live_ids(&mut live, "all", &warm, 3).await,
+        [a.as_str(), b.as_str(), c.as_str()]
+    );
+    live.quiet_for(Duration::from_millis(200)).await;
+    h.shutdown().await;
+}
+
 /// Makes sure the live (no-id) subscription `sub` is registered: pushes Started events for fresh
 /// analyses of `owner` until one arrives. Returns the warm-up ids, to be skipped later.
 async fn warm_up(
