@@ -19,7 +19,7 @@ use std::time::Duration;
 
 use broker_mem::Broker;
 use broker_mem::wire::{WireConfig, WireServer};
-use contracts::{Properties, Publication, QueueDecl, Topology};
+use contracts::{Properties, Publication, QueueDecl, QueueLimits, Topology};
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use futures::StreamExt as _;
 use lapin::options::{
@@ -142,6 +142,7 @@ async fn wire_bus_pair(url: &str) -> (Arc<WireBus<TokioNet>>, Arc<Mutex<Deliveri
         queues: vec![QueueDecl {
             name: QUEUE_WIRE_BUS.into(),
             durable: false,
+            limits: QueueLimits::default(),
         }],
         ..Topology::default()
     };

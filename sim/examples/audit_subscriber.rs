@@ -23,6 +23,7 @@ pub fn audit_topology() -> Topology {
     topology.queues.push(contracts::QueueDecl {
         name: "audit.completed".into(),
         durable: true,
+        limits: contracts::QueueLimits::default(),
     });
     topology.bindings.push(contracts::Binding {
         exchange: contracts::EXCHANGE_COMPLETED.into(),

@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use client_console::{AnalysisInput, ConsoleConfig};
-use contracts::{Binding, EXCHANGE_COMPLETED, QueueDecl, Topology};
+use contracts::{Binding, EXCHANGE_COMPLETED, QueueDecl, QueueLimits, Topology};
 use futures::StreamExt as _;
 use ports::wire::{WireBus, WireBusConfig};
 use ports::{Bus as _, ConsumeOptions, TokioNet};
@@ -31,6 +31,7 @@ async fn an_amqp_client_joins_the_embedded_system_and_sees_its_events() {
         queues: vec![QueueDecl {
             name: "audit.completed".into(),
             durable: false,
+            limits: QueueLimits::default(),
         }],
         bindings: vec![Binding {
             exchange: EXCHANGE_COMPLETED.into(),

@@ -13,6 +13,13 @@ pub const QUEUE_COMMANDS: &str = "orchestrator.analysis.commands";
 pub const QUEUE_SUBS_STARTED: &str = "graph.subs.started";
 /// The gateway's queue of `AnalysisCompleted` events.
 pub const QUEUE_SUBS_COMPLETED: &str = "graph.subs.completed";
+/// A gateway replica's own event queue is deleted after this long unused (no consumer, no
+/// declare): a replica gone for good does not leave queues filling up for ever.
+pub const INSTANCE_QUEUE_EXPIRES_MS: u64 = 30 * 60 * 1000;
+/// Most events waiting in a gateway replica's own event queue; past it the oldest go.
+pub const INSTANCE_QUEUE_MAX_LENGTH: u64 = 100_000;
+/// Most body bytes waiting in a gateway replica's own event queue; past it the oldest go.
+pub const INSTANCE_QUEUE_MAX_LENGTH_BYTES: u64 = 256 * 1024 * 1024;
 /// Routing key of `RequestAnalysis` on `analysis.commands`.
 pub const ROUTING_KEY_REQUEST: &str = "request.analysis";
 
@@ -53,6 +60,46 @@ pub struct QueueDecl {
     pub name: String,
     /// Survives a broker restart.
     pub durable: bool,
+    /// Bounds declared as queue arguments.
+    pub limits: QueueLimits,
+}
+
+/// Bounds on a queue, declared as RabbitMQ's optional queue arguments. The contract's fixed
+/// queues have none: every service may declare them, and the broker refuses (406) a declare
+/// whose arguments differ from the first one's, so adding some would lock out services that
+/// follow the contract as written. A gateway replica's own event queues have all three.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct QueueLimits {
+    /// `x-expires`: deleted, messages and all, after this many milliseconds unused.
+    pub expires_ms: Option<u64>,
+    /// `x-max-length`: most ready messages; past it the oldest are dropped (`drop-head`).
+    pub max_length: Option<u64>,
+    /// `x-max-length-bytes`: most ready body bytes; past it the oldest are dropped.
+    pub max_length_bytes: Option<u64>,
+}
+
+impl QueueLimits {
+    /// A gateway replica's own event queues: see [`INSTANCE_QUEUE_EXPIRES_MS`] and the
+    /// constants beside it.
+    pub fn gateway_instance() -> QueueLimits {
+        QueueLimits {
+            expires_ms: Some(INSTANCE_QUEUE_EXPIRES_MS),
+            max_length: Some(INSTANCE_QUEUE_MAX_LENGTH),
+            max_length_bytes: Some(INSTANCE_QUEUE_MAX_LENGTH_BYTES),
+        }
+    }
+
+    /// The `queue.declare` arguments, by AMQP name, in a fixed order.
+    pub fn arguments(&self) -> Vec<(&'static str, u64)> {
+        [
+            ("x-expires", self.expires_ms),
+            ("x-max-length", self.max_length),
+            ("x-max-length-bytes", self.max_length_bytes),
+        ]
+        .into_iter()
+        .filter_map(|(name, value)| Some((name, value?)))
+        .collect()
+    }
 }
 
 /// A queue bound to an exchange with a routing key (empty for fanout).
@@ -88,6 +135,7 @@ impl Topology {
         let queue = |name: &str| QueueDecl {
             name: name.into(),
             durable: true,
+            limits: QueueLimits::default(),
         };
         let binding = |exchange: &str, queue: &str, routing_key: &str| Binding {
             exchange: exchange.into(),
@@ -127,8 +175,8 @@ impl Topology {
 
     /// What a gateway replica declares: with `instance`, its own event queues
     /// `graph.subs.started.<instance>` and `graph.subs.completed.<instance>` bound to the fanout
-    /// exchanges in place of the fixed ones (so every replica gets every event), plus the
-    /// command queue; without, [`Topology::gateway`].
+    /// exchanges in place of the fixed ones (so every replica gets every event), bounded by
+    /// [`QueueLimits::gateway_instance`], plus the command queue; without, [`Topology::gateway`].
     pub fn gateway_for(instance: Option<&str>) -> Topology {
         let Some(instance) = instance else {
             return Topology::gateway();
@@ -142,6 +190,7 @@ impl Topology {
             topology.queues.push(QueueDecl {
                 name: name.clone(),
                 durable: true,
+                limits: QueueLimits::gateway_instance(),
             });
             topology.bindings.push(Binding {
                 exchange: exchange.into(),
@@ -235,6 +284,21 @@ mod tests {
             Topology::subscription_queues(Some("gw-2")),
             ["graph.subs.started.gw-2", "graph.subs.completed.gw-2"]
         );
+        assert!(
+            t.queues[1..]
+                .iter()
+                .all(|q| q.limits == QueueLimits::gateway_instance())
+        );
+        assert_eq!(
+            QueueLimits::gateway_instance().arguments(),
+            [
+                ("x-expires", 1_800_000),
+                ("x-max-length", 100_000),
+                ("x-max-length-bytes", 268_435_456)
+            ]
+        );
+        assert_eq!(t.queues[0].limits, QueueLimits::default());
+        assert!(QueueLimits::default().arguments().is_empty());
         assert_eq!(Topology::gateway_for(None), Topology::contract());
         assert_eq!(
             Topology::subscription_queues(None),

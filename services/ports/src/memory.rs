@@ -95,8 +95,13 @@ impl Bus for MemoryBus {
                 durable: queue.durable,
                 ..Default::default()
             };
+            let mut arguments = broker_mem::FieldTable::new();
+            for (name, value) in queue.limits.arguments() {
+                let value = i64::try_from(value).unwrap_or(i64::MAX);
+                arguments.insert(name.to_owned(), broker_mem::FieldValue::I64(value));
+            }
             channel
-                .queue_declare(&queue.name, options)
+                .queue_declare_with(&queue.name, options, &arguments)
                 .map_err(|error| refused("queue.declare", &queue.name, error))?;
         }
         for binding in &topology.bindings {

@@ -39,7 +39,7 @@ use lapin::types::{FieldTable, ShortString};
 use lapin::{BasicProperties, Channel, Confirmation, Connection, ConnectionProperties};
 use tokio::sync::Mutex;
 
-use crate::amqp_properties::{amqp_properties, contract_properties, short_string};
+use crate::amqp_properties::{amqp_properties, contract_properties, queue_arguments, short_string};
 use crate::bus::{
     Acker, Bus, BusError, ConsumeOptions, Deliveries, Delivery, TOPOLOGIES_REMEMBERED_MAX,
 };
@@ -358,7 +358,7 @@ impl RabbitBus {
             self.round_trip(
                 "queue.declare",
                 &queue.name,
-                channel.queue_declare(name, options, FieldTable::default()),
+                channel.queue_declare(name, options, queue_arguments(&queue.limits)),
             )
             .await?;
         }

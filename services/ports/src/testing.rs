@@ -18,7 +18,7 @@ use std::time::Duration;
 
 use base64::Engine as _;
 use bytes::Bytes;
-use contracts::{Binding, ExchangeDecl, ExchangeKind, QueueDecl, Topology};
+use contracts::{Binding, ExchangeDecl, ExchangeKind, QueueDecl, QueueLimits, Topology};
 use http_body_util::{BodyExt as _, Full};
 use hyper::{Method, Request, StatusCode};
 use hyper_util::rt::TokioIo;
@@ -166,9 +166,15 @@ impl RabbitVhost {
         }
         for queue in &queues {
             let durable = queue["durable"].as_bool().unwrap_or(false);
+            let limit = |argument: &str| queue["arguments"][argument].as_u64();
             topology.queues.push(QueueDecl {
                 name: text(queue, "name"),
                 durable,
+                limits: QueueLimits {
+                    expires_ms: limit("x-expires"),
+                    max_length: limit("x-max-length"),
+                    max_length_bytes: limit("x-max-length-bytes"),
+                },
             });
         }
         for binding in &bindings {

@@ -34,7 +34,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Instant;
 
-use crate::amqp_properties::{amqp_properties, contract_properties, short_string};
+use crate::amqp_properties::{amqp_properties, contract_properties, queue_arguments, short_string};
 use crate::bus::{
     Acker, Bus, BusError, ConsumeOptions, Deliveries, Delivery, TOPOLOGIES_REMEMBERED_MAX,
 };
@@ -481,7 +481,7 @@ async fn declare_on(
             exclusive: false,
             auto_delete: false,
             nowait: false,
-            arguments: FieldTable::default(),
+            arguments: queue_arguments(&decl.limits),
         });
         chan.call(AMQPClass::Queue(method), "queue.declare", &decl.name)
             .await?;

@@ -18,7 +18,7 @@ use std::time::Duration;
 use broker_mem::Broker;
 use broker_mem::wire::{WireConfig, WireServer};
 use contracts::{
-    Binding, EXCHANGE_COMMANDS, ExchangeDecl, ExchangeKind, QUEUE_COMMANDS, QueueDecl,
+    Binding, EXCHANGE_COMMANDS, ExchangeDecl, ExchangeKind, QUEUE_COMMANDS, QueueDecl, QueueLimits,
     ROUTING_KEY_REQUEST, Topology,
 };
 use futures::StreamExt as _;
@@ -192,9 +192,15 @@ impl Fixture {
                     });
                 }
                 for queue in broker.queues() {
+                    let arguments = broker.queue_arguments(&queue.name).unwrap_or_default();
                     topology.queues.push(QueueDecl {
                         name: queue.name,
                         durable: queue.durable,
+                        limits: QueueLimits {
+                            expires_ms: arguments.expires_ms,
+                            max_length: arguments.max_length,
+                            max_length_bytes: arguments.max_length_bytes,
+                        },
                     });
                 }
                 for binding in broker.bindings() {
@@ -223,6 +229,29 @@ async fn declared_topology_is_exactly_what_the_broker_lists(f: Fixture) {
         .await
         .expect("declaring again is idempotent");
     assert_eq!(f.topology().await, sorted(Topology::contract()));
+    f.teardown().await;
+}
+
+async fn a_gateway_replicas_own_queues_are_declared_with_their_limits(f: Fixture) {
+    let replica = Topology::gateway_for(Some("gw-2"));
+    f.bus
+        .declare(&replica)
+        .await
+        .expect("declare a replica's topology");
+    f.bus
+        .declare(&replica)
+        .await
+        .expect("declaring the same limits again is idempotent");
+    let listed = f.topology().await;
+    assert_eq!(listed, sorted(replica.clone()));
+    assert!(
+        listed
+            .queues
+            .iter()
+            .any(|q| q.name == "graph.subs.started.gw-2"
+                && q.limits == QueueLimits::gateway_instance()),
+        "{listed:?}"
+    );
     f.teardown().await;
 }
 
@@ -456,6 +485,7 @@ macro_rules! pairing {
             use super::*;
             pairing!(@tests $fixture;
                 declared_topology_is_exactly_what_the_broker_lists,
+                a_gateway_replicas_own_queues_are_declared_with_their_limits,
                 published_message_round_trips_every_contract_property,
                 unacked_delivery_is_redelivered_after_its_stream_is_dropped,
                 dropped_unsettled_delivery_is_redelivered_after_its_stream_is_dropped,
