@@ -37,6 +37,10 @@ pub mod code {
     pub const NOT_FOUND: &str = "NOT_FOUND";
     /// The broker did not take the command; nothing was requested. Retrying may succeed.
     pub const UNAVAILABLE: &str = "UNAVAILABLE";
+    /// The command was sent but the broker never confirmed it: the analysis may run or not.
+    /// `extensions.analysisId` names it, and the gateway keeps it registered, so the caller can
+    /// follow or query it; a retry requests a second analysis.
+    pub const UNCONFIRMED: &str = "UNCONFIRMED";
     /// The gateway remembers as many running analyses as it may. Retry later.
     pub const OVERLOADED: &str = "OVERLOADED";
     /// No bearer token (JWT auth on).
@@ -52,4 +56,17 @@ pub(crate) fn graphql_error(
 ) -> async_graphql::Error {
     use async_graphql::ErrorExtensions;
     async_graphql::Error::new(message).extend_with(|_, extensions| extensions.set("code", code))
+}
+
+/// A GraphQL error about one analysis: `extensions.code` and `extensions.analysisId`.
+pub(crate) fn analysis_error(
+    code: &'static str,
+    analysis_id: uuid::Uuid,
+    message: impl Into<String>,
+) -> async_graphql::Error {
+    use async_graphql::ErrorExtensions;
+    async_graphql::Error::new(message).extend_with(|_, extensions| {
+        extensions.set("code", code);
+        extensions.set("analysisId", analysis_id.to_string());
+    })
 }

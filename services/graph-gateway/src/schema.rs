@@ -11,13 +11,13 @@ use async_graphql::{
 };
 use contracts::{APP_ID_GATEWAY, RequestAnalysis, format_timestamp, validate_input};
 use futures::{Stream, StreamExt};
-use ports::Ports;
+use ports::{BusError, Ports};
 use tokio_stream::wrappers::BroadcastStream;
 use tokio_stream::wrappers::errors::BroadcastStreamRecvError;
 use uuid::Uuid;
 
 use crate::config::{QUERY_COMPLEXITY_MAX, QUERY_DEPTH_MAX, QUERY_DIRECTIVES_MAX};
-use crate::error::{code, graphql_error};
+use crate::error::{analysis_error, code, graphql_error};
 use crate::follow::{Follower, Wanted};
 use crate::registry::{Owner, Recorded, Registry, RegistryFull, Snapshot};
 
@@ -282,12 +282,29 @@ impl MutationRoot {
             tracing::warn!("registry full of running analyses; request refused");
             graphql_error(code::OVERLOADED, "too many analyses in flight; retry later")
         })?;
-        if let Err(e) = services.ports.bus.publish(publication).await {
-            tracing::warn!(%analysis_id, error = %e, "RequestAnalysis not published");
-            return Err(graphql_error(
-                code::UNAVAILABLE,
-                format!("the analysis could not be requested: {e}"),
-            ));
+        match services.ports.bus.publish(publication).await {
+            Ok(()) => {}
+            Err(e @ BusError::Unconfirmed { .. }) => {
+                // The command may be in the broker: the analysis stays registered so that its
+                // events, if they come, reach the caller, who can follow it by id.
+                registration.keep();
+                tracing::warn!(%analysis_id, error = %e, "RequestAnalysis unconfirmed");
+                return Err(analysis_error(
+                    code::UNCONFIRMED,
+                    analysis_id,
+                    format!(
+                        "the analysis {analysis_id} may or may not have been requested ({e}); \
+                         follow it by its id, or request again for a second analysis"
+                    ),
+                ));
+            }
+            Err(e) => {
+                tracing::warn!(%analysis_id, error = %e, "RequestAnalysis not published");
+                return Err(graphql_error(
+                    code::UNAVAILABLE,
+                    format!("the analysis could not be requested: {e}"),
+                ));
+            }
         }
         registration.keep();
         tracing::info!(%analysis_id, "analysis requested");

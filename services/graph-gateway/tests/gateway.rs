@@ -159,6 +159,38 @@ async fn publish_failure_is_unavailable_and_the_analysis_is_forgotten() {
 }
 
 #[tokio::test]
+async fn unconfirmed_publish_keeps_the_analysis_and_names_it() {
+    let mut h = Harness::start().await;
+    *h.bus.publish_mode.lock().unwrap() = PublishMode::Fail(BusError::Unconfirmed {
+        exchange: "analysis.commands".into(),
+        detail: "no confirm within 30s".into(),
+    });
+    let input = json!({"input": {"assetId": "press-17", "analysisType": "utilization"}});
+    let response = h.graphql(ALICE, REQUEST, input).await;
+    assert_eq!(error_code(&response), "UNCONFIRMED", "{response}");
+    let attempted = h.bus.published();
+    let command =
+        decode_request(attempted[0].properties.kind.as_deref(), &attempted[0].body).unwrap();
+    let id = command.analysis_id.to_string();
+    assert_eq!(response["errors"][0]["extensions"]["analysisId"], id);
+    // The command may be in the broker: the analysis is still the caller's to follow.
+    assert_eq!(
+        h.analysis(ALICE, &id).await["state"],
+        "REQUESTED",
+        "an unconfirmed analysis stays registered"
+    );
+    let mut ws = h.ws(ALICE, TRANSPORT_WS).await;
+    ws.subscribe("1", EVENTS, json!({"id": id})).await;
+    h.run_analysis(&id, ALICE).await;
+    let started = payload(&ws.next().await, TRANSPORT_WS, "1");
+    assert_eq!(
+        started["data"]["analysisEvents"]["__typename"],
+        "AnalysisStarted"
+    );
+    h.shutdown().await;
+}
+
+#[tokio::test]
 async fn full_registry_is_overloaded() {
     let h = Harness::with_config(GatewayConfig {
         registry_capacity: 1,

@@ -35,12 +35,42 @@ pub enum BusError {
         /// Target exchange.
         exchange: String,
     },
+    /// A publish was sent but never confirmed: no confirm came in time, or the connection was
+    /// lost while waiting for it. The broker may or may not have taken the message, so a caller
+    /// must not report it as not published (nor retry as if nothing happened without accepting
+    /// a duplicate, which the contract's `message_id` lets consumers drop).
+    #[error("publish to exchange {exchange:?} unconfirmed, the broker may have taken it: {detail}")]
+    Unconfirmed {
+        /// Target exchange.
+        exchange: String,
+        /// What happened to the confirm.
+        detail: String,
+    },
     /// The message breaks a limit before it reaches the broker.
     #[error("message refused before publishing: {0}")]
     Invalid(String),
     /// The bus has been shut down.
     #[error("the bus is closed")]
     Closed,
+}
+
+impl BusError {
+    /// The outcome of a publish retried once after `first` failed: if `first` was sent and left
+    /// unconfirmed, it may have reached the broker whatever became of the retry, so the publish
+    /// stays [`BusError::Unconfirmed`] (naming both failures); otherwise the retry's error.
+    #[cfg(any(feature = "rabbitmq", feature = "wire"))]
+    pub(crate) fn after_publish_retry(first: BusError, retry: BusError) -> BusError {
+        match (first, retry) {
+            (unconfirmed @ BusError::Unconfirmed { .. }, BusError::Unconfirmed { .. }) => {
+                unconfirmed
+            }
+            (BusError::Unconfirmed { exchange, detail }, retry) => BusError::Unconfirmed {
+                exchange,
+                detail: format!("{detail}; the retry failed too: {retry}"),
+            },
+            (_, retry) => retry,
+        }
+    }
 }
 
 /// How to consume a queue.
@@ -152,4 +182,44 @@ pub trait Bus: Send + Sync + 'static {
 
     /// Starts consuming a queue with manual acknowledgements.
     async fn consume(&self, queue: &str, options: ConsumeOptions) -> Result<Deliveries, BusError>;
+}
+
+#[cfg(all(test, any(feature = "rabbitmq", feature = "wire")))]
+mod tests {
+    use super::*;
+
+    fn unconfirmed(detail: &str) -> BusError {
+        BusError::Unconfirmed {
+            exchange: "x".into(),
+            detail: detail.into(),
+        }
+    }
+
+    #[test]
+    fn a_publish_sent_once_stays_unconfirmed_whatever_its_retry_did() {
+        let lost = BusError::Connection("reset".into());
+        let refused = BusError::Refused {
+            operation: "basic.publish",
+            target: "x".into(),
+            code: 404,
+            text: "NOT_FOUND".into(),
+        };
+        assert_eq!(
+            BusError::after_publish_retry(unconfirmed("lost"), lost.clone()),
+            unconfirmed("lost; the retry failed too: broker connection failed: reset")
+        );
+        assert!(matches!(
+            BusError::after_publish_retry(unconfirmed("lost"), refused.clone()),
+            BusError::Unconfirmed { .. }
+        ));
+        assert_eq!(
+            BusError::after_publish_retry(unconfirmed("first"), unconfirmed("second")),
+            unconfirmed("first")
+        );
+        // A first attempt that never reached the broker leaves the retry's answer.
+        assert_eq!(
+            BusError::after_publish_retry(lost.clone(), refused.clone()),
+            refused
+        );
+    }
 }

@@ -410,16 +410,29 @@ impl RabbitBus {
             ))),
             // A channel closed by the broker fails every publish in flight on it with the same
             // error, including publishes that did nothing wrong; the retry, on a fresh channel,
-            // tells them apart. So even a refusal is retried once.
-            Ok(Err(error)) => Err(Failure::Retry(self.error("basic.publish", exchange, error))),
-            // Final, not retried: the broker may have taken the message, and a retry could
-            // publish it twice. The connection is replaced on next use all the same.
+            // tells them apart. So even a refusal is retried once. A connection lost while
+            // waiting leaves the publish unconfirmed: the retry may make a duplicate, which
+            // the contract allows, and if it fails the publish is reported unconfirmed.
+            Ok(Err(error)) => Err(Failure::Retry(
+                match self.error("basic.publish", exchange, error) {
+                    BusError::Connection(detail) => BusError::Unconfirmed {
+                        exchange: exchange.to_owned(),
+                        detail,
+                    },
+                    refused => refused,
+                },
+            )),
+            // Final, not retried: the confirm may still come on a slow broker, and a retry
+            // would then publish twice for certain. The connection is replaced on next use.
             Err(_) => {
                 self.connection_suspect.store(true, Ordering::Relaxed);
-                Err(Failure::Final(BusError::Connection(format!(
-                    "publish to {exchange:?}: no confirm from {} within {CONFIRM_TIMEOUT_MS} ms",
-                    self.url_redacted
-                ))))
+                Err(Failure::Final(BusError::Unconfirmed {
+                    exchange: exchange.to_owned(),
+                    detail: format!(
+                        "no confirm from {} within {CONFIRM_TIMEOUT_MS} ms",
+                        self.url_redacted
+                    ),
+                }))
             }
         }
     }
@@ -520,8 +533,15 @@ impl Bus for RabbitBus {
 
     async fn publish(&self, publication: Publication) -> Result<(), BusError> {
         let message = outgoing(publication)?;
-        self.with_one_retry("basic.publish", || self.publish_once(&message))
+        let first = match self.publish_once(&message).await {
+            Ok(()) => return Ok(()),
+            Err(Failure::Final(error)) => return Err(error),
+            Err(Failure::Retry(error)) => error,
+        };
+        tracing::warn!(url = %self.url_redacted, operation = "basic.publish", error = %first, "retrying once");
+        self.publish_once(&message)
             .await
+            .map_err(|retry| BusError::after_publish_retry(first, retry.into_error()))
     }
 
     async fn consume(&self, queue: &str, options: ConsumeOptions) -> Result<Deliveries, BusError> {

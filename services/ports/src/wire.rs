@@ -313,15 +313,26 @@ impl<N: Net> WireBus<N> {
                 code,
                 text,
             })),
+            // The connection went while the confirm was awaited: the broker may have the
+            // message. Retried (a duplicate is allowed by the contract); should the retry fail,
+            // the publish is reported unconfirmed, not lost.
+            Ok(Ok(Err(BusError::Connection(detail)))) => {
+                Err(Failure::Retry(BusError::Unconfirmed {
+                    exchange: message.exchange.clone(),
+                    detail,
+                }))
+            }
             Ok(Ok(Err(error))) => Err(Failure::Retry(error)),
-            Ok(Err(_)) => Err(Failure::Retry(BusError::Connection(format!(
-                "publish to {:?}: the connection was lost before the confirm",
-                message.exchange
-            )))),
-            Err(_) => Err(Failure::Final(BusError::Connection(format!(
-                "publish to {:?}: no confirm within {:?}",
-                message.exchange, self.inner.config.confirm_timeout
-            )))),
+            Ok(Err(_)) => Err(Failure::Retry(BusError::Unconfirmed {
+                exchange: message.exchange.clone(),
+                detail: "the connection was lost before the confirm".into(),
+            })),
+            // Final, not retried: the confirm may still come on a slow broker, and a retry
+            // would then publish twice for certain.
+            Err(_) => Err(Failure::Final(BusError::Unconfirmed {
+                exchange: message.exchange.clone(),
+                detail: format!("no confirm within {:?}", self.inner.config.confirm_timeout),
+            })),
         }
     }
 
@@ -407,8 +418,15 @@ impl<N: Net> Bus for WireBus<N> {
 
     async fn publish(&self, publication: Publication) -> Result<(), BusError> {
         let message = outgoing(publication)?;
-        self.with_one_retry("basic.publish", || self.publish_once(&message))
+        let first = match self.publish_once(&message).await {
+            Ok(()) => return Ok(()),
+            Err(Failure::Final(error)) => return Err(error),
+            Err(Failure::Retry(error)) => error,
+        };
+        tracing::warn!(operation = "basic.publish", error = %first, "retrying once");
+        self.publish_once(&message)
             .await
+            .map_err(|retry| BusError::after_publish_retry(first, retry.into_error()))
     }
 
     async fn consume(&self, queue: &str, options: ConsumeOptions) -> Result<Deliveries, BusError> {

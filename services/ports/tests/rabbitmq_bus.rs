@@ -120,6 +120,54 @@ async fn bus_declares_its_topology_again_on_a_new_connection() {
 }
 
 #[tokio::test]
+async fn a_remembered_topology_the_broker_now_refuses_does_not_stop_the_bus() {
+    let Some((vhost, bus)) = setup("declare_again_refused").await else {
+        return;
+    };
+    bus.declare(&Topology::contract()).await.expect("declare");
+    // Another client replaces the command queue with one of other arguments: declaring the
+    // contract's again is now refused (406).
+    let other =
+        lapin::Connection::connect(vhost.amqp_url(), lapin::ConnectionProperties::default())
+            .await
+            .expect("connect");
+    let channel = other.create_channel().await.expect("channel");
+    channel
+        .queue_delete(QUEUE_COMMANDS.into(), Default::default())
+        .await
+        .expect("queue.delete");
+    let mut arguments = lapin::types::FieldTable::default();
+    arguments.insert(
+        "x-max-length".into(),
+        lapin::types::AMQPValue::LongLongInt(5),
+    );
+    channel
+        .queue_declare(
+            QUEUE_COMMANDS.into(),
+            lapin::options::QueueDeclareOptions {
+                durable: true,
+                ..Default::default()
+            },
+            arguments,
+        )
+        .await
+        .expect("queue.declare with other arguments");
+    let _ = other.close(200, "OK".into()).await;
+
+    kill_connections(&vhost).await;
+    // The refusal while declaring again on the new connection is logged, not fatal.
+    bus.publish(command(1))
+        .await
+        .expect("publish on a new connection");
+    let stream = bus
+        .consume(QUEUE_COMMANDS, ConsumeOptions::default())
+        .await
+        .expect("consume the queue as it now is");
+    drop(stream);
+    teardown(vhost, bus).await;
+}
+
+#[tokio::test]
 async fn closed_bus_refuses_further_work() {
     let Some((vhost, bus)) = setup("closed_bus_refuses").await else {
         return;
@@ -227,12 +275,54 @@ async fn bus_abandons_a_connection_the_broker_stops_answering_on() {
     teardown(vhost, bus).await;
 }
 
+/// A publish whose confirm never comes back is reported unconfirmed, not as not published: the
+/// broker has the message. (The wire client, whose confirm timeout can be shortened; lapin's
+/// adapter maps its own timeout the same way, after 30 s.)
+#[cfg(feature = "wire")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_publish_whose_confirm_never_comes_is_unconfirmed_and_the_broker_has_it() {
+    let Some((vhost, bus)) = setup("unconfirmed_publish").await else {
+        return;
+    };
+    bus.declare(&Topology::contract()).await.expect("declare");
+    let proxy = FreezingProxy::start(vhost.amqp_url()).await;
+    let mut config =
+        ports::wire::WireBusConfig::from_url(&proxy.amqp_url(vhost.amqp_url())).expect("url");
+    config.confirm_timeout = Duration::from_millis(500);
+    let wire = ports::wire::WireBus::connect(ports::TokioNet, config)
+        .await
+        .expect("connect through the proxy");
+    wire.publish(command(1))
+        .await
+        .expect("confirmed before the freeze");
+
+    proxy.freeze_replies();
+    let outcome = wire.publish(command(2)).await;
+    assert!(
+        matches!(&outcome, Err(BusError::Unconfirmed { exchange, .. }) if exchange == "analysis.commands"),
+        "{outcome:?}"
+    );
+    let mut stream = bus
+        .consume(QUEUE_COMMANDS, ConsumeOptions::default())
+        .await
+        .expect("consume");
+    for n in [1, 2] {
+        let delivery = next_delivery(&mut stream).await;
+        assert_eq!(delivery.body, command(n).body, "the broker took both");
+        delivery.ack().await.expect("ack");
+    }
+    drop(stream);
+    drop(wire);
+    teardown(vhost, bus).await;
+}
+
 /// A TCP proxy to the broker whose open connections can be frozen: from then on it swallows
-/// what either side sends, and keeps both sockets open, so neither side hears anything. New
-/// connections pass through as before.
+/// what either side sends (or only what the broker sends), and keeps both sockets open, so the
+/// side frozen out hears nothing. New connections pass through as before.
 struct FreezingProxy {
     port: u16,
-    freezes: Arc<Mutex<Vec<Arc<AtomicBool>>>>,
+    /// Per connection: the client-to-broker direction's flag, then the broker-to-client one's.
+    freezes: Arc<Mutex<Vec<[Arc<AtomicBool>; 2]>>>,
 }
 
 impl FreezingProxy {
@@ -242,19 +332,19 @@ impl FreezingProxy {
             .await
             .expect("bind the proxy");
         let port = listener.local_addr().expect("proxy address").port();
-        let freezes: Arc<Mutex<Vec<Arc<AtomicBool>>>> = Arc::default();
+        let freezes: Arc<Mutex<Vec<[Arc<AtomicBool>; 2]>>> = Arc::default();
         let registry = freezes.clone();
         tokio::spawn(async move {
             while let Ok((client, _)) = listener.accept().await {
                 let Ok(broker) = tokio::net::TcpStream::connect(&upstream).await else {
                     continue;
                 };
-                let frozen = Arc::new(AtomicBool::new(false));
-                registry.lock().unwrap().push(frozen.clone());
+                let [requests, replies] = [(); 2].map(|()| Arc::new(AtomicBool::new(false)));
+                (registry.lock().unwrap()).push([requests.clone(), replies.clone()]);
                 let (client_read, client_write) = client.into_split();
                 let (broker_read, broker_write) = broker.into_split();
-                tokio::spawn(forward(client_read, broker_write, frozen.clone()));
-                tokio::spawn(forward(broker_read, client_write, frozen));
+                tokio::spawn(forward(client_read, broker_write, requests));
+                tokio::spawn(forward(broker_read, client_write, replies));
             }
         });
         FreezingProxy { port, freezes }
@@ -270,8 +360,15 @@ impl FreezingProxy {
     }
 
     fn freeze_open_connections(&self) {
-        for frozen in self.freezes.lock().unwrap().iter() {
+        for frozen in self.freezes.lock().unwrap().iter().flatten() {
             frozen.store(true, Ordering::SeqCst);
+        }
+    }
+
+    /// The broker's side only: the client's frames still reach the broker, no answer comes back.
+    fn freeze_replies(&self) {
+        for [_, replies] in self.freezes.lock().unwrap().iter() {
+            replies.store(true, Ordering::SeqCst);
         }
     }
 }
