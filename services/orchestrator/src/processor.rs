@@ -155,8 +155,9 @@ impl Processor {
                 settle(delivery.nack(true).await);
             }
             Err(e) => {
-                // The link is gone or the bus is closing: the events may be partly out; requeue
-                // so the analysis runs again (same ids). On a dead link the broker requeues.
+                // The link is gone, an event went unconfirmed, or the bus is closing: the events
+                // may be partly out; requeue so the analysis runs again (same ids, so a consumer
+                // drops what it already has). On a dead link the broker requeues.
                 tracing::warn!(analysis_id = %id, error = %e, "publishing failed; command requeued");
                 settle(delivery.nack(true).await);
             }

@@ -57,7 +57,9 @@ pub enum BusError {
 impl BusError {
     /// The outcome of a publish retried once after `first` failed: if `first` was sent and left
     /// unconfirmed, it may have reached the broker whatever became of the retry, so the publish
-    /// stays [`BusError::Unconfirmed`] (naming both failures); otherwise the retry's error.
+    /// stays [`BusError::Unconfirmed`] (naming both failures), as does one the broker's closing
+    /// of the channel failed (it may have been queued first) unless the retry is refused too;
+    /// otherwise the retry's error.
     #[cfg(any(feature = "rabbitmq", feature = "wire"))]
     pub(crate) fn after_publish_retry(first: BusError, retry: BusError) -> BusError {
         match (first, retry) {
@@ -67,6 +69,22 @@ impl BusError {
             (BusError::Unconfirmed { exchange, detail }, retry) => BusError::Unconfirmed {
                 exchange,
                 detail: format!("{detail}; the retry failed too: {retry}"),
+            },
+            // A broker closing the channel fails every publish awaiting its confirm, some of
+            // them already queued: only a retry that is refused too proves a refusal.
+            (
+                BusError::Refused {
+                    operation: "basic.publish",
+                    target,
+                    code,
+                    text,
+                },
+                retry @ (BusError::Connection(_) | BusError::Closed),
+            ) => BusError::Unconfirmed {
+                exchange: target,
+                detail: format!(
+                    "the channel closed before the confirm ({code} {text}); the retry failed: {retry}"
+                ),
             },
             (_, retry) => retry,
         }
@@ -219,6 +237,15 @@ mod tests {
         // A first attempt that never reached the broker leaves the retry's answer.
         assert_eq!(
             BusError::after_publish_retry(lost.clone(), refused.clone()),
+            refused
+        );
+        // A channel closed under a publish may have queued it; a second refusal proves it.
+        assert!(matches!(
+            BusError::after_publish_retry(refused.clone(), lost.clone()),
+            BusError::Unconfirmed { .. }
+        ));
+        assert_eq!(
+            BusError::after_publish_retry(refused.clone(), refused.clone()),
             refused
         );
     }

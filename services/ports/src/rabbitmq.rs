@@ -397,7 +397,24 @@ impl RabbitBus {
                 &message.body,
                 message.properties.clone(),
             );
-            self.round_trip("basic.publish", exchange, publish).await?
+            match bounded(publish).await {
+                Ok(handed) => {
+                    handed.map_err(|error| self.failure("basic.publish", exchange, error))?
+                }
+                // lapin queues the frames before it waits for them to be written: on a
+                // connection the broker has blocked (a resource alarm) they go out later. So
+                // the publish may happen: unconfirmed, and final, not queued a second time.
+                Err(Elapsed) => {
+                    self.connection_suspect.store(true, Ordering::Relaxed);
+                    return Err(Failure::Final(BusError::Unconfirmed {
+                        exchange: exchange.to_owned(),
+                        detail: format!(
+                            "not written to {} within {ROUND_TRIP_TIMEOUT_MS} ms",
+                            self.url_redacted
+                        ),
+                    }));
+                }
+            }
         };
         let timeout = Duration::from_millis(CONFIRM_TIMEOUT_MS);
         match tokio::time::timeout(timeout, confirm).await {
