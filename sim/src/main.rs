@@ -551,9 +551,9 @@ fn explore(
     for (checker, n) in &failing_checkers {
         println!("{checker:<18} {n}");
     }
-    println!("\nfault applied      times");
+    println!("\nfault applied           times");
     for (kind, n) in &faults {
-        println!("{kind:<18} {n}");
+        println!("{kind:<23} {n}");
     }
     println!("\nstate reached                          seeds");
     for (state, n) in &states {

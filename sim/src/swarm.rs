@@ -13,13 +13,16 @@ use crate::faults::{Fault, ScheduledFault};
 use crate::scenario::{Heal, Network, Scenario, Services, Workload};
 
 /// Fault kinds a swarm case can enable.
-const KINDS: [&str; 6] = [
+const KINDS: [&str; 9] = [
     "orchestrator-crash",
     "client-partition",
     "client-hold",
     "latency",
     "broker-restart",
     "duplicate-delivery",
+    "nack-publish",
+    "delay-delivery",
+    "close-consumer-channels",
 ];
 
 /// Latest start of a generated fault.
@@ -27,11 +30,18 @@ const FAULT_START_MAX_MS: u64 = 6_000;
 /// Span a fault may start in beyond the workload's own (connecting, first requests).
 const FAULT_START_MIN_SPAN_MS: u64 = 500;
 
-/// Queues a duplicate-delivery fault can hit.
+/// Queues a delivery fault (duplicate, delay, closed consumer channels) can hit.
 const QUEUES: [&str; 3] = [
     contracts::QUEUE_COMMANDS,
     contracts::QUEUE_SUBS_STARTED,
     contracts::QUEUE_SUBS_COMPLETED,
+];
+
+/// Exchanges a nack-publish fault can hit.
+const EXCHANGES: [&str; 3] = [
+    contracts::EXCHANGE_COMMANDS,
+    contracts::EXCHANGE_STARTED,
+    contracts::EXCHANGE_COMPLETED,
 ];
 
 /// A generated scenario: small enough to run in well under a second.
@@ -55,7 +65,7 @@ pub fn scenario_strategy() -> impl Strategy<Value = Scenario> {
                 spread_ms,
                 latency_ms,
             )| {
-                let enabled = proptest::bits::u8::between(0, KINDS.len());
+                let enabled = proptest::bits::u16::between(0, KINDS.len());
                 (
                     Just((
                         clients,
@@ -126,7 +136,7 @@ pub fn scenario_strategy() -> impl Strategy<Value = Scenario> {
 fn fault_pair(
     clients: usize,
     orchestrators: usize,
-    enabled: u8,
+    enabled: u16,
     busy_ms: u64,
 ) -> impl Strategy<Value = Vec<ScheduledFault>> {
     let kinds: Vec<usize> = (0..KINDS.len())
@@ -199,6 +209,25 @@ fn fault_pair(
                     5 => vec![at(
                         at_ms,
                         Fault::DuplicateDelivery {
+                            queue: QUEUES[(latency_ms % 3) as usize].to_owned(),
+                        },
+                    )],
+                    6 => vec![at(
+                        at_ms,
+                        Fault::NackPublish {
+                            exchange: EXCHANGES[(latency_ms % 3) as usize].to_owned(),
+                        },
+                    )],
+                    7 => vec![at(
+                        at_ms,
+                        Fault::DelayDelivery {
+                            queue: QUEUES[(latency_ms % 3) as usize].to_owned(),
+                            delay_ms: latency_ms,
+                        },
+                    )],
+                    8 => vec![at(
+                        at_ms,
+                        Fault::CloseConsumerChannels {
                             queue: QUEUES[(latency_ms % 3) as usize].to_owned(),
                         },
                     )],
