@@ -89,15 +89,16 @@ impl QueueLimits {
         }
     }
 
-    /// The `queue.declare` arguments, by AMQP name, in a fixed order.
-    pub fn arguments(&self) -> Vec<(&'static str, u64)> {
+    /// The `queue.declare` arguments, by AMQP name, in a fixed order, as the signed 64-bit
+    /// integers RabbitMQ's own clients send (a value past `i64::MAX` is sent as that).
+    pub fn arguments(&self) -> Vec<(&'static str, i64)> {
         [
             ("x-expires", self.expires_ms),
             ("x-max-length", self.max_length),
             ("x-max-length-bytes", self.max_length_bytes),
         ]
         .into_iter()
-        .filter_map(|(name, value)| Some((name, value?)))
+        .filter_map(|(name, value)| Some((name, i64::try_from(value?).unwrap_or(i64::MAX))))
         .collect()
     }
 }

@@ -6,34 +6,22 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use async_trait::async_trait;
 use contracts::{Event, Properties, Publication, RequestAnalysis, Topology};
 use futures::StreamExt;
-use orchestrator::{Analyzer, BuiltinAnalyzer, OrchestratorConfig};
+use orchestrator::{BuiltinAnalyzer, OrchestratorConfig};
 use ports::memory::MemoryBus;
 use ports::{Bus, ConsumeOptions, Ports, SeededIds};
-use serde_json::{Value, json};
+use serde_json::json;
+use support::{Counting, request};
 use tokio::sync::oneshot;
 use uuid::Uuid;
+
+mod support;
 
 struct FixedClock;
 impl ports::Clock for FixedClock {
     fn now_unix_ms(&self) -> i64 {
         1_767_225_600_000
-    }
-}
-
-/// Counts analyses actually run: the orchestrator's one side effect.
-struct Counting {
-    inner: BuiltinAnalyzer,
-    runs: AtomicUsize,
-}
-
-#[async_trait]
-impl Analyzer for Counting {
-    async fn analyze(&self, request: &RequestAnalysis) -> Result<Value, String> {
-        self.runs.fetch_add(1, Ordering::SeqCst);
-        self.inner.analyze(request).await
     }
 }
 
@@ -122,17 +110,6 @@ impl Harness {
             delivery.ack().await.unwrap();
         }
         events
-    }
-}
-
-fn request(n: u128, parameters: Option<Value>) -> RequestAnalysis {
-    RequestAnalysis {
-        analysis_id: Uuid::from_u128(n),
-        asset_id: format!("press-{n}"),
-        analysis_type: "utilization".into(),
-        parameters,
-        requested_by: Some("alice".into()),
-        requested_at: contracts::format_timestamp(0),
     }
 }
 

@@ -7,28 +7,14 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use async_trait::async_trait;
-use contracts::{RequestAnalysis, Topology};
-use orchestrator::{Analyzer, BuiltinAnalyzer, OrchestratorConfig};
+use contracts::Topology;
+use orchestrator::{BuiltinAnalyzer, OrchestratorConfig};
 use ports::wire::{WireBus, WireBusConfig};
 use ports::{Bus, Ports, SeededIds, SystemClock, TokioNet};
-use serde_json::Value;
+use support::{Counting, request};
 use tokio::sync::oneshot;
-use uuid::Uuid;
 
-/// Counts analyses actually run: the orchestrator's one side effect.
-struct Counting {
-    inner: BuiltinAnalyzer,
-    runs: AtomicUsize,
-}
-
-#[async_trait]
-impl Analyzer for Counting {
-    async fn analyze(&self, request: &RequestAnalysis) -> Result<Value, String> {
-        self.runs.fetch_add(1, Ordering::SeqCst);
-        self.inner.analyze(request).await
-    }
-}
+mod support;
 
 async fn wait_for_depth(broker: &broker_mem::Broker, queue: &str, depth: usize) {
     for _ in 0..1_000 {
@@ -80,16 +66,12 @@ async fn a_command_redelivered_while_its_run_goes_on_survives_that_run_failing()
             let _ = stopped.await;
         },
     ));
-    let command = RequestAnalysis {
-        analysis_id: Uuid::from_u128(1),
-        asset_id: "press-1".into(),
-        analysis_type: "utilization".into(),
-        parameters: None,
-        requested_by: Some("alice".into()),
-        requested_at: contracts::format_timestamp(0),
-    };
     test_bus
-        .publish(command.publication(contracts::APP_ID_GATEWAY, 0).unwrap())
+        .publish(
+            request(1, None)
+                .publication(contracts::APP_ID_GATEWAY, 0)
+                .unwrap(),
+        )
         .await
         .unwrap();
     wait_for_depth(&broker, contracts::QUEUE_SUBS_STARTED, 1).await;

@@ -62,12 +62,10 @@ pub(crate) fn short_string(what: &str, value: &str) -> Result<ShortString, BusEr
     })
 }
 
-/// A queue's limits as `queue.declare` arguments (signed 64-bit integers, as RabbitMQ's own
-/// clients send them).
+/// A queue's limits as `queue.declare` arguments.
 pub(crate) fn queue_arguments(limits: &contracts::QueueLimits) -> amq_protocol::types::FieldTable {
     let mut table = amq_protocol::types::FieldTable::default();
     for (name, value) in limits.arguments() {
-        let value = i64::try_from(value).unwrap_or(i64::MAX);
         table.insert(
             name.into(),
             amq_protocol::types::AMQPValue::LongLongInt(value),

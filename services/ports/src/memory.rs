@@ -97,7 +97,6 @@ impl Bus for MemoryBus {
             };
             let mut arguments = broker_mem::FieldTable::new();
             for (name, value) in queue.limits.arguments() {
-                let value = i64::try_from(value).unwrap_or(i64::MAX);
                 arguments.insert(name.to_owned(), broker_mem::FieldValue::I64(value));
             }
             channel

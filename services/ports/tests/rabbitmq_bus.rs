@@ -35,6 +35,23 @@ async fn setup(test: &str) -> Option<(RabbitVhost, RabbitBus)> {
     Some((vhost, bus))
 }
 
+/// Another client, on its own connection, deletes the command queue; the connection and its
+/// channel are handed back for more.
+async fn delete_the_command_queue_behind_the_bus(
+    vhost: &RabbitVhost,
+) -> (lapin::Connection, lapin::Channel) {
+    let other =
+        lapin::Connection::connect(vhost.amqp_url(), lapin::ConnectionProperties::default())
+            .await
+            .expect("connect");
+    let channel = other.create_channel().await.expect("channel");
+    channel
+        .queue_delete(QUEUE_COMMANDS.into(), Default::default())
+        .await
+        .expect("queue.delete");
+    (other, channel)
+}
+
 async fn teardown(vhost: RabbitVhost, bus: RabbitBus) {
     bus.close().await.expect("close the bus");
     vhost.delete().await.expect("delete the test's vhost");
@@ -91,15 +108,7 @@ async fn bus_declares_its_topology_again_on_a_new_connection() {
     };
     bus.declare(&Topology::contract()).await.expect("declare");
     // Another client deletes the command queue and its exchange behind the bus's back.
-    let other =
-        lapin::Connection::connect(vhost.amqp_url(), lapin::ConnectionProperties::default())
-            .await
-            .expect("connect");
-    let channel = other.create_channel().await.expect("channel");
-    channel
-        .queue_delete(QUEUE_COMMANDS.into(), Default::default())
-        .await
-        .expect("queue.delete");
+    let (other, channel) = delete_the_command_queue_behind_the_bus(&vhost).await;
     channel
         .exchange_delete(contracts::EXCHANGE_COMMANDS.into(), Default::default())
         .await
@@ -127,15 +136,7 @@ async fn a_remembered_topology_the_broker_now_refuses_does_not_stop_the_bus() {
     bus.declare(&Topology::contract()).await.expect("declare");
     // Another client replaces the command queue with one of other arguments: declaring the
     // contract's again is now refused (406).
-    let other =
-        lapin::Connection::connect(vhost.amqp_url(), lapin::ConnectionProperties::default())
-            .await
-            .expect("connect");
-    let channel = other.create_channel().await.expect("channel");
-    channel
-        .queue_delete(QUEUE_COMMANDS.into(), Default::default())
-        .await
-        .expect("queue.delete");
+    let (other, channel) = delete_the_command_queue_behind_the_bus(&vhost).await;
     let mut arguments = lapin::types::FieldTable::default();
     arguments.insert(
         "x-max-length".into(),
