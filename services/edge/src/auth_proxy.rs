@@ -86,7 +86,7 @@ pub fn router<N: ports::Net>(net: N, config: &AuthProxyConfig, verifier: Arc<Ver
 async fn authenticate_and_forward<N: ports::Net>(
     State(state): State<Arc<AuthState<N>>>,
     ConnectInfo(PeerAddr(peer)): ConnectInfo<PeerAddr>,
-    mut request: Request<Body>,
+    request: Request<Body>,
 ) -> Response {
     let token = request
         .headers()
@@ -105,20 +105,21 @@ async fn authenticate_and_forward<N: ports::Net>(
             return forbidden();
         }
     };
-    let headers = request.headers_mut();
-    for name in IDENTITY_HEADERS {
-        headers.remove(name);
-    }
     let (Ok(user), Ok(email)) = (
         HeaderValue::from_str(&claims.sub),
         HeaderValue::from_str(claims.email.as_deref().unwrap_or(&claims.sub)),
     ) else {
         return forbidden();
     };
-    headers.insert("x-forwarded-user", user);
-    headers.insert("x-forwarded-email", email);
-    proxy::append_forwarded_for(headers, peer.ip());
-    match proxy::forward(&state.upstream, request).await {
+    let identify = |headers: &mut axum::http::HeaderMap| {
+        for name in IDENTITY_HEADERS {
+            headers.remove(name);
+        }
+        headers.insert("x-forwarded-user", user);
+        headers.insert("x-forwarded-email", email);
+        proxy::append_forwarded_for(headers, peer.ip());
+    };
+    match proxy::forward(&state.upstream, request, identify).await {
         Ok(response) => response,
         Err(e) => {
             tracing::warn!(error = %e, "upstream failed");
@@ -152,38 +153,85 @@ fn forbidden() -> Response {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct PeerAddr(pub SocketAddr);
 
+/// Most connections [`serve`] holds open at once, WebSocket tunnels included; past it, new
+/// connections wait in the listener's backlog (as nginx's do past `worker_connections`).
+pub const CONNECTIONS_MAX: usize = 10_000;
+
+/// Longest wait for a request's headers, from the connection's start or the end of the
+/// previous response on a keep-alive connection: a client that sends nothing, or its headers a
+/// byte at a time, is cut off then (nginx's `client_header_timeout` and Kong's keep-alive
+/// timeout are both 60 s).
+pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(60);
+
 /// Serves `router` on `listener` until `shutdown` (connections already open finish on their
-/// own), with each request's peer address as `ConnectInfo<PeerAddr>`.
+/// own), with each request's peer address as `ConnectInfo<PeerAddr>`, at most
+/// [`CONNECTIONS_MAX`] connections at once and [`HEADER_READ_TIMEOUT`] for each request's
+/// headers.
 pub async fn serve<L>(
-    mut listener: L,
+    listener: L,
     router: Router,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()>
 where
     L: axum::serve::Listener<Addr = SocketAddr>,
 {
+    serve_with(
+        listener,
+        router,
+        shutdown,
+        CONNECTIONS_MAX,
+        HEADER_READ_TIMEOUT,
+    )
+    .await
+}
+
+/// [`serve`] with other limits (the tests use small ones).
+pub async fn serve_with<L>(
+    mut listener: L,
+    router: Router,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+    connections_max: usize,
+    header_read_timeout: Duration,
+) -> std::io::Result<()>
+where
+    L: axum::serve::Listener<Addr = SocketAddr>,
+{
     use tower::ServiceExt as _;
+    let slots = Arc::new(tokio::sync::Semaphore::new(connections_max));
     tokio::pin!(shutdown);
     loop {
+        // A slot first: at the limit, connections wait unaccepted.
+        let slot = tokio::select! {
+            () = &mut shutdown => return Ok(()),
+            slot = Arc::clone(&slots).acquire_owned() => match slot {
+                Ok(slot) => proxy::ConnectionSlot(Arc::new(slot)),
+                Err(_) => return Ok(()),
+            },
+        };
         let (io, peer) = tokio::select! {
             () = &mut shutdown => return Ok(()),
             accepted = listener.accept() => accepted,
         };
         let router = router.clone();
+        let request_slot = slot.clone();
         let service =
             hyper::service::service_fn(move |mut request: Request<hyper::body::Incoming>| {
-                request
-                    .extensions_mut()
-                    .insert(axum::extract::ConnectInfo(PeerAddr(peer)));
+                let extensions = request.extensions_mut();
+                extensions.insert(axum::extract::ConnectInfo(PeerAddr(peer)));
+                extensions.insert(request_slot.clone());
                 router.clone().oneshot(request.map(Body::new))
             });
         tokio::spawn(async move {
             let connection = hyper::server::conn::http1::Builder::new()
+                .timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(header_read_timeout)
                 .serve_connection(hyper_util::rt::TokioIo::new(io), service)
                 .with_upgrades();
             if let Err(e) = connection.await {
                 tracing::debug!(error = %e, "connection ended");
             }
+            // A WebSocket tunnel that took the connection over holds its own copy of the slot.
+            drop(slot);
         });
     }
 }

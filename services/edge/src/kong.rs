@@ -227,11 +227,12 @@ async fn handle<N: ports::Net>(
         Ok(request) => request,
         Err(response) => return response,
     };
-    let mut request = request;
-    add_upstream_headers(request.headers_mut(), peer, state.port, request_id);
-    let mut response = match proxy::forward(&state.upstream, request).await {
+    let add_headers = |headers: &mut HeaderMap| {
+        add_upstream_headers(headers, peer, state.port, request_id);
+    };
+    let mut response = match proxy::forward(&state.upstream, request, add_headers).await {
         Ok(response) => response,
-        Err(e @ ProxyError::Timeout(_)) => {
+        Err(e @ (ProxyError::Timeout(_) | ProxyError::ConnectTimeout(_))) => {
             tracing::warn!(error = %e, "upstream timed out");
             return kong_message(
                 StatusCode::GATEWAY_TIMEOUT,
@@ -256,7 +257,7 @@ async fn handle<N: ports::Net>(
 /// reading); WebSocket handshakes have no body and keep their upgrade handle.
 async fn limit_body(request: Request, body_bytes_max: usize) -> Result<Request, Response> {
     let too_large = || kong_message(StatusCode::PAYLOAD_TOO_LARGE, "Request size limit exceeded");
-    if proxy::is_websocket_upgrade(request.headers()) {
+    if proxy::is_websocket_upgrade(request.method(), request.headers()) {
         return Ok(request);
     }
     let declared = request

@@ -123,6 +123,10 @@ async fn main() -> anyhow::Result<()> {
             client_id,
             upstream,
         } => {
+            // Refused at start, not at the first token: keys are fetched over plain HTTP only.
+            edge::http_client::split_url(&issuer_url)
+                .map_err(anyhow::Error::msg)
+                .context("the issuer URL")?;
             let verifier = Verifier::new(
                 VerifierConfig::new(issuer_url.clone(), client_id),
                 Arc::new(SystemClock),

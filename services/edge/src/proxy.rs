@@ -19,9 +19,13 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 /// Why the upstream gave no answer.
 #[derive(Debug, thiserror::Error)]
 pub enum ProxyError {
-    /// No connection (refused, unreachable, or not within the connect timeout).
+    /// No connection (refused or unreachable).
     #[error("connecting to the upstream {0} failed: {1}")]
     Connect(String, String),
+    /// No connection within the connect timeout (an upstream that drops packets): nginx, and
+    /// so Kong, answer this one 504, not 502.
+    #[error("connecting to the upstream {0} timed out")]
+    ConnectTimeout(String),
     /// Connected, but no response headers within the read timeout.
     #[error("the upstream {0} did not answer in time")]
     Timeout(String),
@@ -46,6 +50,11 @@ pub struct Upstream<N> {
     pub tunnel_idle_timeout: Option<Duration>,
 }
 
+/// One of the connections a server may hold open at once (see `auth_proxy::serve`), in each
+/// request's extensions: a WebSocket tunnel keeps it after the HTTP connection is handed over.
+#[derive(Debug, Clone)]
+pub struct ConnectionSlot(pub Arc<tokio::sync::OwnedSemaphorePermit>);
+
 /// Hop-by-hop headers (RFC 9110 §7.6.1) a proxy must not forward; `Connection` and `Upgrade`
 /// are put back for WebSocket handshakes.
 const HOP_BY_HOP: [header::HeaderName; 7] = [
@@ -58,22 +67,34 @@ const HOP_BY_HOP: [header::HeaderName; 7] = [
     header::UPGRADE,
 ];
 
-/// Whether the request asks for a WebSocket.
-pub fn is_websocket_upgrade(headers: &HeaderMap) -> bool {
-    headers
+/// Whether the request is a WebSocket handshake (RFC 6455 §4.1): a GET with `Upgrade:
+/// websocket` and `upgrade` among its `Connection` options. Anything else is an ordinary request,
+/// body limits and all, whatever `Upgrade` it carries.
+pub fn is_websocket_upgrade(method: &http::Method, headers: &HeaderMap) -> bool {
+    let upgrade = headers
         .get(header::UPGRADE)
         .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.eq_ignore_ascii_case("websocket"))
+        .is_some_and(|v| v.trim().eq_ignore_ascii_case("websocket"));
+    upgrade
+        && *method == http::Method::GET
+        && connection_options(headers).any(|option| option.eq_ignore_ascii_case("upgrade"))
 }
 
-fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    // Headers named in `Connection` are hop-by-hop too.
-    let named: Vec<header::HeaderName> = headers
+/// The comma-separated options of every `Connection` line.
+fn connection_options(headers: &HeaderMap) -> impl Iterator<Item = &str> {
+    headers
         .get_all(header::CONNECTION)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
-        .filter_map(|name| name.trim().parse().ok())
+        .map(str::trim)
+        .filter(|option| !option.is_empty())
+}
+
+/// Removes hop-by-hop headers: the fixed ones and those a `Connection` line names.
+fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    let named: Vec<header::HeaderName> = connection_options(headers)
+        .filter_map(|name| name.parse().ok())
         .collect();
     for name in named.iter().chain(HOP_BY_HOP.iter()) {
         headers.remove(name);
@@ -81,17 +102,25 @@ fn strip_hop_by_hop(headers: &mut HeaderMap) {
     headers.remove("keep-alive");
 }
 
-/// Forwards `request` (its path and query, its headers minus hop-by-hop ones) and returns the
-/// upstream's response, streaming its body. A WebSocket handshake that the upstream accepts is
-/// spliced in a spawned task.
+/// Forwards `request` (its path and query, its headers minus hop-by-hop ones, plus what
+/// `add_headers` sets) and returns the upstream's response, streaming its body. A WebSocket
+/// handshake that the upstream accepts is spliced in a spawned task.
+///
+/// `add_headers` runs on the client's headers once the hop-by-hop ones are gone, so a client
+/// cannot name the proxy's own headers (`X-Forwarded-User`, `X-Real-IP`, …) in `Connection`
+/// to have them removed on the way.
 pub async fn forward<N: ports::Net>(
     upstream: &Upstream<N>,
     mut request: Request<Body>,
+    add_headers: impl FnOnce(&mut HeaderMap),
 ) -> Result<Response<Body>, ProxyError> {
-    let websocket = is_websocket_upgrade(request.headers());
+    let websocket = is_websocket_upgrade(request.method(), request.headers());
     let client_upgrade = websocket.then(|| hyper::upgrade::on(&mut request));
+    // The connection's slot (see `auth_proxy::serve`) goes with the tunnel, which outlives it.
+    let slot = request.extensions_mut().remove::<ConnectionSlot>();
     let (mut parts, body) = request.into_parts();
     strip_hop_by_hop(&mut parts.headers);
+    add_headers(&mut parts.headers);
     if websocket {
         // As Kong sends it upstream.
         parts.headers.insert(
@@ -116,7 +145,7 @@ pub async fn forward<N: ports::Net>(
     let authority = upstream.authority.clone();
     let stream = tokio::time::timeout(upstream.connect_timeout, upstream.net.connect(&authority))
         .await
-        .map_err(|_| ProxyError::Connect(authority.clone(), "timed out".into()))?
+        .map_err(|_| ProxyError::ConnectTimeout(authority.clone()))?
         .map_err(|e| ProxyError::Connect(authority.clone(), e.to_string()))?;
     let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
         .await
@@ -139,6 +168,7 @@ pub async fn forward<N: ports::Net>(
             client_upgrade,
             upstream_upgrade,
             upstream.tunnel_idle_timeout,
+            slot,
         ));
         let (parts, _) = response.into_parts();
         return Ok(Response::from_parts(parts, Body::empty()));
@@ -154,6 +184,7 @@ async fn splice(
     client: hyper::upgrade::OnUpgrade,
     upstream: hyper::upgrade::OnUpgrade,
     idle_timeout: Option<Duration>,
+    _slot: Option<ConnectionSlot>,
 ) {
     let (client, upstream) = match futures::future::try_join(client, upstream).await {
         Ok(pair) => pair,
@@ -244,12 +275,19 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Counted<T> {
     }
 }
 
-/// Appends `ip` to `X-Forwarded-For`, as nginx's `$proxy_add_x_forwarded_for` does.
+/// Appends `ip` to `X-Forwarded-For`, as nginx's `$proxy_add_x_forwarded_for` does: every
+/// line the client sent, joined with commas, then `ip`.
 pub fn append_forwarded_for(headers: &mut HeaderMap, ip: std::net::IpAddr) {
-    let value = match headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
-        Some(existing) if !existing.trim().is_empty() => format!("{existing}, {ip}"),
-        _ => ip.to_string(),
-    };
+    let mut hops: Vec<&str> = headers
+        .get_all("x-forwarded-for")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .map(str::trim)
+        .filter(|hops| !hops.is_empty())
+        .collect();
+    let ip = ip.to_string();
+    hops.push(&ip);
+    let value = hops.join(", ");
     if let Ok(value) = HeaderValue::from_str(&value) {
         headers.insert("x-forwarded-for", value);
     }

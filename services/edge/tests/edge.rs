@@ -294,13 +294,14 @@ async fn an_unknown_kid_refetches_the_jwks_and_an_issuer_outage_keeps_the_last_g
     let unseen = issuer.mint(&MintRequest::new("alice")).unwrap();
     drop(iss);
     tokio::time::sleep(Duration::from_millis(50)).await;
-    assert_eq!(post_graphql(proxy.addr, Some(&old), &[]).await.status, 200);
-    assert_eq!(post_graphql(proxy.addr, Some(&new), &[]).await.status, 200);
+    // The unknown kid first: its refetch fails, and the keys held must survive that.
     assert_eq!(
         post_graphql(proxy.addr, Some(&unseen), &[]).await.status,
         403
     );
     assert!(!verifier.kids().contains(&third));
+    assert_eq!(post_graphql(proxy.addr, Some(&old), &[]).await.status, 200);
+    assert_eq!(post_graphql(proxy.addr, Some(&new), &[]).await.status, 200);
 }
 
 /// Counts fetches of a fixed JWKS.
@@ -540,4 +541,193 @@ async fn edge_cuts_an_idle_websocket_tunnel_after_its_read_timeout() {
     })
     .await;
     assert!(ended.is_ok(), "the edge cut the idle tunnel");
+}
+
+#[tokio::test]
+async fn a_client_cannot_have_the_proxies_own_headers_removed_by_naming_them_in_connection() {
+    let (issuer, iss) = issuer(11).await;
+    let upstream = stub_upstream().await;
+    let proxy = auth_proxy(verifier(&iss.url()), upstream.addr).await;
+    let token = issuer.mint(&MintRequest::new("alice")).unwrap();
+    let seen = post_graphql(
+        proxy.addr,
+        Some(&token),
+        &[
+            (
+                "connection",
+                "X-Forwarded-User, X-Forwarded-Email, X-Forwarded-For, X-Client-Hop",
+            ),
+            ("x-client-hop", "named in Connection, so hop-by-hop"),
+        ],
+    )
+    .await
+    .json();
+    assert_eq!(seen["x-forwarded-user"], "alice", "{seen}");
+    assert_eq!(seen["x-forwarded-email"], "alice", "{seen}");
+    assert_eq!(seen["x-forwarded-for"], "127.0.0.1", "{seen}");
+    assert!(seen.get("x-client-hop").is_none(), "{seen}");
+
+    let kong = kong(EdgeConfig::new(upstream.addr.to_string())).await;
+    let seen = post_graphql(
+        kong.addr,
+        None,
+        &[(
+            "connection",
+            "X-Forwarded-For, X-Real-IP, X-Kong-Request-Id, X-Forwarded-Proto",
+        )],
+    )
+    .await
+    .json();
+    assert_eq!(seen["x-forwarded-for"], "127.0.0.1", "{seen}");
+    assert_eq!(seen["x-real-ip"], "127.0.0.1", "{seen}");
+    assert_eq!(seen["x-forwarded-proto"], "http", "{seen}");
+    assert!(seen.get("x-kong-request-id").is_some(), "{seen}");
+}
+
+#[tokio::test]
+async fn every_x_forwarded_for_line_is_kept_in_order() {
+    let upstream = stub_upstream().await;
+    let kong = kong(EdgeConfig::new(upstream.addr.to_string())).await;
+    let seen = post_graphql(
+        kong.addr,
+        None,
+        &[
+            ("x-forwarded-for", "203.0.113.1"),
+            ("x-forwarded-for", "203.0.113.2, 198.51.100.7"),
+        ],
+    )
+    .await
+    .json();
+    assert_eq!(
+        seen["x-forwarded-for"],
+        "203.0.113.1, 203.0.113.2, 198.51.100.7, 127.0.0.1"
+    );
+}
+
+#[tokio::test]
+async fn only_a_get_that_asks_for_an_upgrade_escapes_the_body_limit() {
+    let upstream = stub_upstream().await;
+    let kong = kong(EdgeConfig {
+        body_bytes_max: 1024,
+        ..EdgeConfig::new(upstream.addr.to_string())
+    })
+    .await;
+    let big = vec![b'x'; 4096];
+    let answer = send(
+        kong.addr,
+        "POST",
+        "/graphql",
+        &[
+            ("content-type", "application/json"),
+            ("connection", "upgrade"),
+            ("upgrade", "websocket"),
+        ],
+        big,
+    )
+    .await;
+    assert_eq!(answer.status, 413, "{}", answer.text());
+    // A real handshake still goes through.
+    assert!(websocket(kong.addr, None).await.is_ok());
+}
+
+/// A `Net` whose connections never complete: an upstream that drops packets.
+#[derive(Clone)]
+struct Blackhole;
+
+impl ports::Net for Blackhole {
+    type Listener = tokio::net::TcpListener;
+    type Stream = tokio::net::TcpStream;
+
+    async fn bind(&self, addr: &str) -> std::io::Result<Self::Listener> {
+        tokio::net::TcpListener::bind(addr).await
+    }
+
+    async fn connect(&self, _addr: &str) -> std::io::Result<Self::Stream> {
+        std::future::pending().await
+    }
+}
+
+#[tokio::test]
+async fn edge_answers_504_when_the_upstream_connection_times_out() {
+    use ports::Net as _;
+    let listener = ports::TokioNet.bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (_stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let config = EdgeConfig {
+        connect_timeout: Duration::from_millis(200),
+        ..EdgeConfig::new("10.0.0.1:8080")
+    };
+    tokio::spawn(edge::run_edge(Blackhole, listener, config, async move {
+        let _ = stopped.await;
+    }));
+    let answer = post_graphql(addr, None, &[]).await;
+    assert_eq!(answer.status, 504, "{}", answer.text());
+    assert_eq!(
+        answer.json()["message"],
+        "The upstream server is timing out"
+    );
+}
+
+#[tokio::test]
+async fn a_silent_connection_is_cut_and_connections_past_the_limit_wait_for_a_slot() {
+    use ports::Net as _;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = ports::TokioNet.bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (_stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let router = axum::Router::new().route("/ping", axum::routing::get(|| async { "OK" }));
+    tokio::spawn(edge::auth_proxy::serve_with(
+        listener,
+        router,
+        async move {
+            let _ = stopped.await;
+        },
+        1,
+        Duration::from_millis(800),
+    ));
+    // The one slot: a client that connects and sends nothing.
+    let mut silent = ports::TokioNet.connect(&addr.to_string()).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    // The next connection is not served while the silent one holds the slot...
+    let mut next = ports::TokioNet.connect(&addr.to_string()).await.unwrap();
+    next.write_all(b"GET /ping HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut answer = Vec::new();
+    let early =
+        tokio::time::timeout(Duration::from_millis(300), next.read_to_end(&mut answer)).await;
+    assert!(
+        early.is_err(),
+        "served past the connection limit: {answer:?}"
+    );
+    // ...the silent one is cut when its header time runs out...
+    let mut rest = Vec::new();
+    let cut = tokio::time::timeout(Duration::from_secs(10), silent.read_to_end(&mut rest)).await;
+    assert!(
+        cut.is_ok(),
+        "a silent connection was held past its header timeout"
+    );
+    // ...and then the waiting one is served.
+    tokio::time::timeout(Duration::from_secs(10), next.read_to_end(&mut answer))
+        .await
+        .expect("served once the slot is free")
+        .unwrap();
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+}
+
+#[tokio::test]
+async fn keys_from_a_discovery_document_that_names_another_issuer_are_refused() {
+    let (_issuer, iss) = issuer(12).await;
+    // The same server under another name: its document says it is http://127.0.0.1:PORT.
+    let elsewhere = format!("http://localhost:{}", iss.addr.port());
+    let fetched = edge::DiscoveredJwks::new(ports::TokioNet, elsewhere)
+        .fetch()
+        .await;
+    let error = fetched.expect_err("keys trusted from a document of another issuer");
+    assert!(error.contains("names the issuer"), "{error}");
+    let fetched = edge::DiscoveredJwks::new(ports::TokioNet, iss.url())
+        .fetch()
+        .await;
+    assert!(fetched.is_ok(), "{fetched:?}");
 }

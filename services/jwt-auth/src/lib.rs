@@ -130,12 +130,21 @@ impl<N: ports::Net> DiscoveredJwks<N> {
 impl<N: ports::Net> KeySource for DiscoveredJwks<N> {
     fn fetch(&self) -> BoxFuture<'static, Result<JwkSet, String>> {
         let net = self.net.clone();
+        let issuer = self.issuer_url.clone();
         let discovery = format!(
             "{}/.well-known/openid-configuration",
-            self.issuer_url.trim_end_matches('/')
+            issuer.trim_end_matches('/')
         );
         Box::pin(async move {
             let document = crate::http_client::get_json(&net, &discovery, FETCH_TIMEOUT).await?;
+            // OpenID Connect Discovery §4.3, as go-oidc (oauth2-proxy's) checks it: a document
+            // that names another issuer is not this issuer's, and its keys are not trusted.
+            let named = document.get("issuer").and_then(serde_json::Value::as_str);
+            if named != Some(issuer.as_str()) {
+                return Err(format!(
+                    "{discovery} names the issuer {named:?}, not {issuer:?}; its keys are not used"
+                ));
+            }
             let jwks_uri = document
                 .get("jwks_uri")
                 .and_then(serde_json::Value::as_str)
