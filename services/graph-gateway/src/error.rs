@@ -43,6 +43,14 @@ pub mod code {
     pub const UNCONFIRMED: &str = "UNCONFIRMED";
     /// The gateway remembers as many running analyses as it may. Retry later.
     pub const OVERLOADED: &str = "OVERLOADED";
+    /// A subscription without `analysisId` fell too far behind the events (more than
+    /// `LIVE_EVENTS_CAPACITY` recorded while it had not taken them): it ends with this error
+    /// rather than skip events in silence. Subscribe again, and query to catch up.
+    pub const LAGGED: &str = "LAGGED";
+    /// The gateway stopped following the analysis before its last event (it made room for
+    /// newer ones once the analysis had waited past `incomplete_ttl`): the subscription ends
+    /// with this error, and `analysis(id)` is null from then on.
+    pub const EVICTED: &str = "EVICTED";
     /// No bearer token (JWT auth on).
     pub const UNAUTHENTICATED: &str = "UNAUTHENTICATED";
     /// The bearer token is invalid, or the identity headers disagree with it.

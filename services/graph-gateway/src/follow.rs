@@ -43,7 +43,13 @@ pub(crate) struct Follower {
     started_abandoned: bool,
     closed: bool,
     finished: bool,
+    /// Finished because the entry went away before the last wanted event.
+    gone: bool,
 }
+
+/// The analysis's entry went away (evicted) before the follower's last event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Gone;
 
 impl Follower {
     pub(crate) fn new(
@@ -60,13 +66,19 @@ impl Follower {
             started_abandoned: false,
             closed: false,
             finished: false,
+            gone: false,
         }
     }
 
-    pub(crate) fn into_stream(self) -> impl Stream<Item = Recorded> + Send + 'static {
-        futures::stream::unfold(self, |mut follower| async move {
-            let event = follower.next().await?;
-            Some((event, follower))
+    /// The events, then, if the entry went away before the last one, [`Gone`].
+    pub(crate) fn into_stream(self) -> impl Stream<Item = Result<Recorded, Gone>> + Send + 'static {
+        futures::stream::unfold(Some(self), |follower| async move {
+            let mut follower = follower?;
+            match follower.next().await {
+                Some(event) => Some((Ok(event), Some(follower))),
+                None if follower.gone => Some((Err(Gone), None)),
+                None => None,
+            }
         })
     }
 
@@ -88,6 +100,7 @@ impl Follower {
                 // left without waiting for a Started that can no longer arrive here, then end.
                 if self.started_abandoned {
                     self.finished = true;
+                    self.gone = true;
                 } else {
                     self.started_abandoned = true;
                 }
@@ -263,5 +276,29 @@ mod tests {
         // Completed without Started and the entry gone: Completed alone, without waiting.
         assert!(is_completed(&nothing.next().await));
         assert!(nothing.next().await.is_none());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_entry_evicted_before_the_last_event_ends_the_stream_with_gone() {
+        use futures::StreamExt as _;
+        let (tx, rx) = watch::channel(Snapshot::default());
+        let both = Follower::new(rx.clone(), Wanted::Both, Duration::from_secs(60));
+        let completed_only = Follower::new(rx, Wanted::Completed, Duration::from_secs(60));
+        tx.send_modify(|s| s.started = Some(started()));
+        drop(tx); // evicted while running
+        let both: Vec<_> = both.into_stream().collect().await;
+        assert!(matches!(
+            both.as_slice(),
+            [Ok(Recorded::Started(_)), Err(Gone)]
+        ));
+        let completed_only: Vec<_> = completed_only.into_stream().collect().await;
+        assert!(matches!(completed_only.as_slice(), [Err(Gone)]));
+        // An entry that goes after its last event ends the stream with no error.
+        let (tx, rx) = watch::channel(Snapshot::default());
+        let done = Follower::new(rx, Wanted::Completed, Duration::from_secs(60));
+        tx.send_modify(|s| s.completed = Some(completed()));
+        drop(tx);
+        let done: Vec<_> = done.into_stream().collect().await;
+        assert!(matches!(done.as_slice(), [Ok(Recorded::Completed(_))]));
     }
 }

@@ -66,6 +66,13 @@ async fn main() -> anyhow::Result<()> {
                 let _ = stream.set_nodelay(true);
             })
     };
+    // Refused here, not at the first token: the validator fetches keys over plain HTTP only
+    // (put a real IdP behind an HTTP endpoint on a trusted network, or validate at the proxy).
+    if let Some(issuer_url) = &args.jwt_issuer_url {
+        jwt_auth::http_client::split_url(issuer_url)
+            .map_err(anyhow::Error::msg)
+            .context("the JWT issuer URL")?;
+    }
     let auth = args.jwt_issuer_url.map(|issuer_url| {
         graph_gateway::JwtAuth(Arc::new(jwt_auth::Verifier::new(
             jwt_auth::VerifierConfig::new(issuer_url.clone(), args.jwt_audience.clone()),

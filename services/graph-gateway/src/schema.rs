@@ -18,7 +18,7 @@ use uuid::Uuid;
 
 use crate::config::{QUERY_COMPLEXITY_MAX, QUERY_DEPTH_MAX, QUERY_DIRECTIVES_MAX};
 use crate::error::{analysis_error, code, graphql_error};
-use crate::follow::{Follower, Wanted};
+use crate::follow::{Follower, Gone, Wanted};
 use crate::registry::{Owner, Recorded, Registry, RegistryFull, Snapshot};
 
 pub(crate) type GatewaySchema = Schema<QueryRoot, MutationRoot, SubscriptionRoot>;
@@ -362,12 +362,13 @@ impl SubscriptionRoot {
         &self,
         ctx: &Context<'_>,
         analysis_id: Option<ID>,
-    ) -> Result<impl Stream<Item = AnalysisStarted> + use<>> {
+    ) -> Result<impl Stream<Item = Result<AnalysisStarted>> + use<>> {
         let events = events(ctx, analysis_id, Wanted::Started)?;
         Ok(events.filter_map(|e| async move {
             match e {
-                Recorded::Started(e) => Some(AnalysisStarted::from(e.as_ref())),
-                Recorded::Completed(_) => None,
+                Ok(Recorded::Started(e)) => Some(Ok(AnalysisStarted::from(e.as_ref()))),
+                Ok(Recorded::Completed(_)) => None,
+                Err(e) => Some(Err(e)),
             }
         }))
     }
@@ -377,12 +378,13 @@ impl SubscriptionRoot {
         &self,
         ctx: &Context<'_>,
         analysis_id: Option<ID>,
-    ) -> Result<impl Stream<Item = AnalysisCompleted> + use<>> {
+    ) -> Result<impl Stream<Item = Result<AnalysisCompleted>> + use<>> {
         let events = events(ctx, analysis_id, Wanted::Completed)?;
         Ok(events.filter_map(|e| async move {
             match e {
-                Recorded::Completed(e) => Some(AnalysisCompleted::from(e.as_ref())),
-                Recorded::Started(_) => None,
+                Ok(Recorded::Completed(e)) => Some(Ok(AnalysisCompleted::from(e.as_ref()))),
+                Ok(Recorded::Started(_)) => None,
+                Err(e) => Some(Err(e)),
             }
         }))
     }
@@ -392,25 +394,28 @@ impl SubscriptionRoot {
         &self,
         ctx: &Context<'_>,
         analysis_id: ID,
-    ) -> Result<impl Stream<Item = AnalysisEvent> + use<>> {
+    ) -> Result<impl Stream<Item = Result<AnalysisEvent>> + use<>> {
         let events = events(ctx, Some(analysis_id), Wanted::Both)?;
-        Ok(events.map(|e| AnalysisEvent::from(&e)))
+        Ok(events.map(|e| e.map(|e| AnalysisEvent::from(&e))))
     }
 }
 
 /// The recorded events a subscription delivers: one analysis's (replayed, in order, ending after
-/// the last wanted event), or, without an id, every new event of the caller's analyses.
+/// the last wanted event, or with `EVICTED` if the gateway stops following it first), or,
+/// without an id, every new event of the caller's analyses (ending with `LAGGED` if the
+/// subscriber falls too far behind).
 fn events(
     ctx: &Context<'_>,
     analysis_id: Option<ID>,
     wanted: Wanted,
-) -> Result<futures::stream::BoxStream<'static, Recorded>> {
+) -> Result<futures::stream::BoxStream<'static, Result<Recorded>>> {
     let services = services(ctx);
     let owner = caller(ctx);
     let Some(analysis_id) = analysis_id else {
         return Ok(live(&services.registry, owner).boxed());
     };
-    let rx = parse_id(&analysis_id)
+    let id = parse_id(&analysis_id);
+    let rx = id
         .and_then(|id| services.registry.watch(id, &owner))
         .ok_or_else(|| {
             graphql_error(
@@ -420,22 +425,99 @@ fn events(
         })?;
     Ok(Follower::new(rx, wanted, services.started_wait_max)
         .into_stream()
+        .map(move |event| {
+            event.map_err(|Gone| {
+                graphql_error(
+                    code::EVICTED,
+                    format!(
+                        "analysis {} was evicted before its last event: the gateway made room \
+                         for newer analyses",
+                        analysis_id.as_str()
+                    ),
+                )
+            })
+        })
         .boxed())
 }
 
 /// New events of the owner's analyses, as they are recorded. Repeats never reach here (the
 /// registry announces an event once, and remembers doing so for a while after the analysis is
-/// removed); a subscriber too slow to keep up loses the oldest.
-fn live(registry: &Registry, owner: Owner) -> impl Stream<Item = Recorded> + Send + 'static {
-    BroadcastStream::new(registry.live()).filter_map(move |item| {
-        let event = match item {
-            Ok(live) if live.owner == owner => Some(live.event),
-            Ok(_) => None,
-            Err(BroadcastStreamRecvError::Lagged(missed)) => {
-                tracing::warn!(missed, "live subscriber fell behind; events skipped");
-                None
+/// removed). A subscriber that falls more than `LIVE_EVENTS_CAPACITY` events behind (of every
+/// owner's: they share one channel) gets `LAGGED` and its subscription ends, rather than skip
+/// events unknowingly.
+fn live(
+    registry: &Registry,
+    owner: Owner,
+) -> impl Stream<Item = Result<Recorded>> + Send + 'static {
+    BroadcastStream::new(registry.live())
+        .filter_map(move |item| {
+            let event = match item {
+                Ok(live) if live.owner == owner => Some(Ok(live.event)),
+                Ok(_) => None,
+                Err(BroadcastStreamRecvError::Lagged(missed)) => {
+                    tracing::warn!(missed, "live subscriber fell behind; ending it");
+                    Some(Err(graphql_error(
+                        code::LAGGED,
+                        format!(
+                            "this subscription fell {missed} events behind and ends; subscribe \
+                             again, and query your analyses to catch up"
+                        ),
+                    )))
+                }
+            };
+            futures::future::ready(event)
+        })
+        // The error is the last item.
+        .scan(false, |ended, item| {
+            if *ended {
+                return futures::future::ready(None);
             }
+            *ended = item.is_err();
+            futures::future::ready(Some(item))
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use contracts::{AnalysisStarted, Event};
+
+    use super::*;
+    use crate::config::LIVE_EVENTS_CAPACITY;
+
+    fn started(id: u128) -> Event {
+        Event::Started(AnalysisStarted {
+            analysis_id: Uuid::from_u128(id),
+            asset_id: "press-1".into(),
+            analysis_type: "utilization".into(),
+            requested_by: Some("alice".into()),
+            started_at: "2026-01-01T00:00:00.000Z".into(),
+        })
+    }
+
+    #[tokio::test]
+    async fn a_live_subscriber_that_falls_behind_gets_lagged_and_ends() {
+        let registry = Registry::new(4 * LIVE_EVENTS_CAPACITY, Duration::from_secs(60));
+        let slow = live(&registry, Some("alice".into()));
+        let keeping_up = live(&registry, Some("alice".into()));
+        futures::pin_mut!(keeping_up);
+        for id in 0..3 {
+            registry.record(started(id), 0);
+            assert!(matches!(keeping_up.next().await, Some(Ok(_))));
+        }
+        let total = LIVE_EVENTS_CAPACITY as u128 + 10;
+        for id in 3..total {
+            registry.record(started(id), 0);
+        }
+        drop(registry);
+        let items: Vec<Result<Recorded>> = slow.collect().await;
+        let [Err(error)] = items.as_slice() else {
+            panic!("expected one LAGGED error, got {} items", items.len());
         };
-        futures::future::ready(event)
-    })
+        let code = error.extensions.as_ref().and_then(|e| e.get("code"));
+        assert_eq!(
+            code,
+            Some(&async_graphql::Value::from(code::LAGGED)),
+            "{error:?}"
+        );
+    }
 }

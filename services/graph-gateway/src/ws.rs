@@ -16,7 +16,7 @@
 //! a writer owns the real socket, sees every server message on its way out, and adds pings and
 //! timed closes. Nothing is forked.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -73,8 +73,8 @@ struct Envelope<'a> {
 
 #[derive(Default)]
 struct Tracking {
-    /// Ids of the subscriptions running on this socket.
-    active: BTreeSet<String>,
+    /// The subscriptions running on this socket.
+    subscriptions: Subscriptions,
     /// Set when we end the socket ourselves, to say why.
     close: Option<(u16, String)>,
     /// The client sent `connection_init`.
@@ -83,6 +83,63 @@ struct Tracking {
     acked: bool,
     /// When the socket's token expires.
     expires_at: Option<Instant>,
+    /// graphql-transport-ws (else the legacy graphql-ws).
+    modern: bool,
+}
+
+/// The subscriptions async-graphql runs for one socket, counted as it counts them. Every one
+/// ends with exactly one server `complete`: when its stream ends, or as the answer to the
+/// client's `complete` for a stream still running (async-graphql 7's `websocket.rs`; it never
+/// sends `error`). A client's `complete` frees the slot at once, since async-graphql reads it
+/// before anything the client sends after; the server's answer to it must then free nothing.
+/// (Freeing the slot at every server `complete` let a client that sends `complete X` and
+/// `subscribe X` back to back run any number of subscriptions: the answer to the first freed
+/// the new one's slot.)
+#[derive(Debug, Default)]
+struct Subscriptions {
+    /// Ids running, by the client's account: each holds a slot, and may not be reused until
+    /// completed (graphql-transport-ws' 4409).
+    running: BTreeSet<String>,
+    /// Ids the client completed, with how many server `complete`s for them are still to come
+    /// that free nothing. At most one per slot ever held at once, and each is used up.
+    answers_owed: BTreeMap<String, usize>,
+}
+
+impl Subscriptions {
+    /// Slots held.
+    fn count(&self) -> usize {
+        self.running.len()
+    }
+
+    fn is_running(&self, id: &str) -> bool {
+        self.running.contains(id)
+    }
+
+    fn start(&mut self, id: &str) {
+        self.running.insert(id.to_owned());
+    }
+
+    /// The client completed `id`.
+    fn client_completed(&mut self, id: &str) {
+        if self.running.remove(id) {
+            *self.answers_owed.entry(id.to_owned()).or_default() += 1;
+        }
+    }
+
+    /// The server sent `complete` for `id`: the answer to the client's, or the end of its
+    /// stream. (If the stream had ended just before the client's `complete`, async-graphql
+    /// answers nothing, and its end counts as the answer.)
+    fn server_completed(&mut self, id: &str) {
+        match self.answers_owed.get_mut(id) {
+            Some(owed) if *owed > 1 => *owed -= 1,
+            Some(_) => {
+                self.answers_owed.remove(id);
+            }
+            None => {
+                self.running.remove(id);
+            }
+        }
+    }
 }
 
 impl Tracking {
@@ -130,6 +187,7 @@ pub(crate) async fn serve(socket: WebSocket, session: Session) {
     } = session;
     let tracking = Arc::new(Mutex::new(Tracking {
         expires_at: expires_in.map(|d| Instant::now() + d), // allow-nondeterminism: tokio::time::Instant, simulated under turmoil
+        modern,
         ..Tracking::default()
     }));
     let (sink, stream) = socket.split();
@@ -345,12 +403,12 @@ fn admit(
                 t.close_with(CLOSE_UNAUTHORIZED, "Unauthorized");
                 return false;
             }
-            if t.active.contains(id.as_ref()) {
+            if t.subscriptions.is_running(id.as_ref()) {
                 let reason = format!("Subscriber for {id} already exists");
                 t.close_with(CLOSE_DUPLICATE_ID, reason);
                 return false;
             }
-            if t.active.len() >= subscriptions_max {
+            if t.subscriptions.count() >= subscriptions_max {
                 tracing::warn!(
                     subscriptions_max,
                     "too many subscriptions on one socket; closing it"
@@ -358,10 +416,10 @@ fn admit(
                 t.close_with(CLOSE_BAD_REQUEST, "too many subscriptions on this socket");
                 return false;
             }
-            t.active.insert(id.into_owned());
+            t.subscriptions.start(id.as_ref());
         }
         ("complete", Some(id)) => {
-            t.active.remove(id.as_ref());
+            t.subscriptions.client_completed(id.as_ref());
         }
         _ => {
             t.close_with(CLOSE_BAD_REQUEST, "Invalid message received");
@@ -378,7 +436,8 @@ fn admit_legacy(t: &mut Tracking, kind: &str, id: Option<&str>, subscriptions_ma
     };
     match kind {
         "start" => {
-            if !t.active.contains(id) && t.active.len() >= subscriptions_max {
+            // A start under a running id replaces that subscription, in the same slot.
+            if !t.subscriptions.is_running(id) && t.subscriptions.count() >= subscriptions_max {
                 tracing::warn!(
                     subscriptions_max,
                     "too many subscriptions on one socket; closing it"
@@ -386,10 +445,10 @@ fn admit_legacy(t: &mut Tracking, kind: &str, id: Option<&str>, subscriptions_ma
                 t.close_with(CLOSE_BAD_REQUEST, "too many subscriptions on this socket");
                 return false;
             }
-            t.active.insert(id.to_owned());
+            t.subscriptions.start(id);
         }
         "stop" => {
-            t.active.remove(id);
+            t.subscriptions.client_completed(id);
         }
         _ => {}
     }
@@ -397,10 +456,11 @@ fn admit_legacy(t: &mut Tracking, kind: &str, id: Option<&str>, subscriptions_ma
 }
 
 /// Sees a server message on its way out: `connection_ack` opens the socket for subscriptions, a
-/// `complete` frees its subscription's slot, async-graphql's own close codes are mapped to
-/// graphql-transport-ws' (a refused `connection_init` is 1002 from async-graphql, 4403 in the
-/// spec), and a close reason is cut to what a close frame can carry (a longer one would make the
-/// frame invalid and the client would see 1006 instead of the code).
+/// `complete` may free its subscription's slot (see [`Subscriptions`]), async-graphql's own close
+/// codes are mapped to graphql-transport-ws' (a refused `connection_init` is 1002 from
+/// async-graphql, 4403 in the spec; a message it cannot read is 1002 too, 4400 in the spec), and
+/// a close reason is cut to what a close frame can carry (a longer one would make the frame
+/// invalid and the client would see 1006 instead of the code).
 fn observe(tracking: &Mutex<Tracking>, message: Message) -> Message {
     match message {
         Message::Text(text) => {
@@ -413,7 +473,7 @@ fn observe(tracking: &Mutex<Tracking>, message: Message) -> Message {
                 match (kind, id) {
                     ("connection_ack", _) => t.acked = true,
                     ("complete", Some(id)) => {
-                        t.active.remove(id.as_ref());
+                        t.subscriptions.server_completed(id.as_ref());
                     }
                     _ => {}
                 }
@@ -421,11 +481,20 @@ fn observe(tracking: &Mutex<Tracking>, message: Message) -> Message {
             Message::Text(text)
         }
         Message::Close(frame) => {
-            let acked = tracking.lock().expect("socket tracking poisoned").acked;
+            let (acked, modern) = {
+                let t = tracking.lock().expect("socket tracking poisoned");
+                (t.acked, t.modern)
+            };
             Message::Close(frame.map(|f| match f.code {
                 1002 if !acked => CloseFrame {
                     code: CLOSE_FORBIDDEN,
                     reason: "Forbidden".into(),
+                },
+                // async-graphql could not read a message that passed `admit` (a `subscribe`
+                // without a usable payload): graphql-transport-ws says 4400.
+                1002 if modern => CloseFrame {
+                    code: CLOSE_BAD_REQUEST,
+                    reason: truncate(&format!("Invalid message received: {}", f.reason)).into(),
                 },
                 1011 if !acked => CloseFrame {
                     code: CLOSE_UNAUTHORIZED,
@@ -455,6 +524,38 @@ fn truncate(reason: &str) -> &str {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_slot_is_freed_once_however_the_client_and_the_server_end_a_subscription() {
+        let mut subs = Subscriptions::default();
+        subs.start("a");
+        subs.start("b");
+        // The client ends "a" and starts it again before the server's answer goes out.
+        subs.client_completed("a");
+        subs.start("a");
+        assert_eq!(subs.count(), 2);
+        subs.server_completed("a"); // the answer to the client's `complete`
+        assert_eq!(
+            subs.count(),
+            2,
+            "the answer freed the new subscription's slot"
+        );
+        assert!(subs.is_running("a"));
+        // The new "a" ends on its own.
+        subs.server_completed("a");
+        assert_eq!(subs.count(), 1);
+        // "b" ended on its own just before the client's `complete` (no answer comes then).
+        subs.client_completed("b");
+        assert_eq!(subs.count(), 0);
+        subs.start("b");
+        subs.server_completed("b"); // the old one's end
+        assert_eq!(subs.count(), 1, "the old end freed the new one's slot");
+        assert!(subs.answers_owed.is_empty());
+        // A `complete` for an id that is not running changes nothing.
+        subs.client_completed("zzz");
+        assert_eq!(subs.count(), 1);
+        assert!(subs.answers_owed.is_empty());
+    }
 
     #[test]
     fn long_close_reasons_are_cut_on_a_char_boundary() {

@@ -365,6 +365,16 @@ async fn protocol_violations_get_graphql_transport_ws_close_codes() {
     let mut socket = acked(h.addr, None).await;
     send(&mut socket, json!({"type": "shout"})).await;
     assert_eq!(close_code(&mut socket).await.0, 4400);
+    // 4400 too: a subscribe whose payload async-graphql cannot read (none, or a query that is
+    // not a string).
+    for subscribe in [
+        json!({"id": "1", "type": "subscribe"}),
+        json!({"id": "1", "type": "subscribe", "payload": {"query": 5}}),
+    ] {
+        let mut socket = acked(h.addr, None).await;
+        send(&mut socket, subscribe).await;
+        assert_eq!(close_code(&mut socket).await.0, 4400);
+    }
     // 4401: subscribe before connection_ack.
     let mut socket = raw_socket(h.addr, None).await.unwrap();
     send(

@@ -611,6 +611,31 @@ async fn too_many_subscriptions_on_one_socket_close_it() {
 }
 
 #[tokio::test]
+async fn completing_and_resubscribing_an_id_keeps_the_socket_within_its_cap() {
+    let h = Harness::with_config(GatewayConfig {
+        ws_subscriptions_max: 2,
+        ..GatewayConfig::default()
+    })
+    .await;
+    let mut ws = h.ws(ALICE, TRANSPORT_WS).await;
+    ws.subscribe("a", STARTED_ANY, json!({})).await;
+    ws.subscribe("b", STARTED_ANY, json!({})).await;
+    // Back to back: the server answers each `complete` with its own, after the next
+    // `subscribe` went in.
+    for _ in 0..3 {
+        ws.send(json!({"type": "complete", "id": "a"})).await;
+        ws.subscribe("a", STARTED_ANY, json!({})).await;
+    }
+    for _ in 0..3 {
+        assert_complete(&ws.next().await, "a");
+    }
+    // "a" and "b" still hold both slots: a third subscription is one too many.
+    ws.subscribe("c", STARTED_ANY, json!({})).await;
+    assert_eq!(ws.closed().await, 4400);
+    h.shutdown().await;
+}
+
+#[tokio::test]
 async fn finished_subscriptions_free_their_slots_whatever_their_ids_and_ids_are_bounded() {
     let h = Harness::with_config(GatewayConfig {
         ws_subscriptions_max: 2,
