@@ -278,13 +278,23 @@ impl Issuer {
     /// Signs any claims with the current key: for tests that need a wrong `aud`, an expired
     /// `exp` and the like from a key the validators trust.
     pub fn sign(&self, claims: &Value) -> Result<String, IssuerError> {
+        self.sign_with(claims, true)
+    }
+
+    /// [`Issuer::sign`] with no `kid` in the header, as an identity provider with a single
+    /// key may issue tokens.
+    pub fn sign_without_kid(&self, claims: &Value) -> Result<String, IssuerError> {
+        self.sign_with(claims, false)
+    }
+
+    fn sign_with(&self, claims: &Value, with_kid: bool) -> Result<String, IssuerError> {
         let keys = self.keys.lock().expect("issuer keys poisoned");
         let key = keys
             .published
             .last()
             .ok_or_else(|| IssuerError::Signing("no key".into()))?;
         let mut header = Header::new(Algorithm::RS256);
-        header.kid = Some(key.kid.clone());
+        header.kid = with_kid.then(|| key.kid.clone());
         jsonwebtoken::encode(&header, claims, &key.encoding)
             .map_err(|e| IssuerError::Signing(e.to_string()))
     }

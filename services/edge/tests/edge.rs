@@ -731,3 +731,39 @@ async fn keys_from_a_discovery_document_that_names_another_issuer_are_refused() 
         .await;
     assert!(fetched.is_ok(), "{fetched:?}");
 }
+
+#[tokio::test]
+async fn a_token_without_kid_is_checked_against_every_key_as_go_oidc_does() {
+    let (issuer, iss) = issuer(13).await;
+    let upstream = stub_upstream().await;
+    let proxy = auth_proxy(verifier(&iss.url()), upstream.addr).await;
+    // An older key first: the token is signed by the newest, which is not the first tried.
+    issuer.rotate().unwrap();
+    let claims = good_claims(&iss.url(), "alice");
+    let no_kid = issuer.sign_without_kid(&claims).unwrap();
+    let header: serde_json::Value = serde_json::from_slice(
+        &URL_SAFE_NO_PAD
+            .decode(no_kid.split('.').next().unwrap())
+            .unwrap(),
+    )
+    .unwrap();
+    assert!(header.get("kid").is_none(), "{header}");
+    let answer = post_graphql(proxy.addr, Some(&no_kid), &[]).await;
+    assert_eq!(answer.status, 200, "{}", answer.text());
+    assert_eq!(answer.json()["x-forwarded-user"], "alice");
+    // Without a kid, a key the issuer never published still signs nothing it accepts, and a
+    // good signature over claims for someone else is still refused on its claims.
+    let (forger, _forger_running) = support::issuer(98).await;
+    let forged = forger.sign_without_kid(&claims).unwrap();
+    assert_eq!(
+        post_graphql(proxy.addr, Some(&forged), &[]).await.status,
+        403
+    );
+    let mut other_audience = claims.clone();
+    other_audience["aud"] = json!("someone-else");
+    let wrong = issuer.sign_without_kid(&other_audience).unwrap();
+    assert_eq!(
+        post_graphql(proxy.addr, Some(&wrong), &[]).await.status,
+        403
+    );
+}

@@ -1,6 +1,7 @@
 //! Bearer-token validation, as oauth2-proxy (`--skip-jwt-bearer-tokens`) and the gateway do it:
-//! RS256 only, a key from the issuer's discovered JWKS picked by `kid`, exact `iss`, `aud`
-//! containing the client id, and `exp` / `nbf` with a small leeway.
+//! RS256 only, a key from the issuer's discovered JWKS picked by `kid` (every key tried for a
+//! token without one, as go-oidc does), exact `iss`, `aud` containing the client id, and
+//! `exp` / `nbf` with a small leeway.
 //!
 //! Keys: fetched at start (discovery document → `jwks_uri` → JWKS); an unknown `kid` triggers a
 //! refetch at most once per `refetch_cooldown` (an attacker's random kids must not turn into a
@@ -17,7 +18,6 @@
 
 pub mod http_client;
 
-use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -87,9 +87,9 @@ pub enum TokenError {
     /// Any `alg` but RS256.
     #[error("algorithm {0} not accepted (RS256 only)")]
     Algorithm(String),
-    /// The header has no `kid`.
-    #[error("token has no kid")]
-    NoKid,
+    /// The header has no `kid`, and no key held signed it.
+    #[error("token has no kid, and no key of the issuer signed it")]
+    NoKeySigned,
     /// No key with this `kid`, even after refetching the JWKS (when allowed).
     #[error("unknown signing key {0:?}")]
     UnknownKey(String),
@@ -170,7 +170,7 @@ pub struct Verifier {
     config: VerifierConfig,
     clock: Arc<dyn Clock>,
     source: Arc<dyn KeySource>,
-    keys: Mutex<BTreeMap<String, DecodingKey>>,
+    keys: Mutex<Keys>,
     /// When the last fetch started; also makes fetches single-flight.
     fetched_at: tokio::sync::Mutex<Option<tokio::time::Instant>>,
 }
@@ -195,7 +195,7 @@ impl Verifier {
             config,
             clock,
             source,
-            keys: Mutex::new(BTreeMap::new()),
+            keys: Mutex::new(Keys::default()),
             fetched_at: tokio::sync::Mutex::new(None),
         }
     }
@@ -210,8 +210,9 @@ impl Verifier {
         self.keys
             .lock()
             .expect("keys poisoned")
-            .keys()
-            .cloned()
+            .0
+            .iter()
+            .filter_map(|(kid, _)| kid.clone())
             .collect()
     }
 
@@ -261,7 +262,57 @@ impl Verifier {
     }
 
     fn key(&self, kid: &str) -> Option<DecodingKey> {
-        self.keys.lock().expect("keys poisoned").get(kid).cloned()
+        let keys = self.keys.lock().expect("keys poisoned");
+        (keys.0.iter())
+            .find(|(named, _)| named.as_deref() == Some(kid))
+            .map(|(_, key)| key.clone())
+    }
+
+    /// Every key held, named or not.
+    fn all_keys(&self) -> Vec<DecodingKey> {
+        let keys = self.keys.lock().expect("keys poisoned");
+        keys.0.iter().map(|(_, key)| key.clone()).collect()
+    }
+
+    /// The claims of `token` if `key` signed it. `Err(None)`: another key signed it (or none
+    /// of these); `Err(Some(_))`: the signature is good, the claims are not.
+    fn decode_with(
+        &self,
+        token: &str,
+        key: &DecodingKey,
+    ) -> Result<TokenClaims, Option<TokenError>> {
+        let mut validation = Validation::new(Algorithm::RS256);
+        validation.algorithms = vec![Algorithm::RS256];
+        validation.set_issuer(&[&self.config.issuer]);
+        validation.set_audience(&[&self.config.audience]);
+        validation.set_required_spec_claims(&["iss", "aud", "sub", "exp"]);
+        // Times are ours to check, on the Clock port (see the module doc).
+        validation.validate_exp = false;
+        validation.validate_nbf = false;
+        match jsonwebtoken::decode::<TokenClaims>(token, key, &validation) {
+            Ok(data) => Ok(data.claims),
+            Err(e) if *e.kind() == jsonwebtoken::errors::ErrorKind::InvalidSignature => Err(None),
+            Err(e) => Err(Some(TokenError::Invalid(e.to_string()))),
+        }
+    }
+
+    /// A token without `kid` is checked against every key held, as go-oidc (oauth2-proxy's
+    /// validator) does for an issuer with one key and no kids; at most [`KEYS_MAX`] checks,
+    /// and one refetch (rate-limited as for an unknown kid) when none signed it.
+    async fn decode_without_kid(&self, token: &str) -> Result<TokenClaims, TokenError> {
+        for attempt in 0..2 {
+            for key in self.all_keys() {
+                match self.decode_with(token, &key) {
+                    Ok(claims) => return Ok(claims),
+                    Err(Some(refused)) => return Err(refused),
+                    Err(None) => {}
+                }
+            }
+            if attempt == 0 {
+                self.refetch_for_unknown_kid().await;
+            }
+        }
+        Err(TokenError::NoKeySigned)
     }
 
     /// Validates `token` (without the `Bearer ` prefix).
@@ -274,26 +325,22 @@ impl Verifier {
         if header.alg != Algorithm::RS256 {
             return Err(TokenError::Algorithm(format!("{:?}", header.alg)));
         }
-        let kid = header.kid.ok_or(TokenError::NoKid)?;
-        let key = match self.key(&kid) {
-            Some(key) => key,
-            None => {
-                self.refetch_for_unknown_kid().await;
-                self.key(&kid)
-                    .ok_or_else(|| TokenError::UnknownKey(kid.clone()))?
+        let claims = match header.kid {
+            Some(kid) => {
+                let key = match self.key(&kid) {
+                    Some(key) => key,
+                    None => {
+                        self.refetch_for_unknown_kid().await;
+                        self.key(&kid)
+                            .ok_or_else(|| TokenError::UnknownKey(kid.clone()))?
+                    }
+                };
+                self.decode_with(token, &key).map_err(|refused| {
+                    refused.unwrap_or_else(|| TokenError::Invalid("InvalidSignature".into()))
+                })?
             }
+            None => self.decode_without_kid(token).await?,
         };
-        let mut validation = Validation::new(Algorithm::RS256);
-        validation.algorithms = vec![Algorithm::RS256];
-        validation.set_issuer(&[&self.config.issuer]);
-        validation.set_audience(&[&self.config.audience]);
-        validation.set_required_spec_claims(&["iss", "aud", "sub", "exp"]);
-        // Times are ours to check, on the Clock port (see the module doc).
-        validation.validate_exp = false;
-        validation.validate_nbf = false;
-        let data = jsonwebtoken::decode::<TokenClaims>(token, &key, &validation)
-            .map_err(|e| TokenError::Invalid(e.to_string()))?;
-        let claims = data.claims;
         let now_secs = self.clock.now_unix_ms().div_euclid(1000);
         let leeway = i64::try_from(self.config.leeway_secs).unwrap_or(i64::MAX);
         if claims.exp.saturating_add(leeway) < now_secs {
@@ -333,19 +380,34 @@ struct TokenClaims {
     email: Option<String>,
 }
 
-/// The RS256 signing keys of a JWKS, by `kid`; anything else (other types, other algs,
-/// encryption keys, no kid) is left out.
-fn usable_keys(set: &JwkSet) -> BTreeMap<String, DecodingKey> {
-    set.keys
-        .iter()
-        .filter(|jwk| is_rs256_signing(jwk))
-        .filter_map(|jwk| {
-            let kid = jwk.common.key_id.clone()?;
-            let key = DecodingKey::from_jwk(jwk).ok()?;
-            Some((kid, key))
-        })
-        .take(KEYS_MAX)
-        .collect()
+/// The RS256 signing keys of a JWKS, with their `kid`s (a key without one is kept, for tokens
+/// without one: see `Verifier::decode_without_kid`); anything else (other types, other algs,
+/// encryption keys) is left out. At most [`KEYS_MAX`].
+#[derive(Default)]
+struct Keys(Vec<(Option<String>, DecodingKey)>);
+
+impl Keys {
+    fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    fn len(&self) -> usize {
+        self.0.len()
+    }
+}
+
+fn usable_keys(set: &JwkSet) -> Keys {
+    Keys(
+        set.keys
+            .iter()
+            .filter(|jwk| is_rs256_signing(jwk))
+            .filter_map(|jwk| {
+                let key = DecodingKey::from_jwk(jwk).ok()?;
+                Some((jwk.common.key_id.clone(), key))
+            })
+            .take(KEYS_MAX)
+            .collect(),
+    )
 }
 
 fn is_rs256_signing(jwk: &Jwk) -> bool {
