@@ -121,6 +121,16 @@ pub(crate) fn check(evidence: &Evidence<'_>) -> Findings {
         if !record.finished {
             push("lost", format!("{host}: workload unfinished"));
         }
+        if !record.foreign_events.is_empty() {
+            queue.unexpected += record.foreign_events.len();
+            push(
+                "isolation",
+                format!(
+                    "{host} ({}) was given another user's events when it asked for them: {:?}",
+                    record.user, record.foreign_events
+                ),
+            );
+        }
         for analysis in &record.analyses {
             let Some(id) = analysis.analysis_id.as_deref() else {
                 // Never accepted: not a promise the system made, so not lost; but a system that
@@ -148,6 +158,16 @@ pub(crate) fn check(evidence: &Evidence<'_>) -> Findings {
                     format!(
                         "{host} analysis {id}: {} events arrived twice on one subscription",
                         analysis.repeats_within_subscription
+                    ),
+                );
+            }
+            if analysis.started_after_completed_within_subscription > 0 {
+                push(
+                    "order",
+                    format!(
+                        "{host} analysis {id}: AnalysisStarted after AnalysisCompleted on one \
+                         subscription ({} times)",
+                        analysis.started_after_completed_within_subscription
                     ),
                 );
             }
@@ -222,7 +242,7 @@ pub(crate) fn check(evidence: &Evidence<'_>) -> Findings {
                 push(
                     "effect-once",
                     format!(
-                        "analysis {id} ran {runs} times with no crash or broker fault to explain it"
+                        "analysis {id} ran {runs} times with no fault that could make it run again"
                     ),
                 );
             }
@@ -273,11 +293,13 @@ mod tests {
                 ],
                 follow_attempts,
                 repeats_within_subscription,
+                started_after_completed_within_subscription: 0,
                 request_attempts: 1,
                 errors: Vec::new(),
                 done: true,
             }],
             finished: true,
+            foreign_events: Vec::new(),
         };
         check_one(record)
     }
@@ -307,6 +329,7 @@ mod tests {
                 ..AnalysisRecord::default()
             }],
             finished: true,
+            foreign_events: Vec::new(),
         };
         let found = check_one(record);
         assert_eq!(found.failing(), BTreeSet::from(["accepted"]));
@@ -326,5 +349,57 @@ mod tests {
             BTreeSet::from(["once-per-subscription"])
         );
         assert_eq!(twice_on_one.queue.duplicated, 1);
+    }
+
+    #[test]
+    fn started_after_completed_on_one_subscription_is_out_of_order_even_when_a_first_was_fine() {
+        // The first subscription saw Started; a second replayed Completed, then Started.
+        let id = "a1";
+        let record = ClientRecord {
+            user: "alice".into(),
+            analyses: vec![AnalysisRecord {
+                index: 0,
+                analysis_id: Some(id.into()),
+                events: vec![
+                    event(EventKind::Started, id),
+                    event(EventKind::Completed, id),
+                    event(EventKind::Started, id),
+                ],
+                follow_attempts: 2,
+                started_after_completed_within_subscription: 1,
+                request_attempts: 1,
+                done: true,
+                ..AnalysisRecord::default()
+            }],
+            finished: true,
+            foreign_events: Vec::new(),
+        };
+        let found = check_one(record);
+        assert_eq!(found.failing(), BTreeSet::from(["order"]));
+    }
+
+    #[test]
+    fn another_users_events_given_on_request_break_isolation() {
+        let id = "a1";
+        let record = ClientRecord {
+            user: "alice".into(),
+            analyses: vec![AnalysisRecord {
+                index: 0,
+                analysis_id: Some(id.into()),
+                events: vec![
+                    event(EventKind::Started, id),
+                    event(EventKind::Completed, id),
+                ],
+                follow_attempts: 1,
+                request_attempts: 1,
+                done: true,
+                ..AnalysisRecord::default()
+            }],
+            finished: true,
+            foreign_events: vec!["b7 Started".into()],
+        };
+        let found = check_one(record);
+        assert_eq!(found.failing(), BTreeSet::from(["isolation"]));
+        assert_eq!(found.queue.unexpected, 1);
     }
 }

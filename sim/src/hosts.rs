@@ -43,6 +43,10 @@ pub struct AnalysisRecord {
     /// gateway promises each at most once per subscription; repeats across re-subscriptions
     /// are allowed and counted in `events`).
     pub repeats_within_subscription: u32,
+    /// AnalysisStarted that arrived after AnalysisCompleted on the same subscription (the
+    /// order is promised per subscription; across re-subscriptions `events` is only arrival
+    /// order).
+    pub started_after_completed_within_subscription: u32,
     /// Mutations sent for it.
     pub request_attempts: u32,
     /// Errors met along the way (retried).
@@ -60,6 +64,9 @@ pub struct ClientRecord {
     pub analyses: Vec<AnalysisRecord>,
     /// The client's workload ran to its end.
     pub finished: bool,
+    /// Events of another user's analysis the gateway delivered when the client asked for it
+    /// (see `probe_isolation`): each one breaks isolation.
+    pub foreign_events: Vec<String>,
 }
 
 /// Client observations, shared between the client hosts and the checker.
@@ -143,12 +150,55 @@ pub(crate) async fn run_client(plan: ClientPlan, observations: Observations) {
         }
     });
     futures::future::join_all(runs).await;
+    probe_isolation(&plan, &config, &observations).await;
     if let Some(record) = observations
         .lock()
         .expect("observations poisoned")
         .get_mut(&plan.host)
     {
         record.finished = true;
+    }
+}
+
+/// Longest wait for the gateway's answer to a subscription for another user's analysis.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Once its own work is done, a client tries to follow an analysis another user requested
+/// (the first one accepted, in host order): the gateway must refuse it. Events it delivers are
+/// recorded for the `isolation` checker. A refusal, a network failure or no answer in
+/// [`PROBE_TIMEOUT`] records nothing.
+async fn probe_isolation(plan: &ClientPlan, config: &ConsoleConfig, observations: &Observations) {
+    let foreign = {
+        let obs = observations.lock().expect("observations poisoned");
+        obs.iter()
+            .filter(|(host, record)| **host != plan.host && record.user != plan.user)
+            .flat_map(|(_, record)| record.analyses.iter())
+            .find_map(|analysis| analysis.analysis_id.clone())
+    };
+    let Some(foreign) = foreign else {
+        return;
+    };
+    let mut leaked = Vec::new();
+    let probe = async {
+        let mut subscriber = Subscriber::connect(&TurmoilNet, config).await?;
+        subscriber
+            .follow(&foreign, |event| {
+                tracing::warn!(host = %plan.host, analysis_id = %event.analysis_id, kind = ?event.kind, "client received another user's event");
+                leaked.push(format!("{} {:?}", event.analysis_id, event.kind));
+            })
+            .await
+    };
+    let outcome = tokio::time::timeout(PROBE_TIMEOUT, probe).await;
+    tracing::info!(host = %plan.host, analysis_id = %foreign, refused = matches!(outcome, Ok(Err(_))), "client probed another user's analysis");
+    if leaked.is_empty() {
+        return;
+    }
+    if let Some(record) = observations
+        .lock()
+        .expect("observations poisoned")
+        .get_mut(&plan.host)
+    {
+        record.foreign_events.extend(leaked);
     }
 }
 
@@ -199,10 +249,15 @@ async fn run_analysis(
             subscriber
                 .follow(&analysis_id, |event| {
                     tracing::info!(host, analysis_id = %event.analysis_id, kind = ?event.kind, "client received");
+                    let late_start = event.kind == client_console::EventKind::Started
+                        && seen_on_this_subscription
+                            .iter()
+                            .any(|(_, kind)| *kind == client_console::EventKind::Completed);
                     let repeat = !seen_on_this_subscription.insert((event.analysis_id.clone(), event.kind));
                     update(&mut |r| {
                         r.events.push(event.clone());
                         r.repeats_within_subscription += u32::from(repeat);
+                        r.started_after_completed_within_subscription += u32::from(late_start);
                     });
                 })
                 .await

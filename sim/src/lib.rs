@@ -8,6 +8,16 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+// One seed, one trace needs turmoil to seed tokio's `select!`, which only a build with
+// `--cfg tokio_unstable` lets it do. `.cargo/config.toml` sets the flag, but a `RUSTFLAGS`
+// variable replaces the flags of that file: without this, such a build would run every seed
+// nondeterministically, and say nothing.
+#[cfg(not(tokio_unstable))]
+compile_error!(
+    "warren-sim needs `--cfg tokio_unstable` (set in .cargo/config.toml; a RUSTFLAGS \
+     environment variable replaces it: add `--cfg tokio_unstable` to RUSTFLAGS)"
+);
+
 pub mod checker;
 pub mod embedded;
 pub mod faults;

@@ -475,11 +475,18 @@ fn explore(
             .clone()
             .unwrap_or_else(|| warren_sim::swarm::scenario_for_seed(seed));
         let mut report = warren_sim::simulation::run(&scenario.config(seed));
+        // A swarm case printed so that it replays as a file (a file is printed as it is).
+        let replayable = match base {
+            None => scenario.replaying(seed, &report),
+            Some(_) => scenario.clone(),
+        };
         // The swarm draws fault times without knowing how long a run will be: one drawn past
         // the end tested nothing, but is no failure (a scenario file's is).
         let drawn_past_the_end = base.is_none() && !report.faults_not_reached.is_empty();
         if base.is_none() {
             report.faults_not_reached.clear();
+            // Likewise a hook drawn for a queue that delivered nothing after it.
+            report.faults_never_fired.clear();
         }
         let verdict = scenario.judge(&report);
         let outcome = match (
@@ -524,7 +531,7 @@ fn explore(
             };
             failures.push(format!(
                 "seed {seed}: {e}\n  replay: {replay}\n  scenario:\n{}",
-                scenario.to_toml()
+                replayable.to_toml()
             ));
             if record && let Some(path) = file.filter(|_| base.is_some()) {
                 let regressions = path

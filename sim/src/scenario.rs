@@ -183,6 +183,22 @@ impl Scenario {
         }
     }
 
+    /// This scenario as a file that replays `report`'s run of `seed`: that seed alone, without
+    /// the faults the run ended before (a scenario file must reach all of its faults), and with
+    /// the heal time they had set kept, so that the replay runs the same.
+    pub fn replaying(&self, seed: u64, report: &SimReport) -> Scenario {
+        let mut scenario = self.clone();
+        scenario.seeds = vec![seed];
+        if scenario.heal.at_ms.is_none() && !report.faults_not_reached.is_empty() {
+            let heal = self.config(seed).heal_time().as_millis();
+            scenario.heal.at_ms = Some(u64::try_from(heal).unwrap_or(u64::MAX));
+        }
+        scenario
+            .faults
+            .retain(|f| !report.faults_not_reached.contains(f));
+        scenario
+    }
+
     /// The scenario as TOML, ready to paste into `scenarios/`.
     pub fn to_toml(&self) -> String {
         toml::to_string(self).expect("scenarios serialize")
@@ -250,6 +266,27 @@ impl Scenario {
                     fault.at_ms
                 ));
             }
+            // A link between a host and itself is no link.
+            if let [a, b] = fault.fault.hosts().as_slice()
+                && a == b
+            {
+                return Err(format!(
+                    "fault at {} ms: {} names {a:?} on both sides of a link",
+                    fault.at_ms,
+                    fault.fault.kind()
+                ));
+            }
+            // Healing runs once: a fault after it would last to the deadline, and the run
+            // would report the system stuck.
+            if let Some(heal) = self.heal.at_ms
+                && fault.at_ms > heal
+            {
+                return Err(format!(
+                    "fault at {} ms comes after the heal at {heal} ms; heal later, or leave \
+                     heal.at_ms out (it is then just after the last fault)",
+                    fault.at_ms
+                ));
+            }
         }
         Ok(())
     }
@@ -290,6 +327,13 @@ impl Scenario {
                 "the run was over after {} ms, before these faults: {}; schedule them earlier",
                 report.simulated.as_millis(),
                 missed.join(", ")
+            ));
+        }
+        if !report.faults_never_fired.is_empty() {
+            return Err(format!(
+                "these broker faults never met the event they wait for, so they tested nothing: \
+                 {}; aim them at a queue or exchange that is used after their time",
+                report.faults_never_fired.join(", ")
             ));
         }
         let failing = report.findings.failing();

@@ -439,16 +439,34 @@ fn simulate(config: &SimConfig, subscribers: &[SubscriberSpec], recorder: &Recor
             .count();
         reached > never_fired.iter().filter(armed).count()
     };
-    // Only faults that happened can explain a repeated analysis.
-    let crash_happened = config.faults.iter().any(|f| {
+    // Only faults that happened, and that can make the orchestrators run an analysis again,
+    // explain a repeat (judged per run, not per analysis):
+    // - an orchestrator that stopped mid-analysis: its command comes back for another run;
+    // - a broker restart, or a refused event: the run fails and its command runs again;
+    // - with competing orchestrators, a command delivered again (duplicated, its consumer's
+    //   channel closed, its connection cut by a partition) can reach a replica that does not
+    //   know the analysis is running.
+    // A crash of any other host, and any fault on the gateways' own queues, explains nothing:
+    // an orchestrator skips an analysis it is running or has finished.
+    let competing = config.orchestrators > 1;
+    let orchestrator = |host: &str| host.starts_with("orchestrator-");
+    let repeats_explained = config.faults.iter().any(|f| {
         let explains = match &f.fault {
-            Fault::Crash { .. }
-            | Fault::Restart { .. }
-            | Fault::BrokerRestart
-            | Fault::CloseConsumerChannels { .. } => true,
-            // A duplicate runs twice only if it was delivered; a refused event makes its
-            // analysis run again only if a publish was refused.
-            fault @ (Fault::DuplicateDelivery { .. } | Fault::NackPublish { .. }) => fired(fault),
+            Fault::Crash { host } | Fault::Restart { host } => orchestrator(host),
+            Fault::BrokerRestart => true,
+            fault @ Fault::NackPublish { exchange } => {
+                exchange != contracts::EXCHANGE_COMMANDS && fired(fault)
+            }
+            fault @ Fault::DuplicateDelivery { queue } => {
+                competing && queue == contracts::QUEUE_COMMANDS && fired(fault)
+            }
+            Fault::CloseConsumerChannels { queue } => {
+                competing && queue == contracts::QUEUE_COMMANDS
+            }
+            Fault::Partition { a, b } => competing && (orchestrator(a) || orchestrator(b)),
+            Fault::PartitionOneway { from, to } => {
+                competing && (orchestrator(from) || orchestrator(to))
+            }
             _ => false,
         };
         explains && !unreached.contains(f)
@@ -468,7 +486,7 @@ fn simulate(config: &SimConfig, subscribers: &[SubscriberSpec], recorder: &Recor
         expected_clients: &expected_clients,
         effects: &effects,
         failing: &failing,
-        repeats_explained: crash_happened,
+        repeats_explained,
         pending_commands: Some(pending),
         pending_reason: deadline_passed.then(|| "the run hit its convergence deadline".to_owned()),
     });

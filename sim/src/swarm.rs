@@ -81,14 +81,15 @@ pub fn scenario_strategy() -> impl Strategy<Value = Scenario> {
             },
         )
         .prop_flat_map(|(shape, enabled)| {
-            let (clients, orchestrators, analyses, concurrency, analysis_ms, spread_ms, _) = shape;
+            let (clients, orchestrators, analyses, concurrency, analysis_ms, spread_ms, latency_ms) =
+                shape;
             // Faults start while the workload is still running, as far as its shape tells: a
             // fault that starts once everything is done tests nothing.
             let rounds = (clients * analyses).div_ceil(orchestrators * concurrency) as u64;
             let busy_ms = (FAULT_START_MIN_SPAN_MS + spread_ms + rounds * analysis_ms)
                 .min(FAULT_START_MAX_MS);
             let faults = proptest::collection::vec(
-                fault_pair(clients, orchestrators, enabled, busy_ms),
+                fault_pair(clients, orchestrators, enabled, busy_ms, latency_ms),
                 0..=4,
             );
             (Just(shape), faults)
@@ -98,7 +99,8 @@ pub fn scenario_strategy() -> impl Strategy<Value = Scenario> {
                 (clients, orchestrators, analyses, concurrency, analysis_ms, spread_ms, latency_ms),
                 pairs,
             )| {
-                let mut faults: Vec<ScheduledFault> = pairs.into_iter().flatten().collect();
+                let mut faults: Vec<ScheduledFault> =
+                    apart(pairs).into_iter().flatten().collect();
                 faults.sort();
                 Scenario {
                     name: "generated".into(),
@@ -131,13 +133,54 @@ pub fn scenario_strategy() -> impl Strategy<Value = Scenario> {
         )
 }
 
+/// The fault pairs, without those that overlap an earlier one on the same host or link: turmoil
+/// keeps one state per link (a release ends a partition, a partition turns a hold into drops)
+/// and a restart ends every crash of its host, so an overlapping pair would cut the other short.
+fn apart(pairs: Vec<Vec<ScheduledFault>>) -> Vec<Vec<ScheduledFault>> {
+    let mut kept: Vec<Vec<ScheduledFault>> = Vec::new();
+    let span = |pair: &[ScheduledFault]| {
+        let start = pair.first().map_or(0, |f| f.at_ms);
+        (start, pair.last().map_or(start, |f| f.at_ms))
+    };
+    for pair in pairs {
+        let target = pair.first().and_then(|f| held_target(&f.fault));
+        let (start, end) = span(&pair);
+        let overlaps = target.is_some()
+            && kept.iter().any(|other| {
+                let (other_start, other_end) = span(other);
+                other.first().and_then(|f| held_target(&f.fault)) == target
+                    && start <= other_end
+                    && other_start <= end
+            });
+        if !overlaps {
+            kept.push(pair);
+        }
+    }
+    kept
+}
+
+/// The host or link a lasting fault holds until its undo, if it is one.
+fn held_target(fault: &Fault) -> Option<(String, String)> {
+    match fault {
+        Fault::Crash { host } => Some((host.clone(), String::new())),
+        Fault::Partition { a, b } | Fault::Hold { a, b } => {
+            Some((a.clone().min(b.clone()), a.clone().max(b.clone())))
+        }
+        // Every link's: a later pair's undo would end an earlier one's latency.
+        Fault::Latency { .. } => Some(("latency".into(), String::new())),
+        _ => None,
+    }
+}
+
 /// A fault and the step that undoes it, from the kinds this case enabled.
-/// `busy_ms`: the latest start drawn.
+/// `busy_ms`: the latest start drawn; `normal_latency_ms`: the case's own latency, which a
+/// latency fault's undo puts back.
 fn fault_pair(
     clients: usize,
     orchestrators: usize,
     enabled: u16,
     busy_ms: u64,
+    normal_latency_ms: u64,
 ) -> impl Strategy<Value = Vec<ScheduledFault>> {
     let kinds: Vec<usize> = (0..KINDS.len())
         .filter(|k| enabled & (1 << k) != 0)
@@ -204,7 +247,17 @@ fn fault_pair(
                             },
                         ),
                     ],
-                    3 => vec![at(at_ms, Fault::Latency { max_ms: latency_ms })],
+                    // Undone like the others: as the last fault, the heal just after it
+                    // would otherwise end it within a millisecond.
+                    3 => vec![
+                        at(at_ms, Fault::Latency { max_ms: latency_ms }),
+                        at(
+                            end,
+                            Fault::Latency {
+                                max_ms: normal_latency_ms,
+                            },
+                        ),
+                    ],
                     4 => vec![at(at_ms, Fault::BrokerRestart)],
                     5 => vec![at(
                         at_ms,
@@ -251,4 +304,92 @@ pub fn scenario_for_seed(seed: u64) -> Scenario {
     scenario.name = format!("swarm seed {seed}");
     scenario.seeds = vec![seed];
     scenario
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pair(at_ms: u64, end_ms: u64, first: Fault, undo: Fault) -> Vec<ScheduledFault> {
+        vec![
+            ScheduledFault {
+                at_ms,
+                fault: first,
+            },
+            ScheduledFault {
+                at_ms: end_ms,
+                fault: undo,
+            },
+        ]
+    }
+
+    #[test]
+    fn pairs_that_overlap_on_one_host_or_link_are_left_out() {
+        let crash = |host: &str| Fault::Crash { host: host.into() };
+        let restart = |host: &str| Fault::Restart { host: host.into() };
+        let hold = |a: &str, b: &str| Fault::Hold {
+            a: a.into(),
+            b: b.into(),
+        };
+        let release = |a: &str, b: &str| Fault::Release {
+            a: a.into(),
+            b: b.into(),
+        };
+        let partition = Fault::Partition {
+            a: "gateway-0".into(),
+            b: "client-0".into(),
+        };
+        let repair = Fault::Repair {
+            a: "gateway-0".into(),
+            b: "client-0".into(),
+        };
+        let pairs = vec![
+            pair(100, 500, crash("orchestrator-0"), restart("orchestrator-0")),
+            pair(300, 900, crash("orchestrator-0"), restart("orchestrator-0")), // overlaps
+            pair(600, 900, crash("orchestrator-0"), restart("orchestrator-0")), // after
+            pair(300, 900, crash("orchestrator-1"), restart("orchestrator-1")), // another host
+            pair(
+                100,
+                500,
+                hold("client-0", "gateway-0"),
+                release("client-0", "gateway-0"),
+            ),
+            pair(400, 700, partition, repair), // the same link, either way round
+        ];
+        let kept = apart(pairs);
+        let starts: Vec<(u64, &'static str)> = kept
+            .iter()
+            .map(|p| (p[0].at_ms, p[0].fault.kind()))
+            .collect();
+        assert_eq!(
+            starts,
+            [
+                (100, "crash"),
+                (600, "crash"),
+                (300, "crash"),
+                (100, "hold")
+            ]
+        );
+    }
+
+    #[test]
+    fn every_drawn_latency_change_is_undone_at_its_end() {
+        let mut seen = 0;
+        for seed in 0..200 {
+            let scenario = scenario_for_seed(seed);
+            let raised = scenario
+                .faults
+                .iter()
+                .filter(|f| matches!(f.fault, Fault::Latency { max_ms } if max_ms != scenario.network.max_latency_ms))
+                .count();
+            let restored = scenario
+                .faults
+                .iter()
+                .filter(|f| matches!(f.fault, Fault::Latency { max_ms } if max_ms == scenario.network.max_latency_ms))
+                .count();
+            assert!(raised <= restored, "seed {seed}: {:?}", scenario.faults);
+            seen += raised;
+        }
+        assert!(seen > 0, "no seed drew a latency change");
+    }
 }

@@ -34,6 +34,10 @@ const TRACED_TARGET_PREFIXES: &[&str] = &[
 /// without bound.
 pub const TRACE_LINES_MAX: usize = 1_000_000;
 
+/// Longest text kept of one event (a message body logged whole can be 64 KiB); past it the
+/// text is cut, and ends with its length and hash, so two runs still compare exactly.
+pub const TRACE_TEXT_BYTES_MAX: usize = 2048;
+
 /// FNV-1a's starting value.
 const FNV_OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
 
@@ -156,6 +160,24 @@ impl Recorder {
     }
 }
 
+/// An event's text within [`TRACE_TEXT_BYTES_MAX`]: cut on a character boundary, followed by
+/// the whole text's length and FNV-1a hash.
+fn cut_text(text: String) -> String {
+    if text.len() <= TRACE_TEXT_BYTES_MAX {
+        return text;
+    }
+    let mut end = TRACE_TEXT_BYTES_MAX;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!(
+        "{}… [cut: {} bytes in all, FNV-1a {:016x}]",
+        &text[..end],
+        text.len(),
+        fnv1a(FNV_OFFSET, &text)
+    )
+}
+
 /// The host name turmoil gave the `node` span.
 struct NodeName(String);
 
@@ -203,7 +225,7 @@ where
             host,
             target: meta.target().to_owned(),
             level: meta.level().to_string(),
-            what: fields.text,
+            what: cut_text(fields.text),
         };
         let mut lines = self.lines.lock().expect("recorder poisoned");
         if lines.len() < self.lines_max {
@@ -264,6 +286,26 @@ mod tests {
             tracing::info!(target: "edgeless::x", "other crate");
         });
         recorder.take()
+    }
+
+    #[test]
+    fn a_long_event_text_is_cut_but_still_tells_runs_apart() {
+        let short = "x".repeat(TRACE_TEXT_BYTES_MAX);
+        assert_eq!(cut_text(short.clone()), short);
+        let long = format!(
+            "{}é{}",
+            "x".repeat(TRACE_TEXT_BYTES_MAX - 1),
+            "y".repeat(10_000)
+        );
+        let other = format!(
+            "{}é{}",
+            "x".repeat(TRACE_TEXT_BYTES_MAX - 1),
+            "z".repeat(10_000)
+        );
+        let (a, b) = (cut_text(long.clone()), cut_text(other));
+        assert!(a.len() < TRACE_TEXT_BYTES_MAX + 100, "{}", a.len());
+        assert!(a.contains(&format!("{} bytes in all", long.len())), "{a}");
+        assert_ne!(a, b, "texts that differ past the cut");
     }
 
     #[test]

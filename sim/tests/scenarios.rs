@@ -191,6 +191,24 @@ fn a_broker_fault_that_never_meets_its_event_is_reported() {
         ["DuplicateDelivery { queue: \"graph.subs.started\" }"]
     );
     assert!(report.violations.is_empty(), "{:?}", report.violations);
+    // A scenario file whose fault tested nothing fails, as one whose fault came too late does.
+    let verdict = scenario.judge(&report).unwrap_err();
+    assert!(verdict.contains("never met the event"), "{verdict}");
+}
+
+#[test]
+fn a_link_to_itself_and_a_fault_after_the_heal_are_refused() {
+    let base = "name = 'x'\nseeds = [1]\n[workload]\nclients = 1\nanalyses_per_client = 1\n";
+    let itself = format!(
+        "{base}[[faults]]\nat_ms = 10\nkind = 'partition'\na = 'gateway-0'\nb = 'gateway-0'\n"
+    );
+    let error = Scenario::parse(&itself).unwrap_err();
+    assert!(error.contains("both sides of a link"), "{error}");
+    let late = format!(
+        "{base}[heal]\nat_ms = 100\n[[faults]]\nat_ms = 500\nkind = 'crash'\nhost = 'orchestrator-0'\n"
+    );
+    let error = Scenario::parse(&late).unwrap_err();
+    assert!(error.contains("after the heal"), "{error}");
 }
 
 #[test]
