@@ -86,9 +86,14 @@ struct SigningKey {
 }
 
 struct Keys {
-    rng: ChaCha20Rng,
     /// Published keys, oldest first; the last one signs.
     published: Vec<SigningKey>,
+}
+
+/// What makes keys: held while one is generated (a second or more of RSA work), apart from
+/// [`Keys`], so signing and the JWKS are not held up meanwhile.
+struct KeyMaker {
+    rng: ChaCha20Rng,
     generated: u64,
 }
 
@@ -96,6 +101,7 @@ struct Keys {
 pub struct Issuer {
     config: IssuerConfig,
     clock: Arc<dyn Clock>,
+    maker: Mutex<KeyMaker>,
     keys: Mutex<Keys>,
 }
 
@@ -139,10 +145,9 @@ impl Issuer {
         let issuer = Issuer {
             config,
             clock,
+            maker: Mutex::new(KeyMaker { rng, generated: 0 }),
             keys: Mutex::new(Keys {
-                rng,
                 published: Vec::new(),
-                generated: 0,
             }),
         };
         issuer.rotate()?;
@@ -157,16 +162,17 @@ impl Issuer {
     /// Generates a key that signs from now on; older keys stay published (up to
     /// [`KEYS_PUBLISHED_MAX`]) so tokens they signed stay valid. Returns the new `kid`.
     pub fn rotate(&self) -> Result<String, IssuerError> {
-        let mut keys = self.keys.lock().expect("issuer keys poisoned");
-        let private = RsaPrivateKey::new(&mut keys.rng, KEY_BITS)
+        // Rotations take turns here, so kids come in order; signing goes on meanwhile.
+        let mut maker = self.maker.lock().expect("issuer key maker poisoned");
+        let private = RsaPrivateKey::new(&mut maker.rng, KEY_BITS)
             .map_err(|e| IssuerError::Signing(e.to_string()))?;
-        keys.generated += 1;
+        maker.generated += 1;
         let n = private.n().to_bytes_be();
         // The kid names the key (first bytes of its modulus) and its place in the rotation.
         let kid = format!(
             "{}-{}",
             URL_SAFE_NO_PAD.encode(&n[..6.min(n.len())]),
-            keys.generated
+            maker.generated
         );
         let der = private
             .to_pkcs1_der()
@@ -179,6 +185,7 @@ impl Issuer {
             "n": URL_SAFE_NO_PAD.encode(&n),
             "e": URL_SAFE_NO_PAD.encode(private.e().to_bytes_be()),
         });
+        let mut keys = self.keys.lock().expect("issuer keys poisoned");
         keys.published.push(SigningKey {
             kid: kid.clone(),
             encoding: EncodingKey::from_rsa_der(der.as_bytes()),

@@ -156,7 +156,8 @@ impl Consumer {
         }
     }
 
-    /// Records, then acks; a poison message is rejected without requeue.
+    /// Records, then acks; a poison message, and an event the full registry has no room for,
+    /// are rejected without requeue.
     async fn handle(&self, delivery: Delivery) {
         let message_id = delivery.properties.message_id.clone();
         let event = match decode_event(delivery.properties.kind.as_deref(), &delivery.body) {
@@ -179,8 +180,15 @@ impl Consumer {
             Recording::Repeat => {
                 tracing::debug!(queue = &*self.queue, %analysis_id, kind, "repeated event ignored")
             }
-            // Logged by the registry; acked anyway: redelivering cannot make room.
-            Recording::NoRoom => {}
+            // Logged by the registry. Not recorded, so not acked: rejected, which a dead-letter
+            // exchange (a RabbitMQ policy on the queue) keeps. Requeueing would not make room
+            // soon, and would hold up the events of known analyses, which do.
+            Recording::NoRoom => {
+                if let Err(e) = delivery.reject(false).await {
+                    tracing::warn!(queue = &*self.queue, ?message_id, error = %e, "reject failed");
+                }
+                return;
+            }
         }
         if let Err(e) = delivery.ack().await {
             // It will be redelivered and recognised as a repeat.

@@ -210,6 +210,22 @@ async fn full_registry_is_overloaded() {
 }
 
 #[tokio::test]
+async fn an_event_the_full_registry_cannot_record_is_rejected_not_acked() {
+    let mut h = Harness::with_config(GatewayConfig {
+        registry_capacity: 1,
+        ..GatewayConfig::default()
+    })
+    .await;
+    h.request_analysis(ALICE).await;
+    // Another analysis, unknown here (another replica's, or from before a restart).
+    let stranger = Uuid::from_u128(77).to_string();
+    h.push_started(&started(&stranger, ALICE));
+    let (_, settled) = h.next_settled().await;
+    assert_eq!(settled, Settled::Reject { requeue: false });
+    h.shutdown().await;
+}
+
+#[tokio::test]
 async fn analysis_events_over_graphql_transport_ws_yields_started_then_completed_then_complete() {
     let mut h = Harness::start().await;
     let id = h.request_analysis(ALICE).await;
