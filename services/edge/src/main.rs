@@ -123,8 +123,8 @@ async fn main() -> anyhow::Result<()> {
             client_id,
             upstream,
         } => {
-            // Refused at start, not at the first token: keys are fetched over plain HTTP only.
-            edge::http_client::split_url(&issuer_url)
+            // A URL the validator cannot fetch is refused at start, not at the first token.
+            edge::http_client::parse_url(&issuer_url)
                 .map_err(anyhow::Error::msg)
                 .context("the issuer URL")?;
             let verifier = Verifier::new(

@@ -767,3 +767,78 @@ async fn a_token_without_kid_is_checked_against_every_key_as_go_oidc_does() {
         403
     );
 }
+
+#[tokio::test]
+async fn an_https_issuer_is_discovered_over_tls_and_an_untrusted_certificate_is_refused() {
+    use ports::Net as _;
+    // A self-signed certificate for localhost, and the dev issuer served behind it.
+    let certified = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
+    let cert_der = certified.cert.der().to_vec();
+    let key_der = certified.key_pair.serialize_der();
+    let listener = ports::TokioNet.bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let issuer_url = format!("https://localhost:{port}");
+    let issuer = Arc::new(
+        edge::Issuer::new(
+            edge::IssuerConfig {
+                issuer_url: issuer_url.clone(),
+                audience: AUDIENCE.into(),
+            },
+            Arc::new(SystemClock),
+            edge::KeySeed::Seeded(14),
+        )
+        .unwrap(),
+    );
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let server = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(
+            vec![rustls::pki_types::CertificateDer::from(cert_der.clone())],
+            rustls::pki_types::PrivateKeyDer::Pkcs8(key_der.into()),
+        )
+        .unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(server));
+    let router = issuer.clone().router();
+    tokio::spawn(async move {
+        use tower::ServiceExt as _;
+        loop {
+            let Ok((tcp, _)) = listener.accept().await else {
+                return;
+            };
+            let (acceptor, router) = (acceptor.clone(), router.clone());
+            tokio::spawn(async move {
+                // A client that does not trust the certificate gives up here.
+                let Ok(tls) = acceptor.accept(tcp).await else {
+                    return;
+                };
+                let service = hyper::service::service_fn(
+                    move |request: http::Request<hyper::body::Incoming>| {
+                        router.clone().oneshot(request.map(axum::body::Body::new))
+                    },
+                );
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(tls), service)
+                    .await;
+            });
+        }
+    });
+
+    let trusted = edge::jwt::http_client::Tls::with_roots([cert_der]).unwrap();
+    let verifier = Verifier::new(
+        VerifierConfig::new(issuer_url.clone(), AUDIENCE),
+        Arc::new(SystemClock),
+        Arc::new(edge::DiscoveredJwks::new(ports::TokioNet, issuer_url.clone()).with_tls(trusted)),
+    );
+    assert_eq!(verifier.refresh().await, Ok(1), "keys fetched over TLS");
+    let token = issuer.mint(&MintRequest::new("alice")).unwrap();
+    assert_eq!(verifier.verify(&token).await.unwrap().sub, "alice");
+
+    // The public roots do not vouch for a self-signed certificate: nothing is fetched.
+    let error = edge::DiscoveredJwks::new(ports::TokioNet, issuer_url)
+        .fetch()
+        .await
+        .unwrap_err();
+    assert!(error.contains("TLS with localhost"), "{error}");
+}

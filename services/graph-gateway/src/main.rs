@@ -66,10 +66,9 @@ async fn main() -> anyhow::Result<()> {
                 let _ = stream.set_nodelay(true);
             })
     };
-    // Refused here, not at the first token: the validator fetches keys over plain HTTP only
-    // (put a real IdP behind an HTTP endpoint on a trusted network, or validate at the proxy).
+    // A URL the validator cannot fetch is refused here, not at the first token.
     if let Some(issuer_url) = &args.jwt_issuer_url {
-        jwt_auth::http_client::split_url(issuer_url)
+        jwt_auth::http_client::parse_url(issuer_url)
             .map_err(anyhow::Error::msg)
             .context("the JWT issuer URL")?;
     }

@@ -115,15 +115,24 @@ pub trait KeySource: Send + Sync + 'static {
 pub struct DiscoveredJwks<N> {
     net: N,
     issuer_url: String,
+    tls: crate::http_client::Tls,
 }
 
 impl<N: ports::Net> DiscoveredJwks<N> {
-    /// Discovers from `issuer_url` (e.g. `http://127.0.0.1:9000`).
+    /// Discovers from `issuer_url` (e.g. `http://127.0.0.1:9000`, or an identity provider's
+    /// `https://` URL, whose certificate must chain to the public roots).
     pub fn new(net: N, issuer_url: impl Into<String>) -> DiscoveredJwks<N> {
         DiscoveredJwks {
             net,
             issuer_url: issuer_url.into(),
+            tls: crate::http_client::Tls::default(),
         }
+    }
+
+    /// Trusts `tls`'s roots for `https://` instead of the public ones (a private CA).
+    pub fn with_tls(mut self, tls: crate::http_client::Tls) -> DiscoveredJwks<N> {
+        self.tls = tls;
+        self
     }
 }
 
@@ -131,12 +140,14 @@ impl<N: ports::Net> KeySource for DiscoveredJwks<N> {
     fn fetch(&self) -> BoxFuture<'static, Result<JwkSet, String>> {
         let net = self.net.clone();
         let issuer = self.issuer_url.clone();
+        let tls = self.tls.clone();
         let discovery = format!(
             "{}/.well-known/openid-configuration",
             issuer.trim_end_matches('/')
         );
         Box::pin(async move {
-            let document = crate::http_client::get_json(&net, &discovery, FETCH_TIMEOUT).await?;
+            let document =
+                crate::http_client::get_json(&net, &discovery, FETCH_TIMEOUT, &tls).await?;
             // OpenID Connect Discovery §4.3, as go-oidc (oauth2-proxy's) checks it: a document
             // that names another issuer is not this issuer's, and its keys are not trusted.
             let named = document.get("issuer").and_then(serde_json::Value::as_str);
@@ -149,7 +160,7 @@ impl<N: ports::Net> KeySource for DiscoveredJwks<N> {
                 .get("jwks_uri")
                 .and_then(serde_json::Value::as_str)
                 .ok_or_else(|| format!("{discovery} has no jwks_uri"))?;
-            let jwks = crate::http_client::get_json(&net, jwks_uri, FETCH_TIMEOUT).await?;
+            let jwks = crate::http_client::get_json(&net, jwks_uri, FETCH_TIMEOUT, &tls).await?;
             serde_json::from_value(jwks).map_err(|e| format!("{jwks_uri}: not a JWKS: {e}"))
         })
     }
