@@ -523,19 +523,29 @@ fn add_subscribers(
     journal: &Journal,
     logs: &SubscriberLog,
 ) {
-    for spec in subscribers {
+    for (index, spec) in subscribers.iter().enumerate() {
         let (spec, broker, journal) = (spec.clone(), broker.clone(), journal.clone());
         let log = logs.for_host(&spec.host);
         let clock: Arc<dyn Clock> = Arc::new(SimClock {
             epoch_unix_ms: EPOCH_UNIX_MS,
         });
         let seed = config.seed;
+        // Each subscriber, and each life of it, draws ids from a stream of its own (as the
+        // gateways do): two must never hand out the same id.
+        let lives = Arc::new(Mutex::new(0_u64));
         sim.host(spec.host.clone(), move || {
+            let life = {
+                let mut lives = lives.lock().expect("lives poisoned");
+                *lives += 1;
+                *lives
+            };
             let bus = journal.wrap(&spec.host, Arc::new(MemoryBus::new(broker.clone())));
             let ports = Ports {
                 bus,
                 clock: clock.clone(),
-                ids: Arc::new(SeededIds::new(seed ^ 0x0005_ab5c)),
+                ids: Arc::new(SeededIds::new(
+                    seed ^ 0x0005_ab5c ^ ((index as u64) << 32) ^ (life << 48),
+                )),
             };
             let context = SubscriberContext {
                 ports,
