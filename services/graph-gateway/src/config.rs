@@ -8,6 +8,9 @@ use crate::error::GatewayError;
 
 /// Analyses the registry remembers by default (see [`GatewayConfig::registry_capacity`]).
 pub const REGISTRY_CAPACITY_DEFAULT: usize = 10_000;
+/// Bytes of events the registry holds by default (see [`GatewayConfig::registry_bytes_max`]):
+/// 10,000 analyses of about 13 KiB of events each.
+pub const REGISTRY_BYTES_MAX_DEFAULT: usize = 128 * 1024 * 1024;
 /// Unacknowledged deliveries per bridge consumer by default.
 pub const BRIDGE_PREFETCH_DEFAULT: u16 = 32;
 /// First pause before re-consuming an event queue; doubles up to `reconnect_backoff_max`.
@@ -79,6 +82,10 @@ pub struct GatewayConfig {
     /// incomplete ones older than `incomplete_ttl`; otherwise `requestAnalysis` answers
     /// `OVERLOADED`. At least 1.
     pub registry_capacity: usize,
+    /// Most bytes of recorded events held (each event up to the contract's 64 KiB). Past it,
+    /// completed analyses are evicted, oldest first, and while it is still exceeded
+    /// `requestAnalysis` answers `OVERLOADED`. At least 1.
+    pub registry_bytes_max: usize,
     /// `None`: consume the contract's fixed event queues (`graph.subs.*`), right for one
     /// gateway. `Some(instance)`: declare and consume `graph.subs.*.<instance>`, each bound to the
     /// fanout exchanges, so that every replica gets every event (with the fixed names, replicas
@@ -111,6 +118,7 @@ impl Default for GatewayConfig {
     fn default() -> Self {
         GatewayConfig {
             registry_capacity: REGISTRY_CAPACITY_DEFAULT,
+            registry_bytes_max: REGISTRY_BYTES_MAX_DEFAULT,
             instance_queues: None,
             bridge_prefetch: BRIDGE_PREFETCH_DEFAULT,
             reconnect_backoff_max: RECONNECT_BACKOFF_MAX_DEFAULT,
@@ -132,6 +140,9 @@ impl GatewayConfig {
         let refuse = |why: &str| Err(GatewayError::Config(why.into()));
         if self.registry_capacity == 0 {
             return refuse("registry_capacity must be at least 1");
+        }
+        if self.registry_bytes_max == 0 {
+            return refuse("registry_bytes_max must be at least 1");
         }
         if self.bridge_prefetch == 0 {
             return refuse("bridge_prefetch must be at least 1 (0 means unbounded in AMQP)");

@@ -38,9 +38,9 @@ pub use config::{
     BRIDGE_PREFETCH_DEFAULT, CALLER_BYTES_MAX, GatewayConfig, HTTP_BODY_BYTES_MAX,
     INCOMPLETE_TTL_DEFAULT, JwtAuth, LIVE_EVENTS_CAPACITY, QUERY_COMPLEXITY_MAX, QUERY_DEPTH_MAX,
     QUERY_DIRECTIVES_MAX, RECONNECT_BACKOFF_MAX_DEFAULT, RECONNECT_BACKOFF_MIN,
-    REGISTRY_CAPACITY_DEFAULT, SHUTDOWN_GRACE_DEFAULT, STARTED_WAIT_MAX_DEFAULT,
-    WS_CONNECTIONS_MAX_DEFAULT, WS_INIT_TIMEOUT_DEFAULT, WS_KEEPALIVE_DEFAULT,
-    WS_MESSAGE_BYTES_MAX, WS_SUBSCRIPTIONS_MAX, WS_WRITE_TIMEOUT,
+    REGISTRY_BYTES_MAX_DEFAULT, REGISTRY_CAPACITY_DEFAULT, SHUTDOWN_GRACE_DEFAULT,
+    STARTED_WAIT_MAX_DEFAULT, WS_CONNECTIONS_MAX_DEFAULT, WS_INIT_TIMEOUT_DEFAULT,
+    WS_KEEPALIVE_DEFAULT, WS_MESSAGE_BYTES_MAX, WS_SUBSCRIPTIONS_MAX, WS_WRITE_TIMEOUT,
 };
 pub use error::{GatewayError, code};
 pub use schema::sdl;
@@ -98,10 +98,10 @@ pub async fn start(ports: Ports, config: GatewayConfig) -> Result<Gateway, Gatew
         .declare(&Topology::gateway_for(config.instance_queues.as_deref()))
         .await
         .map_err(GatewayError::Declare)?;
-    let registry = Arc::new(registry::Registry::new(
-        config.registry_capacity,
-        config.incomplete_ttl,
-    ));
+    let registry = Arc::new(
+        registry::Registry::new(config.registry_capacity, config.incomplete_ttl)
+            .with_bytes_max(config.registry_bytes_max),
+    );
     let (trigger, signal) = shutdown::channel();
     let bridge = bridge::start(&ports, registry.clone(), &config, signal.clone()).await?;
     let schema = schema::build(schema::Services {

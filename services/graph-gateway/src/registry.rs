@@ -10,9 +10,10 @@
 //! message ids encode, so a redelivered or republished event changes nothing and is never
 //! announced twice, also after its analysis has been evicted or forgotten: the registry keeps
 //! which events it announced for as many removed analyses as it holds live ones (a repeat
-//! later than that is announced again). The registry is bounded: when full it evicts the oldest
-//! completed analyses first, then incomplete ones older than a time-to-live, and otherwise
-//! refuses.
+//! later than that is announced again). The registry is bounded, by count and by the bytes of
+//! the events it holds: past either it evicts the oldest completed analyses first, then
+//! incomplete ones older than a time-to-live, and otherwise refuses new analyses (events of
+//! those it has are still recorded: the count limit bounds them).
 
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::{Arc, Mutex};
@@ -74,6 +75,8 @@ enum Slot {
 struct Entry {
     owner: Owner,
     created_unix_ms: i64,
+    /// What its recorded events weigh (see `event_bytes`).
+    bytes: usize,
     slot: Slot,
     /// The accumulated state; subscribers hold receivers. Dropping the entry closes them.
     state: watch::Sender<Snapshot>,
@@ -115,6 +118,8 @@ struct Inner {
     gone: BTreeMap<Uuid, Announced>,
     /// `gone`'s ids, oldest first: the first to drop.
     gone_order: VecDeque<Uuid>,
+    /// The entries' `bytes`, summed.
+    bytes: usize,
 }
 
 /// Analyses by id (a `BTreeMap`, so nothing depends on hash order), bounded by `capacity`.
@@ -122,6 +127,9 @@ pub(crate) struct Registry {
     inner: Mutex<Inner>,
     live: broadcast::Sender<LiveEvent>,
     capacity: usize,
+    /// Past this many bytes of recorded events, no new analysis is taken until evictions
+    /// bring it back under.
+    bytes_max: usize,
     incomplete_ttl_ms: i64,
 }
 
@@ -132,8 +140,15 @@ impl Registry {
             inner: Mutex::new(Inner::default()),
             live: broadcast::channel(LIVE_EVENTS_CAPACITY).0,
             capacity,
+            bytes_max: usize::MAX,
             incomplete_ttl_ms: i64::try_from(incomplete_ttl.as_millis()).unwrap_or(i64::MAX),
         }
+    }
+
+    /// Bounds the bytes of the events held too (see the module doc).
+    pub(crate) fn with_bytes_max(mut self, bytes_max: usize) -> Registry {
+        self.bytes_max = bytes_max;
+        self
     }
 
     /// Remembers a new analysis in state REQUESTED. Called before its command is published, so
@@ -151,7 +166,12 @@ impl Registry {
             tracing::warn!(analysis_id = %id, "analysis registered twice; keeping the first");
             return Ok(());
         }
-        if !inner.make_room(self.capacity, self.incomplete_ttl_ms, now_unix_ms) {
+        if !inner.make_room(
+            self.capacity,
+            self.bytes_max,
+            self.incomplete_ttl_ms,
+            now_unix_ms,
+        ) {
             return Err(RegistryFull);
         }
         inner.insert(id, owner, now_unix_ms);
@@ -163,6 +183,7 @@ impl Registry {
         let mut inner = self.lock();
         if let Some(entry) = inner.entries.remove(&id) {
             inner.unslot(entry.slot);
+            inner.bytes -= entry.bytes;
             // Its command may have been published after all, and an event announced.
             inner.bury(id, &entry, self.capacity);
         }
@@ -177,18 +198,25 @@ impl Registry {
             return Recording::Repeat;
         }
         if !inner.entries.contains_key(&id) {
-            if !inner.make_room(self.capacity, self.incomplete_ttl_ms, now_unix_ms) {
+            if !inner.make_room(
+                self.capacity,
+                self.bytes_max,
+                self.incomplete_ttl_ms,
+                now_unix_ms,
+            ) {
                 tracing::warn!(analysis_id = %id, kind = event.kind().as_str(),
                     "registry full of running analyses; event for an unknown analysis dropped");
                 return Recording::NoRoom;
             }
             inner.insert(id, event.requested_by().map(str::to_owned), now_unix_ms);
         }
+        let weight = event_bytes(&event);
         let Inner {
             entries,
             incomplete,
             completed,
             next_seq,
+            bytes,
             ..
         } = &mut *inner;
         let entry = entries
@@ -225,12 +253,17 @@ impl Registry {
                 Recorded::Completed(done)
             }
         };
+        entry.bytes += weight;
+        *bytes += weight;
         // Announced under the lock, so the live order is the recording order. No receivers is
         // not an error: nobody follows all analyses right now.
         let _ = self.live.send(LiveEvent {
             owner: entry.owner.clone(),
             event: recorded,
         });
+        // Back under the byte budget if completed analyses can be let go (this one too: its
+        // followers still read what it holds).
+        while inner.bytes > self.bytes_max && inner.evict_oldest_completed(self.capacity) {}
         Recording::New
     }
 
@@ -284,6 +317,7 @@ impl Inner {
         let entry = Entry {
             owner,
             created_unix_ms: now_unix_ms,
+            bytes: 0,
             slot: Slot::Incomplete(seq),
             state,
         };
@@ -321,40 +355,93 @@ impl Inner {
         self.gone_order.push_back(id);
     }
 
-    /// Makes room for one more entry; false if every entry must be kept.
-    fn make_room(&mut self, capacity: usize, incomplete_ttl_ms: i64, now_unix_ms: i64) -> bool {
-        if self.entries.len() < capacity {
-            return true;
-        }
-        debug_assert_eq!(
-            self.entries.len(),
-            capacity,
-            "the registry never exceeds its capacity"
-        );
-        if let Some((_, id)) = self.completed.pop_first() {
+    /// Makes room for one more entry, within `capacity` entries and `bytes_max` bytes; false if
+    /// every entry must be kept.
+    fn make_room(
+        &mut self,
+        capacity: usize,
+        bytes_max: usize,
+        incomplete_ttl_ms: i64,
+        now_unix_ms: i64,
+    ) -> bool {
+        // Each turn removes an entry, so this ends.
+        while self.entries.len() >= capacity || self.bytes > bytes_max {
+            debug_assert!(
+                self.entries.len() <= capacity,
+                "the registry never exceeds its capacity"
+            );
+            if self.evict_oldest_completed(capacity) {
+                continue;
+            }
+            let oldest = self
+                .incomplete
+                .first_key_value()
+                .map(|(&seq, &id)| (seq, id));
+            let Some((seq, id)) = oldest else {
+                return false;
+            };
+            let created = self.entries[&id].created_unix_ms;
+            if now_unix_ms.saturating_sub(created) < incomplete_ttl_ms {
+                return false;
+            }
+            self.incomplete.remove(&seq);
             if let Some(entry) = self.entries.remove(&id) {
+                self.bytes -= entry.bytes;
                 self.bury(id, &entry, capacity);
             }
-            tracing::debug!(analysis_id = %id, "evicted the oldest completed analysis");
-            return true;
+            tracing::warn!(analysis_id = %id, "evicted an analysis that never completed");
         }
-        let oldest = self
-            .incomplete
-            .first_key_value()
-            .map(|(&seq, &id)| (seq, id));
-        if let Some((seq, id)) = oldest {
-            let created = self.entries[&id].created_unix_ms;
-            if now_unix_ms.saturating_sub(created) >= incomplete_ttl_ms {
-                self.incomplete.remove(&seq);
-                if let Some(entry) = self.entries.remove(&id) {
-                    self.bury(id, &entry, capacity);
+        true
+    }
+
+    /// Evicts the analysis that completed first; false if none has.
+    fn evict_oldest_completed(&mut self, capacity: usize) -> bool {
+        let Some((_, id)) = self.completed.pop_first() else {
+            return false;
+        };
+        if let Some(entry) = self.entries.remove(&id) {
+            self.bytes -= entry.bytes;
+            self.bury(id, &entry, capacity);
+        }
+        tracing::debug!(analysis_id = %id, "evicted the oldest completed analysis");
+        true
+    }
+}
+
+/// What an event weighs in the registry: its text and its result as JSON, about its size on
+/// the wire (the contract allows 64 KiB), without serializing it.
+fn event_bytes(event: &Event) -> usize {
+    /// Counts the bytes written.
+    struct Counter(usize);
+    impl std::io::Write for Counter {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0 += buf.len();
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let text = |s: &str| s.len();
+    let requested_by = event.requested_by().map_or(0, text);
+    // Field names, ids and punctuation: a small constant.
+    const ENVELOPE_BYTES: usize = 160;
+    ENVELOPE_BYTES
+        + requested_by
+        + match event {
+            Event::Started(e) => text(&e.asset_id) + text(&e.analysis_type) + text(&e.started_at),
+            Event::Completed(e) => {
+                let mut result = Counter(0);
+                if let Some(value) = &e.result {
+                    let _ = serde_json::to_writer(&mut result, value);
                 }
-                tracing::warn!(analysis_id = %id, "evicted an analysis that never completed");
-                return true;
+                text(&e.asset_id)
+                    + text(&e.analysis_type)
+                    + text(&e.completed_at)
+                    + e.error.as_deref().map_or(0, text)
+                    + result.0
             }
         }
-        false
-    }
 }
 
 #[cfg(test)]
@@ -517,5 +604,57 @@ mod tests {
         registry.forget(Uuid::from_u128(1));
         assert!(rx.has_changed().is_err());
         assert_eq!(registry.len(), 0);
+    }
+
+    fn completed_with_result(id: u128, result_bytes: usize) -> Event {
+        let Event::Completed(mut done) = completed(id, "alice") else {
+            unreachable!()
+        };
+        done.result = Some(serde_json::json!({ "blob": "x".repeat(result_bytes) }));
+        Event::Completed(done)
+    }
+
+    #[test]
+    fn the_bytes_of_events_held_are_bounded_too() {
+        // Room for many analyses, but only about two large results.
+        let registry = Registry::new(100, Duration::from_secs(60)).with_bytes_max(25_000);
+        for id in 1..=3 {
+            registry.register(Uuid::from_u128(id), alice(), 0).unwrap();
+        }
+        assert_eq!(
+            registry.record(completed_with_result(1, 10_000), 1),
+            Recording::New
+        );
+        assert_eq!(
+            registry.record(completed_with_result(2, 10_000), 2),
+            Recording::New
+        );
+        assert_eq!(registry.len(), 3);
+        // A third large result: the oldest completed analysis goes to make room.
+        assert_eq!(
+            registry.record(completed_with_result(3, 10_000), 3),
+            Recording::New
+        );
+        assert!(registry.snapshot(Uuid::from_u128(1), &alice()).is_none());
+        assert!(registry.snapshot(Uuid::from_u128(3), &alice()).is_some());
+        assert!(registry.lock().bytes <= 25_000, "{}", registry.lock().bytes);
+        // Over the budget with nothing completed to let go: new analyses are refused.
+        let registry = Registry::new(100, Duration::from_secs(60)).with_bytes_max(5_000);
+        registry.register(Uuid::from_u128(1), alice(), 0).unwrap();
+        let big_start = Event::Started(AnalysisStarted {
+            analysis_type: "x".repeat(10_000),
+            ..match started(1, "alice") {
+                Event::Started(s) => s,
+                Event::Completed(_) => unreachable!(),
+            }
+        });
+        assert_eq!(registry.record(big_start, 1), Recording::New);
+        assert_eq!(
+            registry.register(Uuid::from_u128(2), alice(), 2),
+            Err(RegistryFull)
+        );
+        // Once it completes, it may go, and there is room again.
+        assert_eq!(registry.record(completed(1, "alice"), 3), Recording::New);
+        assert_eq!(registry.register(Uuid::from_u128(2), alice(), 4), Ok(()));
     }
 }
