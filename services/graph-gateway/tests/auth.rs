@@ -432,8 +432,14 @@ async fn mutations_are_refused_over_websocket_and_get() {
         answer["payload"]["errors"][0]["extensions"]["code"], "BAD_REQUEST",
         "{answer}"
     );
+    // GET /graphql serves WebSocket handshakes only: no operation runs over a plain GET, a
+    // query no more than a mutation, and nothing is published.
     let (status, _) = h.get("/graphql?query=mutation%7BrequestAnalysis(input:%7BassetId:%22a%22,analysisType:%22b%22%7D)%7BanalysisId%7D%7D").await;
     assert_eq!(status, 400);
+    let (status, body) = h.get("/graphql?query=%7B__typename%7D").await;
+    assert_eq!(status, 400, "{body}");
+    assert!(!body.contains("Query"), "a query ran over GET: {body}");
+    assert!(h.bus.published().is_empty());
 }
 
 #[tokio::test]
