@@ -1217,6 +1217,62 @@ fn declare_with_a_u_value() -> Vec<u8> {
     )
 }
 
+/// A table that hides its depth behind a value RabbitMQ cannot read (a `U`, which amq-protocol
+/// takes and then parses on past, into the nesting), and a table in a `connection.start` a
+/// client sends (a server's method, which amq-protocol parses too), are refused before
+/// amq-protocol sees them; either aborted the process with a stack overflow before.
+#[tokio::test]
+async fn a_deep_table_behind_an_unreadable_value_or_in_a_servers_method_is_refused() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let authority = listener.local_addr().unwrap().to_string();
+    let broker = Broker::new();
+    tokio::spawn(WireServer::new(broker.clone(), WireConfig::default()).serve_tcp(listener));
+    let deep = nested_table(20_000);
+    let mut entries = vec![1, b'a', b'U', 0, 0];
+    entries.extend_from_slice(&deep[4..]);
+    let mut hidden = u32::try_from(entries.len()).unwrap().to_be_bytes().to_vec();
+    hidden.extend(entries);
+    assert!(hidden.len() < FRAME_MAX as usize - 100);
+
+    let mut raw = Raw::open(&authority, "guest", "guest", "/", Stage::ChannelOpen).await;
+    let declare = [&[0, 50, 0, 10, 0, 0, 1, b'q', 0][..], &hidden].concat();
+    raw.write(&frame(1, 1, &declare)).await;
+    match raw.answer(&Answer::Dropped).await {
+        Answer::Closed(501, text, 50, 10)
+            if text.starts_with("FRAME_ERROR - cannot decode <<0,0,1,113,0,0,1,") => {}
+        other => panic!("expected 501 cannot decode, got {other:?}"),
+    }
+
+    let mut raw = Raw::open(&authority, "guest", "guest", "/", Stage::ChannelOpen).await;
+    let start = [
+        &[0, 10, 0, 10, 0, 9][..],
+        &deep,
+        &[0, 0, 0, 5],
+        b"PLAIN",
+        &[0, 0, 0, 5],
+        b"en_US",
+    ]
+    .concat();
+    raw.write(&frame(1, 0, &start)).await;
+    let too_deep = closed(
+        501,
+        "FRAME_ERROR - a field table nests deeper than 64 levels",
+        10,
+        10,
+    );
+    assert_eq!(raw.answer(&too_deep).await, too_deep);
+
+    // Still serving.
+    let mut raw = Raw::open(&authority, "guest", "guest", "/", Stage::ChannelOpen).await;
+    raw.write(&qos()).await;
+    assert_eq!(
+        raw.answer(&Answer::Method(60, 11)).await,
+        Answer::Method(60, 11)
+    );
+    assert_eq!(broker.queue_depth("q"), None);
+    broker.check_invariants().expect("broker-mem bookkeeping");
+}
+
 /// RabbitMQ's reader crashes on a method table it cannot read and drops the connection without
 /// a word; broker-mem answers 501 (a listed difference: the peer is told why), where
 /// amq-protocol's parser would have taken the `U`.

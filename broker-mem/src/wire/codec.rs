@@ -7,8 +7,7 @@
 
 use crate::message::{FieldTable, Properties, erlang_binary, erlang_bytes};
 use crate::wire::content::{
-    NESTING_MAX, decode_properties, has_method_table, method_arguments, method_table_too_deep,
-    put_table,
+    NESTING_MAX, TableCheck, decode_properties, method_arguments, method_table_check, put_table,
 };
 use crate::wire::layout::{malformed_short_string, publish_with_any_bytes};
 use amq_protocol::frame::{AMQPFrame, WriteContext, gen_frame, parse_frame};
@@ -139,7 +138,7 @@ pub(crate) fn take_frame(
             });
         }
         // amq-protocol's parser recurses once per level of a nested table, without a limit.
-        FRAME_METHOD if method_table_too_deep(payload) => {
+        FRAME_METHOD if method_table_check(payload) == TableCheck::TooDeep => {
             return Err(BadFrame {
                 code: 501,
                 text: format!("FRAME_ERROR - a field table nests deeper than {NESTING_MAX} levels"),
@@ -166,10 +165,16 @@ pub(crate) fn take_frame(
                 skip: Some(total),
                 during: ids,
             };
+            // A table RabbitMQ cannot read (a `U` value, which amq-protocol takes) crashes its
+            // reader; it is refused here before amq-protocol parses it, since what follows an
+            // unreadable value was never checked for depth.
+            let table = method_table_check(payload);
+            if table == TableCheck::Unreadable {
+                return Err(cannot_decode());
+            }
             match parse_frame(&buffer[..total]) {
-                // The table as RabbitMQ reads it; one it cannot read (a `U` value, which
-                // amq-protocol takes) crashes its reader, and is refused here.
-                Ok((_, frame)) if has_method_table(payload) => match method_arguments(payload) {
+                // The table as RabbitMQ reads it.
+                Ok((_, frame)) if table == TableCheck::Fine => match method_arguments(payload) {
                     Some((arguments, _)) => {
                         Inbound::Frame(Box::new(frame), Some(Box::new(arguments)))
                     }

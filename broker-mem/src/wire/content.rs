@@ -93,31 +93,36 @@ pub(crate) fn decode_properties(payload: &[u8]) -> Option<Properties> {
     Some(properties)
 }
 
-/// Where the field table of a method a client sends with one (`start-ok`, the declares, binds
-/// and unbinds, `basic.consume`) starts in its payload: a reader there, or None for other
-/// methods and payloads too short to say.
+/// Where the field table of a method with one starts in its payload (`start-ok`, the
+/// declares, binds and unbinds, `basic.consume`, which clients send, and `connection.start`,
+/// which only a server sends but a client can, and amq-protocol parses): a reader there, or
+/// None for other methods and payloads too short to say.
 fn method_table(payload: &[u8]) -> Option<Reader<'_>> {
-    /// What comes before a method's table: a short integer, a short string, a byte of bits.
+    /// What comes before a method's table: an octet, a short integer, a short string, a byte
+    /// of bits.
     #[derive(Clone, Copy)]
     enum Field {
+        Octet,
         Short,
         Text,
         Bits,
     }
-    use Field::{Bits, Short, Text};
+    use Field::{Bits, Octet, Short, Text};
     let mut reader = Reader::new(payload);
     let before: &[Field] = match (reader.u16()?, reader.u16()?) {
-        (10, 11) => &[],                                         // connection.start-ok
-        (40, 10) => &[Short, Text, Text, Bits],                  // exchange.declare
+        (10, 10) => &[Octet, Octet],            // connection.start
+        (10, 11) => &[],                        // connection.start-ok
+        (40, 10) => &[Short, Text, Text, Bits], // exchange.declare
         (40, 30) | (40, 40) => &[Short, Text, Text, Text, Bits], // exchange.bind, unbind
-        (50, 10) => &[Short, Text, Bits],                        // queue.declare
-        (50, 20) => &[Short, Text, Text, Text, Bits],            // queue.bind
-        (50, 50) => &[Short, Text, Text, Text],                  // queue.unbind
-        (60, 20) => &[Short, Text, Text, Bits],                  // basic.consume
+        (50, 10) => &[Short, Text, Bits],       // queue.declare
+        (50, 20) => &[Short, Text, Text, Text, Bits], // queue.bind
+        (50, 50) => &[Short, Text, Text, Text], // queue.unbind
+        (60, 20) => &[Short, Text, Text, Bits], // basic.consume
         _ => return None,
     };
     for field in before {
         match field {
+            Octet => reader.take(1)?,
             Short => reader.take(2)?,
             Text => {
                 let len = reader.u8()?;
@@ -129,12 +134,30 @@ fn method_table(payload: &[u8]) -> Option<Reader<'_>> {
     Some(reader)
 }
 
-/// Whether the field table of a method (see [`method_table`]) nests deeper than
-/// [`NESTING_MAX`]: methods are parsed by amq-protocol, which recurses without a limit, so the
-/// codec asks this first. Walks the bytes without building anything; a payload that does not
-/// decode is left to the parser to refuse.
-pub(crate) fn method_table_too_deep(payload: &[u8]) -> bool {
-    method_table(payload).is_some_and(|mut reader| reader.table_too_deep(0) == Some(true))
+/// What a method's field table (see [`method_table`]) is like, before amq-protocol parses it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum TableCheck {
+    /// The method has no table (or the payload is too short to say).
+    NoTable,
+    /// It reads, within [`NESTING_MAX`] levels.
+    Fine,
+    /// It nests deeper than [`NESTING_MAX`].
+    TooDeep,
+    /// It does not read as RabbitMQ reads tables (a `U` value, a length past the end).
+    Unreadable,
+}
+
+/// Checks a method's field table (see [`TableCheck`]): amq-protocol's parser recurses once per
+/// level without a limit, and takes values RabbitMQ does not (`U`), after which it would read
+/// on into whatever nests behind them; so the codec refuses both kinds of table before parsing.
+/// Walks the bytes without building anything, never deeper than [`NESTING_MAX`].
+pub(crate) fn method_table_check(payload: &[u8]) -> TableCheck {
+    match method_table(payload).map(|mut reader| reader.table_too_deep(0)) {
+        None => TableCheck::NoTable,
+        Some(Some(false)) => TableCheck::Fine,
+        Some(Some(true)) => TableCheck::TooDeep,
+        Some(None) => TableCheck::Unreadable,
+    }
 }
 
 /// A method's field table (see [`method_table`]) as RabbitMQ reads it, in its wire order
@@ -147,11 +170,6 @@ pub(crate) fn method_arguments(payload: &[u8]) -> Option<(FieldTable, std::ops::
     let table = reader.table(0)?;
     let end = payload.len() - reader.bytes.len();
     Some((table, start..end))
-}
-
-/// Whether a method has a field table (see [`method_table`]).
-pub(crate) fn has_method_table(payload: &[u8]) -> bool {
-    method_table(payload).is_some()
 }
 
 /// A method's table from its entries (the bytes after its size), by the rules a method's
@@ -733,7 +751,7 @@ mod tests {
         assert!(decode_properties(&header).is_none());
         let declare = [&[0, 50, 0, 10, 0, 0, 1, b'q', 0][..], table].concat();
         assert!(method_arguments(&declare).is_none());
-        assert!(!method_table_too_deep(&declare));
+        assert_eq!(method_table_check(&declare), TableCheck::Unreadable);
         for float in [
             &b"f\x7f\xc0\x00\x00"[..],
             b"d\xff\xf0\x00\x00\x00\x00\x00\x00",
@@ -793,18 +811,36 @@ mod tests {
         };
         let within = nested_table(NESTING_MAX - 1);
         assert!(decode_properties(&header(&within)).is_some());
-        assert!(!method_table_too_deep(&declare(&within)));
+        assert_eq!(method_table_check(&declare(&within)), TableCheck::Fine);
         for levels in [NESTING_MAX, 3_000] {
             let deep = nested_table(levels);
             assert!(
                 decode_properties(&header(&deep)).is_none(),
                 "{levels} levels"
             );
-            assert!(method_table_too_deep(&declare(&deep)), "{levels} levels");
+            assert_eq!(
+                method_table_check(&declare(&deep)),
+                TableCheck::TooDeep,
+                "{levels} levels"
+            );
         }
-        // Other methods, and payloads too short to say, are left to the parser.
-        assert!(!method_table_too_deep(&[0, 60, 0, 40]));
-        assert!(!method_table_too_deep(&declare(&[])));
+        // Other methods, and payloads too short to say, are left to the parser; a table cut
+        // short does not read.
+        assert_eq!(method_table_check(&[0, 60, 0, 40]), TableCheck::NoTable);
+        assert_eq!(method_table_check(&[0, 50, 0, 10, 0]), TableCheck::NoTable);
+        assert_eq!(method_table_check(&declare(&[])), TableCheck::Unreadable);
+        // A `U` ahead of a deep table: unreadable, so the deep part is never parsed.
+        let mut entries = vec![1, b'a', b'U', 0, 0];
+        entries.extend_from_slice(&nested_table(3_000)[4..]);
+        let mut hidden = u32::try_from(entries.len()).unwrap().to_be_bytes().to_vec();
+        hidden.extend(entries);
+        assert_eq!(
+            method_table_check(&declare(&hidden)),
+            TableCheck::Unreadable
+        );
+        // connection.start (a server's method, which a client can send): its table is checked.
+        let start = [&[0, 10, 0, 10, 0, 9][..], &nested_table(3_000)].concat();
+        assert_eq!(method_table_check(&start), TableCheck::TooDeep);
     }
 
     /// A method's arguments come in wire order, for each method a client sends with a table;
@@ -950,7 +986,7 @@ mod tests {
                 Some(&expected),
                 "{name}"
             );
-            assert!(!method_table_too_deep(payload), "{name}");
+            assert_eq!(method_table_check(payload), TableCheck::Fine, "{name}");
         }
     }
 }

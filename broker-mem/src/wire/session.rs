@@ -1825,15 +1825,12 @@ fn authenticate(users: &[(String, String)], start_ok: &connection::StartOk) -> O
             (user, password)
         }
         // A field table without its length prefix.
+        // Read by broker-mem's own table reader, which stops at NESTING_MAX levels (the
+        // response is any bytes a client sends before it has logged in).
         "AMQPLAIN" => {
-            let mut table = u32::try_from(response.len()).ok()?.to_be_bytes().to_vec();
-            table.extend_from_slice(response);
-            let (_, table) = amq_protocol::types::parsing::parse_field_table(&table[..]).ok()?;
-            let text = |key: &str| match table.inner().get(key)? {
-                AMQPValue::LongString(s) => {
-                    std::str::from_utf8(s.as_bytes()).ok().map(str::to_owned)
-                }
-                AMQPValue::ShortString(s) => Some(s.as_str().to_owned()),
+            let table = crate::wire::content::table_entries(response)?;
+            let text = |key: &str| match table.get(key)? {
+                crate::FieldValue::String(s) => Some(s.clone()),
                 _ => None,
             };
             (text("LOGIN")?, text("PASSWORD")?)
@@ -1883,5 +1880,62 @@ fn consume_options(consume: &basic::Consume, arguments: FieldTable) -> ConsumeOp
         no_ack: consume.no_ack,
         exclusive: consume.exclusive,
         arguments,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use amq_protocol::types::{FieldTable as AmqpTable, LongString, ShortString};
+
+    use super::*;
+
+    fn start_ok(mechanism: &str, response: Vec<u8>) -> connection::StartOk {
+        connection::StartOk {
+            client_properties: AmqpTable::default(),
+            mechanism: ShortString::from(mechanism.to_owned()),
+            response: LongString::from(response),
+            locale: ShortString::from("en_US".to_owned()),
+        }
+    }
+
+    /// `LOGIN`, `PASSWORD` as an AMQPLAIN response: table entries without the table's size.
+    fn amqplain(login: &str, password: &str, nested: Option<usize>) -> Vec<u8> {
+        let entry = |key: &str, value: &str| {
+            let mut bytes = vec![u8::try_from(key.len()).unwrap()];
+            bytes.extend(key.as_bytes());
+            bytes.push(b'S');
+            bytes.extend(u32::try_from(value.len()).unwrap().to_be_bytes());
+            bytes.extend(value.as_bytes());
+            bytes
+        };
+        let mut response = [entry("LOGIN", login), entry("PASSWORD", password)].concat();
+        if let Some(levels) = nested {
+            // An extra entry holding arrays in arrays, `levels` deep.
+            let mut value = b"V".to_vec();
+            for _ in 0..levels {
+                let mut array = b"A".to_vec();
+                array.extend(u32::try_from(value.len()).unwrap().to_be_bytes());
+                array.extend(value);
+                value = array;
+            }
+            response.extend([1, b'x']);
+            response.extend(value);
+        }
+        response
+    }
+
+    #[test]
+    fn amqplain_logs_in_and_a_deep_response_is_refused_without_recursing() {
+        let users = [("guest".to_owned(), "guest".to_owned())];
+        let good = start_ok("AMQPLAIN", amqplain("guest", "guest", None));
+        assert_eq!(authenticate(&users, &good).as_deref(), Some("guest"));
+        let wrong = start_ok("AMQPLAIN", amqplain("guest", "nope", None));
+        assert_eq!(authenticate(&users, &wrong), None);
+        // Read by broker-mem's reader, which stops at its nesting limit: a login whose table
+        // nests past it is refused (amq-protocol's parser recursed once per level).
+        let deep = start_ok("AMQPLAIN", amqplain("guest", "guest", Some(5_000)));
+        assert_eq!(authenticate(&users, &deep), None);
+        let plain = start_ok("PLAIN", b"\0guest\0guest".to_vec());
+        assert_eq!(authenticate(&users, &plain).as_deref(), Some("guest"));
     }
 }
