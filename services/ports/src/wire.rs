@@ -78,6 +78,13 @@ pub struct WireBusConfig {
     /// A consumer stream whose connection is lost reconnects (with the backoff above), declares
     /// again and consumes again, instead of failing; it fails only when reconnecting does.
     pub resume_consumers: bool,
+    /// Largest delivery body taken in; a larger one is rejected without requeue, never held
+    /// (the contract's own 64 KiB is the consumers' to enforce, as with the other adapters).
+    pub received_body_bytes_max: u64,
+    /// A write to the broker that cannot finish in this long (the broker stopped reading, or
+    /// a partition filled the link) ends the connection, which is then replaced; with
+    /// heartbeats, at most twice the heartbeat interval.
+    pub write_timeout: Duration,
 }
 
 impl Default for WireBusConfig {
@@ -95,6 +102,9 @@ impl Default for WireBusConfig {
             reconnect_backoff_min: Duration::from_millis(100),
             reconnect_backoff_max: Duration::from_secs(3),
             resume_consumers: true,
+            // broker-mem's and RabbitMQ 4's largest message.
+            received_body_bytes_max: 16 * 1024 * 1024,
+            write_timeout: Duration::from_secs(30),
         }
     }
 }
@@ -791,6 +801,9 @@ where
     let (dead_sender, dead) = watch::channel(None);
     let routes: Routes = Arc::default();
     let heartbeat = (heartbeat_s > 0).then(|| Duration::from_secs(u64::from(heartbeat_s)));
+    // A blocked write stops the reading and the heartbeat checks of this task: it must not
+    // outlast the time in which a silent broker is declared gone.
+    let write_timeout = heartbeat.map_or(config.write_timeout, |h| config.write_timeout.min(h * 2));
     let task = Connection {
         frames,
         writer,
@@ -798,6 +811,8 @@ where
         routes: routes.clone(),
         dead: dead_sender,
         heartbeat,
+        write_timeout,
+        received_body_bytes_max: config.received_body_bytes_max,
         partial: BTreeMap::new(),
         pending: Vec::new(),
     };
@@ -874,6 +889,10 @@ struct Connection<R, W> {
     routes: Routes,
     dead: watch::Sender<Option<String>>,
     heartbeat: Option<Duration>,
+    /// See [`WireBusConfig::write_timeout`].
+    write_timeout: Duration,
+    /// See [`WireBusConfig::received_body_bytes_max`].
+    received_body_bytes_max: u64,
     /// Deliveries whose header or body frames are still coming, by channel.
     partial: BTreeMap<u16, Partial>,
     /// Frames to write that handling an incoming frame produced (close-ok replies).
@@ -975,14 +994,21 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Connection<R, W> {
     }
 
     async fn write(&mut self, bytes: &[u8]) -> Result<(), String> {
-        self.writer
-            .write_all(bytes)
-            .await
-            .map_err(|error| format!("write failed: {error}"))?;
-        self.writer
-            .flush()
-            .await
-            .map_err(|error| format!("write failed: {error}"))
+        let limit = self.write_timeout;
+        let writer = &mut self.writer;
+        let work = async {
+            writer
+                .write_all(bytes)
+                .await
+                .map_err(|error| format!("write failed: {error}"))?;
+            writer
+                .flush()
+                .await
+                .map_err(|error| format!("write failed: {error}"))
+        };
+        tokio::time::timeout(limit, work).await.map_err(|_| {
+            format!("a write did not finish within {limit:?}: the broker is not reading")
+        })?
     }
 
     /// Handles one frame; `Some(reason)` when the connection is over.
@@ -991,7 +1017,11 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Connection<R, W> {
             Frame::Heartbeat => return None,
             Frame::Body(number, body) => {
                 if let Some(partial) = self.partial.get_mut(&number) {
-                    partial.body.extend_from_slice(&body);
+                    partial.received += body.len() as u64;
+                    // Past the limit the bytes are counted, not kept (see `complete_if_whole`).
+                    if partial.size <= self.received_body_bytes_max {
+                        partial.body.extend_from_slice(&body);
+                    }
                     self.complete_if_whole(number);
                 }
                 return None;
@@ -1017,6 +1047,7 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Connection<R, W> {
                     deliver,
                     properties: None,
                     size: 0,
+                    received: 0,
                     body: Vec::new(),
                 };
                 self.partial.insert(number, partial);
@@ -1026,7 +1057,11 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Connection<R, W> {
                 if let Some(partial) = self.partial.get_mut(&number) {
                     partial.properties = Some(header.properties);
                     partial.size = header.body_size;
-                    partial.body.reserve_exact(header.body_size as usize);
+                    // The size is the broker's word: what is reserved is bounded by ours.
+                    let reserve = header.body_size.min(RESERVED_BODY_BYTES_MAX);
+                    partial
+                        .body
+                        .reserve_exact(usize::try_from(reserve).unwrap_or(0));
                     self.complete_if_whole(number);
                 }
                 None
@@ -1070,11 +1105,29 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Connection<R, W> {
         let whole = self
             .partial
             .get(&number)
-            .is_some_and(|p| p.properties.is_some() && p.body.len() as u64 >= p.size);
+            .is_some_and(|p| p.properties.is_some() && p.received >= p.size);
         if !whole {
             return;
         }
         if let Some(partial) = self.partial.remove(&number) {
+            if partial.size > self.received_body_bytes_max {
+                // Never handed on: rejected without requeue (dead-lettered, where the queue
+                // has a dead-letter exchange), as a consumer rejects any poison message.
+                tracing::warn!(
+                    channel = number,
+                    delivery_tag = partial.deliver.delivery_tag,
+                    size = partial.size,
+                    limit = self.received_body_bytes_max,
+                    "delivery larger than the bus takes; rejected without requeue"
+                );
+                let reject = basic::AMQPMethod::Reject(basic::Reject {
+                    delivery_tag: partial.deliver.delivery_tag,
+                    requeue: false,
+                });
+                self.pending
+                    .extend(method_frame(number, AMQPClass::Basic(reject)));
+                return;
+            }
             let delivery = RawDelivery {
                 deliver: partial.deliver,
                 properties: partial.properties.unwrap_or_default(),
@@ -1096,9 +1149,15 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Connection<R, W> {
 struct Partial {
     deliver: basic::Deliver,
     properties: Option<BasicProperties>,
+    /// The body's size, as the content header gives it.
     size: u64,
+    /// Body bytes received so far.
+    received: u64,
     body: Vec<u8>,
 }
+
+/// Most bytes reserved ahead for a body on the content header's word.
+const RESERVED_BODY_BYTES_MAX: u64 = 64 * 1024;
 
 async fn sleep_until(deadline: Option<Instant>) {
     match deadline {
@@ -1552,5 +1611,65 @@ mod tests {
             ("host:5672", "v1")
         );
         assert!(WireBusConfig::from_url("http://host").is_err());
+    }
+
+    /// A writer that never takes a byte: a broker that stopped reading, or a partitioned link
+    /// whose buffer is full.
+    struct Stuck;
+
+    impl AsyncWrite for Stuck {
+        fn poll_write(
+            self: std::pin::Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+            _: &[u8],
+        ) -> std::task::Poll<std::io::Result<usize>> {
+            std::task::Poll::Pending
+        }
+
+        fn poll_flush(
+            self: std::pin::Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<std::io::Result<()>> {
+            std::task::Poll::Pending
+        }
+
+        fn poll_shutdown(
+            self: std::pin::Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<std::io::Result<()>> {
+            std::task::Poll::Ready(Ok(()))
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_write_the_broker_never_takes_ends_the_connection() {
+        let (out, out_receiver) = mpsc::unbounded_channel();
+        let (dead, gone) = watch::channel(None);
+        // Nothing ever arrives, and the stream stays open.
+        let (reader, _broker_side) = tokio::io::duplex(64);
+        let connection = Connection {
+            frames: FrameReader {
+                reader,
+                buffer: Vec::new(),
+            },
+            writer: Stuck,
+            out: out_receiver,
+            routes: Routes::default(),
+            dead,
+            heartbeat: None,
+            write_timeout: Duration::from_secs(30),
+            received_body_bytes_max: 1024,
+            partial: BTreeMap::new(),
+            pending: Vec::new(),
+        };
+        let task = tokio::spawn(connection.run());
+        out.send(vec![FRAME_HEARTBEAT, 0, 0, 0, 0, 0, 0, FRAME_END])
+            .unwrap();
+        tokio::time::timeout(Duration::from_secs(600), task)
+            .await
+            .expect("the connection ended")
+            .unwrap();
+        let reason = gone.borrow().clone().unwrap_or_default();
+        assert!(reason.contains("did not finish within 30s"), "{reason}");
     }
 }

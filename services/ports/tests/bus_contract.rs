@@ -603,3 +603,53 @@ async fn wrong_password_is_refused_with_403_and_names_no_secret() {
     }
     assert!(!error.to_string().contains("s3cret"), "{error}");
 }
+
+/// A delivery larger than `WireBusConfig::received_body_bytes_max` is never held: the wire
+/// client rejects it without requeue and the next one arrives.
+#[tokio::test]
+async fn a_delivery_larger_than_the_wire_bus_takes_is_rejected_and_the_next_arrives() {
+    let broker = Broker::new();
+    let port = wire_server(&broker).await;
+    let mut config =
+        WireBusConfig::from_url(&format!("amqp://guest:guest@127.0.0.1:{port}/%2f")).unwrap();
+    config.received_body_bytes_max = 1024;
+    let bus = WireBus::new(TokioNet, config);
+    bus.declare(&Topology::contract()).await.unwrap();
+    let publisher = broker.connect();
+    let channel = publisher.open_channel().unwrap();
+    for body in [vec![b'x'; 4096], b"small".to_vec()] {
+        channel
+            .basic_publish(
+                "",
+                QUEUE_COMMANDS,
+                broker_mem::Properties::default(),
+                body.into(),
+            )
+            .unwrap();
+    }
+    let mut stream = bus
+        .consume(QUEUE_COMMANDS, ConsumeOptions::default())
+        .await
+        .unwrap();
+    let delivery = tokio::time::timeout(Duration::from_secs(10), stream.next())
+        .await
+        .expect("a delivery")
+        .expect("the stream goes on")
+        .expect("no error");
+    assert_eq!(&delivery.body[..], b"small");
+    assert_eq!(broker.queue_depth(QUEUE_COMMANDS), Some(0));
+    // The reject went out before the small one arrived; the server takes it in its own time.
+    let settled = async {
+        while broker.unacked_count(QUEUE_COMMANDS) != Some(1) {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(10), settled)
+        .await
+        .expect("the large one is settled, not held");
+    assert_eq!(
+        broker.queue_depth(QUEUE_COMMANDS),
+        Some(0),
+        "and not requeued"
+    );
+}
