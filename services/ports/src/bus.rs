@@ -71,7 +71,8 @@ impl BusError {
                 detail: format!("{detail}; the retry failed too: {retry}"),
             },
             // A broker closing the channel fails every publish awaiting its confirm, some of
-            // them already queued: only a retry that is refused too proves a refusal.
+            // them already queued: only a retry that is refused too proves a refusal (a nack
+            // or an error of the retry's own says nothing of the first copy).
             (
                 BusError::Refused {
                     operation: "basic.publish",
@@ -79,8 +80,8 @@ impl BusError {
                     code,
                     text,
                 },
-                retry @ (BusError::Connection(_) | BusError::Closed),
-            ) => BusError::Unconfirmed {
+                retry,
+            ) if !matches!(retry, BusError::Refused { .. }) => BusError::Unconfirmed {
                 exchange: target,
                 detail: format!(
                     "the channel closed before the confirm ({code} {text}); the retry failed: {retry}"
@@ -248,5 +249,17 @@ mod tests {
             BusError::after_publish_retry(refused.clone(), refused.clone()),
             refused
         );
+        // Nor does a nacked retry, or one the client could not send.
+        for retry in [
+            BusError::Nacked {
+                exchange: "x".into(),
+            },
+            BusError::Invalid("all channels in use".into()),
+        ] {
+            assert!(matches!(
+                BusError::after_publish_retry(refused.clone(), retry),
+                BusError::Unconfirmed { .. }
+            ));
+        }
     }
 }

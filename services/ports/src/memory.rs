@@ -280,6 +280,12 @@ impl Acker for MemoryAcker {
 /// will be, or has been, redelivered).
 fn refused(operation: &'static str, target: &str, error: broker_mem::Error) -> BusError {
     match error {
+        // Forced (a restart, an operator): the connection is lost, not the call refused.
+        broker_mem::Error::Connection(reply)
+            if reply.code == broker_mem::ReplyCode::ConnectionForced =>
+        {
+            BusError::Connection(format!("{operation} {target:?}: {}", reply.reply_text()))
+        }
         broker_mem::Error::Channel(reply) | broker_mem::Error::Connection(reply) => {
             BusError::Refused {
                 operation,

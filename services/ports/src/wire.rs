@@ -41,6 +41,10 @@ use crate::bus::{
 use crate::net::Net;
 
 /// Largest frame the client accepts and proposes.
+/// AMQP's `connection-forced` reply code: the broker closed the connection on purpose
+/// (shutdown, restart, an operator), not because of anything the client did.
+const CONNECTION_FORCED: u16 = 320;
+
 const FRAME_MAX_BYTES: u32 = 131_072;
 /// Frame type, channel and size before the payload; the end byte after it.
 const FRAME_OVERHEAD_BYTES: usize = 8;
@@ -864,6 +868,14 @@ async fn expect_connection<R: AsyncRead + Unpin>(
             return Ok(method);
         }
         if let connection::AMQPMethod::Close(close) = method {
+            // 320 CONNECTION_FORCED: the broker is shutting down or restarting, which a later
+            // attempt outlives (lapin reports it as a lost connection too).
+            if close.reply_code == CONNECTION_FORCED {
+                return Err(BusError::Connection(format!(
+                    "{}: the broker closed the connection during the handshake: {} {}",
+                    config.addr, close.reply_code, close.reply_text
+                )));
+            }
             return Err(BusError::Refused {
                 operation: "connection.open",
                 target: format!(
@@ -1671,5 +1683,52 @@ mod tests {
             .unwrap();
         let reason = gone.borrow().clone().unwrap_or_default();
         assert!(reason.contains("did not finish within 30s"), "{reason}");
+    }
+
+    /// A broker that closes with 320 CONNECTION_FORCED during the handshake (it is restarting):
+    /// a lost connection, which the caller retries, not a refusal it gives up on.
+    #[tokio::test]
+    async fn a_handshake_the_broker_forces_closed_is_a_lost_connection() {
+        use tokio::io::AsyncReadExt as _;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            let (mut socket, _) = listener.accept().await.unwrap();
+            let mut header = [0; 8];
+            socket.read_exact(&mut header).await.unwrap();
+            let start = connection::AMQPMethod::Start(connection::Start {
+                version_major: 0,
+                version_minor: 9,
+                server_properties: Default::default(),
+                mechanisms: "PLAIN".into(),
+                locales: "en_US".into(),
+            });
+            socket
+                .write_all(&method_frame(0, AMQPClass::Connection(start)))
+                .await
+                .unwrap();
+            let mut start_ok = [0; 512];
+            let _ = socket.read(&mut start_ok).await.unwrap();
+            let close = connection::AMQPMethod::Close(connection::Close {
+                reply_code: CONNECTION_FORCED,
+                reply_text: "CONNECTION_FORCED - broker forced connection closure".into(),
+                class_id: 0,
+                method_id: 0,
+            });
+            socket
+                .write_all(&method_frame(0, AMQPClass::Connection(close)))
+                .await
+                .unwrap();
+            let _ = socket.read(&mut start_ok).await;
+        });
+        let config = WireBusConfig {
+            addr: addr.to_string(),
+            ..WireBusConfig::default()
+        };
+        let error = WireBus::connect(crate::TokioNet, config).await.err();
+        assert!(
+            matches!(&error, Some(BusError::Connection(text)) if text.contains("320")),
+            "{error:?}"
+        );
     }
 }
