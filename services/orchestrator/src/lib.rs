@@ -132,6 +132,12 @@ pub async fn run(
                     }
                     tracing::warn!("command stream ended; re-consuming");
                 }
+                // The command queue is gone (deleted under a live connection, where the
+                // adapters do not declare again): declare the topology again first.
+                Err(e @ BusError::Refused { code: 404, .. }) => {
+                    tracing::warn!(error = %e, "command queue missing; declaring again");
+                    declared = false;
+                }
                 Err(e) => tracing::warn!(error = %e, "consume failed; retrying"),
             }
         }

@@ -147,6 +147,17 @@ impl Processor {
                 // queue, no channel free. It may take it later. Requeued after a pause, not at
                 // once, so a refusal that lasts is retried at a bounded rate, not in a loop.
                 tracing::warn!(analysis_id = %id, error = %e, delay = ?self.refused_requeue_delay, "publishing refused; command requeued after a pause");
+                // A missing exchange (404: deleted under a live connection, where the adapters
+                // do not declare again) is declared again, so the retry can succeed.
+                if matches!(e, RunFailure::Bus(BusError::Refused { code: 404, .. }))
+                    && let Err(declare) = self
+                        .ports
+                        .bus
+                        .declare(&contracts::Topology::orchestrator())
+                        .await
+                {
+                    tracing::warn!(error = %declare, "declaring the topology again failed");
+                }
                 // A shutdown cuts the pause short: the broker keeps the command either way.
                 tokio::select! {
                     () = tokio::time::sleep(self.refused_requeue_delay) => {}

@@ -290,6 +290,7 @@ async fn copy_of_a_running_command_is_held_unacked_until_that_run_settles() {
 async fn waiting_copy_runs_the_analysis_when_the_running_one_fails() {
     let h = Harness::new(Duration::from_secs(10)).await;
     let (stop, task) = h.start();
+    let sent_at = tokio::time::Instant::now();
     h.send(&request(10, None)).await;
     h.send(&request(10, None)).await;
     h.wait_for_depth(contracts::QUEUE_SUBS_STARTED, 1).await;
@@ -297,6 +298,13 @@ async fn waiting_copy_runs_the_analysis_when_the_running_one_fails() {
     h.broker
         .nack_next_publish_to(contracts::EXCHANGE_COMPLETED, false);
     h.wait_for_depth(contracts::QUEUE_SUBS_COMPLETED, 1).await;
+    // At once (10 s, then 10 s more), not after the refused run's requeue pause (1 s more),
+    // which is when it would run if the copy had been acked on arrival.
+    let took = sent_at.elapsed();
+    assert!(
+        took < Duration::from_millis(20_500),
+        "Completed after {took:?}: the copy did not take over at once"
+    );
     tokio::time::sleep(Duration::from_secs(30)).await;
     assert_eq!(
         h.broker.queue_depth(contracts::QUEUE_SUBS_COMPLETED),
@@ -390,4 +398,67 @@ async fn shutdown_requeues_a_waiting_copy_instead_of_starting_the_analysis_again
         Some(2),
         "both copies are back in the queue for the next orchestrator"
     );
+}
+
+impl Harness {
+    /// Waits until `queue` has `count` consumers (within 100 s of paused time).
+    async fn wait_for_consumers(&self, queue: &str, count: usize) {
+        for _ in 0..10_000 {
+            if self.broker.consumer_count(queue) == Some(count) {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        panic!(
+            "{queue} never had {count} consumers: {:?}",
+            self.broker.consumer_count(queue)
+        );
+    }
+}
+
+/// An operator deletes the command queue under the orchestrator's live connection (on which
+/// the adapters do not declare again): it declares the topology again, consumes again, and
+/// runs what comes next.
+#[tokio::test(start_paused = true)]
+async fn a_command_queue_deleted_under_a_live_connection_is_declared_again() {
+    let h = Harness::new(Duration::ZERO).await;
+    let (stop, task) = h.start();
+    h.wait_for_consumers(contracts::QUEUE_COMMANDS, 1).await;
+    let operator = h.broker.connect();
+    operator
+        .open_channel()
+        .unwrap()
+        .queue_delete(contracts::QUEUE_COMMANDS, false, false)
+        .unwrap();
+    h.wait_for_consumers(contracts::QUEUE_COMMANDS, 1).await;
+    h.send(&request(21, None)).await;
+    h.wait_for_depth(contracts::QUEUE_SUBS_COMPLETED, 1).await;
+    stop.send(()).unwrap();
+    task.await.unwrap().unwrap();
+}
+
+/// Likewise an event exchange: the publish refused with 404 declares the topology again, and
+/// the command, requeued after the pause, goes through.
+#[tokio::test(start_paused = true)]
+async fn an_event_exchange_deleted_under_a_live_connection_is_declared_again() {
+    let h = Harness::new(Duration::ZERO).await;
+    let (stop, task) = h.start();
+    h.wait_for_consumers(contracts::QUEUE_COMMANDS, 1).await;
+    let operator = h.broker.connect();
+    operator
+        .open_channel()
+        .unwrap()
+        .exchange_delete(contracts::EXCHANGE_STARTED, false)
+        .unwrap();
+    h.send(&request(22, None)).await;
+    h.wait_for_depth(contracts::QUEUE_SUBS_COMPLETED, 1).await;
+    assert!(
+        h.broker
+            .exchanges()
+            .iter()
+            .any(|x| x.name == contracts::EXCHANGE_STARTED),
+        "declared again"
+    );
+    stop.send(()).unwrap();
+    task.await.unwrap().unwrap();
 }
