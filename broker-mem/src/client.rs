@@ -366,7 +366,7 @@ impl Broker {
     /// Closes a connection opened with [`Broker::connect_tapped`] (requeueing what its channels
     /// had not acked) and forgets its tap. Idempotent.
     pub fn close_tapped(&self, connection: ConnectionId) {
-        let mut shared = self.lock();
+        let mut shared = self.lock_now();
         shared.engine.close_connection(connection);
         shared.flush();
         shared.taps.shift_remove(&connection);
@@ -384,6 +384,15 @@ impl Broker {
         self.shared.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
+    /// [`Broker::lock`] with the engine at the clock's time: every call that acts on the
+    /// engine sees time as the wire server's calls do (a TTL that ran out has run out).
+    fn lock_now(&self) -> MutexGuard<'_, Shared> {
+        let now_ms = (self.clock)();
+        let mut shared = self.lock();
+        shared.engine.advance_to(now_ms);
+        shared
+    }
+
     /// One engine call at the clock's time, then its events forwarded.
     fn call<T>(&self, f: impl FnOnce(&mut Engine) -> T) -> T {
         self.call_shared(|shared| f(&mut shared.engine))
@@ -391,9 +400,7 @@ impl Broker {
 
     /// [`Broker::call`] with the whole shared state (engine and consumer outlets) in hand.
     fn call_shared<T>(&self, f: impl FnOnce(&mut Shared) -> T) -> T {
-        let now_ms = (self.clock)();
-        let mut shared = self.lock();
-        shared.engine.advance_to(now_ms);
+        let mut shared = self.lock_now();
         let value = f(&mut shared);
         shared.flush();
         value
@@ -651,7 +658,7 @@ impl Channel {
     /// prefetch) when this returns.
     pub fn basic_consume(&self, queue: &str, options: ConsumeOptions) -> Result<Consumer, Error> {
         let no_ack = options.no_ack;
-        let mut shared = self.broker.lock();
+        let mut shared = self.broker.lock_now();
         // Unbounded: the engine keeps it within `CONSUMER_BUFFER_MAX` (and, as long as the
         // client settles only what it has taken, within the consumer's prefetch).
         let (sender, receiver) = flume::unbounded();
@@ -890,7 +897,7 @@ impl Consumer {
         if !self.no_ack && !starved {
             return;
         }
-        let mut shared = self.broker.lock();
+        let mut shared = self.broker.lock_now();
         if self.is_current(&shared) {
             if self.no_ack {
                 shared.engine.deliveries_taken(self.channel, &self.tag, 1);
@@ -906,7 +913,7 @@ impl Consumer {
 
 impl Drop for Consumer {
     fn drop(&mut self) {
-        let mut shared = self.broker.lock();
+        let mut shared = self.broker.lock_now();
         if self.is_current(&shared) {
             // Fails only if the channel already closed, which ended this consumer anyway.
             let _ = shared.engine.basic_cancel(self.channel, &self.tag);

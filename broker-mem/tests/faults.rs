@@ -1047,3 +1047,32 @@ fn a_restart_disarms_delivery_hooks_but_keeps_publish_hooks() {
         }]
     );
 }
+
+/// Every in-process call sees the clock's time, as every wire call does: a consumer started
+/// after a TTL ran out (with no tick in between) gets nothing, and the message is gone.
+#[test]
+fn a_consumer_started_after_a_ttl_ran_out_finds_the_message_expired() {
+    let (broker, now_ms) = clocked();
+    let connection = broker.connect();
+    let channel = connection.open_channel().unwrap();
+    channel
+        .queue_declare("ttl", QueueOptions::default())
+        .unwrap();
+    let properties = Properties {
+        expiration: Some("100".into()),
+        ..Properties::default()
+    };
+    channel
+        .basic_publish("", "ttl", properties, Bytes::from_static(b"soon gone"))
+        .unwrap();
+    now_ms.store(200, Ordering::SeqCst);
+    let consumer = channel
+        .basic_consume("ttl", ConsumeOptions::default())
+        .unwrap();
+    assert!(
+        consumer.try_recv().is_err(),
+        "an expired message was delivered"
+    );
+    assert_eq!(broker.queue_depth("ttl"), Some(0));
+    broker.check_invariants().unwrap();
+}

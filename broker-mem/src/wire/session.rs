@@ -457,7 +457,12 @@ impl<S: AsyncRead + AsyncWrite + Send> Session<S> {
             AMQPClass::Connection(connection::AMQPMethod::OpenOk(connection::OpenOk {})),
         );
         frames.open = true;
-        self.flush().await?;
+        if let Err(error) = self.flush().await {
+            // The engine has the connection already: a peer gone before its open-ok must not
+            // leave it there (the caller's `Registration` only exists once this returns).
+            self.broker.close_tapped(id);
+            return Err(error.into());
+        }
         tracing::debug!(%id, user, heartbeat = ?self.heartbeat, frame_max = self.frame_max_bytes, "AMQP connection open");
         Ok((id, tap))
     }
