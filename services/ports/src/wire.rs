@@ -553,11 +553,31 @@ struct RawDelivery {
     body: Vec<u8>,
 }
 
+/// Frames for the connection task to write. Those of a channel carry its closed flag: the broker
+/// may close the channel while they wait, and frames written after its `close-ok` would land on
+/// a closed channel, which RabbitMQ answers by closing the whole connection (504).
+struct Outbound {
+    bytes: Vec<u8>,
+    /// The channel's flag that the broker closed it (our own close does not set it: frames
+    /// queued before that close still go out, ahead of it).
+    closed_by_broker: Option<Arc<AtomicBool>>,
+}
+
+impl Outbound {
+    fn stale(&self) -> bool {
+        self.closed_by_broker
+            .as_ref()
+            .is_some_and(|closed| closed.load(Ordering::SeqCst))
+    }
+}
+
 /// A channel number's route in the connection task.
 enum Route {
     Open {
         sender: mpsc::UnboundedSender<Incoming>,
         open: Arc<AtomicBool>,
+        /// Set when the broker closes the channel (see [`Outbound`]).
+        closed_by_broker: Arc<AtomicBool>,
     },
     /// We sent `channel.close`; the number is free once `close-ok` arrives.
     Closing,
@@ -567,7 +587,7 @@ type Routes = Arc<Mutex<BTreeMap<u16, Route>>>;
 
 /// One AMQP connection. The connection task owns the socket; this is the handle.
 struct Link {
-    out: mpsc::UnboundedSender<Vec<u8>>,
+    out: mpsc::UnboundedSender<Outbound>,
     routes: Routes,
     /// Set (with the reason) when the connection is dead.
     dead: watch::Receiver<Option<String>>,
@@ -606,16 +626,34 @@ impl Link {
         BusError::Connection(format!("the AMQP connection was lost: {reason}"))
     }
 
+    /// Sends frames of the connection itself, or that close a channel.
     fn send(&self, bytes: Vec<u8>) -> Result<(), BusError> {
+        self.send_outbound(Outbound {
+            bytes,
+            closed_by_broker: None,
+        })
+    }
+
+    /// Sends frames of a channel: dropped, not written, if the broker has closed it by the
+    /// time they would go out (see [`Outbound`]).
+    fn send_on(&self, closed_by_broker: &Arc<AtomicBool>, bytes: Vec<u8>) -> Result<(), BusError> {
+        self.send_outbound(Outbound {
+            bytes,
+            closed_by_broker: Some(Arc::clone(closed_by_broker)),
+        })
+    }
+
+    fn send_outbound(&self, outbound: Outbound) -> Result<(), BusError> {
         if !self.alive() {
             return Err(self.lost());
         }
-        self.out.send(bytes).map_err(|_| self.lost())
+        self.out.send(outbound).map_err(|_| self.lost())
     }
 
     async fn open_channel(self: &Arc<Link>, timeout: Duration) -> Result<Chan, BusError> {
         let (sender, receiver) = mpsc::unbounded_channel();
         let open = Arc::new(AtomicBool::new(true));
+        let closed_by_broker = Arc::new(AtomicBool::new(false));
         let number = {
             let mut routes = self.routes.lock().unwrap_or_else(PoisonError::into_inner);
             let number = (1..=self.channel_max)
@@ -628,6 +666,7 @@ impl Link {
                 Route::Open {
                     sender,
                     open: open.clone(),
+                    closed_by_broker: closed_by_broker.clone(),
                 },
             );
             number
@@ -637,6 +676,7 @@ impl Link {
             link: self.clone(),
             receiver,
             open,
+            closed_by_broker,
             timeout,
         };
         let method = channel::AMQPMethod::Open(channel::Open {});
@@ -897,7 +937,7 @@ async fn expect_connection<R: AsyncRead + Unpin>(
 struct Connection<R, W> {
     frames: FrameReader<R>,
     writer: W,
-    out: mpsc::UnboundedReceiver<Vec<u8>>,
+    out: mpsc::UnboundedReceiver<Outbound>,
     routes: Routes,
     dead: watch::Sender<Option<String>>,
     heartbeat: Option<Duration>,
@@ -913,7 +953,7 @@ struct Connection<R, W> {
 
 enum Wake {
     Frame(Result<Frame, String>),
-    Out(Option<Vec<u8>>),
+    Out(Option<Outbound>),
     Timer,
 }
 
@@ -970,10 +1010,19 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Connection<R, W> {
                 Wake::Frame(Err(reason)) => return reason,
                 // Every handle is gone: nobody can use this connection any more.
                 Wake::Out(None) => return "the bus let go of the connection".into(),
-                Wake::Out(Some(bytes)) => {
-                    let mut batch = bytes;
-                    while let Ok(more) = self.out.try_recv() {
-                        batch.extend_from_slice(&more);
+                Wake::Out(Some(first)) => {
+                    let mut batch = Vec::new();
+                    let mut next = Some(first);
+                    while let Some(outbound) = next {
+                        if outbound.stale() {
+                            tracing::debug!("frames for a channel the broker closed dropped");
+                        } else {
+                            batch.extend_from_slice(&outbound.bytes);
+                        }
+                        next = self.out.try_recv().ok();
+                    }
+                    if batch.is_empty() {
+                        continue;
                     }
                     if let Err(error) = self.write(&batch).await {
                         return error;
@@ -1088,7 +1137,13 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Connection<R, W> {
                     .lock()
                     .unwrap_or_else(PoisonError::into_inner)
                     .remove(&number);
-                if let Some(Route::Open { sender, open }) = route {
+                if let Some(Route::Open {
+                    sender,
+                    open,
+                    closed_by_broker,
+                }) = route
+                {
+                    closed_by_broker.store(true, Ordering::SeqCst);
                     open.store(false, Ordering::SeqCst);
                     let _ = sender.send(Incoming::Closed {
                         code: close.reply_code,
@@ -1187,12 +1242,15 @@ struct Chan {
     receiver: mpsc::UnboundedReceiver<Incoming>,
     /// Cleared when the channel closes (either side) or the connection dies.
     open: Arc<AtomicBool>,
+    /// Set when the broker closes it (see [`Outbound`]).
+    closed_by_broker: Arc<AtomicBool>,
     timeout: Duration,
 }
 
 impl Chan {
     fn send(&self, class: AMQPClass) -> Result<(), BusError> {
-        self.link.send(method_frame(self.number, class))
+        self.link
+            .send_on(&self.closed_by_broker, method_frame(self.number, class))
     }
 
     /// Sends a method and waits for the broker's answer: `Refused` with its reply code when the
@@ -1246,7 +1304,10 @@ impl Chan {
             class_id: 0,
             method_id: 0,
         });
-        let _ = self.send(AMQPClass::Channel(close));
+        // Untagged: the channel's own flag is already down.
+        let _ = self
+            .link
+            .send(method_frame(self.number, AMQPClass::Channel(close)));
     }
 }
 
@@ -1265,6 +1326,7 @@ struct Publisher {
     link: Arc<Link>,
     number: u16,
     open: Arc<AtomicBool>,
+    closed_by_broker: Arc<AtomicBool>,
     pending: Arc<Mutex<Pending>>,
 }
 
@@ -1284,6 +1346,7 @@ impl Publisher {
             link: chan.link.clone(),
             number: chan.number,
             open: chan.open.clone(),
+            closed_by_broker: chan.closed_by_broker.clone(),
             pending: Arc::default(),
         });
         tokio::spawn(confirm_loop(chan, publisher.pending.clone()));
@@ -1310,7 +1373,9 @@ impl Publisher {
         }
         let frames = content_frames(self.number, message, self.link.frame_max_bytes);
         // Sequence numbers follow the order frames reach the connection task: both under this lock.
-        self.link.send(frames).map_err(Failure::Retry)?;
+        self.link
+            .send_on(&self.closed_by_broker, frames)
+            .map_err(Failure::Retry)?;
         pending.last += 1;
         let (sender, receiver) = oneshot::channel();
         let seq = pending.last;
@@ -1534,6 +1599,7 @@ fn port_delivery<N: Net>(raw: Box<RawDelivery>, subscription: &Subscription<N>) 
         link: subscription.chan.link.clone(),
         number: subscription.chan.number,
         open: subscription.chan.open.clone(),
+        closed_by_broker: subscription.chan.closed_by_broker.clone(),
         delivery_tag: raw.deliver.delivery_tag,
         queue: subscription.queue.clone(),
     };
@@ -1552,6 +1618,7 @@ struct WireAcker {
     link: Arc<Link>,
     number: u16,
     open: Arc<AtomicBool>,
+    closed_by_broker: Arc<AtomicBool>,
     delivery_tag: u64,
     queue: String,
 }
@@ -1566,7 +1633,10 @@ impl WireAcker {
             )));
         }
         self.link
-            .send(method_frame(self.number, AMQPClass::Basic(method)))
+            .send_on(
+                &self.closed_by_broker,
+                method_frame(self.number, AMQPClass::Basic(method)),
+            )
             .map_err(|error| {
                 BusError::Connection(format!("{operation} on queue {:?}: {error}", self.queue))
             })
@@ -1675,8 +1745,11 @@ mod tests {
             pending: Vec::new(),
         };
         let task = tokio::spawn(connection.run());
-        out.send(vec![FRAME_HEARTBEAT, 0, 0, 0, 0, 0, 0, FRAME_END])
-            .unwrap();
+        out.send(Outbound {
+            bytes: vec![FRAME_HEARTBEAT, 0, 0, 0, 0, 0, 0, FRAME_END],
+            closed_by_broker: None,
+        })
+        .unwrap();
         tokio::time::timeout(Duration::from_secs(600), task)
             .await
             .expect("the connection ended")
@@ -1730,5 +1803,49 @@ mod tests {
             matches!(&error, Some(BusError::Connection(text)) if text.contains("320")),
             "{error:?}"
         );
+    }
+
+    /// Frames queued for a channel the broker has closed meanwhile are dropped, not written
+    /// after its `close-ok` (RabbitMQ would close the whole connection); the connection's own,
+    /// and a live channel's, go out.
+    #[tokio::test]
+    async fn frames_for_a_channel_the_broker_closed_are_not_written() {
+        use tokio::io::AsyncReadExt as _;
+        let (out, out_receiver) = mpsc::unbounded_channel();
+        let (dead, _gone) = watch::channel(None);
+        let (reader, _broker_writes) = tokio::io::duplex(64);
+        let (writer, mut broker_reads) = tokio::io::duplex(4096);
+        let connection = Connection {
+            frames: FrameReader {
+                reader,
+                buffer: Vec::new(),
+            },
+            writer,
+            out: out_receiver,
+            routes: Routes::default(),
+            dead,
+            heartbeat: None,
+            write_timeout: Duration::from_secs(30),
+            received_body_bytes_max: 1024,
+            partial: BTreeMap::new(),
+            pending: Vec::new(),
+        };
+        let closed = Arc::new(AtomicBool::new(true));
+        let open = Arc::new(AtomicBool::new(false));
+        for (bytes, flag) in [
+            (b"stale".to_vec(), Some(closed)),
+            (b"live|".to_vec(), Some(open)),
+            (b"conn|".to_vec(), None),
+        ] {
+            out.send(Outbound {
+                bytes,
+                closed_by_broker: flag,
+            })
+            .unwrap();
+        }
+        tokio::spawn(connection.run());
+        let mut written = vec![0; 10];
+        broker_reads.read_exact(&mut written).await.unwrap();
+        assert_eq!(&written, b"live|conn|");
     }
 }
