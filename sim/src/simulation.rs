@@ -443,9 +443,9 @@ fn simulate(config: &SimConfig, subscribers: &[SubscriberSpec], recorder: &Recor
     // explain a repeat (judged per run, not per analysis):
     // - an orchestrator that stopped mid-analysis: its command comes back for another run;
     // - a broker restart, or a refused event: the run fails and its command runs again;
+    // - an orchestrator's link cut or held: an event left unconfirmed fails the run;
     // - with competing orchestrators, a command delivered again (duplicated, its consumer's
-    //   channel closed, its connection cut by a partition) can reach a replica that does not
-    //   know the analysis is running.
+    //   channel closed) can reach a replica that does not know the analysis is running.
     // A crash of any other host, and any fault on the gateways' own queues, explains nothing:
     // an orchestrator skips an analysis it is running or has finished.
     let competing = config.orchestrators > 1;
@@ -463,10 +463,10 @@ fn simulate(config: &SimConfig, subscribers: &[SubscriberSpec], recorder: &Recor
             Fault::CloseConsumerChannels { queue } => {
                 competing && queue == contracts::QUEUE_COMMANDS
             }
-            Fault::Partition { a, b } => competing && (orchestrator(a) || orchestrator(b)),
-            Fault::PartitionOneway { from, to } => {
-                competing && (orchestrator(from) || orchestrator(to))
-            }
+            // A link cut or held long enough for heartbeats to end it leaves an event
+            // unconfirmed: the run fails and its command runs again, with one orchestrator too.
+            Fault::Partition { a, b } | Fault::Hold { a, b } => orchestrator(a) || orchestrator(b),
+            Fault::PartitionOneway { from, to } => orchestrator(from) || orchestrator(to),
             _ => false,
         };
         explains && !unreached.contains(f)

@@ -436,8 +436,14 @@ fn admit_legacy(t: &mut Tracking, kind: &str, id: Option<&str>, subscriptions_ma
     };
     match kind {
         "start" => {
-            // A start under a running id replaces that subscription, in the same slot.
-            if !t.subscriptions.is_running(id) && t.subscriptions.count() >= subscriptions_max {
+            // A start under a running id replaces that subscription in async-graphql, unless it
+            // ended already and its `complete` is still on its way out, which would then free
+            // the new one's slot: counted as a stop and a start, so that `complete` frees
+            // nothing. (If the old one was still running, no `complete` comes for it, and the
+            // new one's own end is taken for it: the slot stays held until the socket closes,
+            // which errs on the safe side.)
+            t.subscriptions.client_completed(id);
+            if t.subscriptions.count() >= subscriptions_max {
                 tracing::warn!(
                     subscriptions_max,
                     "too many subscriptions on one socket; closing it"
@@ -581,6 +587,36 @@ mod tests {
         observe(&tracking, Message::text(r#"{"type":"complete","id":"1"}"#));
         assert!(admit(&tracking, &subscribe("2"), 1, true));
         assert!(!admit(&tracking, &subscribe("3"), 1, true));
+        assert_eq!(
+            tracking.lock().unwrap().close.as_ref().map(|c| c.0),
+            Some(CLOSE_BAD_REQUEST)
+        );
+    }
+
+    /// The legacy protocol replaces a subscription started again under its id; when the old
+    /// one had already ended, its `complete` is still to come and must not free the new one's
+    /// slot.
+    #[test]
+    fn a_legacy_start_under_a_running_id_keeps_the_cap() {
+        let tracking = Mutex::new(Tracking {
+            acked: true,
+            initialised: true,
+            ..Tracking::default()
+        });
+        let start = |id: &str| {
+            Ok(Message::text(format!(
+                r#"{{"type":"start","id":"{id}","payload":{{}}}}"#
+            )))
+        };
+        assert!(admit(&tracking, &start("a"), 2, false)); // ends at once
+        assert!(admit(&tracking, &start("a"), 2, false)); // a live one, same id
+        assert!(admit(&tracking, &start("b"), 2, false));
+        // The first "a"'s complete, only now on its way out.
+        observe(&tracking, Message::text(r#"{"type":"complete","id":"a"}"#));
+        assert!(
+            !admit(&tracking, &start("c"), 2, false),
+            "a third subscription ran"
+        );
         assert_eq!(
             tracking.lock().unwrap().close.as_ref().map(|c| c.0),
             Some(CLOSE_BAD_REQUEST)
