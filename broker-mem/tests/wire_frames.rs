@@ -854,10 +854,7 @@ fn check(server: &str, answers: &[Answer]) {
 
 #[tokio::test]
 async fn broker_mem_refuses_frames_as_rabbitmq_does() {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let authority = listener.local_addr().unwrap().to_string();
-    let broker = Broker::new();
-    tokio::spawn(WireServer::new(broker.clone(), WireConfig::default()).serve_tcp(listener));
+    let (authority, broker) = serving_broker().await;
     let answers = answers(&authority, "guest", "guest", "/").await;
     check("broker-mem", &answers);
     broker.check_invariants().expect("broker-mem bookkeeping");
@@ -1030,10 +1027,7 @@ async fn header_round_trip(
 /// UTF-8, an `L` type letter, a boolean byte of 2). broker-mem does too.
 #[tokio::test]
 async fn broker_mem_passes_a_content_header_on_byte_for_byte() {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let authority = listener.local_addr().unwrap().to_string();
-    let broker = Broker::new();
-    tokio::spawn(WireServer::new(broker.clone(), WireConfig::default()).serve_tcp(listener));
+    let (authority, _broker) = serving_broker().await;
     for sent in [header_in_publisher_order(), header_written_unusually()] {
         let header = header_round_trip(&authority, "guest", "guest", "/", &sent).await;
         assert_eq!(header, sent);
@@ -1062,16 +1056,36 @@ async fn rabbitmq_passes_a_content_header_on_byte_for_byte() {
     }
 }
 
+/// A fresh broker behind its wire server on an ephemeral port: the server's address and the
+/// broker.
+async fn serving_broker() -> (String, Broker) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let authority = listener.local_addr().unwrap().to_string();
+    let broker = Broker::new();
+    tokio::spawn(WireServer::new(broker.clone(), WireConfig::default()).serve_tcp(listener));
+    (authority, broker)
+}
+
+/// The server still answers a new connection, no queue `q` was half declared, and the
+/// broker's bookkeeping holds.
+async fn still_serving_with_no_queue_q(authority: &str, broker: &Broker) {
+    let mut raw = Raw::open(authority, "guest", "guest", "/", Stage::ChannelOpen).await;
+    raw.write(&qos()).await;
+    assert_eq!(
+        raw.answer(&Answer::Method(60, 11)).await,
+        Answer::Method(60, 11)
+    );
+    assert_eq!(broker.queue_depth("q"), None);
+    broker.check_invariants().expect("broker-mem bookkeeping");
+}
+
 /// Tables nested deeper than broker-mem's limit (64 levels; RabbitMQ sets none) are refused,
 /// 541 in a content header and 501 in a method's arguments, and the server goes on serving.
 /// Without the limit, 20,000 levels (120 KB) overflowed a thread's stack while parsing and
 /// aborted the whole process.
 #[tokio::test]
 async fn tables_nested_past_the_limit_are_refused_and_the_server_lives_on() {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let authority = listener.local_addr().unwrap().to_string();
-    let broker = Broker::new();
-    tokio::spawn(WireServer::new(broker.clone(), WireConfig::default()).serve_tcp(listener));
+    let (authority, broker) = serving_broker().await;
     let deep = nested_table(20_000);
     assert!(deep.len() < FRAME_MAX as usize - 100);
 
@@ -1098,15 +1112,7 @@ async fn tables_nested_past_the_limit_are_refused_and_the_server_lives_on() {
     );
     assert_eq!(raw.answer(&too_deep).await, too_deep);
 
-    // Still serving, and nothing half done.
-    let mut raw = Raw::open(&authority, "guest", "guest", "/", Stage::ChannelOpen).await;
-    raw.write(&qos()).await;
-    assert_eq!(
-        raw.answer(&Answer::Method(60, 11)).await,
-        Answer::Method(60, 11)
-    );
-    assert_eq!(broker.queue_depth("q"), None);
-    broker.check_invariants().expect("broker-mem bookkeeping");
+    still_serving_with_no_queue_q(&authority, &broker).await;
 }
 
 /// Declares a queue whose arguments name `x-max-length` twice (1, then 5), publishes three
@@ -1158,10 +1164,7 @@ async fn depth_under_a_repeated_argument(
 /// lookups find it (`rabbit_misc:table_lookup`); amq-protocol's parser keeps the last.
 #[tokio::test]
 async fn broker_mem_takes_a_repeated_argument_key_by_its_first_value() {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let authority = listener.local_addr().unwrap().to_string();
-    let broker = Broker::new();
-    tokio::spawn(WireServer::new(broker.clone(), WireConfig::default()).serve_tcp(listener));
+    let (authority, broker) = serving_broker().await;
     let depth = depth_under_a_repeated_argument(&authority, "guest", "guest", "/").await;
     assert_eq!(depth, 1);
     broker.check_invariants().expect("broker-mem bookkeeping");
@@ -1223,10 +1226,7 @@ fn declare_with_a_u_value() -> Vec<u8> {
 /// amq-protocol sees them; either aborted the process with a stack overflow before.
 #[tokio::test]
 async fn a_deep_table_behind_an_unreadable_value_or_in_a_servers_method_is_refused() {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let authority = listener.local_addr().unwrap().to_string();
-    let broker = Broker::new();
-    tokio::spawn(WireServer::new(broker.clone(), WireConfig::default()).serve_tcp(listener));
+    let (authority, broker) = serving_broker().await;
     let deep = nested_table(20_000);
     let mut entries = vec![1, b'a', b'U', 0, 0];
     entries.extend_from_slice(&deep[4..]);
@@ -1262,15 +1262,7 @@ async fn a_deep_table_behind_an_unreadable_value_or_in_a_servers_method_is_refus
     );
     assert_eq!(raw.answer(&too_deep).await, too_deep);
 
-    // Still serving.
-    let mut raw = Raw::open(&authority, "guest", "guest", "/", Stage::ChannelOpen).await;
-    raw.write(&qos()).await;
-    assert_eq!(
-        raw.answer(&Answer::Method(60, 11)).await,
-        Answer::Method(60, 11)
-    );
-    assert_eq!(broker.queue_depth("q"), None);
-    broker.check_invariants().expect("broker-mem bookkeeping");
+    still_serving_with_no_queue_q(&authority, &broker).await;
 }
 
 /// RabbitMQ's reader crashes on a method table it cannot read and drops the connection without
@@ -1278,10 +1270,7 @@ async fn a_deep_table_behind_an_unreadable_value_or_in_a_servers_method_is_refus
 /// amq-protocol's parser would have taken the `U`.
 #[tokio::test]
 async fn broker_mem_refuses_a_method_table_rabbitmq_cannot_read() {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let authority = listener.local_addr().unwrap().to_string();
-    let broker = Broker::new();
-    tokio::spawn(WireServer::new(broker.clone(), WireConfig::default()).serve_tcp(listener));
+    let (authority, broker) = serving_broker().await;
     let mut raw = Raw::open(&authority, "guest", "guest", "/", Stage::ChannelOpen).await;
     raw.write(&declare_with_a_u_value()).await;
     let refused = closed(

@@ -78,17 +78,32 @@ impl Harness {
             .unwrap();
     }
 
-    async fn wait_for_depth(&self, queue: &str, depth: usize) {
+    /// Polls `seen` (within 100 s of paused time) until it gives `wanted`.
+    async fn wait_for<T: PartialEq + std::fmt::Debug>(
+        &self,
+        what: &str,
+        wanted: T,
+        seen: impl Fn(&broker_mem::Broker) -> T,
+    ) {
         for _ in 0..10_000 {
-            if self.broker.queue_depth(queue) == Some(depth) {
+            if seen(&self.broker) == wanted {
                 return;
             }
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
-        panic!(
-            "{queue} never reached depth {depth}: {:?}",
-            self.broker.queue_depth(queue)
-        );
+        panic!("{what} never reached {wanted:?}: {:?}", seen(&self.broker));
+    }
+
+    async fn wait_for_depth(&self, queue: &str, depth: usize) {
+        let what = format!("{queue}'s depth");
+        self.wait_for(&what, Some(depth), |b| b.queue_depth(queue))
+            .await;
+    }
+
+    async fn wait_for_consumers(&self, queue: &str, count: usize) {
+        let what = format!("{queue}'s consumers");
+        self.wait_for(&what, Some(count), |b| b.consumer_count(queue))
+            .await;
     }
 
     /// Takes everything waiting in an event queue, acking it.
@@ -398,22 +413,6 @@ async fn shutdown_requeues_a_waiting_copy_instead_of_starting_the_analysis_again
         Some(2),
         "both copies are back in the queue for the next orchestrator"
     );
-}
-
-impl Harness {
-    /// Waits until `queue` has `count` consumers (within 100 s of paused time).
-    async fn wait_for_consumers(&self, queue: &str, count: usize) {
-        for _ in 0..10_000 {
-            if self.broker.consumer_count(queue) == Some(count) {
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-        panic!(
-            "{queue} never had {count} consumers: {:?}",
-            self.broker.consumer_count(queue)
-        );
-    }
 }
 
 /// An operator deletes the command queue under the orchestrator's live connection (on which

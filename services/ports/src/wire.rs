@@ -1698,6 +1698,36 @@ mod tests {
         assert!(WireBusConfig::from_url("http://host").is_err());
     }
 
+    /// A connection task over `reader` and `writer` with no heartbeat, a 30 s write timeout
+    /// and no channels; with the sender of its outgoing frames and its death notice.
+    fn test_connection<R, W>(
+        reader: R,
+        writer: W,
+    ) -> (
+        Connection<R, W>,
+        mpsc::UnboundedSender<Outbound>,
+        watch::Receiver<Option<String>>,
+    ) {
+        let (out, out_receiver) = mpsc::unbounded_channel();
+        let (dead, gone) = watch::channel(None);
+        let connection = Connection {
+            frames: FrameReader {
+                reader,
+                buffer: Vec::new(),
+            },
+            writer,
+            out: out_receiver,
+            routes: Routes::default(),
+            dead,
+            heartbeat: None,
+            write_timeout: Duration::from_secs(30),
+            received_body_bytes_max: 1024,
+            partial: BTreeMap::new(),
+            pending: Vec::new(),
+        };
+        (connection, out, gone)
+    }
+
     /// A writer that never takes a byte: a broker that stopped reading, or a partitioned link
     /// whose buffer is full.
     struct Stuck;
@@ -1728,25 +1758,9 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn a_write_the_broker_never_takes_ends_the_connection() {
-        let (out, out_receiver) = mpsc::unbounded_channel();
-        let (dead, gone) = watch::channel(None);
         // Nothing ever arrives, and the stream stays open.
         let (reader, _broker_side) = tokio::io::duplex(64);
-        let connection = Connection {
-            frames: FrameReader {
-                reader,
-                buffer: Vec::new(),
-            },
-            writer: Stuck,
-            out: out_receiver,
-            routes: Routes::default(),
-            dead,
-            heartbeat: None,
-            write_timeout: Duration::from_secs(30),
-            received_body_bytes_max: 1024,
-            partial: BTreeMap::new(),
-            pending: Vec::new(),
-        };
+        let (connection, out, gone) = test_connection(reader, Stuck);
         let task = tokio::spawn(connection.run());
         out.send(Outbound {
             bytes: vec![FRAME_HEARTBEAT, 0, 0, 0, 0, 0, 0, FRAME_END],
@@ -1814,25 +1828,9 @@ mod tests {
     #[tokio::test]
     async fn frames_for_a_channel_the_broker_closed_are_not_written() {
         use tokio::io::AsyncReadExt as _;
-        let (out, out_receiver) = mpsc::unbounded_channel();
-        let (dead, _gone) = watch::channel(None);
         let (reader, _broker_writes) = tokio::io::duplex(64);
         let (writer, mut broker_reads) = tokio::io::duplex(4096);
-        let connection = Connection {
-            frames: FrameReader {
-                reader,
-                buffer: Vec::new(),
-            },
-            writer,
-            out: out_receiver,
-            routes: Routes::default(),
-            dead,
-            heartbeat: None,
-            write_timeout: Duration::from_secs(30),
-            received_body_bytes_max: 1024,
-            partial: BTreeMap::new(),
-            pending: Vec::new(),
-        };
+        let (connection, out, _gone) = test_connection(reader, writer);
         let closed = Arc::new(AtomicBool::new(true));
         let open = Arc::new(AtomicBool::new(false));
         for (bytes, flag) in [
